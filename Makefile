@@ -1,0 +1,35 @@
+# The two commands a newcomer needs: `make demo` and `make test`. Both build .venv on first use.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+# The CPU build of torch; a bare `torch` would pull a multi-GB CUDA build.
+TORCH  := torch==2.13.0
+RUNS   ?= runs
+
+.PHONY: setup demo test test-fast bench-mlp bench-cnn bench-inspect bench-web serve clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q $(TORCH)
+	$(BIN)/python -m pip install -q -e '.[all,dev]'
+	@touch $(STAMP)
+
+demo: setup
+	@bash scripts/system-deps.sh
+	bash scripts/demo.sh
+
+test: setup
+	@bash scripts/system-deps.sh --browser
+	$(BIN)/python -m pytest -n 2 -q
+
+test-fast: setup
+	$(BIN)/python -m pytest -n 2 -q -m "not slow and not browser"
+
+serve: setup
+	$(BIN)/mnistlab serve --runs $(RUNS)
+
+clean:
+	rm -rf $(VENV) .venv-bench build dist src/*.egg-info .pytest_cache

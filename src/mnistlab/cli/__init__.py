@@ -1,0 +1,85 @@
+"""The `mnistlab` command: a thin shell over library calls.
+
+``main(argv) -> int``: 0 on success, 2 on a usage error, 1 on any other error. Known errors
+(MnistlabError) become one line on stderr; a traceback is shown only with ``--debug``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+from .. import __version__
+from ..errors import MnistlabError
+
+# Each module adds its subcommands with register(subparsers); `train` engines register into the
+# `train` group with register_train(train_subparsers). Keep one module per area to keep merges easy.
+COMMAND_MODULES = ("data_cmd", "mlp_cmd", "cnn_cmd", "run_cmd", "inspect_cmd", "web_cmd")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse exits on its own; we want a return code
+        raise _UsageError(f"{self.prog}: {message} (see --help)")
+
+
+class _UsageError(Exception):
+    pass
+
+
+def build_parser() -> argparse.ArgumentParser:
+    import importlib
+
+    parser = _Parser(prog="mnistlab", description="Train small networks on MNIST-style images and look inside them.")
+    parser.add_argument("--version", action="version", version=f"mnistlab {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show a full traceback on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    train = sub.add_parser("train", help="train a model and write a run directory")
+    train_sub = train.add_subparsers(dest="engine", metavar="ENGINE", parser_class=_Parser)
+    train.set_defaults(func=lambda args: _missing_sub(train, "an engine"))
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"{__name__}.{name}":
+                continue  # that area is not built yet
+            raise
+        if hasattr(module, "register"):
+            module.register(sub)
+        if hasattr(module, "register_train"):
+            module.register_train(train_sub)
+    return parser
+
+
+def _missing_sub(parser: argparse.ArgumentParser, what: str) -> int:
+    raise _UsageError(f"{parser.prog}: choose {what} (see --help)")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if getattr(args, "func", None) is None:
+            parser.print_help(sys.stderr)
+            return 2
+        return int(args.func(args) or 0)
+    except _UsageError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    except SystemExit as exc:  # --help and --version exit 0 through argparse
+        return int(exc.code or 0)
+    except KeyboardInterrupt:
+        print("mnistlab: interrupted", file=sys.stderr)
+        return 130
+    except MnistlabError as exc:
+        if debug:
+            raise
+        print(f"mnistlab: error: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # an unexpected error: still one line unless --debug
+        if debug:
+            raise
+        print(f"mnistlab: internal error: {type(exc).__name__}: {exc} (rerun with --debug for a traceback)", file=sys.stderr)
+        return 1

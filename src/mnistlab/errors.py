@@ -1,0 +1,24 @@
+"""Errors that the CLI turns into one line on stderr (exit 1) instead of a traceback.
+
+Every message names the problem and, where there is one, the fix.
+"""
+
+
+class MnistlabError(Exception):
+    """Base class for errors caused by input, data or environment rather than a bug."""
+
+
+class DataError(MnistlabError):
+    """A data file is missing, corrupt or fails its checksum."""
+
+
+class ConfigError(MnistlabError, ValueError):
+    """A configuration value (layer size, activation name, learning rate, ...) is invalid."""
+
+
+class RunError(MnistlabError):
+    """A run directory is missing, incomplete or from an incompatible version."""
+
+
+class TrainingDiverged(MnistlabError):
+    """Training produced NaN or inf; the last good weights were kept."""

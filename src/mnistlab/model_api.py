@@ -1,0 +1,82 @@
+"""The one interface that both engines implement and that all analysis code uses.
+
+Conventions (both engines, same names, shapes and meaning):
+
+* *images* are raw pixels, shape (N, 28, 28), values 0..255 (uint8 or float). A model applies its
+  own fitted ``preprocess`` to them.
+* *inputs* are what the first layer sees: ``model.preprocess(images)``, float32 (N, 28, 28).
+* ``activations`` returns conv maps as (N, C, H, W) and dense layers as (N, units), batch first.
+  Activations are taken after the layer's nonlinearity. ``output`` holds class probabilities.
+* Layer names: MLP ``hidden1``, ``hidden2``, ..., ``output``; CNN ``conv1``, ``pool1``, ...,
+  ``flatten``, ``dense1``, ..., ``output``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from .data.preprocess import Preprocessor
+from .errors import ConfigError
+
+
+class InspectableModel(ABC):
+    kind: str
+    preprocess: Preprocessor
+
+    @abstractmethod
+    def layer_names(self) -> list[str]:
+        """Names of the layers whose activations can be asked for, input to output."""
+
+    @abstractmethod
+    def activations_from_inputs(self, inputs: np.ndarray, layers: Sequence[str]) -> dict[str, np.ndarray]:
+        """Activations of the named layers for preprocessed inputs (N, 28, 28)."""
+
+    @abstractmethod
+    def input_gradient(
+        self, inputs: np.ndarray, layer: str, units: Sequence[int] | np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Objective values (N,) and their gradients d objective / d inputs, (N, 28, 28).
+
+        Item i's objective is the activation of unit ``units[i]`` of ``layer``: for a conv or pool
+        layer the mean of map ``units[i]``, for a dense layer node ``units[i]`` (for ``output``,
+        the probability of that class). One call handles a whole batch of different units, which
+        is what lets activation maximization optimize many maps at once.
+        """
+
+    # ----- shared behaviour built on the two methods above -----
+
+    def check_layers(self, layers: Iterable[str] | str | None) -> list[str]:
+        """Validate layer names; None means all. An unknown name lists the valid ones."""
+        valid = self.layer_names()
+        if layers is None:
+            return list(valid)
+        if isinstance(layers, str):
+            layers = [layers]
+        layers = list(layers)
+        unknown = [name for name in layers if name not in valid]
+        if unknown:
+            raise ConfigError(f"unknown layer {unknown[0]!r}; valid layers: {', '.join(valid)}")
+        return layers
+
+    def to_inputs(self, images: np.ndarray) -> np.ndarray:
+        images = np.asarray(images)
+        if images.ndim == 2:
+            images = images[None]
+        if images.ndim == 3:
+            return self.preprocess(images)
+        raise ConfigError(f"expected images of shape (N, 28, 28), got {images.shape}")
+
+    def activations(self, images: np.ndarray, layers: Iterable[str] | str | None = None) -> dict[str, np.ndarray]:
+        """Activations of the named layers (all when None) for raw images (N, 28, 28)."""
+        names = self.check_layers(layers)
+        return self.activations_from_inputs(self.to_inputs(images), names)
+
+    def predict_proba(self, images: np.ndarray) -> np.ndarray:
+        """Class probabilities (N, 10) for raw images (N, 28, 28)."""
+        return self.activations(images, ["output"])["output"]
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        return self.predict_proba(images).argmax(axis=1)
