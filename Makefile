@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 TORCH  := torch==2.13.0
 RUNS   ?= runs
 
-.PHONY: setup demo test test-fast bench-mlp bench-cnn bench-inspect bench-web serve clean
+.PHONY: setup bench-venv demo test test-fast bench-mlp bench-cnn bench-inspect bench-web serve clean
 
 setup: $(STAMP)
 
@@ -30,6 +30,19 @@ test-fast: setup
 
 serve: setup
 	$(BIN)/mnistlab serve --runs $(RUNS)
+
+# A separate virtualenv for the libraries mnistlab is compared against (TensorFlow is ~600 MB).
+BENCH_VENV  := .venv-bench
+BENCH_STAMP := $(BENCH_VENV)/.installed
+
+bench-venv: $(BENCH_STAMP)
+
+$(BENCH_STAMP): benchmarks/requirements-bench.txt pyproject.toml
+	@test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install -q $(TORCH)
+	$(BENCH_VENV)/bin/python -m pip install -q -r benchmarks/requirements-bench.txt
+	$(BENCH_VENV)/bin/python -m pip install -q -e .
+	@touch $(BENCH_STAMP)
 
 clean:
 	rm -rf $(VENV) .venv-bench build dist src/*.egg-info .pytest_cache
