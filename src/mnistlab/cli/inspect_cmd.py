@@ -145,10 +145,10 @@ def cmd_show_activations(args: argparse.Namespace) -> int:
         raise ConfigError("choose images with --index I (repeatable) or --label L [--n N]")
     acts = compute_activations(model, chosen, layers + ["output"])
     names = chosen.names()
-    print("index  label  pred  p(pred)")
+    print(f"{'image (label)':<16} {'pred':>4}  p(pred)")
     for k, name in enumerate(names):
         p = acts["output"][k]
-        print(f"{name:<14} {int(np.argmax(p)):>4}  {float(np.max(p)):.3f}")
+        print(f"{name:<16} {dataset.class_names[int(np.argmax(p))]:>4}  {float(np.max(p)):.3f}")
     written = []
     for layer in layers:
         fig = plot_activations(chosen.images, acts[layer], layer=layer, titles=names, ncols=args.cols,

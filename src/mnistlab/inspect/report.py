@@ -195,9 +195,9 @@ def build_report(
     section("ambiguous", ambiguous_section)
     section("oip", oip_section)
 
-    a, b = pair
+    na, nb = (names[c] if 0 <= c < len(names) else str(c) for c in pair)
     headings = {"summary": "Summary and parameters", "training": "Training curves", "confusions": "Confusions",
-                "compare": f"What separates {names[a]} from {names[b]}", "ambiguous": f"Ambiguous images: {names[a]}s that look like {names[b]}s",
+                "compare": f"What separates {na} from {nb}", "ambiguous": f"Ambiguous images: {na}s that look like {nb}s",
                 "oip": "Optimal input patterns"}
     title = title or f"mnistlab report: {manifest.get('kind', model.kind)} on {manifest.get('dataset', dataset.name)}"
     nav = " ".join(f'<a href="#{k}">{html.escape(headings[k])}</a>' for k in SECTIONS)

@@ -14,6 +14,7 @@ from typing import Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
+from ..errors import ConfigError
 from . import matplotlib  # noqa: F401  (selects the Agg backend)
 
 GAP = 1  # pixels between maps in a mosaic
@@ -143,8 +144,10 @@ def plot_activations(
     fig = Figure(figsize=(per_row * (img_w + grid_w) + 0.6 * per_row + (0.8 if colorbar else 0),
                           nrows * (max(grid_h, img_w) + 0.7) + 0.3))
     axes = fig.subplots(nrows, 2 * per_row, squeeze=False, gridspec_kw={"width_ratios": width_ratios})
-    cm = matplotlib.colormaps[cmap].copy()
-    cm.set_bad("white")
+    try:
+        cm = matplotlib.colormaps[cmap].with_extremes(bad="white")
+    except KeyError:
+        raise ConfigError(f"unknown colormap {cmap!r}; try viridis, magma, gray, gray_r, RdBu_r (any matplotlib name)") from None
     last_im = None
     for k in range(nrows * per_row):
         ax_img, ax_grid = axes[k // per_row, 2 * (k % per_row)], axes[k // per_row, 2 * (k % per_row) + 1]
