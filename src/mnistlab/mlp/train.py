@@ -239,6 +239,32 @@ class Trainer:
             cost += cfg.l1 * float(np.abs(w, out=self.tmp[: len(w)]).sum())
         return cost
 
+    def loss_and_gradients(self, inputs: np.ndarray, labels: np.ndarray) -> tuple[float, float, dict[str, np.ndarray]]:
+        """Mean data cost, regularization cost and the gradients of their sum, for one batch.
+
+        The same code path as training (chunks included), without an update: for checks
+        against autograd and finite differences. Gradients are keyed like ``get_params()``.
+        """
+        data = check_data(self.model, inputs, labels, "batch")
+        n = len(data.inputs)
+        self._allocate(n)
+        cost = 0.0
+        for cs in range(0, n, self.c):
+            cost += self._chunk(data.inputs, data.labels, np.arange(cs, min(cs + self.c, n)), cs == 0, 1.0 / n, _Phases(False))[0]
+        reg = self._reg_cost()
+        cfg, m = self.config, self.model
+        nw = m.n_weights
+        grad = self.grad.copy()
+        if cfg.l2:
+            grad[:nw] += cfg.l2 * m.params[:nw]
+        if cfg.l1:
+            grad[:nw] += cfg.l1 * np.sign(m.params[:nw])
+        gw, gb = m._views(grad)
+        out = {}
+        for i, (w, b) in enumerate(zip(gw, gb), start=1):
+            out[f"W{i}"], out[f"b{i}"] = w, b
+        return cost / n, reg, out
+
     # ----- epochs -----
 
     def fit(
