@@ -63,7 +63,8 @@ def train_on_dataset(
     except TrainingDiverged as exc:
         diverged = exc
     del x
-    test_accuracy = model.accuracy(*test)
+    with np.errstate(over="ignore", invalid="ignore"):  # last good weights of a diverged run may be huge
+        test_accuracy = model.accuracy(*test)
     run_dir = None
     if out is not None and (diverged is None or history):
         extra: dict[str, Any] = {

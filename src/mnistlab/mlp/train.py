@@ -300,9 +300,14 @@ class Trainer:
         ph = _Phases(profile)
         history: list[dict[str, Any]] = []
         good = m.params.copy()
+        n_out = m.config.n_classes
+        # Overflow only happens on the way to a NaN/inf cost, which is caught and reported below.
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            return self._epochs(cfg, m, x, y, n, batch, rng, ph, history, good, test_set, val_set, callback, profile, n_out)
+
+    def _epochs(self, cfg, m, x, y, n, batch, rng, ph, history, good, test_set, val_set, callback, profile, n_out):
         best_acc, best_params, waited = -1.0, None, 0
         prev_lr = None
-        n_out = m.config.n_classes
         for epoch in range(cfg.epochs):
             t0 = time.perf_counter()
             lr = learning_rate(cfg, epoch)
