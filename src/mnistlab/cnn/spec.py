@@ -203,7 +203,8 @@ def _convert(layer_pos: int, ltype: str, key: str, value: Any) -> Any:
             return number
         if key == "act":
             text = str(value).lower()
-            valid = OUTPUT_ACTIVATIONS if ltype == "output" else HIDDEN_ACTIVATIONS
+            # dense may say softmax only as the last layer (then it is the output); _finish checks.
+            valid = {"output": OUTPUT_ACTIVATIONS, "dense": HIDDEN_ACTIVATIONS + ("softmax",)}.get(ltype, HIDDEN_ACTIVATIONS)
             if text not in valid:
                 raise ConfigError(f"{where}: unknown activation {value!r}; choose one of: {', '.join(valid)}")
             return text
@@ -279,6 +280,8 @@ def _finish(layers: list[Layer], input_shape: Sequence[int] = INPUT_SHAPE) -> Sp
     for pos, layer in enumerate(layers[:-1], start=1):
         if layer.type == "output":
             raise ConfigError(f"layer {pos} (output): output must be the last layer; use dense:{layer.units} here")
+        if layer.act == "softmax":
+            raise ConfigError(f"layer {pos} ({layer.type}): softmax is only for the last layer; use relu, sigmoid, elu or tanh")
     try:
         shape = tuple(int(v) for v in input_shape)
     except (TypeError, ValueError):

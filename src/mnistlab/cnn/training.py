@@ -442,7 +442,8 @@ class Trainer:
             if bar is not None:
                 bar.close()
         metrics = dict(self.history[-1]) if self.history else {}
-        metrics["train_time_s"] = round(sum(h["time_s"] for h in self.history), 3)
+        metrics["epochs_trained"] = len(self.history)
+        metrics["train_seconds"] = round(sum(h["train_seconds"] for h in self.history), 3)
         self.write("complete", metrics)
         return self._result("complete", metrics)
 
@@ -524,14 +525,15 @@ class Trainer:
         row: dict[str, Any] = {
             "epoch": self.epoch + 1,
             "loss": self.partial["loss_sum"] / seen,
-            "acc": self.partial["correct"] / seen,
+            "train_accuracy": self.partial["correct"] / seen,
         }
         if len(self.val_idx):
-            row["val_loss"], row["val_acc"] = self.evaluate(self.x_val, self.y_val)
-        row["test_loss"], row["test_acc"] = self.evaluate(self.x_test, self.y_test)
+            row["val_loss"], row["val_accuracy"] = self.evaluate(self.x_val, self.y_val)
+        row["test_loss"], row["test_accuracy"] = self.evaluate(self.x_test, self.y_test)
         row["lr"] = float(self.optimizer.lr)
-        row["time_s"] = round(self.partial["time_s"], 4)
-        row["eval_s"] = round(time.perf_counter() - t_eval, 4)
+        row["train_seconds"] = round(self.partial["time_s"], 4)
+        row["eval_seconds"] = round(time.perf_counter() - t_eval, 4)
+        row["seconds"] = round(row["train_seconds"] + row["eval_seconds"], 4)
         self.history.append(row)
         self.schedule.end_epoch(row.get("val_loss", row["loss"]))
         self.epoch += 1
