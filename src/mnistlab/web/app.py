@@ -25,6 +25,7 @@ from .. import __version__
 from ..data import Dataset
 from ..data.drawing import MAX_SIDE, check_drawing, normalize_drawing
 from ..errors import ConfigError, MnistlabError
+from ..evaluation import Evaluation, evaluate
 from ..model_api import InspectableModel
 from . import encode
 from .store import ApiError, LoadedRun, RunStore
@@ -32,7 +33,6 @@ from .store import ApiError, LoadedRun, RunStore
 STATIC = Path(__file__).parent / "static"
 MAX_BODY = 2 * 1024 * 1024  # a 1024x1024 drawing in base64 is 1.4 MB; JSON lists of 512x512 fit too
 MAX_GALLERY = 200
-BATCH = 500
 
 
 class PredictBody(BaseModel):
@@ -146,29 +146,31 @@ def create_app(
         """Test images the model gets wrong, in test-split order, with thumbnails."""
         loaded = store.get(run)
         ds = _dataset(store, loaded)
-        proba = _test_proba(store, loaded)
-        wrong = np.flatnonzero(proba.argmax(1) != ds.test_labels)
-        return {"total": int(len(wrong)), "offset": offset, "items": _gallery(ds, proba, wrong[offset : offset + limit])}
+        ev = _evaluation(store, loaded)
+        wrong = np.flatnonzero(ev.predictions != ev.labels)
+        return {
+            "total": int(len(wrong)),
+            "offset": offset,
+            "items": _gallery(ds, ev.probabilities, wrong[offset : offset + limit]),
+        }
 
     @app.get("/api/confusion")
     def confusion(run: str | None = None) -> dict[str, Any]:
         """The test-split confusion matrix: rows are true labels, columns predictions."""
         loaded = store.get(run)
         ds = _dataset(store, loaded)
-        pred = _test_proba(store, loaded).argmax(1)
-        k = len(ds.class_names)
-        matrix = np.bincount(ds.test_labels.astype(np.int64) * k + pred, minlength=k * k).reshape(k, k)
+        ev = _evaluation(store, loaded)
         return {
             "class_names": list(ds.class_names),
-            "matrix": matrix.tolist(),
-            "accuracy": float(np.trace(matrix) / max(1, matrix.sum())),
-            "n": int(matrix.sum()),
+            "matrix": ev.confusion.tolist(),
+            "accuracy": ev.accuracy,
+            "n": int(ev.confusion.sum()),
         }
 
     @app.get("/api/confusion-cell")
     def confusion_cell(
         run: str | None = None,
-        true: int = Query(..., alias="true", description="true label (row)"),
+        true: int = Query(..., description="true label (row)"),
         pred: int = Query(..., description="predicted label (column)"),
         limit: int = Query(60, ge=1, le=MAX_GALLERY),
     ) -> dict[str, Any]:
@@ -179,10 +181,10 @@ def create_app(
         for what, value in (("true", true), ("pred", pred)):
             if not 0 <= value < k:
                 raise ApiError(400, f"{what}={value} is not a class; use 0..{k - 1}")
-        proba = _test_proba(store, loaded)
-        cell = np.flatnonzero((ds.test_labels == true) & (proba.argmax(1) == pred))
-        cell = cell[np.argsort(-proba[cell, pred], kind="stable")]
-        return {"true": true, "pred": pred, "total": int(len(cell)), "items": _gallery(ds, proba, cell[:limit])}
+        ev = _evaluation(store, loaded)
+        cell = np.flatnonzero((ev.labels == true) & (ev.predictions == pred))
+        cell = cell[np.argsort(-ev.probabilities[cell, pred], kind="stable")]
+        return {"true": true, "pred": pred, "total": int(len(cell)), "items": _gallery(ds, ev.probabilities, cell[:limit])}
 
     return app
 
@@ -251,15 +253,12 @@ def _class_names(store: RunStore, loaded: LoadedRun) -> list[str]:
     return [str(i) for i in range(loaded.layer_shapes.get("output", (10,))[0])]
 
 
-def _test_proba(store: RunStore, loaded: LoadedRun) -> np.ndarray:
-    """The model's probabilities on the whole test split, computed once per version of the run."""
+def _evaluation(store: RunStore, loaded: LoadedRun) -> Evaluation:
+    """The model evaluated on its test split (as `mnistlab evaluate` does), once per version of the run."""
     with loaded.lock:
-        if "test_proba" not in loaded.cache:
-            images = _dataset(store, loaded).test_images
-            loaded.cache["test_proba"] = np.concatenate(
-                [loaded.model.predict_proba(images[i : i + BATCH]) for i in range(0, len(images), BATCH)]
-            )
-        return loaded.cache["test_proba"]
+        if "evaluation" not in loaded.cache:
+            loaded.cache["evaluation"] = evaluate(loaded.model, _dataset(store, loaded), "test")
+        return loaded.cache["evaluation"]
 
 
 def _gallery(ds: Dataset, proba: np.ndarray, indices: np.ndarray) -> list[dict[str, Any]]:
@@ -307,6 +306,8 @@ def _validation_message(exc: RequestValidationError) -> str:
     msg = first.get("msg", "invalid value")
     if first.get("type") == "json_invalid":
         return "the request body is not valid JSON"
+    if tuple(first.get("loc", ())) == ("body",):
+        return 'the request body must be a JSON object, e.g. {"pixels": [[0, 255, ...], ...]}'
     more = f" (and {len(errors) - 1} more problems)" if len(errors) > 1 else ""
     return f"{where}: {msg}{more}"
 
