@@ -49,8 +49,9 @@ def normalize_drawing(drawing: np.ndarray, *, box: int = BOX, field: int = FIELD
     mass = small.sum()
     com_y = (small.sum(axis=1) @ np.arange(new_h)) / mass
     com_x = (small.sum(axis=0) @ np.arange(new_w)) / mass
-    top = int(np.clip(round(field // 2 - com_y), 0, field - new_h))
-    left = int(np.clip(round(field // 2 - com_x), 0, field - new_w))
+    # floor(x + 0.5), not round(): Python rounds ties to even, which would move symmetric shapes by parity.
+    top = int(np.clip(np.floor(field // 2 - com_y + 0.5), 0, field - new_h))
+    left = int(np.clip(np.floor(field // 2 - com_x + 0.5), 0, field - new_w))
     out = np.zeros((field, field), np.float32)
     out[top : top + new_h, left : left + new_w] = small
     return out

@@ -139,8 +139,9 @@ class RunStore:
             except MnistlabError as exc:
                 self._runs.pop(name, None)
                 raise ApiError(409, f"run {name!r} cannot be loaded: {exc}") from None
-            except (OSError, ValueError, KeyError) as exc:
-                # A run half-rewritten on disk or written by another version: report it, keep serving.
+            except Exception as exc:  # noqa: BLE001
+                # A run half-rewritten on disk (a truncated .npz is a BadZipFile) or written by another
+                # version: report it and keep serving; the next request tries again.
                 self._runs.pop(name, None)
                 raise ApiError(
                     409, f"run {name!r} cannot be loaded ({type(exc).__name__}: {exc}); it may be being rewritten, retry"
