@@ -7,10 +7,14 @@ server keeps serving whatever a request holds.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import contextlib
+import functools
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
 
@@ -65,7 +69,32 @@ def create_app(
     if dataset_loader is not None:
         kwargs["dataset_loader"] = dataset_loader
     store = RunStore(runs_dir, **kwargs)
-    app = FastAPI(title="mnistlab", version=__version__, docs_url="/api/docs", redoc_url=None, openapi_url="/api/openapi.json")
+    # Every model call runs on one thread: the CNN's forward hooks are per model, not per call, so
+    # two requests at once would mix their captures; and one thread keeps one OpenMP team, where
+    # requests spread over a thread pool each start their own and the idle ones spin, which on a
+    # 2-core machine turned a 1 ms forward pass into ~90 ms.
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mnistlab-model")
+
+    def on_model_thread(func: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(func)
+        async def run(*args: Any, **kwargs: Any) -> Any:
+            return await asyncio.get_running_loop().run_in_executor(executor, functools.partial(func, *args, **kwargs))
+
+        return run
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        executor.shutdown(wait=False, cancel_futures=True)
+
+    app = FastAPI(
+        title="mnistlab",
+        version=__version__,
+        docs_url="/api/docs",
+        redoc_url=None,
+        openapi_url="/api/openapi.json",
+        lifespan=lifespan,
+    )
     app.state.store = store
     app.add_middleware(_BodyLimit, max_bytes=max_body)
     _install_error_handlers(app)
@@ -86,6 +115,7 @@ def create_app(
         return {"runs_dir": str(store.runs_dir), "runs": store.list_runs()}
 
     @app.get("/api/run")
+    @on_model_thread
     def run_info(run: str | None = None) -> dict[str, Any]:
         """The run's manifest, layers with their shapes, class names and training history."""
         loaded = store.get(run)
@@ -103,11 +133,13 @@ def create_app(
         }
 
     @app.get("/api/history")
+    @on_model_thread
     def history(run: str | None = None) -> dict[str, Any]:
         """history.json of the run: one dict per epoch (loss, accuracy, ...)."""
         return {"name": run, "history": store.get(run).history}
 
     @app.post("/api/predict")
+    @on_model_thread
     def predict(body: PredictBody, run: str | None = None) -> dict[str, Any]:
         """Probabilities and every layer's activations for one image, drawn or exact 28x28."""
         start = time.perf_counter()
@@ -126,6 +158,7 @@ def create_app(
         return answer
 
     @app.get("/api/test-image")
+    @on_model_thread
     def test_image(run: str | None = None, index: int = Query(..., description="index in the test split")) -> dict[str, Any]:
         """Test image number ``index`` (canonical order), its label, and the model's view of it."""
         loaded = store.get(run)
@@ -138,6 +171,7 @@ def create_app(
         return answer
 
     @app.get("/api/misclassified")
+    @on_model_thread
     def misclassified(
         run: str | None = None,
         offset: int = Query(0, ge=0),
@@ -155,6 +189,7 @@ def create_app(
         }
 
     @app.get("/api/confusion")
+    @on_model_thread
     def confusion(run: str | None = None) -> dict[str, Any]:
         """The test-split confusion matrix: rows are true labels, columns predictions."""
         loaded = store.get(run)
@@ -168,6 +203,7 @@ def create_app(
         }
 
     @app.get("/api/confusion-cell")
+    @on_model_thread
     def confusion_cell(
         run: str | None = None,
         true: int = Query(..., description="true label (row)"),

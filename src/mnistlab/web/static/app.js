@@ -228,7 +228,7 @@ function drawLayer(layer) {
     count = c; tileW = w; tileH = h;
     cols = Math.ceil(Math.sqrt(c * 1.6));
     rows = Math.ceil(c / cols);
-    scale = Math.max(1, Math.min(4, Math.floor(360 / (cols * (w + gap)))));
+    scale = Math.max(1, Math.min(6, Math.floor(440 / (cols * (w + gap)))));
   } else {
     const n = layer.shape.reduce((a, b) => a * b, 1);
     count = n; tileW = tileH = 1;
