@@ -396,3 +396,23 @@ def test_an_unavailable_dataset_is_a_503(runs):
         assert "data fetch" in _error(c.get("/api/test-image", params={"run": "tiny", "index": 0}), 503)
         # Drawing needs no dataset and still works.
         assert c.post("/api/predict", params={"run": "tiny"}, json=_b64_body(_seven())).status_code == 200
+
+
+def test_concurrent_updates_each_get_their_own_answer(client, runs):
+    """Many draw updates at once (several tabs): every answer belongs to its own image."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from mnistlab.data.drawing import normalize_drawing
+
+    model = TinyModel.from_run_dir(runs / "tiny")
+    rng = np.random.default_rng(0)
+    images = [(rng.random((60, 60)) > 0.7).astype(np.uint8) * 255 for _ in range(16)]
+
+    def post(img):
+        return client.post("/api/predict", params={"run": "tiny"}, json=_b64_body(img)).json()
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(post, images))
+    for img, answer in zip(images, answers):
+        expected = model.predict_proba(normalize_drawing(img)[None])[0]
+        np.testing.assert_allclose(answer["probabilities"], expected, rtol=1e-5, atol=1e-7)

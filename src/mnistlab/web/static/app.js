@@ -222,7 +222,7 @@ function drawLayer(layer) {
   if (!canvas) return;
   const bytes = b64bytes(layer.data);
   const gap = 1;
-  let cols, rows, tileW, tileH, count, scale;
+  let cols, rows, tileW, tileH, count, scale, block = 1;
   if (layer.shape.length === 3) {
     const [c, h, w] = layer.shape;
     count = c; tileW = w; tileH = h;
@@ -231,10 +231,11 @@ function drawLayer(layer) {
     scale = Math.max(1, Math.min(6, Math.floor(440 / (cols * (w + gap)))));
   } else {
     const n = layer.shape.reduce((a, b) => a * b, 1);
-    count = n; tileW = tileH = 1;
+    // Each unit is a 4x4 block with a 1 px gap, so the grid lines stay thin at any zoom.
+    count = n; block = 4; tileW = tileH = block;
     cols = n <= 16 ? n : Math.ceil(Math.sqrt(n * 2));
     rows = Math.ceil(n / cols);
-    scale = Math.max(2, Math.min(22, Math.floor(300 / cols)));
+    scale = Math.max(1, Math.min(5, Math.floor(360 / (cols * (block + gap)))));
   }
   const W = cols * (tileW + gap) - gap, H = rows * (tileH + gap) - gap;
   canvas.width = W; canvas.height = H;
@@ -249,7 +250,7 @@ function drawLayer(layer) {
     const x0 = (t % cols) * (tileW + gap), y0 = Math.floor(t / cols) * (tileH + gap);
     for (let y = 0; y < tileH; y++) {
       for (let x = 0; x < tileW; x++) {
-        const v = bytes[t * per + y * tileW + x];
+        const v = block > 1 ? bytes[t] : bytes[t * per + y * tileW + x];
         const o = ((y0 + y) * W + x0 + x) * 4;
         rgba[o] = COLORMAP[v * 3]; rgba[o + 1] = COLORMAP[v * 3 + 1]; rgba[o + 2] = COLORMAP[v * 3 + 2];
       }
@@ -258,6 +259,7 @@ function drawLayer(layer) {
   ctx.putImageData(img, 0, 0);
   canvas.dataset.tiles = JSON.stringify({ cols, tileW, tileH, gap, scale, count, lo: layer.lo, hi: layer.hi });
   $(`range-${layer.name}`).textContent = `range ${fmt(layer.lo)} … ${fmt(layer.hi)}`;
+  canvas.dataset.dense = block > 1 ? "1" : "";
   canvas.title = layer.shape.length === 3 ? `${count} maps` : `${count} units`;
 }
 
@@ -275,7 +277,7 @@ document.addEventListener("mousemove", (ev) => {
   const col = Math.floor(x / (t.tileW + t.gap)), row = Math.floor(y / (t.tileH + t.gap));
   const k = row * t.cols + col;
   if (col >= t.cols || k >= t.count) return;
-  canvas.title = `${canvas.dataset.layer} ${t.tileW > 1 ? "map" : "unit"} ${k}`;
+  canvas.title = `${canvas.dataset.layer} ${canvas.dataset.dense ? "unit" : "map"} ${k}`;
 });
 
 // ---------- drawing pad ----------
