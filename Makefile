@@ -28,6 +28,10 @@ test: setup
 test-fast: setup
 	$(BIN)/python -m pytest -n 2 -q -m "not slow and not browser"
 
+# Server time per draw update (probabilities + all activations, seed CNN, CPU); target median < 100 ms.
+bench-web: setup
+	$(BIN)/python benchmarks/bench_web.py
+
 serve: setup
 	$(BIN)/mnistlab serve --runs $(RUNS)
 

@@ -292,7 +292,7 @@ def load_dataset(
     if not force and cache.exists():
         arrays, original = read_cache(cache, info)
         note(f"{name}: served from the cache {cache} (originally from {original})")
-        return Dataset(name, *(arrays[k] for k in ARRAYS), info.class_names, f"cache {cache}")
+        return Dataset(name, *(arrays[k] for k in ARRAYS), info.class_names, f"cache {cache} (from {original})")
 
     data_dir = data_dir or os.environ.get("MNISTLAB_DATA_DIR")
     if use_mirrors is None:

@@ -1,0 +1,401 @@
+"""Mini-batch SGD for the NumPy MLP, written for speed.
+
+Where the time goes, and what is done about it (see README, "NumPy MLP"):
+
+* The matrix products dominate. Weights are (in, out) so every product is a plain BLAS call on
+  row-major buffers (transposes are views, never copies); biases are added by broadcasting, no
+  bias row is appended to the inputs; the gradient with respect to the network's inputs is never
+  computed.
+* Every buffer is allocated once per fit and written with ``out=``; activations are computed in
+  place and their derivatives are taken from the kept outputs.
+* The batch gather: ``np.take(..., mode="clip", out=buffer)`` copies the shuffled rows into a
+  small buffer that stays in cache for the products that read it right away. (``mode="raise"``
+  buffers the copy; pre-shuffling the whole training set each epoch writes 188 MB to memory and
+  reads it back, measured slower.) Large batches are processed in chunks of ``CHUNK`` rows whose
+  gradients are summed, which is the same arithmetic with cache-sized buffers.
+* The learning rate and 1/batch are folded into the output delta, so the products deliver
+  ``lr * gradient`` and momentum keeps ``lr * velocity`` (rescaled when the schedule changes
+  the rate): PyTorch's SGD arithmetic with fewer passes over the parameters.
+* All parameters sit in one flat buffer, so the update is a few NumPy calls for the whole net.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from ..errors import ConfigError, DataError, TrainingDiverged
+from . import activations as act
+from .config import MLPConfig
+from .model import MLP
+
+# Rows per chunk of a batch; batches up to this size are one chunk. Picked by measurement
+# (benchmarks/bench_mlp.py --chunk-sweep): big enough for efficient products, small enough
+# for the chunk's buffers to stay in cache.
+CHUNK = 1000
+
+PHASES = ("gather", "forward", "cost", "backward", "update")
+
+
+def learning_rate(config: MLPConfig, epoch: int) -> float:
+    """The learning rate of 0-based ``epoch`` under the config's schedule."""
+    lr = config.lr
+    if config.schedule == "seed":
+        for i in range(1, epoch + 1):
+            lr /= 1.0 + config.decay * i
+        return lr
+    if config.schedule == "step":
+        return lr * config.gamma ** (epoch // config.step_size)
+    if config.schedule == "cosine":
+        return config.lr_min + (lr - config.lr_min) * 0.5 * (1.0 + math.cos(math.pi * epoch / config.epochs))
+    return lr
+
+
+@dataclass
+class EvalSet:
+    inputs: np.ndarray  # (N, input_size), the model's dtype
+    labels: np.ndarray  # (N,) intp
+
+
+def check_data(model: MLP, inputs: np.ndarray, labels: np.ndarray, what: str) -> EvalSet:
+    """Validate and convert a split: (N, 28, 28) or (N, input_size) inputs, integer labels."""
+    x = model.to_input_matrix(inputs)
+    y = np.asarray(labels)
+    if y.ndim != 1 or len(y) != len(x):
+        raise DataError(f"{what}: {len(x)} inputs but labels of shape {y.shape}; give one label per image")
+    if len(y) == 0:
+        raise DataError(f"{what}: no images")
+    if not np.issubdtype(y.dtype, np.integer):
+        raise DataError(f"{what}: labels must be integers, got {y.dtype}")
+    lo, hi = int(y.min()), int(y.max())
+    if lo < 0 or hi >= model.config.n_classes:
+        bad = lo if lo < 0 else hi
+        raise DataError(f"{what}: label {bad} is out of range 0..{model.config.n_classes - 1}")
+    return EvalSet(x, y.astype(np.intp))
+
+
+class _Phases:
+    """The seed's hand-placed timers, as an option: seconds per phase of the batch loop."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.totals = dict.fromkeys(PHASES, 0.0)
+        self._t = 0.0
+
+    def start(self) -> None:
+        if self.enabled:
+            self._t = time.perf_counter()
+
+    def lap(self, phase: str) -> None:
+        if self.enabled:
+            now = time.perf_counter()
+            self.totals[phase] += now - self._t
+            self._t = now
+
+    def take(self) -> dict[str, float]:
+        out = {f"time_{k}": round(v, 6) for k, v in self.totals.items()}
+        self.totals = dict.fromkeys(PHASES, 0.0)
+        return out
+
+
+class Trainer:
+    """Owns the buffers of one fit: allocated once, reused by every batch."""
+
+    def __init__(self, model: MLP, config: MLPConfig | None = None, *, chunk: int = CHUNK) -> None:
+        self.model = model
+        self.config = config or model.config
+        if self.config.sizes != model.config.sizes:
+            raise ConfigError(f"training config sizes {self.config.sizes} do not match the model {model.config.sizes}")
+        self.chunk = int(chunk)
+        self.stopped_early = False
+        self.best_epoch: int | None = None
+
+    # ----- the batch loop -----
+
+    def _allocate(self, batch: int) -> None:
+        m = self.model
+        dt = m.dtype
+        c = min(batch, self.chunk)
+        self.c = c
+        sizes = m.config.sizes
+        self.xb = np.empty((c, sizes[0]), dt)
+        self.yb = np.empty(c, np.intp)
+        self.rows = np.arange(c)
+        self.acts = [np.empty((c, s), dt) for s in sizes[1:]]  # layer outputs, computed in place
+        self.deltas = [np.empty((c, s), dt) for s in sizes[1:-1]]  # d cost / d z of hidden layers
+        self.scratch = [np.empty((c, s), dt) for s in sizes[1:]]
+        self.logits = np.empty((c, sizes[-1]), dt)
+        self.grad = np.zeros_like(m.params)
+        self.grad_w, self.grad_b = m._views(self.grad)
+        if c < batch:
+            self.part = np.zeros_like(m.params)
+            self.part_w, self.part_b = m._views(self.part)
+        self.vel = np.zeros_like(m.params)
+        self.tmp = np.empty_like(m.params)
+
+    def _chunk(self, x: np.ndarray, y: np.ndarray, idx: np.ndarray, first: bool, scale: float, ph: _Phases):
+        """Forward and backward for one chunk; returns (data cost sum, correct, abs error sum)."""
+        m = self.model
+        cfg = m.config
+        k = len(idx)
+        xb = np.take(x, idx, axis=0, out=self.xb[:k], mode="clip")  # (k, in)
+        yb = np.take(y, idx, out=self.yb[:k], mode="clip")
+        rows = self.rows[:k]
+        ph.lap("gather")
+
+        weights, biases = m.weights, m.biases
+        last = len(weights) - 1
+        hidden = act.FORWARD[cfg.activation]
+        a = xb
+        for i in range(last):
+            z = self.acts[i][:k]
+            np.matmul(a, weights[i], out=z)  # (k, out)
+            z += biases[i]
+            a = hidden(z)
+        out = self.acts[last][:k]
+        np.matmul(a, weights[last], out=out)  # (k, classes) logits
+        out += biases[last]
+        ph.lap("forward")
+
+        if cfg.output == "softmax":
+            out -= out.max(axis=1, keepdims=True)
+            zy = out[rows, yb]  # log-odds of the true class against the best, <= 0
+            np.exp(out, out=out)
+            total = out.sum(axis=1)
+            cost = float(np.log(total).sum() - zy.sum())
+            correct = int(np.count_nonzero(zy >= 0))
+            out /= total[:, None]
+        else:
+            logits = self.logits[:k]
+            np.copyto(logits, out)
+            act.sigmoid(out)
+            # log-loss from the logits: sum softplus(z) - z[label], stable for any |z|
+            cost = float(np.logaddexp(0, logits).sum() - logits[rows, yb].sum())
+            correct = int(np.count_nonzero(out.argmax(axis=1) == yb))
+        out[rows, yb] -= 1  # d cost / d logits = p - onehot for both outputs
+        abs_err = float(np.abs(out, out=self.scratch[last][:k]).sum())
+        out *= scale
+        ph.lap("cost")
+
+        gw, gb = (self.grad_w, self.grad_b) if first else (self.part_w, self.part_b)
+        backward = act.BACKWARD[cfg.activation]
+        delta = out
+        for i in range(last, -1, -1):
+            below = self.acts[i - 1][:k] if i else xb
+            np.matmul(below.T, delta, out=gw[i])  # (in, out)
+            np.sum(delta, axis=0, out=gb[i])
+            if i:
+                d_below = self.deltas[i - 1][:k]
+                np.matmul(delta, weights[i].T, out=d_below)  # (k, in)
+                delta = backward(below, d_below, self.scratch[i - 1][:k])
+        if not first:
+            self.grad += self.part
+        ph.lap("backward")
+        return cost, correct, abs_err
+
+    def _update(self, lr: float) -> None:
+        cfg = self.config
+        m = self.model
+        params, grad, tmp = m.params, self.grad, self.tmp
+        nw = m.n_weights
+        if cfg.l2:
+            np.multiply(params[:nw], lr * cfg.l2, out=tmp[:nw])
+            grad[:nw] += tmp[:nw]
+        if cfg.l1:
+            np.sign(params[:nw], out=tmp[:nw])
+            tmp[:nw] *= lr * cfg.l1
+            grad[:nw] += tmp[:nw]
+        mom = cfg.momentum
+        if not mom:
+            params -= grad
+        elif cfg.momentum_form == "seed":
+            # w -= lr_t g_t + m lr_{t-1} g_{t-1}: vel holds the previous step lr_{t-1} g_{t-1}
+            np.multiply(self.vel, mom, out=tmp)
+            tmp += grad
+            params -= tmp
+            np.copyto(self.vel, grad)
+        else:
+            vel = self.vel  # lr * PyTorch's momentum buffer
+            vel *= mom
+            vel += grad
+            if cfg.nesterov:
+                np.multiply(vel, mom, out=tmp)
+                tmp += grad
+                params -= tmp
+            else:
+                params -= vel
+
+    def _reg_cost(self) -> float:
+        cfg = self.config
+        w = self.model.params[: self.model.n_weights]
+        cost = 0.0
+        if cfg.l2:
+            cost += 0.5 * cfg.l2 * float(np.dot(w, w))
+        if cfg.l1:
+            cost += cfg.l1 * float(np.abs(w, out=self.tmp[: len(w)]).sum())
+        return cost
+
+    def loss_and_gradients(self, inputs: np.ndarray, labels: np.ndarray) -> tuple[float, float, dict[str, np.ndarray]]:
+        """Mean data cost, regularization cost and the gradients of their sum, for one batch.
+
+        The same code path as training (chunks included), without an update: for checks
+        against autograd and finite differences. Gradients are keyed like ``get_params()``.
+        """
+        data = check_data(self.model, inputs, labels, "batch")
+        n = len(data.inputs)
+        self._allocate(n)
+        cost = 0.0
+        for cs in range(0, n, self.c):
+            cost += self._chunk(data.inputs, data.labels, np.arange(cs, min(cs + self.c, n)), cs == 0, 1.0 / n, _Phases(False))[0]
+        reg = self._reg_cost()
+        cfg, m = self.config, self.model
+        nw = m.n_weights
+        grad = self.grad.copy()
+        if cfg.l2:
+            grad[:nw] += cfg.l2 * m.params[:nw]
+        if cfg.l1:
+            grad[:nw] += cfg.l1 * np.sign(m.params[:nw])
+        gw, gb = m._views(grad)
+        out = {}
+        for i, (w, b) in enumerate(zip(gw, gb), start=1):
+            out[f"W{i}"], out[f"b{i}"] = w, b
+        return cost / n, reg, out
+
+    # ----- epochs -----
+
+    def fit(
+        self,
+        inputs: np.ndarray,
+        labels: np.ndarray,
+        *,
+        test: tuple[np.ndarray, np.ndarray] | None = None,
+        val: tuple[np.ndarray, np.ndarray] | None = None,
+        callback: Callable[[dict[str, Any]], None] | None = None,
+        profile: bool = False,
+    ) -> list[dict[str, Any]]:
+        """Train for ``config.epochs`` epochs; returns one dict per epoch (nothing is printed).
+
+        ``train_accuracy``, ``cost`` and ``mean_abs_error`` are averaged over the batches as they were
+        trained (the weights move during the epoch, as in Keras' logs); ``test_accuracy`` and
+        ``val_accuracy`` are measured after the epoch. With ``config.patience`` and a validation set,
+        training stops early and the weights of the best validation epoch are restored.
+        Raises TrainingDiverged on a NaN/inf cost, after restoring the last good (epoch-start) weights.
+        """
+        cfg = self.config
+        m = self.model
+        train = check_data(m, inputs, labels, "training data")
+        test_set = check_data(m, *test, "test data") if test is not None else None
+        val_set = check_data(m, *val, "validation data") if val is not None else None
+        if cfg.patience is not None and val_set is None:
+            raise ConfigError("early stopping (patience) needs a validation set")
+        x, y = train.inputs, train.labels
+        n = len(x)
+        batch = min(cfg.batch_size, n)
+        self._allocate(batch)
+        rng = np.random.default_rng(cfg.seed)
+        ph = _Phases(profile)
+        history: list[dict[str, Any]] = []
+        good = m.params.copy()
+        n_out = m.config.n_classes
+        # Overflow only happens on the way to a NaN/inf cost, which is caught and reported below.
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            return self._epochs(cfg, m, x, y, n, batch, rng, ph, history, good, test_set, val_set, callback, profile, n_out)
+
+    def _epochs(self, cfg, m, x, y, n, batch, rng, ph, history, good, test_set, val_set, callback, profile, n_out):
+        best_acc, best_params, waited = -1.0, None, 0
+        prev_lr = None
+        for epoch in range(cfg.epochs):
+            t0 = time.perf_counter()
+            lr = learning_rate(cfg, epoch)
+            if prev_lr is not None and cfg.momentum_form == "standard" and lr != prev_lr:
+                self.vel *= lr / prev_lr  # keep PyTorch's unscaled velocity the same
+            prev_lr = lr
+            np.copyto(good, m.params)
+            order = rng.permutation(n)
+            cost_sum = reg_sum = err_sum = 0.0
+            correct = 0
+            for start in range(0, n, batch):
+                stop = min(start + batch, n)
+                b = stop - start
+                scale = lr / b
+                batch_cost = 0.0
+                ph.start()
+                for cs in range(start, stop, self.c):
+                    ce = min(cs + self.c, stop)
+                    c_cost, c_correct, c_err = self._chunk(x, y, order[cs:ce], cs == start, scale, ph)
+                    batch_cost += c_cost
+                    correct += c_correct
+                    err_sum += c_err
+                reg = self._reg_cost() if (cfg.l1 or cfg.l2) else 0.0
+                if not math.isfinite(batch_cost + reg):
+                    np.copyto(m.params, good)
+                    raise TrainingDiverged(
+                        f"training diverged in epoch {epoch + 1} (cost is {batch_cost / b + reg}); kept the weights "
+                        f"from the start of that epoch: lower the learning rate (now {lr:g})"
+                    )
+                cost_sum += batch_cost
+                reg_sum += reg * b
+                ph.lap("cost")
+                self._update(lr)
+                ph.lap("update")
+            if not np.isfinite(m.params).all():
+                np.copyto(m.params, good)
+                raise TrainingDiverged(
+                    f"weights became NaN/inf in epoch {epoch + 1}; kept the weights from the start of that epoch: "
+                    f"lower the learning rate (now {lr:g})"
+                )
+            train_seconds = time.perf_counter() - t0
+            row: dict[str, Any] = {
+                "epoch": epoch + 1,
+                "cost": (cost_sum + reg_sum) / n,
+                "reg_cost": reg_sum / n,
+                "train_accuracy": correct / n,
+                "mean_abs_error": err_sum / (n * n_out),
+                "lr": lr,
+            }
+            if test_set is not None:
+                row["test_accuracy"] = m.accuracy(test_set.inputs, test_set.labels)
+            if val_set is not None:
+                row["val_accuracy"] = m.accuracy(val_set.inputs, val_set.labels)
+            row["seconds"] = time.perf_counter() - t0
+            row["train_seconds"] = train_seconds
+            if profile:
+                row.update(ph.take())
+            history.append(row)
+            if callback is not None:
+                callback(row)
+            if val_set is not None:
+                if row["val_accuracy"] > best_acc:
+                    best_acc, waited, self.best_epoch = row["val_accuracy"], 0, epoch + 1
+                    if cfg.patience is not None:
+                        best_params = m.params.copy()
+                else:
+                    waited += 1
+                    if cfg.patience is not None and waited >= cfg.patience:
+                        self.stopped_early = True
+                        break
+        if best_params is not None:
+            np.copyto(m.params, best_params)
+        return history
+
+
+def train(
+    model: MLP,
+    inputs: np.ndarray,
+    labels: np.ndarray,
+    *,
+    test: tuple[np.ndarray, np.ndarray] | None = None,
+    val: tuple[np.ndarray, np.ndarray] | None = None,
+    config: MLPConfig | None = None,
+    callback: Callable[[dict[str, Any]], None] | None = None,
+    profile: bool = False,
+    chunk: int = CHUNK,
+) -> list[dict[str, Any]]:
+    """Train ``model`` in place on preprocessed inputs; returns the per-epoch history."""
+    return Trainer(model, config, chunk=chunk).fit(
+        inputs, labels, test=test, val=val, callback=callback, profile=profile
+    )
