@@ -53,5 +53,11 @@ $(BENCH_STAMP): benchmarks/requirements-bench.txt pyproject.toml
 bench-mlp: bench-venv
 	$(BENCH_VENV)/bin/python benchmarks/bench_mlp.py $(BENCH_MLP_ARGS)
 
+# CPU: seed recipe, mnistlab vs the PyTorch DataLoader loop vs Keras/TF (5 epochs, minutes).
+# Shorter: make bench-cnn BENCH_CNN_ARGS="--epochs 2 --train-size 20000 --runs 3"
+BENCH_CNN_ARGS ?= --epochs 5 --runs 1
+bench-cnn: bench-venv
+	$(BENCH_VENV)/bin/python benchmarks/bench_cnn.py $(BENCH_CNN_ARGS)
+
 clean:
 	rm -rf $(VENV) .venv-bench build dist src/*.egg-info .pytest_cache
