@@ -13,6 +13,7 @@ import binascii
 import contextlib
 import functools
 import json
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -31,6 +32,7 @@ from ..data.drawing import MAX_SIDE, check_drawing, normalize_drawing
 from ..errors import ConfigError, MnistlabError
 from ..evaluation import Evaluation, evaluate
 from ..model_api import InspectableModel
+from ..models import load_model
 from . import encode
 from .store import ApiError, LoadedRun, RunStore
 
@@ -61,11 +63,16 @@ def create_app(
     model_loader: Callable[[Path], InspectableModel] | None = None,
     dataset_loader: Callable[[str], Dataset] | None = None,
     max_body: int = MAX_BODY,
+    torch_threads: int | None = None,
 ) -> FastAPI:
-    """The app serving the runs under ``runs_dir``; the loaders are replaceable for tests."""
+    """The app serving the runs under ``runs_dir``; the loaders are replaceable for tests.
+
+    ``torch_threads``: when given, torch's intra-op thread count is set to it once a model has
+    imported torch (process-wide, so only `mnistlab serve` passes it; see there why 1).
+    """
     kwargs: dict[str, Any] = {}
-    if model_loader is not None:
-        kwargs["model_loader"] = model_loader
+    if model_loader is not None or torch_threads is not None:
+        kwargs["model_loader"] = _with_torch_threads(model_loader or load_model, torch_threads)
     if dataset_loader is not None:
         kwargs["dataset_loader"] = dataset_loader
     store = RunStore(runs_dir, **kwargs)
@@ -226,6 +233,23 @@ def create_app(
 
 
 # ----- helpers: decoding input and calling the library -----
+
+
+def _with_torch_threads(
+    loader: Callable[[Path], InspectableModel], threads: int | None
+) -> Callable[[Path], InspectableModel]:
+    if threads is None:
+        return loader
+
+    def load(path: Path) -> InspectableModel:
+        model = loader(path)
+        torch = sys.modules.get("torch")  # never imported here for an MLP-only server
+        if torch is not None and torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+        return model
+
+    return load
+
 
 
 def _decode_pixels(body: PredictBody) -> np.ndarray:
