@@ -501,14 +501,15 @@ function loadTraining() {
   if (!hist.length) { box.innerHTML = '<p class="muted">This run has no training history.</p>'; return; }
   const keys = [...new Set(hist.flatMap((r) => Object.keys(r)))]
     .filter((k) => k !== "epoch" && hist.some((r) => typeof r[k] === "number" && isFinite(r[k])));
+  const varies = (k) => new Set(hist.map((r) => r[k])).size > 1;
   const groups = [
     ["Loss", keys.filter((k) => /loss/i.test(k))],
     ["Accuracy", keys.filter((k) => /acc/i.test(k))],
+    // A constant learning rate or the seconds each epoch took say little as a curve.
+    ["Learning rate", keys.filter((k) => /^lr$|learning_rate/i.test(k) && varies(k))],
   ];
-  const rest = keys.filter((k) => !/loss|acc/i.test(k) && !/time|seconds|lr$/i.test(k));
-  if (rest.length) groups.push(["Other", rest]);
-  const timeKeys = keys.filter((k) => /time|seconds|lr$/i.test(k));
-  for (const k of timeKeys) groups.push([k, [k]]);
+  const seconds = hist.reduce((t, r) => t + (typeof r.seconds === "number" ? r.seconds : 0), 0);
+  if (seconds > 0) box.append(el("p", { class: "muted small", text: `${hist.length} epochs, ${seconds.toFixed(1)} s in all` }));
   for (const [title, ks] of groups) if (ks.length) box.append(chart(title, hist, ks));
 }
 
@@ -519,7 +520,7 @@ function chart(title, hist, keys) {
   const xs = hist.map((r, i) => (typeof r.epoch === "number" ? r.epoch : i + 1));
   const vals = keys.flatMap((k) => hist.map((r) => r[k]).filter((v) => typeof v === "number" && isFinite(v)));
   let lo = Math.min(...vals), hi = Math.max(...vals);
-  if (hi === lo) { hi += 0.5; lo -= 0.5; }
+  if (hi === lo) { const d = Math.abs(hi) * 0.1 || 0.5; hi += d; lo -= d; }
   const pad = (hi - lo) * 0.06; lo -= pad; hi += pad;
   const x0 = Math.min(...xs), x1 = Math.max(...xs) === x0 ? x0 + 1 : Math.max(...xs);
   const X = (x) => m.l + ((x - x0) / (x1 - x0)) * (W - m.l - m.r);
