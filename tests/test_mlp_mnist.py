@@ -11,7 +11,7 @@ from mnistlab.mlp import MLP, MLPConfig, train
 @pytest.mark.slow
 def test_one_epoch_on_a_few_thousand_mnist_images_is_sane():
     ds = load_dataset("mnist", progress=False).subset(5000, 2000)
-    cfg = MLPConfig(epochs=1, batch_size=50)
+    cfg = MLPConfig(epochs=1, batch_size=50, lr=0.1)
     pre = Preprocessor.fit(cfg.preprocess, ds.train_images)
     model = MLP(cfg, preprocess=pre)
     hist = train(model, pre(ds.train_images), ds.train_labels, test=(pre(ds.test_images), ds.test_labels))
