@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
+torch.set_num_threads(1)  # pytest -n 2 on 2 cores: more threads per worker only oversubscribe
 
 from mnistlab.cnn import CNN, Net, Optimizer, Schedule, build_net, count_params, parse_spec  # noqa: E402
 from mnistlab.data import Preprocessor  # noqa: E402

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
+torch.set_num_threads(1)  # pytest -n 2 on 2 cores: more threads per worker only oversubscribe
 
 from mnistlab.cli import main  # noqa: E402
 from mnistlab.cnn import Trainer, resolve_config, resume, train  # noqa: E402

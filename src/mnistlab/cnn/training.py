@@ -113,8 +113,15 @@ def resolve_config(spec: str = "seed", **overrides: Any) -> TrainConfig:
 # Device and levers
 
 def cpu_bf16_supported() -> bool:
+    """Native bf16 arithmetic (AVX512-BF16 or AMX). oneDNN's own check accepts any AVX-512 CPU, where
+    bf16 is emulated and slower than float32, so ask for the instructions themselves."""
     try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        caps = torch._C._cpu._get_cpu_capability()
+        return bool(caps.get("avx512_bf16") or caps.get("amx_bf16"))
+    except (AttributeError, RuntimeError):
+        pass
+    try:
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
     except (AttributeError, RuntimeError):
         return False
 
