@@ -203,7 +203,7 @@ def test_layer_names_activations_and_proba():
 
 
 def test_inference_chunks_agree_with_one_pass():
-    model = MLP(MLPConfig(hidden=(9,)))
+    model = MLP(MLPConfig(hidden=(9,), activation="relu"))
     x = np.random.default_rng(1).standard_normal((5000, 784)).astype(np.float32)
     out = model.activations_from_inputs(x, ["output"])["output"]
     h = np.maximum(x @ model.weights[0] + model.biases[0], 0)

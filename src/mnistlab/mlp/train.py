@@ -36,7 +36,7 @@ from .model import MLP
 # Rows per chunk of a batch; batches up to this size are one chunk. Picked by measurement
 # (benchmarks/bench_mlp.py --chunk-sweep): big enough for efficient products, small enough
 # for the chunk's buffers to stay in cache.
-CHUNK = 1000
+CHUNK = 500
 
 PHASES = ("gather", "forward", "cost", "backward", "update")
 
