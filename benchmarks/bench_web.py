@@ -104,8 +104,11 @@ def main(argv: list[str] | None = None) -> int:
     # Over a real socket: uvicorn on 127.0.0.1 and an HTTP client, as the page talks to it.
     socket_ms = _over_socket(create_app(runs_dir, torch_threads=args.threads), name, bodies, args.repeats)
 
-    # The same steps called directly, to show where the time goes.
+    # The same steps called directly, to show where the time goes. torch's thread count is per
+    # calling thread (OpenMP), so set it here too, as the server does on its model thread.
     model = load_model(run_dir)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(args.threads)
     names = model.layer_names()
     steps: dict[str, list[float]] = {"normalize drawing": [], "forward, all layers": [], "encode activations": []}
     for i in range(args.repeats):
@@ -125,8 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         return float(np.percentile(values, p))
 
     size = len(r.content)
-    torch = sys.modules.get("torch")
-    threads = f"torch threads {torch.get_num_threads()}, " if torch else ""
+    threads = f"torch threads {args.threads} (as `mnistlab serve --threads {args.threads}`), " if "torch" in sys.modules else ""
     print(f"run: {run_dir} ({info['kind']}, layers: {', '.join(l['name'] for l in layers)})")
     print(f"{threads}OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}")
     print(f"{args.repeats} draw updates of a {PAD}x{PAD} pad; answer {size / 1024:.0f} KiB of JSON")
