@@ -53,5 +53,16 @@ $(BENCH_STAMP): benchmarks/requirements-bench.txt pyproject.toml
 	$(BENCH_VENV)/bin/python -m pip install -q -e .
 	@touch $(BENCH_STAMP)
 
+# NumPy MLP against PyTorch, Keras/TF and scikit-learn: 35 epochs, 3 runs each, several minutes.
+# BENCH_MLP_ARGS passes options, e.g. BENCH_MLP_ARGS="--threads 1 --runs 5".
+bench-mlp: bench-venv
+	$(BENCH_VENV)/bin/python benchmarks/bench_mlp.py $(BENCH_MLP_ARGS)
+
+# CPU: seed recipe, mnistlab vs the PyTorch DataLoader loop vs Keras/TF (5 epochs, minutes).
+# Shorter: make bench-cnn BENCH_CNN_ARGS="--epochs 2 --train-size 20000 --runs 3"
+BENCH_CNN_ARGS ?= --epochs 5 --runs 1
+bench-cnn: bench-venv
+	$(BENCH_VENV)/bin/python benchmarks/bench_cnn.py $(BENCH_CNN_ARGS)
+
 clean:
 	rm -rf $(VENV) .venv-bench build dist src/*.egg-info .pytest_cache

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import os
 import statistics
 import sys
 import tempfile
@@ -59,10 +60,11 @@ def drawings(n: int, seed: int = 0) -> list[np.ndarray]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as `mnistlab serve` does, before torch loads
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", type=Path, help="run directory (default: an untrained seed CNN)")
     parser.add_argument("--repeats", type=int, default=300, help="updates to time (default 300)")
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads, as `mnistlab serve --threads` (default 1)")
     args = parser.parse_args(argv)
 
     with warnings.catch_warnings():
@@ -74,15 +76,11 @@ def main(argv: list[str] | None = None) -> int:
     from mnistlab.web import encode
     from mnistlab.web.app import create_app
 
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
 
     tmp = tempfile.TemporaryDirectory()
     run_dir = args.run if args.run else seed_cnn_run(Path(tmp.name))
     runs_dir, name = run_dir.parent, run_dir.name
-    client = TestClient(create_app(runs_dir))
+    client = TestClient(create_app(runs_dir, torch_threads=args.threads))
     pads = drawings(32)
     bodies = [
         {"data": base64.b64encode(p.tobytes()).decode(), "width": PAD, "height": PAD, "drawing": True} for p in pads
@@ -104,10 +102,13 @@ def main(argv: list[str] | None = None) -> int:
         handler.append(r.json()["server_ms"])
 
     # Over a real socket: uvicorn on 127.0.0.1 and an HTTP client, as the page talks to it.
-    socket_ms = _over_socket(create_app(runs_dir), name, bodies, args.repeats)
+    socket_ms = _over_socket(create_app(runs_dir, torch_threads=args.threads), name, bodies, args.repeats)
 
-    # The same steps called directly, to show where the time goes.
+    # The same steps called directly, to show where the time goes. torch's thread count is per
+    # calling thread (OpenMP), so set it here too, as the server does on its model thread.
     model = load_model(run_dir)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(args.threads)
     names = model.layer_names()
     steps: dict[str, list[float]] = {"normalize drawing": [], "forward, all layers": [], "encode activations": []}
     for i in range(args.repeats):
@@ -127,7 +128,9 @@ def main(argv: list[str] | None = None) -> int:
         return float(np.percentile(values, p))
 
     size = len(r.content)
+    threads = f"torch threads {args.threads} (as `mnistlab serve --threads {args.threads}`), " if "torch" in sys.modules else ""
     print(f"run: {run_dir} ({info['kind']}, layers: {', '.join(l['name'] for l in layers)})")
+    print(f"{threads}OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}")
     print(f"{args.repeats} draw updates of a {PAD}x{PAD} pad; answer {size / 1024:.0f} KiB of JSON")
     print(f"request (TestClient, all but the socket): median {statistics.median(total):6.2f} ms   p90 {q(total, 90):6.2f} ms")
     print(f"handler (server_ms):                      median {statistics.median(handler):6.2f} ms   p90 {q(handler, 90):6.2f} ms")

@@ -66,7 +66,7 @@ def _one_weight_trainer(**opts):
     model = MLP(cfg)
     model.params[:] = [0.5, -2.0, 1.0, 0.25, 0.0, 0.0]  # W1, W2 (2), b1, b2 (2)
     trainer = Trainer(model)
-    trainer._allocate(1)
+    trainer._prepare(np.ones((1, 1)), np.zeros(1, int), 1)  # buffers for a one-image batch
     return model, trainer
 
 
@@ -158,6 +158,26 @@ def test_large_batches_in_chunks_equal_one_chunk():
     np.testing.assert_allclose(a.params, b.params, rtol=1e-10, atol=1e-12)
 
 
+def test_raw_images_train_exactly_like_preprocessed_inputs():
+    """uint8 images preprocessed chunk by chunk (with blank border columns left out of the
+    products) give bit-identical training to preprocessing everything first."""
+    from mnistlab.data import Preprocessor
+
+    ds = _tiny_dataset(300, 50)
+    images = ds.train_images.copy()
+    images[:, :2, :] = 0  # a blank border: inactive input columns
+    for kind in ("standard", "unit"):
+        pre = Preprocessor.fit(kind, images)
+        cfg = MLPConfig(hidden=(10,), epochs=2, batch_size=64, l2=1e-3, preprocess=kind)
+        a, b = MLP(cfg, preprocess=pre), MLP(cfg, preprocess=pre)
+        ha = train(a, images, ds.train_labels, test=(ds.test_images, ds.test_labels))
+        hb = train(b, pre(images), ds.train_labels, test=(pre(ds.test_images), ds.test_labels))
+        np.testing.assert_array_equal(a.params, b.params)
+        assert ha[-1]["test_accuracy"] == hb[-1]["test_accuracy"]
+        # the blank inputs' weights still decay under L2, exactly as without the trimming
+        assert np.all(a.weights[0][:56] != 0)
+
+
 def test_early_stopping_restores_best_weights():
     x, y = _toy(300)
     cfg = MLPConfig(input_size=12, hidden=(8,), n_classes=4, epochs=30, batch_size=20, lr=0.5, val=50, patience=2)
@@ -203,7 +223,7 @@ def test_layer_names_activations_and_proba():
 
 
 def test_inference_chunks_agree_with_one_pass():
-    model = MLP(MLPConfig(hidden=(9,)))
+    model = MLP(MLPConfig(hidden=(9,), activation="relu"))
     x = np.random.default_rng(1).standard_normal((5000, 784)).astype(np.float32)
     out = model.activations_from_inputs(x, ["output"])["output"]
     h = np.maximum(x @ model.weights[0] + model.biases[0], 0)

@@ -114,3 +114,11 @@ def test_weights_with_pickled_objects_are_refused(tmp_path):
     np.savez(path / "weights.npz", w=np.array([{"a": 1}], dtype=object))
     with pytest.raises(RunError, match="weights.npz: unreadable"):
         runs.read_run(path)
+
+
+def test_truncated_weights_are_a_run_error(tmp_path):
+    path = _write(tmp_path)
+    data = (path / "weights.npz").read_bytes()
+    (path / "weights.npz").write_bytes(data[: len(data) // 2])
+    with pytest.raises(RunError, match="weights.npz: unreadable"):
+        runs.read_run(path)

@@ -416,3 +416,11 @@ def test_concurrent_updates_each_get_their_own_answer(client, runs):
     for img, answer in zip(images, answers):
         expected = model.predict_proba(normalize_drawing(img)[None])[0]
         np.testing.assert_allclose(answer["probabilities"], expected, rtol=1e-5, atol=1e-7)
+
+
+def test_compare_and_oip_say_when_the_inspect_library_is_missing(client, monkeypatch):
+    import mnistlab.inspect as inspect_lib
+
+    monkeypatch.delattr(inspect_lib, "compare_classes", raising=False)
+    r = client.get("/api/compare", params={"run": "tiny", "a": 1, "b": 2})
+    assert r.status_code == 501 and "inspect" in r.json()["error"]

@@ -137,6 +137,14 @@ def test_draw_a_digit_and_see_every_layer(server, browser, tmp_path):
     page.locator("#mis-gallery .thumb").first.click()
     page.wait_for_function("document.getElementById('source').textContent.includes('test image #')")
 
+    import mnistlab.inspect as inspect_lib
+
+    if hasattr(inspect_lib, "compare_classes"):  # the inspect library's figures, once it is in this tree
+        page.click("button[data-tab=compare]")
+        page.click("#cmp-go")
+        page.wait_for_selector("#cmp-out .figure img", timeout=60_000)
+        page.wait_for_selector("#cmp-out table.units")
+
     page.select_option("#run-select", "second")
     page.wait_for_function("location.search.includes('run=second')")
 

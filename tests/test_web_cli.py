@@ -12,6 +12,8 @@ import urllib.request
 
 import pytest
 
+sys.path.insert(0, os.path.dirname(__file__))
+
 from mnistlab.cli import build_parser, main
 
 pytest.importorskip("uvicorn")
@@ -78,3 +80,27 @@ def test_missing_runs_dir_is_a_note_not_an_error(tmp_path):
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=15)
     assert "does not exist yet" in err
+
+
+def test_threads_must_be_positive(capsys):
+    assert main(["serve", "--threads", "0"]) == 1
+    assert "--threads 0" in capsys.readouterr().err
+
+
+def test_torch_threads_are_set_once_a_model_brought_torch(tmp_path, monkeypatch):
+    import types
+
+    from test_web_helpers import TinyModel, write_tiny_run
+
+    from mnistlab.web.app import _with_torch_threads
+
+    calls = []
+    fake = types.SimpleNamespace(get_num_threads=lambda: 4, set_num_threads=calls.append)
+    write_tiny_run(tmp_path / "tiny")
+    monkeypatch.delitem(sys.modules, "torch", raising=False)
+    load = _with_torch_threads(TinyModel.from_run_dir, 1)
+    load(tmp_path / "tiny")
+    assert calls == []  # an MLP-only server never imports torch
+    monkeypatch.setitem(sys.modules, "torch", fake)
+    load(tmp_path / "tiny")
+    assert calls == [1]

@@ -23,6 +23,7 @@ import os
 import platform
 import shutil
 import tempfile
+import zipfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -91,7 +92,7 @@ def load_npz(path: Path) -> dict[str, np.ndarray]:
             return {k: npz[k] for k in npz.files}
     except FileNotFoundError:
         raise RunError(f"{path}: missing; the run is incomplete (train it again)") from None
-    except ValueError as exc:
+    except (ValueError, zipfile.BadZipFile) as exc:
         raise RunError(f"{path}: unreadable ({exc}); the file is corrupt or not written by mnistlab") from None
     except OSError as exc:
         raise RunError(f"{path}: unreadable ({exc}); the file is corrupt or truncated") from None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -19,10 +20,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--runs", default="runs", metavar="DIR", help="directory holding run directories (default: runs)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default: 8000; 0 picks a free one)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads for CNN runs (default 1: one image's forward pass gains nothing from more)",
+    )
     p.set_defaults(func=serve)
 
 
 def serve(args: argparse.Namespace) -> int:
+    # Before torch (and its OpenMP runtime) loads: idle OpenMP threads sleep instead of spinning.
+    # With spinning threads, a 1 ms forward pass took ~130 ms whenever other processes (a training
+    # run, say) kept this 2-core machine's cores busy; passive waiting and 1 thread both fix it.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
         import uvicorn
 
@@ -33,10 +44,12 @@ def serve(args: argparse.Namespace) -> int:
         ) from None
     if not 0 <= args.port <= 65535:
         raise ConfigError(f"--port {args.port} must be between 0 and 65535")
+    if args.threads < 1:
+        raise ConfigError(f"--threads {args.threads} must be at least 1")
     runs = Path(args.runs)
     if not runs.is_dir():
         print(f"mnistlab: note: {runs} does not exist yet; runs trained into it will appear on the page", file=sys.stderr)
-    app = create_app(runs)
+    app = create_app(runs, torch_threads=args.threads)
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning")
     server = uvicorn.Server(config)
     _announce_url(server, args.host)

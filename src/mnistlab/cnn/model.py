@@ -228,4 +228,4 @@ class CNN(InspectableModel):
                 (grad,) = torch.autograd.grad(values.sum(), x)
         finally:
             handle.remove()
-        return values.detach().float().cpu().numpy(), grad.detach().float().cpu().numpy()
+        return values.detach().cpu().numpy().astype(np.float32, copy=False), grad.detach().cpu().numpy().astype(np.float32, copy=False)

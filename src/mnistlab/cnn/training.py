@@ -13,6 +13,7 @@ import contextlib
 import io
 import json
 import math
+import os
 import signal
 import threading
 import time
@@ -112,10 +113,32 @@ def resolve_config(spec: str = "seed", **overrides: Any) -> TrainConfig:
 # Device and levers
 
 def cpu_bf16_supported() -> bool:
+    """Native bf16 arithmetic (AVX512-BF16 or AMX). oneDNN's own check accepts any AVX-512 CPU, where
+    bf16 is emulated and slower than float32, so ask for the instructions themselves."""
     try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        caps = torch._C._cpu._get_cpu_capability()
+        return bool(caps.get("avx512_bf16") or caps.get("amx_bf16"))
+    except (AttributeError, RuntimeError):
+        pass
+    try:
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
     except (AttributeError, RuntimeError):
         return False
+
+
+def auto_threads() -> int:
+    """torch's default thread count, less the cores other processes keep busy (at least one).
+
+    OpenMP's barriers make an oversubscribed thread team far slower than fewer threads: on a shared
+    2-core machine with two busy neighbours, 2 threads ran a training step 10-40x slower than 1.
+    """
+    default = torch.get_num_threads()
+    try:
+        busy = os.getloadavg()[0]
+    except (AttributeError, OSError):  # not on every platform
+        return default
+    free = (os.cpu_count() or default) - busy
+    return max(1, min(default, int(free + 0.5)))
 
 
 def choose_device(name: str) -> torch.device:
@@ -164,7 +187,7 @@ def choose_levers(config: TrainConfig, device: torch.device) -> Levers:
             amp = "bfloat16"
     channels_last = config.channels_last == "on" or (config.channels_last == "auto" and kind in ("cuda", "cpu") and amp is not None)
     graphs = kind == "cuda" and config.cuda_graphs != "off" and not config.compile
-    threads = config.threads or torch.get_num_threads()
+    threads = config.threads or (auto_threads() if kind == "cpu" else torch.get_num_threads())
     return Levers(kind, amp, channels_last, bool(config.compile), graphs, threads)
 
 
@@ -225,10 +248,12 @@ class Trainer:
         if self.out.exists() and not overwrite:
             raise RunError(f"{self.out}: already exists; choose another --out, or --resume it")
         self.spec: Spec = parse_spec(config.spec)
-        if config.threads:
-            torch.set_num_threads(config.threads)
         self.device = choose_device(config.device)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels once
         self.levers = choose_levers(config, self.device)
+        if self.device.type == "cpu" and torch.get_num_threads() != self.levers.threads:
+            torch.set_num_threads(self.levers.threads)  # process-wide, as torch's threads always are
         self.stop = _StopRequest()
 
         images, labels = dataset.train_images, dataset.train_labels
@@ -277,7 +302,7 @@ class Trainer:
         self.epoch = 0  # completed epochs
         self.step_in_epoch = 0
         self.global_step = 0
-        self.partial = {"loss_sum": 0.0, "correct": 0, "seen": 0, "time_s": 0.0}
+        self.partial = {"loss_sum": 0.0, "correct": 0, "seen": 0, "time_s": 0.0, "cpu_s": 0.0}
         self.epoch_checkpoints: dict[str, bytes] = {}
         self._graph: Any = None
         self.warmup_s = 0.0
@@ -317,7 +342,8 @@ class Trainer:
         dtype = self.levers.autocast_dtype
         if dtype is None:
             return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=dtype)
+        # The weight-cast cache must be off under CUDA graph capture (cached casts would outlive it).
+        return torch.autocast(self.device.type, dtype=dtype, cache_enabled=not self.levers.cuda_graphs)
 
     def _step(self, idx: torch.Tensor, acc: tuple[torch.Tensor, torch.Tensor]) -> None:
         x, y = self._batch(idx)
@@ -464,7 +490,7 @@ class Trainer:
         sync = self.device.type == "cuda"
         if sync:
             torch.cuda.synchronize()
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         last_loss = None
         while self.step_in_epoch < self.steps_per_epoch:
             s = self.step_in_epoch
@@ -516,6 +542,7 @@ class Trainer:
         self.partial["loss_sum"] += float(acc[0])
         self.partial["correct"] += int(acc[1])
         self.partial["time_s"] += time.perf_counter() - t0
+        self.partial["cpu_s"] = self.partial.get("cpu_s", 0.0) + time.process_time() - cpu0
         if not math.isfinite(self.partial["loss_sum"]):
             return "diverged"
         if self.step_in_epoch < self.steps_per_epoch:
@@ -532,13 +559,16 @@ class Trainer:
         row["test_loss"], row["test_accuracy"] = self.evaluate(self.x_test, self.y_test)
         row["lr"] = float(self.optimizer.lr)
         row["train_seconds"] = round(self.partial["time_s"], 4)
+        # CPU time of this process (all its threads): with a fixed thread count it barely moves when
+        # neighbours load the machine, unlike the wall time, so benchmarks on shared CPUs report both.
+        row["train_cpu_seconds"] = round(self.partial.get("cpu_s", 0.0), 4)
         row["eval_seconds"] = round(time.perf_counter() - t_eval, 4)
         row["seconds"] = round(row["train_seconds"] + row["eval_seconds"], 4)
         self.history.append(row)
         self.schedule.end_epoch(row.get("val_loss", row["loss"]))
         self.epoch += 1
         self.step_in_epoch = 0
-        self.partial = {"loss_sum": 0.0, "correct": 0, "seen": 0, "time_s": 0.0}
+        self.partial = {"loss_sum": 0.0, "correct": 0, "seen": 0, "time_s": 0.0, "cpu_s": 0.0}
         self.epoch_checkpoints[f"checkpoints/epoch-{self.epoch:03d}.npz"] = self._npz_bytes(state_to_numpy(self.net))
         self.write("partial" if self.epoch < cfg.epochs else "complete", dict(row))
         return "ok"

@@ -38,20 +38,20 @@ class MLPConfig:
     input_size: int = 784
     hidden: tuple[int, ...] = (70, 30)
     n_classes: int = 10
-    activation: str = "relu"
+    activation: str = "tanh"
     output: str = "softmax"
-    init: str = "auto"  # auto: He for relu, Xavier (Glorot) for sigmoid/tanh
+    init: str = "auto"  # auto: He-normal for relu, Xavier-uniform (Glorot) for sigmoid/tanh
     dtype: str = "float32"
     seed: int = 0
     # ----- training -----
     epochs: int = 35
     batch_size: int = 500
-    lr: float = 0.1
+    lr: float = 0.4
     momentum: float = 0.9
     momentum_form: str = "standard"
     nesterov: bool = True
     l1: float = 0.0
-    l2: float = 0.0
+    l2: float = 7e-4
     schedule: str = "cosine"
     decay: float = 0.0  # the seed schedule's constant
     step_size: int = 10  # step schedule: epochs per step

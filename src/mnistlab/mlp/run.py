@@ -45,10 +45,10 @@ def train_on_dataset(
     train_images = ds.train_images[train_idx] if config.val else ds.train_images
     pre = Preprocessor.fit(config.preprocess, train_images)
     model = MLP(config, preprocess=pre)
-    x = pre(train_images).reshape(len(train_images), -1)
     y = ds.train_labels[train_idx] if config.val else ds.train_labels
-    test = (pre(ds.test_images), ds.test_labels)
-    val = (pre(ds.train_images[val_idx]), ds.train_labels[val_idx]) if config.val else None
+    # raw uint8 images: the trainer applies the model's preprocessing chunk by chunk
+    test = (ds.test_images, ds.test_labels)
+    val = (ds.train_images[val_idx], ds.train_labels[val_idx]) if config.val else None
     trainer = Trainer(model, config)
     history: list[dict[str, Any]] = []
 
@@ -59,12 +59,11 @@ def train_on_dataset(
 
     diverged: TrainingDiverged | None = None
     try:
-        trainer.fit(x, y, test=test, val=val, callback=on_epoch, profile=profile)
+        trainer.fit(train_images, y, test=test, val=val, callback=on_epoch, profile=profile)
     except TrainingDiverged as exc:
         diverged = exc
-    del x
     with np.errstate(over="ignore", invalid="ignore"):  # last good weights of a diverged run may be huge
-        test_accuracy = model.accuracy(*test)
+        test_accuracy = model.accuracy(pre(ds.test_images), ds.test_labels)
     run_dir = None
     if out is not None and (diverged is None or history):
         extra: dict[str, Any] = {

@@ -12,7 +12,9 @@ import base64
 import binascii
 import contextlib
 import functools
+import io
 import json
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -31,6 +33,7 @@ from ..data.drawing import MAX_SIDE, check_drawing, normalize_drawing
 from ..errors import ConfigError, MnistlabError
 from ..evaluation import Evaluation, evaluate
 from ..model_api import InspectableModel
+from ..models import load_model
 from . import encode
 from .store import ApiError, LoadedRun, RunStore
 
@@ -61,11 +64,16 @@ def create_app(
     model_loader: Callable[[Path], InspectableModel] | None = None,
     dataset_loader: Callable[[str], Dataset] | None = None,
     max_body: int = MAX_BODY,
+    torch_threads: int | None = None,
 ) -> FastAPI:
-    """The app serving the runs under ``runs_dir``; the loaders are replaceable for tests."""
+    """The app serving the runs under ``runs_dir``; the loaders are replaceable for tests.
+
+    ``torch_threads``: when given, torch's intra-op thread count is set to it once a model has
+    imported torch (process-wide, so only `mnistlab serve` passes it; see there why 1).
+    """
     kwargs: dict[str, Any] = {}
-    if model_loader is not None:
-        kwargs["model_loader"] = model_loader
+    if model_loader is not None or torch_threads is not None:
+        kwargs["model_loader"] = _with_torch_threads(model_loader or load_model, torch_threads)
     if dataset_loader is not None:
         kwargs["dataset_loader"] = dataset_loader
     store = RunStore(runs_dir, **kwargs)
@@ -222,10 +230,190 @@ def create_app(
         cell = cell[np.argsort(-ev.probabilities[cell, pred], kind="stable")]
         return {"true": true, "pred": pred, "total": int(len(cell)), "items": _gallery(ds, ev.probabilities, cell[:limit])}
 
+    @app.get("/api/compare")
+    @on_model_thread
+    def compare(
+        run: str | None = None,
+        a: int = Query(..., description="class A"),
+        b: int = Query(..., description="class B"),
+        n: int = Query(3, ge=1, le=8, description="example images per class"),
+        layer: str | None = Query(None, description="one layer (default: the conv and dense layers)"),
+    ) -> dict[str, Any]:
+        """What separates class A from class B (mnistlab.inspect.compare_classes, as `inspect compare`)."""
+        loaded = store.get(run)
+        ds = _dataset(store, loaded)
+        k = len(ds.class_names)
+        for what, value in (("a", a), ("b", b)):
+            if not 0 <= value < k:
+                raise ApiError(400, f"{what}={value} is not a class; use 0..{k - 1}")
+        if a == b:
+            raise ApiError(400, f"a and b are both {a}; choose two different classes")
+        layers = _check_layers(loaded, [layer]) if layer else None
+        return _cached(loaded, ("compare", a, b, n, layer), lambda: _compare_answer(loaded.model, ds, a, b, n, layers))
+
+    @app.get("/api/oip")
+    @on_model_thread
+    def oip(
+        run: str | None = None,
+        layer: str | None = Query(None, description="layer (default: the last conv layer, or the first hidden layer)"),
+        steps: int = Query(100, ge=1, le=500, description="gradient steps"),
+    ) -> dict[str, Any]:
+        """Optimal input patterns of a layer's units (mnistlab.inspect.optimize_inputs, as `inspect oip`)."""
+        loaded = store.get(run)
+        if layer is not None:
+            _check_layers(loaded, [layer])
+        return _cached(loaded, ("oip", layer, steps), lambda: _oip_answer(loaded.model, layer, steps))
+
     return app
 
 
 # ----- helpers: decoding input and calling the library -----
+
+
+MAX_OIP_UNITS = 256
+MAX_CACHED = 24  # compare and OIP answers per run (each up to a few hundred KB of PNG)
+
+
+def _cached(loaded: LoadedRun, key: tuple, compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """A slow answer computed once per version of the run; the oldest are dropped past MAX_CACHED."""
+    with loaded.lock:
+        if key in loaded.cache:
+            return loaded.cache[key]
+    answer = compute()
+    with loaded.lock:
+        loaded.cache[key] = answer
+        slow = [k for k in loaded.cache if isinstance(k, tuple)]
+        for old in slow[: max(0, len(slow) - MAX_CACHED)]:
+            del loaded.cache[old]
+    return answer
+
+
+def _inspect_module() -> Any:
+    try:
+        from .. import inspect as inspect_lib
+
+        inspect_lib.compare_classes  # noqa: B018 - present once the inspect library is installed
+    except (ImportError, AttributeError):
+        raise ApiError(501, "this mnistlab has no inspect library (mnistlab.inspect); update mnistlab") from None
+    return inspect_lib
+
+
+def _png(fig: Any) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _compare_answer(
+    model: InspectableModel, ds: Dataset, a: int, b: int, n: int, layers: list[str] | None
+) -> dict[str, Any]:
+    lib = _inspect_module()
+    from ..viz.compare import plot_contrast, plot_ranking
+
+    comparison = lib.compare_classes(model, ds, a, b, n=n, layers=layers)
+    names = ds.class_names
+    a_name, b_name = names[a], names[b]
+    figures = [
+        {
+            "title": f"{layer}: {a_name} (top row) vs {b_name} (bottom row)",
+            "caption": "Red circles: strongly active in every image of A and in no image of B. "
+            "Yellow: in every image of A and in some image of B.",
+            "png": _png(plot_contrast(comparison, layer)),
+        }
+        for layer in comparison.layers
+    ]
+    top = comparison.table(15)
+    if comparison.rankings:
+        figures.append(
+            {
+                "title": "Most discriminative units over the two whole classes",
+                "caption": f"AUC: probability that a {a_name} scores higher than a {b_name}; "
+                "d: standardized mean difference.",
+                "png": _png(plot_ranking(top, a_name=a_name, b_name=b_name)),
+            }
+        )
+    summary = {
+        "title": "Per layer: positions or nodes marked red and yellow",
+        "columns": ["layer", "red", "yellow", "maps/nodes with red (most first)"],
+        "rows": [
+            [row["layer"], row["red"], row["yellow"], ", ".join(map(str, row["red_units"][:12]))]
+            for row in comparison.summary()
+        ],
+    }
+    ranking = {
+        "title": "Most discriminative units",
+        "columns": ["layer", "kind", "unit", "AUC", "d", f"mean {a_name}", f"mean {b_name}", "favours"],
+        "rows": [
+            [r["layer"], r["kind"], r["unit"], r["auc"], r["smd"], r["mean_a"], r["mean_b"], a_name if r["favours"] == "A" else b_name]
+            for r in top
+        ],
+    }
+    return {
+        "a": a,
+        "b": b,
+        "a_images": comparison.a.names(),
+        "b_images": comparison.b.names(),
+        "layers": list(comparison.layers),
+        "figures": figures,
+        "tables": [summary, ranking],
+    }
+
+
+def _oip_answer(model: InspectableModel, layer: str | None, steps: int) -> dict[str, Any]:
+    lib = _inspect_module()
+    from ..inspect.activations import first_hidden_layer, last_conv_layer
+
+    shapes = lib.layer_shapes(model)
+    layer = layer or last_conv_layer(model, shapes) or first_hidden_layer(model)
+    count = shapes[layer][0]
+    units = list(range(min(count, MAX_OIP_UNITS)))
+    result = lib.optimize_inputs(model, layer, units, steps=steps)
+    gains = result.gain()
+    reached = result.reached()
+    tiles = []
+    for i, unit in enumerate(result.units):
+        if result.dead[i]:
+            caption = f"{int(unit)}: dead"
+        elif np.isfinite(gains[i]):
+            caption = f"{int(unit)}: {gains[i]:.0f}x"
+        else:
+            caption = f"{int(unit)}: from 0"
+        tiles.append(
+            {
+                "unit": int(unit),
+                "image": encode.image_u8(result.images[i]),
+                "caption": caption,
+                "title": f"{layer} unit {int(unit)}: activation {result.start[i]:.3g} -> {result.final[i]:.3g}",
+                "dead": bool(result.dead[i]),
+            }
+        )
+    note = f" (the first {MAX_OIP_UNITS} of {count})" if count > MAX_OIP_UNITS else ""
+    return {
+        "layer": layer,
+        "units": len(units),
+        "steps": steps,
+        "seconds": round(float(result.seconds), 2),
+        "summary": f"{layer}: {len(units)} units{note}, {steps} steps in {result.seconds:.1f} s; "
+        f"{int(reached.sum())} reached at least 10x their start, {int(result.dead.sum())} dead",
+        "tiles": tiles,
+    }
+
+
+def _with_torch_threads(
+    loader: Callable[[Path], InspectableModel], threads: int | None
+) -> Callable[[Path], InspectableModel]:
+    if threads is None:
+        return loader
+
+    def load(path: Path) -> InspectableModel:
+        model = loader(path)
+        torch = sys.modules.get("torch")  # never imported here for an MLP-only server
+        if torch is not None and torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+        return model
+
+    return load
+
 
 
 def _decode_pixels(body: PredictBody) -> np.ndarray:

@@ -264,7 +264,7 @@ function drawLayer(layer) {
 }
 
 function fmt(x) {
-  return Math.abs(x) >= 100 || (Math.abs(x) < 0.01 && x !== 0) ? x.toExponential(1) : x.toFixed(2);
+  return Math.abs(x) >= 1000 || (Math.abs(x) < 0.01 && x !== 0) ? x.toExponential(1) : x.toFixed(Math.abs(x) >= 100 ? 1 : 2);
 }
 
 // Hovering a layer names the map or unit under the pointer.
@@ -501,14 +501,15 @@ function loadTraining() {
   if (!hist.length) { box.innerHTML = '<p class="muted">This run has no training history.</p>'; return; }
   const keys = [...new Set(hist.flatMap((r) => Object.keys(r)))]
     .filter((k) => k !== "epoch" && hist.some((r) => typeof r[k] === "number" && isFinite(r[k])));
+  const varies = (k) => new Set(hist.map((r) => r[k])).size > 1;
   const groups = [
     ["Loss", keys.filter((k) => /loss/i.test(k))],
     ["Accuracy", keys.filter((k) => /acc/i.test(k))],
+    // A constant learning rate or the seconds each epoch took say little as a curve.
+    ["Learning rate", keys.filter((k) => /^lr$|learning_rate/i.test(k) && varies(k))],
   ];
-  const rest = keys.filter((k) => !/loss|acc/i.test(k) && !/time|seconds|lr$/i.test(k));
-  if (rest.length) groups.push(["Other", rest]);
-  const timeKeys = keys.filter((k) => /time|seconds|lr$/i.test(k));
-  for (const k of timeKeys) groups.push([k, [k]]);
+  const seconds = hist.reduce((t, r) => t + (typeof r.seconds === "number" ? r.seconds : 0), 0);
+  if (seconds > 0) box.append(el("p", { class: "muted small", text: `${hist.length} epochs, ${seconds.toFixed(1)} s in all` }));
   for (const [title, ks] of groups) if (ks.length) box.append(chart(title, hist, ks));
 }
 
@@ -519,7 +520,7 @@ function chart(title, hist, keys) {
   const xs = hist.map((r, i) => (typeof r.epoch === "number" ? r.epoch : i + 1));
   const vals = keys.flatMap((k) => hist.map((r) => r[k]).filter((v) => typeof v === "number" && isFinite(v)));
   let lo = Math.min(...vals), hi = Math.max(...vals);
-  if (hi === lo) { hi += 0.5; lo -= 0.5; }
+  if (hi === lo) { const d = Math.abs(hi) * 0.1 || 0.5; hi += d; lo -= d; }
   const pad = (hi - lo) * 0.06; lo -= pad; hi += pad;
   const x0 = Math.min(...xs), x1 = Math.max(...xs) === x0 ? x0 + 1 : Math.max(...xs);
   const X = (x) => m.l + ((x - x0) / (x1 - x0)) * (W - m.l - m.r);
@@ -577,7 +578,12 @@ function fillClassSelects() {
 function fillLayerSelect() {
   const s = $("oip-layer");
   s.innerHTML = "";
-  for (const l of state.info.layers) if (l.name !== "flatten") s.append(el("option", { value: l.name, text: `${l.name} (${l.shape.join("×")})` }));
+  const layers = state.info.layers.filter((l) => l.name !== "flatten");
+  for (const l of layers) s.append(el("option", { value: l.name, text: `${l.name} (${l.shape.join("×")})` }));
+  // The library's default: the last conv layer, else the first hidden layer.
+  const convs = layers.filter((l) => l.shape.length === 3 && !l.name.startsWith("pool"));
+  const pick = convs.length ? convs[convs.length - 1] : layers[0];
+  if (pick) s.value = pick.name;
 }
 
 $("cmp-go").addEventListener("click", loadCompare);
@@ -592,6 +598,9 @@ async function loadCompare() {
     const res = await api(`/api/compare?${runQuery({ a, b })}`);
     showError(null);
     out.innerHTML = "";
+    const names = classNames();
+    out.append(el("p", { class: "muted small",
+      text: `A = ${names[a]}: ${res.a_images.join(" ")}   ·   B = ${names[b]}: ${res.b_images.join(" ")}` }));
     renderFigures(out, res);
   } catch (err) { out.innerHTML = ""; showError(err.message); }
 }
@@ -603,6 +612,7 @@ async function loadOip() {
     const res = await api(`/api/oip?${runQuery({ layer: $("oip-layer").value })}`);
     showError(null);
     out.innerHTML = "";
+    out.append(el("p", { class: "muted small oip-summary", text: res.summary + ". Caption: unit, and how many times its start activation it reached." }));
     renderFigures(out, res);
   } catch (err) { out.innerHTML = ""; showError(err.message); }
 }
@@ -621,14 +631,15 @@ function renderFigures(out, res) {
       const c = el("canvas", { class: "pixelated" });
       paintGrey(c, b64bytes(t.image), t.width || 28, t.height || 28, false);
       c.style.width = "84px"; c.style.height = "84px";
-      gallery.append(el("div", { class: "thumb", title: t.title || "" }, c, el("div", { class: "cap", text: t.caption || "" })));
+      gallery.append(el("div", { class: "thumb" + (t.dead ? " dead" : ""), title: t.title || "" }, c, el("div", { class: "cap", text: t.caption || "" })));
     }
     out.append(gallery);
   }
   for (const table of res.tables || []) {
     const t = el("table", { class: "units" });
     t.append(el("tr", {}, ...table.columns.map((c) => el("th", { text: c }))));
-    for (const row of table.rows) t.append(el("tr", {}, ...row.map((v) => el("td", { text: typeof v === "number" ? fmt(v) : v }))));
+    const cell = (v) => (typeof v !== "number" ? v : Number.isInteger(v) ? String(v) : fmt(v));
+    for (const row of table.rows) t.append(el("tr", {}, ...row.map((v) => el("td", { text: cell(v) }))));
     out.append(el("div", { class: "figure" }, el("div", { class: "title", text: table.title || "" }), t));
   }
 }
