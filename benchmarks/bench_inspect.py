@@ -61,11 +61,14 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--steps", type=int, default=100, help="OIP gradient steps (default 100)")
     parser.add_argument("--single", type=int, default=4, help="maps optimized one at a time for the comparison (0: skip)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch CPU threads (0: the CNN engine's choice, fewer when other processes keep cores busy)")
     parser.add_argument("--json", type=Path, help="also write the numbers here")
     args = parser.parse_args(argv)
 
     import torch
 
+    from mnistlab.cnn.training import auto_threads
     from mnistlab.data import load_dataset
     from mnistlab.inspect import compute_activations, optimize_inputs
     from mnistlab.models import load_model
@@ -74,6 +77,7 @@ def main(argv=None) -> int:
     vi_run = args.vi_run or quick_run("seed-vi", args.work / "seed-vi", args.epochs, args.train_size)
     ds = load_dataset("mnist", progress=False)
     images = ds.test_images
+    torch.set_num_threads(args.threads or auto_threads())
     report: dict[str, object] = {"torch_threads": torch.get_num_threads(), "torch": torch.__version__}
     import os
 
