@@ -85,7 +85,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=100, help="gradient steps (default 100)")
     p.add_argument("--step-size", type=float, default=6.0, help="pixel levels (0..255, rms) per step (default 6)")
     p.add_argument("--scales", default="1,2,4,7", help="noise length scales in pixels (default 1,2,4,7)")
-    p.add_argument("--decay", type=float, default=0.02, help="share of every pixel faded each step (default 0.02)")
+    p.add_argument("--decay", type=float, default=0.01, help="share of every pixel faded each step (default 0.01)")
     p.add_argument("--blur", type=float, default=0.5, help="Gaussian smoothing of each gradient, in pixels (default 0.5)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cols", type=int, default=16, help="images per gallery row (default 16)")

@@ -139,7 +139,7 @@ def optimize_inputs(
     base: float = 40.0,
     amplitude: float = 30.0,
     blur: float = 0.5,
-    decay: float = 0.02,
+    decay: float = 0.01,
     seed: int = 0,
     restarts: int = 20,
     batch_size: int | None = None,
