@@ -211,6 +211,8 @@ class _StopRequest:
         self.signal_name = ""
 
     def __call__(self, signum: int, _frame: Any) -> None:
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C: stop now, without saving
         self.requested = True
         self.signal_name = signal.Signals(signum).name
 
