@@ -85,6 +85,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=100, help="gradient steps (default 100)")
     p.add_argument("--step-size", type=float, default=6.0, help="pixel levels (0..255, rms) per step (default 6)")
     p.add_argument("--scales", default="1,2,4,7", help="noise length scales in pixels (default 1,2,4,7)")
+    p.add_argument("--decay", type=float, default=0.01, help="share of every pixel faded each step (default 0.01)")
+    p.add_argument("--blur", type=float, default=0.5, help="Gaussian smoothing of each gradient, in pixels (default 0.5)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cols", type=int, default=16, help="images per gallery row (default 16)")
     p.add_argument("--out", metavar="PNG", help="gallery file (default RUN/figures/oip-LAYER.png); the patterns go beside it as .npz")
@@ -295,7 +297,7 @@ def cmd_oip(args: argparse.Namespace) -> int:
     except ValueError:
         raise ConfigError(f"bad --scales {args.scales!r}; use pixel lengths like 1,2,4,7") from None
     result = optimize_inputs(model, layer, units, steps=args.steps, step_size=args.step_size, scales=scales, seed=args.seed,
-                             progress=args.progress)
+                             decay=args.decay, blur=args.blur, progress=args.progress)
     reached, dead = result.reached(), result.dead
     print(f"{layer}: {len(units)} units, {args.steps} steps in {result.seconds:.2f} s; "
           f"{int(reached.sum())} reached >= 10x their start, {int(dead.sum())} dead")

@@ -139,6 +139,7 @@ def optimize_inputs(
     base: float = 40.0,
     amplitude: float = 30.0,
     blur: float = 0.5,
+    decay: float = 0.01,
     seed: int = 0,
     restarts: int = 20,
     batch_size: int | None = None,
@@ -149,7 +150,9 @@ def optimize_inputs(
     ``step_size``, ``base`` and ``amplitude`` are in pixel levels (0..255): the start is
     ``base + amplitude * noise`` clipped to 0..255, and each step moves the image by ``step_size``
     (root mean square over its pixels). ``blur`` smooths each gradient (Gaussian sigma, pixels),
-    which favours patterns a person can read over pixel-level speckle.
+    which favours patterns a person can read over pixel-level speckle; ``decay`` shrinks every
+    pixel by that share each step, so the parts of the start noise that the unit ignores fade to
+    the background.
     """
     import time
 
@@ -217,6 +220,8 @@ def optimize_inputs(
         rms = np.sqrt(np.mean(g * g, axis=(1, 2), keepdims=True))
         # Steps shrink linearly to a tenth: long strides early, fine adjustment at the end.
         size = step_size * (1 - 0.9 * step / max(1, steps - 1))
+        if decay:
+            x = x * (1 - decay)  # fades what the unit does not need toward the black background
         x = np.clip(x + size * g / np.maximum(rms, 1e-12), 0, 255)  # a zero gradient moves nothing
         values, grads = value_and_grad(x, everyone)
     trace[steps] = values

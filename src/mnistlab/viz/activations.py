@@ -97,6 +97,7 @@ def plot_activations(
     clip: float | None = 2.0,
     cmap: str = "viridis",
     shared_scale: bool = True,
+    per_map_peak: bool = False,
     marks: Sequence[Marks | None] | None = None,
     panels_per_row: int | None = None,
     row_titles: Sequence[str] | None = None,
@@ -108,7 +109,9 @@ def plot_activations(
     ``acts`` is (N, C, H, W) or (N, units) for the N ``images`` (N, 28, 28). ``standardize``
     rescales each map per image (``clip`` in std units); otherwise raw values are shown from 0
     (or the minimum, if negative) to the maximum, one scale for all images when ``shared_scale``
-    (so brighter means more active across images), else one per image. ``marks`` circles units
+    (so brighter means more active across images), else one per image. ``per_map_peak`` divides
+    each conv map by its peak over all the images shown (0..1; the scale on which
+    mnistlab.inspect.compare defines "strongly active"). ``marks`` circles units
     (red/yellow by default) on each image's grid; ``panels_per_row`` wraps images into rows
     (``row_titles`` label them, e.g. "A: 4" and "B: 9").
     """
@@ -123,6 +126,9 @@ def plot_activations(
     ncols = ncols or (8 if conv else dense_columns(units))
     gap = GAP if conv else 0
     shown = standardize_maps(acts, clip) if standardize else acts.astype(np.float32)
+    if per_map_peak and conv and not standardize:
+        peak = shown.max(axis=(0, 2, 3), keepdims=True)
+        shown = np.divide(shown, peak, out=np.zeros_like(shown), where=peak > 0)
     if standardize:
         lims = [(-(clip or float(np.abs(shown).max() or 1)), clip or float(np.abs(shown).max() or 1))] * n
     else:
@@ -174,6 +180,7 @@ def plot_activations(
         if row_titles is not None and k % per_row == 0 and k // per_row < len(row_titles):
             ax_img.set_ylabel(row_titles[k // per_row], fontsize=11, rotation=0, ha="right", va="center", labelpad=12)
     what = "standardized per map" if standardize and conv else "standardized" if standardize else (
+        "each map divided by its peak over these images" if per_map_peak and conv else
         "shared colour scale" if shared_scale and n > 1 else "")
     fig.suptitle(f"{layer}: {units} {'maps' if conv else 'nodes'}" + (f" ({what})" if what else ""), fontsize=11)
     show_bar = colorbar and last_im is not None and (standardize or shared_scale or n == 1)

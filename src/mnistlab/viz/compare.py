@@ -16,7 +16,8 @@ RED, YELLOW = "red", "gold"
 def plot_contrast(comparison, layer: str, *, standardize: bool = False, cmap: str = "viridis", ncols: int | None = None) -> Figure:
     """A images in the top row, B images below, each beside its grid of ``layer``.
 
-    Red circles: strongly active in every A image and no B image. Yellow: in every A image and in
+    Conv maps are shown divided by their peak over these images, the scale on which "strongly
+    active" (>= ``rel``, 0.5 by default) is defined. Red circles: strongly active in every A image and no B image. Yellow: in every A image and in
     some B image (marked on the A grids, and on each B grid where that B image has it).
     """
     contrast = comparison.contrasts[layer]
@@ -36,7 +37,7 @@ def plot_contrast(comparison, layer: str, *, standardize: bool = False, cmap: st
         marks = marks[:n_a] + [None] * fill_a + marks[n_a:] + [None] * fill_b
     titles = comparison.a.names() + [""] * (per_row - n_a) + comparison.b.names() + [""] * (per_row - n_b)
     fig = plot_activations(images, acts, layer=layer, titles=titles, ncols=ncols, standardize=standardize, cmap=cmap,
-                           shared_scale=True, marks=marks, panels_per_row=per_row,
+                           shared_scale=True, per_map_peak=True, marks=marks, panels_per_row=per_row,
                            row_titles=[f"A: {comparison.a_name}", f"B: {comparison.b_name}"])
     red, yellow = int(contrast.red.sum()), int(contrast.yellow.sum())
     fig.suptitle(f"{layer}: {comparison.a_name} (A) vs {comparison.b_name} (B) - red: active in all A, no B ({red}); "
@@ -64,7 +65,7 @@ def plot_ranking(rows: Sequence[dict], *, a_name: str = "A", b_name: str = "B", 
                 ha="left" if v >= 0 else "right", fontsize=7)
     ax.set_yticks(y, labels, fontsize=8)
     ax.axvline(0, color="black", linewidth=0.8)
-    ax.set_xlim(-0.75, 0.75)
+    ax.set_xlim(-0.95, 0.95)  # room for the labels beside the longest bars
     ax.set_xticks([-0.5, -0.25, 0, 0.25, 0.5], ["0 (B)", ".25", ".5", ".75", "1 (A)"])
     ax.set_xlabel(f"AUC: probability that a {a_name} scores higher than a {b_name}")
     ax.set_title(title or f"most discriminative units, {a_name} (red: higher for {a_name}) vs {b_name} (blue)", fontsize=10)

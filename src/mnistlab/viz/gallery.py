@@ -19,7 +19,7 @@ def plot_oip_gallery(result, *, ncols: int = 16, cmap: str = "gray_r", cell_inch
     n = len(images)
     ncols = max(1, min(ncols, n))
     nrows = -(-n // ncols)
-    fig = Figure(figsize=(ncols * cell_inches, nrows * (cell_inches + 0.22) + 0.6))
+    fig = Figure(figsize=(ncols * cell_inches, nrows * (cell_inches * 0.88 + 0.22) + 0.35))  # square images: no slack rows
     axes = fig.subplots(nrows, ncols, squeeze=False)
     dead = result.dead
     kind = "map" if "conv" in result.layer or "pool" in result.layer else "node"
@@ -33,8 +33,10 @@ def plot_oip_gallery(result, *, ncols: int = 16, cmap: str = "gray_r", cell_inch
     reached = int(result.reached().sum())
     fig.suptitle(f"optimal input patterns, {result.layer}: {n} {kind}s optimized together, {result.steps} steps, "
                  f"seed {result.seed}; {reached} reached 10x their start, {int(dead.sum())} dead "
-                 f"(title: {kind}: final {'mean ' if kind == 'map' else ''}activation)", fontsize=10)
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()))
+                 f"(title: {kind}: final {'mean ' if kind == 'map' else ''}activation)", fontsize=10,
+                 y=1 - 0.05 / fig.get_figheight(), va="top")
+    height = fig.get_figheight()
+    fig.subplots_adjust(left=0.005, right=0.995, bottom=0.01, top=1 - 0.4 / height, wspace=0.08, hspace=0.3)
     return fig
 
 
