@@ -6,8 +6,8 @@
 Every training runs in its own process (a fresh interpreter, nothing shared or warmed), the
 engines alternate within each round (the order rotates every round), and each configuration is
 run ``--runs`` times; the table shows medians. What is timed is the training call alone: data
-loading and preprocessing happen before the clock starts, and all engines get the same float32
-inputs scaled to 0..1, the same initial weights (scikit-learn: its own init), the same
+loading and preprocessing happen before the clock starts (mnistlab: it preprocesses raw images
+chunk by chunk inside its timed loop), all engines get the same float32 inputs, the same initial weights (scikit-learn: its own init), the same
 hyperparameters and the same thread count. Every engine measures the test accuracy after each
 epoch and keeps a running training loss and accuracy, as mnistlab's history does (scikit-learn:
 loss only, test accuracy at the end). Where a library lacks an option, the nearest one is used and
@@ -32,15 +32,20 @@ CONFIGS = ("default", "seed")
 # ----------------------------------------------------------------------------- workers
 
 
-def _mnist():
+def _mnist(cfg):
+    """The same float32 inputs for every engine, preprocessed as the config says (fitted on the
+    training split), plus the raw images: mnistlab trains from those, preprocessing each chunk
+    inside its timed loop (its normal path), while the others get the preprocessed arrays free."""
     import numpy as np
 
-    from mnistlab.data import load_dataset
+    from mnistlab.data import Preprocessor, load_dataset
 
     ds = load_dataset("mnist", progress=False)
-    x = (ds.train_images.reshape(len(ds.train_images), -1) / np.float32(255)).astype(np.float32)
-    xt = (ds.test_images.reshape(len(ds.test_images), -1) / np.float32(255)).astype(np.float32)
-    return x, ds.train_labels.astype(np.int64), xt, ds.test_labels.astype(np.int64)
+    pre = Preprocessor.fit(cfg.preprocess, ds.train_images)
+    x = pre(ds.train_images).reshape(len(ds.train_images), -1)
+    xt = pre(ds.test_images).reshape(len(ds.test_images), -1)
+    data = (x, ds.train_labels.astype(np.int64), xt, ds.test_labels.astype(np.int64))
+    return data, ds.train_images, pre
 
 
 def _config(name: str, batch: int, epochs: int):
@@ -59,17 +64,17 @@ def _blas_info() -> str:
         return "threadpoolctl missing"
 
 
-def work_mnistlab(cfg, data, threads):
+def work_mnistlab(cfg, data, threads, raw, pre):
     from mnistlab.mlp import MLP, train
 
-    x, y, xt, yt = data
-    model = MLP(cfg)
+    _, y, xt, yt = data
+    model = MLP(cfg, preprocess=pre)
     with _Clock() as clock:
-        hist = train(model, x, y, test=(xt, yt))
+        hist = train(model, raw, y, test=(xt, yt), threads=threads)
     return clock.result, hist[-1]["test_accuracy"], ""
 
 
-def work_torch(cfg, data, threads):
+def work_torch(cfg, data, threads, raw=None, pre=None):
     import numpy as np
     import torch
 
@@ -135,7 +140,7 @@ def work_torch(cfg, data, threads):
     return clock.result, acc, note
 
 
-def work_keras(cfg, data, threads):
+def work_keras(cfg, data, threads, raw=None, pre=None):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ["KERAS_BACKEND"] = "tensorflow"
     import numpy as np
@@ -181,7 +186,7 @@ def work_keras(cfg, data, threads):
     return clock.result, acc, note
 
 
-def work_sklearn(cfg, data, threads):
+def work_sklearn(cfg, data, threads, raw=None, pre=None):
     import warnings
 
     from sklearn.exceptions import ConvergenceWarning
@@ -255,9 +260,9 @@ def worker(args) -> None:
         print(json.dumps({"gflops": work_peak(args.threads), "blas": _blas_info()}))
         return
     cfg = _config(args.config, args.batch, args.epochs)
-    data = _mnist()
+    data, raw, pre = _mnist(cfg)
     fn = globals()[f"work_{args.worker}"]
-    (seconds, cpu), acc, note = fn(cfg, data, args.threads)
+    (seconds, cpu), acc, note = fn(cfg, data, args.threads, raw, pre)
     print(json.dumps({"seconds": seconds, "cpu": cpu, "test_accuracy": acc, "note": note, "blas": _blas_info()}))
 
 
@@ -300,8 +305,9 @@ def driver(args) -> int:
     configs = [c for c in args.configs.split(",") if c]
     batches = [int(b) for b in args.batches.split(",") if b]
     threads = args.threads
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"bench-mlp: {args.runs} runs x engines {', '.join(engines)}, {args.epochs} epochs, {threads} thread(s), "
-          f"cpu count {os.cpu_count()}", flush=True)
+          f"cpu count {os.cpu_count()}, load average {load:.1f} at the start", flush=True)
     peaks = []
     results: dict[tuple, list[dict]] = {}
     blas = ""
@@ -373,7 +379,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--epochs", type=int, default=35)
-    p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--threads", default="auto",
+                   help="threads for every engine (default auto: the cores the load average leaves idle, decided once)")
     p.add_argument("--engines", default=",".join(ENGINES))
     p.add_argument("--configs", default=",".join(CONFIGS))
     p.add_argument("--batches", default="500,20000")
@@ -382,6 +389,11 @@ def main(argv=None) -> int:
     p.add_argument("--config", help=argparse.SUPPRESS)
     p.add_argument("--batch", type=int, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.threads == "auto":
+        from mnistlab.mlp.threads import auto_threads
+
+        args.threads = auto_threads()
+    args.threads = int(args.threads)
     if args.worker:
         worker(args)
         return 0

@@ -11,7 +11,7 @@ $ml data show --dataset mnist --split test --first 64 --out out/mnist-test-first
 # then one self-contained HTML report for each: curves, confusions, 4 vs 9, ambiguous images,
 # OIPs. About 3-4 minutes in all on 2 cores.
 runs=${RUNS:-runs}
-$ml train mlp --preset seed --out "$runs/demo-mlp-seed" --overwrite --no-progress
+$ml train mlp --preset seed --out "$runs/demo-mlp-seed" --overwrite
 $ml train cnn --spec seed --epochs 3 --device cpu --out "$runs/demo-cnn-seed" --overwrite
 mlp_report=$($ml report "$runs/demo-mlp-seed" --out out/report-mlp-seed.html)
 cnn_report=$($ml report "$runs/demo-cnn-seed" --out out/report-cnn-seed.html)

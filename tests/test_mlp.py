@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 
@@ -386,6 +387,20 @@ def test_incomplete_or_incompatible_runs_are_one_line(tiny, tmp_path):
     (out / "run.json").unlink()
     with pytest.raises(RunError, match="incomplete run"):
         load_model(out)
+
+
+def test_blas_thread_limit():
+    from mnistlab.mlp.threads import resolve
+
+    assert 1 <= resolve("auto") <= (os.cpu_count() or 1)
+    assert resolve(None) is None and resolve(2) == 2
+    with pytest.raises(ConfigError, match="threads must be a positive integer or 'auto'"):
+        resolve(0)
+    x, y = _toy(100)
+    trainer = Trainer(MLP(MLPConfig(input_size=12, hidden=(4,), n_classes=4, epochs=1)))
+    trainer.fit(x, y, threads=1)
+    pytest.importorskip("threadpoolctl")
+    assert trainer.threads == 1
 
 
 def test_mlp_package_never_imports_torch():

@@ -50,6 +50,8 @@ def register_train(train_sub: argparse._SubParsersAction) -> None:
     t.add_argument("--val", type=int, help="hold out the last N training images for validation")
     t.add_argument("--patience", type=int, help="early stop after N epochs without a better validation accuracy")
     t.add_argument("--profile", action="store_true", help="report the time per phase of the batch loop")
+    t.add_argument("--threads", type=_threads, default="auto",
+                   help="BLAS threads for the matrix products (default auto: the cores other processes leave idle)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run_train)
 
@@ -78,6 +80,18 @@ _FIELDS = {
     "val": "val",
     "patience": "patience",
 }
+
+
+def _threads(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive thread count or 'auto'")
+    return n
 
 
 def _sizes(text: str) -> tuple[int, ...]:
@@ -126,7 +140,8 @@ def run_train(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     try:
         result = train_on_dataset(
-            config, args.dataset, out=out, overwrite=args.overwrite, callback=on_epoch, profile=args.profile, preset=args.preset
+            config, args.dataset, out=out, overwrite=args.overwrite, callback=on_epoch, profile=args.profile, preset=args.preset,
+            threads=args.threads,
         )
     finally:
         bar.close()

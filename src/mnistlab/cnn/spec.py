@@ -155,13 +155,14 @@ PRESETS: dict[str, Preset] = {
         {"optimizer": "rmsprop", "lr": 1e-3, "batch_size": 64, "epochs": 5, "preprocess": "unit", "init": "glorot"},
         "the seed's wider variant: 208,982 parameters",
     ),
-    # Few FLOPs, batch norm and a one-cycle schedule at a large batch: >= 99.0% in about one epoch,
-    # which is what the GPU time-to-accuracy target measures.
+    # Few FLOPs, batch norm and a one-cycle schedule at a large batch: >= 99.0% in 470 steps, which
+    # is what the GPU time-to-accuracy target measures. Measured on CPU (seed 0): one epoch at batch
+    # 256 or 128 gave 98.7-98.9%; two epochs at batch 256 gave 99.04% (lr 4e-3) and 99.17% (8e-3).
     "fast": Preset(
         "conv:24:5:pad=same,bn,pool:2,conv:48:5:pad=same,bn,pool:2,flatten,dense:128,output:10",
-        {"optimizer": "adamw", "lr": 4e-3, "weight_decay": 5e-4, "batch_size": 256, "epochs": 1,
+        {"optimizer": "adamw", "lr": 8e-3, "weight_decay": 5e-4, "batch_size": 256, "epochs": 2,
          "schedule": "onecycle", "preprocess": "standard", "init": "default"},
-        "small BN net for time-to-99%: one epoch at batch 256 with a one-cycle schedule",
+        "small BN net for time-to-99%: two epochs at batch 256 with a one-cycle schedule",
     ),
     # Batch norm, dropout, shift augmentation and a one-cycle schedule: >= 99.6% single model.
     "best": Preset(

@@ -211,6 +211,8 @@ class _StopRequest:
         self.signal_name = ""
 
     def __call__(self, signum: int, _frame: Any) -> None:
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C: stop now, without saving
         self.requested = True
         self.signal_name = signal.Signals(signum).name
 
@@ -306,7 +308,9 @@ class Trainer:
         self.epoch_checkpoints: dict[str, bytes] = {}
         self._graph: Any = None
         self.warmup_s = 0.0
-        self.sync_every = 1 if dev.type == "cpu" else 50
+        # Reading the running loss makes the host wait for the device: on CPU it costs nothing, on a
+        # GPU it drains the launch queue, so it happens only as often as a progress bar needs.
+        self.sync_every = 1 if dev.type == "cpu" else (50 if progress else 10**9)
         self._acc = (torch.zeros((), device=dev), torch.zeros((), device=dev, dtype=torch.long))
 
     # ---------------------------------------------------------------- batches and steps

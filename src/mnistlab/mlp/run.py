@@ -33,6 +33,7 @@ def train_on_dataset(
     callback: Callable[[dict[str, Any]], None] | None = None,
     profile: bool = False,
     preset: str | None = None,
+    threads: int | str | None = "auto",
 ) -> TrainResult:
     """Fit preprocessing on the training split, train, evaluate on the test split, write the run.
 
@@ -59,7 +60,7 @@ def train_on_dataset(
 
     diverged: TrainingDiverged | None = None
     try:
-        trainer.fit(train_images, y, test=test, val=val, callback=on_epoch, profile=profile)
+        trainer.fit(train_images, y, test=test, val=val, callback=on_epoch, profile=profile, threads=threads)
     except TrainingDiverged as exc:
         diverged = exc
     with np.errstate(over="ignore", invalid="ignore"):  # last good weights of a diverged run may be huge
@@ -69,6 +70,7 @@ def train_on_dataset(
         extra: dict[str, Any] = {
             "metrics": {"test_accuracy": test_accuracy, "epochs_trained": len(history)},
             "status": "diverged" if diverged else "complete",
+            "blas_threads": trainer.threads,
         }
         if preset:
             extra["preset"] = preset

@@ -32,6 +32,7 @@ from ..errors import ConfigError, DataError, TrainingDiverged
 from . import activations as act
 from .config import MLPConfig
 from .model import MLP
+from .threads import blas_threads
 
 # Rows per chunk of a batch; batches up to this size are one chunk. Picked by measurement
 # (benchmarks/bench_mlp.py --chunk-sweep): big enough for efficient products, small enough
@@ -170,6 +171,7 @@ class Trainer:
         if self.config.sizes != model.config.sizes:
             raise ConfigError(f"training config sizes {self.config.sizes} do not match the model {model.config.sizes}")
         self.chunk = int(chunk)
+        self.threads: int | None = None
         self.stopped_early = False
         self.best_epoch: int | None = None
 
@@ -373,8 +375,12 @@ class Trainer:
         val: tuple[np.ndarray, np.ndarray] | None = None,
         callback: Callable[[dict[str, Any]], None] | None = None,
         profile: bool = False,
+        threads: int | str | None = None,
     ) -> list[dict[str, Any]]:
         """Train for ``config.epochs`` epochs; returns one dict per epoch (nothing is printed).
+
+        ``threads`` limits NumPy's BLAS threads during the fit: an int, "auto" (the cores left
+        idle by other processes, see mnistlab.mlp.threads) or None (the BLAS default).
 
         ``inputs`` are preprocessed (N, 28, 28) or (N, input_size) arrays, or raw uint8 images
         (N, 28, 28) that the model's ``preprocess`` is applied to (less memory, faster); the same
@@ -392,7 +398,8 @@ class Trainer:
         val_set = check_data(self.model, *val, "validation data") if val is not None else None
         data = self._prepare(inputs, labels, cfg.batch_size)
         # Overflow only happens on the way to a NaN/inf cost, which is caught and reported.
-        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"), blas_threads(threads) as used:
+            self.threads = used
             try:
                 return self._epochs(data, test_set, val_set, callback, _Phases(profile))
             finally:
@@ -494,8 +501,9 @@ def train(
     callback: Callable[[dict[str, Any]], None] | None = None,
     profile: bool = False,
     chunk: int = CHUNK,
+    threads: int | str | None = None,
 ) -> list[dict[str, Any]]:
-    """Train ``model`` in place on preprocessed inputs; returns the per-epoch history."""
+    """Train ``model`` in place; returns the per-epoch history (see Trainer.fit)."""
     return Trainer(model, config, chunk=chunk).fit(
-        inputs, labels, test=test, val=val, callback=callback, profile=profile
+        inputs, labels, test=test, val=val, callback=callback, profile=profile, threads=threads
     )
