@@ -1,0 +1,165 @@
+"""`mnistlab train mlp`: train the NumPy MLP and write a run directory."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+
+
+def register_train(train_sub: argparse._SubParsersAction) -> None:
+    from ..mlp.config import ACTIVATIONS, INITS, MOMENTUM_FORMS, OUTPUTS, PREPROCESSING, PRESETS, SCHEDULES
+
+    p = train_sub.add_parser(
+        "mlp",
+        help="train the NumPy multilayer perceptron",
+        description="Train the NumPy MLP (784-70-30-10 relu/softmax by default) and write a run directory. "
+        "Options given explicitly override the preset.",
+    )
+    p.add_argument("--preset", choices=tuple(PRESETS), default="default", help="starting configuration (seed: the seed's sigmoid/log-loss setup)")
+    p.add_argument("--dataset", default="mnist", help="mnist or fashion-mnist (default mnist)")
+    p.add_argument("--out", type=Path, help="run directory to write (default runs/mlp-DATASET-TIMESTAMP)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    g = p.add_argument_group("network")
+    g.add_argument("--layers", type=_sizes, help="hidden layer sizes, e.g. 70,30")
+    g.add_argument("--activation", help=f"hidden activation: {', '.join(ACTIVATIONS)}")
+    g.add_argument("--output", help=f"output layer: {', '.join(OUTPUTS)} (softmax: cross-entropy; sigmoid: log-loss)")
+    g.add_argument("--init", help=f"weight initialization: {', '.join(INITS)}")
+    g.add_argument("--dtype", help="float32 (default) or float64")
+    g.add_argument("--seed", type=int, help="seed for initialization and shuffling")
+    g.add_argument("--preprocess", help=f"pixel preprocessing: {', '.join(PREPROCESSING)}")
+    t = p.add_argument_group("training")
+    t.add_argument("--epochs", type=int)
+    t.add_argument("--batch-size", type=int)
+    t.add_argument("--lr", type=float, help="(initial) learning rate")
+    t.add_argument("--momentum", type=float)
+    t.add_argument("--momentum-form", help=f"momentum arithmetic: {', '.join(MOMENTUM_FORMS)}")
+    t.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=None, help="Nesterov momentum")
+    t.add_argument("--l1", type=float, help="L1 penalty on the weights (never the biases)")
+    t.add_argument("--l2", type=float, help="L2 penalty on the weights (never the biases)")
+    t.add_argument("--schedule", help=f"learning-rate schedule: {', '.join(SCHEDULES)}")
+    t.add_argument("--decay", type=float, help="seed schedule: lr_e = lr_(e-1) / (1 + decay * e)")
+    t.add_argument("--step-size", type=int, help="step schedule: epochs per step")
+    t.add_argument("--gamma", type=float, help="step schedule: factor per step")
+    t.add_argument("--lr-min", type=float, help="cosine schedule: final learning rate")
+    t.add_argument("--val", type=int, help="hold out the last N training images for validation")
+    t.add_argument("--patience", type=int, help="early stop after N epochs without a better validation accuracy")
+    t.add_argument("--profile", action="store_true", help="report the time per phase of the batch loop")
+    t.add_argument("--threads", type=_threads, default="auto",
+                   help="BLAS threads for the matrix products (default auto: the cores other processes leave idle)")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run_train)
+
+
+_FIELDS = {
+    "layers": "hidden",
+    "activation": "activation",
+    "output": "output",
+    "init": "init",
+    "dtype": "dtype",
+    "seed": "seed",
+    "preprocess": "preprocess",
+    "epochs": "epochs",
+    "batch_size": "batch_size",
+    "lr": "lr",
+    "momentum": "momentum",
+    "momentum_form": "momentum_form",
+    "nesterov": "nesterov",
+    "l1": "l1",
+    "l2": "l2",
+    "schedule": "schedule",
+    "decay": "decay",
+    "step_size": "step_size",
+    "gamma": "gamma",
+    "lr_min": "lr_min",
+    "val": "val",
+    "patience": "patience",
+}
+
+
+def _threads(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive thread count or 'auto'")
+    return n
+
+
+def _sizes(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of sizes, e.g. 70,30") from None
+    if not sizes:
+        raise argparse.ArgumentTypeError("give at least one hidden layer size, e.g. 70,30")
+    return sizes
+
+
+def config_from_args(args: argparse.Namespace):
+    from ..mlp.config import preset
+
+    overrides: dict[str, Any] = {}
+    for arg, field in _FIELDS.items():
+        value = getattr(args, arg, None)
+        if value is not None:
+            overrides[field] = value
+    if overrides.get("momentum_form") == "seed" and "nesterov" not in overrides:
+        overrides["nesterov"] = False
+    return preset(args.preset, **overrides)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from ..mlp.run import train_on_dataset
+
+    config = config_from_args(args)
+    out = args.out or Path("runs") / f"mlp-{args.dataset}-{datetime.now():%Y%m%d-%H%M%S}"
+    if out.exists() and not args.overwrite:
+        raise ConfigError(f"{out}: already exists; choose another --out or add --overwrite")
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=config.epochs, unit="epoch", desc="train mlp", disable=args.no_progress, file=sys.stderr)
+
+    def on_epoch(row: dict[str, Any]) -> None:
+        shown = {"cost": f"{row['cost']:.4f}", "train": f"{row['train_accuracy']:.4f}"}
+        if "test_accuracy" in row:
+            shown["test"] = f"{row['test_accuracy']:.4f}"
+        if "val_accuracy" in row:
+            shown["val"] = f"{row['val_accuracy']:.4f}"
+        bar.set_postfix(shown, refresh=False)
+        bar.update(1)
+
+    t0 = time.perf_counter()
+    try:
+        result = train_on_dataset(
+            config, args.dataset, out=out, overwrite=args.overwrite, callback=on_epoch, profile=args.profile, preset=args.preset,
+            threads=args.threads,
+        )
+    finally:
+        bar.close()
+    seconds = time.perf_counter() - t0
+    if args.profile:
+        print(profile_table(result.history))
+    epochs = len(result.history)
+    print(f"test accuracy {100 * result.test_accuracy:.2f}% after {epochs} epochs ({seconds:.1f} s); run saved in {result.run_dir}")
+    return 0
+
+
+def profile_table(history: list[dict[str, Any]]) -> str:
+    """Seconds per phase of the batch loop, summed over the epochs."""
+    from ..mlp.train import PHASES
+
+    totals = {p: sum(row.get(f"time_{p}", 0.0) for row in history) for p in PHASES}
+    whole = sum(totals.values()) or 1.0
+    lines = ["phase       seconds   share"]
+    lines += [f"{p:<10} {s:8.3f} {100 * s / whole:6.1f}%" for p, s in totals.items()]
+    lines.append(f"{'total':<10} {whole:8.3f}")
+    return "\n".join(lines)

@@ -1,0 +1,85 @@
+"""Train an MLP on a dataset and save it as a run directory: what `mnistlab train mlp` calls."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from ..data import Dataset, Preprocessor, load_dataset, validation_split
+from ..errors import TrainingDiverged
+from ..runs import make_manifest, write_run
+from .config import MLPConfig
+from .model import MLP
+from .train import Trainer
+
+
+@dataclass
+class TrainResult:
+    model: MLP
+    history: list[dict[str, Any]]
+    run_dir: Path | None
+    test_accuracy: float | None
+
+
+def train_on_dataset(
+    config: MLPConfig,
+    dataset: Dataset | str = "mnist",
+    *,
+    out: str | Path | None = None,
+    overwrite: bool = False,
+    callback: Callable[[dict[str, Any]], None] | None = None,
+    profile: bool = False,
+    preset: str | None = None,
+    threads: int | str | None = "auto",
+) -> TrainResult:
+    """Fit preprocessing on the training split, train, evaluate on the test split, write the run.
+
+    With ``config.val`` the last ``val`` training images are held out for validation (and early
+    stopping with ``config.patience``). If training diverges, the run is still written with the
+    last good weights (when at least one epoch finished) and TrainingDiverged is raised naming it.
+    """
+    ds = load_dataset(dataset) if isinstance(dataset, str) else dataset
+    train_idx, val_idx = validation_split(len(ds.train_images), config.val)
+    train_images = ds.train_images[train_idx] if config.val else ds.train_images
+    pre = Preprocessor.fit(config.preprocess, train_images)
+    model = MLP(config, preprocess=pre)
+    y = ds.train_labels[train_idx] if config.val else ds.train_labels
+    # raw uint8 images: the trainer applies the model's preprocessing chunk by chunk
+    test = (ds.test_images, ds.test_labels)
+    val = (ds.train_images[val_idx], ds.train_labels[val_idx]) if config.val else None
+    trainer = Trainer(model, config)
+    history: list[dict[str, Any]] = []
+
+    def on_epoch(row: dict[str, Any]) -> None:
+        history.append(row)
+        if callback is not None:
+            callback(row)
+
+    diverged: TrainingDiverged | None = None
+    try:
+        trainer.fit(train_images, y, test=test, val=val, callback=on_epoch, profile=profile, threads=threads)
+    except TrainingDiverged as exc:
+        diverged = exc
+    with np.errstate(over="ignore", invalid="ignore"):  # last good weights of a diverged run may be huge
+        test_accuracy = model.accuracy(pre(ds.test_images), ds.test_labels)
+    run_dir = None
+    if out is not None and (diverged is None or history):
+        extra: dict[str, Any] = {
+            "metrics": {"test_accuracy": test_accuracy, "epochs_trained": len(history)},
+            "status": "diverged" if diverged else "complete",
+            "blas_threads": trainer.threads,
+        }
+        if preset:
+            extra["preset"] = preset
+        if trainer.best_epoch is not None:
+            extra["metrics"]["best_epoch"] = trainer.best_epoch
+            extra["metrics"]["stopped_early"] = trainer.stopped_early
+        manifest = make_manifest("mlp", config.to_dict(), dataset=ds.name, **extra)
+        run_dir = write_run(Path(out), manifest, model.get_params(), pre.to_arrays(), history, overwrite=overwrite)
+    if diverged is not None:
+        where = f"; the last good weights are saved in {run_dir}" if run_dir else ""
+        raise TrainingDiverged(f"{diverged}{where}")
+    return TrainResult(model, history, run_dir, test_accuracy)

@@ -1,0 +1,509 @@
+"""Mini-batch SGD for the NumPy MLP, written for speed.
+
+Where the time goes, and what is done about it (see README, "NumPy MLP"):
+
+* The matrix products dominate. Weights are (in, out) so every product is a plain BLAS call on
+  row-major buffers (transposes are views, never copies); biases are added by broadcasting, no
+  bias row is appended to the inputs; the gradient with respect to the network's inputs is never
+  computed.
+* Every buffer is allocated once per fit and written with ``out=``; activations are computed in
+  place and their derivatives are taken from the kept outputs.
+* The batch gather: ``np.take(..., mode="clip", out=buffer)`` copies the shuffled rows into a
+  small buffer that stays in cache for the products that read it right away. (``mode="raise"``
+  buffers the copy; pre-shuffling the whole training set each epoch writes 188 MB to memory and
+  reads it back, measured slower.) Large batches are processed in chunks of ``CHUNK`` rows whose
+  gradients are summed, which is the same arithmetic with cache-sized buffers.
+* The learning rate and 1/batch are folded into the output delta, so the products deliver
+  ``lr * gradient`` and momentum keeps ``lr * velocity`` (rescaled when the schedule changes
+  the rate): PyTorch's SGD arithmetic with fewer passes over the parameters.
+* All parameters sit in one flat buffer, so the update is a few NumPy calls for the whole net.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from ..errors import ConfigError, DataError, TrainingDiverged
+from . import activations as act
+from .config import MLPConfig
+from .model import MLP
+from .threads import blas_threads
+
+# Rows per chunk of a batch; batches up to this size are one chunk. Picked by measurement
+# (benchmarks/bench_mlp.py --chunk-sweep): big enough for efficient products, small enough
+# for the chunk's buffers to stay in cache.
+CHUNK = 500
+
+PHASES = ("gather", "forward", "cost", "backward", "update")
+
+
+def learning_rate(config: MLPConfig, epoch: int) -> float:
+    """The learning rate of 0-based ``epoch`` under the config's schedule."""
+    lr = config.lr
+    if config.schedule == "seed":
+        for i in range(1, epoch + 1):
+            lr /= 1.0 + config.decay * i
+        return lr
+    if config.schedule == "step":
+        return lr * config.gamma ** (epoch // config.step_size)
+    if config.schedule == "cosine":
+        return config.lr_min + (lr - config.lr_min) * 0.5 * (1.0 + math.cos(math.pi * epoch / config.epochs))
+    return lr
+
+
+@dataclass
+class EvalSet:
+    inputs: np.ndarray  # (N, input_size), the model's dtype
+    labels: np.ndarray  # (N,) intp
+
+
+def _check_labels(model: MLP, labels: np.ndarray, n: int, what: str) -> np.ndarray:
+    y = np.asarray(labels)
+    if y.ndim != 1 or len(y) != n:
+        raise DataError(f"{what}: {n} inputs but labels of shape {y.shape}; give one label per image")
+    if n == 0:
+        raise DataError(f"{what}: no images")
+    if not np.issubdtype(y.dtype, np.integer):
+        raise DataError(f"{what}: labels must be integers, got {y.dtype}")
+    lo, hi = int(y.min()), int(y.max())
+    if lo < 0 or hi >= model.config.n_classes:
+        bad = lo if lo < 0 else hi
+        raise DataError(f"{what}: label {bad} is out of range 0..{model.config.n_classes - 1}")
+    return y.astype(np.intp)
+
+
+def is_raw(model: MLP, inputs: np.ndarray) -> bool:
+    """uint8 (N, H, W) arrays are raw images that the model's preprocessing turns into inputs."""
+    return isinstance(inputs, np.ndarray) and inputs.dtype == np.uint8 and inputs.ndim == 3
+
+
+def check_data(model: MLP, inputs: np.ndarray, labels: np.ndarray, what: str) -> EvalSet:
+    """Validate and convert a split: raw uint8 images, or preprocessed (N, 28, 28) / (N, input_size)."""
+    x = model.to_input_matrix(model.to_inputs(inputs) if is_raw(model, inputs) else inputs)
+    return EvalSet(x, _check_labels(model, labels, len(x), what))
+
+
+class _TrainData:
+    """The training split as the batch loop reads it: shuffled rows gathered into a chunk buffer.
+
+    Input columns that are zero in every training image (MNIST's blank border: 67 of 784 pixels)
+    are left out: they add exact zeros to every product and their weights get no data gradient,
+    so the products skip them (8.5% of the work). Raw uint8 images are kept as they are (a quarter
+    of the memory traffic of float32) and preprocessed chunk by chunk, with the very arithmetic of
+    ``Preprocessor.__call__``, so the inputs are bit-identical to preprocessing everything first.
+    """
+
+    def __init__(self, model: MLP, inputs: np.ndarray, labels: np.ndarray) -> None:
+        raw = is_raw(model, inputs) and model.dtype == np.float32
+        if raw:
+            pre = model.preprocess
+            if inputs.shape[1:] != pre.mean.shape or inputs[0].size != model.config.input_size:
+                model.to_input_matrix(pre(inputs[:1]))  # raises the one-line shape error
+            flat = inputs.reshape(len(inputs), -1)
+            zero_input = pre(np.zeros((1, *inputs.shape[1:]), np.uint8)).reshape(-1)
+            active = flat.any(axis=0) | (zero_input != 0)
+        else:
+            flat = check_data(model, inputs, labels, "training data").inputs
+            active = flat.any(axis=0)
+        self.labels = _check_labels(model, labels, len(flat), "training data")
+        self.raw = raw
+        self.n = len(flat)
+        self.active = np.flatnonzero(active)
+        self.inactive = np.flatnonzero(~active)
+        self.width = len(self.active)
+        self.rows = flat if self.width == flat.shape[1] else np.ascontiguousarray(flat[:, self.active])
+        if raw:
+            self.mean = np.ascontiguousarray(pre.mean.reshape(-1)[self.active])
+            self.scale = np.ascontiguousarray(pre.scale.reshape(-1)[self.active])
+            self.centered = bool(self.mean.any())
+
+    def gather(self, idx: np.ndarray, out: np.ndarray, raw_buf: np.ndarray | None) -> np.ndarray:
+        if not self.raw:
+            return np.take(self.rows, idx, axis=0, out=out, mode="clip")
+        u = np.take(self.rows, idx, axis=0, out=raw_buf, mode="clip")
+        if self.centered:
+            np.subtract(u, self.mean, out=out)
+            return np.divide(out, self.scale, out=out)
+        return np.divide(u, self.scale, out=out)
+
+
+class _Phases:
+    """The seed's hand-placed timers, as an option: seconds per phase of the batch loop."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.totals = dict.fromkeys(PHASES, 0.0)
+        self._t = 0.0
+
+    def start(self) -> None:
+        if self.enabled:
+            self._t = time.perf_counter()
+
+    def lap(self, phase: str) -> None:
+        if self.enabled:
+            now = time.perf_counter()
+            self.totals[phase] += now - self._t
+            self._t = now
+
+    def take(self) -> dict[str, float]:
+        out = {f"time_{k}": round(v, 6) for k, v in self.totals.items()}
+        self.totals = dict.fromkeys(PHASES, 0.0)
+        return out
+
+
+class Trainer:
+    """Owns the buffers of one fit: allocated once, reused by every batch.
+
+    During a fit the parameters live in a working copy whose first-layer rows are ordered active
+    input columns first (see _TrainData), so the products use a contiguous slice of W1; the
+    model's own parameters are brought up to date at the end of every epoch (before callbacks,
+    evaluation and early stopping look at them) and when training stops for any reason.
+    """
+
+    def __init__(self, model: MLP, config: MLPConfig | None = None, *, chunk: int = CHUNK) -> None:
+        self.model = model
+        self.config = config or model.config
+        if self.config.sizes != model.config.sizes:
+            raise ConfigError(f"training config sizes {self.config.sizes} do not match the model {model.config.sizes}")
+        self.chunk = int(chunk)
+        self.threads: int | None = None
+        self.stopped_early = False
+        self.best_epoch: int | None = None
+
+    # ----- the working layout -----
+
+    def _layout(self, data: _TrainData) -> None:
+        m = self.model
+        n_in, h1 = m.shapes[0]
+        if data.width == n_in:
+            self.perm = None
+            self.work = m.params  # nothing to reorder: train the model's buffer in place
+        else:
+            cols = np.arange(h1)
+            rows = np.concatenate([data.active, data.inactive])
+            self.perm = np.concatenate([(rows[:, None] * h1 + cols).ravel(), np.arange(n_in * h1, len(m.params))])
+            self.work = m.params[self.perm]
+        self.w, self.b = self._views(self.work, data.width)
+        # gradient entries of the left-out rows: no product writes them, regularization must not pile up there
+        self.blank = slice(data.width * h1, n_in * h1)
+
+    def _views(self, flat: np.ndarray, width: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Views of a working-layout buffer; the first weight view covers the active rows only."""
+        weights, biases = self.model._views(flat)
+        h1 = self.model.shapes[0][1]
+        weights[0] = flat[: width * h1].reshape(width, h1)
+        return weights, biases
+
+    def _sync(self) -> None:
+        """Copy the working parameters into the model."""
+        if self.perm is not None:
+            self.model.params[self.perm] = self.work
+
+    # ----- the batch loop -----
+
+    def _allocate(self, batch: int, data: _TrainData) -> None:
+        m = self.model
+        dt = m.dtype
+        c = min(batch, self.chunk)
+        self.c = c
+        sizes = m.config.sizes
+        self.xb = np.empty((c, data.width), dt)
+        self.raw_buf = np.empty((c, data.width), np.uint8) if data.raw else None
+        self.yb = np.empty(c, np.intp)
+        self.rows = np.arange(c)
+        self.acts = [np.empty((c, s), dt) for s in sizes[1:]]  # layer outputs, computed in place
+        self.deltas = [np.empty((c, s), dt) for s in sizes[1:-1]]  # d cost / d z of hidden layers
+        self.scratch = [np.empty((c, s), dt) for s in sizes[1:]]
+        self.logits = np.empty((c, sizes[-1]), dt)
+        self.grad = np.zeros_like(m.params)
+        self.grad_w, self.grad_b = self._views(self.grad, data.width)
+        if c < batch:
+            self.part = np.zeros_like(m.params)
+            self.part_w, self.part_b = self._views(self.part, data.width)
+        self.vel = np.zeros_like(m.params)
+        self.tmp = np.empty_like(m.params)
+
+    def _chunk(self, data: _TrainData, idx: np.ndarray, first: bool, scale: float, ph: _Phases):
+        """Forward and backward for one chunk; returns (data cost sum, correct, abs error sum)."""
+        cfg = self.model.config
+        k = len(idx)
+        xb = data.gather(idx, self.xb[:k], None if self.raw_buf is None else self.raw_buf[:k])  # (k, active inputs)
+        yb = np.take(data.labels, idx, out=self.yb[:k], mode="clip")
+        rows = self.rows[:k]
+        ph.lap("gather")
+
+        weights, biases = self.w, self.b
+        last = len(weights) - 1
+        hidden = act.FORWARD[cfg.activation]
+        a = xb
+        for i in range(last):
+            z = self.acts[i][:k]
+            np.matmul(a, weights[i], out=z)  # (k, out)
+            z += biases[i]
+            a = hidden(z)
+        out = self.acts[last][:k]
+        np.matmul(a, weights[last], out=out)  # (k, classes) logits
+        out += biases[last]
+        ph.lap("forward")
+
+        if cfg.output == "softmax":
+            out -= out.max(axis=1, keepdims=True)
+            zy = out[rows, yb]  # log-odds of the true class against the best, <= 0
+            np.exp(out, out=out)
+            total = out.sum(axis=1)
+            cost = float(np.log(total).sum() - zy.sum())
+            correct = int(np.count_nonzero(zy >= 0))
+            out /= total[:, None]
+        else:
+            logits = self.logits[:k]
+            np.copyto(logits, out)
+            act.sigmoid(out)
+            # log-loss from the logits: sum softplus(z) - z[label], stable for any |z|
+            cost = float(np.logaddexp(0, logits).sum() - logits[rows, yb].sum())
+            correct = int(np.count_nonzero(out.argmax(axis=1) == yb))
+        out[rows, yb] -= 1  # d cost / d logits = p - onehot for both outputs
+        abs_err = float(np.abs(out, out=self.scratch[last][:k]).sum())
+        out *= scale
+        ph.lap("cost")
+
+        gw, gb = (self.grad_w, self.grad_b) if first else (self.part_w, self.part_b)
+        backward = act.BACKWARD[cfg.activation]
+        delta = out
+        for i in range(last, -1, -1):
+            below = self.acts[i - 1][:k] if i else xb
+            np.matmul(below.T, delta, out=gw[i])  # (in, out)
+            np.sum(delta, axis=0, out=gb[i])
+            if i:
+                d_below = self.deltas[i - 1][:k]
+                np.matmul(delta, weights[i].T, out=d_below)  # (k, in)
+                delta = backward(below, d_below, self.scratch[i - 1][:k])
+        if not first:
+            self.grad += self.part
+        ph.lap("backward")
+        return cost, correct, abs_err
+
+    def _update(self, lr: float) -> None:
+        cfg = self.config
+        params, grad, tmp = self.work, self.grad, self.tmp
+        nw = self.model.n_weights
+        if cfg.l2:
+            np.multiply(params[:nw], lr * cfg.l2, out=tmp[:nw])
+            grad[:nw] += tmp[:nw]
+        if cfg.l1:
+            np.sign(params[:nw], out=tmp[:nw])
+            tmp[:nw] *= lr * cfg.l1
+            grad[:nw] += tmp[:nw]
+        mom = cfg.momentum
+        if not mom:
+            params -= grad
+        elif cfg.momentum_form == "seed":
+            # w -= lr_t g_t + m lr_{t-1} g_{t-1}: vel holds the previous step lr_{t-1} g_{t-1}
+            np.multiply(self.vel, mom, out=tmp)
+            tmp += grad
+            params -= tmp
+            np.copyto(self.vel, grad)
+        else:
+            vel = self.vel  # lr * PyTorch's momentum buffer
+            vel *= mom
+            vel += grad
+            if cfg.nesterov:
+                np.multiply(vel, mom, out=tmp)
+                tmp += grad
+                params -= tmp
+            else:
+                params -= vel
+        if cfg.l1 or cfg.l2:
+            grad[self.blank] = 0
+
+    def _reg_cost(self) -> float:
+        cfg = self.config
+        w = self.work[: self.model.n_weights]
+        cost = 0.0
+        if cfg.l2:
+            cost += 0.5 * cfg.l2 * float(np.dot(w, w))
+        if cfg.l1:
+            cost += cfg.l1 * float(np.abs(w, out=self.tmp[: len(w)]).sum())
+        return cost
+
+    def _prepare(self, inputs: np.ndarray, labels: np.ndarray, batch: int | None) -> _TrainData:
+        data = _TrainData(self.model, inputs, labels)
+        self._layout(data)
+        self._allocate(min(batch or data.n, data.n), data)
+        return data
+
+    def loss_and_gradients(self, inputs: np.ndarray, labels: np.ndarray) -> tuple[float, float, dict[str, np.ndarray]]:
+        """Mean data cost, regularization cost and the gradients of their sum, for one batch.
+
+        The same code path as training (chunks and column trimming included), without an
+        update: for checks against autograd and finite differences. Gradients are keyed like
+        ``get_params()``.
+        """
+        data = self._prepare(inputs, labels, None)
+        n = data.n
+        cost = 0.0
+        for cs in range(0, n, self.c):
+            cost += self._chunk(data, np.arange(cs, min(cs + self.c, n)), cs == 0, 1.0 / n, _Phases(False))[0]
+        reg = self._reg_cost()
+        cfg, m = self.config, self.model
+        nw = m.n_weights
+        grad = self.grad.copy()
+        if cfg.l2:
+            grad[:nw] += cfg.l2 * self.work[:nw]
+        if cfg.l1:
+            grad[:nw] += cfg.l1 * np.sign(self.work[:nw])
+        if self.perm is not None:
+            grad[self.perm] = grad.copy()
+        gw, gb = m._views(grad)
+        out = {}
+        for i, (w, b) in enumerate(zip(gw, gb), start=1):
+            out[f"W{i}"], out[f"b{i}"] = w, b
+        return cost / n, reg, out
+
+    # ----- epochs -----
+
+    def fit(
+        self,
+        inputs: np.ndarray,
+        labels: np.ndarray,
+        *,
+        test: tuple[np.ndarray, np.ndarray] | None = None,
+        val: tuple[np.ndarray, np.ndarray] | None = None,
+        callback: Callable[[dict[str, Any]], None] | None = None,
+        profile: bool = False,
+        threads: int | str | None = None,
+    ) -> list[dict[str, Any]]:
+        """Train for ``config.epochs`` epochs; returns one dict per epoch (nothing is printed).
+
+        ``threads`` limits NumPy's BLAS threads during the fit: an int, "auto" (the cores left
+        idle by other processes, see mnistlab.mlp.threads) or None (the BLAS default).
+
+        ``inputs`` are preprocessed (N, 28, 28) or (N, input_size) arrays, or raw uint8 images
+        (N, 28, 28) that the model's ``preprocess`` is applied to (less memory, faster); the same
+        for ``test`` and ``val``. ``train_accuracy``, ``cost`` and ``mean_abs_error`` are averaged
+        over the batches as they were trained (the weights move during the epoch, as in Keras'
+        logs); ``test_accuracy`` and ``val_accuracy`` are measured after the epoch. With
+        ``config.patience`` and a validation set, training stops early and the weights of the
+        best validation epoch are restored. Raises TrainingDiverged on a NaN/inf cost, after
+        restoring the last good (epoch-start) weights.
+        """
+        cfg = self.config
+        if cfg.patience is not None and val is None:
+            raise ConfigError("early stopping (patience) needs a validation set")
+        test_set = check_data(self.model, *test, "test data") if test is not None else None
+        val_set = check_data(self.model, *val, "validation data") if val is not None else None
+        data = self._prepare(inputs, labels, cfg.batch_size)
+        # Overflow only happens on the way to a NaN/inf cost, which is caught and reported.
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"), blas_threads(threads) as used:
+            self.threads = used
+            try:
+                return self._epochs(data, test_set, val_set, callback, _Phases(profile))
+            finally:
+                self._sync()
+
+    def _epochs(self, data, test_set, val_set, callback, ph) -> list[dict[str, Any]]:
+        cfg, m = self.config, self.model
+        n = data.n
+        batch = min(cfg.batch_size, n)
+        rng = np.random.default_rng(cfg.seed)
+        history: list[dict[str, Any]] = []
+        good = self.work.copy()
+        best_acc, best_params, waited = -1.0, None, 0
+        prev_lr = None
+        n_out = m.config.n_classes
+        for epoch in range(cfg.epochs):
+            t0 = time.perf_counter()
+            lr = learning_rate(cfg, epoch)
+            if prev_lr is not None and cfg.momentum_form == "standard" and lr != prev_lr:
+                self.vel *= lr / prev_lr  # keep PyTorch's unscaled velocity the same
+            prev_lr = lr
+            np.copyto(good, self.work)
+            order = rng.permutation(n)
+            cost_sum = reg_sum = err_sum = 0.0
+            correct = 0
+            for start in range(0, n, batch):
+                stop = min(start + batch, n)
+                b = stop - start
+                scale = lr / b
+                batch_cost = 0.0
+                ph.start()
+                for cs in range(start, stop, self.c):
+                    c_cost, c_correct, c_err = self._chunk(data, order[cs : min(cs + self.c, stop)], cs == start, scale, ph)
+                    batch_cost += c_cost
+                    correct += c_correct
+                    err_sum += c_err
+                reg = self._reg_cost() if (cfg.l1 or cfg.l2) else 0.0
+                if not math.isfinite(batch_cost + reg):
+                    np.copyto(self.work, good)
+                    raise TrainingDiverged(
+                        f"training diverged in epoch {epoch + 1} (cost is {batch_cost / b + reg}); kept the weights "
+                        f"from the start of that epoch: lower the learning rate (now {lr:g})"
+                    )
+                cost_sum += batch_cost
+                reg_sum += reg * b
+                ph.lap("cost")
+                self._update(lr)
+                ph.lap("update")
+            if not np.isfinite(self.work).all():
+                np.copyto(self.work, good)
+                raise TrainingDiverged(
+                    f"weights became NaN/inf in epoch {epoch + 1}; kept the weights from the start of that epoch: "
+                    f"lower the learning rate (now {lr:g})"
+                )
+            self._sync()
+            train_seconds = time.perf_counter() - t0
+            row: dict[str, Any] = {
+                "epoch": epoch + 1,
+                "cost": (cost_sum + reg_sum) / n,
+                "reg_cost": reg_sum / n,
+                "train_accuracy": correct / n,
+                "mean_abs_error": err_sum / (n * n_out),
+                "lr": lr,
+            }
+            if test_set is not None:
+                row["test_accuracy"] = m.accuracy(test_set.inputs, test_set.labels)
+            if val_set is not None:
+                row["val_accuracy"] = m.accuracy(val_set.inputs, val_set.labels)
+            row["seconds"] = time.perf_counter() - t0
+            row["train_seconds"] = train_seconds
+            if ph.enabled:
+                row.update(ph.take())
+            history.append(row)
+            if callback is not None:
+                callback(row)
+            if val_set is not None:
+                if row["val_accuracy"] > best_acc:
+                    best_acc, waited, self.best_epoch = row["val_accuracy"], 0, epoch + 1
+                    if cfg.patience is not None:
+                        best_params = self.work.copy()
+                else:
+                    waited += 1
+                    if cfg.patience is not None and waited >= cfg.patience:
+                        self.stopped_early = True
+                        break
+        if best_params is not None:
+            np.copyto(self.work, best_params)
+        return history
+
+
+def train(
+    model: MLP,
+    inputs: np.ndarray,
+    labels: np.ndarray,
+    *,
+    test: tuple[np.ndarray, np.ndarray] | None = None,
+    val: tuple[np.ndarray, np.ndarray] | None = None,
+    config: MLPConfig | None = None,
+    callback: Callable[[dict[str, Any]], None] | None = None,
+    profile: bool = False,
+    chunk: int = CHUNK,
+    threads: int | str | None = None,
+) -> list[dict[str, Any]]:
+    """Train ``model`` in place; returns the per-epoch history (see Trainer.fit)."""
+    return Trainer(model, config, chunk=chunk).fit(
+        inputs, labels, test=test, val=val, callback=callback, profile=profile, threads=threads
+    )

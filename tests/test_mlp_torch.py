@@ -1,0 +1,172 @@
+"""The NumPy MLP against PyTorch autograd on the same weights: forward, loss, every gradient,
+input gradients, and several steps of SGD (momentum, Nesterov, weight decay, schedules).
+
+torch is a test dependency only; mnistlab.mlp itself never imports it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+
+from mnistlab.mlp import MLP, MLPConfig, Trainer, learning_rate
+
+torch = pytest.importorskip("torch")
+
+TORCH_ACT = {"relu": torch.relu, "sigmoid": torch.sigmoid, "tanh": torch.tanh}
+
+
+def _data(n=13, d=12, classes=4, seed=0, dtype=np.float64, blank=(2, 7)):
+    """Random inputs; the ``blank`` columns are zero in every row, like MNIST's border pixels,
+    which the trainer leaves out of its products."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, d)).astype(dtype)
+    x[:, list(blank)] = 0
+    y = rng.integers(0, classes, n)
+    return x, y
+
+
+def _model(activation, output, *, l1=0.0, l2=0.0, dtype="float64", hidden=(7, 5), seed=3, **kw):
+    cfg = MLPConfig(
+        input_size=12, hidden=hidden, n_classes=4, activation=activation, output=output,
+        l1=l1, l2=l2, dtype=dtype, seed=seed, **kw,
+    )
+    model = MLP(cfg)
+    # Random non-zero biases, so that bias gradients and their (absent) regularization are exercised.
+    rng = np.random.default_rng(seed + 100)
+    for b in model.biases:
+        b[...] = rng.normal(0, 0.3, b.shape)
+    return model
+
+
+def _torch_params(model):
+    ws = [torch.tensor(w, requires_grad=True) for w in model.weights]
+    bs = [torch.tensor(b, requires_grad=True) for b in model.biases]
+    return ws, bs
+
+
+def _torch_forward(model, ws, bs, x):
+    cfg = model.config
+    outs, a = [], x
+    for i, (w, b) in enumerate(zip(ws, bs)):
+        z = a @ w + b
+        if i < len(ws) - 1:
+            a = TORCH_ACT[cfg.activation](z)
+        else:
+            logits = z
+            a = torch.softmax(z, dim=1) if cfg.output == "softmax" else torch.sigmoid(z)
+        outs.append(a)
+    return outs, logits
+
+
+def _torch_loss(model, ws, logits, y):
+    cfg = model.config
+    yt = torch.tensor(y)
+    if cfg.output == "softmax":
+        data = torch.nn.functional.cross_entropy(logits, yt)
+    else:
+        onehot = torch.nn.functional.one_hot(yt, cfg.n_classes).to(logits.dtype)
+        data = torch.nn.functional.binary_cross_entropy_with_logits(logits, onehot, reduction="sum") / len(y)
+    reg = sum(cfg.l2 / 2 * (w**2).sum() + cfg.l1 * w.abs().sum() for w in ws)
+    return data, reg
+
+
+COMBOS = list(itertools.product(("relu", "sigmoid", "tanh"), ("softmax", "sigmoid"), ((0.0, 0.0), (0.01, 0.0), (0.0, 0.02), (0.01, 0.02))))
+
+
+@pytest.mark.parametrize("activation,output,reg", COMBOS)
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_forward_loss_and_every_gradient_match_autograd(activation, output, reg, dtype):
+    l1, l2 = reg
+    model = _model(activation, output, l1=l1, l2=l2, dtype=dtype)
+    x, y = _data(dtype=np.dtype(dtype))
+    tol = dict(rtol=1e-9, atol=1e-11) if dtype == "float64" else dict(rtol=2e-4, atol=2e-6)
+
+    ws, bs = _torch_params(model)
+    outs, logits = _torch_forward(model, ws, bs, torch.tensor(x))
+    data, regc = _torch_loss(model, ws, logits, y)
+    (data + regc).backward()
+
+    acts = model.activations_from_inputs(x, model.layer_names())
+    for name, ref in zip(model.layer_names(), outs):
+        np.testing.assert_allclose(acts[name], ref.detach().numpy(), **tol, err_msg=name)
+
+    # chunk=5 splits the 13-item batch into chunks 5+5+3: gradient accumulation is checked too
+    for chunk in (1000, 5):
+        cost, reg_cost, grads = Trainer(model, chunk=chunk).loss_and_gradients(x, y)
+        assert math.isclose(cost, data.item(), rel_tol=tol["rtol"] * 10, abs_tol=tol["atol"] * 10)
+        assert math.isclose(reg_cost, regc.item() if torch.is_tensor(regc) else regc, rel_tol=1e-5, abs_tol=1e-9)
+        for i, (w, b) in enumerate(zip(ws, bs), start=1):
+            np.testing.assert_allclose(grads[f"W{i}"], w.grad.numpy(), **tol, err_msg=f"W{i} chunk {chunk}")
+            np.testing.assert_allclose(grads[f"b{i}"], b.grad.numpy(), **tol, err_msg=f"b{i} chunk {chunk}")
+
+
+@pytest.mark.parametrize("activation,output", list(itertools.product(("relu", "sigmoid", "tanh"), ("softmax", "sigmoid"))))
+def test_input_gradient_matches_autograd(activation, output):
+    model = _model(activation, output)
+    x, _ = _data()
+    rng = np.random.default_rng(5)
+    for depth, layer in enumerate(model.layer_names()):
+        width = model.shapes[depth][1]
+        units = rng.integers(0, width, len(x))
+        values, grads = model.input_gradient(x, layer, units)
+
+        xt = torch.tensor(x, requires_grad=True)
+        ws, bs = _torch_params(model)
+        outs, _ = _torch_forward(model, ws, bs, xt)
+        chosen = outs[depth][torch.arange(len(x)), torch.tensor(units)]
+        chosen.sum().backward()
+        np.testing.assert_allclose(values, chosen.detach().numpy(), rtol=1e-10)
+        np.testing.assert_allclose(grads, xt.grad.numpy(), rtol=1e-9, atol=1e-12, err_msg=layer)
+
+
+def test_input_gradient_keeps_image_shape():
+    cfg = MLPConfig(hidden=(6,), dtype="float64")
+    model = MLP(cfg)
+    x = np.random.default_rng(0).standard_normal((3, 28, 28))
+    values, grads = model.input_gradient(x, "output", [1, 2, 3])
+    assert values.shape == (3,) and grads.shape == (3, 28, 28)
+    xt = torch.tensor(x.reshape(3, -1), requires_grad=True)
+    ws, bs = _torch_params(model)
+    outs, _ = _torch_forward(model, ws, bs, xt)
+    outs[-1][torch.arange(3), torch.tensor([1, 2, 3])].sum().backward()
+    np.testing.assert_allclose(grads.reshape(3, -1), xt.grad.numpy(), rtol=1e-9, atol=1e-13)
+
+
+@pytest.mark.parametrize(
+    "opts",
+    [
+        dict(momentum=0.0, nesterov=False, schedule="constant"),
+        dict(momentum=0.9, nesterov=False, schedule="step", step_size=1, gamma=0.5, l2=0.01),
+        dict(momentum=0.8, nesterov=True, schedule="cosine", lr_min=0.01, l2=0.003),
+        dict(momentum=0.5, nesterov=False, schedule="seed", decay=0.3),
+    ],
+)
+@pytest.mark.parametrize("blank", [(), (0, 5)])
+def test_sgd_steps_match_torch_optim(opts, blank):
+    """Full-batch epochs (one step each), so shuffling cannot matter: our folded lr*velocity
+    arithmetic, its rescaling when the schedule changes, and weight decay on weights only must
+    reproduce torch.optim.SGD with a per-epoch LambdaLR."""
+    epochs = 4
+    model = _model("tanh", "softmax", epochs=epochs, batch_size=13, lr=0.5, **opts)
+    cfg = model.config
+    x, y = _data(blank=blank)
+    ws, bs = _torch_params(model)
+    groups = [{"params": ws, "weight_decay": cfg.l2}, {"params": bs, "weight_decay": 0.0}]
+    opt = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: learning_rate(cfg, e) / cfg.lr)
+    xt = torch.tensor(x)
+    for _ in range(epochs):
+        opt.zero_grad()
+        _, logits = _torch_forward(model, ws, bs, xt)
+        torch.nn.functional.cross_entropy(logits, torch.tensor(y)).backward()
+        opt.step()
+        sched.step()
+
+    Trainer(model).fit(x, y)
+    for i, (w, b) in enumerate(zip(ws, bs)):
+        np.testing.assert_allclose(model.weights[i], w.detach().numpy(), rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(model.biases[i], b.detach().numpy(), rtol=1e-9, atol=1e-12)
