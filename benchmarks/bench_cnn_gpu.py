@@ -43,7 +43,6 @@ def log(msg: str = "") -> None:
 
 def export_data() -> int:
     from mnistlab.data import load_dataset
-    from mnistlab.data.sources import DATASETS  # noqa: F401  (ensures the cache layout is mnistlab's)
 
     load_dataset("mnist")  # fills the cache
     home = Path(os.environ.get("MNISTLAB_HOME", Path.home() / ".cache" / "mnistlab"))
