@@ -42,15 +42,6 @@ def quick_run(spec: str, out: Path, epochs: int, train_size: int | None) -> Path
     return out
 
 
-def timed(fn, repeats: int) -> tuple[float, list[float], object]:
-    times, result = [], None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), times, result
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seed-run", type=Path, help="a seed CNN run (default: train one, cached in --work)")
@@ -89,13 +80,25 @@ def main(argv=None) -> int:
     # 1. Activations of every layer, whole test set.
     model = load_model(seed_run)
     compute_activations(model, images[:500])  # warm-up
-    med, times, acts = timed(lambda: compute_activations(model, images), args.repeats)
+    times, out_times, acts = [], [], None
+    for _ in range(args.repeats):  # alternate with the output alone: the same forward passes, no 1.4 GB to keep
+        t0 = time.perf_counter()
+        acts = compute_activations(model, images)
+        times.append(time.perf_counter() - t0)
+        del acts
+        t0 = time.perf_counter()
+        compute_activations(model, images, ["output"])
+        out_times.append(time.perf_counter() - t0)
+    med = statistics.median(times)
+    acts = compute_activations(model, images)
     mb = sum(a.nbytes for a in acts.values()) / 2**20
     acc = float(np.mean(acts["output"].argmax(1) == ds.test_labels))
     print(f"\n[activations] seed CNN ({seed_run}, test accuracy {acc:.4f}), {len(images)} images, every layer "
           f"({', '.join(model.layer_names())}; {mb:.0f} MiB): median {med:.2f} s  (runs: {', '.join(f'{t:.2f}' for t in times)})"
           f"  target < 5 s: {'PASS' if med < 5 else 'FAIL'}")
+    print(f"      the output layer alone (the same forward passes, nothing kept): median {statistics.median(out_times):.2f} s")
     report["activations_s"] = med
+    report["output_only_s"] = statistics.median(out_times)
     report["activations_runs_s"] = times
     del acts
 

@@ -61,7 +61,7 @@ def test_compare(run, capsys):
     assert main(["compare", str(run_dir), "--a", "nonsense", "--b", "label=9"]) == 1
 
 
-def test_ambiguous_confusions_oip_report(run, capsys):
+def test_ambiguous_confusions_oip(run, capsys):
     run_dir, model = run
     assert main(["ambiguous", str(run_dir), "--pair", "4,9", "--n", "3"]) == 0
     assert "margin" in capsys.readouterr().out
@@ -80,8 +80,5 @@ def test_ambiguous_confusions_oip_report(run, capsys):
     assert list(saved["units"]) == [0, 1, 2] and saved["images"].shape == (3, 28, 28)
     assert main(["oip", str(run_dir), "--maps", "0-999"]) == 1
 
-    assert main(["report", str(run_dir), "--oip-steps", "5"]) == 0
-    path = capsys.readouterr().out.strip()
-    assert path.endswith("report.html")
-    text = (run_dir / "report.html").read_text()
-    assert all(f'id="{key}"' in text for key in ("summary", "training", "confusions", "compare", "ambiguous", "oip"))
+    # `report` runs end to end in test_inspect_engines.py; here only its error path.
+    assert main(["report", str(run_dir / "missing")]) == 1

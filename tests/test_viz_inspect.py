@@ -157,7 +157,7 @@ def test_report_contains_every_section_and_is_self_contained(make, ds):
     _no_windows()
 
 
-def test_report_survives_a_section_that_cannot_be_built(net, ds):
-    text = _report(net, ds, pair=(4, 12))
+def test_report_survives_a_section_that_cannot_be_built(ds):
+    text = _report(planted_mlp(), ds, pair=(4, 12))
     assert "could not be built" in text.split('<section id="compare">')[1].split("</section>")[0]
     assert '<section id="oip">' in text

@@ -15,7 +15,10 @@ from ..data import Dataset
 from ..errors import ConfigError
 from ..model_api import InspectableModel
 
-BATCH_SIZE = 1000
+# Small batches keep each batch's activations in the CPU's cache while they are copied out: every
+# layer of the seed CNN for 10,000 images took 12 s in one call and 6-7 s in batches of 250 (about
+# the bare forward passes) on this project's 2-core machine.
+BATCH_SIZE = 256
 
 
 @dataclass(frozen=True)
@@ -94,8 +97,9 @@ def compute_activations(
 ) -> dict[str, np.ndarray]:
     """Activations of the named layers (all when None) as {name: (N, ...) float32}, in batches.
 
-    Batches keep the engines' working memory small; the results are written into arrays
-    allocated once, so 10,000 images of every layer cost one copy, not two.
+    Up to ``batch_size`` images go to the model in one call and its arrays are returned as they
+    are; larger sets are done in batches written into arrays allocated once. Every layer of the
+    seed CNN for 10,000 images is about 1.4 GB.
     """
     if isinstance(images, ImageSet):
         images = images.images
@@ -106,6 +110,9 @@ def compute_activations(
     n = len(images)
     if n == 0:
         raise ConfigError("no images to compute activations for")
+    if n <= batch_size:
+        whole = model.activations_from_inputs(model.to_inputs(images), names)
+        return {name: np.asarray(whole[name], np.float32) for name in names}  # no copy when already float32
     out: dict[str, np.ndarray] = {}
     for start in range(0, n, batch_size):
         batch = model.activations_from_inputs(model.to_inputs(images[start : start + batch_size]), names)

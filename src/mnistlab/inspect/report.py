@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import json
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -58,6 +59,8 @@ def _table(rows: Sequence[dict], columns: Sequence[str] | None = None) -> str:
     columns = list(columns or rows[0].keys())
 
     def cell(v: Any) -> str:
+        if isinstance(v, (bool, np.bool_)):
+            return f"<td>{'yes' if v else 'no'}</td>"
         if isinstance(v, float):
             return f'<td class="num">{v:.4g}</td>'
         if isinstance(v, (int, np.integer)):
@@ -122,7 +125,9 @@ def build_report(
         for key, value in manifest.items():
             if key not in ("config", "versions", "format", "kind", "dataset", "created") and not isinstance(value, (dict, list)):
                 rows.append({"": key, "value": value})
-        config = [{"parameter": k, "value": v if not isinstance(v, (dict, list)) else str(v)} for k, v in manifest.get("config", {}).items()]
+        config = [{"parameter": k, "value": v if not isinstance(v, (dict, list)) else json.dumps(v)}
+                  for k, v in manifest.get("config", {}).items()
+                  if not isinstance(v, (dict, list)) or len(json.dumps(v)) <= 120]  # a whole layer spec is in spec_string
         layers = [{"layer": n, "shape": " x ".join(map(str, shapes[n])), "units": shapes[n][0]} for n in model.layer_names()]
         versions = [{"library": k, "version": v} for k, v in manifest.get("versions", {}).items()]
         return (_table(rows) + "<h3>Parameters</h3>" + _table(config) + "<h3>Layers</h3>" + _table(layers)
@@ -135,7 +140,7 @@ def build_report(
 
     def confusion_section() -> str:
         pairs = conf.pairs(5)
-        rows = [{"true": names[t], "predicted": names[p], "count": c, "share of true class": c / max(1, int(conf.matrix[t].sum()))}
+        rows = [{"true": names[t], "predicted": names[p], "count": c, "share of true class": f"{c / max(1, int(conf.matrix[t].sum())):.2%}"}
                 for t, p, c in pairs]
         return (_img(plot_confusion(conf.matrix, names, title=f"{split} accuracy {conf.accuracy:.2%}"), "confusion matrix: counts and row-normalized")
                 + "<h3>Most confused pairs</h3>" + _table(rows)
