@@ -37,7 +37,7 @@ def synthetic(n_train=384, n_test=128, seed=0):
 
 
 FAST = dict(spec=TINY, epochs=2, batch_size=32, lr=3e-3, amp="off", optimizer="adam", augment=1, seed=3,
-            preprocess="standard", init="default")
+            preprocess="unit", init="default")
 
 
 def test_training_learns_writes_and_reloads(tmp_path):
@@ -140,6 +140,8 @@ def test_bad_configs():
         resolve_config("seed", epochs=0)
     with pytest.raises(ConfigError, match="unknown optimizer"):
         resolve_config("seed", optimizer="lbfgs")
+    with pytest.raises(ConfigError, match="--preprocess unit"):
+        resolve_config("seed", augment=2, preprocess="standard")
     with pytest.raises(ConfigError, match="output layer has 3 units"):
         Trainer(resolve_config("conv:4:3,flatten,output:3"), synthetic(64, 16), "/nonexistent/x")
 

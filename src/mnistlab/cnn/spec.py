@@ -170,7 +170,9 @@ PRESETS: dict[str, Preset] = {
         "conv:64:3,bn,conv:64:3,bn,pool:2,dropout:0.1,"
         "flatten,dense:128,bn,dropout:0.3,output:10",
         {"optimizer": "adamw", "lr": 3e-3, "weight_decay": 5e-4, "batch_size": 128, "epochs": 15,
-         "schedule": "onecycle", "augment": 2, "label_smoothing": 0.05, "preprocess": "standard", "init": "default"},
+         # pixels / 255, not per-pixel standardization: a shifted stroke lands on border pixels whose
+         # std is ~0, and standardized it becomes a huge input (measured: 98.7% instead of >= 99.6%).
+         "schedule": "onecycle", "augment": 2, "label_smoothing": 0.05, "preprocess": "unit", "init": "default"},
         "VGG-style BN net with shift augmentation: >= 99.6% as a single model",
     ),
 }

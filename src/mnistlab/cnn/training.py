@@ -84,6 +84,11 @@ class TrainConfig:
             raise ConfigError(f"unknown init {self.init!r}; choose one of: {', '.join(INITS)}")
         if not 0 <= self.augment <= 8:
             raise ConfigError(f"--augment {self.augment} must be a shift of 0..8 pixels")
+        if self.augment and self.preprocess == "standard":
+            raise ConfigError(
+                "--augment with --preprocess standard: per-pixel scales turn shifted strokes on the border "
+                "into huge inputs; use --preprocess unit"
+            )
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError(f"--label-smoothing {self.label_smoothing} must be in [0, 1)")
         if self.threads < 0:

@@ -6,7 +6,7 @@ Every valid name lives in a tuple here; the error for a bad name lists them (sci
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 from ..errors import ConfigError

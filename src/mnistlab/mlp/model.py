@@ -152,13 +152,25 @@ class MLP(InspectableModel):
         return self.activations_from_inputs(inputs, ["output"])["output"]
 
     def accuracy(self, inputs: np.ndarray, labels: np.ndarray) -> float:
-        """Fraction of correct argmax predictions on preprocessed inputs."""
+        """Fraction of correct argmax predictions on preprocessed inputs.
+
+        Runs once per epoch during training, so it reuses its buffers and takes the argmax of the
+        logits: softmax and sigmoid are monotonic, so that is the class of highest probability.
+        """
         x = self.to_input_matrix(inputs)
         labels = np.asarray(labels)
+        chunk = min(INFER_CHUNK, len(x))
+        bufs = [np.empty((chunk, n_out), self.dtype) for _, n_out in self.shapes]
+        hidden = act.FORWARD[self.config.activation]
         correct = 0
-        for start in range(0, len(x), INFER_CHUNK):
-            out = self._forward_to(x[start : start + INFER_CHUNK], len(self.shapes) - 1)[-1]
-            correct += int(np.count_nonzero(out.argmax(axis=1) == labels[start : start + INFER_CHUNK]))
+        for start in range(0, len(x), chunk):
+            a = x[start : start + chunk]
+            k = len(a)
+            for i, (w, b) in enumerate(zip(self.weights, self.biases)):
+                z = np.matmul(a, w, out=bufs[i][:k])
+                z += b
+                a = hidden(z) if i < len(self.shapes) - 1 else z
+            correct += int(np.count_nonzero(a.argmax(axis=1) == labels[start : start + chunk]))
         return correct / max(len(x), 1)
 
     # ----- gradients for analysis -----

@@ -126,10 +126,11 @@ class _TrainData:
         if not self.raw:
             return np.take(self.rows, idx, axis=0, out=out, mode="clip")
         u = np.take(self.rows, idx, axis=0, out=raw_buf, mode="clip")
+        # cast first, then same-dtype arithmetic: a mixed uint8/float32 ufunc runs buffered, 20% slower
+        np.copyto(out, u)
         if self.centered:
-            np.subtract(u, self.mean, out=out)
-            return np.divide(out, self.scale, out=out)
-        return np.divide(u, self.scale, out=out)
+            np.subtract(out, self.mean, out=out)
+        return np.divide(out, self.scale, out=out)
 
 
 class _Phases:

@@ -3,6 +3,7 @@ from __future__ import annotations
 from typing import Any, Mapping, Sequence
 
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from . import matplotlib  # noqa: F401  (selects the Agg backend)
 
@@ -22,6 +23,7 @@ def plot_history(history: Sequence[Mapping[str, Any]], title: str | None = None)
                 xs, ys = zip(*points)
                 ax.plot(xs, ys, marker="o", markersize=3, label=key.replace("_", " "))
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
         if ax.lines:
