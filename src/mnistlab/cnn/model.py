@@ -138,7 +138,9 @@ class CNN(InspectableModel):
         self.preprocess = preprocess
         self.net = (net if net is not None else Net(self.spec)).to(device).eval()
         self.device = torch.device(device)
-        self.batch_size = 1000
+        # 256 images keep a batch's largest maps (conv1: 256x32x26x26 floats) in the CPU's caches;
+        # 1000 ran the same forward passes 2-3x slower here.
+        self.batch_size = 256
 
     @classmethod
     def from_run(cls, record: Any) -> "CNN":
@@ -172,7 +174,10 @@ class CNN(InspectableModel):
         layers = self.check_layers(layers)
         x_all = self._as_tensor(inputs)
         wanted = set(layers)
-        chunks: dict[str, list[np.ndarray]] = {name: [] for name in layers}
+        # One preallocated float32 array per layer; each batch is copied straight into its slice
+        # (layout conversion from channels-last included), so 1.4 GB of maps are written once,
+        # not converted, copied and concatenated.
+        results = {name: np.empty((len(x_all), *self._shape(name)), np.float32) for name in layers}
         captured: dict[str, torch.Tensor] = {}
         handles = [
             self.net._modules[name].register_forward_hook(lambda _m, _i, out, name=name: captured.__setitem__(name, out))
@@ -180,20 +185,20 @@ class CNN(InspectableModel):
         ]
         self.net.eval()
         try:
-            with torch.no_grad():
+            with torch.inference_mode():
                 for start in range(0, len(x_all), self.batch_size):
                     captured.clear()
-                    self.net(x_all[start : start + self.batch_size])
+                    batch = x_all[start : start + self.batch_size]
+                    self.net(batch)
                     for name in layers:
                         out = captured[name]
                         if name == "output":
                             out = self.net.probabilities(out)
-                        chunks[name].append(out.float().contiguous().cpu().numpy())
+                        torch.from_numpy(results[name][start : start + len(batch)]).copy_(out)
         finally:
             for handle in handles:
                 handle.remove()
-        empty = {name: np.zeros((0, *self._shape(name)), np.float32) for name in layers}
-        return {name: np.concatenate(parts) if parts else empty[name] for name, parts in chunks.items()}
+        return results
 
     def _shape(self, name: str) -> tuple[int, ...]:
         for info in self.net.infos:
