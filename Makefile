@@ -28,6 +28,15 @@ test: setup
 test-fast: setup
 	$(BIN)/python -m pytest -n 2 -q -m "not slow and not browser"
 
+# Server time per draw update (probabilities + all activations, seed CNN, CPU); target median < 100 ms.
+# Activations of every layer for the test set (seed CNN) and OIPs of all 128 seed-vi conv3 maps;
+# trains quick seed/seed-vi runs into runs/bench-inspect the first time (pass RUNS via ARGS to reuse yours).
+bench-inspect: setup
+	$(BIN)/python benchmarks/bench_inspect.py $(ARGS)
+
+bench-web: setup
+	$(BIN)/python benchmarks/bench_web.py
+
 serve: setup
 	$(BIN)/mnistlab serve --runs $(RUNS)
 
@@ -48,6 +57,12 @@ $(BENCH_STAMP): benchmarks/requirements-bench.txt pyproject.toml
 # BENCH_MLP_ARGS passes options, e.g. BENCH_MLP_ARGS="--threads 1 --runs 5".
 bench-mlp: bench-venv
 	$(BENCH_VENV)/bin/python benchmarks/bench_mlp.py $(BENCH_MLP_ARGS)
+
+# CPU: seed recipe, mnistlab vs the PyTorch DataLoader loop vs Keras/TF (5 epochs, minutes).
+# Shorter: make bench-cnn BENCH_CNN_ARGS="--epochs 2 --train-size 20000 --runs 3"
+BENCH_CNN_ARGS ?= --epochs 5 --runs 1
+bench-cnn: bench-venv
+	$(BENCH_VENV)/bin/python benchmarks/bench_cnn.py $(BENCH_CNN_ARGS)
 
 clean:
 	rm -rf $(VENV) .venv-bench build dist src/*.egg-info .pytest_cache

@@ -23,6 +23,7 @@ import os
 import platform
 import shutil
 import tempfile
+import zipfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -59,6 +60,10 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        # mkstemp creates 0600; give the file the permissions a plain open() would have.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
@@ -87,7 +92,7 @@ def load_npz(path: Path) -> dict[str, np.ndarray]:
             return {k: npz[k] for k in npz.files}
     except FileNotFoundError:
         raise RunError(f"{path}: missing; the run is incomplete (train it again)") from None
-    except ValueError as exc:
+    except (ValueError, zipfile.BadZipFile) as exc:
         raise RunError(f"{path}: unreadable ({exc}); the file is corrupt or not written by mnistlab") from None
     except OSError as exc:
         raise RunError(f"{path}: unreadable ({exc}); the file is corrupt or truncated") from None

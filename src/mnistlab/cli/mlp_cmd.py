@@ -18,7 +18,7 @@ def register_train(train_sub: argparse._SubParsersAction) -> None:
     p = train_sub.add_parser(
         "mlp",
         help="train the NumPy multilayer perceptron",
-        description="Train the NumPy MLP (784-70-30-10 relu/softmax by default) and write a run directory. "
+        description="Train the NumPy MLP (784-70-30-10 tanh/softmax by default) and write a run directory. "
         "Options given explicitly override the preset.",
     )
     p.add_argument("--preset", choices=tuple(PRESETS), default="default", help="starting configuration (seed: the seed's sigmoid/log-loss setup)")

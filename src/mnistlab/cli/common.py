@@ -1,0 +1,56 @@
+"""Small helpers shared by the CLI modules: consistent options and output locations."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ..errors import MnistlabError
+
+
+def add_dataset_options(parser: argparse.ArgumentParser) -> None:
+    from ..data import DATASETS
+
+    parser.add_argument("--dataset", default="mnist", choices=sorted(DATASETS), help="dataset name (default: mnist)")
+    parser.add_argument("--data-dir", metavar="DIR", help="a directory with the four IDX files (or set MNISTLAB_DATA_DIR)")
+
+
+def load_dataset_from_args(args: argparse.Namespace, *, force: bool = False):
+    from ..data import load_dataset
+
+    return load_dataset(args.dataset, data_dir=args.data_dir, force=force, on_source=lambda line: info(line))
+
+
+def info(line: str) -> None:
+    """Status lines go to stderr so stdout stays clean for results."""
+    print(line, file=sys.stderr)
+
+
+def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=dpi, bbox_inches="tight")
+    except OSError as exc:
+        raise MnistlabError(f"{path}: cannot write the figure ({exc.strerror}); choose a writable --out") from None
+    return path
+
+
+def parse_indices(values: list[str] | None) -> list[int]:
+    """--index 3 --index 5,7 --index 10-12 -> [3, 5, 7, 10, 11, 12]."""
+    out: list[int] = []
+    for value in values or []:
+        for part in str(value).split(","):
+            part = part.strip()
+            if not part:
+                continue
+            try:
+                if "-" in part[1:]:
+                    lo, hi = part.split("-", 1)
+                    out.extend(range(int(lo), int(hi) + 1))
+                else:
+                    out.append(int(part))
+            except ValueError:
+                raise MnistlabError(f"bad index {part!r}; use numbers, lists (1,2,3) or ranges (10-20)") from None
+    return out

@@ -1,0 +1,94 @@
+"""Commands that work on any run directory, whichever engine trained it:
+`evaluate RUN`, `predict RUN --index I`, `layers RUN`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ConfigError
+from .common import info, parse_indices, save_figure
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    evaluate = sub.add_parser("evaluate", help="test accuracy, confusion matrix and training curves of a run")
+    evaluate.add_argument("run", help="run directory")
+    evaluate.add_argument("--out", metavar="DIR", help="where to write the PNGs (default: RUN/figures)")
+    evaluate.add_argument("--split", default="test", choices=["train", "test"])
+    evaluate.set_defaults(func=cmd_evaluate)
+
+    predict = sub.add_parser("predict", help="class probabilities for chosen images")
+    predict.add_argument("run", help="run directory")
+    predict.add_argument("--index", action="append", required=True, metavar="I", help="image index (repeatable; 1,2 or 3-5)")
+    predict.add_argument("--split", default="test", choices=["train", "test"])
+    predict.set_defaults(func=cmd_predict)
+
+    layers = sub.add_parser("layers", help="the layer names of a run, usable with --layer elsewhere")
+    layers.add_argument("run", help="run directory")
+    layers.set_defaults(func=cmd_layers)
+
+
+def load_run_and_data(run: str):
+    """The model of a run and the dataset it was trained on (served from the cache after the first time)."""
+    from ..data import load_dataset
+    from ..models import load_model
+    from ..runs import read_manifest
+
+    manifest = read_manifest(Path(run))
+    model = load_model(run)
+    dataset = load_dataset(manifest.get("dataset", "mnist"), progress=False)
+    return model, dataset, manifest
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from ..evaluation import evaluate
+    from ..metrics import confusion_text
+    from ..runs import read_run
+    from ..viz.confusion import plot_confusion
+    from ..viz.curves import plot_history
+
+    model, dataset, manifest = load_run_and_data(args.run)
+    result = evaluate(model, dataset, args.split)
+    names = list(dataset.class_names)
+    print(f"{args.split} accuracy: {result.accuracy:.4f} ({int(result.confusion.trace())}/{len(result.labels)}) "
+          f"[{manifest['kind']} run {args.run}]")
+    print(confusion_text(result.confusion, names))
+    pairs = result.confused_pairs(5)
+    if pairs:
+        print("most confused (true -> predicted: count): " + ", ".join(f"{names[t]}->{names[p]}: {c}" for t, p, c in pairs))
+    out = Path(args.out) if args.out else Path(args.run) / "figures"
+    cm_path = save_figure(plot_confusion(result.confusion, names, title=f"{args.split} accuracy {result.accuracy:.2%}"), out / "confusion.png")
+    history = read_run(Path(args.run)).history
+    written = [cm_path]
+    if history:
+        written.append(save_figure(plot_history(history), out / "curves.png"))
+    info("wrote " + ", ".join(str(p) for p in written))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    model, dataset, _ = load_run_and_data(args.run)
+    images, labels = dataset.split(args.split)
+    indices = parse_indices(args.index)
+    bad = [i for i in indices if not 0 <= i < len(images)]
+    if bad:
+        raise ConfigError(f"index {bad[0]} is outside the {args.split} split (0..{len(images) - 1})")
+    probabilities = model.predict_proba(images[indices])
+    names = list(dataset.class_names)
+    header = "index  label  pred   " + " ".join(f"{str(n)[:6]:>6}" for n in names)
+    print(header)
+    for i, p in zip(indices, probabilities):
+        print(f"{i:<6} {str(names[labels[i]])[:6]:<6} {str(names[int(np.argmax(p))])[:6]:<6} " + " ".join(f"{v:6.3f}" for v in p))
+    return 0
+
+
+def cmd_layers(args: argparse.Namespace) -> int:
+    from ..models import load_model
+
+    model = load_model(args.run)
+    probe = model.activations(np.zeros((1, 28, 28), np.uint8))
+    for name in model.layer_names():
+        print(f"{name:<10} {tuple(probe[name].shape[1:])}")
+    return 0

@@ -1,0 +1,231 @@
+"""The torch network built from a Spec, and the CNN InspectableModel around it."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..data.preprocess import Preprocessor
+from ..errors import ConfigError, RunError
+from ..model_api import InspectableModel
+from .spec import LayerInfo, Spec, infer_shapes, parse_spec, summary_table
+
+_ACTIVATIONS = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "elu": nn.ELU, "tanh": nn.Tanh, "linear": nn.Identity}
+INITS = ("glorot", "default")
+
+
+class Net(nn.Module):
+    """A fold over named blocks; each block is one spec layer plus its batch norm, activation, dropout.
+
+    ``forward`` returns logits; the ``output`` activation (softmax or sigmoid) is applied by the
+    loss during training and by ``probabilities`` for inspection.
+    """
+
+    def __init__(self, spec: Spec):
+        super().__init__()
+        self.spec = spec
+        self.infos: list[LayerInfo] = infer_shapes(spec)
+        self.names: list[str] = []
+        blocks: dict[str, nn.Sequential] = {}
+        for info in self.infos:
+            layer = info.layer
+            if not info.inspectable:  # bn / dropout: part of the block it follows
+                owner = blocks[self.names[-1]]
+                if layer.type == "bn":
+                    channels = info.output_shape[0]
+                    bn = nn.BatchNorm2d(channels) if len(info.output_shape) == 3 else nn.BatchNorm1d(channels)
+                    # Batch norm sits between the linear part and the nonlinearity.
+                    children = list(owner.named_children())
+                    rebuilt = nn.Sequential()
+                    rebuilt.add_module(children[0][0], children[0][1])
+                    rebuilt.add_module("bn", bn)
+                    for child_name, child in children[1:]:
+                        rebuilt.add_module(child_name, child)
+                    blocks[self.names[-1]] = rebuilt
+                else:
+                    owner.add_module("dropout", nn.Dropout(layer.rate))
+                continue
+            block = nn.Sequential()
+            in_shape = info.input_shape
+            if layer.type == "conv":
+                pad = (layer.kernel - 1) // 2 if layer.pad == "same" else (0 if layer.pad == "valid" else int(layer.pad))
+                block.add_module("conv", nn.Conv2d(in_shape[0], layer.filters, layer.kernel, layer.stride, pad))
+                block.add_module("act", _ACTIVATIONS[layer.act]())
+            elif layer.type == "pool":
+                block.add_module("pool", nn.MaxPool2d(layer.size, layer.stride))
+            elif layer.type == "flatten":
+                block.add_module("flatten", nn.Flatten())
+            elif layer.type == "dense":
+                block.add_module("linear", nn.Linear(in_shape[0], layer.units))
+                block.add_module("act", _ACTIVATIONS[layer.act]())
+            elif layer.type == "output":
+                block.add_module("linear", nn.Linear(in_shape[0], layer.units))
+            blocks[info.name] = block
+            self.names.append(info.name)
+        for name in self.names:
+            self.add_module(name, blocks[name])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 3:
+            x = x.unsqueeze(1)  # (N, 28, 28) -> (N, 1, 28, 28)
+        for name in self.names:
+            x = self._modules[name](x)
+        return x  # (N, classes) logits
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        if self.spec.output_activation == "sigmoid":
+            return torch.sigmoid(logits)
+        return torch.softmax(logits, dim=1)
+
+
+def init_weights(net: Net, init: str, generator: torch.Generator | None = None) -> None:
+    """'glorot' as Keras does (Glorot-uniform kernels, zero biases); 'default' keeps torch's init."""
+    if init not in INITS:
+        raise ConfigError(f"unknown init {init!r}; choose one of: {', '.join(INITS)}")
+    if init == "default":
+        return
+    with torch.no_grad():
+        for module in net.modules():
+            if isinstance(module, (nn.Conv2d, nn.Linear)):
+                weight = module.weight
+                receptive = weight[0][0].numel() if weight.dim() > 2 else 1
+                fan_in, fan_out = weight.shape[1] * receptive, weight.shape[0] * receptive
+                bound = math.sqrt(6.0 / (fan_in + fan_out))
+                weight.uniform_(-bound, bound, generator=generator)
+                if module.bias is not None:
+                    module.bias.zero_()
+
+
+def build_net(spec: Spec | str, init: str = "default", seed: int | None = None) -> Net:
+    spec = parse_spec(spec)
+    if seed is not None:
+        torch.manual_seed(seed)
+    net = Net(spec)
+    init_weights(net, init)
+    return net
+
+
+def state_to_numpy(net: nn.Module) -> dict[str, np.ndarray]:
+    return {k: v.detach().to("cpu", copy=True).contiguous().numpy() for k, v in net.state_dict().items()}
+
+
+def load_numpy_state(net: nn.Module, arrays: dict[str, np.ndarray], where: str = "weights") -> None:
+    expected = net.state_dict()
+    missing = [k for k in expected if k not in arrays]
+    if missing:
+        raise RunError(f"{where}: lacks {missing[0]!r} for this spec; the weights belong to another network")
+    for key, value in expected.items():
+        if tuple(arrays[key].shape) != tuple(value.shape):
+            raise RunError(f"{where}: {key} has shape {arrays[key].shape}, the spec needs {tuple(value.shape)}")
+    net.load_state_dict({k: torch.from_numpy(np.array(arrays[k])) for k in expected}, strict=True)
+
+
+class CNN(InspectableModel):
+    """A trained (or freshly built) CNN with its preprocessing: the analysis interface.
+
+    Activations come from forward hooks on the named blocks, after each block's nonlinearity;
+    ``output`` is the class probabilities. Conv and pool maps are (N, C, H, W), dense (N, units).
+    """
+
+    kind = "cnn"
+
+    def __init__(self, spec: Spec | str, preprocess: Preprocessor, net: Net | None = None, device: str = "cpu"):
+        self.spec = parse_spec(spec)
+        self.preprocess = preprocess
+        self.net = (net if net is not None else Net(self.spec)).to(device).eval()
+        self.device = torch.device(device)
+        self.batch_size = 1000
+
+    @classmethod
+    def from_run(cls, record: Any) -> "CNN":
+        config = record.config
+        if "spec" not in config:
+            raise RunError(f"{record.path}: the manifest has no CNN spec; the run is not a CNN run")
+        try:
+            spec = parse_spec(config["spec"])
+        except ConfigError as exc:
+            raise RunError(f"{record.path}: stored spec is invalid ({exc})") from None
+        net = Net(spec)
+        load_numpy_state(net, record.weights, f"{record.path}/weights.npz")
+        return cls(spec, Preprocessor.from_arrays(record.preprocess), net)
+
+    def layer_names(self) -> list[str]:
+        return list(self.net.names)
+
+    def summary(self) -> str:
+        return summary_table(self.spec)
+
+    def _as_tensor(self, inputs: np.ndarray) -> torch.Tensor:
+        inputs = np.asarray(inputs, dtype=np.float32)
+        if inputs.ndim == 2:
+            inputs = inputs[None]
+        expected = tuple(self.spec.input_shape[1:])
+        if inputs.ndim != 3 or inputs.shape[1:] != expected:
+            raise ConfigError(f"expected inputs of shape (N, {expected[0]}, {expected[1]}), got {inputs.shape}")
+        return torch.from_numpy(np.ascontiguousarray(inputs)).to(self.device)
+
+    def activations_from_inputs(self, inputs: np.ndarray, layers: Sequence[str]) -> dict[str, np.ndarray]:
+        layers = self.check_layers(layers)
+        x_all = self._as_tensor(inputs)
+        wanted = set(layers)
+        chunks: dict[str, list[np.ndarray]] = {name: [] for name in layers}
+        captured: dict[str, torch.Tensor] = {}
+        handles = [
+            self.net._modules[name].register_forward_hook(lambda _m, _i, out, name=name: captured.__setitem__(name, out))
+            for name in wanted
+        ]
+        self.net.eval()
+        try:
+            with torch.no_grad():
+                for start in range(0, len(x_all), self.batch_size):
+                    captured.clear()
+                    self.net(x_all[start : start + self.batch_size])
+                    for name in layers:
+                        out = captured[name]
+                        if name == "output":
+                            out = self.net.probabilities(out)
+                        chunks[name].append(out.float().contiguous().cpu().numpy())
+        finally:
+            for handle in handles:
+                handle.remove()
+        empty = {name: np.zeros((0, *self._shape(name)), np.float32) for name in layers}
+        return {name: np.concatenate(parts) if parts else empty[name] for name, parts in chunks.items()}
+
+    def _shape(self, name: str) -> tuple[int, ...]:
+        for info in self.net.infos:
+            if info.name == name:
+                return info.output_shape
+        raise ConfigError(f"unknown layer {name!r}")
+
+    def input_gradient(
+        self, inputs: np.ndarray, layer: str, units: Sequence[int] | np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        (layer,) = self.check_layers([layer])
+        x = self._as_tensor(inputs).clone().requires_grad_(True)
+        units_arr = np.asarray(units, dtype=np.int64).reshape(-1)
+        if len(units_arr) != len(x):
+            raise ConfigError(f"got {len(units_arr)} units for {len(x)} inputs; give one unit per input")
+        width = self._shape(layer)[0]
+        if len(units_arr) and (units_arr.min() < 0 or units_arr.max() >= width):
+            raise ConfigError(f"unit {int(units_arr.max() if units_arr.max() >= width else units_arr.min())} is out of range for {layer} (0..{width - 1})")
+        captured: dict[str, torch.Tensor] = {}
+        handle = self.net._modules[layer].register_forward_hook(lambda _m, _i, out: captured.__setitem__("out", out))
+        self.net.eval()
+        try:
+            with torch.enable_grad():
+                self.net(x)
+                out = captured["out"]
+                if layer == "output":
+                    out = self.net.probabilities(out)
+                rows = torch.arange(len(x), device=x.device)
+                idx = torch.from_numpy(units_arr).to(x.device)
+                picked = out[rows, idx]  # (N,) for dense, (N, H, W) for maps
+                values = picked.flatten(1).mean(1) if picked.dim() > 1 else picked
+                (grad,) = torch.autograd.grad(values.sum(), x)
+        finally:
+            handle.remove()
+        return values.detach().cpu().numpy().astype(np.float32, copy=False), grad.detach().cpu().numpy().astype(np.float32, copy=False)

@@ -1,0 +1,49 @@
+import numpy as np
+import pytest
+
+from mnistlab.cli import main
+
+
+def test_version_and_help(capsys):
+    assert main(["--version"]) == 0
+    assert "mnistlab 0." in capsys.readouterr().out
+    assert main(["data", "show", "--help"]) == 0
+    assert "--index" in capsys.readouterr().out
+
+
+def test_usage_error_exits_2_with_one_line(capsys):
+    assert main(["data", "show", "--out", "x.png", "--frobnicate"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unrecognized arguments" in err[0]
+    assert main(["data", "info", "--dataset", "kmnist"]) == 2
+
+
+def test_fetch_info_show_verify(synthetic_dataset, tmp_path, capsys):
+    directory, arrays = synthetic_dataset
+    assert main(["data", "fetch", "--data-dir", str(directory)]) == 0
+    assert "served from IDX files" in capsys.readouterr().err
+    assert main(["data", "info"]) == 0
+    out = capsys.readouterr().out
+    assert "train       120 images" in out and "0:12" in out
+    png = tmp_path / "grid.png"
+    assert main(["data", "show", "--index", "3", "--index", "5-7", "--out", str(png)]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main(["data", "verify"]) == 0
+
+
+def test_errors_are_one_line_exit_1(synthetic_dataset, capsys, tmp_path):
+    directory, _ = synthetic_dataset
+    assert main(["data", "verify"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "mnistlab data fetch" in err[0]
+    assert main(["data", "show", "--data-dir", str(directory), "--index", "999", "--out", str(tmp_path / "x.png")]) == 1
+    assert "index 999 is outside the test split (0..39)" in capsys.readouterr().err
+    assert main(["evaluate", str(tmp_path / "missing-run")]) == 1
+    assert "no such run directory" in capsys.readouterr().err
+
+
+def test_debug_shows_the_traceback(synthetic_dataset):
+    from mnistlab.errors import MnistlabError
+
+    with pytest.raises(MnistlabError):
+        main(["--debug", "data", "verify"])

@@ -1,0 +1,175 @@
+"""The torch network built from a spec: parameters, hooks, input gradients, optimizers, schedules."""
+
+import math
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+torch.set_num_threads(1)  # pytest -n 2 on 2 cores: more threads per worker only oversubscribe
+
+from mnistlab.cnn import CNN, Net, Optimizer, Schedule, build_net, count_params, parse_spec  # noqa: E402
+from mnistlab.data import Preprocessor  # noqa: E402
+from mnistlab.errors import ConfigError  # noqa: E402
+
+SMALL = "conv:4:3,pool:2,conv:6:3:pad=same:act=tanh,bn,pool:2,flatten,dense:12:act=elu,dropout:0.2,output:10"
+
+
+def _model(spec=SMALL, seed=0):
+    rng = np.random.default_rng(seed)
+    pre = Preprocessor.fit("standard", rng.integers(0, 256, (50, 28, 28)).astype(np.uint8))
+    net = build_net(spec, init="glorot", seed=seed)
+    with torch.no_grad():  # non-trivial running statistics, so eval mode differs from train mode
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+    return CNN(spec, pre, net), rng
+
+
+@pytest.mark.parametrize("name", ["seed", "seed-vi", "fast", "best"])
+def test_torch_parameter_count_matches_the_dry_pass(name):
+    net = Net(parse_spec(name))
+    assert sum(p.numel() for p in net.parameters()) == count_params(parse_spec(name))
+    assert net(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_activations_have_documented_shapes_and_meaning():
+    model, rng = _model()
+    images = rng.integers(0, 256, (5, 28, 28)).astype(np.uint8)
+    acts = model.activations(images)
+    assert model.layer_names() == ["conv1", "pool1", "conv2", "pool2", "flatten", "dense1", "output"]
+    assert {k: v.shape for k, v in acts.items()} == {
+        "conv1": (5, 4, 26, 26), "pool1": (5, 4, 13, 13), "conv2": (5, 6, 13, 13), "pool2": (5, 6, 6, 6),
+        "flatten": (5, 216), "dense1": (5, 12), "output": (5, 10)}
+    np.testing.assert_allclose(acts["output"].sum(1), 1, rtol=1e-5)
+    # conv1 is relu(conv(x)); conv2 is tanh(bn(conv(pool1))) with running statistics (eval mode).
+    x = torch.from_numpy(model.to_inputs(images)).unsqueeze(1)
+    conv1 = model.net.conv1.conv
+    np.testing.assert_allclose(acts["conv1"], torch.relu(conv1(x)).detach().numpy(), atol=1e-5)
+    c2 = model.net.conv2
+    ref = torch.tanh(c2.bn(c2.conv(torch.from_numpy(acts["pool1"])))).detach().numpy()
+    np.testing.assert_allclose(acts["conv2"], ref, atol=1e-5)
+    np.testing.assert_allclose(acts["pool1"], acts["conv1"].reshape(5, 4, 13, 2, 13, 2).max((3, 5)), atol=1e-6)
+    np.testing.assert_array_equal(model.predict(images), acts["output"].argmax(1))
+    with pytest.raises(ConfigError, match="valid layers: conv1, pool1"):
+        model.activations(images, ["conv9"])
+
+
+def test_input_gradient_is_batched_and_matches_finite_differences():
+    model, rng = _model()
+    model.net.double()
+    model._as_tensor = lambda a: torch.from_numpy(np.asarray(a, np.float64).reshape(-1, 28, 28))  # exact FD
+    inputs = model.to_inputs(rng.integers(0, 256, (3, 28, 28)).astype(np.uint8)).astype(np.float64)
+    for layer, units in [("conv2", [0, 3, 5]), ("dense1", [1, 2, 11]), ("output", [7, 0, 9]), ("pool1", [0, 1, 2])]:
+        values, grads = model.input_gradient(inputs, layer, units)
+        assert values.shape == (3,) and grads.shape == (3, 28, 28)
+        acts = model.activations_from_inputs(inputs, [layer])[layer]
+        expected = np.array([acts[i, u].mean() for i, u in enumerate(units)])
+        np.testing.assert_allclose(values, expected, rtol=1e-6, atol=1e-9)
+        # each item's gradient is its own: the same as a single-item call
+        v1, g1 = model.input_gradient(inputs[1:2], layer, units[1:2])
+        np.testing.assert_allclose(g1[0], grads[1], rtol=1e-6, atol=1e-9)
+        for (r, c) in [(10, 12), (14, 14), (20, 7)]:
+            bump = np.zeros_like(inputs)
+            bump[0, r, c] = 1e-6
+            plus, minus = _objective(model, inputs + bump, layer, units[0]), _objective(model, inputs - bump, layer, units[0])
+            assert (plus - minus) / 2e-6 == pytest.approx(grads[0, r, c], rel=1e-4, abs=1e-8)
+    with pytest.raises(ConfigError, match="out of range"):
+        model.input_gradient(inputs, "dense1", [0, 1, 12])
+
+
+def _objective(model, inputs, layer, unit):
+    """Item 0's objective in float64, straight from the network (no float32 round trip)."""
+    seen = {}
+    handle = model.net._modules[layer].register_forward_hook(lambda _m, _i, out: seen.setdefault("out", out))
+    with torch.no_grad():
+        model.net(torch.from_numpy(inputs[:1]))
+    handle.remove()
+    out = model.net.probabilities(seen["out"]) if layer == "output" else seen["out"]
+    return float(out[0, unit].mean())
+
+
+def _params(seed=0):
+    torch.manual_seed(seed)
+    return [torch.nn.Parameter(torch.randn(3, 4)), torch.nn.Parameter(torch.randn(5))]
+
+
+def _run(params, opt_step, steps=6):
+    for i in range(steps):
+        loss = sum(((p * (i + 1)) ** 2).sum() + p.sum() for p in params)
+        for p in params:
+            p.grad = None
+        loss.backward()
+        opt_step()
+    return [p.detach().clone() for p in params]
+
+
+@pytest.mark.parametrize(
+    "kind, kwargs, reference",
+    [
+        ("sgd", {"momentum": 0.0, "weight_decay": 0.01}, lambda ps: torch.optim.SGD(ps, lr=0.01, weight_decay=0.01)),
+        ("sgd", {"momentum": 0.9}, lambda ps: torch.optim.SGD(ps, lr=0.01, momentum=0.9)),
+        ("sgd", {"momentum": 0.9, "nesterov": True, "weight_decay": 1e-3},
+         lambda ps: torch.optim.SGD(ps, lr=0.01, momentum=0.9, nesterov=True, weight_decay=1e-3)),
+        ("adam", {"weight_decay": 0.01}, lambda ps: torch.optim.Adam(ps, lr=0.01, weight_decay=0.01)),
+        ("adamw", {"weight_decay": 0.05}, lambda ps: torch.optim.AdamW(ps, lr=0.01, weight_decay=0.05)),
+    ],
+)
+def test_sgd_and_adam_match_torch_optim(kind, kwargs, reference):
+    ours = _params()
+    opt = Optimizer(ours, kind, 0.01, **kwargs)
+    got = _run(ours, opt.step)
+    theirs = _params()
+    ref = reference(theirs)
+    want = _run(theirs, ref.step)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.5])
+def test_rmsprop_follows_keras(momentum):
+    """Keras 3: v = rho v + (1 - rho) g^2;  p -= lr g / sqrt(v + eps)  (momentum: m = mu m + that; p -= m)."""
+    ours = _params()
+    opt = Optimizer(ours, "rmsprop", 0.01, momentum=momentum)
+    got = _run(ours, opt.step)
+    ref = [p.detach().double().numpy().copy() for p in _params()]
+    v = [np.zeros_like(p) for p in ref]
+    m = [np.zeros_like(p) for p in ref]
+    for i in range(6):
+        for j, p in enumerate(ref):
+            g = 2 * (i + 1) ** 2 * p + 1
+            v[j] = 0.9 * v[j] + 0.1 * g * g
+            inc = 0.01 * g / np.sqrt(v[j] + 1e-7)
+            m[j] = momentum * m[j] + inc
+            p -= m[j]
+    for a, b in zip(got, ref):
+        np.testing.assert_allclose(a.numpy(), b, rtol=1e-5, atol=1e-6)
+
+
+def test_bad_optimizer_settings():
+    with pytest.raises(ConfigError, match="unknown optimizer 'adagrad'"):
+        Optimizer(_params(), "adagrad", 0.1)
+    with pytest.raises(ConfigError, match="--lr"):
+        Optimizer(_params(), "sgd", -1.0)
+    with pytest.raises(ConfigError, match="--nesterov needs"):
+        Optimizer(_params(), "adam", 0.1, nesterov=True)
+
+
+def test_schedules():
+    one = Schedule.parse("onecycle", 1.0, 2, 50)
+    lrs = [one.lr_at(s) for s in range(100)]
+    assert lrs[0] == pytest.approx(1 / 25) and max(lrs) == pytest.approx(1.0, rel=1e-3)
+    assert lrs[-1] == pytest.approx(1 / 25 / 1e4, rel=1e-3) and int(np.argmax(lrs)) in range(28, 31)
+    cos = Schedule.parse("cosine", 2.0, 1, 10)
+    assert cos.lr_at(0) == 2.0 and cos.lr_at(10) == pytest.approx(0.0, abs=1e-12) and cos.lr_at(5) == pytest.approx(1.0)
+    step = Schedule.parse("step:2:0.5", 1.0, 6, 10)
+    assert [step.lr_at(e * 10) for e in range(6)] == [1, 1, 0.5, 0.5, 0.25, 0.25]
+    assert Schedule.parse("exponential:0.5", 1.0, 3, 10).lr_at(25) == 0.25
+    plateau = Schedule.parse("plateau:1:0.1", 1.0, 9, 10)
+    for loss in [1.0, 0.5, 0.6]:
+        plateau.end_epoch(loss)
+    assert plateau.lr_at(0) == pytest.approx(0.1)
+    with pytest.raises(ConfigError, match="unknown schedule 'warp'"):
+        Schedule.parse("warp", 1.0, 1, 1)
+    assert math.isclose(Schedule.parse("constant", 0.3, 1, 1).lr_at(7), 0.3)

@@ -1,0 +1,124 @@
+import json
+
+import numpy as np
+import pytest
+
+from mnistlab import runs
+from mnistlab.data import Preprocessor, validation_split
+from mnistlab.errors import ConfigError, RunError
+
+
+def test_standard_is_fitted_on_the_training_split_only():
+    rng = np.random.default_rng(0)
+    train = rng.integers(0, 100, (500, 28, 28)).astype(np.uint8)
+    test = rng.integers(150, 256, (100, 28, 28)).astype(np.uint8)  # a very different distribution
+    pre = Preprocessor.fit("standard", train)
+    np.testing.assert_allclose(pre.mean, train.reshape(500, -1).mean(0).reshape(28, 28), rtol=1e-5)
+    z_train = pre(train)
+    np.testing.assert_allclose(z_train.mean(0), 0, atol=1e-4)
+    np.testing.assert_allclose(z_train.std(0), 1, atol=1e-3)
+    # The test images were not seen: their standardized mean is far from 0 (no leak).
+    assert pre(test).mean() > 3
+
+
+def test_constant_pixels_get_unit_scale():
+    train = np.zeros((10, 28, 28), np.uint8)
+    train[:, 5, 5] = np.arange(10)
+    pre = Preprocessor.fit("standard", train)
+    assert pre.scale[0, 0] == 1.0 and np.isfinite(pre(np.full((1, 28, 28), 255, np.uint8))).all()
+
+
+def test_unit_and_none_and_inversion():
+    x = np.array([[[0, 51, 255] + [0] * 25] * 28], np.uint8)
+    unit = Preprocessor.fit("unit", x)
+    assert unit(x)[0, 0, 1] == pytest.approx(0.2)
+    assert Preprocessor.fit("none", x)(x)[0, 0, 2] == 255
+    np.testing.assert_allclose(unit.invert(unit(x)), x, atol=1e-4)
+
+
+def test_preprocessor_survives_a_save_and_load(tmp_path):
+    pre = Preprocessor.fit("standard", np.random.default_rng(1).integers(0, 256, (50, 28, 28)).astype(np.uint8))
+    runs.atomic_save_npz(tmp_path / "p.npz", pre.to_arrays())
+    back = Preprocessor.from_arrays(runs.load_npz(tmp_path / "p.npz"))
+    assert back.kind == "standard"
+    np.testing.assert_array_equal(back.mean, pre.mean)
+
+
+def test_bad_preprocessing_name_and_shape():
+    with pytest.raises(ConfigError, match="choose one of: standard, unit, none"):
+        Preprocessor.fit("zscore", np.zeros((2, 28, 28)))
+    with pytest.raises(ConfigError, match=r"shape \(20, 20\).*resize"):
+        Preprocessor.fit("unit", np.zeros((2, 28, 28)))(np.zeros((1, 20, 20)))
+
+
+def test_validation_split_last_and_seeded():
+    train, val = validation_split(100, 10)
+    assert list(val) == list(range(90, 100)) and len(train) == 90
+    t1, v1 = validation_split(100, 10, seed=3)
+    t2, v2 = validation_split(100, 10, seed=3)
+    np.testing.assert_array_equal(v1, v2)
+    assert set(t1).isdisjoint(v1) and len(set(t1) | set(v1)) == 100
+    with pytest.raises(ConfigError, match="--val 100"):
+        validation_split(100, 100)
+
+
+def _write(tmp_path, name="run", **kw):
+    manifest = runs.make_manifest("mlp", {"layers": [3]}, dataset="mnist")
+    return runs.write_run(tmp_path / name, manifest, {"w": np.ones(3)}, {"kind": np.array("unit")}, [{"epoch": 1, "cost": 0.5}], **kw)
+
+
+def test_run_round_trip(tmp_path):
+    path = _write(tmp_path)
+    record = runs.read_run(path)
+    assert record.kind == "mlp" and record.config == {"layers": [3]}
+    np.testing.assert_array_equal(record.weights["w"], np.ones(3))
+    assert record.history == [{"epoch": 1, "cost": 0.5}]
+    assert (path / "history.csv").read_text().splitlines() == ["epoch,cost", "1,0.5"]
+    assert record.manifest["versions"]["numpy"] == np.__version__
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary leftovers
+
+
+def test_existing_run_is_not_overwritten_unless_asked(tmp_path):
+    _write(tmp_path)
+    with pytest.raises(RunError, match="already exists"):
+        _write(tmp_path)
+    _write(tmp_path, overwrite=True)
+
+
+def test_crash_while_writing_leaves_no_run(tmp_path, monkeypatch):
+    def boom(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(runs, "write_history", boom)
+    with pytest.raises(RuntimeError):
+        _write(tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_incomplete_and_incompatible_runs(tmp_path):
+    (tmp_path / "half").mkdir()
+    with pytest.raises(RunError, match="incomplete run"):
+        runs.read_run(tmp_path / "half")
+    path = _write(tmp_path)
+    manifest = json.loads((path / "run.json").read_text())
+    manifest["format"] = 99
+    (path / "run.json").write_text(json.dumps(manifest))
+    with pytest.raises(RunError, match="format 99 is not supported.*retrain"):
+        runs.read_run(path)
+    with pytest.raises(RunError, match="no such run directory"):
+        runs.read_run(tmp_path / "nope")
+
+
+def test_weights_with_pickled_objects_are_refused(tmp_path):
+    path = _write(tmp_path)
+    np.savez(path / "weights.npz", w=np.array([{"a": 1}], dtype=object))
+    with pytest.raises(RunError, match="weights.npz: unreadable"):
+        runs.read_run(path)
+
+
+def test_truncated_weights_are_a_run_error(tmp_path):
+    path = _write(tmp_path)
+    data = (path / "weights.npz").read_bytes()
+    (path / "weights.npz").write_bytes(data[: len(data) // 2])
+    with pytest.raises(RunError, match="weights.npz: unreadable"):
+        runs.read_run(path)
