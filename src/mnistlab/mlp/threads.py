@@ -3,7 +3,7 @@
 The MLP's products are small (a 500 x 784 batch times 784 x 70 weights): a second BLAS thread
 helps on an idle machine, but when the cores are busy with other processes every product waits
 for a helper thread that the OS has not scheduled, and training gets many times slower (seen
-here: 13 s instead of 0.3 s per epoch). ``"auto"`` therefore uses the cores that the 1-minute
+here: 6.6-13 s instead of about 0.5 s per epoch). ``"auto"`` therefore uses the cores that the 1-minute
 load average leaves idle, at least one.
 """
 
