@@ -221,10 +221,7 @@ def create_app(
         """The test images of one confusion-matrix cell, most confident first."""
         loaded = store.get(run)
         ds = _dataset(store, loaded)
-        k = len(ds.class_names)
-        for what, value in (("true", true), ("pred", pred)):
-            if not 0 <= value < k:
-                raise ApiError(400, f"{what}={value} is not a class; use 0..{k - 1}")
+        _check_classes(ds, true=true, pred=pred)
         ev = _evaluation(store, loaded)
         cell = np.flatnonzero((ev.labels == true) & (ev.predictions == pred))
         cell = cell[np.argsort(-ev.probabilities[cell, pred], kind="stable")]
@@ -242,10 +239,7 @@ def create_app(
         """What separates class A from class B (mnistlab.inspect.compare_classes, as `inspect compare`)."""
         loaded = store.get(run)
         ds = _dataset(store, loaded)
-        k = len(ds.class_names)
-        for what, value in (("a", a), ("b", b)):
-            if not 0 <= value < k:
-                raise ApiError(400, f"{what}={value} is not a class; use 0..{k - 1}")
+        _check_classes(ds, a=a, b=b)
         if a == b:
             raise ApiError(400, f"a and b are both {a}; choose two different classes")
         layers = _check_layers(loaded, [layer]) if layer else None
@@ -461,6 +455,14 @@ def _inspect(loaded: LoadedRun, image: np.ndarray, layers: list[str]) -> dict[st
         "predicted": int(np.argmax(proba)),
         "layers": [encode.activation(name, acts[name][0]) for name in layers],
     }
+
+
+def _check_classes(ds, **values: int) -> None:
+    """Each named query value must be a class index of the run's dataset."""
+    k = len(ds.class_names)
+    for what, value in values.items():
+        if not 0 <= value < k:
+            raise ApiError(400, f"{what}={value} is not a class; use 0..{k - 1}")
 
 
 def _dataset(store: RunStore, loaded: LoadedRun) -> Dataset:
