@@ -12,10 +12,6 @@ def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int = 10
     return np.bincount(y_true * n_classes + y_pred, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
 
 
-def accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
-    return float(np.mean(np.asarray(y_true) == np.asarray(y_pred))) if len(y_true) else float("nan")
-
-
 def confused_pairs(cm: np.ndarray, top: int = 10) -> list[tuple[int, int, int]]:
     """(true, predicted, count) for the largest off-diagonal cells, most confused first."""
     off = cm.copy()

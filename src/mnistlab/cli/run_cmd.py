@@ -30,36 +30,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     layers.set_defaults(func=cmd_layers)
 
 
-def load_run_and_data(run: str):
-    """The model of a run and the dataset it was trained on (served from the cache after the first time)."""
-    from ..data import load_dataset
-    from ..models import load_model
-    from ..runs import read_manifest
-
-    manifest = read_manifest(Path(run))
-    model = load_model(run)
-    dataset = load_dataset(manifest.get("dataset", "mnist"), progress=False)
-    return model, dataset, manifest
-
-
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from ..evaluation import evaluate
+    from ..inspect import confusions, load_run
     from ..metrics import confusion_text
     from ..runs import read_run
     from ..viz.confusion import plot_confusion
     from ..viz.curves import plot_history
 
-    model, dataset, manifest = load_run_and_data(args.run)
-    result = evaluate(model, dataset, args.split)
+    model, dataset, manifest = load_run(args.run)
+    result = confusions(model, dataset, args.split)
     names = list(dataset.class_names)
-    print(f"{args.split} accuracy: {result.accuracy:.4f} ({int(result.confusion.trace())}/{len(result.labels)}) "
+    print(f"{args.split} accuracy: {result.accuracy:.4f} ({int(result.matrix.trace())}/{len(result.labels)}) "
           f"[{manifest['kind']} run {args.run}]")
-    print(confusion_text(result.confusion, names))
-    pairs = result.confused_pairs(5)
+    print(confusion_text(result.matrix, names))
+    pairs = result.pairs(5)
     if pairs:
         print("most confused (true -> predicted: count): " + ", ".join(f"{names[t]}->{names[p]}: {c}" for t, p, c in pairs))
     out = Path(args.out) if args.out else Path(args.run) / "figures"
-    cm_path = save_figure(plot_confusion(result.confusion, names, title=f"{args.split} accuracy {result.accuracy:.2%}"), out / "confusion.png")
+    cm_path = save_figure(plot_confusion(result.matrix, names, title=f"{args.split} accuracy {result.accuracy:.2%}"), out / "confusion.png")
     history = read_run(Path(args.run)).history
     written = [cm_path]
     if history:
@@ -69,7 +57,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    model, dataset, _ = load_run_and_data(args.run)
+    from ..inspect import load_run
+
+    model, dataset, _ = load_run(args.run)
     images, labels = dataset.split(args.split)
     indices = parse_indices(args.index)
     bad = [i for i in indices if not 0 <= i < len(images)]

