@@ -56,29 +56,13 @@ def register_train(train_sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_train)
 
 
-_FIELDS = {
-    "layers": "hidden",
-    "activation": "activation",
-    "output": "output",
-    "init": "init",
-    "dtype": "dtype",
-    "seed": "seed",
-    "preprocess": "preprocess",
-    "epochs": "epochs",
-    "batch_size": "batch_size",
-    "lr": "lr",
-    "momentum": "momentum",
-    "momentum_form": "momentum_form",
-    "nesterov": "nesterov",
-    "l1": "l1",
-    "l2": "l2",
-    "schedule": "schedule",
-    "decay": "decay",
-    "step_size": "step_size",
-    "gamma": "gamma",
-    "lr_min": "lr_min",
-    "val": "val",
-    "patience": "patience",
+# argparse dest -> MLPConfig field: the same name, except --layers
+_FIELDS = {"layers": "hidden"} | {
+    name: name
+    for name in (
+        "activation", "output", "init", "dtype", "seed", "preprocess", "epochs", "batch_size", "lr", "momentum",
+        "momentum_form", "nesterov", "l1", "l2", "schedule", "decay", "step_size", "gamma", "lr_min", "val", "patience",
+    )
 }
 
 

@@ -47,15 +47,6 @@ def tanh_backward(a: np.ndarray, delta: np.ndarray, scratch: np.ndarray) -> np.n
     return np.multiply(delta, scratch, out=delta)
 
 
-def derivative(name: str, a: np.ndarray) -> np.ndarray:
-    """f'(z) from a = f(z), as a new array (for analysis code, not the training loop)."""
-    if name == "relu":
-        return (a > 0).astype(a.dtype)
-    if name == "sigmoid":
-        return a * (1 - a)
-    return 1 - a * a
-
-
 FORWARD: dict[str, Callable[[np.ndarray], np.ndarray]] = {"relu": relu, "sigmoid": sigmoid, "tanh": tanh}
 BACKWARD: dict[str, Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]] = {
     "relu": relu_backward,
@@ -70,6 +61,12 @@ def softmax(z: np.ndarray) -> np.ndarray:
     np.exp(z, out=z)
     z /= z.sum(axis=1, keepdims=True)
     return z
+
+
+def derivative(name: str, a: np.ndarray) -> np.ndarray:
+    """f'(z) from a = f(z), as a new array (for analysis code, not the training loop): the training
+    loop's own backward formula applied to a delta of ones, so the two can never disagree."""
+    return BACKWARD[name](a, np.ones_like(a), np.empty_like(a))
 
 
 OUTPUT_FORWARD: dict[str, Callable[[np.ndarray], np.ndarray]] = {"softmax": softmax, "sigmoid": sigmoid}

@@ -65,13 +65,10 @@ class MLP(InspectableModel):
     def initialize(self, seed: int) -> None:
         """He-normal for relu layers, Xavier-uniform (Glorot) for sigmoid/tanh; biases zero."""
         rng = np.random.default_rng(seed)
+        last = len(self.shapes) - 1
         for i, (n_in, n_out) in enumerate(self.shapes):
-            if self.config.init != "auto":
-                scheme = self.config.init
-            elif i == len(self.shapes) - 1:
-                scheme = "xavier"  # the output layer feeds softmax/sigmoid, whatever the hidden activation
-            else:
-                scheme = self.config.init_for()
+            # with "auto" the output layer feeds softmax/sigmoid, whatever the hidden activation
+            scheme = "xavier" if i == last and self.config.init == "auto" else self.config.init_for()
             if scheme == "he":
                 w = rng.standard_normal((n_in, n_out)) * np.sqrt(2.0 / n_in)
             else:

@@ -63,8 +63,11 @@ def train_on_dataset(
         trainer.fit(train_images, y, test=test, val=val, callback=on_epoch, profile=profile, threads=threads)
     except TrainingDiverged as exc:
         diverged = exc
-    with np.errstate(over="ignore", invalid="ignore"):  # last good weights of a diverged run may be huge
-        test_accuracy = model.accuracy(pre(ds.test_images), ds.test_labels)
+    if diverged is None and config.patience is None:
+        test_accuracy = history[-1]["test_accuracy"]  # measured on the final weights after the last epoch
+    else:  # the weights were rolled back (divergence) or restored (early stopping's best epoch)
+        with np.errstate(over="ignore", invalid="ignore"):  # last good weights of a diverged run may be huge
+            test_accuracy = model.accuracy(pre(ds.test_images), ds.test_labels)
     run_dir = None
     if out is not None and (diverged is None or history):
         extra: dict[str, Any] = {

@@ -107,10 +107,11 @@ class _TrainData:
             flat = inputs.reshape(len(inputs), -1)
             zero_input = pre(np.zeros((1, *inputs.shape[1:]), np.uint8)).reshape(-1)
             active = flat.any(axis=0) | (zero_input != 0)
+            self.labels = _check_labels(model, labels, len(flat), "training data")
         else:
-            flat = check_data(model, inputs, labels, "training data").inputs
+            checked = check_data(model, inputs, labels, "training data")  # checks the labels too
+            flat, self.labels = checked.inputs, checked.labels
             active = flat.any(axis=0)
-        self.labels = _check_labels(model, labels, len(flat), "training data")
         self.raw = raw
         self.n = len(flat)
         self.active = np.flatnonzero(active)
@@ -347,8 +348,9 @@ class Trainer:
         data = self._prepare(inputs, labels, None)
         n = data.n
         cost = 0.0
+        ph = _Phases(False)
         for cs in range(0, n, self.c):
-            cost += self._chunk(data, np.arange(cs, min(cs + self.c, n)), cs == 0, 1.0 / n, _Phases(False))[0]
+            cost += self._chunk(data, np.arange(cs, min(cs + self.c, n)), cs == 0, 1.0 / n, ph)[0]
         reg = self._reg_cost()
         cfg, m = self.config, self.model
         nw = m.n_weights
