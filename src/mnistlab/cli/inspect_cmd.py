@@ -116,7 +116,7 @@ def _load(args: argparse.Namespace):
     from ..models import load_model
 
     model = load_model(args.run)
-    return model, _dataset(args), None
+    return model, _dataset(args)
 
 
 def _out_dir(args: argparse.Namespace) -> Path:
@@ -135,7 +135,7 @@ def cmd_show_activations(args: argparse.Namespace) -> int:
     from ..inspect.activations import compute_activations, select_images
     from ..viz.activations import plot_activations
 
-    model, dataset, _ = _load(args)
+    model, dataset = _load(args)
     layers = _layers(model, args.layer)
     if args.index and args.label is not None:
         raise ConfigError("choose images with --index or with --label, not both")
@@ -192,7 +192,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from ..inspect.compare import compare_sets
     from ..viz.compare import plot_contrast, plot_ranking
 
-    model, dataset, _ = _load(args)
+    model, dataset = _load(args)
     a_label, a_idx = _set_spec(args.a, args.a_indices)
     b_label, b_idx = _set_spec(args.b, args.b_indices)
     layers = _layers(model, args.layer)
@@ -244,7 +244,7 @@ def cmd_ambiguous(args: argparse.Namespace) -> int:
     from ..inspect.ambiguous import find_ambiguous
     from ..viz.ambiguous import plot_ambiguous
 
-    model, dataset, _ = _load(args)
+    model, dataset = _load(args)
     result = find_ambiguous(model, dataset, args.pair, n=args.n, split=args.split, layer=args.layer, correct_only=args.correct_only)
     names = dataset.class_names
     a, b = result.pair
@@ -264,7 +264,7 @@ def cmd_confusions(args: argparse.Namespace) -> int:
     from ..viz.confusion import plot_confusion
     from ..viz.gallery import plot_confusion_gallery
 
-    model, dataset, _ = _load(args)
+    model, dataset = _load(args)
     conf = confusions(model, dataset, args.split)
     names = list(dataset.class_names)
     print(f"{args.split} accuracy {conf.accuracy:.4f}")

@@ -109,19 +109,21 @@ def find_ambiguous(
 
     shapes = layer_shapes(model)
     dense = layer if layer is not None else last_hidden_dense_layer(model, shapes)
-    if dense is not None:
-        model.check_layers(dense)
     means: dict[int, np.ndarray] = {}
     std = None
     acts_chosen = None
     if dense is not None:
-        by_class = {c: compute_activations(model, images[labels == c], [dense])[dense].reshape(int(np.sum(labels == c)), -1)
-                    for c in (a, b)}
+        model.check_layers(dense)
+        by_class = {}
+        for c in (a, b):
+            of_c = images[labels == c]
+            by_class[c] = compute_activations(model, of_c, [dense])[dense].reshape(len(of_c), -1)
         means = {c: v.mean(axis=0) for c, v in by_class.items() if len(v)}
         if b not in means:
             raise ConfigError(f"no {split} image has label {b}, so class {b} has no mean activation")
         var = np.concatenate([by_class[a] - means[a], by_class[b] - means[b]]).var(axis=0)
         std = np.sqrt(var)
+        spread = np.maximum(std**2, 1e-6 * max(float(np.max(std**2)), 1e-12))
         acts_chosen = compute_activations(model, images[chosen], [dense])[dense].reshape(len(chosen), -1) if chosen else None
     cases = []
     for k, idx in enumerate(chosen):
@@ -130,7 +132,6 @@ def find_ambiguous(
         loser = b if winner == a else a
         if acts_chosen is not None:
             h = acts_chosen[k]
-            spread = np.maximum(std**2, 1e-6 * max(float(np.max(std**2)), 1e-12))
             pull = (means[winner] - means[loser]) * (h - (means[winner] + means[loser]) / 2) / spread
         else:
             h, pull = np.zeros(0), np.zeros(0)

@@ -171,12 +171,13 @@ class Comparison:
         """The k most discriminative units over all ranked layers, with the red/yellow counts of the chosen images."""
         rows = []
         for name, ranking in self.rankings.items():
+            contrast = self.contrasts.get(name)
+            red, yellow = (contrast.red, contrast.yellow) if contrast is not None else (None, None)
             for row in ranking.top(len(ranking.auc)):
-                contrast = self.contrasts.get(name)
                 if contrast is not None:
                     u = row["unit"]
-                    row["red"] = int(np.sum(contrast.red[u]))
-                    row["yellow"] = int(np.sum(contrast.yellow[u]))
+                    row["red"] = int(np.sum(red[u]))
+                    row["yellow"] = int(np.sum(yellow[u]))
                 rows.append(row)
         rows.sort(key=lambda r: (-abs(r["auc"] - 0.5), -abs(r["smd"])))
         return rows[:k]

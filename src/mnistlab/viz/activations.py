@@ -82,7 +82,7 @@ def _mark_positions(mask: np.ndarray, ncols: int, gap: int) -> tuple[np.ndarray,
         mask = mask[:, None, None]
     c, h, w = mask.shape
     ks, ys, xs = np.nonzero(mask)
-    rows, cols = (ks // ncols) * (h + gap), (ks % ncols) * (w + gap)
+    rows, cols = cell_origin(ks, ncols, h, w, gap)
     return cols + xs, rows + ys
 
 
@@ -130,12 +130,13 @@ def plot_activations(
         peak = shown.max(axis=(0, 2, 3), keepdims=True)
         shown = np.divide(shown, peak, out=np.zeros_like(shown), where=peak > 0)
     if standardize:
-        lims = [(-(clip or float(np.abs(shown).max() or 1)), clip or float(np.abs(shown).max() or 1))] * n
+        lim = clip or float(np.abs(shown).max() or 1)
+        lims = [(-lim, lim)] * n
     else:
-        lo_all = min(0.0, float(shown.min()))
-        hi_all = float(shown.max())
-        per = [(min(0.0, float(s.min())), float(s.max())) for s in shown]
-        lims = [(lo_all, hi_all)] * n if shared_scale else per
+        if shared_scale:
+            lims = [(min(0.0, float(shown.min())), float(shown.max()))] * n
+        else:
+            lims = [(min(0.0, float(s.min())), float(s.max())) for s in shown]
         lims = [(lo, hi if hi > lo else lo + 1) for lo, hi in lims]
     grids = [mosaic(s, ncols, gap) for s in shown]
 

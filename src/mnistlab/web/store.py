@@ -15,10 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
-
 from ..data import Dataset, load_dataset
 from ..errors import MnistlabError, RunError
+from ..inspect.activations import layer_shapes
 from ..model_api import InspectableModel
 from ..models import load_model
 from ..runs import HISTORY_JSON, MANIFEST, PREPROCESS, WEIGHTS, read_manifest, read_run
@@ -132,7 +131,7 @@ class RunStore:
             try:
                 record = read_run(path)
                 model = self._model_loader(path)
-                shapes = {k: tuple(v.shape[1:]) for k, v in model.activations(np.zeros((1, 28, 28), np.float32)).items()}
+                shapes = layer_shapes(model)
             except FileNotFoundError:
                 self._runs.pop(name, None)
                 raise ApiError(404, f"run {name!r} disappeared while it was being read; reload the run list") from None
