@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from ..errors import MnistlabError
+from ..numbers import parse_number_list
 
 
 def add_dataset_options(parser: argparse.ArgumentParser) -> None:
@@ -39,18 +40,4 @@ def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
 
 def parse_indices(values: list[str] | None) -> list[int]:
     """--index 3 --index 5,7 --index 10-12 -> [3, 5, 7, 10, 11, 12]."""
-    out: list[int] = []
-    for value in values or []:
-        for part in str(value).split(","):
-            part = part.strip()
-            if not part:
-                continue
-            try:
-                if "-" in part[1:]:
-                    lo, hi = part.split("-", 1)
-                    out.extend(range(int(lo), int(hi) + 1))
-                else:
-                    out.append(int(part))
-            except ValueError:
-                raise MnistlabError(f"bad index {part!r}; use numbers, lists (1,2,3) or ranges (10-20)") from None
-    return out
+    return parse_number_list(values or [])

@@ -27,6 +27,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..model_api import InspectableModel
+from ..numbers import parse_number_list
 from .activations import layer_shapes
 
 SIZE = 28
@@ -111,17 +112,7 @@ def parse_units(text: str | None, count: int) -> list[int]:
     """'0-127', '3,5,9', '0-7,12' or None (all) -> unit indices, checked against the layer's size."""
     if text is None or str(text).strip() in ("", "all"):
         return list(range(count))
-    units: list[int] = []
-    for part in str(text).split(","):
-        part = part.strip()
-        try:
-            if "-" in part[1:]:
-                lo, hi = part.split("-", 1)
-                units.extend(range(int(lo), int(hi) + 1))
-            elif part:
-                units.append(int(part))
-        except ValueError:
-            raise ConfigError(f"bad unit list {text!r}; use numbers, lists (1,2,3) or ranges (0-127)") from None
+    units = parse_number_list([text], what="unit", example="0-127")
     bad = [u for u in units if not 0 <= u < count]
     if bad:
         raise ConfigError(f"unit {bad[0]} does not exist: the layer has {count} (0..{count - 1})")
