@@ -6,13 +6,13 @@ torch is imported only when training actually starts, so `mnistlab --help` and `
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, RunError
+from .common import info
 
 # CLI option -> TrainConfig field (None values mean "not given": the preset or stored run decides).
 _FIELDS = (
@@ -120,10 +120,10 @@ def run_train(args: argparse.Namespace) -> int:
         result = resume(args.resume, dataset, reset=args.reset, out=args.out, progress=progress,
                         spec=args.spec, **overrides)
     else:
-        from ..cnn.spec import PRESETS, parse_spec
+        from ..cnn.spec import parse_spec
 
         spec = args.spec or "seed"
-        parse_spec(spec)  # a bad spec fails before the data loads
+        parsed = parse_spec(spec)  # a bad spec fails before the data loads
         dataset_name = args.dataset or "mnist"
         out = args.out or Path("runs") / f"cnn-{dataset_name}-{datetime.now():%Y%m%d-%H%M%S}"
         if out.exists() and not args.overwrite:
@@ -132,16 +132,15 @@ def run_train(args: argparse.Namespace) -> int:
 
         config = resolve_config(spec, dataset=dataset_name, **overrides)
         dataset = load_dataset(dataset_name)
-        if spec not in PRESETS and args.spec is not None and Path(spec).suffix.lower() in (".toml", ".json"):
-            config.spec = parse_spec(spec).to_string()  # the run must not depend on the file staying around
+        if Path(spec).suffix.lower() in (".toml", ".json"):
+            config.spec = parsed.to_string()  # the run must not depend on the file staying around
         trainer = Trainer(config, dataset, out, progress=progress, overwrite=args.overwrite)
-        print(f"training {config.spec} on {dataset_name} ({trainer.levers.device}, amp {trainer.levers.amp_dtype or 'off'}, "
-              f"channels_last {'on' if trainer.levers.channels_last else 'off'}) -> {out}", file=sys.stderr)
+        info(f"training {config.spec} on {dataset_name} ({trainer.levers.device}, amp {trainer.levers.amp_dtype or 'off'}, "
+             f"channels_last {'on' if trainer.levers.channels_last else 'off'}) -> {out}")
         result = trainer.run()
     seconds = time.perf_counter() - t0
     if result.state == "interrupted":
-        print(f"mnistlab: interrupted; progress saved in {result.run_dir}; continue with: mnistlab train cnn --resume {result.run_dir}",
-              file=sys.stderr)
+        info(f"mnistlab: interrupted; progress saved in {result.run_dir}; continue with: mnistlab train cnn --resume {result.run_dir}")
         return 130
     last = result.history[-1]
     print(f"test accuracy {100 * last['test_accuracy']:.2f}% after {len(result.history)} epochs "

@@ -12,7 +12,7 @@ from torch import nn
 from ..data.preprocess import Preprocessor
 from ..errors import ConfigError, RunError
 from ..model_api import InspectableModel
-from .spec import LayerInfo, Spec, infer_shapes, parse_spec, summary_table
+from .spec import LayerInfo, Spec, _pad_amount, infer_shapes, parse_spec, summary_table
 
 _ACTIVATIONS = {
     # In place: a conv's or linear layer's backward needs its input, not its output, so ReLU may
@@ -46,22 +46,18 @@ class Net(nn.Module):
                 if layer.type == "bn":
                     channels = info.output_shape[0]
                     bn = nn.BatchNorm2d(channels) if len(info.output_shape) == 3 else nn.BatchNorm1d(channels)
-                    # Batch norm sits between the linear part and the nonlinearity.
-                    children = list(owner.named_children())
-                    rebuilt = nn.Sequential()
-                    rebuilt.add_module(children[0][0], children[0][1])
-                    rebuilt.add_module("bn", bn)
-                    for child_name, child in children[1:]:
-                        rebuilt.add_module(child_name, child)
-                    blocks[self.names[-1]] = rebuilt
+                    # Batch norm sits between the linear part and the nonlinearity (bn directly follows
+                    # a conv or dense block, whose children are exactly [conv|linear, act]).
+                    act = owner._modules.pop("act")
+                    owner.add_module("bn", bn)
+                    owner.add_module("act", act)
                 else:
                     owner.add_module("dropout", nn.Dropout(layer.rate))
                 continue
             block = nn.Sequential()
             in_shape = info.input_shape
             if layer.type == "conv":
-                pad = (layer.kernel - 1) // 2 if layer.pad == "same" else (0 if layer.pad == "valid" else int(layer.pad))
-                block.add_module("conv", nn.Conv2d(in_shape[0], layer.filters, layer.kernel, layer.stride, pad))
+                block.add_module("conv", nn.Conv2d(in_shape[0], layer.filters, layer.kernel, layer.stride, _pad_amount(layer)))
                 block.add_module("act", _ACTIVATIONS[layer.act]())
             elif layer.type == "pool":
                 block.add_module("pool", nn.MaxPool2d(layer.size, layer.stride))

@@ -74,9 +74,7 @@ class Layer:
     rate: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        keep = {"conv": ("filters", "kernel", "stride", "pad", "act"), "pool": ("size", "stride"),
-                "dense": ("units", "act"), "output": ("units", "act"), "dropout": ("rate",)}.get(self.type, ())
-        return {"type": self.type, **{k: getattr(self, k) for k in keep}}
+        return {"type": self.type, **{k: getattr(self, k) for k in _POSITIONAL[self.type]}}
 
     def to_token(self) -> str:
         """This layer in the one-line syntax (defaults left out)."""
@@ -494,10 +492,6 @@ def summary_table(spec: Spec, title: str = "") -> str:
 
 def preset_recipe(name: str) -> dict[str, Any]:
     return dict(PRESETS[name].recipe) if name in PRESETS else {}
-
-
-def spec_to_json(spec: Spec) -> dict[str, Any]:
-    return spec.to_dict()
 
 
 __all__ = [

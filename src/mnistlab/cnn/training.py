@@ -398,8 +398,8 @@ class Trainer:
             state["rng.cuda"] = torch.cuda.get_rng_state(self.device).numpy()
         return state
 
-    def _checkpoint_bytes(self) -> bytes:
-        arrays: dict[str, np.ndarray] = {f"model.{k}": v for k, v in state_to_numpy(self.net).items()}
+    def _checkpoint_bytes(self, weights: dict[str, np.ndarray]) -> bytes:
+        arrays: dict[str, np.ndarray] = {f"model.{k}": v for k, v in weights.items()}
         arrays.update({f"optim.{k}": v for k, v in self.optimizer.state_arrays().items()})
         arrays.update(self._rng_state())
         meta = {
@@ -407,9 +407,7 @@ class Trainer:
             "partial": self.partial, "schedule": self.schedule.state(), "history": self.history,
         }
         arrays["meta"] = np.array(json.dumps(meta))
-        buf = io.BytesIO()
-        np.savez(buf, **arrays)
-        return buf.getvalue()
+        return self._npz_bytes(arrays)
 
     def _npz_bytes(self, arrays: dict[str, np.ndarray]) -> bytes:
         buf = io.BytesIO()
@@ -431,7 +429,8 @@ class Trainer:
         self.schedule.load_state(meta["schedule"])
         self.history = list(meta["history"])
 
-    def write(self, state: str, metrics: dict[str, Any] | None = None, checkpoint: bytes | None = None) -> None:
+    def write(self, state: str, metrics: dict[str, Any] | None = None) -> None:
+        weights = state_to_numpy(self.net)  # one device-to-host copy for weights.npz and the checkpoint
         config = asdict(self.config)
         config["spec_name"] = config.pop("spec")
         config["spec"] = self.spec.to_dict()
@@ -441,9 +440,9 @@ class Trainer:
             spec_string=self.spec.to_string(), val_indices=[int(self.val_idx[0]), int(self.val_idx[-1]) + 1] if len(self.val_idx) else None,
             warmup_s=round(self.warmup_s, 3),
         )
-        extra = {INITIAL: self._npz_bytes(self.initial_weights), CHECKPOINT: checkpoint or self._checkpoint_bytes()}
+        extra = {INITIAL: self._npz_bytes(self.initial_weights), CHECKPOINT: self._checkpoint_bytes(weights)}
         extra.update(self.epoch_checkpoints)
-        write_run(self.out, manifest, state_to_numpy(self.net), self.preprocess.to_arrays(), self.history,
+        write_run(self.out, manifest, weights, self.preprocess.to_arrays(), self.history,
                   overwrite=True, extra_files=extra)
 
     # ---------------------------------------------------------------- the loop
@@ -485,7 +484,6 @@ class Trainer:
     def _result(self, state: str, metrics: dict[str, Any] | None = None) -> TrainResult:
         model = CNN(self.spec, self.preprocess, Net(self.spec))
         load_numpy_state(model.net, state_to_numpy(self.net))
-        model.net.eval()
         return TrainResult(self.out, model, self.history, state, metrics or {})
 
     def _run_epoch(self, bar: Any) -> str:
