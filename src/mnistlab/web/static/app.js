@@ -379,10 +379,16 @@ async function flush() {
 
 // ---------- test images ----------
 
+// Only the latest test-image request may touch the page: a slow earlier answer (the first image
+// shown while a run loads) must not overwrite what the user asked for since, or hide its error.
+let testImageRequest = 0;
+
 async function showTestImage(index) {
   index = Math.max(0, Math.floor(Number(index) || 0));
+  const request = ++testImageRequest;
   try {
     const res = await api(`/api/test-image?${runQuery({ index })}`);
+    if (request !== testImageRequest) return;
     state.source = { type: "test", index };
     $("test-index").value = index;
     strokes = [];
@@ -393,7 +399,7 @@ async function showTestImage(index) {
     const ok = res.label === res.predicted;
     $("source").innerHTML = `test image #${index} · label <b>${esc(names[res.label])}</b> ` +
       (ok ? `<span style="color:var(--good)">✓</span>` : `<span style="color:var(--bad)">✗</span>`);
-  } catch (err) { showError(err.message); }
+  } catch (err) { if (request === testImageRequest) showError(err.message); }
 }
 
 $("btn-load").addEventListener("click", () => showTestImage($("test-index").value));
