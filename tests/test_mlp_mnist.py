@@ -19,3 +19,30 @@ def test_one_epoch_on_a_few_thousand_mnist_images_is_sane():
     # the interface on raw images agrees with the training-time evaluation
     acc = float((model.predict(ds.test_images) == ds.test_labels).mean())
     assert acc == pytest.approx(hist[0]["test_accuracy"])
+
+
+@pytest.mark.slow
+def test_tail_columns_on_mnist_train_like_dense_products():
+    """On MNIST the trainer moves the rarely inked columns into a tail block (see _TrainData):
+    the same sums in another order, so float64 training matches dense products closely, and the
+    per-epoch test accuracy (computed on the split layout) matches the model's own."""
+    import numpy as np
+
+    from mnistlab.mlp import Trainer
+
+    ds = load_dataset("mnist", progress=False).subset(3000, 1000)
+    cfg = MLPConfig(epochs=2, batch_size=500, lr=0.2, l2=1e-3, dtype="float64")
+    pre = Preprocessor.fit(cfg.preprocess, ds.train_images)
+    x, xt = pre(ds.train_images), pre(ds.test_images)
+    runs = {}
+    for split in ("auto", None):
+        model = MLP(cfg, preprocess=pre)
+        trainer = Trainer(model, split=split)
+        hist = trainer.fit(x, ds.train_labels, test=(xt, ds.test_labels))
+        runs[split] = (model, trainer.layout, hist)
+    split_model, layout, hist = runs["auto"]
+    assert layout["tail"] > 100 and 0 < layout["tail_rows"] < 0.5, layout
+    assert layout["core"] + layout["tail"] + layout["blank"] == 784
+    np.testing.assert_allclose(split_model.params, runs[None][0].params, rtol=1e-9, atol=1e-11)
+    assert hist[-1]["test_accuracy"] == split_model.accuracy(xt, ds.test_labels)
+    assert [r["cost"] for r in hist] == pytest.approx([r["cost"] for r in runs[None][2]], rel=1e-10)

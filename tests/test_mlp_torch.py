@@ -104,6 +104,42 @@ def test_forward_loss_and_every_gradient_match_autograd(activation, output, reg,
             np.testing.assert_allclose(grads[f"b{i}"], b.grad.numpy(), **tol, err_msg=f"b{i} chunk {chunk}")
 
 
+def _sparse_data(n=40, seed=1):
+    """Inputs whose last four columns are nonzero in three rows only (MNIST's rarely inked ring),
+    and one blank column: with split above 3/n the trainer takes the rare columns as a tail block."""
+    x, y = _data(n=n, seed=seed, blank=(2,))
+    x[:, 8:] = 0
+    x[[n // 13, n * 5 // 12, n * 3 // 4], 8:] = np.random.default_rng(seed).standard_normal((3, 4))
+    return x, y
+
+
+@pytest.mark.parametrize("activation,output", [("relu", "softmax"), ("tanh", "sigmoid")])
+def test_tail_columns_give_autograd_gradients(activation, output):
+    """The first layer's products split into core columns (all rows) and tail columns (only the
+    rows with ink there) still give exact gradients, also in chunks where no row touches the tail."""
+    model = _model(activation, output, l1=0.01, l2=0.02)
+    x, y = _sparse_data()
+    ws, bs = _torch_params(model)
+    _, logits = _torch_forward(model, ws, bs, torch.tensor(x))
+    data, regc = _torch_loss(model, ws, logits, y)
+    (data + regc).backward()
+    for chunk in (1000, 5):  # chunks of 5 rows: most contain none of rows 3, 17, 30
+        trainer = Trainer(model, chunk=chunk, split=0.2)
+        cost, _, grads = trainer.loss_and_gradients(x, y)
+        assert trainer.layout == {"core": 7, "tail": 4, "tail_rows": 3 / 40, "blank": 1}
+        assert math.isclose(cost, data.item(), rel_tol=1e-10)
+        for i, (w, b) in enumerate(zip(ws, bs), start=1):
+            np.testing.assert_allclose(grads[f"W{i}"], w.grad.numpy(), rtol=1e-9, atol=1e-12, err_msg=f"W{i} chunk {chunk}")
+            np.testing.assert_allclose(grads[f"b{i}"], b.grad.numpy(), rtol=1e-9, atol=1e-12, err_msg=f"b{i} chunk {chunk}")
+
+
+def test_split_must_be_auto_none_or_a_fraction():
+    model = _model("relu", "softmax")
+    for bad in (0, 1.5, "always", -0.1):
+        with pytest.raises(Exception, match="split must be"):
+            Trainer(model, split=bad)
+
+
 @pytest.mark.parametrize("activation,output", list(itertools.product(("relu", "sigmoid", "tanh"), ("softmax", "sigmoid"))))
 def test_input_gradient_matches_autograd(activation, output):
     model = _model(activation, output)
@@ -145,7 +181,7 @@ def test_input_gradient_keeps_image_shape():
         dict(momentum=0.5, nesterov=False, schedule="seed", decay=0.3),
     ],
 )
-@pytest.mark.parametrize("blank", [(), (0, 5)])
+@pytest.mark.parametrize("blank", [(), (0, 5), "tail"])
 def test_sgd_steps_match_torch_optim(opts, blank):
     """Full-batch epochs (one step each), so shuffling cannot matter: our folded lr*velocity
     arithmetic, its rescaling when the schedule changes, and weight decay on weights only must
@@ -153,7 +189,7 @@ def test_sgd_steps_match_torch_optim(opts, blank):
     epochs = 4
     model = _model("tanh", "softmax", epochs=epochs, batch_size=13, lr=0.5, **opts)
     cfg = model.config
-    x, y = _data(blank=blank)
+    x, y = _sparse_data(n=13) if blank == "tail" else _data(blank=blank)
     ws, bs = _torch_params(model)
     groups = [{"params": ws, "weight_decay": cfg.l2}, {"params": bs, "weight_decay": 0.0}]
     opt = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
@@ -166,7 +202,9 @@ def test_sgd_steps_match_torch_optim(opts, blank):
         opt.step()
         sched.step()
 
-    Trainer(model).fit(x, y)
+    trainer = Trainer(model, split=0.3 if blank == "tail" else "auto")
+    trainer.fit(x, y)
+    assert trainer.layout["tail"] == (4 if blank == "tail" else 0)
     for i, (w, b) in enumerate(zip(ws, bs)):
         np.testing.assert_allclose(model.weights[i], w.detach().numpy(), rtol=1e-9, atol=1e-12)
         np.testing.assert_allclose(model.biases[i], b.detach().numpy(), rtol=1e-9, atol=1e-12)
