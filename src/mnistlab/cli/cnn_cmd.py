@@ -136,7 +136,10 @@ def run_train(args: argparse.Namespace) -> int:
             config.spec = parsed.to_string()  # the run must not depend on the file staying around
         trainer = Trainer(config, dataset, out, progress=progress, overwrite=args.overwrite)
         info(f"training {config.spec} on {dataset_name} ({trainer.levers.device}, amp {trainer.levers.amp_dtype or 'off'}, "
-             f"channels_last {'on' if trainer.levers.channels_last else 'off'}) -> {out}")
+             f"channels_last {'on' if trainer.levers.channels_last else 'off'}, "
+             + (f"batches split across {trainer.levers.data_parallel} threads"
+                if trainer.levers.data_parallel > 1 else f"{trainer.levers.threads} thread(s)")
+             + f") -> {out}")
         result = trainer.run()
     seconds = time.perf_counter() - t0
     if result.state == "interrupted":
