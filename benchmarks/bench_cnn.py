@@ -61,8 +61,9 @@ def worker_mnistlab(args, amp: str) -> dict:
         "epoch_s": [h["train_seconds"] for h in result.history],
         "epoch_cpu_s": [h["train_cpu_seconds"] for h in result.history],
         "test_acc": [h["test_accuracy"] for h in result.history],
-        "threads": torch.get_num_threads(),
-        "levers": {"amp": trainer.levers.amp_dtype, "channels_last": trainer.levers.channels_last},
+        "threads": trainer.levers.threads,  # with batches split across threads, torch itself runs 1 per part
+        "levers": {"amp": trainer.levers.amp_dtype, "channels_last": trainer.levers.channels_last,
+                   "data_parallel": trainer.levers.data_parallel},
     }
 
 
@@ -174,7 +175,9 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--runs", type=int, default=1, help="rounds; each runs every contender once")
     parser.add_argument("--train-size", type=int, default=0, help="train on the first N images (0: all 60,000)")
-    parser.add_argument("--threads", type=int, default=0, help="threads for every contender (0: each library's default)")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                        help="threads for every contender (default: all cores; 0: each library's own default, which "
+                             "for mnistlab depends on the load average)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--contenders", default=",".join(CONTENDERS))
     parser.add_argument("--json", help="also write the raw results here")
