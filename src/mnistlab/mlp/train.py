@@ -104,8 +104,8 @@ class _TrainData:
     Of the remaining columns, those that are nonzero in few images (MNIST: the ring around the
     digits) form a *tail* block, kept only for the images that have any ink there. The first
     layer's products then run over the dense *core* columns for the whole chunk and over the tail
-    columns for just the chunk's rows that touch it: on MNIST at batch 500, 224 of 717 columns are
-    tail and 16% of the images touch them, so the largest two products shrink by a quarter. The
+    columns for just the chunk's rows that touch it: on MNIST at batch 500, 234 of 717 columns are
+    tail and 22% of the images touch them, so the largest two products shrink by a quarter. The
     sums are the same; only their order (hence float rounding) differs. ``split`` picks the tail
     threshold: "auto" (the cheapest by a cost model measured on this engine), a fraction of images
     (a column is tail when fewer images than that have it nonzero) or None (no tail).
