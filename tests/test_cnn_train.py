@@ -195,26 +195,28 @@ def test_cli_train_summary_and_errors(tmp_path, fake_mnist, capsys):
 
 
 def test_batches_split_across_threads_train_like_one_batch(tmp_path):
-    """With 2 CPU threads the seed-like spec runs each batch as two halves on two threads (see
-    choose_levers); in float32 the summed half-batch gradients are the whole batch's, so the
-    weights after an epoch match the one-thread run to rounding. Specs with batch norm or dropout
-    keep the plain path."""
+    """With several CPU threads a spec without batch norm or dropout runs each batch as parts on
+    parallel threads (see choose_levers); in float32 the summed part gradients are the whole
+    batch's, so the weights after an epoch match the one-thread run to rounding, and summing in
+    part order makes a repeated run identical bit for bit. Batch norm or dropout keep the plain path."""
     from mnistlab.cnn.model import state_to_numpy
 
     spec = "conv:4:3,pool:2,conv:8:3,pool:2,flatten,dense:16,output:10"
-    ds = synthetic(256, 64)
-    common = dict(spec=spec, epochs=1, batch_size=32, lr=1e-3, amp="off", seed=5, preprocess="unit")
-    weights, histories = {}, {}
+    ds = synthetic(288, 64)
+    common = dict(spec=spec, epochs=1, batch_size=48, lr=1e-3, amp="off", seed=5, preprocess="unit")
+    runs = []
     try:
-        for threads in (1, 2):
-            trainer = Trainer(resolve_config(threads=threads, **common), ds, tmp_path / f"t{threads}", progress=False)
-            assert trainer.levers.data_parallel == threads
+        for threads in (1, 3, 3):
+            trainer = Trainer(resolve_config(threads=threads, **common), ds, tmp_path / f"t{len(runs)}", progress=False)
+            assert trainer.levers.data_parallel == threads  # 48 images: parts of 16
             trainer.run()
-            weights[threads], histories[threads] = state_to_numpy(trainer.net), trainer.history
-        for key, value in weights[1].items():
-            np.testing.assert_allclose(weights[2][key], value, rtol=1e-4, atol=1e-6, err_msg=key)
-        assert histories[2][0]["loss"] == pytest.approx(histories[1][0]["loss"], rel=1e-5)
-        assert histories[2][0]["train_accuracy"] == histories[1][0]["train_accuracy"]
+            runs.append((state_to_numpy(trainer.net), trainer.history[0]))
+        (single, h1), (split, h3), (again, _) = runs
+        for key, value in single.items():
+            np.testing.assert_allclose(split[key], value, rtol=1e-4, atol=1e-6, err_msg=key)
+            np.testing.assert_array_equal(again[key], split[key], err_msg=key)
+        assert h3["loss"] == pytest.approx(h1["loss"], rel=1e-5)
+        assert h3["train_accuracy"] == h1["train_accuracy"]
         plain = Trainer(resolve_config(threads=2, **dict(common, spec=TINY)), ds, tmp_path / "bn", progress=False)
         assert plain.levers.data_parallel == 1
     finally:

@@ -201,11 +201,12 @@ def choose_levers(config: TrainConfig, device: torch.device) -> Levers:
     # the GIL inside operations; gradients sum into .grad under autograd's lock), ran it 1.6x
     # faster on 2 cores. Batch norm (statistics per part) and dropout (a shared random stream read
     # in racing order) would change the results, so those specs keep the plain path.
+    # Parts smaller than 16 images run the convolutions inefficiently, hence the cap.
     parallel = 1
-    if kind == "cpu" and threads > 1 and not config.compile and config.batch_size >= 16 * threads:
+    if kind == "cpu" and threads > 1 and not config.compile:
         layer_types = {layer.type for layer in parse_spec(config.spec).layers}
         if not layer_types & {"bn", "dropout"}:
-            parallel = threads
+            parallel = max(1, min(threads, config.batch_size // 16))
     return Levers(kind, amp, channels_last, bool(config.compile), graphs, threads,
                   kind == "cpu" and keep_freed_memory(), parallel)
 
@@ -308,7 +309,7 @@ class Trainer:
         self.levers = choose_levers(config, self.device)
         self._parts: Any = None
         if self.device.type == "cpu":
-            step_threads = 1 if self.levers.data_parallel > 1 else self.levers.threads
+            step_threads = max(1, self.levers.threads // self.levers.data_parallel)
             if torch.get_num_threads() != step_threads:
                 torch.set_num_threads(step_threads)  # process-wide, as torch's threads always are
             if self.levers.data_parallel > 1:
@@ -349,6 +350,7 @@ class Trainer:
         self.net.to(dev)
         if self.levers.channels_last:
             self.net.to(memory_format=torch.channels_last)
+        self._trainable = [p for p in self.net.parameters() if p.requires_grad]
         self.optimizer = Optimizer(
             self.net.parameters(), config.optimizer, config.lr, momentum=config.momentum,
             nesterov=config.nesterov, weight_decay=config.weight_decay,
@@ -425,24 +427,31 @@ class Trainer:
 
     def _parallel_step(self, x: torch.Tensor, y: torch.Tensor, acc: tuple[torch.Tensor, torch.Tensor]) -> None:
         """One step with the batch split across threads (see choose_levers): each part's loss is
-        scaled by its share of the batch, so the summed gradients are the whole batch's."""
+        scaled by its share of the batch, so the summed gradients are the whole batch's. The parts'
+        gradients are summed here in part order, never in the order the threads finish, so a run
+        is reproducible (and resumable) bit for bit."""
         xs, ys = x.tensor_split(self.levers.data_parallel), y.tensor_split(self.levers.data_parallel)
-        others = [self._parts.submit(self._part_backward, xs[k], ys[k], len(y)) for k in range(1, len(xs))]
-        results = [self._part_backward(xs[0], ys[0], len(y))] + [f.result() for f in others]
-        self.optimizer.step()
+        others = [self._parts.submit(self._part_gradients, xs[k], ys[k], len(y)) for k in range(1, len(xs))]
+        results = [self._part_gradients(xs[0], ys[0], len(y))] + [f.result() for f in others]
         with torch.no_grad():
-            for loss_sum, correct in results:
+            total = results[0][0]
+            for grads, _, _ in results[1:]:
+                torch._foreach_add_(total, grads)
+            for param, grad in zip(self._trainable, total):
+                param.grad = grad
+            for _, loss_sum, correct in results:
                 acc[0].add_(loss_sum)
                 acc[1].add_(correct)
+        self.optimizer.step()
 
-    def _part_backward(self, x: torch.Tensor, y: torch.Tensor, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _part_gradients(self, x: torch.Tensor, y: torch.Tensor, batch: int) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
         with self._autocast():  # autocast is per thread
             logits = self.train_module(x)
         logits = logits.float()
         loss = self._loss(logits, y) * (len(y) / batch)
-        loss.backward()
+        grads = list(torch.autograd.grad(loss, self._trainable))
         with torch.no_grad():
-            return loss.detach() * batch, (logits.argmax(1) == y).sum()
+            return grads, loss.detach() * batch, (logits.argmax(1) == y).sum()
 
     def _capture(self, batch_size: int, acc: tuple[torch.Tensor, torch.Tensor]) -> None:
         """Record one full training step as a CUDA graph; later steps replay it (no launch overhead)."""
@@ -470,7 +479,7 @@ class Trainer:
             correct += (logits.argmax(1) == yb).sum()
         self.net.train()
         if self._parts is not None:
-            torch.set_num_threads(1)
+            torch.set_num_threads(max(1, self.levers.threads // self.levers.data_parallel))
         return float(loss_sum) / len(y), int(correct) / len(y)
 
     # ---------------------------------------------------------------- checkpoints
