@@ -198,7 +198,7 @@ def choose_levers(config: TrainConfig, device: torch.device) -> Levers:
     # On the CPU, PyTorch's own threads split each operation, and at batch 64 most operations are
     # too small for that to pay: two threads ran a seed-recipe step no faster than one. Splitting
     # the batch instead, one thread per part, each with its own forward and backward (torch releases
-    # the GIL inside operations; gradients sum into .grad under autograd's lock), ran it 1.6x
+    # the GIL inside operations; the parts' gradients are summed in part order), ran it 1.6x
     # faster on 2 cores. Batch norm (statistics per part) and dropout (a shared random stream read
     # in racing order) would change the results, so those specs keep the plain path.
     # Parts smaller than 16 images run the convolutions inefficiently, hence the cap.
