@@ -3,6 +3,7 @@
 import json
 import os
 import signal
+import threading
 
 import numpy as np
 import pytest
@@ -211,6 +212,7 @@ def test_batches_split_across_threads_train_like_one_batch(tmp_path):
             assert trainer.levers.data_parallel == threads  # 48 images: parts of 16
             trainer.run()
             runs.append((state_to_numpy(trainer.net), trainer.history[0]))
+        assert not any(t.name.startswith("mnistlab-part") for t in threading.enumerate())  # shut down after run()
         (single, h1), (split, h3), (again, _) = runs
         for key, value in single.items():
             np.testing.assert_allclose(split[key], value, rtol=1e-4, atol=1e-6, err_msg=key)

@@ -307,15 +307,12 @@ class Trainer:
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels once
         self.levers = choose_levers(config, self.device)
-        self._parts: Any = None
+        self._split = self.levers.data_parallel > 1
+        self._parts: Any = None  # the part threads, while run() runs
         if self.device.type == "cpu":
             step_threads = max(1, self.levers.threads // self.levers.data_parallel)
             if torch.get_num_threads() != step_threads:
                 torch.set_num_threads(step_threads)  # process-wide, as torch's threads always are
-            if self.levers.data_parallel > 1:
-                from concurrent.futures import ThreadPoolExecutor
-
-                self._parts = ThreadPoolExecutor(self.levers.data_parallel - 1, thread_name_prefix="mnistlab-part")
         self.stop = _StopRequest()
 
         images, labels = dataset.train_images, dataset.train_labels
@@ -412,7 +409,7 @@ class Trainer:
 
     def _step(self, idx: torch.Tensor, acc: tuple[torch.Tensor, torch.Tensor]) -> None:
         x, y = self._batch(idx)
-        if self._parts is not None and len(y) >= 2 * self.levers.data_parallel:
+        if self._split and len(y) >= 2 * self.levers.data_parallel:
             self._parallel_step(x, y, acc)
             return
         with self._autocast():
@@ -431,6 +428,10 @@ class Trainer:
         gradients are summed here in part order, never in the order the threads finish, so a run
         is reproducible (and resumable) bit for bit."""
         xs, ys = x.tensor_split(self.levers.data_parallel), y.tensor_split(self.levers.data_parallel)
+        if self._parts is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._parts = ThreadPoolExecutor(len(xs) - 1, thread_name_prefix="mnistlab-part")
         others = [self._parts.submit(self._part_gradients, xs[k], ys[k], len(y)) for k in range(1, len(xs))]
         results = [self._part_gradients(xs[0], ys[0], len(y))] + [f.result() for f in others]
         with torch.no_grad():
@@ -466,7 +467,7 @@ class Trainer:
     def evaluate(self, x: torch.Tensor, y: torch.Tensor, batch: int = 2000) -> tuple[float, float]:
         if len(y) == 0:
             return math.nan, math.nan
-        if self._parts is not None:  # steps use one torch thread per part; evaluation may use them all
+        if self._split:  # steps use one torch thread per part; evaluation may use them all
             torch.set_num_threads(self.levers.threads)
         self.net.eval()
         loss_sum, correct = torch.zeros((), device=self.device), torch.zeros((), device=self.device, dtype=torch.long)
@@ -478,7 +479,7 @@ class Trainer:
             loss_sum += self._loss(logits, yb) * len(yb)
             correct += (logits.argmax(1) == yb).sum()
         self.net.train()
-        if self._parts is not None:
+        if self._split:
             torch.set_num_threads(max(1, self.levers.threads // self.levers.data_parallel))
         return float(loss_sum) / len(y), int(correct) / len(y)
 
@@ -566,6 +567,9 @@ class Trainer:
         finally:
             if bar is not None:
                 bar.close()
+            if self._parts is not None:  # no idle threads left behind by a finished run
+                self._parts.shutdown()
+                self._parts = None
         metrics = dict(self.history[-1]) if self.history else {}
         metrics["epochs_trained"] = len(self.history)
         metrics["train_seconds"] = round(sum(h["train_seconds"] for h in self.history), 3)
