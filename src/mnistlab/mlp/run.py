@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -22,6 +22,7 @@ class TrainResult:
     history: list[dict[str, Any]]
     run_dir: Path | None
     test_accuracy: float | None
+    input_layout: dict[str, float] = field(default_factory=dict)  # Trainer.layout: how the inputs were split
 
 
 def train_on_dataset(
@@ -74,6 +75,7 @@ def train_on_dataset(
             "metrics": {"test_accuracy": test_accuracy, "epochs_trained": len(history)},
             "status": "diverged" if diverged else "complete",
             "blas_threads": trainer.threads,
+            "input_layout": trainer.layout,
         }
         if preset:
             extra["preset"] = preset
@@ -85,4 +87,4 @@ def train_on_dataset(
     if diverged is not None:
         where = f"; the last good weights are saved in {run_dir}" if run_dir else ""
         raise TrainingDiverged(f"{diverged}{where}")
-    return TrainResult(model, history, run_dir, test_accuracy)
+    return TrainResult(model, history, run_dir, test_accuracy, trainer.layout)
