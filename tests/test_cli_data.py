@@ -47,3 +47,16 @@ def test_debug_shows_the_traceback(synthetic_dataset):
 
     with pytest.raises(MnistlabError):
         main(["--debug", "data", "verify"])
+
+
+def test_train_commands_read_a_data_dir(synthetic_dataset, tmp_path, capsys):
+    """`train mlp` and `train cnn` take --data-dir like the data commands (IDX files on disk)."""
+    pytest.importorskip("torch")
+    directory, _ = synthetic_dataset
+    assert main(["train", "mlp", "--data-dir", str(directory), "--epochs", "1", "--batch-size", "20",
+                 "--layers", "8", "--out", str(tmp_path / "mlp"), "--no-progress"]) == 0
+    assert "served from IDX files" in capsys.readouterr().err
+    assert main(["train", "cnn", "--data-dir", str(directory), "--spec", "conv:4:3,pool:2,flatten,output:10",
+                 "--epochs", "1", "--batch-size", "32", "--threads", "1", "--out", str(tmp_path / "cnn"), "--no-progress"]) == 0
+    assert (tmp_path / "cnn" / "weights.npz").is_file() and (tmp_path / "mlp" / "weights.npz").is_file()
+    assert main(["train", "mlp", "--dataset", "kmnist"]) == 2  # unknown names are refused by the parser

@@ -251,7 +251,7 @@ def _tiny_dataset(n_train=600, n_test=200, seed=0):
 @pytest.fixture
 def tiny(monkeypatch):
     ds = _tiny_dataset()
-    monkeypatch.setattr("mnistlab.mlp.run.load_dataset", lambda name: ds)
+    monkeypatch.setattr("mnistlab.data.load_dataset", lambda name, **kw: ds)
     return ds
 
 

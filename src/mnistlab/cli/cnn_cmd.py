@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, RunError
-from .common import info
+from .common import add_dataset_options, info
 
 # CLI option -> TrainConfig field (None values mean "not given": the preset or stored run decides).
 _FIELDS = (
@@ -33,7 +33,7 @@ def register_train(train_sub: argparse._SubParsersAction) -> None:
         f"Presets: {'; '.join(f'{k}: {v.about}' for k, v in PRESETS.items())}.",
     )
     p.add_argument("--spec", help="preset name, one-line layers (conv:32:3,pool:2,...,output:10) or a .toml/.json file (default seed)")
-    p.add_argument("--dataset", default=None, help="mnist or fashion-mnist (default mnist)")
+    add_dataset_options(p, default=None)
     p.add_argument("--out", type=Path, help="run directory to write (default runs/cnn-DATASET-TIMESTAMP)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     p.add_argument("--resume", type=Path, metavar="RUN", help="continue an interrupted run (or extend it with a larger --epochs)")
@@ -114,7 +114,7 @@ def run_train(args: argparse.Namespace) -> int:
 
         stored = read_manifest(args.resume)
         dataset_name = args.dataset or stored.get("dataset", "mnist")
-        dataset = load_dataset(dataset_name)
+        dataset = load_dataset(dataset_name, data_dir=args.data_dir, on_source=info)
         from ..cnn.training import resume
 
         result = resume(args.resume, dataset, reset=args.reset, out=args.out, progress=progress,
@@ -131,7 +131,7 @@ def run_train(args: argparse.Namespace) -> int:
         from ..cnn.training import Trainer, resolve_config
 
         config = resolve_config(spec, dataset=dataset_name, **overrides)
-        dataset = load_dataset(dataset_name)
+        dataset = load_dataset(dataset_name, data_dir=args.data_dir, on_source=info)
         if Path(spec).suffix.lower() in (".toml", ".json"):
             config.spec = parsed.to_string()  # the run must not depend on the file staying around
         trainer = Trainer(config, dataset, out, progress=progress, overwrite=args.overwrite)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from .common import add_dataset_options, load_dataset_from_args
 
 
 def register_train(train_sub: argparse._SubParsersAction) -> None:
@@ -22,7 +23,7 @@ def register_train(train_sub: argparse._SubParsersAction) -> None:
         "Options given explicitly override the preset.",
     )
     p.add_argument("--preset", choices=tuple(PRESETS), default="default", help="starting configuration (seed: the seed's sigmoid/log-loss setup)")
-    p.add_argument("--dataset", default="mnist", help="mnist or fashion-mnist (default mnist)")
+    add_dataset_options(p)
     p.add_argument("--out", type=Path, help="run directory to write (default runs/mlp-DATASET-TIMESTAMP)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     g = p.add_argument_group("network")
@@ -110,6 +111,7 @@ def run_train(args: argparse.Namespace) -> int:
         raise ConfigError(f"{out}: already exists; choose another --out or add --overwrite")
     from tqdm.auto import tqdm
 
+    dataset = load_dataset_from_args(args)  # before the bar, so its source line is not drawn over
     bar = tqdm(total=config.epochs, unit="epoch", desc="train mlp", disable=args.no_progress, file=sys.stderr)
 
     def on_epoch(row: dict[str, Any]) -> None:
@@ -124,8 +126,8 @@ def run_train(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     try:
         result = train_on_dataset(
-            config, args.dataset, out=out, overwrite=args.overwrite, callback=on_epoch, profile=args.profile, preset=args.preset,
-            threads=args.threads,
+            config, dataset, out=out, overwrite=args.overwrite, callback=on_epoch,
+            profile=args.profile, preset=args.preset, threads=args.threads,
         )
     finally:
         bar.close()
