@@ -139,6 +139,23 @@ def make_manifest(kind: str, config: Mapping[str, Any], *, dataset: str, **extra
     }
 
 
+def _link_unchanged(existing: Path, data: bytes, target: Path) -> bool:
+    """Hard-link ``existing`` to ``target`` when it already holds exactly ``data``.
+
+    A training run is rewritten as a whole after every epoch, and its earlier epoch checkpoints do
+    not change: linking them into the new directory instead of writing (and fsyncing) them again
+    keeps a long run's writes linear in its epochs. Anything else (other content, no hard links
+    on this filesystem) falls back to a normal write."""
+    try:
+        if existing.stat().st_size != len(data) or existing.read_bytes() != data:
+            return False
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.link(existing, target)
+    except OSError:
+        return False
+    return True
+
+
 def write_run(
     run_dir: Path,
     manifest: Mapping[str, Any],
@@ -168,7 +185,8 @@ def write_run(
         atomic_save_npz(tmp / PREPROCESS, preprocess)
         write_history(tmp, history)
         for name, data in (extra_files or {}).items():
-            atomic_write_bytes(tmp / name, data)
+            if not _link_unchanged(run_dir / name, data, tmp / name):
+                atomic_write_bytes(tmp / name, data)
         atomic_write_json(tmp / MANIFEST, manifest)
         old = None
         if run_dir.exists():
