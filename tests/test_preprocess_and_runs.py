@@ -1,4 +1,5 @@
 import json
+import os
 
 import numpy as np
 import pytest
@@ -76,6 +77,9 @@ def test_run_round_trip(tmp_path):
     assert (path / "history.csv").read_text().splitlines() == ["epoch,cost", "1,0.5"]
     assert record.manifest["versions"]["numpy"] == np.__version__
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary leftovers
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o777 & ~umask  # like mkdir, not mkdtemp's 0700
 
 
 def test_existing_run_is_not_overwritten_unless_asked(tmp_path):

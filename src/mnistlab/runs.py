@@ -178,6 +178,9 @@ def write_run(
     try:
         parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}.", suffix=".partial", dir=parent))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; a run directory gets the usual permissions
     except OSError as exc:
         raise RunError(f"{parent}: cannot create the run directory ({exc.strerror}); choose a writable --out") from None
     try:
