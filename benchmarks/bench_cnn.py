@@ -67,8 +67,8 @@ def worker_mnistlab(args, amp: str) -> dict:
     }
 
 
-def _torch_seed_net():
-    import torch
+def seed_net():
+    """The seed network in plain torch.nn, Keras-initialized: the baselines' model (CPU and GPU scripts)."""
     from torch import nn
 
     net = nn.Sequential(
@@ -98,7 +98,7 @@ def worker_torch(args) -> dict:
     xt = torch.from_numpy(ds.test_images).float().div_(255).unsqueeze(1)
     yt = torch.from_numpy(ds.test_labels.astype(np.int64))
     loader = DataLoader(TensorDataset(x, y), batch_size=64, shuffle=True)
-    net = _torch_seed_net()
+    net = seed_net()
     opt = torch.optim.RMSprop(net.parameters(), lr=1e-3, alpha=0.9, eps=1e-7)
     loss_fn = torch.nn.CrossEntropyLoss()
     times, cpus, accs = [], [], []

@@ -43,10 +43,10 @@ def log(msg: str = "") -> None:
 
 def export_data() -> int:
     from mnistlab.data import load_dataset
+    from mnistlab.data.sources import home_dir
 
     load_dataset("mnist")  # fills the cache
-    home = Path(os.environ.get("MNISTLAB_HOME", Path.home() / ".cache" / "mnistlab"))
-    src = home / "datasets" / "mnist.npz"
+    src = home_dir() / "datasets" / "mnist.npz"
     dst = DATA_HOME / "datasets" / "mnist.npz"
     dst.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(src, dst)
@@ -71,18 +71,9 @@ def sync(device) -> None:
 
 
 def seed_net(device):
-    import torch
-    from torch import nn
+    from bench_cnn import seed_net as plain_seed_net  # the same network as the CPU benchmark's baselines
 
-    net = nn.Sequential(
-        nn.Conv2d(1, 32, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(32, 64, 3), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(64, 64, 3), nn.ReLU(), nn.Flatten(), nn.Linear(576, 70), nn.ReLU(), nn.Linear(70, 10),
-    )
-    for m in net.modules():
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
-            nn.init.xavier_uniform_(m.weight)
-            nn.init.zeros_(m.bias)
-    return net.to(device)
+    return plain_seed_net().to(device)
 
 
 def test_accuracy(net, xt, yt) -> float:

@@ -225,7 +225,7 @@ def work_sklearn(cfg, data, threads, raw=None, pre=None):
     return clock.result, float((clf.predict(xt) == yt).mean()), "; ".join(notes)
 
 
-def work_peak(threads):
+def work_peak():
     """float32 GEMM peak of NumPy's BLAS: the best of several large square products."""
     import numpy as np
 
@@ -258,7 +258,7 @@ def _timed(fn) -> float:
 
 def worker(args) -> None:
     if args.worker == "peak":
-        print(json.dumps({"gflops": work_peak(args.threads), "blas": _blas_info()}))
+        print(json.dumps({"gflops": work_peak(), "blas": _blas_info()}))
         return
     cfg = _config(args.config, args.batch, args.epochs)
     data, raw, pre = _mnist(cfg)
@@ -343,6 +343,8 @@ def driver(args) -> int:
 
 
 def report(results, configs, batches, engines, peaks, blas, epochs, threads) -> str:
+    from mnistlab.mlp.train import describe_layout
+
     peak = max(peaks) if peaks else float("nan")
     lines = [
         f"float32 GEMM peak (NumPy, {threads} thread(s), 3072^3): {peak:.0f} GFLOP/s; BLAS: {blas}",
@@ -380,19 +382,12 @@ def report(results, configs, batches, engines, peaks, blas, epochs, threads) -> 
                 executed = training_flops(cfg, layout=layout)
                 summaries.append(
                     f"mnistlab {config} batch {batch}: {nominal / 1e9:.0f} GFLOP of matrix products over all 784 inputs, "
-                    f"{executed / 1e9:.0f} GFLOP executed (zero columns skipped: {_describe(layout)}); "
+                    f"{executed / 1e9:.0f} GFLOP executed ({describe_layout(layout or {})}); "
                     f"{executed / ours / 1e9:.0f} GFLOP/s executed in {ours:.2f} s wall = {100 * executed / ours / 1e9 / peak:.0f}% "
                     f"of the GEMM peak ({executed / ours_cpu / 1e9:.0f} GFLOP/s per CPU second); "
                     f"nominal rate {nominal / ours / 1e9:.0f} GFLOP/s"
                 )
     return "\n".join(lines + [""] + summaries)
-
-
-def _describe(layout: dict | None) -> str:
-    if not layout:
-        return "no layout reported"
-    return (f"{layout['core']} core input columns, {layout['tail']} tail columns for the "
-            f"{100 * layout['tail_rows']:.0f}% of images with ink there, {layout['blank']} blank")
 
 
 def _median(runs: list[dict], key: str = "seconds") -> float | None:

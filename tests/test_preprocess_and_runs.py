@@ -90,24 +90,26 @@ def test_existing_run_is_not_overwritten_unless_asked(tmp_path):
 
 
 def test_rewriting_a_run_links_unchanged_extra_files(tmp_path):
-    """Earlier epoch checkpoints are not rewritten each epoch: identical files are hard-linked
-    into the new directory, changed or new ones are written, and the contents are right either way."""
+    """Earlier epoch checkpoints are not rewritten each epoch: files named in ``carry`` are
+    hard-linked into the new directory, the others are written, and the contents are right."""
     manifest = runs.make_manifest("cnn", {"layers": [3]}, dataset="mnist")
 
-    def write(files):
-        return runs.write_run(tmp_path / "r", manifest, {"w": np.ones(3)}, {}, [], overwrite=True, extra_files=files)
+    def write(files, carry=()):
+        return runs.write_run(tmp_path / "r", manifest, {"w": np.ones(3)}, {}, [], overwrite=True,
+                              extra_files=files, carry=carry)
 
-    first = {"checkpoints/epoch-001.npz": b"a" * 1000, "checkpoint.npz": b"state 1"}
-    path = write(first)
+    path = write({"checkpoints/epoch-001.npz": b"a" * 1000, "checkpoint.npz": b"state 1"})
     inode = (path / "checkpoints/epoch-001.npz").stat().st_ino
-    second = dict(first, **{"checkpoints/epoch-002.npz": b"b" * 1000, "checkpoint.npz": b"state 2"})
-    path = write(second)
+    path = write({"checkpoints/epoch-002.npz": b"b" * 1000, "checkpoint.npz": b"state 2"}, carry=["checkpoints/epoch-001.npz"])
     assert (path / "checkpoints/epoch-001.npz").stat().st_ino == inode
+    second = {"checkpoints/epoch-001.npz": b"a" * 1000, "checkpoints/epoch-002.npz": b"b" * 1000, "checkpoint.npz": b"state 2"}
     for name, data in second.items():
         assert (path / name).read_bytes() == data
     path = write(dict(second, **{"checkpoints/epoch-001.npz": b"c" * 1000}))  # same size, other bytes
     assert (path / "checkpoints/epoch-001.npz").read_bytes() == b"c" * 1000
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    with pytest.raises(RunError, match="missing from the run being rewritten"):
+        write({}, carry=["checkpoints/epoch-009.npz"])
 
 
 def test_crash_while_writing_leaves_no_run(tmp_path, monkeypatch):

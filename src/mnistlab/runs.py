@@ -27,7 +27,7 @@ import zipfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 
@@ -54,16 +54,20 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
+def _umask() -> int:
+    """The process umask (reading it means setting it, so it is set straight back)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write a file so that readers see either the old content or the new, never a partial file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        # mkstemp creates 0600; give the file the permissions a plain open() would have.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp creates 0600; give what a plain open() would
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
@@ -78,10 +82,15 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n").encode())
 
 
-def atomic_save_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
+def npz_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
+    """Arrays as the bytes of an .npz file (what atomic_save_npz writes)."""
     buf = io.BytesIO()
     np.savez(buf, **{k: np.asarray(v) for k, v in arrays.items()})
-    atomic_write_bytes(path, buf.getvalue())
+    return buf.getvalue()
+
+
+def atomic_save_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
+    atomic_write_bytes(path, npz_bytes(arrays))
 
 
 def load_npz(path: Path) -> dict[str, np.ndarray]:
@@ -139,21 +148,17 @@ def make_manifest(kind: str, config: Mapping[str, Any], *, dataset: str, **extra
     }
 
 
-def _link_unchanged(existing: Path, data: bytes, target: Path) -> bool:
-    """Hard-link ``existing`` to ``target`` when it already holds exactly ``data``.
-
-    A training run is rewritten as a whole after every epoch, and its earlier epoch checkpoints do
-    not change: linking them into the new directory instead of writing (and fsyncing) them again
-    keeps a long run's writes linear in its epochs. Anything else (other content, no hard links
-    on this filesystem) falls back to a normal write."""
+def _carry_over(existing: Path, target: Path) -> None:
+    """Take a file unchanged from the run being replaced: a hard link (a copy where the filesystem
+    has none). A training run is rewritten whole after every epoch while its earlier epoch
+    checkpoints stay as they are; carrying them keeps a long run's writes linear in its epochs."""
+    target.parent.mkdir(parents=True, exist_ok=True)
     try:
-        if existing.stat().st_size != len(data) or existing.read_bytes() != data:
-            return False
-        target.parent.mkdir(parents=True, exist_ok=True)
         os.link(existing, target)
+    except FileNotFoundError:
+        raise RunError(f"{existing}: missing from the run being rewritten; it was deleted while training ran") from None
     except OSError:
-        return False
-    return True
+        shutil.copyfile(existing, target)
 
 
 def write_run(
@@ -165,11 +170,13 @@ def write_run(
     *,
     overwrite: bool = False,
     extra_files: Mapping[str, bytes] | None = None,
+    carry: Iterable[str] = (),
 ) -> Path:
     """Write a complete run atomically: a temporary sibling directory renamed into place.
 
     An existing run is replaced only with ``overwrite=True``; it is moved aside first and deleted
-    only after the new run is in place, so a crash loses neither.
+    only after the new run is in place, so a crash loses neither. ``extra_files`` are written;
+    ``carry`` names files of the run being replaced that go over unchanged.
     """
     run_dir = Path(run_dir)
     if run_dir.exists() and not overwrite:
@@ -178,9 +185,7 @@ def write_run(
     try:
         parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}.", suffix=".partial", dir=parent))
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; a run directory gets the usual permissions
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; a run directory gets the usual permissions
     except OSError as exc:
         raise RunError(f"{parent}: cannot create the run directory ({exc.strerror}); choose a writable --out") from None
     try:
@@ -188,8 +193,9 @@ def write_run(
         atomic_save_npz(tmp / PREPROCESS, preprocess)
         write_history(tmp, history)
         for name, data in (extra_files or {}).items():
-            if not _link_unchanged(run_dir / name, data, tmp / name):
-                atomic_write_bytes(tmp / name, data)
+            atomic_write_bytes(tmp / name, data)
+        for name in carry:
+            _carry_over(run_dir / name, tmp / name)
         atomic_write_json(tmp / MANIFEST, manifest)
         old = None
         if run_dir.exists():
@@ -243,15 +249,20 @@ def read_manifest(run_dir: Path) -> dict[str, Any]:
     return manifest
 
 
+def read_history(run_dir: Path) -> list[dict[str, Any]]:
+    """The run's per-epoch history ([] when it has none yet)."""
+    path = Path(run_dir) / HISTORY_JSON
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return []
+    except json.JSONDecodeError as exc:
+        raise RunError(f"{path}: corrupt ({exc}); train the run again") from None
+
+
 def read_run(run_dir: Path) -> RunRecord:
     run_dir = Path(run_dir)
     manifest = read_manifest(run_dir)
     weights = load_npz(run_dir / WEIGHTS)
     preprocess = load_npz(run_dir / PREPROCESS)
-    try:
-        history = json.loads((run_dir / HISTORY_JSON).read_text())
-    except FileNotFoundError:
-        history = []
-    except json.JSONDecodeError as exc:
-        raise RunError(f"{run_dir / HISTORY_JSON}: corrupt ({exc}); train the run again") from None
-    return RunRecord(run_dir, manifest, weights, preprocess, history)
+    return RunRecord(run_dir, manifest, weights, preprocess, read_history(run_dir))

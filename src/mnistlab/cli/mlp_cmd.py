@@ -104,6 +104,7 @@ def config_from_args(args: argparse.Namespace):
 
 def run_train(args: argparse.Namespace) -> int:
     from ..mlp.run import train_on_dataset
+    from ..mlp.train import describe_layout
 
     config = config_from_args(args)
     out = args.out or Path("runs") / f"mlp-{args.dataset}-{datetime.now():%Y%m%d-%H%M%S}"
@@ -134,18 +135,10 @@ def run_train(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - t0
     if args.profile:
         print(profile_table(result.history))
-        print(layout_line(result.input_layout))
+        print(describe_layout(result.input_layout))
     epochs = len(result.history)
     print(f"test accuracy {100 * result.test_accuracy:.2f}% after {epochs} epochs ({seconds:.1f} s); run saved in {result.run_dir}")
     return 0
-
-
-def layout_line(layout: dict[str, float]) -> str:
-    """How the first layer's products covered the input columns (see mnistlab.mlp.train._TrainData)."""
-    if not layout:
-        return "input columns: all multiplied for every image"
-    return (f"input columns: {layout['core']} for every image, {layout['tail']} rarely inked ones only for the "
-            f"{100 * layout['tail_rows']:.0f}% of images with ink there, {layout['blank']} blank ones skipped")
 
 
 def profile_table(history: list[dict[str, Any]]) -> str:

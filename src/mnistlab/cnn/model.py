@@ -111,7 +111,7 @@ class Net(nn.Module):
         return torch.softmax(logits, dim=1)
 
 
-def init_weights(net: Net, init: str, generator: torch.Generator | None = None) -> None:
+def init_weights(net: Net, init: str) -> None:
     """'glorot' as Keras does (Glorot-uniform kernels, zero biases); 'default' keeps torch's init."""
     if init not in INITS:
         raise ConfigError(f"unknown init {init!r}; choose one of: {', '.join(INITS)}")
@@ -124,7 +124,7 @@ def init_weights(net: Net, init: str, generator: torch.Generator | None = None) 
                 receptive = weight[0][0].numel() if weight.dim() > 2 else 1
                 fan_in, fan_out = weight.shape[1] * receptive, weight.shape[0] * receptive
                 bound = math.sqrt(6.0 / (fan_in + fan_out))
-                weight.uniform_(-bound, bound, generator=generator)
+                weight.uniform_(-bound, bound)
                 if module.bias is not None:
                     module.bias.zero_()
 

@@ -145,13 +145,6 @@ class Optimizer:
             for i, tensor in enumerate(tensors):
                 tensor.copy_(torch.from_numpy(np.array(arrays[f"{key}.{i}"])))
 
-    @torch.no_grad()
-    def reset(self) -> None:
-        self.t.zero_()
-        for tensors in self.state.values():
-            for tensor in tensors:
-                tensor.zero_()
-
 
 @dataclass
 class Schedule:

@@ -490,12 +490,8 @@ def summary_table(spec: Spec, title: str = "") -> str:
     return "\n".join(out)
 
 
-def preset_recipe(name: str) -> dict[str, Any]:
-    return dict(PRESETS[name].recipe) if name in PRESETS else {}
-
-
 __all__ = [
     "HIDDEN_ACTIVATIONS", "INPUT_SHAPE", "LAYER_TYPES", "Layer", "LayerInfo", "OUTPUT_ACTIVATIONS", "PRESETS",
-    "Preset", "Spec", "count_params", "infer_shapes", "load_spec_file", "parse_spec", "preset_recipe",
+    "Preset", "Spec", "count_params", "infer_shapes", "load_spec_file", "parse_spec",
     "summary_table",
 ]

@@ -10,10 +10,8 @@ permutation is derived from (seed, epoch), so a resumed run draws the same batch
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import math
-import os
 import signal
 import threading
 import time
@@ -27,7 +25,8 @@ import torch.nn.functional as F
 
 from ..data import Dataset, Preprocessor, validation_split
 from ..errors import ConfigError, RunError, TrainingDiverged
-from ..runs import load_npz, make_manifest, read_run, write_run
+from ..mlp.threads import auto_threads as idle_cores
+from ..runs import load_npz, make_manifest, npz_bytes, read_run, write_run
 from .model import CNN, INITS, Net, init_weights, load_numpy_state, state_to_numpy
 from .optim import OPTIMIZERS, Optimizer, Schedule
 from .spec import PRESETS, Spec, parse_spec
@@ -137,13 +136,7 @@ def auto_threads() -> int:
     OpenMP's barriers make an oversubscribed thread team far slower than fewer threads: on a shared
     2-core machine with two busy neighbours, 2 threads ran a training step 10-40x slower than 1.
     """
-    default = torch.get_num_threads()
-    try:
-        busy = os.getloadavg()[0]
-    except (AttributeError, OSError):  # not on every platform
-        return default
-    free = (os.cpu_count() or default) - busy
-    return max(1, min(default, int(free + 0.5)))
+    return min(torch.get_num_threads(), idle_cores())
 
 
 def choose_device(name: str) -> torch.device:
@@ -176,11 +169,16 @@ class Levers:
     data_parallel: int = 1  # CPU: each batch split across this many threads, one torch thread each
 
     @property
+    def step_threads(self) -> int:
+        """torch threads while a step runs: with the batch split, the threads are shared out among the parts."""
+        return max(1, self.threads // self.data_parallel)
+
+    @property
     def autocast_dtype(self) -> torch.dtype | None:
         return {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(self.amp_dtype or "")
 
 
-def choose_levers(config: TrainConfig, device: torch.device) -> Levers:
+def choose_levers(config: TrainConfig, device: torch.device, spec: Spec) -> Levers:
     kind = device.type
     amp: str | None = None
     if kind == "cuda":
@@ -204,7 +202,7 @@ def choose_levers(config: TrainConfig, device: torch.device) -> Levers:
     # Parts smaller than 16 images run the convolutions inefficiently, hence the cap.
     parallel = 1
     if kind == "cpu" and threads > 1 and not config.compile:
-        layer_types = {layer.type for layer in parse_spec(config.spec).layers}
+        layer_types = {layer.type for layer in spec.layers}
         if not layer_types & {"bn", "dropout"}:
             parallel = max(1, min(threads, config.batch_size // 16))
     return Levers(kind, amp, channels_last, bool(config.compile), graphs, threads,
@@ -307,13 +305,10 @@ class Trainer:
         self.device = choose_device(config.device)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels once
-        self.levers = choose_levers(config, self.device)
-        self._split = self.levers.data_parallel > 1
+        self.levers = choose_levers(config, self.device, self.spec)
         self._parts: Any = None  # the part threads, while run() runs
-        if self.device.type == "cpu":
-            step_threads = max(1, self.levers.threads // self.levers.data_parallel)
-            if torch.get_num_threads() != step_threads:
-                torch.set_num_threads(step_threads)  # process-wide, as torch's threads always are
+        if self.device.type == "cpu" and torch.get_num_threads() != self.levers.step_threads:
+            torch.set_num_threads(self.levers.step_threads)  # process-wide, as torch's threads always are
         self.stop = _StopRequest()
 
         images, labels = dataset.train_images, dataset.train_labels
@@ -344,7 +339,10 @@ class Trainer:
         init_weights(self.net, config.init)
         if initial_weights is not None:
             load_numpy_state(self.net, initial_weights, "initial weights")
-        self.initial_weights = state_to_numpy(self.net)
+        # Files that never change once written (initial weights, finished epochs' checkpoints):
+        # written once, then carried over unchanged each time the run is rewritten.
+        self._unwritten: dict[str, bytes] = {INITIAL: npz_bytes(state_to_numpy(self.net))}
+        self._on_disk: set[str] = set()
         self.net.to(dev)
         if self.levers.channels_last:
             self.net.to(memory_format=torch.channels_last)
@@ -364,7 +362,6 @@ class Trainer:
         self.step_in_epoch = 0
         self.global_step = 0
         self.partial = {"loss_sum": 0.0, "correct": 0, "seen": 0, "time_s": 0.0, "cpu_s": 0.0}
-        self.epoch_checkpoints: dict[str, bytes] = {}
         self._graph: Any = None
         self.warmup_s = 0.0
         # Reading the running loss makes the host wait for the device: on CPU it costs nothing, on a
@@ -410,7 +407,7 @@ class Trainer:
 
     def _step(self, idx: torch.Tensor, acc: tuple[torch.Tensor, torch.Tensor]) -> None:
         x, y = self._batch(idx)
-        if self._split and len(y) >= 2 * self.levers.data_parallel:
+        if self.levers.data_parallel > 1 and len(y) >= 2 * self.levers.data_parallel:
             self._parallel_step(x, y, acc)
             return
         with self._autocast():
@@ -468,7 +465,7 @@ class Trainer:
     def evaluate(self, x: torch.Tensor, y: torch.Tensor, batch: int = 2000) -> tuple[float, float]:
         if len(y) == 0:
             return math.nan, math.nan
-        if self._split:  # steps use one torch thread per part; evaluation may use them all
+        if self.levers.data_parallel > 1:  # steps use a share of the threads per part; evaluation uses them all
             torch.set_num_threads(self.levers.threads)
         self.net.eval()
         loss_sum, correct = torch.zeros((), device=self.device), torch.zeros((), device=self.device, dtype=torch.long)
@@ -480,8 +477,8 @@ class Trainer:
             loss_sum += self._loss(logits, yb) * len(yb)
             correct += (logits.argmax(1) == yb).sum()
         self.net.train()
-        if self._split:
-            torch.set_num_threads(max(1, self.levers.threads // self.levers.data_parallel))
+        if self.levers.data_parallel > 1:
+            torch.set_num_threads(self.levers.step_threads)
         return float(loss_sum) / len(y), int(correct) / len(y)
 
     # ---------------------------------------------------------------- checkpoints
@@ -500,12 +497,7 @@ class Trainer:
             "partial": self.partial, "schedule": self.schedule.state(), "history": self.history,
         }
         arrays["meta"] = np.array(json.dumps(meta))
-        return self._npz_bytes(arrays)
-
-    def _npz_bytes(self, arrays: dict[str, np.ndarray]) -> bytes:
-        buf = io.BytesIO()
-        np.savez(buf, **arrays)
-        return buf.getvalue()
+        return npz_bytes(arrays)
 
     def load_checkpoint(self, arrays: dict[str, np.ndarray]) -> None:
         meta = json.loads(str(arrays["meta"]))
@@ -522,8 +514,10 @@ class Trainer:
         self.schedule.load_state(meta["schedule"])
         self.history = list(meta["history"])
 
-    def write(self, state: str, metrics: dict[str, Any] | None = None) -> None:
-        weights = state_to_numpy(self.net)  # one device-to-host copy for weights.npz and the checkpoint
+    def write(self, state: str, metrics: dict[str, Any] | None = None, weights: dict[str, np.ndarray] | None = None) -> None:
+        """Rewrite the run; ``weights`` when the caller already copied them off the device."""
+        if weights is None:
+            weights = state_to_numpy(self.net)  # one device-to-host copy for weights.npz and the checkpoint
         config = asdict(self.config)
         config["spec_name"] = config.pop("spec")
         config["spec"] = self.spec.to_dict()
@@ -533,10 +527,11 @@ class Trainer:
             spec_string=self.spec.to_string(), val_indices=[int(self.val_idx[0]), int(self.val_idx[-1]) + 1] if len(self.val_idx) else None,
             warmup_s=round(self.warmup_s, 3),
         )
-        extra = {INITIAL: self._npz_bytes(self.initial_weights), CHECKPOINT: self._checkpoint_bytes(weights)}
-        extra.update(self.epoch_checkpoints)
+        extra = {CHECKPOINT: self._checkpoint_bytes(weights), **self._unwritten}
         write_run(self.out, manifest, weights, self.preprocess.to_arrays(), self.history,
-                  overwrite=True, extra_files=extra)
+                  overwrite=True, extra_files=extra, carry=sorted(self._on_disk))
+        self._on_disk.update(self._unwritten)
+        self._unwritten.clear()
 
     # ---------------------------------------------------------------- the loop
     def run(self) -> TrainResult:
@@ -594,7 +589,6 @@ class Trainer:
         if sync:
             torch.cuda.synchronize()
         t0, cpu0 = time.perf_counter(), time.process_time()
-        last_loss = None
         while self.step_in_epoch < self.steps_per_epoch:
             s = self.step_in_epoch
             idx = perm[s * bs : (s + 1) * bs]
@@ -623,17 +617,16 @@ class Trainer:
                 self._step(idx, acc)
             self.step_in_epoch += 1
             self.global_step += 1
-            n_seen = min(self.step_in_epoch * bs, self.n_train) - min(s * bs, self.n_train)
-            self.partial["seen"] += n_seen
+            self.partial["seen"] += len(idx)
             if self.step_callback is not None:
                 self.step_callback(self, self.global_step)
             if self.step_in_epoch % self.sync_every == 0 or self.step_in_epoch == self.steps_per_epoch or self.stop.requested:
                 loss_sum = float(acc[0])
                 if not math.isfinite(loss_sum):
                     return "diverged"
-                seen = self.partial["seen"]
-                last_loss = (self.partial["loss_sum"] + loss_sum) / max(1, seen)
                 if bar is not None:
+                    seen = self.partial["seen"]
+                    last_loss = (self.partial["loss_sum"] + loss_sum) / max(1, seen)
                     bar.update(self.global_step - bar.n)
                     bar.set_postfix_str(
                         f"epoch {self.epoch + 1}/{cfg.epochs} loss {last_loss:.4f} "
@@ -672,8 +665,9 @@ class Trainer:
         self.epoch += 1
         self.step_in_epoch = 0
         self.partial = {"loss_sum": 0.0, "correct": 0, "seen": 0, "time_s": 0.0, "cpu_s": 0.0}
-        self.epoch_checkpoints[f"checkpoints/epoch-{self.epoch:03d}.npz"] = self._npz_bytes(state_to_numpy(self.net))
-        self.write("partial" if self.epoch < cfg.epochs else "complete", dict(row))
+        weights = state_to_numpy(self.net)
+        self._unwritten[f"checkpoints/epoch-{self.epoch:03d}.npz"] = npz_bytes(weights)
+        self.write("partial" if self.epoch < cfg.epochs else "complete", dict(row), weights)
         return "ok"
 
 
@@ -755,12 +749,10 @@ def resume(
     if out is not None and Path(out) != run_dir:
         raise ConfigError("--out cannot be combined with --resume (the run continues in place); use --reset --out DIR to branch")
     trainer = Trainer(config, dataset, run_dir, progress=progress, overwrite=True, step_callback=step_callback)
-    trainer.initial_weights = load_npz(run_dir / INITIAL)
     trainer.load_checkpoint(load_npz(run_dir / CHECKPOINT))
-    epochs_dir = run_dir / "checkpoints"
-    if epochs_dir.is_dir():
-        for path in sorted(epochs_dir.glob("epoch-*.npz")):
-            trainer.epoch_checkpoints[f"checkpoints/{path.name}"] = path.read_bytes()
+    # the run continues in place: its initial weights and finished epochs' checkpoints go over as they are
+    trainer._unwritten.clear()
+    trainer._on_disk = {INITIAL} | {f"checkpoints/{p.name}" for p in (run_dir / "checkpoints").glob("epoch-*.npz")}
     if trainer.epoch >= config.epochs and trainer.step_in_epoch == 0:
         raise ConfigError(f"{run_dir} has already trained {trainer.epoch} epochs; pass --epochs N > {trainer.epoch} to train more")
     return trainer.run()

@@ -9,12 +9,14 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from ..data.preprocess import KINDS as PREPROCESSING
 from ..errors import ConfigError
+from .activations import FORWARD, OUTPUT_FORWARD
 
-ACTIVATIONS = ("relu", "sigmoid", "tanh")
+ACTIVATIONS = tuple(FORWARD)  # relu, sigmoid, tanh
 # "softmax": class probabilities with cross-entropy; "sigmoid": ten independent logistic outputs
 # with log-loss (binary cross-entropy summed over the outputs), as in the seed.
-OUTPUTS = ("softmax", "sigmoid")
+OUTPUTS = tuple(OUTPUT_FORWARD)
 INITS = ("auto", "he", "xavier")
 DTYPES = ("float32", "float64")
 # constant; seed: lr_e = lr_{e-1} / (1 + decay * e) (the seed's per-epoch decay, compounding);
@@ -23,7 +25,6 @@ SCHEDULES = ("constant", "seed", "step", "cosine")
 # standard: PyTorch's SGD (v = m v + g; w -= lr v; Nesterov optional).
 # seed: the seed's form, w -= lr g_t + m lr_{t-1} g_{t-1} (momentum on the previous step only).
 MOMENTUM_FORMS = ("standard", "seed")
-PREPROCESSING = ("standard", "unit", "none")
 
 
 @dataclass(frozen=True)
@@ -111,10 +112,10 @@ class MLPConfig:
         """Layer widths input to output, e.g. (784, 70, 30, 10)."""
         return (self.input_size, *self.hidden, self.n_classes)
 
-    def init_for(self, activation: str | None = None) -> str:
+    def init_for(self) -> str:
         if self.init != "auto":
             return self.init
-        return "he" if (activation or self.activation) == "relu" else "xavier"
+        return "he" if self.activation == "relu" else "xavier"
 
     # ----- (de)serialization -----
 

@@ -145,9 +145,6 @@ class MLP(InspectableModel):
             outs.append(a)
         return outs
 
-    def predict_proba_inputs(self, inputs: np.ndarray) -> np.ndarray:
-        return self.activations_from_inputs(inputs, ["output"])["output"]
-
     def accuracy(self, inputs: np.ndarray, labels: np.ndarray) -> float:
         """Fraction of correct argmax predictions on preprocessed inputs.
 
@@ -158,17 +155,26 @@ class MLP(InspectableModel):
         labels = np.asarray(labels)
         chunk = min(INFER_CHUNK, len(x))
         bufs = [np.empty((chunk, n_out), self.dtype) for _, n_out in self.shapes]
-        hidden = act.FORWARD[self.config.activation]
         correct = 0
         for start in range(0, len(x), chunk):
-            a = x[start : start + chunk]
-            k = len(a)
-            for i, (w, b) in enumerate(zip(self.weights, self.biases)):
-                z = np.matmul(a, w, out=bufs[i][:k])
-                z += b
-                a = hidden(z) if i < len(self.shapes) - 1 else z
-            correct += int(np.count_nonzero(a.argmax(axis=1) == labels[start : start + chunk]))
+            logits = self.logits_from(x[start : start + chunk], self.weights, self.biases, bufs=bufs)
+            correct += int(np.count_nonzero(logits.argmax(axis=1) == labels[start : start + chunk]))
         return correct / max(len(x), 1)
+
+    def logits_from(
+        self, a: np.ndarray, weights: Sequence[np.ndarray], biases: Sequence[np.ndarray], *, start: int = 0,
+        bufs: Sequence[np.ndarray] | None = None,
+    ) -> np.ndarray:
+        """Logits of the layers ``start``.. given layer ``start``'s input ``a``: hidden activations
+        in place, the last layer left raw. ``weights``/``biases`` may be another layout's views
+        (the trainer's working copy); ``bufs``, one per layer, saves the allocations."""
+        hidden = act.FORWARD[self.config.activation]
+        last = len(weights) - 1
+        for i in range(start, last + 1):
+            z = np.matmul(a, weights[i], out=None if bufs is None else bufs[i][: len(a)])
+            z += biases[i]
+            a = hidden(z) if i < last else z
+        return a
 
     # ----- gradients for analysis -----
 

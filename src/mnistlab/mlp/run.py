@@ -51,7 +51,7 @@ def train_on_dataset(
     # raw uint8 images: the trainer applies the model's preprocessing chunk by chunk
     test = (ds.test_images, ds.test_labels)
     val = (ds.train_images[val_idx], ds.train_labels[val_idx]) if config.val else None
-    trainer = Trainer(model, config)
+    trainer = Trainer(model)  # the model carries the config
     history: list[dict[str, Any]] = []
 
     def on_epoch(row: dict[str, Any]) -> None:

@@ -38,9 +38,9 @@ from .config import MLPConfig
 from .model import MLP
 from .threads import blas_threads
 
-# Rows per chunk of a batch; batches up to this size are one chunk. Picked by measurement
-# (benchmarks/bench_mlp.py --chunk-sweep): big enough for efficient products, small enough
-# for the chunk's buffers to stay in cache.
+# Rows per chunk of a batch; batches up to this size are one chunk. Picked by timing chunk sizes
+# at batch 20000: big enough for efficient products, small enough for the chunk's buffers to
+# stay in cache.
 CHUNK = 500
 
 PHASES = ("gather", "forward", "cost", "backward", "update")
@@ -81,14 +81,14 @@ def _check_labels(model: MLP, labels: np.ndarray, n: int, what: str) -> np.ndarr
     return y.astype(np.intp)
 
 
-def is_raw(model: MLP, inputs: np.ndarray) -> bool:
+def is_raw(inputs: np.ndarray) -> bool:
     """uint8 (N, H, W) arrays are raw images that the model's preprocessing turns into inputs."""
     return isinstance(inputs, np.ndarray) and inputs.dtype == np.uint8 and inputs.ndim == 3
 
 
 def check_data(model: MLP, inputs: np.ndarray, labels: np.ndarray, what: str) -> EvalSet:
     """Validate and convert a split: raw uint8 images, or preprocessed (N, 28, 28) / (N, input_size)."""
-    x = model.to_input_matrix(model.to_inputs(inputs) if is_raw(model, inputs) else inputs)
+    x = model.to_input_matrix(model.to_inputs(inputs) if is_raw(inputs) else inputs)
     return EvalSet(x, _check_labels(model, labels, len(x), what))
 
 
@@ -112,7 +112,7 @@ class _TrainData:
     """
 
     def __init__(self, model: MLP, inputs: np.ndarray, labels: np.ndarray, split: float | str | None, chunk: int) -> None:
-        raw = is_raw(model, inputs) and model.dtype == np.float32
+        raw = is_raw(inputs) and model.dtype == np.float32
         if raw:
             pre = model.preprocess
             if inputs.shape[1:] != pre.mean.shape or inputs[0].size != model.config.input_size:
@@ -259,6 +259,14 @@ class _Phases:
         return out
 
 
+def describe_layout(layout: dict[str, float]) -> str:
+    """How the first layer's products covered the input columns (``Trainer.layout``, see _TrainData)."""
+    if not layout:
+        return "input columns: all multiplied for every image"
+    return (f"input columns: {layout['core']} for every image, {layout['tail']} rarely inked ones only for the "
+            f"{100 * layout['tail_rows']:.0f}% of images with ink there, {layout['blank']} blank ones skipped")
+
+
 class Trainer:
     """Owns the buffers of one fit: allocated once, reused by every batch.
 
@@ -269,13 +277,9 @@ class Trainer:
     evaluation and early stopping look at them) and when training stops for any reason.
     """
 
-    def __init__(
-        self, model: MLP, config: MLPConfig | None = None, *, chunk: int = CHUNK, split: float | str | None = "auto"
-    ) -> None:
+    def __init__(self, model: MLP, *, chunk: int = CHUNK, split: float | str | None = "auto") -> None:
         self.model = model
-        self.config = config or model.config
-        if self.config.sizes != model.config.sizes:
-            raise ConfigError(f"training config sizes {self.config.sizes} do not match the model {model.config.sizes}")
+        self.config = model.config
         self.chunk = int(chunk)
         if not (split is None or split == "auto" or (isinstance(split, (int, float)) and 0 < split <= 1)):
             raise ConfigError(f"split must be 'auto', None or a fraction in (0, 1], got {split!r}")
@@ -469,13 +473,9 @@ class Trainer:
         w_rest = self.work[start : start + split.rest.shape[1] * weights[0].shape[1]].reshape(split.rest.shape[1], -1)
         z1 = np.matmul(split.core, weights[0])
         z1[split.rest_pos] += np.matmul(split.rest, w_rest)
-        hidden = act.FORWARD[self.config.activation]
-        a = hidden(np.add(z1, biases[0], out=z1))
-        for i in range(1, len(weights)):
-            z = np.matmul(a, weights[i])
-            z += biases[i]
-            a = hidden(z) if i < len(weights) - 1 else z
-        return int(np.count_nonzero(a.argmax(axis=1) == split.labels)) / len(split.labels)
+        z1 += biases[0]
+        logits = self.model.logits_from(act.FORWARD[self.config.activation](z1), weights, biases, start=1)
+        return int(np.count_nonzero(logits.argmax(axis=1) == split.labels)) / len(split.labels)
 
     def _reg_cost(self) -> float:
         cfg = self.config
@@ -489,7 +489,7 @@ class Trainer:
 
     def _prepare(self, inputs: np.ndarray, labels: np.ndarray, batch: int | None) -> _TrainData:
         data = _TrainData(self.model, inputs, labels, self.split, self.chunk)
-        touching = float(np.mean(data.tail_of >= 0)) if len(data.tail) else 0.0
+        touching = len(data.tail_rows) / data.n if len(data.tail) else 0.0
         self.layout = {"core": data.width, "tail": len(data.tail), "tail_rows": touching, "blank": len(data.inactive)}
         self._layout(data)
         self._allocate(min(batch or data.n, data.n), data)
@@ -661,7 +661,6 @@ def train(
     *,
     test: tuple[np.ndarray, np.ndarray] | None = None,
     val: tuple[np.ndarray, np.ndarray] | None = None,
-    config: MLPConfig | None = None,
     callback: Callable[[dict[str, Any]], None] | None = None,
     profile: bool = False,
     chunk: int = CHUNK,
@@ -669,6 +668,6 @@ def train(
     threads: int | str | None = None,
 ) -> list[dict[str, Any]]:
     """Train ``model`` in place; returns the per-epoch history (see Trainer.fit)."""
-    return Trainer(model, config, chunk=chunk, split=split).fit(
+    return Trainer(model, chunk=chunk, split=split).fit(
         inputs, labels, test=test, val=val, callback=callback, profile=profile, threads=threads
     )

@@ -20,7 +20,7 @@ from ..errors import MnistlabError, RunError
 from ..inspect.activations import layer_shapes
 from ..model_api import InspectableModel
 from ..models import load_model
-from ..runs import HISTORY_JSON, MANIFEST, PREPROCESS, WEIGHTS, read_manifest, read_run
+from ..runs import HISTORY_JSON, MANIFEST, PREPROCESS, WEIGHTS, read_history, read_manifest
 
 _PART = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._+-]*\Z")
 MAX_NAME = 200
@@ -129,7 +129,8 @@ class RunStore:
             if cached is not None and cached.signature == signature:
                 return cached
             try:
-                record = read_run(path)
+                # the loader reads the weights; here only what the page shows besides the model
+                manifest, history = read_manifest(path), read_history(path)
                 model = self._model_loader(path)
                 shapes = layer_shapes(model)
             except FileNotFoundError:
@@ -145,7 +146,7 @@ class RunStore:
                 raise ApiError(
                     409, f"run {name!r} cannot be loaded ({type(exc).__name__}: {exc}); it may be being rewritten, retry"
                 ) from None
-            loaded = LoadedRun(name, path, signature, model, record.manifest, record.history, shapes)
+            loaded = LoadedRun(name, path, signature, model, manifest, history, shapes)
             self._runs[name] = loaded
             return loaded
 
