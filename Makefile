@@ -28,14 +28,14 @@ test: setup
 test-fast: setup
 	$(BIN)/python -m pytest -n 2 -q -m "not slow and not browser"
 
-# Server time per draw update (probabilities + all activations, seed CNN, CPU); target median < 100 ms.
 # Activations of every layer for the test set (seed CNN) and OIPs of all 128 seed-vi conv3 maps;
 # trains quick seed/seed-vi runs into runs/bench-inspect the first time (pass RUNS via ARGS to reuse yours).
 bench-inspect: setup
 	$(BIN)/python benchmarks/bench_inspect.py $(ARGS)
 
+# Server time per draw update (probabilities + all activations, seed CNN, CPU); target median < 100 ms.
 bench-web: setup
-	$(BIN)/python benchmarks/bench_web.py
+	$(BIN)/python benchmarks/bench_web.py $(ARGS)
 
 serve: setup
 	$(BIN)/mnistlab serve --runs $(RUNS)

@@ -12,15 +12,12 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError
-from .common import info, parse_indices, save_figure
+from .common import add_dataset_options, info, parse_indices, save_figure
 
 
 def _common(parser: argparse.ArgumentParser, *, split: bool = True) -> None:
-    from ..data import DATASETS
-
     parser.add_argument("run", help="run directory")
-    parser.add_argument("--dataset", choices=sorted(DATASETS), help="dataset (default: the one the run was trained on)")
-    parser.add_argument("--data-dir", metavar="DIR", help="a directory with the four IDX files (or set MNISTLAB_DATA_DIR)")
+    add_dataset_options(parser, default=None, help="dataset (default: the one the run was trained on)")
     if split:
         parser.add_argument("--split", default="test", choices=["train", "test"])
 
@@ -113,10 +110,10 @@ def _dataset(args: argparse.Namespace):
 
 
 def _load(args: argparse.Namespace):
-    from ..models import load_model
+    from ..inspect import load_run
 
-    model = load_model(args.run)
-    return model, _dataset(args)
+    model, dataset, _ = load_run(args.run, args.dataset, data_dir=args.data_dir)
+    return model, dataset
 
 
 def _out_dir(args: argparse.Namespace) -> Path:
@@ -282,7 +279,7 @@ def cmd_confusions(args: argparse.Namespace) -> int:
 
 
 def cmd_oip(args: argparse.Namespace) -> int:
-    from ..inspect.activations import first_hidden_layer, last_conv_layer, layer_shapes
+    from ..inspect.activations import default_oip_layer, layer_shapes
     from ..inspect.oip import optimize_inputs, parse_units
     from ..models import load_model
     from ..runs import atomic_save_npz
@@ -290,7 +287,7 @@ def cmd_oip(args: argparse.Namespace) -> int:
 
     model = load_model(args.run)
     shapes = layer_shapes(model)
-    layer = model.check_layers(args.layer)[0] if args.layer else (last_conv_layer(model, shapes) or first_hidden_layer(model))
+    layer = model.check_layers(args.layer)[0] if args.layer else default_oip_layer(model, shapes)
     units = parse_units(args.maps, shapes[layer][0])
     try:
         scales = [float(s) for s in args.scales.split(",") if s.strip()]

@@ -36,8 +36,9 @@ def normalize_drawing(drawing: np.ndarray, *, box: int = BOX, field: int = FIELD
     peak = float(image.max())
     if peak <= 0:
         return np.zeros((field, field), np.float32)
-    rows = np.flatnonzero((image > INK_THRESHOLD * peak).any(axis=1))
-    cols = np.flatnonzero((image > INK_THRESHOLD * peak).any(axis=0))
+    ink = image > INK_THRESHOLD * peak
+    rows = np.flatnonzero(ink.any(axis=1))
+    cols = np.flatnonzero(ink.any(axis=0))
     crop = image[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
 
     h, w = crop.shape

@@ -144,9 +144,8 @@ def is_conv(shape: tuple[int, ...]) -> bool:
     return len(shape) == 3
 
 
-def default_layers(model: InspectableModel, shapes: dict[str, tuple[int, ...]] | None = None) -> list[str]:
+def default_layers(model: InspectableModel) -> list[str]:
     """The layers worth looking at by default: conv and dense layers, not pools, flatten or the output."""
-    shapes = shapes or layer_shapes(model)
     keep = [n for n in model.layer_names() if n != "output" and not n.startswith(("pool", "flatten", "dropout"))]
     return keep or [n for n in model.layer_names() if n != "output"] or model.layer_names()
 
@@ -167,6 +166,11 @@ def last_hidden_dense_layer(model: InspectableModel, shapes: dict[str, tuple[int
 def first_hidden_layer(model: InspectableModel) -> str:
     names = [n for n in model.layer_names() if n != "output"]
     return names[0] if names else "output"
+
+
+def default_oip_layer(model: InspectableModel, shapes: dict[str, tuple[int, ...]] | None = None) -> str:
+    """Where activation maximization looks by default: the last conv layer, else the first hidden one."""
+    return last_conv_layer(model, shapes) or first_hidden_layer(model)
 
 
 def load_run(run_dir, dataset: Dataset | str | None = None, *, data_dir=None):

@@ -23,7 +23,7 @@ import numpy as np
 from ..data import Dataset
 from ..errors import MnistlabError
 from ..model_api import InspectableModel
-from .activations import compute_activations, first_hidden_layer, last_conv_layer, last_hidden_dense_layer, layer_shapes
+from .activations import compute_activations, default_oip_layer, last_conv_layer, last_hidden_dense_layer, layer_shapes
 
 SECTIONS = ("summary", "training", "confusions", "compare", "ambiguous", "oip")
 
@@ -40,9 +40,10 @@ figcaption { color: #555; font-size: 0.9em; }
 """
 
 
-def figure_png(fig, dpi: int = 90) -> bytes:
+def figure_png(fig, dpi: int = 90, *, tight: bool = True) -> bytes:
+    """A figure as PNG bytes; ``tight`` crops the blank margin (the report does, the web page keeps it)."""
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight" if tight else None)
     return buf.getvalue()
 
 
@@ -177,7 +178,7 @@ def build_report(
                 + _table(rows) + _img(plot_ambiguous(result, names), f"{names[a]}s closest to {names[b]}"))
 
     def oip_section() -> str:
-        layer = oip_layer or last_conv_layer(model, shapes) or first_hidden_layer(model)
+        layer = oip_layer or default_oip_layer(model, shapes)
         count = shapes[layer][0]
         units = list(range(min(count, oip_max_units)))
         result = optimize_inputs(model, layer, units, steps=oip_steps, seed=seed)

@@ -12,7 +12,6 @@ import base64
 import binascii
 import contextlib
 import functools
-import io
 import json
 import sys
 import time
@@ -135,7 +134,7 @@ def create_app(
             "created": manifest.get("created"),
             "config": manifest.get("config", {}),
             "metrics": manifest.get("metrics", {}),
-            "class_names": _class_names(store, loaded),
+            "class_names": _class_names(loaded),
             "layers": [{"name": k, "shape": list(v)} for k, v in loaded.layer_shapes.items()],
             "history": loaded.history,
         }
@@ -255,7 +254,7 @@ def create_app(
         loaded = store.get(run)
         if layer is not None:
             _check_layers(loaded, [layer])
-        return _cached(loaded, ("oip", layer, steps), lambda: _oip_answer(loaded.model, layer, steps))
+        return _cached(loaded, ("oip", layer, steps), lambda: _oip_answer(loaded.model, loaded.layer_shapes, layer, steps))
 
     return app
 
@@ -292,9 +291,9 @@ def _inspect_module() -> Any:
 
 
 def _png(fig: Any) -> str:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90)
-    return base64.b64encode(buf.getvalue()).decode("ascii")
+    from ..inspect.report import figure_png
+
+    return base64.b64encode(figure_png(fig, 90, tight=False)).decode("ascii")
 
 
 def _compare_answer(
@@ -352,12 +351,11 @@ def _compare_answer(
     }
 
 
-def _oip_answer(model: InspectableModel, layer: str | None, steps: int) -> dict[str, Any]:
+def _oip_answer(model: InspectableModel, shapes: dict[str, tuple[int, ...]], layer: str | None, steps: int) -> dict[str, Any]:
     lib = _inspect_module()
-    from ..inspect.activations import first_hidden_layer, last_conv_layer
+    from ..inspect.activations import default_oip_layer
 
-    shapes = lib.layer_shapes(model)
-    layer = layer or last_conv_layer(model, shapes) or first_hidden_layer(model)
+    layer = layer or default_oip_layer(model, shapes)
     count = shapes[layer][0]
     units = list(range(min(count, MAX_OIP_UNITS)))
     result = lib.optimize_inputs(model, layer, units, steps=steps)
@@ -469,7 +467,7 @@ def _dataset(store: RunStore, loaded: LoadedRun) -> Dataset:
     return store.dataset(str(name))
 
 
-def _class_names(store: RunStore, loaded: LoadedRun) -> list[str]:
+def _class_names(loaded: LoadedRun) -> list[str]:
     from ..data import DATASETS
 
     info = DATASETS.get(str(loaded.manifest.get("dataset")))
