@@ -78,6 +78,7 @@ def test_worked_example_standard_momentum_with_l1_l2():
     for _ in range(2):
         tr.grad[:] = lr * 1.0  # the trainer's gradients arrive pre-scaled by lr
         tr._update(lr)
+    tr._sync()  # the trainer works on its own copy
     # weight 0.5: step 1: g' = 1 + 0.2*0.5 + 0.1*1 = 1.2; v = 1.2; w = 0.5 - 0.12 = 0.38
     #             step 2: g' = 1 + 0.076 + 0.1 = 1.176; v = 0.6 + 1.176 = 1.776; w = 0.38 - 0.1776 = 0.2024
     assert model.params[0] == pytest.approx(0.2024)
@@ -93,6 +94,7 @@ def test_worked_example_nesterov():
     for _ in range(2):
         tr.grad[:] = 0.1
         tr._update(0.1)
+    tr._sync()
     # bias 0.25, g = 1: step 1: v = 1, b -= 0.1 (1 + 0.5*1) -> 0.10; step 2: v = 1.5, b -= 0.1 (1 + 0.75) -> -0.075
     assert model.params[3] == pytest.approx(-0.075)
 
@@ -107,6 +109,7 @@ def test_worked_example_seed_momentum_and_decay():
     tr._update(lr0)
     tr.grad[:] = lr1 * 1.0
     tr._update(lr1)
+    tr._sync()
     # bias 0.25: step 1: 0.2; step 2: 0.08 + 0.5 * 0.2 = 0.18; b = 0.25 - 0.38 = -0.13
     assert model.params[3] == pytest.approx(-0.13)
 
