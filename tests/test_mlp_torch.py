@@ -133,6 +133,39 @@ def test_tail_columns_give_autograd_gradients(activation, output):
             np.testing.assert_allclose(grads[f"b{i}"], b.grad.numpy(), rtol=1e-9, atol=1e-12, err_msg=f"b{i} chunk {chunk}")
 
 
+def test_raw_unit_images_give_autograd_gradients():
+    """Raw uint8 images under unit scaling: the trainer multiplies raw pixel values with first-layer
+    weights kept divided by 255 (no division per chunk). Loss, regularization (L1 and L2 on the
+    model's weights) and every gradient still equal autograd's on the preprocessed inputs, with
+    blank and tail columns, in one chunk and in several."""
+    from mnistlab.data import Preprocessor
+
+    rng = np.random.default_rng(5)
+    n = 40
+    images = np.zeros((n, 28, 28), np.uint8)
+    images[:, 6:22, 6:22] = rng.integers(0, 256, (n, 16, 16))  # blank border around the ink
+    images[[3, 17, 30], 2, 4:9] = rng.integers(1, 256, (3, 5))  # rare ink: tail columns
+    y = rng.integers(0, 10, n)
+    pre = Preprocessor.fit("unit", images)
+    cfg = MLPConfig(hidden=(9, 6), activation="tanh", output="softmax", l1=0.01, l2=0.02, seed=4)
+    model = MLP(cfg, preprocess=pre)
+    for b in model.biases:
+        b[...] = rng.normal(0, 0.3, b.shape)
+    ws, bs = _torch_params(model)
+    _, logits = _torch_forward(model, ws, bs, torch.tensor(pre(images).reshape(n, -1)))
+    data, regc = _torch_loss(model, ws, logits, y)
+    (data + regc).backward()
+    for chunk in (1000, 7):
+        trainer = Trainer(model, chunk=chunk, split=0.1)
+        cost, reg, grads = trainer.loss_and_gradients(images, y)
+        assert trainer.input_scale == 255 and trainer.layout["tail"] == 5, trainer.layout
+        assert math.isclose(cost, data.item(), rel_tol=1e-5)
+        assert math.isclose(reg, regc.item(), rel_tol=1e-5)
+        for i, (w, b) in enumerate(zip(ws, bs), start=1):
+            np.testing.assert_allclose(grads[f"W{i}"], w.grad.numpy(), rtol=1e-4, atol=1e-6, err_msg=f"W{i} chunk {chunk}")
+            np.testing.assert_allclose(grads[f"b{i}"], b.grad.numpy(), rtol=1e-4, atol=1e-6, err_msg=f"b{i} chunk {chunk}")
+
+
 def test_split_must_be_auto_none_or_a_fraction():
     model = _model("relu", "softmax")
     for bad in (0, 1.5, "always", -0.1):
