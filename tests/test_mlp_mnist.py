@@ -46,3 +46,22 @@ def test_tail_columns_on_mnist_train_like_dense_products():
     np.testing.assert_allclose(split_model.params, runs[None][0].params, rtol=1e-9, atol=1e-11)
     assert hist[-1]["test_accuracy"] == split_model.accuracy(xt, ds.test_labels)
     assert [r["cost"] for r in hist] == pytest.approx([r["cost"] for r in runs[None][2]], rel=1e-10)
+
+
+@pytest.mark.slow
+def test_raw_test_images_are_scored_like_the_model():
+    """The per-epoch test accuracy is computed from raw uint8 test images block by block in the
+    trainer's layout (unit scaling: raw values against the trainer's scaled weights;
+    standardization: each block preprocessed) and equals the model's own accuracy."""
+    from mnistlab.mlp import Trainer
+
+    ds = load_dataset("mnist", progress=False).subset(3000, 2000)
+    for kind in ("unit", "standard"):
+        cfg = MLPConfig(epochs=1, batch_size=100, lr=0.1, preprocess=kind)
+        pre = Preprocessor.fit(kind, ds.train_images)
+        model = MLP(cfg, preprocess=pre)
+        trainer = Trainer(model)
+        hist = trainer.fit(ds.train_images, ds.train_labels, test=(ds.test_images, ds.test_labels))
+        assert 0 < trainer.layout["test_rest_rows"] < 0.5, trainer.layout
+        assert hist[0]["test_accuracy"] == model.accuracy(pre(ds.test_images), ds.test_labels)
+        assert hist[0]["test_accuracy"] > 0.8, kind

@@ -45,6 +45,10 @@ CHUNK = 500
 
 PHASES = ("gather", "forward", "cost", "backward", "update")
 
+# Images per block of the per-epoch evaluation: fewer NumPy calls than training chunks, buffers
+# that still fit in cache.
+EVAL_BLOCK = 1024
+
 
 def learning_rate(config: MLPConfig, epoch: int) -> float:
     """The learning rate of 0-based ``epoch`` under the config's schedule."""
@@ -62,8 +66,14 @@ def learning_rate(config: MLPConfig, epoch: int) -> float:
 
 @dataclass
 class EvalSet:
-    inputs: np.ndarray  # (N, input_size), the model's dtype
+    inputs: np.ndarray  # (N, input_size): the model's dtype, or raw uint8 values when ``raw``
     labels: np.ndarray  # (N,) intp
+    raw: bool = False
+
+    def preprocessed(self, model: MLP) -> np.ndarray:
+        if not self.raw:
+            return self.inputs
+        return model.to_input_matrix(model.preprocess(self.inputs.reshape(len(self.inputs), *model.preprocess.mean.shape)))
 
 
 def _check_labels(model: MLP, labels: np.ndarray, n: int, what: str) -> np.ndarray:
@@ -86,8 +96,14 @@ def is_raw(inputs: np.ndarray) -> bool:
     return isinstance(inputs, np.ndarray) and inputs.dtype == np.uint8 and inputs.ndim == 3
 
 
-def check_data(model: MLP, inputs: np.ndarray, labels: np.ndarray, what: str) -> EvalSet:
-    """Validate and convert a split: raw uint8 images, or preprocessed (N, 28, 28) / (N, input_size)."""
+def check_data(model: MLP, inputs: np.ndarray, labels: np.ndarray, what: str, keep_raw: bool = False) -> EvalSet:
+    """Validate and convert a split: raw uint8 images, or preprocessed (N, 28, 28) / (N, input_size).
+    With ``keep_raw``, raw images of a float32 model stay raw (a quarter of the memory), flattened."""
+    if keep_raw and is_raw(inputs) and model.dtype == np.float32:
+        if inputs.shape[1:] != model.preprocess.mean.shape or inputs[0].size != model.config.input_size:
+            model.to_input_matrix(model.preprocess(inputs[:1]))  # raises the one-line shape error
+        flat = inputs.reshape(len(inputs), -1)
+        return EvalSet(flat, _check_labels(model, labels, len(flat), what), raw=True)
     x = model.to_input_matrix(model.to_inputs(inputs) if is_raw(inputs) else inputs)
     return EvalSet(x, _check_labels(model, labels, len(x), what))
 
@@ -141,12 +157,18 @@ class _TrainData:
         self.touches = None  # images with ink in the tail columns (the others' tail columns are exact zeros)
         self.touching = 0.0
         if self.n_tail:
-            tail_cols = np.take(flat, self.tail, axis=1)
-            self.touches = tail_cols.any(axis=1)
+            # block by block: a tail-column copy of the whole split would be fresh memory, which
+            # costs more than the copying itself on a freshly started process
+            self.touches = np.empty(self.n, bool)
+            kept = []
+            for start in range(0, self.n, 8192):
+                cols = np.take(flat[start : start + 8192], self.tail, axis=1)
+                touches = np.any(cols, axis=1, out=self.touches[start : start + 8192])
+                kept.append(cols[touches])
+            self.tail_rows = np.concatenate(kept)
             self.touching = float(np.mean(self.touches))
-            touching = np.flatnonzero(self.touches)
-            self.tail_rows = np.take(tail_cols, touching, axis=0)
             # row of each image in tail_rows, or -1 for images with no ink in the tail columns
+            touching = np.flatnonzero(self.touches)
             self.tail_of = np.full(self.n, -1, np.intp)
             self.tail_of[touching] = np.arange(len(touching))
         # With one scale s for all columns and no centering (unit scaling: s = 255), inputs are
@@ -218,8 +240,15 @@ def _tail_columns(flat: np.ndarray, eligible: np.ndarray, n_active: int, split: 
     freq = nonzero.mean(axis=0)
     if split != "auto":
         return eligible & (freq < float(split))
-    # An image touches the tail of threshold t when its rarest nonzero column is rarer than t.
-    rarity = np.where(nonzero & eligible, freq, np.inf).min(axis=1)
+    # An image touches the tail of threshold t when its rarest nonzero column is rarer than t:
+    # the first inked one among the candidate columns sorted by frequency.
+    candidates = np.flatnonzero(eligible & (freq < TAIL_THRESHOLDS[-1]))
+    if not len(candidates):
+        return none
+    candidates = candidates[np.argsort(freq[candidates], kind="stable")]
+    inked = np.take(nonzero, candidates, axis=1)
+    first = inked.argmax(axis=1)
+    rarity = np.where(inked[np.arange(len(inked)), first], freq[candidates][first], np.inf)
     rows = min(chunk, n)
     best_cost, best = rows * n_active, none
     for threshold in TAIL_THRESHOLDS:
@@ -239,26 +268,54 @@ class _SplitEval:
     every epoch reads the working parameters and skips the same zeros: columns in the working
     order, and the images with ink outside the core columns first (``m`` of them), so that the
     first layer multiplies all columns for those and the core columns for the rest (MNIST test
-    set: 30% fewer multiply-adds). ``make`` returns None where that would not pay (dense inputs)."""
+    set: 30% fewer multiply-adds). Raw images stay uint8 and are preprocessed block by block into
+    cache-sized buffers. ``make`` returns None where the split would not pay (dense inputs)."""
 
-    def __init__(self, inputs: np.ndarray, m: int, labels: np.ndarray) -> None:
-        self.inputs, self.m, self.labels = inputs, m, labels
+    def __init__(self, rows: np.ndarray, m: int, labels: np.ndarray, block: int) -> None:
+        self.rows, self.m, self.labels = rows, m, labels
+        n = len(rows)
+        # (start, stop, all columns?) blocks of at most ``block`` images, split where the core-only rows begin
+        self.blocks = [(a, min(a + block, stop), stop == m) for start, stop in ((0, m), (m, n)) for a in range(start, stop, block)]
+        self.mean: np.ndarray | None = None
+        self.scale: np.ndarray | None = None
 
     @classmethod
-    def make(cls, evalset: EvalSet, data: _TrainData) -> "_SplitEval | None":
-        if data.width == evalset.inputs.shape[1]:
+    def make(cls, evalset: EvalSet, data: _TrainData, model: MLP, block: int) -> "_SplitEval | None":
+        x = evalset.inputs
+        if data.width == x.shape[1]:
             return None
         others = np.concatenate([data.tail, data.inactive])  # the working layout's order
-        touch = np.take(evalset.inputs, others, axis=1).any(axis=1)
+        touch = np.take(x, others, axis=1).any(axis=1)
         m = int(np.count_nonzero(touch))
         if m > len(touch) // 2:
             return None
         order = np.concatenate([np.flatnonzero(touch), np.flatnonzero(~touch)])
         cols = np.concatenate([data.core, others])
-        inputs = np.take(np.take(evalset.inputs, order, axis=0), cols, axis=1)
-        if data.input_scale != 1:
-            inputs *= data.input_scale  # the working first-layer weights are divided by it
-        return cls(inputs, m, evalset.labels[order])
+        split = cls(np.take(np.take(x, order, axis=0), cols, axis=1), m, evalset.labels[order], block)
+        # the working first-layer weights are the model's divided by input_scale (see _TrainData)
+        if evalset.raw and data.input_scale == 1:
+            mean, scale = model.preprocess.mean.reshape(-1)[cols], model.preprocess.scale.reshape(-1)[cols]
+            split.mean = mean if mean.any() else None
+            split.scale = scale
+        elif not evalset.raw and data.input_scale != 1:
+            split.rows *= data.input_scale
+        if evalset.raw:
+            split.buffers = {w: np.empty((block, w), np.float32) for w in (data.width, x.shape[1])}
+        split.outputs = [np.empty((block, n_out), model.dtype) for _, n_out in model.shapes]
+        return split
+
+    def inputs(self, start: int, stop: int, width: int) -> np.ndarray:
+        """Block ``start:stop`` of the first ``width`` columns, as the working weights expect it."""
+        rows = self.rows[start:stop, :width]
+        if self.rows.dtype != np.uint8:
+            return rows
+        out = self.buffers[width][: stop - start]
+        np.copyto(out, rows)
+        if self.mean is not None:
+            np.subtract(out, self.mean[:width], out=out)
+        if self.scale is not None:
+            np.divide(out, self.scale[:width], out=out)
+        return out
 
 
 class _Phases:
@@ -532,14 +589,19 @@ class Trainer:
         if split is None:
             return self.model.accuracy(evalset.inputs, evalset.labels)
         weights, biases = self.w, self.b
-        x, m = split.inputs, split.m
+        n_in = split.rows.shape[1]
         width, h1 = weights[0].shape
-        z1 = np.empty((len(x), h1), x.dtype)
-        np.matmul(x[:m], self.work[: x.shape[1] * h1].reshape(-1, h1), out=z1[:m])  # all columns, working order
-        np.matmul(x[m:, :width], weights[0], out=z1[m:])
-        z1 += biases[0]
-        logits = self.model.logits_from(act.FORWARD[self.config.activation](z1), weights, biases, start=1)
-        return int(np.count_nonzero(logits.argmax(axis=1) == split.labels)) / len(split.labels)
+        w_all = self.work[: n_in * h1].reshape(n_in, h1)  # all columns, working order
+        hidden = act.FORWARD[self.config.activation]
+        bufs = split.outputs
+        correct = 0
+        for start, stop, full in split.blocks:
+            x = split.inputs(start, stop, n_in if full else width)
+            z = np.matmul(x, w_all if full else weights[0], out=bufs[0][: stop - start])
+            z += biases[0]
+            logits = self.model.logits_from(hidden(z), weights, biases, start=1, bufs=bufs)
+            correct += int(np.count_nonzero(logits.argmax(axis=1) == split.labels[start:stop]))
+        return correct / len(split.labels)
 
     def _reg_cost(self) -> float:
         cfg = self.config
@@ -625,8 +687,8 @@ class Trainer:
         cfg = self.config
         if cfg.patience is not None and val is None:
             raise ConfigError("early stopping (patience) needs a validation set")
-        test_set = check_data(self.model, *test, "test data") if test is not None else None
-        val_set = check_data(self.model, *val, "validation data") if val is not None else None
+        test_set = check_data(self.model, *test, "test data", keep_raw=True) if test is not None else None
+        val_set = check_data(self.model, *val, "validation data", keep_raw=True) if val is not None else None
         data = self._prepare(inputs, labels, cfg.batch_size)
         # Overflow only happens on the way to a NaN/inf cost, which is caught and reported.
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"), blas_threads(threads) as used:
@@ -642,10 +704,15 @@ class Trainer:
         batch = min(cfg.batch_size, n)
         rng = np.random.default_rng(cfg.seed)
         history: list[dict[str, Any]] = []
-        test_split = _SplitEval.make(test_set, data) if test_set is not None else None
+        splits = []
+        for evalset in (test_set, val_set):
+            split = _SplitEval.make(evalset, data, m, EVAL_BLOCK) if evalset is not None else None
+            if evalset is not None and split is None and evalset.raw:
+                evalset.inputs, evalset.raw = evalset.preprocessed(m), False  # for model.accuracy
+            splits.append(split)
+        test_split, val_split = splits
         if test_split is not None:
             self.layout["test_rest_rows"] = test_split.m / len(test_split.labels)
-        val_split = _SplitEval.make(val_set, data) if val_set is not None else None
         good = self.work.copy()
         best_acc, best_params, waited = -1.0, None, 0
         prev_lr = None
