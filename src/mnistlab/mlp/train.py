@@ -431,7 +431,11 @@ class Trainer:
         c = min(batch, self.chunk)
         self.c = c
         sizes = m.config.sizes
-        self.xb = np.empty((c, data.width), dt)
+        # Two input buffers, used in turn: with two BLAS threads the other core reads the one just
+        # multiplied, and writing the next chunk into it makes every line change hands (the gather
+        # ran 40% slower)
+        self.xbs = [np.empty((c, data.width), dt) for _ in range(2)]
+        self.flip = 0
         self.raw_buf = np.empty((c, data.width), np.uint8) if data.raw else None
         self.xt = np.empty((c, self.n_tail), dt)
         self.zt = np.empty((c, sizes[1]), dt)
@@ -465,7 +469,8 @@ class Trainer:
         cfg = self.model.config
         k = len(idx)
         idx, m = data.arrange(idx)  # the m images with ink in the tail columns first
-        xb = data.gather(idx, self.xb[:k], None if self.raw_buf is None else self.raw_buf[:k])  # (k, core columns)
+        self.flip ^= 1  # see _allocate
+        xb = data.gather(idx, self.xbs[self.flip][:k], None if self.raw_buf is None else self.raw_buf[:k])  # (k, core columns)
         yb = np.take(data.labels, idx, out=self.yb[:k], mode="clip")
         if m:
             xt = data.gather_tail(idx[:m], self.xt[:m], None if self.raw_tail is None else self.raw_tail[:m])
