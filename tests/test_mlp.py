@@ -421,6 +421,69 @@ def test_blas_thread_limit():
     assert trainer.threads == 1
 
 
+class _FakeBlas:
+    def __init__(self):
+        self.calls = []
+
+    def set_num_threads(self, n):
+        self.calls.append(n)
+
+
+def test_thread_choice_probes_both_and_keeps_the_faster():
+    """ThreadChoice times batches with all allowed BLAS threads and with one, keeps the faster
+    (one only by a clear margin), probes again when the chosen setting drifts 25% slower, and
+    re-checks every few epochs while on one thread."""
+    pytest.importorskip("threadpoolctl")
+    from mnistlab.mlp.threads import ThreadChoice
+
+    choice = ThreadChoice(2, batch=1000)  # skip 3 batches, time 8, per setting
+    blas = _FakeBlas()
+    choice.libs = [blas]
+    assert (choice.skip, choice.timed) == (3, 8)
+
+    def run(seconds_with, batches):
+        for _ in range(batches):
+            choice.batch_done(seconds_with[blas.calls[-1]])
+
+    choice.start_epoch(0)
+    assert blas.calls == [2]
+    run({2: 1.0, 1: 0.6}, 11)  # 3 skipped + 8 timed with two threads
+    assert blas.calls == [2, 1]
+    run({2: 1.0, 1: 0.6}, 11)
+    assert blas.calls[-1] == 1 and choice.chosen == 1
+    assert choice.log == [(0, 1, 1000.0, 600.0)]
+    for epoch in (1, 2):  # still on one thread: no probe before every_one epochs
+        choice.start_epoch(epoch)
+        run({2: 1.0, 1: 0.6}, 8)
+    assert blas.calls[-1] == 1
+    choice.start_epoch(3)  # the link may have recovered: probe again
+    assert blas.calls[-1] == 2
+    run({2: 0.5, 1: 0.6}, 22)
+    assert choice.chosen == 2 and choice.log[-1] == (3, 2, 500.0, 600.0)
+    run({2: 0.52, 1: 0.6}, 8)  # 4% slower: no drift
+    assert blas.calls[-1] == 2 and not choice.steps
+    run({2: 0.7, 1: 0.6}, 8)  # 40% slower than when chosen: probe
+    assert choice.steps and blas.calls[-1] == 2
+    run({2: 0.7, 1: 0.69}, 22)  # within 3%: the default stays
+    assert choice.chosen == 2
+
+
+def test_training_with_two_threads_records_its_choice_and_restores_the_limit():
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    before = [i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"]
+    x, y = _toy(12000)  # 24 batches of 500 an epoch; a probe takes 2 x (6 + 16)
+    model = MLP(MLPConfig(input_size=12, hidden=(8,), n_classes=4, epochs=2, batch_size=500))
+    trainer = Trainer(model)
+    trainer.fit(x, y, threads=2)
+    assert trainer.threads == 2 and len(trainer.thread_choice.log) >= 1
+    assert trainer.thread_choice.log[0][1] in (1, 2)
+    assert [i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"] == before
+    off = Trainer(MLP(model.config), adapt_threads=False)
+    off.fit(x, y, threads=2)
+    assert off.thread_choice is None
+    np.testing.assert_array_equal(off.model.params, model.params)  # the thread count never changes results
+
+
 def test_mlp_package_never_imports_torch():
     code = "import sys, mnistlab.mlp, mnistlab.cli.mlp_cmd; from mnistlab.models import load_model; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

@@ -136,6 +136,8 @@ def run_train(args: argparse.Namespace) -> int:
     if args.profile:
         print(profile_table(result.history))
         print(describe_layout(result.input_layout))
+        for epoch, threads, many, one in result.thread_choices:
+            print(f"BLAS threads from epoch {epoch + 1}: {threads} ({many:.2f} us per image with all, {one:.2f} with one)")
     epochs = len(result.history)
     print(f"test accuracy {100 * result.test_accuracy:.2f}% after {epochs} epochs ({seconds:.1f} s); run saved in {result.run_dir}")
     return 0

@@ -23,6 +23,8 @@ class TrainResult:
     run_dir: Path | None
     test_accuracy: float | None
     input_layout: dict[str, float] = field(default_factory=dict)  # Trainer.layout: how the inputs were split
+    # ThreadChoice.log: (epoch, BLAS threads chosen, microseconds per image with all, with one)
+    thread_choices: list[tuple[int, int, float, float]] = field(default_factory=list)
 
 
 def train_on_dataset(
@@ -69,12 +71,14 @@ def train_on_dataset(
     else:  # the weights were rolled back (divergence) or restored (early stopping's best epoch)
         with np.errstate(over="ignore", invalid="ignore"):  # last good weights of a diverged run may be huge
             test_accuracy = model.accuracy(pre(ds.test_images), ds.test_labels)
+    choices = [list(c) for c in trainer.thread_choice.log] if trainer.thread_choice else []
     run_dir = None
     if out is not None and (diverged is None or history):
         extra: dict[str, Any] = {
             "metrics": {"test_accuracy": test_accuracy, "epochs_trained": len(history)},
             "status": "diverged" if diverged else "complete",
             "blas_threads": trainer.threads,
+            "blas_thread_choices": choices,
             "input_layout": trainer.layout,
         }
         if preset:
@@ -87,4 +91,4 @@ def train_on_dataset(
     if diverged is not None:
         where = f"; the last good weights are saved in {run_dir}" if run_dir else ""
         raise TrainingDiverged(f"{diverged}{where}")
-    return TrainResult(model, history, run_dir, test_accuracy, trainer.layout)
+    return TrainResult(model, history, run_dir, test_accuracy, trainer.layout, [tuple(c) for c in choices])

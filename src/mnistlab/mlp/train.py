@@ -42,7 +42,7 @@ from ..errors import ConfigError, DataError, TrainingDiverged
 from . import activations as act
 from .config import MLPConfig
 from .model import MLP
-from .threads import blas_threads
+from .threads import ThreadChoice, blas_threads
 
 # Rows per chunk of a batch; batches up to this size are one chunk. Picked by timing chunk sizes
 # at batch 20000: big enough for efficient products, small enough for the chunk's buffers to
@@ -368,7 +368,7 @@ class Trainer:
     evaluation and early stopping look at them) and when training stops for any reason.
     """
 
-    def __init__(self, model: MLP, *, chunk: int = CHUNK, split: float | str | None = "auto") -> None:
+    def __init__(self, model: MLP, *, chunk: int = CHUNK, split: float | str | None = "auto", adapt_threads: bool = True) -> None:
         self.model = model
         self.config = model.config
         self.chunk = int(chunk)
@@ -376,6 +376,9 @@ class Trainer:
             raise ConfigError(f"split must be 'auto', None or a fraction in (0, 1], got {split!r}")
         self.split = split
         self.threads: int | None = None
+        # with a limit above one thread, time one against all and keep the faster (see ThreadChoice)
+        self.adapt_threads = adapt_threads
+        self.thread_choice: ThreadChoice | None = None
         self.stopped_early = False
         self.best_epoch: int | None = None
         # How the last fit split the input columns (see _TrainData): for benchmarks and curiosity.
@@ -686,7 +689,9 @@ class Trainer:
         """Train for ``config.epochs`` epochs; returns one dict per epoch (nothing is printed).
 
         ``threads`` limits NumPy's BLAS threads during the fit: an int, "auto" (the cores left
-        idle by other processes, see mnistlab.mlp.threads) or None (the BLAS default).
+        idle by other processes, see mnistlab.mlp.threads) or None (the BLAS default). Within a
+        limit above one, the trainer uses one thread where that proves faster (``adapt_threads``,
+        see mnistlab.mlp.threads.ThreadChoice; ``thread_choice.log`` says what it measured).
 
         ``inputs`` are preprocessed (N, 28, 28) or (N, input_size) arrays, or raw uint8 images
         (N, 28, 28) that the model's ``preprocess`` is applied to (less memory, faster); the same
@@ -706,12 +711,14 @@ class Trainer:
         # Overflow only happens on the way to a NaN/inf cost, which is caught and reported.
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"), blas_threads(threads) as used:
             self.threads = used
+            chooser = ThreadChoice(used, min(cfg.batch_size, data.n)) if used and used > 1 and self.adapt_threads else None
+            self.thread_choice = chooser
             try:
-                return self._epochs(data, test_set, val_set, callback, _Phases(profile))
+                return self._epochs(data, test_set, val_set, callback, _Phases(profile), chooser)
             finally:
                 self._sync()
 
-    def _epochs(self, data, test_set, val_set, callback, ph) -> list[dict[str, Any]]:
+    def _epochs(self, data, test_set, val_set, callback, ph, chooser: ThreadChoice | None) -> list[dict[str, Any]]:
         cfg, m = self.config, self.model
         n = data.n
         batch = min(cfg.batch_size, n)
@@ -737,6 +744,8 @@ class Trainer:
                 self.vel *= lr / prev_lr  # keep PyTorch's unscaled velocity the same
             prev_lr = lr
             np.copyto(good, self.work)
+            if chooser is not None:
+                chooser.start_epoch(epoch)
             order = rng.permutation(n)
             cost_sum = reg_sum = err_sum = 0.0
             correct = 0
@@ -745,6 +754,7 @@ class Trainer:
                 b = stop - start
                 scale = lr / b
                 batch_cost = 0.0
+                started = time.perf_counter()
                 ph.start()
                 for cs in range(start, stop, self.c):
                     c_cost, c_correct, c_err = self._chunk(data, order[cs : min(cs + self.c, stop)], cs == start, scale, ph)
@@ -763,6 +773,8 @@ class Trainer:
                 ph.lap("cost")
                 self._update(lr)
                 ph.lap("update")
+                if chooser is not None:
+                    chooser.batch_done(time.perf_counter() - started)
             if not np.isfinite(self.work).all():
                 np.copyto(self.work, good)
                 raise TrainingDiverged(
