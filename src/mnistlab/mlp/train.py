@@ -284,8 +284,10 @@ class _SplitEval:
         n = len(rows)
         # (start, stop, all columns?) blocks of at most ``block`` images, split where the core-only rows begin
         self.blocks = [(a, min(a + block, stop), stop == m) for start, stop in ((0, m), (m, n)) for a in range(start, stop, block)]
-        self.mean: np.ndarray | None = None
+        self.mean: np.ndarray | None = None  # raw rows: preprocessing per block (None: not needed)
         self.scale: np.ndarray | None = None
+        self.buffers: dict[int, np.ndarray] = {}  # raw rows: float block buffers by column count
+        self.outputs: list[np.ndarray] = []  # per layer, a block's outputs
 
     @classmethod
     def make(cls, evalset: EvalSet, data: _TrainData, model: MLP, block: int) -> "_SplitEval | None":
