@@ -433,12 +433,10 @@ def test_thread_choice_probes_both_and_keeps_the_faster():
     """ThreadChoice times batches with all allowed BLAS threads and with one, keeps the faster
     (one only by a clear margin), probes again when the chosen setting drifts 25% slower, and
     re-checks every few epochs while on one thread."""
-    pytest.importorskip("threadpoolctl")
     from mnistlab.mlp.threads import ThreadChoice
 
-    choice = ThreadChoice(2, batch=1000)  # skip 3 batches, time 8, per setting
     blas = _FakeBlas()
-    choice.libs = [blas]
+    choice = ThreadChoice(2, batch=1000, libs=[blas])  # skip 3 batches, time 8, per setting
     assert (choice.skip, choice.timed) == (3, 8)
 
     def run(seconds_with, batches):

@@ -71,7 +71,7 @@ def train_on_dataset(
     else:  # the weights were rolled back (divergence) or restored (early stopping's best epoch)
         with np.errstate(over="ignore", invalid="ignore"):  # last good weights of a diverged run may be huge
             test_accuracy = model.accuracy(pre(ds.test_images), ds.test_labels)
-    choices = [list(c) for c in trainer.thread_choice.log] if trainer.thread_choice else []
+    choices = list(trainer.thread_choice.log) if trainer.thread_choice else []
     run_dir = None
     if out is not None and (diverged is None or history):
         extra: dict[str, Any] = {
@@ -91,4 +91,4 @@ def train_on_dataset(
     if diverged is not None:
         where = f"; the last good weights are saved in {run_dir}" if run_dir else ""
         raise TrainingDiverged(f"{diverged}{where}")
-    return TrainResult(model, history, run_dir, test_accuracy, trainer.layout, [tuple(c) for c in choices])
+    return TrainResult(model, history, run_dir, test_accuracy, trainer.layout, choices)

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Iterator
+import statistics
+from typing import Any, Iterator
 
 from ..errors import ConfigError
 
@@ -36,19 +37,22 @@ def resolve(threads: int | str | None) -> int | None:
 
 
 @contextlib.contextmanager
-def blas_threads(threads: int | str | None) -> Iterator[int | None]:
-    """Limit NumPy's BLAS to ``threads`` threads inside the block (None: leave it alone)."""
+def blas_threads(threads: int | str | None) -> Iterator[tuple[int | None, list[Any]]]:
+    """Limit NumPy's BLAS to ``threads`` threads inside the block (None: leave it alone). Yields
+    the limit applied (None if none) and the BLAS libraries' threadpoolctl controllers, through
+    which the count can change within the block (see ThreadChoice)."""
     n = resolve(threads)
     if n is None:
-        yield None
+        yield None, []
         return
     try:
-        from threadpoolctl import threadpool_limits
+        from threadpoolctl import ThreadpoolController
     except ImportError:  # an optional nicety: without it the BLAS keeps its own default
-        yield None
+        yield None, []
         return
-    with threadpool_limits(limits=n, user_api="blas"):
-        yield n
+    blas = ThreadpoolController().select(user_api="blas")
+    with blas.limit(limits=n):
+        yield n, blas.lib_controllers
 
 
 class ThreadChoice:
@@ -70,10 +74,8 @@ class ThreadChoice:
     TIMED_IMAGES = 8000
     SLOWER = 1.25
 
-    def __init__(self, most: int, batch: int, every_one: int = 3) -> None:
-        from threadpoolctl import ThreadpoolController
-
-        self.libs = ThreadpoolController().select(user_api="blas").lib_controllers
+    def __init__(self, most: int, batch: int, libs: list[Any], every_one: int = 3) -> None:
+        self.libs = libs  # threadpoolctl controllers of the BLAS libraries (see blas_threads)
         self.most, self.batch, self.every_one = most, batch, every_one
         self.skip = max(1, -(-self.SKIP_IMAGES // batch))
         self.timed = max(2, -(-self.TIMED_IMAGES // batch))
@@ -107,7 +109,7 @@ class ThreadChoice:
         if not self.steps:
             self.window.append(seconds)
             if len(self.window) == self.timed:
-                drifted = _median(self.window) > self.SLOWER * self.reference
+                drifted = statistics.median_high(self.window) > self.SLOWER * self.reference
                 self.window = []
                 if drifted:
                     self._probe()
@@ -119,7 +121,7 @@ class ThreadChoice:
         step[2].append(seconds)
         if len(step[2]) < self.timed:
             return
-        self.results[step[0]] = _median(step[2])
+        self.results[step[0]] = statistics.median_high(step[2])
         self.steps.pop(0)
         if self.steps:
             self._set(self.steps[0][0])
@@ -130,6 +132,3 @@ class ThreadChoice:
         self._set(self.chosen)
         self.log.append((self.epoch, self.chosen, 1e6 * many / self.batch, 1e6 * one / self.batch))
 
-
-def _median(values: list[float]) -> float:
-    return sorted(values)[len(values) // 2]

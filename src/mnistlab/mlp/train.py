@@ -136,18 +136,10 @@ class _TrainData:
     """
 
     def __init__(self, model: MLP, inputs: np.ndarray, labels: np.ndarray, split: float | str | None, chunk: int) -> None:
-        raw = is_raw(inputs) and model.dtype == np.float32
-        if raw:
-            pre = model.preprocess
-            if inputs.shape[1:] != pre.mean.shape or inputs[0].size != model.config.input_size:
-                model.to_input_matrix(pre(inputs[:1]))  # raises the one-line shape error
-            flat = inputs.reshape(len(inputs), -1)
-            zero_input = pre(np.zeros((1, *inputs.shape[1:]), np.uint8)).reshape(-1)
-            self.labels = _check_labels(model, labels, len(flat), "training data")
-        else:
-            checked = check_data(model, inputs, labels, "training data")  # checks the labels too
-            flat, self.labels = checked.inputs, checked.labels
-            zero_input = np.zeros(flat.shape[1], flat.dtype)
+        checked = check_data(model, inputs, labels, "training data", keep_raw=True)
+        flat, self.labels, raw = checked.inputs, checked.labels, checked.raw
+        pre = model.preprocess
+        zero_input = pre(np.zeros((1, *pre.mean.shape), np.uint8)).reshape(-1) if raw else np.zeros(flat.shape[1], flat.dtype)
         self.raw = raw
         self.n = len(flat)
         # a raw zero that preprocessing turns into a nonzero input is not a zero input
@@ -206,21 +198,27 @@ class _TrainData:
         """The chunk's core columns, preprocessed."""
         if not self.raw:
             return np.take(self.rows, idx, axis=0, out=out, mode="clip")
-        u = np.take(self.rows, idx, axis=0, out=raw_buf, mode="clip")
-        # cast first, then same-dtype arithmetic: a mixed uint8/float32 ufunc runs buffered, 20% slower
-        np.copyto(out, u)
-        if self.centered:
-            np.subtract(out, self.mean, out=out)
-        return out if self.scale is None else np.divide(out, self.scale, out=out)
+        raw = np.take(self.rows, idx, axis=0, out=raw_buf, mode="clip")
+        return _preprocess_into(out, raw, self.mean if self.centered else None, self.scale)
 
     def gather_tail(self, idx: np.ndarray, out: np.ndarray, raw_buf: np.ndarray | None) -> np.ndarray:
         """The tail columns of the chunk's first ``len(idx)`` images (those with ink there), preprocessed."""
         rows = self.tail_of[idx]
         if not self.raw:
             return np.take(self.tail_rows, rows, axis=0, out=out)
-        u = np.take(self.tail_rows, rows, axis=0, out=raw_buf)
-        np.copyto(out, u)
-        return out if self.tail_scale is None else np.divide(out, self.tail_scale, out=out)
+        return _preprocess_into(out, np.take(self.tail_rows, rows, axis=0, out=raw_buf), None, self.tail_scale)
+
+
+def _preprocess_into(out: np.ndarray, raw: np.ndarray, mean: np.ndarray | None, scale: np.ndarray | None) -> np.ndarray:
+    """``(raw - mean) / scale`` into ``out`` with ``Preprocessor``'s arithmetic (None: that step is
+    not needed). The cast comes first, then same-dtype arithmetic: a mixed uint8/float32 ufunc runs
+    buffered, 20% slower."""
+    np.copyto(out, raw)
+    if mean is not None:
+        np.subtract(out, mean, out=out)
+    if scale is not None:
+        np.divide(out, scale, out=out)
+    return out
 
 
 # split="auto" tries these tail thresholds (fractions of images with the column nonzero) and
@@ -319,13 +317,9 @@ class _SplitEval:
         rows = self.rows[start:stop, :width]
         if self.rows.dtype != np.uint8:
             return rows
-        out = self.buffers[width][: stop - start]
-        np.copyto(out, rows)
-        if self.mean is not None:
-            np.subtract(out, self.mean[:width], out=out)
-        if self.scale is not None:
-            np.divide(out, self.scale[:width], out=out)
-        return out
+        mean = None if self.mean is None else self.mean[:width]
+        scale = None if self.scale is None else self.scale[:width]
+        return _preprocess_into(self.buffers[width][: stop - start], rows, mean, scale)
 
 
 class _Phases:
@@ -391,7 +385,7 @@ class Trainer:
     def _layout(self, data: _TrainData) -> None:
         m = self.model
         n_in, h1 = m.shapes[0]
-        self.n_tail = len(data.tail)
+        self.n_tail = data.n_tail
         # The working first-layer weights are the model's divided by input_scale (see _TrainData):
         # so are their velocity and gradient, which keeps the update's arithmetic unchanged.
         self.input_scale = data.input_scale
@@ -711,9 +705,10 @@ class Trainer:
         val_set = check_data(self.model, *val, "validation data", keep_raw=True) if val is not None else None
         data = self._prepare(inputs, labels, cfg.batch_size)
         # Overflow only happens on the way to a NaN/inf cost, which is caught and reported.
-        with np.errstate(over="ignore", invalid="ignore", divide="ignore"), blas_threads(threads) as used:
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"), blas_threads(threads) as (used, libs):
             self.threads = used
-            chooser = ThreadChoice(used, min(cfg.batch_size, data.n)) if used and used > 1 and self.adapt_threads else None
+            adapt = used and used > 1 and libs and self.adapt_threads
+            chooser = ThreadChoice(used, min(cfg.batch_size, data.n), libs) if adapt else None
             self.thread_choice = chooser
             try:
                 return self._epochs(data, test_set, val_set, callback, _Phases(profile), chooser)
