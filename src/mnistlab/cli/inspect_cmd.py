@@ -100,15 +100,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_report)
 
 
-def _dataset(args: argparse.Namespace):
-    """The dataset named by --dataset, else the one the run was trained on."""
-    from ..data import load_dataset
-    from ..runs import read_manifest
-
-    name = args.dataset or read_manifest(Path(args.run)).get("dataset", "mnist")
-    return load_dataset(name, data_dir=args.data_dir, progress=False, on_source=None)
-
-
 def _load(args: argparse.Namespace):
     from ..inspect import load_run
 
@@ -320,7 +311,7 @@ def cmd_oip(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from ..inspect.report import write_report
 
-    path = write_report(args.run, args.out, dataset=_dataset(args), pair=args.pair, oip_layer=args.oip_layer, oip_steps=args.oip_steps,
+    path = write_report(args.run, args.out, dataset=args.dataset, data_dir=args.data_dir, pair=args.pair, oip_layer=args.oip_layer, oip_steps=args.oip_steps,
                         seed=args.seed, split=args.split, on_section=lambda name: info(f"report: {name} ..."))
     print(path)
     return 0

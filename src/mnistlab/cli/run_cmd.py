@@ -33,7 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from ..inspect import confusions, load_run
     from ..metrics import confusion_text
-    from ..runs import read_run
+    from ..runs import read_history
     from ..viz.confusion import plot_confusion
     from ..viz.curves import plot_history
 
@@ -48,7 +48,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print("most confused (true -> predicted: count): " + ", ".join(f"{names[t]}->{names[p]}: {c}" for t, p, c in pairs))
     out = Path(args.out) if args.out else Path(args.run) / "figures"
     cm_path = save_figure(plot_confusion(result.matrix, names, title=f"{args.split} accuracy {result.accuracy:.2%}"), out / "confusion.png")
-    history = read_run(Path(args.run)).history
+    history = read_history(Path(args.run))
     written = [cm_path]
     if history:
         written.append(save_figure(plot_history(history), out / "curves.png"))

@@ -667,7 +667,8 @@ class Trainer:
         self.partial = {"loss_sum": 0.0, "correct": 0, "seen": 0, "time_s": 0.0, "cpu_s": 0.0}
         weights = state_to_numpy(self.net)
         self._unwritten[f"checkpoints/epoch-{self.epoch:03d}.npz"] = npz_bytes(weights)
-        self.write("partial" if self.epoch < cfg.epochs else "complete", dict(row), weights)
+        if self.epoch < cfg.epochs:  # after the last epoch, run() writes the finished run once
+            self.write("partial", dict(row), weights)
         return "ok"
 
 

@@ -213,13 +213,13 @@ def build_report(
             f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1><nav>{nav}</nav>{body}{footer}</body></html>\n")
 
 
-def write_report(run_dir, out: str | Path | None = None, *, dataset: Dataset | str | None = None, **kwargs) -> Path:
+def write_report(run_dir, out: str | Path | None = None, *, dataset: Dataset | str | None = None, data_dir=None, **kwargs) -> Path:
     """Build the report of a run directory and write it (default RUN/report.html) atomically."""
-    from ..runs import atomic_write_bytes, read_run
+    from ..runs import atomic_write_bytes, read_history
     from .activations import load_run
 
-    model, ds, manifest = load_run(run_dir, dataset)
-    history = read_run(Path(run_dir)).history
+    model, ds, manifest = load_run(run_dir, dataset, data_dir=data_dir)
+    history = read_history(Path(run_dir))
     kwargs.setdefault("title", f"mnistlab report: {Path(run_dir).name} ({manifest.get('kind')} on {manifest.get('dataset')})")
     text = build_report(model, ds, manifest, history, **kwargs)
     path = Path(out) if out else Path(run_dir) / "report.html"
