@@ -195,6 +195,22 @@ def test_cli_train_summary_and_errors(tmp_path, fake_mnist, capsys):
         resume(tmp_path / "nope", fake_mnist)
 
 
+def test_run_restores_torch_thread_count(tmp_path):
+    """torch's thread count is process-wide: a run with its batch split across threads (one torch
+    thread per part) sets it only while it runs, so later work in the process keeps all its threads."""
+    spec = "conv:4:3,pool:2,conv:8:3,pool:2,flatten,dense:16,output:10"
+    cfg = resolve_config(threads=2, spec=spec, epochs=1, batch_size=48, lr=1e-3, amp="off", seed=5, preprocess="unit")
+    try:
+        torch.set_num_threads(2)
+        trainer = Trainer(cfg, synthetic(96, 48), tmp_path / "run", progress=False)
+        assert trainer.levers.data_parallel == 2 and trainer.levers.step_threads == 1
+        assert torch.get_num_threads() == 2
+        trainer.run()
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(1)
+
+
 def test_batches_split_across_threads_train_like_one_batch(tmp_path):
     """With several CPU threads a spec without batch norm or dropout runs each batch as parts on
     parallel threads (see choose_levers); in float32 the summed part gradients are the whole

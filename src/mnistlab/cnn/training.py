@@ -307,8 +307,6 @@ class Trainer:
             torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels once
         self.levers = choose_levers(config, self.device, self.spec)
         self._parts: Any = None  # the part threads, while run() runs
-        if self.device.type == "cpu" and torch.get_num_threads() != self.levers.step_threads:
-            torch.set_num_threads(self.levers.step_threads)  # process-wide, as torch's threads always are
         self.stop = _StopRequest()
 
         images, labels = dataset.train_images, dataset.train_labels
@@ -465,6 +463,7 @@ class Trainer:
     def evaluate(self, x: torch.Tensor, y: torch.Tensor, batch: int = 2000) -> tuple[float, float]:
         if len(y) == 0:
             return math.nan, math.nan
+        threads_before = torch.get_num_threads()
         if self.levers.data_parallel > 1:  # steps use a share of the threads per part; evaluation uses them all
             torch.set_num_threads(self.levers.threads)
         self.net.eval()
@@ -477,8 +476,7 @@ class Trainer:
             loss_sum += self._loss(logits, yb) * len(yb)
             correct += (logits.argmax(1) == yb).sum()
         self.net.train()
-        if self.levers.data_parallel > 1:
-            torch.set_num_threads(self.levers.step_threads)
+        torch.set_num_threads(threads_before)
         return float(loss_sum) / len(y), int(correct) / len(y)
 
     # ---------------------------------------------------------------- checkpoints
@@ -545,6 +543,10 @@ class Trainer:
             bar = tqdm(total=cfg.epochs * self.steps_per_epoch, initial=self.global_step, unit="step",
                        dynamic_ncols=True, leave=True)
         self.net.train()
+        # torch's thread count is process-wide: set for the steps while run() runs, then restored
+        threads_before = torch.get_num_threads()
+        if self.device.type == "cpu":
+            torch.set_num_threads(self.levers.step_threads)
         try:
             with self.stop.installed():
                 while self.epoch < cfg.epochs:
@@ -566,6 +568,7 @@ class Trainer:
             if self._parts is not None:  # no idle threads left behind by a finished run
                 self._parts.shutdown()
                 self._parts = None
+            torch.set_num_threads(threads_before)
         metrics = dict(self.history[-1]) if self.history else {}
         metrics["epochs_trained"] = len(self.history)
         metrics["train_seconds"] = round(sum(h["train_seconds"] for h in self.history), 3)
