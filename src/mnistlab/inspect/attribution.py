@@ -350,3 +350,10 @@ def attribute(model: InspectableModel, images: np.ndarray, target: Any = None, m
     proba = np.concatenate([model.predict_proba(images[s : s + CHUNK]) for s in range(0, len(images), CHUNK)])
     return attribute_target(model, images, resolve_target(target, proba), method, **options)
 
+
+
+def attribute_each_class(model: InspectableModel, image: np.ndarray, method: str = "gradient", **options: Any) -> Attribution:
+    """One image's map for every class: row k explains p(k)."""
+    image = as_images(image)[:1]
+    n_classes = model.predict_proba(image).shape[1]
+    return attribute_target(model, np.repeat(image, n_classes, axis=0), Target(np.arange(n_classes)), method, **options)

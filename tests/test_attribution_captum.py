@@ -1,0 +1,97 @@
+"""mnistlab's attribution maps of the real CNN engine against Captum's on fixed images.
+
+Captum sees the same torch network behind the same preprocessing, as a function of raw pixels with
+softmax probabilities as its output (and p(4) - p(9) for the pair target), so both compute the
+same quantity and must agree to float32 round-off.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+captum_attr = pytest.importorskip("captum.attr")
+
+from mnistlab.cnn.model import CNN, build_net  # noqa: E402
+from mnistlab.data import Preprocessor  # noqa: E402
+from mnistlab.inspect.attribution import attribute, upsample_bilinear  # noqa: E402
+
+SPEC = "conv:6:3,pool:2,conv:8:3,pool:2,flatten,dense:12,output:10"
+
+
+@pytest.fixture(scope="module")
+def setup():
+    rng = np.random.default_rng(3)
+    train = rng.integers(0, 256, (64, 28, 28)).astype(np.uint8)
+    preprocess = Preprocessor.fit("standard", train)
+    model = CNN(SPEC, preprocess, build_net(SPEC, init="glorot", seed=0))
+    images = rng.integers(0, 256, (3, 28, 28)).astype(np.float32)
+    images[:, :4] = 0  # some black rows, as in real digits
+    mean, scale = torch.from_numpy(preprocess.mean), torch.from_numpy(preprocess.scale)
+
+    def probabilities(x):  # (N, 1, 28, 28) raw pixels -> (N, 10)
+        return torch.softmax(model.net((x[:, 0] - mean) / scale), dim=1)
+
+    return model, images, probabilities
+
+
+def _forward_and_target(probabilities, target):
+    if target == "4,9":
+        return (lambda x: (lambda p: p[:, 4] - p[:, 9])(probabilities(x))), None
+    return probabilities, target
+
+
+def _close(ours, theirs, rel=1e-4):
+    theirs = theirs.detach().numpy()[:, 0] if hasattr(theirs, "detach") else theirs
+    scale = np.abs(theirs).max()
+    if scale == 0:  # Grad-CAM of a layer whose weighted maps are all negative: both must be zero
+        assert np.abs(ours).max() == 0
+        return 0.0
+    diff = np.abs(ours - theirs).max()
+    assert diff <= rel * scale, f"max difference {diff:.3g} against a peak of {scale:.3g}"
+    return diff / scale
+
+
+@pytest.mark.parametrize("target", [4, "4,9"])
+def test_saliency_ig_occlusion_gradcam_equal_captum(setup, target):
+    model, images, probabilities = setup
+    forward, captum_target = _forward_and_target(probabilities, target)
+    x = torch.from_numpy(images)[:, None].clone().requires_grad_(True)
+
+    ours = attribute(model, images, target, "gradient")
+    _close(ours.maps, captum_attr.Saliency(forward).attribute(x, target=captum_target, abs=False))
+
+    ours = attribute(model, images, target, "ig", steps=40)
+    theirs, delta = captum_attr.IntegratedGradients(forward).attribute(
+        x, baselines=torch.zeros_like(x), target=captum_target, n_steps=40, method="gausslegendre", return_convergence_delta=True)
+    _close(ours.maps, theirs)
+    np.testing.assert_allclose(ours.completeness_error, delta.detach().numpy(), atol=1e-5)
+
+    ours = attribute(model, images, target, "occlusion", window=5, stride=3)
+    theirs = captum_attr.Occlusion(forward).attribute(
+        x, sliding_window_shapes=(1, 5, 5), strides=(1, 3, 3), baselines=0, target=captum_target)
+    _close(ours.maps, theirs)
+
+    for layer in ("conv1", "conv2", "pool2"):
+        ours = attribute(model, images, target, "gradcam", layer=layer)
+        theirs = captum_attr.LayerGradCam(forward, model.net._modules[layer]).attribute(
+            x, target=captum_target, relu_attributions=True)
+        _close(ours.layer_maps, theirs)
+        assert ours.layer_maps.max() > 0 or layer != "conv1"
+
+
+def test_gradcam_upsampling_is_torch_bilinear():
+    maps = np.random.default_rng(0).random((2, 5, 7))
+    theirs = torch.nn.functional.interpolate(torch.from_numpy(maps)[:, None], size=(28, 28), mode="bilinear", align_corners=False)
+    np.testing.assert_allclose(upsample_bilinear(maps), theirs.numpy()[:, 0], atol=1e-12)
+
+
+def test_gradient_x_input_and_smoothgrad_follow_the_gradient(setup):
+    """gradient x input is Captum's InputXGradient; SmoothGrad with no noise is the gradient."""
+    model, images, probabilities = setup
+    x = torch.from_numpy(images)[:, None].clone().requires_grad_(True)
+    ours = attribute(model, images, 7, "gradient-x-input")
+    _close(ours.maps, captum_attr.InputXGradient(probabilities).attribute(x, target=7))
+    plain = attribute(model, images, 7, "gradient").maps
+    _close(attribute(model, images, 7, "smoothgrad", noise=0.0, samples=3).maps, plain)
