@@ -300,10 +300,10 @@ class CNN(InspectableModel):
 
     def with_random_weights(self, layers, seed: int = 0) -> "CNN":
         names = self.check_layers(list(layers))
-        net = Net(self.spec)
-        net.load_state_dict(self.net.state_dict())
         with torch.random.fork_rng(devices=[]):  # the caller's torch random stream stays where it was
+            net = Net(self.spec)
             fresh = build_net(self.spec, seed=seed)
+        net.load_state_dict(self.net.state_dict())
         for name in names:
             net._modules[name].load_state_dict(fresh._modules[name].state_dict())
         return CNN(self.spec, self.preprocess, net, device=str(self.device))

@@ -1,4 +1,5 @@
-"""mnistlab's attribution maps of the real CNN engine against Captum's on fixed images.
+"""The real CNN engine: attribution maps against Captum's on fixed images, and the interface
+extensions attribution needs (layer gradients, re-initialized weights).
 
 Captum sees the same torch network behind the same preprocessing, as a function of raw pixels with
 softmax probabilities as its output (and p(4) - p(9) for the pair target), so both compute the
@@ -95,3 +96,42 @@ def test_gradient_x_input_and_smoothgrad_follow_the_gradient(setup):
     _close(ours.maps, captum_attr.InputXGradient(probabilities).attribute(x, target=7))
     plain = attribute(model, images, 7, "gradient").maps
     _close(attribute(model, images, 7, "smoothgrad", noise=0.0, samples=3).maps, plain)
+
+
+# ----- the interface extensions on the CNN engine -----
+
+
+def test_cnn_layer_gradient_equals_captums_layer_gradient(setup):
+    model, images, probabilities = setup
+    x = torch.from_numpy(images)[:, None].clone().requires_grad_(True)
+    inputs = model.to_inputs(images)
+    for wrt in ("conv2", "dense1", "output"):
+        values, acts, grads = model.layer_gradient(inputs, "output", np.array([4, 4, 4]), wrt)
+        np.testing.assert_allclose(acts, model.activations(images, [wrt])[wrt], rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(values, model.predict_proba(images)[:, 4], rtol=1e-5)
+        if wrt == "output":
+            np.testing.assert_allclose(grads, np.eye(10)[[4, 4, 4]])
+            continue
+        theirs = captum_attr.LayerGradientXActivation(probabilities, model.net._modules[wrt], multiply_by_inputs=False)
+        _close(grads, theirs.attribute(x, target=4).detach().numpy())
+    # a map layer's unit is the mean of its map, as in input_gradient
+    values, _, _ = model.layer_gradient(inputs, "conv2", np.array([0, 3, 7]), "conv1")
+    np.testing.assert_allclose(values, model.input_gradient(inputs, "conv2", np.array([0, 3, 7]))[0], rtol=1e-6)
+    with pytest.raises(Exception, match="comes after"):
+        model.layer_gradient(inputs, "conv1", np.array([0, 0, 0]), "dense1")
+
+
+def test_cnn_with_random_weights_replaces_only_the_named_layers(setup):
+    model, images, _ = setup
+    before = {k: v.clone() for k, v in model.net.state_dict().items()}
+    rng_state = torch.random.get_rng_state()
+    random = model.with_random_weights(["output", "dense1"], seed=4)
+    assert torch.equal(torch.random.get_rng_state(), rng_state)  # the caller's random stream is untouched
+    after = random.net.state_dict()
+    for key, value in before.items():
+        changed = not torch.equal(after[key], value)
+        assert changed == key.startswith(("output.", "dense1.")), key
+        assert torch.equal(model.net.state_dict()[key], value)
+    again = model.with_random_weights(["output"], seed=4).net.state_dict()
+    assert torch.equal(again["output.linear.weight"], after["output.linear.weight"])
+    assert model.layers_with_weights() == ["conv1", "conv2", "dense1", "output"]
