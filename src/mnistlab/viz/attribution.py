@@ -92,11 +92,11 @@ def plot_attribution(
         row += 1
     if sanity is not None:
         maps = [sanity.trained.maps[index]] + [r.maps[index] for r in sanity.randomized]
-        titles = ["trained"] + [f"to {layer}\nρ={sanity.rank_correlation[k, index]:.2f}"
-                                for k, layer in enumerate(sanity.layers)]
+        titles = ["trained"] + [f"random to {layer}\nρ |map| {sanity.rank_correlation[k, index]:.2f}, "
+                                f"signed {sanity.signed_rank_correlation[k, index]:.2f}" for k, layer in enumerate(sanity.layers)]
         for k, (m, t) in enumerate(zip(maps, titles)):
             _show_map(fig.add_subplot(grid[row, k]), m, _limit(m), t)
-    fig.suptitle(title or f"{result.method} attribution of {target}; " + "; ".join(note), fontsize=9)
+    fig.suptitle((title or f"{result.method} attribution of {target}") + "\n" + "; ".join(note), fontsize=9)
     fig.tight_layout()
     return fig
 
