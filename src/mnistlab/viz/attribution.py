@@ -92,8 +92,9 @@ def plot_attribution(
         row += 1
     if sanity is not None:
         maps = [sanity.trained.maps[index]] + [r.maps[index] for r in sanity.randomized]
-        titles = ["trained"] + [f"random to {layer}\nρ |map| {sanity.rank_correlation[k, index]:.2f}, "
-                                f"signed {sanity.signed_rank_correlation[k, index]:.2f}" for k, layer in enumerate(sanity.layers)]
+        titles = ["trained"] + [f"random to {layer}\nρ {sanity.rank_correlation[k, index]:.2f} / "
+                                f"{sanity.signed_rank_correlation[k, index]:.2f}" for k, layer in enumerate(sanity.layers)]
+        note.append("bottom row: weights randomized from the top down, ρ = Spearman with the trained map (|map| / signed)")
         for k, (m, t) in enumerate(zip(maps, titles)):
             _show_map(fig.add_subplot(grid[row, k]), m, _limit(m), t)
     fig.suptitle((title or f"{result.method} attribution of {target}") + "\n" + "; ".join(note), fontsize=9)
