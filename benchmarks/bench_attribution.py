@@ -9,9 +9,10 @@ occlusion (169 windows) run many more passes and are allowed to take longer; the
 
     python benchmarks/bench_attribution.py                     # an untrained seed CNN (time does not depend on training)
     python benchmarks/bench_attribution.py --run runs/mlp      # any run, MLP or CNN
-    python benchmarks/bench_attribution.py --run RUN --sanity 20
+    python benchmarks/bench_attribution.py --run RUN --sanity 20 --completeness 100
         # also the sanity check: Spearman of each method's maps over the first 20 test images
-        # against the maps after cascading randomization (needs a trained run and its dataset)
+        # against the maps after cascading randomization, and integrated gradients' completeness
+        # errors over the first 100 (both need a trained run and its dataset; --repeats 0 skips timing)
 """
 
 from __future__ import annotations
@@ -95,10 +96,24 @@ def sanity_table(run_dir: Path, n_images: int, seed: int) -> None:
             continue
         t0 = time.perf_counter()
         result = cascading_randomization(model, images, None, method, seed=seed)
-        with np.errstate(all="ignore"):
-            cells = [f"{np.nanmean(result.rank_correlation[k]):7.2f} /{np.nanmean(result.signed_rank_correlation[k]):6.2f}"
-                     for k in range(len(layers))]
+        cells = [f"{row['spearman |map|']:7.2f} /{row['spearman signed']:6.2f}" for row in result.table()]
         print(f"{method:<18}" + "".join(f"{c:>16}" for c in cells) + f"   ({time.perf_counter() - t0:.0f} s)")
+
+
+def completeness_table(run_dir: Path, n_images: int) -> None:
+    from mnistlab.inspect import load_run
+    from mnistlab.inspect.attribution import attribute
+
+    model, dataset, _ = load_run(run_dir)
+    images = dataset.test_images[:n_images]
+    print(f"\nintegrated gradients, completeness: {run_dir} ({model.kind}), test images 0..{n_images - 1}, black baseline")
+    print(f"{'target':<10} {'steps':>6} {'median |error|':>15} {'max |error|':>12} {'median rel.':>12} {'max rel.':>10}")
+    for target in (None, "4,9"):
+        for steps in (16, 50, 128):
+            result = attribute(model, images, target, "ig", steps=steps)
+            error, rel = np.abs(result.completeness_error), result.relative_completeness_error()
+            print(f"{target or 'predicted':<10} {steps:>6} {np.median(error):15.2e} {error.max():12.2e} "
+                  f"{np.median(rel):12.2%} {rel.max():10.2%}")
 
 
 def _cpu() -> str:
@@ -119,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads, as `mnistlab serve --threads` (default 1)")
     parser.add_argument("--sanity", type=int, metavar="N", help="also the sanity table over the first N test images")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights for --sanity")
+    parser.add_argument("--completeness", type=int, metavar="N", help="also IG's completeness errors over the first N test images")
     args = parser.parse_args(argv)
     tmp = tempfile.TemporaryDirectory()
     run_dir = args.run if args.run else seed_cnn_run(Path(tmp.name))
@@ -128,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
         if "torch" in sys.modules:
             sys.modules["torch"].set_num_threads(args.threads)
         sanity_table(run_dir, args.sanity, args.seed)
+    if args.completeness:
+        completeness_table(run_dir, args.completeness)
     tmp.cleanup()
     return 0
 

@@ -77,7 +77,10 @@ def cmd_attribute(args: argparse.Namespace) -> int:
         print("cascading randomization (Spearman rank correlation with the trained model's map):")
         print(f"  {'randomized down to':<20} {'|map|':>8} {'signed':>8}")
         for row in sanity.table():
-            print(f"  {row['randomized down to']:<20} {row['spearman |map|']:>8.3f} {row['spearman signed']:>8.3f}")
+            cells = [f"{row[k]:>8.3f}" if row[k] == row[k] else f"{'constant':>8}" for k in ("spearman |map|", "spearman signed")]
+            print(f"  {row['randomized down to']:<20} {' '.join(cells)}")
+        if any(row["undefined"] for row in sanity.table()):
+            print("  constant: the randomized model's map is the same everywhere (no rank order), e.g. a silent layer")
     fig = plot_attribution(result, 0, proba=proba, per_class=each, sanity=sanity, class_names=names,
                            title=f"{Path(args.run).name}: {args.split} image {args.index} (label {names[int(labels[args.index])]}), "
                            f"{result.method} of {result.target.describe(0, names)}")

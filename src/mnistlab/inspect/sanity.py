@@ -51,14 +51,19 @@ class SanityResult:
     seed: int = 0
 
     def table(self) -> list[dict[str, Any]]:
-        """One row per step: the layer randomized last and the mean correlations over the images."""
-        with np.errstate(all="ignore"):
-            return [
-                {"randomized down to": layer, "spearman |map|": float(np.nanmean(self.rank_correlation[k])),
-                 "spearman signed": float(np.nanmean(self.signed_rank_correlation[k])),
-                 "undefined": int(np.isnan(self.rank_correlation[k]).sum())}
-                for k, layer in enumerate(self.layers)
-            ]
+        """One row per step: the layer randomized last and the mean correlations over the images
+        whose maps have a rank order (NaN when none has: every map constant)."""
+        return [
+            {"randomized down to": layer, "spearman |map|": _defined_mean(self.rank_correlation[k]),
+             "spearman signed": _defined_mean(self.signed_rank_correlation[k]),
+             "undefined": int(np.isnan(self.rank_correlation[k]).sum())}
+            for k, layer in enumerate(self.layers)
+        ]
+
+
+def _defined_mean(values: np.ndarray) -> float:
+    defined = values[~np.isnan(values)]
+    return float(defined.mean()) if defined.size else float("nan")
 
 
 def cascading_randomization(
