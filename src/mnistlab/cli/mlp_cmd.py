@@ -104,7 +104,7 @@ def config_from_args(args: argparse.Namespace):
 
 def run_train(args: argparse.Namespace) -> int:
     from ..mlp.run import train_on_dataset
-    from ..mlp.train import describe_layout
+    from ..mlp.layout import describe_layout
 
     config = config_from_args(args)
     out = args.out or Path("runs") / f"mlp-{args.dataset}-{datetime.now():%Y%m%d-%H%M%S}"
@@ -116,7 +116,7 @@ def run_train(args: argparse.Namespace) -> int:
     bar = tqdm(total=config.epochs, unit="epoch", desc="train mlp", disable=args.no_progress, file=sys.stderr)
 
     def on_epoch(row: dict[str, Any]) -> None:
-        shown = {"cost": f"{row['cost']:.4f}", "train": f"{row['train_accuracy']:.4f}"}
+        shown = {"loss": f"{row['loss']:.4f}", "train": f"{row['train_accuracy']:.4f}"}
         if "test_accuracy" in row:
             shown["test"] = f"{row['test_accuracy']:.4f}"
         if "val_accuracy" in row:
@@ -145,7 +145,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 def profile_table(history: list[dict[str, Any]]) -> str:
     """Seconds per phase of the batch loop, summed over the epochs."""
-    from ..mlp.train import PHASES
+    from ..mlp.profile import PHASES
 
     totals = {p: sum(row.get(f"time_{p}", 0.0) for row in history) for p in PHASES}
     whole = sum(totals.values()) or 1.0

@@ -12,6 +12,7 @@ from typing import Any, Mapping
 from ..data.preprocess import KINDS as PREPROCESSING
 from ..errors import ConfigError
 from .activations import FORWARD, OUTPUT_FORWARD
+from .optimizers import OPTIMIZERS as _OPTIMIZER_CLASSES
 
 ACTIVATIONS = tuple(FORWARD)  # relu, sigmoid, tanh
 # "softmax": class probabilities with cross-entropy; "sigmoid": ten independent logistic outputs
@@ -25,6 +26,7 @@ SCHEDULES = ("constant", "seed", "step", "cosine")
 # standard: PyTorch's SGD (v = m v + g; w -= lr v; Nesterov optional).
 # seed: the seed's form, w -= lr g_t + m lr_{t-1} g_{t-1} (momentum on the previous step only).
 MOMENTUM_FORMS = ("standard", "seed")
+OPTIMIZERS = tuple(_OPTIMIZER_CLASSES)  # the update rules of mnistlab.mlp.optimizers
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,7 @@ class MLPConfig:
     # ----- training -----
     epochs: int = 35
     batch_size: int = 500
+    optimizer: str = "sgd"
     lr: float = 0.4
     momentum: float = 0.9
     momentum_form: str = "standard"
@@ -76,6 +79,7 @@ class MLPConfig:
         _choice("dtype", self.dtype, DTYPES)
         _choice("schedule", self.schedule, SCHEDULES)
         _choice("momentum form", self.momentum_form, MOMENTUM_FORMS)
+        _choice("optimizer", self.optimizer, OPTIMIZERS)
         _choice("preprocessing", self.preprocess, PREPROCESSING)
         for name in ("input_size", "n_classes", "epochs", "batch_size", "step_size"):
             _positive_int(name, getattr(self, name))
