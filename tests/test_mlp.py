@@ -375,6 +375,18 @@ def test_bad_data_is_one_line():
         model.input_gradient(x[:2], "output", [0, 4])
     with pytest.raises(ConfigError, match="unknown preset"):
         preset("fast")
+    with pytest.raises(ConfigError, match="unknown optimizer 'rmsprop'; choose one of: sgd, adam"):
+        MLPConfig(optimizer="rmsprop")
+
+
+def test_cli_trains_with_adam_and_old_configs_default_to_sgd(tiny, tmp_path):
+    out = tmp_path / "adam"
+    assert main(["train", "mlp", "--optimizer", "adam", "--lr", "0.003", "--epochs", "2", "--layers", "16",
+                 "--out", str(out), "--no-progress"]) == 0
+    manifest = json.loads((out / "run.json").read_text())
+    assert manifest["config"]["optimizer"] == "adam" and manifest["metrics"]["test_accuracy"] > 0.5
+    old = {k: v for k, v in manifest["config"].items() if k != "optimizer"}  # a run from before optimizers
+    assert MLPConfig.from_dict(old).optimizer == "sgd"
 
 
 def test_incomplete_or_incompatible_runs_are_one_line(tiny, tmp_path):

@@ -14,7 +14,9 @@ from .common import add_dataset_options, load_dataset_from_args
 
 
 def register_train(train_sub: argparse._SubParsersAction) -> None:
-    from ..mlp.config import ACTIVATIONS, INITS, MOMENTUM_FORMS, OUTPUTS, PREPROCESSING, PRESETS, SCHEDULES
+    from ..mlp.config import (
+        ACTIVATIONS, INITS, MOMENTUM_FORMS, OPTIMIZERS, OUTPUTS, PREPROCESSING, PRESETS, SCHEDULES,
+    )
 
     p = train_sub.add_parser(
         "mlp",
@@ -37,6 +39,7 @@ def register_train(train_sub: argparse._SubParsersAction) -> None:
     t = p.add_argument_group("training")
     t.add_argument("--epochs", type=int)
     t.add_argument("--batch-size", type=int)
+    t.add_argument("--optimizer", help=f"update rule: {', '.join(OPTIMIZERS)} (the momentum options apply to sgd)")
     t.add_argument("--lr", type=float, help="(initial) learning rate")
     t.add_argument("--momentum", type=float)
     t.add_argument("--momentum-form", help=f"momentum arithmetic: {', '.join(MOMENTUM_FORMS)}")
@@ -61,8 +64,9 @@ def register_train(train_sub: argparse._SubParsersAction) -> None:
 _FIELDS = {"layers": "hidden"} | {
     name: name
     for name in (
-        "activation", "output", "init", "dtype", "seed", "preprocess", "epochs", "batch_size", "lr", "momentum",
-        "momentum_form", "nesterov", "l1", "l2", "schedule", "decay", "step_size", "gamma", "lr_min", "val", "patience",
+        "activation", "output", "init", "dtype", "seed", "preprocess", "epochs", "batch_size", "optimizer", "lr",
+        "momentum", "momentum_form", "nesterov", "l1", "l2", "schedule", "decay", "step_size", "gamma", "lr_min",
+        "val", "patience",
     )
 }
 

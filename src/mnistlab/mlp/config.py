@@ -34,7 +34,7 @@ class MLPConfig:
     """Shape, initialization and training of a multilayer perceptron.
 
     The defaults are the tuned configuration that reaches >= 98% test accuracy on MNIST in 35
-    epochs at batch 500 (see README, "NumPy MLP"); ``preset("seed")`` gives the seed's setup.
+    epochs at batch 500 (see docs/performance.md); ``preset("seed")`` gives the seed's setup.
     """
 
     # ----- shape -----
@@ -151,7 +151,7 @@ class MLPConfig:
 
 # The seed's setup: sigmoid hidden layers, ten sigmoid outputs with log-loss, 784-70-30-10, the seed's
 # momentum form and per-epoch learning-rate decay. Inputs standardized per pixel: with sigmoid units
-# this reached 96.9% here against 96.7% for inputs scaled to 0..1 (learning rate tuned for each).
+# that beat inputs scaled to 0..1 (docs/performance.md).
 PRESETS: dict[str, dict[str, Any]] = {
     "default": {},
     "seed": dict(

@@ -104,7 +104,50 @@ class SGD(Optimizer):
         self.params, self.velocity, self.grad = self.slots[self.current]
 
 
-OPTIMIZERS: dict[str, type[Optimizer]] = {"sgd": SGD}
+class Adam(Optimizer):
+    """Adam (Kingma and Ba, 2015) as torch.optim.Adam computes it, with L2 (and L1) added to the
+    gradient like torch's ``weight_decay``. The config's momentum settings do not apply.
+
+    Adam divides by the gradient's own size, so the unit-scaling fold (see layout) does not cancel
+    out as it does in SGD: the moments are kept in the model's units.
+    """
+
+    BETAS = (0.9, 0.999)
+    EPS = 1e-8
+
+    def __init__(self, config: MLPConfig, working: WorkingLayout) -> None:
+        super().__init__(config, working)
+        self.first_moment = np.zeros(self.size, self.dtype)
+        self.second_moment = np.zeros(self.size, self.dtype)
+        self.steps = 0
+        self.to_model_units = np.ones(self.size, self.dtype)  # s on the folded first-layer weights
+        self.to_model_units[: working.n_first] = working.input_scale
+        self.model_grad = np.empty(self.size, self.dtype)
+
+    def step(self, lr: float) -> None:
+        cfg, nw = self.config, self.working.n_weights
+        beta1, beta2 = self.BETAS
+        self.steps += 1
+        g = np.multiply(self.grad.flat, self.to_model_units, out=self.model_grad)
+        params = np.multiply(self.params.flat, self.to_model_units, out=self.scratch)
+        if cfg.l2:
+            g[:nw] += cfg.l2 * params[:nw]
+        if cfg.l1:
+            g[:nw] += cfg.l1 * np.sign(params[:nw])
+        self.first_moment *= beta1
+        self.first_moment += (1 - beta1) * g
+        self.second_moment *= beta2
+        self.second_moment += (1 - beta2) * g * g
+        denominator = np.sqrt(self.second_moment, out=self.scratch)
+        denominator /= np.sqrt(1 - beta2**self.steps)
+        denominator += self.EPS
+        step = np.divide(self.first_moment, denominator, out=self.scratch)
+        step *= lr / (1 - beta1**self.steps)
+        step /= self.to_model_units
+        self.params.flat -= step
+
+
+OPTIMIZERS: dict[str, type[Optimizer]] = {"sgd": SGD, "adam": Adam}
 
 
 def make_optimizer(config: MLPConfig, working: WorkingLayout) -> Optimizer:
