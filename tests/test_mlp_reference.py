@@ -65,3 +65,18 @@ def test_reference_gradient_matches_finite_differences():
             down = data_loss_and_delta(output, forward(model, W, b, x)[1], y)[0]
             W[1][i, j] += eps
             assert (up - down) / (2 * eps) == pytest.approx(grad_w2[i, j], rel=1e-6, abs=1e-9)
+
+
+def test_adding_an_optimizer_walkthrough_shows_the_real_class():
+    """docs/adding-an-optimizer.md quotes the Adam class; the quote must not drift from the code."""
+    import inspect
+    import re
+    from pathlib import Path
+
+    from mnistlab.mlp.optimizers import OPTIMIZERS, Adam
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "adding-an-optimizer.md").read_text()
+    block = re.search(r"<!-- optimizer-class:Adam -->\n```python\n(.*?)```", doc, re.S)
+    assert block is not None and block.group(1) == inspect.getsource(Adam)
+    table = ", ".join(f'"{name}": {cls.__name__}' for name, cls in OPTIMIZERS.items())
+    assert f"OPTIMIZERS: dict[str, type[Optimizer]] = {{{table}}}" in doc
