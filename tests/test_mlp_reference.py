@@ -21,12 +21,38 @@ def _data(n: int = 120, width: int = 20, classes: int = 4) -> tuple[np.ndarray, 
 
 CASES = {
     "default-like": dict(activation="tanh", output="softmax", nesterov=True, l2=1e-3, schedule="cosine"),
-    "seed-like": dict(activation="sigmoid", output="sigmoid", init="xavier", lr=0.5, momentum=0.5,
-                      momentum_form="seed", nesterov=False, schedule="seed", decay=0.05, l1=1e-3, l2=0.0),
-    "relu-step-l1-l2": dict(activation="relu", output="softmax", nesterov=False, l1=2e-3, l2=5e-3,
-                            schedule="step", step_size=1, gamma=0.5),
-    "no-momentum": dict(activation="sigmoid", output="softmax", momentum=0.0, nesterov=False, l2=0.0,
-                        schedule="constant", lr=0.3),
+    "seed-like": dict(
+        activation="sigmoid",
+        output="sigmoid",
+        init="xavier",
+        lr=0.5,
+        momentum=0.5,
+        momentum_form="seed",
+        nesterov=False,
+        schedule="seed",
+        decay=0.05,
+        l1=1e-3,
+        l2=0.0,
+    ),
+    "relu-step-l1-l2": dict(
+        activation="relu",
+        output="softmax",
+        nesterov=False,
+        l1=2e-3,
+        l2=5e-3,
+        schedule="step",
+        step_size=1,
+        gamma=0.5,
+    ),
+    "no-momentum": dict(
+        activation="sigmoid",
+        output="softmax",
+        momentum=0.0,
+        nesterov=False,
+        l2=0.0,
+        schedule="constant",
+        lr=0.3,
+    ),
 }
 
 
@@ -34,8 +60,16 @@ CASES = {
 @pytest.mark.parametrize("chunk, split", [(500, "auto"), (16, 0.2)])
 def test_fast_trainer_equals_reference(case, chunk, split):
     x, y = _data()
-    cfg = MLPConfig(input_size=20, hidden=(12, 7), n_classes=4, dtype="float64", epochs=4, batch_size=50,
-                    seed=3, **{"lr": 0.1, "momentum": 0.9, **CASES[case]})
+    cfg = MLPConfig(
+        input_size=20,
+        hidden=(12, 7),
+        n_classes=4,
+        dtype="float64",
+        epochs=4,
+        batch_size=50,
+        seed=3,
+        **{"lr": 0.1, "momentum": 0.9, **CASES[case]},
+    )
     fast, slow = MLP(cfg), MLP(cfg)
     trainer = Trainer(fast, chunk=chunk, split=split, adapt_threads=False)
     history = trainer.fit(x, y)
@@ -52,7 +86,9 @@ def test_reference_gradient_matches_finite_differences():
 
     x, y = _data(30)
     for output in ("softmax", "sigmoid"):
-        model = MLP(MLPConfig(input_size=20, hidden=(5,), n_classes=4, output=output, dtype="float64", seed=1))
+        model = MLP(
+            MLPConfig(input_size=20, hidden=(5,), n_classes=4, output=output, dtype="float64", seed=1)
+        )
         W, b = model.weights, model.biases
         acts, logits = forward(model, W, b, x)
         _, delta = data_loss_and_delta(output, logits, y)

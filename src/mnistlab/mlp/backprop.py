@@ -50,8 +50,16 @@ class Backprop:
         # the gradient of a batch's later chunks, added into the optimizer's
         self.part: ParamViews | None = working.views(np.zeros_like(model.params)) if summed else None
 
-    def run(self, data: TrainData, idx: np.ndarray, params: ParamViews, grad: ParamViews, first: bool,
-            scale: float, phases: Phases) -> tuple[float, int, float]:
+    def run(
+        self,
+        data: TrainData,
+        idx: np.ndarray,
+        params: ParamViews,
+        grad: ParamViews,
+        first: bool,
+        scale: float,
+        phases: Phases,
+    ) -> tuple[float, int, float]:
         """Forward and backward for the images ``idx``: the gradient times ``scale`` goes into
         ``grad`` (``first``: the batch's first chunk) or is added to it. Returns the chunk's summed
         data loss, its number of correct predictions and its summed absolute output error."""
@@ -64,7 +72,8 @@ class Backprop:
         yb = np.take(data.labels, idx, out=self.labels[:k], mode="clip")
         if n_touch:
             raw_tail = None if self.raw_tail is None else self.raw_tail[:n_touch]
-            xt = data.gather_tail(idx[:n_touch], self.tail_inputs[:n_touch], raw_tail)  # (n_touch, tail columns)
+            # (n_touch, tail columns)
+            xt = data.gather_tail(idx[:n_touch], self.tail_inputs[:n_touch], raw_tail)
         phases.lap("gather")
 
         weights, biases = params.weights, params.biases
@@ -92,7 +101,8 @@ class Backprop:
         delta = out
         for i in range(last, -1, -1):
             below = self.acts[i - 1][:k] if i else xb
-            np.matmul(self.ones[:k], delta, out=target.biases[i])  # a BLAS product sums rows faster than np.sum
+            # a BLAS product with a ones vector sums the rows faster than np.sum
+            np.matmul(self.ones[:k], delta, out=target.biases[i])
             if i == 0 and input_scale != 1:
                 delta *= 1.0 / input_scale**2  # inputs u = s x, weights W / s: gradient (u.T delta) / s**2
             np.matmul(below.T, delta, out=target.weights[i])  # (in, out)
@@ -110,7 +120,9 @@ class Backprop:
         phases.lap("backward")
         return loss, correct, abs_err
 
-    def _loss_and_output_delta(self, out: np.ndarray, yb: np.ndarray, scale: float) -> tuple[float, int, float]:
+    def _loss_and_output_delta(
+        self, out: np.ndarray, yb: np.ndarray, scale: float
+    ) -> tuple[float, int, float]:
         """Turn the logits ``out`` into ``scale`` * d loss / d logits in place; returns the summed
         loss, the correct predictions and the summed |prediction - one-hot|."""
         k, n_out = out.shape

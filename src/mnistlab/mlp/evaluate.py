@@ -22,7 +22,8 @@ class SplitEval:
         n = len(rows)
         # (start, stop, all columns?) blocks of at most ``block`` images, split where the core-only rows begin
         self.blocks = [
-            (a, min(a + block, stop), stop == n_inked) for start, stop in ((0, n_inked), (n_inked, n))
+            (a, min(a + block, stop), stop == n_inked)
+            for start, stop in ((0, n_inked), (n_inked, n))
             for a in range(start, stop, block)
         ]
         self.mean: np.ndarray | None = None  # raw rows: preprocessing per block (None: not needed)

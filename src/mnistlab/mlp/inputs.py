@@ -28,7 +28,9 @@ def is_raw(inputs: np.ndarray) -> bool:
     return isinstance(inputs, np.ndarray) and inputs.dtype == np.uint8 and inputs.ndim == 3
 
 
-def check_data(model: MLP, inputs: np.ndarray, labels: np.ndarray, what: str, keep_raw: bool = False) -> EvalSet:
+def check_data(
+    model: MLP, inputs: np.ndarray, labels: np.ndarray, what: str, keep_raw: bool = False
+) -> EvalSet:
     """Validate and convert a split: raw uint8 images, or preprocessed (N, 28, 28) / (N, input_size).
     With ``keep_raw``, raw images of a float32 model stay raw (a quarter of the memory), flattened."""
     if keep_raw and is_raw(inputs) and model.dtype == np.float32:

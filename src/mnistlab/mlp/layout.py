@@ -40,7 +40,9 @@ FREQUENCY_SAMPLE = 4096
 SCAN_BLOCK = 8192
 
 
-def preprocess_into(out: np.ndarray, raw: np.ndarray, mean: np.ndarray | None, scale: np.ndarray | None) -> np.ndarray:
+def preprocess_into(
+    out: np.ndarray, raw: np.ndarray, mean: np.ndarray | None, scale: np.ndarray | None
+) -> np.ndarray:
     """``(raw - mean) / scale`` into ``out`` with ``Preprocessor``'s arithmetic (None: that step is
     not needed). The cast comes first, then same-dtype arithmetic: a mixed uint8/float32 ufunc runs
     buffered, which is slower."""
@@ -63,7 +65,9 @@ class TrainData:
     of images (a column is tail when fewer images than that have it nonzero) or None (no tail).
     """
 
-    def __init__(self, model: MLP, inputs: np.ndarray, labels: np.ndarray, split: float | str | None, chunk: int) -> None:
+    def __init__(
+        self, model: MLP, inputs: np.ndarray, labels: np.ndarray, split: float | str | None, chunk: int
+    ) -> None:
         checked = check_data(model, inputs, labels, "training data", keep_raw=True)
         flat = checked.inputs
         pre = model.preprocess
@@ -146,10 +150,17 @@ class TrainData:
 
     def summary(self) -> dict[str, float]:
         """How the columns were split (``Trainer.layout``, shown by ``describe_layout``)."""
-        return {"core": self.n_core, "tail": self.n_tail, "tail_rows": self.touch_fraction, "blank": len(self.inactive)}
+        return {
+            "core": self.n_core,
+            "tail": self.n_tail,
+            "tail_rows": self.touch_fraction,
+            "blank": len(self.inactive),
+        }
 
 
-def tail_columns(flat: np.ndarray, eligible: np.ndarray, n_active: int, split: float | str | None, chunk: int) -> np.ndarray:
+def tail_columns(
+    flat: np.ndarray, eligible: np.ndarray, n_active: int, split: float | str | None, chunk: int
+) -> np.ndarray:
     """Boolean mask of the tail columns under ``split``: among the ``eligible`` ones (active, and
     zero in the raw data means zero input), of ``n_active`` active columns."""
     n = len(flat)
@@ -188,8 +199,10 @@ def describe_layout(layout: dict[str, float]) -> str:
     """How the first layer's products covered the input columns (``Trainer.layout``)."""
     if not layout:
         return "input columns: all multiplied for every image"
-    return (f"input columns: {layout['core']} for every image, {layout['tail']} rarely inked ones only for the "
-            f"{100 * layout['tail_rows']:.0f}% of images with ink there, {layout['blank']} blank ones skipped")
+    return (
+        f"input columns: {layout['core']} for every image, {layout['tail']} rarely inked ones only for the "
+        f"{100 * layout['tail_rows']:.0f}% of images with ink there, {layout['blank']} blank ones skipped"
+    )
 
 
 @dataclass
@@ -218,7 +231,9 @@ class WorkingLayout:
         if data.n_core != n_in:
             cols = np.arange(h1)
             rows = np.concatenate([data.core, data.tail, data.inactive])
-            self.perm = np.concatenate([(rows[:, None] * h1 + cols).ravel(), np.arange(n_in * h1, len(model.params))])
+            self.perm = np.concatenate(
+                [(rows[:, None] * h1 + cols).ravel(), np.arange(n_in * h1, len(model.params))]
+            )
         # gradient entries of the inactive rows: no product writes them, so penalties must not pile up there
         self.blank = slice((data.n_core + data.n_tail) * h1, n_in * h1)
 

@@ -99,7 +99,8 @@ class SGD(Optimizer):
         np.matmul(weights, src[:, :nw], out=dst[:2, :nw])
         np.matmul(biases, src[:, nw:], out=dst[:2, nw:])
         if self.config.l1:
-            self.grad.flat[self.working.blank] = 0  # no product writes there: the next gradient must find zeros
+            # no product writes the blank rows: the next gradient must find zeros there
+            self.grad.flat[self.working.blank] = 0
         self.current = 1 - self.current
         self.params, self.velocity, self.grad = self.slots[self.current]
 

@@ -33,8 +33,14 @@ def penalty_loss(config: MLPConfig, working: WorkingLayout, params: np.ndarray, 
     return loss
 
 
-def add_l1_gradient(config: MLPConfig, working: WorkingLayout, params: np.ndarray, grad: np.ndarray,
-                    grad_scale: float, scratch: np.ndarray) -> None:
+def add_l1_gradient(
+    config: MLPConfig,
+    working: WorkingLayout,
+    params: np.ndarray,
+    grad: np.ndarray,
+    grad_scale: float,
+    scratch: np.ndarray,
+) -> None:
     """grad += grad_scale * l1 * sign(W), in working units (the gradient of l1 * sum |W|)."""
     nw = working.n_weights
     term = scratch[:nw]

@@ -55,7 +55,9 @@ class _Fit:
         self.backprop = Backprop(model, self.working, data, self.chunk_rows, summed=self.chunk_rows < batch)
         self.scratch = np.empty_like(model.params)
 
-    def chunk_pass(self, idx: np.ndarray, first: bool, scale: float, phases: Phases) -> tuple[float, int, float]:
+    def chunk_pass(
+        self, idx: np.ndarray, first: bool, scale: float, phases: Phases
+    ) -> tuple[float, int, float]:
         opt = self.optimizer
         return self.backprop.run(self.data, idx, opt.params, opt.grad, first, scale, phases)
 
@@ -74,7 +76,14 @@ class Trainer:
     stopping look at them) and when training stops for any reason.
     """
 
-    def __init__(self, model: MLP, *, chunk: int = CHUNK, split: float | str | None = "auto", adapt_threads: bool = True) -> None:
+    def __init__(
+        self,
+        model: MLP,
+        *,
+        chunk: int = CHUNK,
+        split: float | str | None = "auto",
+        adapt_threads: bool = True,
+    ) -> None:
         self.model = model
         self.config = model.config
         self.chunk = int(chunk)
@@ -103,7 +112,9 @@ class Trainer:
         self.fit_state = _Fit(self.model, data, min(batch or data.n, data.n), self.chunk)
         return self.fit_state
 
-    def loss_and_gradients(self, inputs: np.ndarray, labels: np.ndarray) -> tuple[float, float, dict[str, np.ndarray]]:
+    def loss_and_gradients(
+        self, inputs: np.ndarray, labels: np.ndarray
+    ) -> tuple[float, float, dict[str, np.ndarray]]:
         """Mean data loss, penalty and the gradients of their sum, for one batch.
 
         The same code path as training (chunks and column trimming included), without an
@@ -115,7 +126,9 @@ class Trainer:
         loss = 0.0
         phases = Phases(False)
         for start in range(0, n, fit.chunk_rows):
-            loss += fit.chunk_pass(np.arange(start, min(start + fit.chunk_rows, n)), start == 0, 1.0 / n, phases)[0]
+            loss += fit.chunk_pass(
+                np.arange(start, min(start + fit.chunk_rows, n)), start == 0, 1.0 / n, phases
+            )[0]
         penalty = fit.penalty()
         cfg, working, opt = self.config, fit.working, fit.optimizer
         nw = working.n_weights
@@ -166,7 +179,10 @@ class Trainer:
         val_set = check_data(self.model, *val, "validation data", keep_raw=True) if val is not None else None
         fit = self.prepare(inputs, labels, cfg.batch_size)
         # Overflow only happens on the way to a NaN/inf loss, which is caught and reported.
-        with np.errstate(over="ignore", invalid="ignore", divide="ignore"), blas_threads(threads) as (used, libs):
+        with (
+            np.errstate(over="ignore", invalid="ignore", divide="ignore"),
+            blas_threads(threads) as (used, libs),
+        ):
             self.threads = used
             adapt = used and used > 1 and libs and self.adapt_threads
             chooser = ThreadChoice(used, min(cfg.batch_size, fit.data.n), libs) if adapt else None
@@ -176,7 +192,9 @@ class Trainer:
             finally:
                 fit.write_model()
 
-    def _evaluator(self, fit: _Fit, evalset: EvalSet | None, layout_key: str | None) -> Callable[[], float] | None:
+    def _evaluator(
+        self, fit: _Fit, evalset: EvalSet | None, layout_key: str | None
+    ) -> Callable[[], float] | None:
         """The accuracy on ``evalset`` after an epoch (after the model is written); ``layout_key``:
         where ``layout`` records the share of its images multiplied over all columns."""
         if evalset is None:
@@ -190,9 +208,15 @@ class Trainer:
             evalset.inputs, evalset.raw = evalset.preprocessed(self.model), False  # for model.accuracy
         return lambda: self.model.accuracy(evalset.inputs, evalset.labels)
 
-    def _epochs(self, fit: _Fit, test_set: EvalSet | None, val_set: EvalSet | None,
-                callback: Callable[[dict[str, Any]], None] | None, phases: Phases,
-                chooser: ThreadChoice | None) -> list[dict[str, Any]]:
+    def _epochs(
+        self,
+        fit: _Fit,
+        test_set: EvalSet | None,
+        val_set: EvalSet | None,
+        callback: Callable[[dict[str, Any]], None] | None,
+        phases: Phases,
+        chooser: ThreadChoice | None,
+    ) -> list[dict[str, Any]]:
         cfg, opt = self.config, fit.optimizer
         n = fit.data.n
         batch = min(cfg.batch_size, n)
@@ -222,7 +246,8 @@ class Trainer:
                 phases.start()
                 for cs in range(start, stop, fit.chunk_rows):
                     chunk_loss, chunk_correct, chunk_err = fit.chunk_pass(
-                        order[cs : min(cs + fit.chunk_rows, stop)], cs == start, grad_scale / size, phases)
+                        order[cs : min(cs + fit.chunk_rows, stop)], cs == start, grad_scale / size, phases
+                    )
                     batch_loss += chunk_loss
                     correct += chunk_correct
                     err_sum += chunk_err
@@ -230,8 +255,9 @@ class Trainer:
                 if not math.isfinite(batch_loss + penalty):
                     np.copyto(opt.params.flat, good)
                     raise TrainingDiverged(
-                        f"training diverged in epoch {epoch + 1} (loss is {batch_loss / size + penalty}); kept the "
-                        f"weights from the start of that epoch: lower the learning rate (now {lr:g})"
+                        f"training diverged in epoch {epoch + 1} (loss is {batch_loss / size + penalty}); "
+                        "kept the weights from the start of that epoch: lower the learning rate "
+                        f"(now {lr:g})"
                     )
                 loss_sum += batch_loss
                 penalty_sum += penalty * size
@@ -243,8 +269,8 @@ class Trainer:
             if not np.isfinite(opt.params.flat).all():
                 np.copyto(opt.params.flat, good)
                 raise TrainingDiverged(
-                    f"weights became NaN/inf in epoch {epoch + 1}; kept the weights from the start of that epoch: "
-                    f"lower the learning rate (now {lr:g})"
+                    f"weights became NaN/inf in epoch {epoch + 1}; kept the weights from the start of "
+                    f"that epoch: lower the learning rate (now {lr:g})"
                 )
             fit.write_model()
             train_seconds = time.perf_counter() - t0
