@@ -205,6 +205,29 @@ def test_input_gradient_keeps_image_shape():
     np.testing.assert_allclose(grads.reshape(3, -1), xt.grad.numpy(), rtol=1e-9, atol=1e-13)
 
 
+def _torch_epochs(model, ws, bs, x, y, opt, sched=None, l1=0.0):
+    """Full-batch epochs of the same net in torch (one step each), L1 as a penalty in the loss."""
+    xt = torch.tensor(x)
+    for _ in range(model.config.epochs):
+        opt.zero_grad()
+        _, logits = _torch_forward(model, ws, bs, xt)
+        loss = torch.nn.functional.cross_entropy(logits, torch.tensor(y))
+        (loss + l1 * sum(w.abs().sum() for w in ws)).backward()
+        opt.step()
+        if sched is not None:
+            sched.step()
+
+
+def _assert_same_params(model, ws, bs, rtol=1e-9, atol=1e-12):
+    for i, (w, b) in enumerate(zip(ws, bs)):
+        np.testing.assert_allclose(model.weights[i], w.detach().numpy(), rtol=rtol, atol=atol)
+        np.testing.assert_allclose(model.biases[i], b.detach().numpy(), rtol=rtol, atol=atol)
+
+
+def _torch_groups(ws, bs, l2):
+    return [{"params": ws, "weight_decay": l2}, {"params": bs, "weight_decay": 0.0}]
+
+
 @pytest.mark.parametrize(
     "opts",
     [
@@ -219,28 +242,18 @@ def test_sgd_steps_match_torch_optim(opts, blank):
     """Full-batch epochs (one step each), so shuffling cannot matter: our folded lr*velocity
     arithmetic, its rescaling when the schedule changes, and weight decay on weights only must
     reproduce torch.optim.SGD with a per-epoch LambdaLR."""
-    epochs = 4
-    model = _model("tanh", "softmax", epochs=epochs, batch_size=13, lr=0.5, **opts)
+    model = _model("tanh", "softmax", epochs=4, batch_size=13, lr=0.5, **opts)
     cfg = model.config
     x, y = _sparse_data(n=13) if blank == "tail" else _data(blank=blank)
     ws, bs = _torch_params(model)
-    groups = [{"params": ws, "weight_decay": cfg.l2}, {"params": bs, "weight_decay": 0.0}]
-    opt = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
+    opt = torch.optim.SGD(_torch_groups(ws, bs, cfg.l2), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: learning_rate(cfg, e) / cfg.lr)
-    xt = torch.tensor(x)
-    for _ in range(epochs):
-        opt.zero_grad()
-        _, logits = _torch_forward(model, ws, bs, xt)
-        torch.nn.functional.cross_entropy(logits, torch.tensor(y)).backward()
-        opt.step()
-        sched.step()
+    _torch_epochs(model, ws, bs, x, y, opt, sched)
 
     trainer = Trainer(model, split=0.3 if blank == "tail" else "auto")
     trainer.fit(x, y)
     assert trainer.layout["tail"] == (4 if blank == "tail" else 0)
-    for i, (w, b) in enumerate(zip(ws, bs)):
-        np.testing.assert_allclose(model.weights[i], w.detach().numpy(), rtol=1e-9, atol=1e-12)
-        np.testing.assert_allclose(model.biases[i], b.detach().numpy(), rtol=1e-9, atol=1e-12)
+    _assert_same_params(model, ws, bs)
 
 
 @pytest.mark.parametrize(
@@ -255,29 +268,18 @@ def test_sgd_steps_match_torch_optim(opts, blank):
 def test_adam_steps_match_torch_optim(opts, blank):
     """optimizer="adam" reproduces torch.optim.Adam (weight decay on the weights only; L1 as a
     penalty in the loss) over full-batch epochs with a per-epoch LambdaLR."""
-    epochs = 5
-    model = _model("tanh", "softmax", epochs=epochs, batch_size=40, lr=0.05, optimizer="adam", **opts)
+    model = _model("tanh", "softmax", epochs=5, batch_size=40, lr=0.05, optimizer="adam", **opts)
     cfg = model.config
     x, y = _sparse_data(n=40) if blank == "tail" else _data(n=40, blank=blank)
     ws, bs = _torch_params(model)
-    groups = [{"params": ws, "weight_decay": cfg.l2}, {"params": bs, "weight_decay": 0.0}]
-    opt = torch.optim.Adam(groups, lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8)
+    opt = torch.optim.Adam(_torch_groups(ws, bs, cfg.l2), lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: learning_rate(cfg, e) / cfg.lr)
-    xt = torch.tensor(x)
-    for _ in range(epochs):
-        opt.zero_grad()
-        _, logits = _torch_forward(model, ws, bs, xt)
-        loss = torch.nn.functional.cross_entropy(logits, torch.tensor(y))
-        (loss + cfg.l1 * sum(w.abs().sum() for w in ws)).backward()
-        opt.step()
-        sched.step()
+    _torch_epochs(model, ws, bs, x, y, opt, sched, l1=cfg.l1)
 
     trainer = Trainer(model, split=0.3 if blank == "tail" else "auto")
     trainer.fit(x, y)
     assert trainer.layout["tail"] == (4 if blank == "tail" else 0)
-    for i, (w, b) in enumerate(zip(ws, bs)):
-        np.testing.assert_allclose(model.weights[i], w.detach().numpy(), rtol=1e-9, atol=1e-12)
-        np.testing.assert_allclose(model.biases[i], b.detach().numpy(), rtol=1e-9, atol=1e-12)
+    _assert_same_params(model, ws, bs)
 
 
 def test_adam_on_raw_images_under_unit_scaling_matches_torch():
@@ -294,16 +296,9 @@ def test_adam_on_raw_images_under_unit_scaling_matches_torch():
                     batch_size=60, schedule="constant")
     model = MLP(cfg, preprocess=pre)
     ws, bs = _torch_params(model)
-    opt = torch.optim.Adam([{"params": ws, "weight_decay": cfg.l2}, {"params": bs, "weight_decay": 0.0}], lr=cfg.lr)
-    xt = torch.tensor(pre(images).reshape(60, -1))
-    for _ in range(cfg.epochs):
-        opt.zero_grad()
-        _, logits = _torch_forward(model, ws, bs, xt)
-        torch.nn.functional.cross_entropy(logits, torch.tensor(y)).backward()
-        opt.step()
+    opt = torch.optim.Adam(_torch_groups(ws, bs, cfg.l2), lr=cfg.lr)
+    _torch_epochs(model, ws, bs, pre(images).reshape(60, -1), y, opt)
     trainer = Trainer(model)
     trainer.fit(images, y)
     assert trainer.input_scale == 255
-    for i, (w, b) in enumerate(zip(ws, bs)):
-        np.testing.assert_allclose(model.weights[i], w.detach().numpy(), rtol=2e-4, atol=2e-6)
-        np.testing.assert_allclose(model.biases[i], b.detach().numpy(), rtol=2e-4, atol=2e-6)
+    _assert_same_params(model, ws, bs, rtol=2e-4, atol=2e-6)

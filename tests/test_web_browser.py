@@ -45,14 +45,19 @@ def _chromium() -> str:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     pytest.importorskip("uvicorn")
-    import uvicorn
-
     from test_web_helpers import tiny_app, write_tiny_run
 
     root = tmp_path_factory.mktemp("browser-runs")
     write_tiny_run(root / "tiny")
     write_tiny_run(root / "second", seed=5)
-    server = uvicorn.Server(uvicorn.Config(tiny_app(root), host="127.0.0.1", port=0, log_level="warning"))
+    yield from _serve(tiny_app(root))
+
+
+def _serve(app):
+    """Serve ``app`` on a free local port in a thread; yields its URL, then stops it."""
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
@@ -175,8 +180,6 @@ def mlp_server(tmp_path_factory):
     pytest.importorskip("uvicorn")
     import json
 
-    import uvicorn
-
     from mnistlab.mlp import MLPConfig, train_on_dataset
     from mnistlab.web.app import create_app
     from test_web_helpers import tiny_dataset
@@ -189,19 +192,7 @@ def mlp_server(tmp_path_factory):
     renamed = {"loss": "cost", "reg_loss": "reg_cost"}  # what mnistlab wrote before one vocabulary
     old = [{renamed.get(k, k): v for k, v in row.items()} for row in history]
     (root / "old-mlp" / "history.json").write_text(json.dumps(old))
-    server = uvicorn.Server(uvicorn.Config(create_app(root, dataset_loader=tiny_dataset), host="127.0.0.1",
-                                           port=0, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            pytest.fail("the test server did not start")
-        time.sleep(0.05)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    yield from _serve(create_app(root, dataset_loader=tiny_dataset))
 
 
 @pytest.mark.parametrize("run", ["mlp", "old-mlp"])
@@ -213,7 +204,9 @@ def test_training_tab_draws_the_mlp_loss_curve(mlp_server, browser, run):
     page.wait_for_selector("#layer-output")
     page.click("button[data-tab=training]")
     page.wait_for_selector("#curves svg polyline")
-    titles = page.eval_on_selector_all("#curves svg", "svgs => svgs.map(s => s.querySelector('text').textContent)")
+    titles = page.eval_on_selector_all(
+        "#curves svg", "svgs => svgs.map(s => s.querySelector('text').textContent)"
+    )
     assert "Loss" in titles, titles
     loss_chart = page.locator("#curves > div").nth(titles.index("Loss"))
     assert loss_chart.locator("polyline").count() >= 1
