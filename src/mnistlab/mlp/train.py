@@ -43,7 +43,7 @@ CHUNK = 500
 EVAL_BLOCK = 1024
 
 
-class _Fit:
+class FitState:
     """What one fit allocates: the data as the loop reads it, the working layout, the optimizer
     (which owns the working parameters) and the chunk pass, plus a scratch parameter buffer."""
 
@@ -98,18 +98,18 @@ class Trainer:
         self.best_epoch: int | None = None
         # How the last fit split the input columns (see layout): for benchmarks and curiosity.
         self.layout: dict[str, float] = {}
-        self.fit_state: _Fit | None = None  # the last fit's buffers
+        self.fit_state: FitState | None = None  # the last fit's buffers
 
     @property
     def input_scale(self) -> float:
         """The last fit's unit-scaling fold (1: none; see layout)."""
         return 1.0 if self.fit_state is None else self.fit_state.working.input_scale
 
-    def prepare(self, inputs: np.ndarray, labels: np.ndarray, batch: int | None) -> _Fit:
+    def prepare(self, inputs: np.ndarray, labels: np.ndarray, batch: int | None) -> FitState:
         """Lay out the training data and allocate the buffers for batches of ``batch`` (None: all)."""
         data = TrainData(self.model, inputs, labels, self.split, self.chunk)
         self.layout = data.summary()
-        self.fit_state = _Fit(self.model, data, min(batch or data.n, data.n), self.chunk)
+        self.fit_state = FitState(self.model, data, min(batch or data.n, data.n), self.chunk)
         return self.fit_state
 
     def loss_and_gradients(
@@ -193,7 +193,7 @@ class Trainer:
                 fit.write_model()
 
     def _evaluator(
-        self, fit: _Fit, evalset: EvalSet | None, layout_key: str | None
+        self, fit: FitState, evalset: EvalSet | None, layout_key: str | None
     ) -> Callable[[], float] | None:
         """The accuracy on ``evalset`` after an epoch (after the model is written); ``layout_key``:
         where ``layout`` records the share of its images multiplied over all columns."""
@@ -210,7 +210,7 @@ class Trainer:
 
     def _epochs(
         self,
-        fit: _Fit,
+        fit: FitState,
         test_set: EvalSet | None,
         val_set: EvalSet | None,
         callback: Callable[[dict[str, Any]], None] | None,
