@@ -277,7 +277,7 @@ def _gradcam(model, images, target, *, layer):
     if not candidates:
         raise ConfigError(f"gradcam needs a layer of maps (C, H, W); this {model.kind} has only "
                           f"{', '.join(model.layer_names())}: use gradient, ig, smoothgrad or occlusion")
-    layer = layer or last_conv_layer(model, shapes) or candidates[-1]
+    layer = layer or last_conv_layer(model) or candidates[-1]
     if layer not in candidates:
         raise ConfigError(f"gradcam needs a layer of maps; {layer!r} is not one. Map layers: {', '.join(candidates)}")
     cams, values = [], []
