@@ -6,13 +6,19 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from _inspect_models import CORNER, planted_arrays, planted_convnet, planted_mlp
+from _inspect_models import CORNER, planted_arrays, planted_mlp
 
 from mnistlab.data import Preprocessor
 from mnistlab.errors import ConfigError
 from mnistlab.inspect.attribution import (
-    METHODS, Target, attribute, attribute_each_class, attribute_target, objective_values, occlusion_windows, parse_target,
+    METHODS,
+    Target,
+    attribute,
+    attribute_each_class,
+    attribute_target,
+    objective_values,
+    occlusion_windows,
+    parse_target,
 )
 from mnistlab.inspect.sanity import average_ranks, cascading_randomization, spearman
 from mnistlab.mlp import MLP, MLPConfig
@@ -175,7 +181,7 @@ def test_mlp_layer_gradient_by_directional_differences(mlp, images):
 
     numeric = (objective(acts + eps * direction) - objective(acts - eps * direction)) / (2 * eps)
     np.testing.assert_allclose((grads * direction).sum(axis=1), numeric, rtol=1e-6)
-    _, out, onehot = mlp.layer_gradient(inputs, "hidden2", units % 5, "hidden2")
+    _, _, onehot = mlp.layer_gradient(inputs, "hidden2", units % 5, "hidden2")
     np.testing.assert_array_equal(onehot, np.eye(5)[units % 5])
     with pytest.raises(ConfigError, match="comes after"):
         mlp.layer_gradient(inputs, "hidden1", units, "output")

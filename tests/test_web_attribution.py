@@ -4,8 +4,6 @@ real Chromium drawing a digit and watching the map follow the pen."""
 from __future__ import annotations
 
 import base64
-import threading
-import time
 import warnings
 
 import numpy as np
@@ -18,6 +16,7 @@ with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message=".*httpx2")
     from fastapi.testclient import TestClient  # noqa: E402
 
+from test_web_browser import browser  # noqa: E402,F401  (the shared Chromium fixture)
 from test_web_helpers import tiny_dataset  # noqa: E402
 
 from mnistlab.data import Preprocessor  # noqa: E402
@@ -100,54 +99,40 @@ def test_test_image_with_a_map_and_errors_that_keep_the_update(client):
 
 @pytest.fixture(scope="module")
 def server(runs):
-    import uvicorn
+    pytest.importorskip("uvicorn")
+    from test_web_browser import _serve
 
-    server = uvicorn.Server(uvicorn.Config(create_app(runs, dataset_loader=tiny_dataset), host="127.0.0.1", port=0,
-                                           log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            pytest.fail("the test server did not start")
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    yield from _serve(create_app(runs, dataset_loader=tiny_dataset))
 
 
 @pytest.mark.browser
-def test_drawing_a_digit_changes_the_map(server):
-    from test_web_browser import CHROMIUM_FLAGS, _canvas_ink, _chromium, _draw
+def test_drawing_a_digit_changes_the_map(server, browser):  # noqa: F811 (the fixture imported above)
+    from test_web_browser import _canvas_ink, _draw
 
-    playwright_api = pytest.importorskip("playwright.sync_api")
-    executable = _chromium()
-    with playwright_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=executable, args=CHROMIUM_FLAGS)
-        page = browser.new_page(viewport={"width": 1360, "height": 1000})
-        errors = []
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        page.goto(server + "/?run=cnn")
-        page.wait_for_function("document.getElementById('source').textContent.includes('test image #0')")
-        signature = "document.getElementById('attr-map').dataset.signature"
-        page.wait_for_function(f"({signature} || '').startsWith('gradient:')")
+    page = browser.new_page(viewport={"width": 1360, "height": 1000})
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(server + "/?run=cnn")
+    page.wait_for_function("document.getElementById('source').textContent.includes('test image #0')")
+    signature = "document.getElementById('attr-map').dataset.signature"
+    page.wait_for_function(f"({signature} || '').startsWith('gradient:')")
 
-        _draw(page, [(140, 50), (140, 240)])
-        page.wait_for_function("document.getElementById('source').textContent.includes('your drawing')")
-        page.wait_for_timeout(300)
-        first = page.evaluate(signature)
-        assert _canvas_ink(page, "#attr-map") > 20 and _canvas_ink(page, "#attr-overlay") > 20
+    _draw(page, [(140, 50), (140, 240)])
+    page.wait_for_function("document.getElementById('source').textContent.includes('your drawing')")
+    page.wait_for_timeout(300)
+    first = page.evaluate(signature)
+    assert _canvas_ink(page, "#attr-map") > 20 and _canvas_ink(page, "#attr-overlay") > 20
 
-        _draw(page, [(60, 60), (220, 60)])  # a second stroke: the map must follow
-        page.wait_for_function(f"{signature} !== {first!r}")
-        second = page.evaluate(signature)
-        assert second.startswith("gradient:") and second != first
+    _draw(page, [(60, 60), (220, 60)])  # a second stroke: the map must follow
+    page.wait_for_function(f"{signature} !== {first!r}")
+    second = page.evaluate(signature)
+    assert second.startswith("gradient:") and second != first
 
-        page.select_option("#attr-method", "gradcam")
-        page.wait_for_function(f"({signature} || '').startsWith('gradcam:')")
-        page.fill("#attr-target", "4,9")
-        page.press("#attr-target", "Enter")
-        page.wait_for_function(f"({signature} || '').startsWith('gradcam:p(4) - p(9)')")
-        assert "gradcam of p(4) - p(9)" in page.inner_text("#attr-info")
-        assert not errors, errors
-        browser.close()
+    page.select_option("#attr-method", "gradcam")
+    page.wait_for_function(f"({signature} || '').startsWith('gradcam:')")
+    page.fill("#attr-target", "4,9")
+    page.press("#attr-target", "Enter")
+    page.wait_for_function(f"({signature} || '').startsWith('gradcam:p(4) - p(9)')")
+    assert "gradcam of p(4) - p(9)" in page.inner_text("#attr-info")
+    assert not errors, errors
+    page.close()

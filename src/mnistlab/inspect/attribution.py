@@ -143,24 +143,33 @@ def objective_values(model: InspectableModel, pixels: np.ndarray, target: Target
     return np.concatenate(values)
 
 
-def objective_gradient(model: InspectableModel, pixels: np.ndarray, target: Target) -> tuple[np.ndarray, np.ndarray]:
-    """The objective (N,) and its gradient with respect to the pixels (N, 28, 28), float64.
+def _chunks(model: InspectableModel, pixels: np.ndarray, target: Target):
+    """(model inputs, their targets) for each block of CHUNK images."""
+    for start in range(0, len(pixels), CHUNK):
+        yield model.to_inputs(pixels[start : start + CHUNK]), target.take(slice(start, start + CHUNK))
 
-    A pair's two probabilities go through one call as a doubled batch (the gradient is linear).
-    """
+
+def _for_classes(call, inputs: np.ndarray, target: Target):
+    """``call(inputs, classes)`` for the target's positive classes and, for a pair, its negative ones:
+    both through one call on a doubled batch, whose outputs come back split into the two halves."""
+    if target.negative is None:
+        return call(inputs, target.positive), None
+    m = len(inputs)
+    out = call(np.concatenate([inputs, inputs]), np.concatenate([target.positive, target.negative]))
+    return tuple(o[:m] for o in out), tuple(o[m:] for o in out)
+
+
+def objective_gradient(model: InspectableModel, pixels: np.ndarray, target: Target) -> tuple[np.ndarray, np.ndarray]:
+    """The objective (N,) and its gradient with respect to the pixels (N, 28, 28), float64
+    (a pair's: the difference of its two classes' gradients)."""
     scale = np.asarray(model.preprocess.scale, np.float64)
     values, grads = [], []
-    for start in range(0, len(pixels), CHUNK):
-        inputs = model.to_inputs(pixels[start : start + CHUNK])
-        t = target.take(slice(start, start + CHUNK))
-        m = len(inputs)
-        if t.negative is None:
-            v, g = model.input_gradient(inputs, "output", t.positive)
-        else:
-            v, g = model.input_gradient(np.concatenate([inputs, inputs]), "output", np.concatenate([t.positive, t.negative]))
-            v, g = v[:m] - v[m:], g[:m] - g[m:]
+    for inputs, t in _chunks(model, pixels, target):
+        (v, g), negative = _for_classes(lambda x, units: model.input_gradient(x, "output", units), inputs, t)
+        if negative is not None:
+            v, g = v - negative[0], g - negative[1]
         values.append(np.asarray(v, np.float64))
-        grads.append(np.asarray(g, np.float64).reshape(m, SIZE, SIZE) / scale)  # d/d pixel = d/d input / scale
+        grads.append(np.asarray(g, np.float64).reshape(len(inputs), SIZE, SIZE) / scale)  # d/d pixel = d/d input / scale
     return np.concatenate(values), np.concatenate(grads)
 
 
@@ -281,16 +290,10 @@ def _gradcam(model, images, target, *, layer):
     if layer not in candidates:
         raise ConfigError(f"gradcam needs a layer of maps; {layer!r} is not one. Map layers: {', '.join(candidates)}")
     cams, values = [], []
-    for start in range(0, len(images), CHUNK):
-        inputs = model.to_inputs(images[start : start + CHUNK])
-        t = target.take(slice(start, start + CHUNK))
-        m = len(inputs)
-        if t.negative is None:
-            v, acts, grads = model.layer_gradient(inputs, "output", t.positive, layer)
-        else:
-            v, acts, grads = model.layer_gradient(np.concatenate([inputs, inputs]), "output",
-                                                  np.concatenate([t.positive, t.negative]), layer)
-            v, acts, grads = v[:m] - v[m:], acts[:m], grads[:m] - grads[m:]
+    for inputs, t in _chunks(model, images, target):
+        (v, acts, grads), negative = _for_classes(lambda x, units: model.layer_gradient(x, "output", units, layer), inputs, t)
+        if negative is not None:  # the activations are the image's own; the objective and gradient are differences
+            v, grads = v - negative[0], grads - negative[2]
         weights = np.asarray(grads, np.float64).mean(axis=(2, 3))  # (m, C): each map's importance
         cams.append(np.maximum(np.einsum("nc,nchw->nhw", weights, np.asarray(acts, np.float64)), 0))
         values.append(np.asarray(v, np.float64))

@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from ..inspect.attribution import LIVE_METHODS, attribute
 from ..errors import ConfigError
+from ..inspect.attribution import LIVE_METHODS, attribute
 from ..model_api import InspectableModel
 from .encode import b64_u8
 
