@@ -268,7 +268,8 @@ function drawAttribution(res) {
 
 function refreshSource() {
   if (state.source && state.source.type === "test") showTestImage(state.source.index);
-  else requestUpdate();
+  else if (strokes.length) requestUpdate();
+  else showTestImage($("test-index").value);
 }
 $("attr-method").addEventListener("change", refreshSource);
 $("attr-target").addEventListener("change", refreshSource);
@@ -412,6 +413,7 @@ async function flush() {
   if (inflight || !dirty || !state.run) return;
   dirty = false;
   inflight = true;
+  const testRequestBefore = testImageRequest;
   try {
     const { data } = padCtx.getImageData(0, 0, pad.width, pad.height);
     const ink = new Uint8Array(pad.width * pad.height);
@@ -422,6 +424,7 @@ async function flush() {
     const res = await api(`/api/predict?${runQuery()}`, {
       method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
     });
+    if (testImageRequest !== testRequestBefore) return;  // a test image was asked for since: it wins
     state.source = { type: "drawing" };
     showError(null);
     showPrediction(res);
