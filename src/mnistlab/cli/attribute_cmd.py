@@ -25,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--target", help="class (4) or pair (4,9: p(4) - p(9)); default: the predicted class")
     p.add_argument("--steps", type=int, help="ig: quadrature points on the path (default 50)")
     p.add_argument("--baseline", type=float, help="ig, occlusion: baseline pixel level (default 0, black)")
-    p.add_argument("--samples", type=int, help="smoothgrad: noisy copies (default 25)")
+    p.add_argument("--samples", type=int, help="smoothgrad: noisy copies (default 16)")
     p.add_argument("--noise", type=float, help="smoothgrad: noise std in pixel levels (default 38.25, 15%% of 255)")
     p.add_argument("--window", type=int, help="occlusion: square side in pixels (default 4)")
     p.add_argument("--stride", type=int, help="occlusion: step in pixels (default 2)")

@@ -40,7 +40,7 @@ METHODS: dict[str, dict[str, Any]] = {
     "gradient": {},
     "gradient-x-input": {},
     "ig": {"baseline": 0.0, "steps": 50},
-    "smoothgrad": {"samples": 25, "noise": 0.15 * 255, "seed": 0},
+    "smoothgrad": {"samples": 16, "noise": 0.15 * 255, "seed": 0},
     "occlusion": {"window": 4, "stride": 2, "baseline": 0.0},
     "gradcam": {"layer": None},
 }
