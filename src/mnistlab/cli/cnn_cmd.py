@@ -13,6 +13,7 @@ from typing import Any
 
 from ..errors import ConfigError, RunError
 from .common import add_dataset_options, info
+from .tensorboard_cmd import add_tensorboard_option, log_dir
 
 # CLI option -> TrainConfig field (None values mean "not given": the preset or stored run decides).
 _FIELDS = (
@@ -38,6 +39,7 @@ def register_train(train_sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     p.add_argument("--resume", type=Path, metavar="RUN", help="continue an interrupted run (or extend it with a larger --epochs)")
     p.add_argument("--reset", action="store_true", help="with --resume RUN: restart RUN from its saved initial weights (new settings allowed; --out DIR to branch)")
+    add_tensorboard_option(p)
     t = p.add_argument_group("training")
     t.add_argument("--optimizer", help="rmsprop (Keras settings: rho 0.9, eps 1e-7), sgd, adam, adamw")
     t.add_argument("--lr", type=float, help="(peak) learning rate")
@@ -109,6 +111,8 @@ def run_train(args: argparse.Namespace) -> int:
     overrides = _overrides(args)
     progress = not args.no_progress
     t0 = time.perf_counter()
+    if args.resume is not None and args.tensorboard is not None:
+        raise ConfigError("--tensorboard logs fresh training runs; leave it out with --resume")
     if args.resume is not None:
         from ..runs import read_manifest
 
@@ -128,6 +132,7 @@ def run_train(args: argparse.Namespace) -> int:
         out = args.out or Path("runs") / f"cnn-{dataset_name}-{datetime.now():%Y%m%d-%H%M%S}"
         if out.exists() and not args.overwrite:
             raise ConfigError(f"{out}: already exists; choose another --out, add --overwrite, or --resume it")
+        tensorboard_dir = log_dir(args, out)
         from ..cnn.training import Trainer, resolve_config
 
         config = resolve_config(spec, dataset=dataset_name, **overrides)
@@ -140,7 +145,22 @@ def run_train(args: argparse.Namespace) -> int:
              + (f"batches split across {trainer.levers.data_parallel} threads"
                 if trainer.levers.data_parallel > 1 else f"{trainer.levers.threads} thread(s)")
              + f") -> {out}")
-        result = trainer.run()
+        if tensorboard_dir is None:
+            result = trainer.run()
+        else:
+            from ..tensorboard_log import TensorBoardLog
+
+            tensorboard = TensorBoardLog(tensorboard_dir, dataset)
+            trainer.epoch_callback = tensorboard.cnn_callback(trainer)
+            try:
+                result = trainer.run()
+            except BaseException:
+                tensorboard.close()
+                raise
+            if result.state == "complete":
+                tensorboard.finish(result.model, len(result.history))
+            else:
+                tensorboard.close()
     seconds = time.perf_counter() - t0
     if result.state == "interrupted":
         info(f"mnistlab: interrupted; progress saved in {result.run_dir}; continue with: mnistlab train cnn --resume {result.run_dir}")

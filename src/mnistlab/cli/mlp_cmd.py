@@ -11,6 +11,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from .common import add_dataset_options, load_dataset_from_args
+from .tensorboard_cmd import add_tensorboard_option, log_dir
 
 
 def register_train(train_sub: argparse._SubParsersAction) -> None:
@@ -28,6 +29,7 @@ def register_train(train_sub: argparse._SubParsersAction) -> None:
     add_dataset_options(p)
     p.add_argument("--out", type=Path, help="run directory to write (default runs/mlp-DATASET-TIMESTAMP)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    add_tensorboard_option(p)
     g = p.add_argument_group("network")
     g.add_argument("--layers", type=_sizes, help="hidden layer sizes, e.g. 70,30")
     g.add_argument("--activation", help=f"hidden activation: {', '.join(ACTIVATIONS)}")
@@ -114,9 +116,16 @@ def run_train(args: argparse.Namespace) -> int:
     out = args.out or Path("runs") / f"mlp-{args.dataset}-{datetime.now():%Y%m%d-%H%M%S}"
     if out.exists() and not args.overwrite:
         raise ConfigError(f"{out}: already exists; choose another --out or add --overwrite")
+    tensorboard_dir = log_dir(args, out)
     from tqdm.auto import tqdm
 
     dataset = load_dataset_from_args(args)  # before the bar, so its source line is not drawn over
+    tensorboard = None
+    if tensorboard_dir is not None:
+        from ..tensorboard_log import TensorBoardLog
+
+        tensorboard = TensorBoardLog(tensorboard_dir, dataset)
+        log_epoch = tensorboard.mlp_callback()
     bar = tqdm(total=config.epochs, unit="epoch", desc="train mlp", disable=args.no_progress, file=sys.stderr)
 
     def on_epoch(row: dict[str, Any]) -> None:
@@ -127,15 +136,24 @@ def run_train(args: argparse.Namespace) -> int:
             shown["val"] = f"{row['val_accuracy']:.4f}"
         bar.set_postfix(shown, refresh=False)
         bar.update(1)
+        if tensorboard is not None:
+            log_epoch(row)
 
     t0 = time.perf_counter()
     try:
         result = train_on_dataset(
             config, dataset, out=out, overwrite=args.overwrite, callback=on_epoch,
             profile=args.profile, preset=args.preset, threads=args.threads,
+            on_model=tensorboard.watch if tensorboard else None,
         )
+    except BaseException:
+        if tensorboard is not None:
+            tensorboard.close()
+        raise
     finally:
         bar.close()
+    if tensorboard is not None:
+        tensorboard.finish(result.model, len(result.history))
     seconds = time.perf_counter() - t0
     if args.profile:
         print(profile_table(result.history))

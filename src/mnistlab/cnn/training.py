@@ -291,13 +291,16 @@ class Trainer:
         overwrite: bool = False,
         initial_weights: dict[str, np.ndarray] | None = None,
         step_callback: Callable[["Trainer", int], None] | None = None,
+        epoch_callback: Callable[[dict[str, Any]], None] | None = None,
     ):
+        """``epoch_callback`` gets each epoch's history row, after the epoch is saved."""
         config.validate()
         self.config = config
         self.dataset = dataset
         self.out = Path(out)
         self.progress = progress
         self.step_callback = step_callback
+        self.epoch_callback = epoch_callback
         if self.out.exists() and not overwrite:
             raise RunError(f"{self.out}: already exists; choose another --out, or --resume it")
         self.spec: Spec = parse_spec(config.spec)
@@ -671,6 +674,8 @@ class Trainer:
         self._unwritten[f"checkpoints/epoch-{self.epoch:03d}.npz"] = npz_bytes(weights)
         if self.epoch < cfg.epochs:  # after the last epoch, run() writes the finished run once
             self.write("partial", dict(row), weights)
+        if self.epoch_callback is not None:
+            self.epoch_callback(dict(row))
         return "ok"
 
 

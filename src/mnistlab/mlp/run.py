@@ -37,11 +37,13 @@ def train_on_dataset(
     profile: bool = False,
     preset: str | None = None,
     threads: int | str | None = "auto",
+    on_model: Callable[[MLP], None] | None = None,
 ) -> TrainResult:
     """Fit preprocessing on the training split, train, evaluate on the test split, write the run.
 
     With ``config.val`` the last ``val`` training images are held out for validation (and early
-    stopping with ``config.patience``). If training diverges, the run is still written with the
+    stopping with ``config.patience``). ``on_model`` gets the model before training starts (its
+    weights are current whenever ``callback`` runs). If training diverges, the run is still written with the
     last good weights (when at least one epoch finished) and TrainingDiverged is raised naming it.
     """
     ds = load_dataset(dataset) if isinstance(dataset, str) else dataset
@@ -49,6 +51,8 @@ def train_on_dataset(
     train_images = ds.train_images[train_idx] if config.val else ds.train_images
     pre = Preprocessor.fit(config.preprocess, train_images)
     model = MLP(config, preprocess=pre)
+    if on_model is not None:
+        on_model(model)
     y = ds.train_labels[train_idx] if config.val else ds.train_labels
     # raw uint8 images: the trainer applies the model's preprocessing chunk by chunk
     test = (ds.test_images, ds.test_labels)
