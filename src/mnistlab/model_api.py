@@ -109,5 +109,10 @@ class InspectableModel(ABC):
         """Class probabilities (N, 10) for raw images (N, 28, 28)."""
         return self.activations(images, ["output"])["output"]
 
+    def _repr_html_(self) -> str:  # Jupyter: the layers with their roles and shapes
+        from .notebook import model_html
+
+        return model_html(self)
+
     def predict(self, images: np.ndarray) -> np.ndarray:
         return self.predict_proba(images).argmax(axis=1)

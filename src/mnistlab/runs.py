@@ -229,6 +229,11 @@ class RunRecord:
     def kind(self) -> str:
         return self.manifest["kind"]
 
+    def _repr_html_(self) -> str:  # Jupyter: a summary table and the curves
+        from .notebook import record_html
+
+        return record_html(self)
+
     @property
     def config(self) -> dict[str, Any]:
         return self.manifest["config"]

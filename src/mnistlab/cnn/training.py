@@ -253,6 +253,11 @@ class TrainResult:
     state: str  # complete | interrupted
     metrics: dict[str, Any] = field(default_factory=dict)
 
+    def _repr_html_(self) -> str:  # Jupyter: a summary table and the curves
+        from ..notebook import training_html
+
+        return training_html("cnn", self.run_dir, self.history, state=self.state)
+
 
 class _StopRequest:
     """SIGINT/SIGTERM set a flag; the loop finishes its step, saves and returns."""

@@ -26,6 +26,11 @@ class TrainResult:
     # ThreadChoice.log: (epoch, BLAS threads chosen, microseconds per image with all, with one)
     thread_choices: list[tuple[int, int, float, float]] = field(default_factory=list)
 
+    def _repr_html_(self) -> str:  # Jupyter: a summary table and the curves
+        from ..notebook import training_html
+
+        return training_html("mlp", self.run_dir, self.history, self.model.config.to_dict())
+
 
 def train_on_dataset(
     config: MLPConfig,
