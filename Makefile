@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 TORCH  := torch==2.13.0
 RUNS   ?= runs
 
-.PHONY: setup bench-venv demo test test-fast bench-mlp bench-cnn bench-inspect bench-web bench-attribution serve clean
+.PHONY: setup bench-venv demo test test-fast notebooks bench-mlp bench-cnn bench-inspect bench-web bench-attribution serve clean
 
 setup: $(STAMP)
 
@@ -27,6 +27,11 @@ test: setup
 
 test-fast: setup
 	$(BIN)/python -m pytest -n 2 -q -m "not slow and not browser"
+
+# The example notebooks run in full (all of MNIST, every epoch; `make test` runs them in fast mode),
+# each rendered as HTML into out/notebooks/; their runs go to examples/runs/notebooks/.
+notebooks: setup
+	$(BIN)/jupyter nbconvert --to html --execute --ExecutePreprocessor.timeout=3600 --output-dir out/notebooks examples/*.ipynb
 
 # Activations of every layer for the test set (seed CNN) and OIPs of all 128 seed-vi conv3 maps;
 # trains quick seed/seed-vi runs into runs/bench-inspect the first time (pass RUNS via ARGS to reuse yours).

@@ -76,6 +76,7 @@ def _image(acc, tag, step):
     return np.asarray(Image.open(io.BytesIO(event.encoded_image_string)))
 
 
+@pytest.mark.slow
 def test_mlp_logs_without_torch(tmp_path):
     out, tb = tmp_path / "runs" / "mlp", tmp_path / "tb"
     argv = ["train", "mlp", "--layers", "16,12", "--epochs", "2", "--batch-size", "50", "--threads", "1",
@@ -106,6 +107,7 @@ def _synthetic_test_images_of_the_script():
     return namespace["te"][:256]
 
 
+@pytest.mark.slow
 def test_cnn_logs_history_weights_activations_and_grids(tmp_path, monkeypatch):
     torch = pytest.importorskip("torch")
     torch.set_num_threads(1)
@@ -159,6 +161,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_tensorboard_server_serves_the_scalars(tmp_path):
     from tensorboardX import SummaryWriter
 
