@@ -13,14 +13,21 @@ nbformat = pytest.importorskip("nbformat")
 
 
 def test_there_are_notebooks():
-    assert [p.name for p in NOTEBOOKS][:3] == ["01-simple-cnn.ipynb", "02-look-inside.ipynb", "03-numpy-mlp.ipynb"]
+    assert [p.name for p in NOTEBOOKS][:3] == [
+        "01-simple-cnn.ipynb",
+        "02-look-inside.ipynb",
+        "03-numpy-mlp.ipynb",
+    ]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_is_stored_without_outputs(path):
     nb = nbformat.read(path, as_version=4)
-    dirty = [i for i, cell in enumerate(nb.cells)
-             if cell.cell_type == "code" and (cell.outputs or cell.execution_count is not None)]
+    dirty = [
+        i
+        for i, cell in enumerate(nb.cells)
+        if cell.cell_type == "code" and (cell.outputs or cell.execution_count is not None)
+    ]
     assert not dirty, f"{path.name}: cells {dirty} have outputs; clear them before committing"
     first = nb.cells[1] if nb.cells[0].cell_type == "markdown" else nb.cells[0]
     assert "MNISTLAB_NOTEBOOK_FAST" in first.source, "the first code cell documents fast mode"
@@ -37,7 +44,9 @@ def test_notebook_runs_in_fast_mode(path, tmp_path, real_home, monkeypatch):
     src = str(Path(__file__).resolve().parents[1] / "src")  # the kernel runs in examples/: an absolute path
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([src, *filter(None, [os.environ.get("PYTHONPATH")])]))
     nb = nbformat.read(path, as_version=4)
-    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(EXAMPLES)}}).execute()
+    NotebookClient(
+        nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(EXAMPLES)}}
+    ).execute()
     outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
     assert any("image/png" in o.get("data", {}) for o in outputs), "figures show inline"

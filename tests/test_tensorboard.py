@@ -46,7 +46,9 @@ sys.exit(code)
 
 
 def _events(logdir):
-    acc = event_accumulator.EventAccumulator(str(logdir), size_guidance={"scalars": 0, "histograms": 0, "images": 0})
+    acc = event_accumulator.EventAccumulator(
+        str(logdir), size_guidance={"scalars": 0, "histograms": 0, "images": 0}
+    )
     acc.Reload()
     return acc
 
@@ -79,9 +81,26 @@ def _image(acc, tag, step):
 @pytest.mark.slow
 def test_mlp_logs_without_torch(tmp_path):
     out, tb = tmp_path / "runs" / "mlp", tmp_path / "tb"
-    argv = ["train", "mlp", "--layers", "16,12", "--epochs", "2", "--batch-size", "50", "--threads", "1",
-            "--out", str(out), "--tensorboard", str(tb), "--no-progress"]
-    done = subprocess.run([sys.executable, "-c", _MLP_WITHOUT_TORCH, *argv], capture_output=True, text=True, timeout=120)
+    argv = [
+        "train",
+        "mlp",
+        "--layers",
+        "16,12",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "50",
+        "--threads",
+        "1",
+        "--out",
+        str(out),
+        "--tensorboard",
+        str(tb),
+        "--no-progress",
+    ]
+    done = subprocess.run(
+        [sys.executable, "-c", _MLP_WITHOUT_TORCH, *argv], capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr
     history = read_history(out)
     acc = _events(tb / "mlp")
@@ -120,8 +139,27 @@ def test_cnn_logs_history_weights_activations_and_grids(tmp_path, monkeypatch):
     ds = synthetic(n_train=256, n_test=300)
     monkeypatch.setattr(mnistlab.data, "load_dataset", lambda name, **_: ds)
     out, tb = tmp_path / "runs" / "cnn", tmp_path / "tb"
-    argv = ["train", "cnn", "--spec", TINY, "--epochs", "2", "--batch-size", "64", "--optimizer", "adam", "--lr", "0.003",
-            "--amp", "off", "--out", str(out), "--tensorboard", str(tb), "--no-progress"]
+    argv = [
+        "train",
+        "cnn",
+        "--spec",
+        TINY,
+        "--epochs",
+        "2",
+        "--batch-size",
+        "64",
+        "--optimizer",
+        "adam",
+        "--lr",
+        "0.003",
+        "--amp",
+        "off",
+        "--out",
+        str(out),
+        "--tensorboard",
+        str(tb),
+        "--no-progress",
+    ]
     assert main(argv) == 0
     history = read_history(out)
     acc = _events(tb / "cnn")
@@ -149,7 +187,10 @@ def test_bad_tensorboard_path_fails_before_training(tmp_path, capsys):
     blocker.write_text("not a directory")
     for engine in ("mlp", "cnn"):
         out = tmp_path / engine
-        assert main(["train", engine, "--out", str(out), "--tensorboard", str(blocker / "tb"), "--no-progress"]) == 1
+        assert (
+            main(["train", engine, "--out", str(out), "--tensorboard", str(blocker / "tb"), "--no-progress"])
+            == 1
+        )
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and "--tensorboard" in err and str(blocker) in err, err
         assert not out.exists()
@@ -170,8 +211,11 @@ def test_tensorboard_server_serves_the_scalars(tmp_path):
         for step, value in enumerate(losses, 1):
             writer.add_scalar("loss", value, step)
     port = _free_port()
-    server = subprocess.Popen([sys.executable, "-m", "mnistlab", "tensorboard", str(tmp_path / "tb"), "--port", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mnistlab", "tensorboard", str(tmp_path / "tb"), "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     query = urllib.parse.urlencode({"run": "run-a", "tag": "loss"})
     url = f"http://127.0.0.1:{port}/data/plugin/scalars/scalars?{query}"
     try:

@@ -19,8 +19,12 @@ def _fact_rows(facts: Mapping[str, Any]) -> list[dict[str, Any]]:
     return [{"": key, "value": value} for key, value in facts.items() if value is not None]
 
 
-def run_html(title: str, facts: Mapping[str, Any], history: Sequence[Mapping[str, Any]],
-             config: Mapping[str, Any] | None = None) -> str:
+def run_html(
+    title: str,
+    facts: Mapping[str, Any],
+    history: Sequence[Mapping[str, Any]],
+    config: Mapping[str, Any] | None = None,
+) -> str:
     """A summary table, the chosen settings (short ones only) and the loss and accuracy curves."""
     from .viz.curves import plot_history
 
@@ -41,22 +45,43 @@ def _last(history: Sequence[Mapping[str, Any]], key: str) -> Any:
 def history_facts(history: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """The last epoch's numbers and the total time, in the history vocabulary (runs.HISTORY_KEYS)."""
     seconds = sum(float(row.get("seconds", 0.0)) for row in history)
-    return {"epochs": len(history), "loss": _last(history, "loss"), "train accuracy": _last(history, "train_accuracy"),
-            "val accuracy": _last(history, "val_accuracy"), "test accuracy": _last(history, "test_accuracy"),
-            "seconds": f"{seconds:.1f}" if history else None}
+    return {
+        "epochs": len(history),
+        "loss": _last(history, "loss"),
+        "train accuracy": _last(history, "train_accuracy"),
+        "val accuracy": _last(history, "val_accuracy"),
+        "test accuracy": _last(history, "test_accuracy"),
+        "seconds": f"{seconds:.1f}" if history else None,
+    }
 
 
-def training_html(kind: str, run_dir: Path | None, history: Sequence[Mapping[str, Any]], config: Mapping[str, Any] | None = None,
-                  state: str | None = None) -> str:
-    facts = {"engine": kind, "state": state, **history_facts(history), "saved in": str(run_dir) if run_dir else None}
+def training_html(
+    kind: str,
+    run_dir: Path | None,
+    history: Sequence[Mapping[str, Any]],
+    config: Mapping[str, Any] | None = None,
+    state: str | None = None,
+) -> str:
+    facts = {
+        "engine": kind,
+        "state": state,
+        **history_facts(history),
+        "saved in": str(run_dir) if run_dir else None,
+    }
     return run_html(f"mnistlab {kind} training run", facts, history, config)
 
 
 def record_html(record: Any) -> str:
     """A run directory read back (mnistlab.runs.RunRecord)."""
     m = record.manifest
-    facts = {"engine": m.get("kind"), "dataset": m.get("dataset"), "created": m.get("created"),
-             "state": m.get("state") or m.get("status"), **history_facts(record.history), "path": str(record.path)}
+    facts = {
+        "engine": m.get("kind"),
+        "dataset": m.get("dataset"),
+        "created": m.get("created"),
+        "state": m.get("state") or m.get("status"),
+        **history_facts(record.history),
+        "path": str(record.path),
+    }
     return run_html(f"run {Path(record.path).name}", facts, record.history, m.get("config"))
 
 
@@ -66,10 +91,17 @@ def model_html(model: Any) -> str:
 
     shapes = layer_shapes(model)
     roles = model.layer_roles()
-    rows = [{"layer": name, "role": roles.get(name, ""), "shape": " x ".join(map(str, shape))} for name, shape in shapes.items()]
+    rows = [
+        {"layer": name, "role": roles.get(name, ""), "shape": " x ".join(map(str, shape))}
+        for name, shape in shapes.items()
+    ]
     title = repr(model) if type(model).__repr__ is not object.__repr__ else type(model).__name__
     summary = getattr(model, "summary", None)  # the CNN's Keras-style table, parameters included
-    extra = f"<details><summary>summary</summary><pre>{html.escape(summary())}</pre></details>" if callable(summary) else ""
+    extra = (
+        f"<details><summary>summary</summary><pre>{html.escape(summary())}</pre></details>"
+        if callable(summary)
+        else ""
+    )
     return f"<h4>{html.escape(title)}</h4>" + _table(rows) + extra
 
 

@@ -39,7 +39,9 @@ def check_log_dir(path: str | Path) -> Path:
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot write TensorBoard logs there ({exc.strerror}); choose a writable --tensorboard DIR") from None
+        raise ConfigError(
+            f"{path}: cannot write TensorBoard logs there ({exc.strerror}); choose a writable --tensorboard DIR"
+        ) from None
     return path
 
 
@@ -47,7 +49,9 @@ def _summary_writer(logdir: Path):
     try:
         from tensorboardX import SummaryWriter
     except ImportError:
-        raise MnistlabError("TensorBoard logging needs tensorboardX; install it with: pip install 'mnistlab[tensorboard]'") from None
+        raise MnistlabError(
+            "TensorBoard logging needs tensorboardX; install it with: pip install 'mnistlab[tensorboard]'"
+        ) from None
     return SummaryWriter(logdir=str(logdir), flush_secs=10)
 
 
@@ -69,8 +73,15 @@ def grid_image(maps: np.ndarray) -> np.ndarray:
 class TensorBoardLog:
     """Writes one run into ``logdir``: call ``epoch`` after every epoch and ``finish`` once at the end."""
 
-    def __init__(self, logdir: str | Path, dataset: Dataset, *, probe_size: int = PROBE_SIZE,
-                 grid_index: int = GRID_INDEX, oip_steps: int = OIP_STEPS):
+    def __init__(
+        self,
+        logdir: str | Path,
+        dataset: Dataset,
+        *,
+        probe_size: int = PROBE_SIZE,
+        grid_index: int = GRID_INDEX,
+        oip_steps: int = OIP_STEPS,
+    ):
         self.logdir = check_log_dir(logdir)
         self.dataset = dataset
         self.probe = dataset.test_images[:probe_size]
@@ -79,10 +90,17 @@ class TensorBoardLog:
         self.model: InspectableModel | None = None  # set by the engine's hook before the first epoch
         self.writer = _summary_writer(self.logdir)
 
-    def epoch(self, row: Mapping[str, Any], model: InspectableModel, weights: Mapping[str, np.ndarray]) -> None:
+    def epoch(
+        self, row: Mapping[str, Any], model: InspectableModel, weights: Mapping[str, np.ndarray]
+    ) -> None:
         step = int(row["epoch"])
         for key, value in row.items():
-            if key != "epoch" and isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            if (
+                key != "epoch"
+                and isinstance(value, (int, float))
+                and not isinstance(value, bool)
+                and math.isfinite(value)
+            ):
                 self.writer.add_scalar(key, value, step)
         acts = model.activations(self.probe, model.layer_names())
         for name, values in acts.items():
@@ -93,7 +111,9 @@ class TensorBoardLog:
         if maps:
             one = model.activations(self.dataset.test_images[[self.grid_index]], maps)
             for name in maps:
-                self.writer.add_image(f"activation_grid/{name}", grid_image(one[name][0]), step, dataformats="HW")
+                self.writer.add_image(
+                    f"activation_grid/{name}", grid_image(one[name][0]), step, dataformats="HW"
+                )
         self.writer.flush()
 
     def finish(self, model: InspectableModel, step: int) -> None:
@@ -107,7 +127,11 @@ class TensorBoardLog:
         try:
             conf = confusions(model, self.dataset, "test")
             names = [str(c) for c in self.dataset.class_names]
-            self.writer.add_figure("confusion_matrix", plot_confusion(conf.matrix, names, title=f"test accuracy {conf.accuracy:.2%}"), step)
+            self.writer.add_figure(
+                "confusion_matrix",
+                plot_confusion(conf.matrix, names, title=f"test accuracy {conf.accuracy:.2%}"),
+                step,
+            )
             layer = default_oip_layer(model)
             oip = optimize_inputs(model, layer, steps=self.oip_steps, seed=0)
             self.writer.add_figure(f"oip/{layer}", plot_oip_gallery(oip), step)

@@ -12,8 +12,12 @@ from ..errors import MnistlabError
 
 
 def add_tensorboard_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--tensorboard", type=Path, metavar="DIR",
-                        help="also write TensorBoard logs, to DIR/RUN_NAME (view them: mnistlab tensorboard DIR)")
+    parser.add_argument(
+        "--tensorboard",
+        type=Path,
+        metavar="DIR",
+        help="also write TensorBoard logs, to DIR/RUN_NAME (view them: mnistlab tensorboard DIR)",
+    )
 
 
 def log_dir(args: argparse.Namespace, run_dir: Path) -> Path | None:
@@ -32,7 +36,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Start TensorBoard on DIR (the directory given to --tensorboard; every run in it shows up).",
     )
     p.add_argument("logdir", type=Path, metavar="DIR")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument(
+        "--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)"
+    )
     p.add_argument("--port", type=int, default=6006)
     p.set_defaults(func=run_tensorboard)
 
@@ -41,9 +47,20 @@ def run_tensorboard(args: argparse.Namespace) -> int:
     if not args.logdir.is_dir():
         raise MnistlabError(f"{args.logdir}: no such directory; pass the DIR given to --tensorboard")
     if importlib.util.find_spec("tensorboard") is None:
-        raise MnistlabError("viewing logs needs TensorBoard; install it with: pip install 'mnistlab[tensorboard]'")
-    command = [sys.executable, "-m", "tensorboard.main", "--logdir", str(args.logdir),
-               "--host", args.host, "--port", str(args.port)]
+        raise MnistlabError(
+            "viewing logs needs TensorBoard; install it with: pip install 'mnistlab[tensorboard]'"
+        )
+    command = [
+        sys.executable,
+        "-m",
+        "tensorboard.main",
+        "--logdir",
+        str(args.logdir),
+        "--host",
+        args.host,
+        "--port",
+        str(args.port),
+    ]
     try:
         return subprocess.call(command)
     except KeyboardInterrupt:
