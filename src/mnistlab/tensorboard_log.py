@@ -40,7 +40,8 @@ def check_log_dir(path: str | Path) -> Path:
         os.unlink(probe)
     except OSError as exc:
         raise ConfigError(
-            f"{path}: cannot write TensorBoard logs there ({exc.strerror}); choose a writable --tensorboard DIR"
+            f"{path}: cannot write TensorBoard logs there ({exc.strerror}); "
+            "choose a writable --tensorboard DIR"
         ) from None
     return path
 

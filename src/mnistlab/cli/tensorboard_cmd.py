@@ -21,7 +21,7 @@ def add_tensorboard_option(parser: argparse.ArgumentParser) -> None:
 
 
 def log_dir(args: argparse.Namespace, run_dir: Path) -> Path | None:
-    """DIR/RUN_NAME, checked writable now (before any data loads or training starts); None without the option."""
+    """DIR/RUN_NAME, checked writable before any data loads or training starts; None without the option."""
     if getattr(args, "tensorboard", None) is None:
         return None
     from ..tensorboard_log import check_log_dir
@@ -33,7 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "tensorboard",
         help="view the logs written with --tensorboard DIR in TensorBoard",
-        description="Start TensorBoard on DIR (the directory given to --tensorboard; every run in it shows up).",
+        description="Start TensorBoard on DIR (the one given to --tensorboard; every run in it shows up).",
     )
     p.add_argument("logdir", type=Path, metavar="DIR")
     p.add_argument(
