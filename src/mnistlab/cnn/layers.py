@@ -22,8 +22,8 @@ option to a kind (conv dilation or bias, pool padding) is one more ``Arg`` with 
 ``stored_at_default=False`` so manifests of runs that do not use it stay as they were and older
 mnistlab versions still read them. See docs/adding-a-layer-kind.md for a worked example.
 
-Activations live in ``ACTIVATIONS``, the one table used by the spec (which names are valid where)
-and the model (which torch module or probability function to build).
+Activations live in one table, ``activations.ACTIVATIONS``, used by the spec (which names are
+valid where) and the model (which torch module or probability function to build).
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping
 
 from ..errors import ConfigError
+from .activations import ACTIVATIONS, HIDDEN_ACTIVATIONS, OUTPUT_ACTIVATIONS
 
 if TYPE_CHECKING:  # the torch types only; importing this module never imports torch
     from torch import nn
@@ -39,43 +40,6 @@ if TYPE_CHECKING:  # the torch types only; importing this module never imports t
     from .spec import LayerInfo
 
 MAP, VECTOR, PASS_THROUGH, ATTACHED = "map", "vector", "pass-through", "attached"
-
-
-# ----------------------------------------------------------------------------------------------
-# Activations
-
-
-@dataclass(frozen=True)
-class Activation:
-    """An activation: the torch.nn class that applies it, and where a spec may use it."""
-
-    name: str
-    torch_class: str
-    torch_kwargs: tuple[tuple[str, Any], ...] = ()
-    hidden: bool = True  # after a hidden conv or dense layer
-    output: bool = False  # on the output layer: turns logits into probabilities
-
-    def module(self) -> "nn.Module":
-        from torch import nn
-
-        return getattr(nn, self.torch_class)(**dict(self.torch_kwargs))
-
-
-ACTIVATIONS: dict[str, Activation] = {
-    a.name: a
-    for a in (
-        # In place: a conv's or linear layer's backward needs its input, not its output, so ReLU
-        # may overwrite the output and save a pass over the largest maps.
-        Activation("relu", "ReLU", (("inplace", True),)),
-        Activation("sigmoid", "Sigmoid", output=True),
-        Activation("elu", "ELU"),
-        Activation("tanh", "Tanh"),
-        Activation("linear", "Identity"),
-        Activation("softmax", "Softmax", (("dim", 1),), hidden=False, output=True),
-    )
-}
-HIDDEN_ACTIVATIONS = tuple(name for name, a in ACTIVATIONS.items() if a.hidden)
-OUTPUT_ACTIVATIONS = tuple(name for name, a in ACTIVATIONS.items() if a.output)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -205,8 +169,9 @@ class LayerKind:
         by_name = {a.name: a for a in self.args}
         for key in values:
             if key not in by_name:
-                raise ConfigError(f"{where}: unknown argument {key!r}; {self.name} takes: "
-                                  f"{', '.join(by_name) or 'nothing'}")
+                raise ConfigError(
+                    f"{where}: unknown argument {key!r}; {self.name} takes: {', '.join(by_name) or 'nothing'}"
+                )
         converted = {key: by_name[key].convert(value, where, key) for key, value in values.items()}
         missing = [a.name for a in self.args if a.default is REQUIRED and a.name not in converted]
         if missing:
@@ -234,12 +199,15 @@ class LayerKind:
 
     def to_dict(self, layer: Layer) -> dict[str, Any]:
         changed = set(a.name for a in self._non_default(layer))
-        return {"type": self.name, **{a.name: layer.get(a.name) for a in self.args
-                                      if a.stored_at_default or a.name in changed}}
+        return {
+            "type": self.name,
+            **{a.name: layer.get(a.name) for a in self.args if a.stored_at_default or a.name in changed},
+        }
 
     # ----- the dry pass and the summary
-    def infer(self, layer: Layer, shape: tuple[int, ...], where: str,
-              previous: "LayerInfo | None") -> tuple[tuple[int, ...], int]:
+    def infer(
+        self, layer: Layer, shape: tuple[int, ...], where: str, previous: "LayerInfo | None"
+    ) -> tuple[tuple[int, ...], int]:
         """(output shape, trainable parameters) for an input of ``shape`` (no batch dimension)."""
         raise NotImplementedError
 
@@ -293,8 +261,10 @@ def find_kind(name: str) -> LayerKind | None:
 
 def _map_input(shape: tuple[int, ...], where: str) -> tuple[int, int, int]:
     if len(shape) != 3:
-        raise ConfigError(f"{where}: needs a (channels, height, width) input but gets the flat {shape}; "
-                          "move it before flatten")
+        raise ConfigError(
+            f"{where}: needs a (channels, height, width) input but gets the flat {shape}; "
+            "move it before flatten"
+        )
     return shape  # type: ignore[return-value]
 
 
@@ -302,8 +272,9 @@ def _window(shape: tuple[int, ...], k: int, stride: int, pad: int, where: str, w
     """Output height and width of a k x k window sliding with ``stride`` over a map padded by ``pad``."""
     _, h, w = _map_input(shape, where)
     if h + 2 * pad < k or w + 2 * pad < k:
-        raise ConfigError(f"{where}: the {h}x{w} map is smaller than the {k}x{k} {what}; "
-                          "remove a layer or use pad=same")
+        raise ConfigError(
+            f"{where}: the {h}x{w} map is smaller than the {k}x{k} {what}; remove a layer or use pad=same"
+        )
     return (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
 
 
@@ -336,8 +307,9 @@ class Conv(LayerKind):
 
         layer = info.layer
         return _block(
-            conv=nn.Conv2d(info.input_shape[0], layer.filters, layer.kernel, layer.stride,
-                           self.pad_amount(layer)),
+            conv=nn.Conv2d(
+                info.input_shape[0], layer.filters, layer.kernel, layer.stride, self.pad_amount(layer)
+            ),
             act=ACTIVATIONS[layer.act].module(),
         )
 
@@ -345,8 +317,10 @@ class Conv(LayerKind):
 @register
 class MaxPool(LayerKind):
     name, aliases, example = "pool", ("maxpool", "maxpooling", "maxpool2d", "maxpooling2d"), "pool:2"
-    args = (Arg("size", positive_int, aliases=("pool_size",)),
-            Arg("stride", positive_int, lambda values: values["size"]))
+    args = (
+        Arg("size", positive_int, aliases=("pool_size",)),
+        Arg("stride", positive_int, lambda values: values["size"]),
+    )
     keras_name = "MaxPool2D"
     # max(relu(a), relu(b)) == relu(max(a, b)) exactly, gradients included
     commutes_with_relu = True
@@ -416,8 +390,10 @@ def _flat_input(shape: tuple[int, ...], where: str) -> int:
 class Dense(LayerKind):
     name, aliases, example = "dense", ("linear", "fc"), "dense:70"
     # softmax or sigmoid only as the last layer, which the spec then reads as ``output``
-    args = (Arg("units", positive_int),
-            Arg("act", activation(tuple(ACTIVATIONS)), "relu", aliases=("activation",)))
+    args = (
+        Arg("units", positive_int),
+        Arg("act", activation(tuple(ACTIVATIONS)), "relu", aliases=("activation",)),
+    )
     role, keras_name = VECTOR, "Dense"
 
     def infer(self, layer, shape, where, previous):
@@ -427,7 +403,8 @@ class Dense(LayerKind):
         from torch import nn
 
         return _block(
-            linear=nn.Linear(info.input_shape[0], info.layer.units), act=ACTIVATIONS[info.layer.act].module())
+            linear=nn.Linear(info.input_shape[0], info.layer.units), act=ACTIVATIONS[info.layer.act].module()
+        )
 
 
 @register
@@ -436,8 +413,10 @@ class Output(LayerKind):
     and chooses the loss, so the trainer never applies it inside the network."""
 
     name, example, naming = "output", "output:10", "single"
-    args = (Arg("units", positive_int),
-            Arg("act", activation(OUTPUT_ACTIVATIONS), "softmax", aliases=("activation",)))
+    args = (
+        Arg("units", positive_int),
+        Arg("act", activation(OUTPUT_ACTIVATIONS), "softmax", aliases=("activation",)),
+    )
     role, keras_name = VECTOR, "Dense"
 
     def infer(self, layer, shape, where, previous):
@@ -498,6 +477,6 @@ class Dropout(_Attached):
 LAYER_TYPES = tuple(KINDS)
 
 __all__ = [
-    "ACTIVATIONS", "ATTACHED", "Activation", "Arg", "HIDDEN_ACTIVATIONS", "KINDS", "LAYER_TYPES", "Layer",
-    "LayerKind", "MAP", "OUTPUT_ACTIVATIONS", "PASS_THROUGH", "VECTOR", "find_kind", "register",
+    "ACTIVATIONS", "ATTACHED", "Arg", "HIDDEN_ACTIVATIONS", "KINDS", "LAYER_TYPES", "Layer", "LayerKind",
+    "MAP", "OUTPUT_ACTIVATIONS", "PASS_THROUGH", "VECTOR", "find_kind", "register",
 ]

@@ -38,7 +38,8 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from ..errors import ConfigError
-from .layers import ACTIVATIONS, HIDDEN_ACTIVATIONS, KINDS, LAYER_TYPES, OUTPUT_ACTIVATIONS, Layer, LayerKind, find_kind
+from .activations import ACTIVATIONS, HIDDEN_ACTIVATIONS, OUTPUT_ACTIVATIONS
+from .layers import KINDS, LAYER_TYPES, Layer, LayerKind, find_kind
 
 INPUT_SHAPE = (1, 28, 28)
 
