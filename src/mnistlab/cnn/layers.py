@@ -1,4 +1,4 @@
-"""The CNN's layer kinds and activations: one registry, one class per kind.
+"""The CNN's layer kinds: one registry, one class per kind.
 
 A kind owns everything about itself, and every caller asks it rather than switching on a name:
 
@@ -149,6 +149,8 @@ class Layer:
 
 
 class LayerKind:
+    """One kind of layer; the class attributes and methods below are everything mnistlab knows about it."""
+
     name: ClassVar[str]
     aliases: ClassVar[tuple[str, ...]] = ()
     args: ClassVar[tuple[Arg, ...]] = ()
@@ -314,19 +316,24 @@ class Conv(LayerKind):
         )
 
 
-@register
-class MaxPool(LayerKind):
-    name, aliases, example = "pool", ("maxpool", "maxpooling", "maxpool2d", "maxpooling2d"), "pool:2"
+class _Pooling(LayerKind):
+    """A size x size window sliding with ``stride`` over each map: channels kept, no parameters."""
+
     args = (
         Arg("size", positive_int, aliases=("pool_size",)),
         Arg("stride", positive_int, lambda values: values["size"]),
     )
-    keras_name = "MaxPool2D"
-    # max(relu(a), relu(b)) == relu(max(a, b)) exactly, gradients included
-    commutes_with_relu = True
 
     def infer(self, layer, shape, where, previous):
         return (shape[0], *_window(shape, layer.size, layer.stride, 0, where, "pool window")), 0
+
+
+@register
+class MaxPool(_Pooling):
+    name, aliases, example = "pool", ("maxpool", "maxpooling", "maxpool2d", "maxpooling2d"), "pool:2"
+    keras_name = "MaxPool2D"
+    # max(relu(a), relu(b)) == relu(max(a, b)) exactly, gradients included
+    commutes_with_relu = True
 
     def build(self, info):
         from torch import nn
@@ -335,13 +342,9 @@ class MaxPool(LayerKind):
 
 
 @register
-class AvgPool(LayerKind):
+class AvgPool(_Pooling):
     name, aliases, example = "avgpool", ("avgpool2d", "averagepooling", "averagepooling2d"), "avgpool:2"
-    args = MaxPool.args
     keras_name = "AvgPool2D"
-
-    def infer(self, layer, shape, where, previous):
-        return (shape[0], *_window(shape, layer.size, layer.stride, 0, where, "pool window")), 0
 
     def build(self, info):
         from torch import nn

@@ -109,14 +109,12 @@ def choose_levers(config: TrainConfig, device: torch.device, spec: Spec) -> Leve
     )
     graphs = kind == "cuda" and config.cuda_graphs != "off" and not config.compile
     threads = config.threads or (auto_threads() if kind == "cpu" else torch.get_num_threads())
-    # At batch 64 most CPU operations are too small for torch's own threads to pay; splitting the
-    # batch, one thread per part, does (see SplitBatch). Kinds that would change the result on a
-    # split batch (batch norm, dropout) keep the plain path; parts under 16 images run the
-    # convolutions inefficiently, hence the cap.
+    # At batch 64 torch's own threads barely pay on the CPU; splitting the batch does (SplitBatch,
+    # docs/performance.md) where every kind gives the same result on a split batch.
     parallel = 1
     if kind == "cpu" and threads > 1 and not config.compile:
         if all(layer.kind.batch_split_exact for layer in spec.layers):
-            parallel = max(1, min(threads, config.batch_size // 16))
+            parallel = max(1, min(threads, config.batch_size // 16))  # parts under 16 images run slowly
     return Levers(
         kind, amp, channels_last, bool(config.compile), graphs, threads, kind == "cpu" and _glibc(), parallel
     )
@@ -249,9 +247,9 @@ def keep_freed_memory() -> bool:
     Every CPU step allocates and frees the same multi-megabyte tensors; by default glibc serves
     blocks that large with mmap and unmaps them on free, so each step page-faults them in again
     (TensorFlow keeps its own pool, PyTorch on CPU does not). Raising the mmap and trim thresholds
-    keeps them in the heap; the process keeps its peak memory instead. Process-wide and for the
-    rest of the process; glibc only (elsewhere, or if the call fails, nothing changes). Returns
-    whether it applied.
+    keeps them in the heap (docs/performance.md); the process keeps its peak memory instead.
+    Process-wide and for the rest of the process; glibc only (elsewhere, or if the call fails,
+    nothing changes). Returns whether it applied.
     """
     global _freed_memory_kept
     if _freed_memory_kept:
