@@ -270,12 +270,14 @@ def _map_input(shape: tuple[int, ...], where: str) -> tuple[int, int, int]:
     return shape  # type: ignore[return-value]
 
 
-def _window(shape: tuple[int, ...], k: int, stride: int, pad: int, where: str, what: str) -> tuple[int, int]:
+def _window(
+    shape: tuple[int, ...], k: int, stride: int, pad: int, where: str, what: str, fix: str
+) -> tuple[int, int]:
     """Output height and width of a k x k window sliding with ``stride`` over a map padded by ``pad``."""
     _, h, w = _map_input(shape, where)
     if h + 2 * pad < k or w + 2 * pad < k:
         raise ConfigError(
-            f"{where}: the {h}x{w} map is smaller than the {k}x{k} {what}; remove a layer or use pad=same"
+            f"{where}: the {h}x{w} map is smaller than the {k}x{k} {what}; remove a layer or {fix}"
         )
     return (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
 
@@ -301,7 +303,8 @@ class Conv(LayerKind):
     def infer(self, layer, shape, where, previous):
         if layer.pad == "same" and layer.kernel % 2 == 0:
             raise ConfigError(f"{where}: pad=same needs an odd kernel; use an odd kernel or an integer pad")
-        oh, ow = _window(shape, layer.kernel, layer.stride, self.pad_amount(layer), where, "kernel")
+        pad = self.pad_amount(layer)
+        oh, ow = _window(shape, layer.kernel, layer.stride, pad, where, "kernel", "use pad=same")
         return (layer.filters, oh, ow), layer.filters * shape[0] * layer.kernel**2 + layer.filters
 
     def build(self, info):
@@ -325,7 +328,8 @@ class _Pooling(LayerKind):
     )
 
     def infer(self, layer, shape, where, previous):
-        return (shape[0], *_window(shape, layer.size, layer.stride, 0, where, "pool window")), 0
+        oh, ow = _window(shape, layer.size, layer.stride, 0, where, "pool window", "use a smaller window")
+        return (shape[0], oh, ow), 0
 
 
 @register
