@@ -55,9 +55,10 @@ def _events(logdir):
 
 def _check_scalars(acc, history):
     tags = acc.Tags()["scalars"]
-    for key in ("loss", "train_accuracy", "test_accuracy", "lr", "seconds"):
-        assert key in tags, f"{key} missing from {tags}"
-        events = acc.Scalars(key)
+    for key in ("loss", "train_accuracy", "test_accuracy", "lr", "seconds", "train_seconds"):
+        tag = ("engine/" if key == "train_seconds" else "history/") + key
+        assert tag in tags, f"{tag} missing from {tags}"
+        events = acc.Scalars(tag)
         assert [e.step for e in events] == [row["epoch"] for row in history]
         np.testing.assert_allclose([e.value for e in events], [row[key] for row in history], rtol=1e-6)
 
@@ -78,30 +79,23 @@ def _image(acc, tag, step):
     return np.asarray(Image.open(io.BytesIO(event.encoded_image_string)))
 
 
-@pytest.mark.slow
-def test_mlp_logs_without_torch(tmp_path):
-    out, tb = tmp_path / "runs" / "mlp", tmp_path / "tb"
-    argv = [
-        "train",
-        "mlp",
-        "--layers",
-        "16,12",
-        "--epochs",
-        "2",
-        "--batch-size",
-        "50",
-        "--threads",
-        "1",
-        "--out",
-        str(out),
-        "--tensorboard",
-        str(tb),
-        "--no-progress",
-    ]
+@pytest.fixture(scope="module")
+def mlp_logs(tmp_path_factory):
+    """(run directory, TensorBoard DIR) of a small MLP trained by the CLI where torch cannot be imported."""
+    tmp = tmp_path_factory.mktemp("mlp-tensorboard")
+    out, tb = tmp / "runs" / "mlp", tmp / "tb"
+    argv = ["train", "mlp", "--layers", "16,12", "--epochs", "2", "--batch-size", "50", "--threads", "1",
+            "--out", str(out), "--tensorboard", str(tb), "--no-progress"]  # fmt: skip
     done = subprocess.run(
         [sys.executable, "-c", _MLP_WITHOUT_TORCH, *argv], capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0, done.stderr
+    return out, tb
+
+
+@pytest.mark.slow
+def test_mlp_logs_without_torch(mlp_logs):
+    out, tb = mlp_logs
     history = read_history(out)
     acc = _events(tb / "mlp")
     _check_scalars(acc, history)
@@ -203,20 +197,16 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
-def test_tensorboard_server_serves_the_scalars(tmp_path):
-    from tensorboardX import SummaryWriter
-
-    losses = [2.3, 1.1, 0.7]
-    with SummaryWriter(str(tmp_path / "tb" / "run-a")) as writer:
-        for step, value in enumerate(losses, 1):
-            writer.add_scalar("loss", value, step)
+def test_tensorboard_server_serves_the_scalars(mlp_logs):
+    out, tb = mlp_logs
+    history = read_history(out)
     port = _free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "mnistlab", "tensorboard", str(tmp_path / "tb"), "--port", str(port)],
+        [sys.executable, "-m", "mnistlab", "tensorboard", str(tb), "--port", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
-    query = urllib.parse.urlencode({"run": "run-a", "tag": "loss"})
+    query = urllib.parse.urlencode({"run": "mlp", "tag": "history/loss"})
     url = f"http://127.0.0.1:{port}/data/plugin/scalars/scalars?{query}"
     try:
         deadline, rows = time.monotonic() + 90, None
@@ -231,8 +221,8 @@ def test_tensorboard_server_serves_the_scalars(tmp_path):
             time.sleep(0.5)
         assert server.poll() is None, server.stderr.read().decode()[-2000:]
         assert rows, "no scalars served within 90 s"
-        assert [r[1] for r in rows] == [1, 2, 3]
-        np.testing.assert_allclose([r[2] for r in rows], losses, rtol=1e-6)
+        assert [r[1] for r in rows] == [row["epoch"] for row in history]
+        np.testing.assert_allclose([r[2] for r in rows], [row["loss"] for row in history], rtol=1e-6)
     finally:
         server.terminate()
         try:

@@ -1,7 +1,8 @@
 """Training as TensorBoard sees it: one event directory per run, written through tensorboardX.
 
-Per epoch (step = the epoch number): every numeric value of the history row as a scalar under its
-own key (``loss``, ``train_accuracy``, ``test_accuracy``, ``lr``, ...); a histogram of every
+Per epoch (step = the epoch number): every numeric value of the history row as a scalar,
+``history/KEY`` for the shared vocabulary (``loss``, ``train_accuracy``, ``test_accuracy``, ``lr``,
+``seconds``, ...) and ``engine/KEY`` for an engine's extras; a histogram of every
 layer's activations on a fixed probe batch of test images (``activations/LAYER``) and of every
 weight tensor (``weights/NAME``); each conv layer's maps for one fixed test image as one image
 (``activation_grid/LAYER``, the mosaic the CLI's grids use, scaled to the layer's peak). After
@@ -24,10 +25,17 @@ import numpy as np
 from .data import Dataset
 from .errors import ConfigError, MnistlabError
 from .model_api import InspectableModel
+from .runs import HISTORY_KEYS
 
 PROBE_SIZE = 256  # test images whose activations make the histograms: the first ones, the same every epoch
 GRID_INDEX = 0  # the test image whose conv maps are drawn each epoch
 OIP_STEPS = 100
+
+
+def scalar_tag(key: str) -> str:
+    """``history/KEY`` for the shared vocabulary (runs.HISTORY_KEYS), ``engine/KEY`` for an engine's
+    extras (timings, ``reg_loss``, ...): TensorBoard groups the charts by the part before the slash."""
+    return f"{'history' if key in HISTORY_KEYS else 'engine'}/{key}"
 
 
 def check_log_dir(path: str | Path) -> Path:
@@ -96,13 +104,9 @@ class TensorBoardLog:
     ) -> None:
         step = int(row["epoch"])
         for key, value in row.items():
-            if (
-                key != "epoch"
-                and isinstance(value, (int, float))
-                and not isinstance(value, bool)
-                and math.isfinite(value)
-            ):
-                self.writer.add_scalar(key, value, step)
+            if key != "epoch" and isinstance(value, (int, float)) and not isinstance(value, bool):
+                if math.isfinite(value):
+                    self.writer.add_scalar(scalar_tag(key), value, step)
         acts = model.activations(self.probe, model.layer_names())
         for name, values in acts.items():
             self.writer.add_histogram(f"activations/{name}", np.asarray(values, np.float64), step)
