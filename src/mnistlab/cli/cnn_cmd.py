@@ -158,7 +158,10 @@ def run_train(args: argparse.Namespace) -> int:
                 tensorboard.close()
                 raise
             if result.state == "complete":
-                tensorboard.finish(result.model, len(result.history))
+                from ..cnn.levers import torch_threads
+
+                with torch_threads(trainer.levers.threads):  # as training chose, not torch's default
+                    tensorboard.finish(result.model, len(result.history))
             else:
                 tensorboard.close()
     seconds = time.perf_counter() - t0

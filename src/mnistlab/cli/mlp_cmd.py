@@ -153,7 +153,10 @@ def run_train(args: argparse.Namespace) -> int:
     finally:
         bar.close()
     if tensorboard is not None:
-        tensorboard.finish(result.model, len(result.history))
+        from ..mlp.threads import blas_threads
+
+        with blas_threads(args.threads):  # as training: idle BLAS threads spin on a busy machine
+            tensorboard.finish(result.model, len(result.history))
     seconds = time.perf_counter() - t0
     if args.profile:
         print(profile_table(result.history))
