@@ -13,7 +13,10 @@ import urllib.request
 
 from playwright.sync_api import sync_playwright
 
-VIEWS = {"scalars": "history/(loss|test_accuracy|train_accuracy|lr)", "grids": "activation_grid|oip|confusion"}
+VIEWS = {
+    "scalars": "history/(loss|test_accuracy|train_accuracy|lr)",
+    "grids": "activation_grid|oip|confusion",
+}
 
 
 def main(logdir: str, outdir: str) -> None:
@@ -43,7 +46,7 @@ def main(logdir: str, outdir: str) -> None:
                 if smoothing.count():
                     smoothing.fill("0")
                     smoothing.press("Enter")
-                if name == "scalars":  # the settings panel opens by default; the choice sticks for the next view
+                if name == "scalars":  # the settings panel starts open; folding it sticks for the next view
                     page.get_by_text("Settings", exact=True).first.click()
                 time.sleep(5)
                 page.screenshot(path=f"{outdir}/tensorboard-{name}.png")
