@@ -90,8 +90,18 @@ class TensorBoardLog:
         probe_size: int = PROBE_SIZE,
         grid_index: int = GRID_INDEX,
         oip_steps: int = OIP_STEPS,
+        val: int = 0,
     ):
+        """``val``: for a dataset without test images (a sweep trial's), the last ``val`` training
+        images (its validation split) stand in for them."""
         self.logdir = check_log_dir(logdir)
+        self.split_name = "test"
+        if len(dataset.test_labels) == 0 and val:
+            n = len(dataset.train_labels) - val
+            images, labels = dataset.train_images, dataset.train_labels
+            names = dataset.class_names
+            dataset = Dataset(dataset.name, images[:n], labels[:n], images[n:], labels[n:], names)
+            self.split_name = "validation"
         self.dataset = dataset
         self.probe = dataset.test_images[:probe_size]
         self.grid_index = grid_index
@@ -134,7 +144,7 @@ class TensorBoardLog:
             names = [str(c) for c in self.dataset.class_names]
             self.writer.add_figure(
                 "confusion_matrix",
-                plot_confusion(conf.matrix, names, title=f"test accuracy {conf.accuracy:.2%}"),
+                plot_confusion(conf.matrix, names, title=f"{self.split_name} accuracy {conf.accuracy:.2%}"),
                 step,
             )
             layer = default_oip_layer(model)
