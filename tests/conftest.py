@@ -45,6 +45,8 @@ def synthetic_dataset(tmp_path, monkeypatch):
     arrays = synthetic_arrays()
     directory = tmp_path / "idx"
     write_idx_dir(directory, arrays)
-    info = sources.DatasetInfo("mnist", sources.DATASETS["mnist"].class_names, sources.array_checksums(arrays), ())
+    info = sources.DatasetInfo(
+        "mnist", sources.DATASETS["mnist"].class_names, sources.array_checksums(arrays), ()
+    )
     monkeypatch.setitem(sources.DATASETS, "mnist", info)
     return directory, arrays

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 
 from _inspect_models import planted_arrays
-
 from mnistlab.cli import main
 from mnistlab.data import Dataset, sources
 from mnistlab.inspect import compute_activations, optimize_inputs
@@ -17,8 +16,15 @@ pytest.importorskip("torch")
 
 
 def _dataset(arrays) -> Dataset:
-    return Dataset("mnist", arrays["train_images"], arrays["train_labels"], arrays["test_images"], arrays["test_labels"],
-                   sources.DATASETS["mnist"].class_names, "synthetic")
+    return Dataset(
+        "mnist",
+        arrays["train_images"],
+        arrays["train_labels"],
+        arrays["test_images"],
+        arrays["test_labels"],
+        sources.DATASETS["mnist"].class_names,
+        "synthetic",
+    )
 
 
 @pytest.fixture(scope="module")
@@ -33,9 +39,19 @@ def runs(arrays, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("engine-runs")
     ds = _dataset(arrays)
-    cnn = train_cnn(ds, out=root / "cnn", progress=False, spec="conv:6:3,pool:2,conv:8:3,pool:2,flatten,dense:12,output:10",
-                    epochs=2, batch_size=32, device="cpu", threads=1).run_dir
-    mlp = train_on_dataset(MLPConfig(hidden=(16,), epochs=3, batch_size=50, lr=0.05), ds, out=root / "mlp").run_dir
+    cnn = train_cnn(
+        ds,
+        out=root / "cnn",
+        progress=False,
+        spec="conv:6:3,pool:2,conv:8:3,pool:2,flatten,dense:12,output:10",
+        epochs=2,
+        batch_size=32,
+        device="cpu",
+        threads=1,
+    ).run_dir
+    mlp = train_on_dataset(
+        MLPConfig(hidden=(16,), epochs=3, batch_size=50, lr=0.05), ds, out=root / "mlp"
+    ).run_dir
     return {"cnn": cnn, "mlp": mlp}
 
 
@@ -46,7 +62,9 @@ def data_dir(arrays, tmp_path, monkeypatch):
 
     directory = tmp_path / "idx"
     write_idx_dir(directory, arrays)
-    info = sources.DatasetInfo("mnist", sources.DATASETS["mnist"].class_names, sources.array_checksums(arrays), ())
+    info = sources.DatasetInfo(
+        "mnist", sources.DATASETS["mnist"].class_names, sources.array_checksums(arrays), ()
+    )
     monkeypatch.setitem(sources.DATASETS, "mnist", info)
     monkeypatch.setenv("MNISTLAB_DATA_DIR", str(directory))
     return directory
@@ -70,7 +88,10 @@ def test_cli_on_trained_engines(engine, runs, data_dir, capsys, tmp_path):
     assert any(n.startswith("acts-") for n in names) or "acts.png" in names
     assert f"compare-4-9-{first}.png" in names
     text = (out / "report.html").read_text()
-    assert all(f'<section id="{k}">' in text for k in ("summary", "training", "confusions", "compare", "ambiguous", "oip"))
+    assert all(
+        f'<section id="{k}">' in text
+        for k in ("summary", "training", "confusions", "compare", "ambiguous", "oip")
+    )
     assert "could not be built" not in text
 
 

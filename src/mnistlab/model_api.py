@@ -14,7 +14,7 @@ Conventions (both engines, same names, shapes and meaning):
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -69,7 +69,9 @@ class InspectableModel(ABC):
             return self.preprocess(images)
         raise ConfigError(f"expected images of shape (N, 28, 28), got {images.shape}")
 
-    def activations(self, images: np.ndarray, layers: Iterable[str] | str | None = None) -> dict[str, np.ndarray]:
+    def activations(
+        self, images: np.ndarray, layers: Iterable[str] | str | None = None
+    ) -> dict[str, np.ndarray]:
         """Activations of the named layers (all when None) for raw images (N, 28, 28)."""
         names = self.check_layers(layers)
         return self.activations_from_inputs(self.to_inputs(images), names)

@@ -21,7 +21,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     predict = sub.add_parser("predict", help="class probabilities for chosen images")
     predict.add_argument("run", help="run directory")
-    predict.add_argument("--index", action="append", required=True, metavar="I", help="image index (repeatable; 1,2 or 3-5)")
+    predict.add_argument(
+        "--index", action="append", required=True, metavar="I", help="image index (repeatable; 1,2 or 3-5)"
+    )
     predict.add_argument("--split", default="test", choices=["train", "test"])
     predict.set_defaults(func=cmd_predict)
 
@@ -45,9 +47,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print(confusion_text(result.matrix, names))
     pairs = result.pairs(5)
     if pairs:
-        print("most confused (true -> predicted: count): " + ", ".join(f"{names[t]}->{names[p]}: {c}" for t, p, c in pairs))
+        print(
+            "most confused (true -> predicted: count): "
+            + ", ".join(f"{names[t]}->{names[p]}: {c}" for t, p, c in pairs)
+        )
     out = Path(args.out) if args.out else Path(args.run) / "figures"
-    cm_path = save_figure(plot_confusion(result.matrix, names, title=f"{args.split} accuracy {result.accuracy:.2%}"), out / "confusion.png")
+    cm_path = save_figure(
+        plot_confusion(result.matrix, names, title=f"{args.split} accuracy {result.accuracy:.2%}"),
+        out / "confusion.png",
+    )
     history = read_history(Path(args.run))
     written = [cm_path]
     if history:
@@ -70,7 +78,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     header = "index  label  pred   " + " ".join(f"{str(n)[:6]:>6}" for n in names)
     print(header)
     for i, p in zip(indices, probabilities):
-        print(f"{i:<6} {str(names[labels[i]])[:6]:<6} {str(names[int(np.argmax(p))])[:6]:<6} " + " ".join(f"{v:6.3f}" for v in p))
+        print(
+            f"{i:<6} {str(names[labels[i]])[:6]:<6} {str(names[int(np.argmax(p))])[:6]:<6} "
+            + " ".join(f"{v:6.3f}" for v in p)
+        )
     return 0
 
 

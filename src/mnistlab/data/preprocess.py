@@ -23,7 +23,7 @@ class Preprocessor:
     scale: np.ndarray  # (28, 28) float32; inputs are (pixels - mean) / scale
 
     @classmethod
-    def fit(cls, kind: str, train_images: np.ndarray) -> "Preprocessor":
+    def fit(cls, kind: str, train_images: np.ndarray) -> Preprocessor:
         """Fit on the training images only: test statistics must never leak into the model."""
         if kind not in KINDS:
             raise ConfigError(f"unknown preprocessing {kind!r}; choose one of: {', '.join(KINDS)}")
@@ -57,7 +57,7 @@ class Preprocessor:
         return {"kind": np.array(self.kind), "mean": self.mean, "scale": self.scale}
 
     @classmethod
-    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> "Preprocessor":
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> Preprocessor:
         try:
             kind = str(arrays["kind"])
             mean, scale = arrays["mean"].astype(np.float32), arrays["scale"].astype(np.float32)

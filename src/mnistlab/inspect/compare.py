@@ -17,8 +17,8 @@ Two views:
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -62,13 +62,20 @@ class LayerContrast:
         return [int(u) for u in order if counts[u] > 0]
 
 
-def contrast_layer(acts_a: np.ndarray, acts_b: np.ndarray, *, rel: float = 0.5, floor: float = 0.1, layer: str = "") -> LayerContrast:
+def contrast_layer(
+    acts_a: np.ndarray, acts_b: np.ndarray, *, rel: float = 0.5, floor: float = 0.1, layer: str = ""
+) -> LayerContrast:
     """Red/yellow masks for one layer from the activations of set A (n_a, ...) and set B (n_b, ...)."""
     acts_a, acts_b = np.asarray(acts_a, np.float32), np.asarray(acts_b, np.float32)
     if acts_a.shape[1:] != acts_b.shape[1:]:
-        raise ConfigError(f"layer {layer!r}: sets A and B have different activation shapes {acts_a.shape[1:]} and {acts_b.shape[1:]}")
+        raise ConfigError(
+            f"layer {layer!r}: sets A and B have different activation shapes {acts_a.shape[1:]} and "
+            f"{acts_b.shape[1:]}"
+        )
     if not 0 < rel <= 1:
-        raise ConfigError(f"rel={rel} must be in (0, 1]: the share of a map's peak that counts as strongly active")
+        raise ConfigError(
+            f"rel={rel} must be in (0, 1]: the share of a map's peak that counts as strongly active"
+        )
     both = np.concatenate([acts_a, acts_b])
     layer_peak = float(both.max()) if both.size else 0.0
     if both.ndim == 4:
@@ -139,9 +146,18 @@ class UnitRanking:
     def top(self, k: int = 10) -> list[dict]:
         rows = []
         for u in self.order()[:k]:
-            rows.append({"layer": self.layer, "kind": self.kind, "unit": int(u), "auc": float(self.auc[u]),
-                         "smd": float(self.smd[u]), "mean_a": float(self.mean_a[u]), "mean_b": float(self.mean_b[u]),
-                         "favours": "A" if self.auc[u] > 0.5 else "B" if self.auc[u] < 0.5 else "-"})
+            rows.append(
+                {
+                    "layer": self.layer,
+                    "kind": self.kind,
+                    "unit": int(u),
+                    "auc": float(self.auc[u]),
+                    "smd": float(self.smd[u]),
+                    "mean_a": float(self.mean_a[u]),
+                    "mean_b": float(self.mean_b[u]),
+                    "favours": "A" if self.auc[u] > 0.5 else "B" if self.auc[u] < 0.5 else "-",
+                }
+            )
         return rows
 
 
@@ -149,8 +165,16 @@ def rank_units(acts_a: np.ndarray, acts_b: np.ndarray, layer: str = "") -> UnitR
     """Rank a layer's maps (by mean activation) or nodes between two sets of images."""
     kind = "map" if np.asarray(acts_a).ndim == 4 else "node"
     a, b = unit_scores(acts_a), unit_scores(acts_b)
-    return UnitRanking(layer, auc_scores(a, b), standardized_mean_difference(a, b), a.mean(axis=0), b.mean(axis=0),
-                       len(a), len(b), kind)
+    return UnitRanking(
+        layer,
+        auc_scores(a, b),
+        standardized_mean_difference(a, b),
+        a.mean(axis=0),
+        b.mean(axis=0),
+        len(a),
+        len(b),
+        kind,
+    )
 
 
 # ----- the whole comparison -----
@@ -168,7 +192,7 @@ class Comparison:
     rankings: dict[str, UnitRanking] = field(default_factory=dict, repr=False)
 
     def table(self, k: int = 10) -> list[dict]:
-        """The k most discriminative units over all ranked layers, with the red/yellow counts of the chosen images."""
+        """The k most discriminative units of all ranked layers, with the chosen images' red/yellow counts."""
         rows = []
         for name, ranking in self.rankings.items():
             contrast = self.contrasts.get(name)
@@ -205,7 +229,8 @@ def compare_sets(
     rank_a: ImageSet | None = None,
     rank_b: ImageSet | None = None,
 ) -> Comparison:
-    """Red/yellow units of chosen images A vs B, and (given ``rank_a``/``rank_b``) the ranking over those larger sets."""
+    """Red/yellow units of chosen images A vs B, and (given ``rank_a``/``rank_b``) the ranking over
+    those larger sets."""
     names = model.check_layers(layers) if layers is not None else default_layers(model)
     acts_a, acts_b = compute_activations(model, a, names), compute_activations(model, b, names)
     contrasts = {n: contrast_layer(acts_a[n], acts_b[n], rel=rel, floor=floor, layer=n) for n in names}
@@ -234,8 +259,16 @@ def compare_classes(
     """The seed's 4s-versus-9s study: the first ``n`` images of each class (or chosen indices),
     and a ranking of maps and nodes over all images of the two classes in ``split``
     (at most ``rank_limit`` of each, first in order, for speed)."""
-    a = select_images(dataset, split, indices=a_indices) if a_indices else select_images(dataset, split, label=a_label, n=n)
-    b = select_images(dataset, split, indices=b_indices) if b_indices else select_images(dataset, split, label=b_label, n=n)
+    a = (
+        select_images(dataset, split, indices=a_indices)
+        if a_indices
+        else select_images(dataset, split, label=a_label, n=n)
+    )
+    b = (
+        select_images(dataset, split, indices=b_indices)
+        if b_indices
+        else select_images(dataset, split, label=b_label, n=n)
+    )
     rank_a = select_images(dataset, split, label=a_label, n=rank_limit)
     rank_b = select_images(dataset, split, label=b_label, n=rank_limit)
     names = dataset.class_names

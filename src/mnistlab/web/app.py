@@ -15,9 +15,10 @@ import functools
 import json
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from fastapi import FastAPI, Query, Request
@@ -42,17 +43,20 @@ MAX_GALLERY = 200
 
 
 class PredictBody(BaseModel):
-    """An image to classify: ``pixels`` as rows of numbers, or ``data`` (base64 bytes) with width and height."""
+    """An image to classify: ``pixels`` as rows of numbers, or ``data`` (base64 bytes) with its size."""
 
     model_config = ConfigDict(extra="forbid")
 
-    pixels: list[list[float]] | None = Field(default=None, description="rows of pixel values 0..255, ink high")
+    pixels: list[list[float]] | None = Field(
+        default=None, description="rows of pixel values 0..255, ink high"
+    )
     data: str | None = Field(default=None, description="base64 of height*width uint8 pixels, row-major")
     width: int | None = None
     height: int | None = None
     drawing: bool = Field(
         default=True,
-        description="true: a free drawing, normalized the way MNIST's digits were; false: an exact 28x28 image",
+        description="true: a free drawing, normalized the way MNIST's digits were; "
+        "false: an exact 28x28 image",
     )
     layers: list[str] | None = Field(default=None, description="layers to return (all when omitted)")
 
@@ -85,7 +89,9 @@ def create_app(
     def on_model_thread(func: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(func)
         async def run(*args: Any, **kwargs: Any) -> Any:
-            return await asyncio.get_running_loop().run_in_executor(executor, functools.partial(func, *args, **kwargs))
+            return await asyncio.get_running_loop().run_in_executor(
+                executor, functools.partial(func, *args, **kwargs)
+            )
 
         return run
 
@@ -157,7 +163,10 @@ def create_app(
             image = normalize_drawing(pixels)
         else:
             if pixels.shape != (28, 28):
-                raise ApiError(400, f"with drawing=false the image must be 28x28, got {pixels.shape[0]}x{pixels.shape[1]}")
+                raise ApiError(
+                    400,
+                    f"with drawing=false the image must be 28x28, got {pixels.shape[0]}x{pixels.shape[1]}",
+                )
             image = pixels.astype(np.float32)
         answer = _inspect(loaded, image, layers)
         answer["blank"] = bool(image.max() <= 0)
@@ -166,13 +175,17 @@ def create_app(
 
     @app.get("/api/test-image")
     @on_model_thread
-    def test_image(run: str | None = None, index: int = Query(..., description="index in the test split")) -> dict[str, Any]:
+    def test_image(
+        run: str | None = None, index: int = Query(..., description="index in the test split")
+    ) -> dict[str, Any]:
         """Test image number ``index`` (canonical order), its label, and the model's view of it."""
         loaded = store.get(run)
         ds = _dataset(store, loaded)
         n = len(ds.test_images)
         if not 0 <= index < n:
-            raise ApiError(400, f"test index {index} is out of range; the test split has {n} images (0..{n - 1})")
+            raise ApiError(
+                400, f"test index {index} is out of range; the test split has {n} images (0..{n - 1})"
+            )
         answer = _inspect(loaded, ds.test_images[index].astype(np.float32), loaded.model.layer_names())
         answer.update(index=index, label=int(ds.test_labels[index]))
         return answer
@@ -223,7 +236,12 @@ def create_app(
         _check_classes(ds, true=true, pred=pred)
         ev = _evaluation(store, loaded)
         cell = ev.misclassified(true, pred)
-        return {"true": true, "pred": pred, "total": int(len(cell)), "items": _gallery(ds, ev.proba, cell[:limit])}
+        return {
+            "true": true,
+            "pred": pred,
+            "total": int(len(cell)),
+            "items": _gallery(ds, ev.proba, cell[:limit]),
+        }
 
     @app.get("/api/compare")
     @on_model_thread
@@ -241,20 +259,28 @@ def create_app(
         if a == b:
             raise ApiError(400, f"a and b are both {a}; choose two different classes")
         layers = _check_layers(loaded, [layer]) if layer else None
-        return _cached(loaded, ("compare", a, b, n, layer), lambda: _compare_answer(loaded.model, ds, a, b, n, layers))
+        return _cached(
+            loaded, ("compare", a, b, n, layer), lambda: _compare_answer(loaded.model, ds, a, b, n, layers)
+        )
 
     @app.get("/api/oip")
     @on_model_thread
     def oip(
         run: str | None = None,
-        layer: str | None = Query(None, description="layer (default: the last conv layer, or the first hidden layer)"),
+        layer: str | None = Query(
+            None, description="layer (default: the last conv layer, or the first hidden layer)"
+        ),
         steps: int = Query(100, ge=1, le=500, description="gradient steps"),
     ) -> dict[str, Any]:
         """Optimal input patterns of a layer's units (mnistlab.inspect.optimize_inputs, as `inspect oip`)."""
         loaded = store.get(run)
         if layer is not None:
             _check_layers(loaded, [layer])
-        return _cached(loaded, ("oip", layer, steps), lambda: _oip_answer(loaded.model, loaded.layer_shapes, layer, steps))
+        return _cached(
+            loaded,
+            ("oip", layer, steps),
+            lambda: _oip_answer(loaded.model, loaded.layer_shapes, layer, steps),
+        )
 
     return app
 
@@ -286,7 +312,9 @@ def _inspect_module() -> Any:
 
         inspect_lib.compare_classes  # noqa: B018 - present once the inspect library is installed
     except (ImportError, AttributeError):
-        raise ApiError(501, "this mnistlab has no inspect library (mnistlab.inspect); update mnistlab") from None
+        raise ApiError(
+            501, "this mnistlab has no inspect library (mnistlab.inspect); update mnistlab"
+        ) from None
     return inspect_lib
 
 
@@ -336,7 +364,16 @@ def _compare_answer(
         "title": "Most discriminative units",
         "columns": ["layer", "kind", "unit", "AUC", "d", f"mean {a_name}", f"mean {b_name}", "favours"],
         "rows": [
-            [r["layer"], r["kind"], r["unit"], r["auc"], r["smd"], r["mean_a"], r["mean_b"], a_name if r["favours"] == "A" else b_name]
+            [
+                r["layer"],
+                r["kind"],
+                r["unit"],
+                r["auc"],
+                r["smd"],
+                r["mean_a"],
+                r["mean_b"],
+                a_name if r["favours"] == "A" else b_name,
+            ]
             for r in top
         ],
     }
@@ -351,7 +388,9 @@ def _compare_answer(
     }
 
 
-def _oip_answer(model: InspectableModel, shapes: dict[str, tuple[int, ...]], layer: str | None, steps: int) -> dict[str, Any]:
+def _oip_answer(
+    model: InspectableModel, shapes: dict[str, tuple[int, ...]], layer: str | None, steps: int
+) -> dict[str, Any]:
     lib = _inspect_module()
     from ..inspect.activations import default_oip_layer
 
@@ -374,7 +413,8 @@ def _oip_answer(model: InspectableModel, shapes: dict[str, tuple[int, ...]], lay
                 "unit": int(unit),
                 "image": encode.image_u8(result.images[i]),
                 "caption": caption,
-                "title": f"{layer} unit {int(unit)}: activation {result.start[i]:.3g} -> {result.final[i]:.3g}",
+                "title": f"{layer} unit {int(unit)}: "
+                f"activation {result.start[i]:.3g} -> {result.final[i]:.3g}",
                 "dead": bool(result.dead[i]),
             }
         )
@@ -409,7 +449,9 @@ def _with_torch_threads(
 
 def _decode_pixels(body: PredictBody) -> np.ndarray:
     if (body.pixels is None) == (body.data is None):
-        raise ApiError(400, "give the image either as 'pixels' (rows of numbers) or as 'data' with 'width' and 'height'")
+        raise ApiError(
+            400, "give the image either as 'pixels' (rows of numbers) or as 'data' with 'width' and 'height'"
+        )
     if body.pixels is not None:
         rows = body.pixels
         if not rows or any(len(r) != len(rows[0]) for r in rows) or not rows[0]:
@@ -428,7 +470,9 @@ def _decode_pixels(body: PredictBody) -> np.ndarray:
             raise ApiError(400, "'data' is not valid base64") from None
         if len(raw) != body.width * body.height:
             raise ApiError(
-                400, f"'data' holds {len(raw)} bytes but width*height is {body.width * body.height} (one byte per pixel)"
+                400,
+                f"'data' holds {len(raw)} bytes but width*height is {body.width * body.height} (one byte "
+                "per pixel)",
             )
         array = np.frombuffer(raw, np.uint8).reshape(body.height, body.width)
     return check_drawing(array)
@@ -584,7 +628,10 @@ class _BodyLimit:
             {
                 "type": "http.response.start",
                 "status": 413,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
             }
         )
         await send({"type": "http.response.body", "body": body})
