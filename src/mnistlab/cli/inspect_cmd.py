@@ -273,10 +273,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
                               rank_a=rank_a, rank_b=rank_b)
     print(f"A = {a_name}: {' '.join(a_set.names())}")
     print(f"B = {b_name}: {' '.join(b_set.names())}")
-    print(f"{'layer':<10} {'red':>6} {'yellow':>7}  maps/nodes with red (most first)")
-    for row in comparison.summary():
-        units = ", ".join(map(str, row["red_units"][:12])) + (" ..." if len(row["red_units"]) > 12 else "")
-        print(f"{row['layer']:<10} {row['red']:>6} {row['yellow']:>7}  {units}")
+    print(comparison.summary_table().to_text())
     out = _out_dir(args)
     written = [
         save_figure(
@@ -287,20 +284,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     ]
     if comparison.rankings:
         top = comparison.table(args.top)
-        print(
-            f"\nmost discriminative over all {args.split} images of {a_name} ({rank_a.images.shape[0]}) "
-            f"and {b_name} "
-            f"({rank_b.images.shape[0]}); AUC = P({a_name} scores higher), d = standardized mean difference"
-        )
-        print(
-            f"{'layer':<10} {'kind':<5} {'unit':>5} {'AUC':>7} {'d':>7} {'mean A':>9} {'mean B':>9}  favours"
-        )
-        for r in top:
-            print(
-                f"{r['layer']:<10} {r['kind']:<5} {r['unit']:>5} {r['auc']:>7.3f} {r['smd']:>+7.2f} "
-                f"{r['mean_a']:>9.4f} "
-                f"{r['mean_b']:>9.4f}  {a_name if r['favours'] == 'A' else b_name}"
-            )
+        print(f"\n{comparison.ranking_table(args.top).to_text()}")
         written.append(
             save_figure(
                 plot_ranking(top, a_name=a_name, b_name=b_name),

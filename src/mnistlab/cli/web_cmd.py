@@ -34,9 +34,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def serve(args: argparse.Namespace) -> int:
-    # Before torch (and its OpenMP runtime) loads: idle OpenMP threads sleep instead of spinning.
-    # With spinning threads, a 1 ms forward pass took ~130 ms whenever other processes (a training
-    # run, say) kept this 2-core machine's cores busy; passive waiting and 1 thread both fix it.
+    # Before torch (and its OpenMP runtime) loads: idle OpenMP threads sleep instead of spinning, which
+    # stalls each forward pass while other processes keep the cores busy (docs/performance.md).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
         import uvicorn

@@ -26,6 +26,7 @@ from ..data import Dataset
 from ..errors import ConfigError
 from ..model_api import InspectableModel
 from .activations import ImageSet, compute_activations, default_layers, select_images, unit_scores
+from .tables import Column, Table
 
 
 @dataclass
@@ -214,6 +215,76 @@ class Comparison:
             out.append({"layer": name, "red": int(c.red.sum()), "yellow": int(c.yellow.sum()),
                         "red_units": c.units_with(c.red), "yellow_units": c.units_with(c.yellow)})
         return out
+
+    # The two tables the CLI prints, the report embeds and the web page shows: defined here once.
+
+    def summary_table(self, max_units: int = 12) -> Table:
+        """Per layer: red and yellow counts, and the maps/nodes with red (most red first)."""
+        rows = []
+        for row in self.summary():
+            units = ", ".join(map(str, row["red_units"][:max_units]))
+            rows.append(
+                [
+                    row["layer"],
+                    row["red"],
+                    row["yellow"],
+                    units + (" ..." if len(row["red_units"]) > max_units else ""),
+                ]
+            )
+        columns = [
+            Column("layer"),
+            Column("red"),
+            Column("yellow"),
+            Column("maps/nodes with red (most first)"),
+        ]
+        return Table(
+            f"Positions or nodes marked red and yellow: {self.a_name} (A) vs {self.b_name} (B)",
+            columns,
+            rows,
+            note="red: strongly active in every A image and no B image; "
+            "yellow: in every A image and some B image",
+        )
+
+    def ranking_table(self, k: int = 10) -> Table:
+        """The k most discriminative maps and nodes (:meth:`table`), with class names for A and B."""
+        a, b = self.a_name, self.b_name
+        rows = [
+            [
+                r["layer"],
+                r["kind"],
+                r["unit"],
+                r["auc"],
+                r["smd"],
+                r["mean_a"],
+                r["mean_b"],
+                a if r["favours"] == "A" else b if r["favours"] == "B" else "-",
+                r.get("red", ""),
+                r.get("yellow", ""),
+            ]
+            for r in self.table(k)
+        ]
+        columns = [
+            Column("layer"),
+            Column("kind"),
+            Column("unit"),
+            Column("AUC", ".3f"),
+            Column("d", "+.2f"),
+            Column(f"mean {a}", ".4f"),
+            Column(f"mean {b}", ".4f"),
+            Column("favours"),
+            Column("red"),
+            Column("yellow"),
+        ]
+        sizes = next(iter(self.rankings.values()), None)
+        counted = f" over {sizes.n_a} images of {a} and {sizes.n_b} of {b}" if sizes is not None else ""
+        return Table(
+            f"Most discriminative maps and nodes{counted}",
+            columns,
+            rows,
+            note=f"AUC: the probability that a random {a} scores higher than a random {b} (a map by "
+            "its mean activation); d: standardized mean difference; red, yellow: the chosen images' "
+            "count",
+        )
 
 
 def compare_sets(

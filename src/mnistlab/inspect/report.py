@@ -17,7 +17,6 @@ import json
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -31,6 +30,7 @@ from .activations import (
     last_hidden_dense_layer,
     layer_shapes,
 )
+from .tables import Table
 
 SECTIONS = ("summary", "training", "confusions", "compare", "ambiguous", "oip")
 
@@ -61,25 +61,7 @@ def _img(fig, caption: str = "", dpi: int = 90) -> str:
 
 
 def _table(rows: Sequence[dict], columns: Sequence[str] | None = None) -> str:
-    rows = list(rows)
-    if not rows:
-        return '<p class="muted">(none)</p>'
-    columns = list(columns or rows[0].keys())
-
-    def cell(v: Any) -> str:
-        if isinstance(v, (bool, np.bool_)):
-            return f"<td>{'yes' if v else 'no'}</td>"
-        if isinstance(v, float):
-            return f'<td class="num">{v:.4g}</td>'
-        if isinstance(v, (int, np.integer)):
-            return f'<td class="num">{int(v)}</td>'
-        if isinstance(v, (list, tuple)):
-            v = ", ".join(map(str, v))
-        return f"<td>{html.escape(str(v))}</td>"
-
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
-    body = "".join("<tr>" + "".join(cell(r.get(c, "")) for c in columns) + "</tr>" for r in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
+    return Table.from_records(rows, columns).to_html()
 
 
 def build_report(
@@ -186,26 +168,14 @@ def build_report(
     def compare_section() -> str:
         a, b = pair
         comparison = compare_classes(model, dataset, a, b, n=n_compare, split=split)
-        summary_rows = [
-            {
-                "layer": r["layer"],
-                "red (all A, no B)": r["red"],
-                "yellow (all A, some B)": r["yellow"],
-                "maps/nodes with red": r["red_units"][:12],
-            }
-            for r in comparison.summary()
-        ]
-        top = comparison.table(15)
+        ranking = comparison.ranking_table(15)
         out = [
             f"<p>The first {n_compare} test images of {names[a]} (A) and of {names[b]} (B). A position or "
-            "node is "
-            "<em>strongly active</em> at half its map's peak over these images. Red: strongly active in "
-            "every A "
-            "and no B; yellow: every A and some B. The ranking uses all test images of the two classes: "
-            "AUC is "
-            f"the chance that a random {names[a]} scores higher than a random {names[b]} (a map by its mean "
-            "activation), d the standardized mean difference.</p>",
-            _table(summary_rows),
+            "node is <em>strongly active</em> at half its map's peak over these images. Red: strongly "
+            "active in every A and no B; yellow: every A and some B. The ranking uses all test images of "
+            f"the two classes: AUC is the chance that a random {names[a]} scores higher than a random "
+            f"{names[b]} (a map by its mean activation), d the standardized mean difference.</p>",
+            comparison.summary_table().to_html(),
         ]
         shown = [
             l
@@ -214,14 +184,11 @@ def build_report(
         ]
         for layer in shown or comparison.layers[:1]:
             out.append(_img(plot_contrast(comparison, layer), f"{layer}: red and yellow units"))
+        top = comparison.table(15)
         out.append(
             _img(plot_ranking(top, a_name=names[a], b_name=names[b]), "most discriminative maps and nodes")
         )
-        out.append(
-            _table(
-                top, ["layer", "kind", "unit", "auc", "smd", "mean_a", "mean_b", "favours", "red", "yellow"]
-            )
-        )
+        out.append(ranking.to_html())
         return "".join(out)
 
     def ambiguous_section() -> str:

@@ -80,10 +80,9 @@ def create_app(
     if dataset_loader is not None:
         kwargs["dataset_loader"] = dataset_loader
     store = RunStore(runs_dir, **kwargs)
-    # Every model call runs on one thread: the CNN's forward hooks are per model, not per call, so
-    # two requests at once would mix their captures; and one thread keeps one OpenMP team, where
-    # requests spread over a thread pool each start their own and the idle ones spin, which on a
-    # 2-core machine turned a 1 ms forward pass into ~90 ms.
+    # Every model call runs on one thread: the CNN's forward hooks are per model, not per call, so two
+    # requests at once would mix their captures; and one thread keeps one OpenMP team instead of one
+    # per pool thread with the idle ones spinning (docs/performance.md).
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mnistlab-model")
 
     def on_model_thread(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -352,31 +351,8 @@ def _compare_answer(
                 "png": _png(plot_ranking(top, a_name=a_name, b_name=b_name)),
             }
         )
-    summary = {
-        "title": "Per layer: positions or nodes marked red and yellow",
-        "columns": ["layer", "red", "yellow", "maps/nodes with red (most first)"],
-        "rows": [
-            [row["layer"], row["red"], row["yellow"], ", ".join(map(str, row["red_units"][:12]))]
-            for row in comparison.summary()
-        ],
-    }
-    ranking = {
-        "title": "Most discriminative units",
-        "columns": ["layer", "kind", "unit", "AUC", "d", f"mean {a_name}", f"mean {b_name}", "favours"],
-        "rows": [
-            [
-                r["layer"],
-                r["kind"],
-                r["unit"],
-                r["auc"],
-                r["smd"],
-                r["mean_a"],
-                r["mean_b"],
-                a_name if r["favours"] == "A" else b_name,
-            ]
-            for r in top
-        ],
-    }
+    summary = comparison.summary_table().to_json()
+    ranking = comparison.ranking_table(15).to_json()
     return {
         "a": a,
         "b": b,

@@ -646,7 +646,8 @@ function renderFigures(out, res) {
     t.append(el("tr", {}, ...table.columns.map((c) => el("th", { text: c }))));
     const cell = (v) => (typeof v !== "number" ? v : Number.isInteger(v) ? String(v) : fmt(v));
     for (const row of table.rows) t.append(el("tr", {}, ...row.map((v) => el("td", { text: cell(v) }))));
-    out.append(el("div", { class: "figure" }, el("div", { class: "title", text: table.title || "" }), t));
+    out.append(el("div", { class: "figure" }, el("div", { class: "title", text: table.title || "" }), t,
+      table.note ? el("div", { class: "cap", text: table.note }) : null));
   }
 }
 
