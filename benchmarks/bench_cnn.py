@@ -234,8 +234,8 @@ def main() -> int:
                 cpu = " ".join(f"{t * scale:.2f}" for t in res.get("epoch_cpu_s", []))
                 print(
                     f"  round {r + 1} {name:<14} wall s/epoch [{per_epoch}] CPU s/epoch [{cpu}]  test acc "
-                    f"{100 * res['test_acc'][-1]:.2f}%  "
-                    f"(threads {res.get('threads')}, wall {res['wall_s']:.0f} s)",
+                    f"{100 * res['test_acc'][-1]:.2f}%  (threads {res.get('threads')}, wall "
+                    f"{res['wall_s']:.0f} s)",
                     flush=True,
                 )
     print()

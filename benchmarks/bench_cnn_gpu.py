@@ -280,11 +280,10 @@ def main() -> int:
                 train_s = sum(h["train_seconds"] for h in result.history)
                 lev = trainer.levers
                 log(
-                    f"mnistlab [{label}]: {train_s:7.2f} s for {seed_epochs} epochs (of which graph capture "
-                    f"{trainer.warmup_s:.2f} s), test accuracy "
-                    f"{100 * result.history[-1]['test_accuracy']:.2f}%, "
-                    f"data to device {setup_s:.2f} s; levers amp={lev.amp_dtype} "
-                    f"channels_last={lev.channels_last} "
+                    f"mnistlab [{label}]: {train_s:7.2f} s for {seed_epochs} epochs (of which graph "
+                    f"capture {trainer.warmup_s:.2f} s), test accuracy "
+                    f"{100 * result.history[-1]['test_accuracy']:.2f}%, data to device {setup_s:.2f} s; "
+                    f"levers amp={lev.amp_dtype} channels_last={lev.channels_last} "
                     f"cuda_graphs={lev.cuda_graphs}; per epoch "
                     + " ".join(f"{h['train_seconds']:.2f}" for h in result.history)
                 )
@@ -310,9 +309,8 @@ def main() -> int:
             trainer, result, setup_s = mnistlab_run(ds, device_name, "fast", seed=100)  # warm-up run
             log(
                 f"warm-up run (not counted): data to device {setup_s:.2f} s, capture "
-                f"{trainer.warmup_s:.2f} s, "
-                f"train {sum(h['train_seconds'] for h in result.history):.3f} s, test accuracy "
-                f"{100 * result.history[-1]['test_accuracy']:.2f}%"
+                f"{trainer.warmup_s:.2f} s, train {sum(h['train_seconds'] for h in result.history):.3f} s, "
+                f"test accuracy {100 * result.history[-1]['test_accuracy']:.2f}%"
             )
             for seed in range(args.fast_seeds):
                 trainer, result, setup_s = mnistlab_run(
@@ -346,8 +344,8 @@ def main() -> int:
             train_s = sum(h["train_seconds"] for h in result.history)
             log(
                 f"best: test accuracy {100 * result.history[-1]['test_accuracy']:.2f}% after "
-                f"{len(result.history)} epochs, "
-                f"{train_s:.2f} s training (capture {trainer.warmup_s:.2f} s); per-epoch accuracy "
+                f"{len(result.history)} epochs, {train_s:.2f} s training (capture {trainer.warmup_s:.2f} "
+                "s); per-epoch accuracy "
                 + " ".join(f"{100 * h['test_accuracy']:.2f}" for h in result.history)
             )
         except Exception as exc:  # noqa: BLE001

@@ -89,8 +89,7 @@ def main(argv=None) -> int:
     load = os.getloadavg()[0]
     print(
         f"CPU ({os.cpu_count()} cores, load average {load:.1f} at the start: other processes slow every "
-        "number), "
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads; medians of {args.repeats}"
+        f"number), torch {torch.__version__}, {torch.get_num_threads()} threads; medians of {args.repeats}"
     )
     report["load_start"] = load
 
@@ -112,10 +111,9 @@ def main(argv=None) -> int:
         out_times.append(time.perf_counter() - t0)
     med = statistics.median(times)
     print(
-        f"\n[activations] seed CNN ({seed_run}, test accuracy {acc:.4f}), {len(images)} images, every layer "
-        f"({', '.join(model.layer_names())}; {mb:.0f} MiB): median {med:.2f} s  (runs: "
-        f"{', '.join(f'{t:.2f}' for t in times)})"
-        f"  target < 5 s: {'PASS' if med < 5 else 'FAIL'}"
+        f"\n[activations] seed CNN ({seed_run}, test accuracy {acc:.4f}), {len(images)} images, every "
+        f"layer ({', '.join(model.layer_names())}; {mb:.0f} MiB): median {med:.2f} s  (runs: "
+        f"{', '.join(f'{t:.2f}' for t in times)})  target < 5 s: {'PASS' if med < 5 else 'FAIL'}"
     )
     print(
         "      the output layer alone (the same forward passes, nothing kept): median "
@@ -166,8 +164,7 @@ def main(argv=None) -> int:
         per_map = statistics.median(single_times)
         print(
             f"      one map at a time (the seed's way): {per_map:.2f} s per map, {128 * per_map:.1f} s for "
-            "128 "
-            f"(extrapolated from {args.single}); the batch is {128 * per_map / med:.0f}x faster"
+            f"128 (extrapolated from {args.single}); the batch is {128 * per_map / med:.0f}x faster"
         )
         report["oip_single_per_map_s"] = per_map
     report.update({"oip_batch_s": med, "oip_batch_runs_s": batch_times, "oip_reached_10x": int(reached.sum()),

@@ -338,8 +338,7 @@ def driver(args) -> int:
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(
         f"bench-mlp: {args.runs} runs x engines {', '.join(engines)}, {args.epochs} epochs, {threads} "
-        "thread(s), "
-        f"cpu count {os.cpu_count()}, load average {load:.1f} at the start",
+        f"thread(s), cpu count {os.cpu_count()}, load average {load:.1f} at the start",
         flush=True,
     )
     peaks = []
@@ -415,8 +414,7 @@ def report(results, configs, batches, engines, peaks, blas, epochs, threads) -> 
                 times = ", ".join(f"{r['seconds']:.2f}" for r in ok)
                 lines.append(
                     f"| {config} | {batch} | {engine} | {med:.2f} | {times} | {ratio} | {cpu:.2f} | "
-                    f"{ratio_cpu} "
-                    f"| {100 * acc:.2f}% | {note} |"
+                    f"{ratio_cpu} | {100 * acc:.2f}% | {note} |"
                 )
             if ours:
                 cfg = _config(config, batch, epochs)
@@ -428,12 +426,11 @@ def report(results, configs, batches, engines, peaks, blas, epochs, threads) -> 
                 executed = training_flops(cfg, layout=layout)
                 summaries.append(
                     f"mnistlab {config} batch {batch}: {nominal / 1e9:.0f} GFLOP of matrix products over "
-                    "all 784 inputs, "
-                    f"{executed / 1e9:.0f} GFLOP executed ({describe_layout(layout or {})}); "
-                    f"{executed / ours / 1e9:.0f} GFLOP/s executed in {ours:.2f} s wall = "
-                    f"{100 * executed / ours / 1e9 / peak:.0f}% "
-                    f"of the GEMM peak ({executed / ours_cpu / 1e9:.0f} GFLOP/s per CPU second); "
-                    f"nominal rate {nominal / ours / 1e9:.0f} GFLOP/s"
+                    f"all 784 inputs, {executed / 1e9:.0f} GFLOP executed "
+                    f"({describe_layout(layout or {})}); {executed / ours / 1e9:.0f} GFLOP/s executed in "
+                    f"{ours:.2f} s wall = {100 * executed / ours / 1e9 / peak:.0f}% of the GEMM peak "
+                    f"({executed / ours_cpu / 1e9:.0f} GFLOP/s per CPU second); nominal rate "
+                    f"{nominal / ours / 1e9:.0f} GFLOP/s"
                 )
     return "\n".join(lines + [""] + summaries)
 

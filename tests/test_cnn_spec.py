@@ -148,7 +148,7 @@ def test_presets_are_valid_and_importing_the_spec_needs_no_torch():
     for name in PRESETS:
         assert count_params(parse_spec(name)) > 0
     code = (
-        "import sys, mnistlab, mnistlab.cnn, mnistlab.cnn.spec; mnistlab.cnn.parse_spec('seed'); "
-        "assert 'torch' not in sys.modules"
+        "import sys, mnistlab, mnistlab.cnn, mnistlab.cnn.spec; mnistlab.cnn.parse_spec('seed'); assert "
+        "'torch' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -188,8 +188,8 @@ def run_train(args: argparse.Namespace) -> int:
         trainer = Trainer(config, dataset, out, progress=progress, overwrite=args.overwrite)
         info(
             f"training {config.spec} on {dataset_name} ({trainer.levers.device}, amp "
-            f"{trainer.levers.amp_dtype or 'off'}, "
-            f"channels_last {'on' if trainer.levers.channels_last else 'off'}, "
+            f"{trainer.levers.amp_dtype or 'off'}, channels_last "
+            f"{'on' if trainer.levers.channels_last else 'off'}, "
             + (
                 f"batches split across {trainer.levers.data_parallel} threads"
                 if trainer.levers.data_parallel > 1

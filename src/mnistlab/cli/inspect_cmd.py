@@ -332,8 +332,7 @@ def cmd_ambiguous(args: argparse.Namespace) -> int:
     for r in result.table():
         print(
             f"{r['index']:>6} {names[r['predicted']]:>5} {r[f'p{a}']:>8.4f} {r[f'p{b}']:>8.4f} "
-            f"{r['margin']:>+8.4f}  "
-            f"{', '.join(map(str, r['top_pull']))}"
+            f"{r['margin']:>+8.4f}  {', '.join(map(str, r['top_pull']))}"
         )
     path = Path(args.out) if args.out else Path(args.run) / "figures" / f"ambiguous-{a}-{b}.png"
     info(f"wrote {save_figure(plot_ambiguous(result, names), path)}")

@@ -289,8 +289,7 @@ def _from_offline(info: DatasetInfo, progress: bool) -> tuple[dict[str, np.ndarr
         return _read_idx_dir(Path(info.system_dir)), f"Debian package files in {info.system_dir}"
     raise DataError(
         f"{info.name}: no offline copy; install Debian's dataset-fashion-mnist (apt-get install "
-        "dataset-fashion-mnist) "
-        "or pass --data-dir with the four IDX files"
+        "dataset-fashion-mnist) or pass --data-dir with the four IDX files"
     )
 
 

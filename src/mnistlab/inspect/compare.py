@@ -282,8 +282,7 @@ class Comparison:
             columns,
             rows,
             note=f"AUC: the probability that a random {a} scores higher than a random {b} (a map by "
-            "its mean activation); d: standardized mean difference; red, yellow: the chosen images' "
-            "count",
+            "its mean activation); d: standardized mean difference; red, yellow: the chosen images' count",
         )
 
 

@@ -207,11 +207,10 @@ def build_report(
         ]
         return (
             f"<p>The test images of {names[a]} with the smallest margin p({names[a]}) - p({names[b]}). "
-            "Beside each: "
-            "its class probabilities and its activations in the last dense layer against the mean of each "
-            "class; "
-            "the numbered nodes pulled it hardest toward the winning class (their value sits on the winner's "
-            "side of the two class means, weighted by how well they separate the classes).</p>"
+            "Beside each: its class probabilities and its activations in the last dense layer against the "
+            "mean of each class; the numbered nodes pulled it hardest toward the winning class (their "
+            "value sits on the winner's side of the two class means, weighted by how well they separate "
+            "the classes).</p>"
             + _table(rows)
             + _img(plot_ambiguous(result, names), f"{names[a]}s closest to {names[b]}")
         )
@@ -225,15 +224,13 @@ def build_report(
         below = [int(u) for u in result.units[~result.reached() & ~result.dead]]
         return (
             f"<p>Gradient ascent on the input image for each of {len(units)} "
-            f"{'maps' if len(shapes[layer]) == 3 else 'nodes'} "
-            f"of <b>{layer}</b>{f' (the first {len(units)} of {count})' if len(units) < count else ''}, "
-            "all optimized "
-            f"together as one batch: starting from noise at length scales 1, 2, 4 and 7 pixels, {oip_steps} "
-            f"normalized gradient steps, seed {seed}, {result.seconds:.1f} s. Dark = ink. Title: final "
-            "activation.</p>"
-            f"<p>{int(result.reached().sum())} of {len(units)} reached at least 10x their starting "
-            "activation; "
-            f"dead (silent for every start): {', '.join(map(str, dead)) or 'none'}"
+            f"{'maps' if len(shapes[layer]) == 3 else 'nodes'} of "
+            f"<b>{layer}</b>{f' (the first {len(units)} of {count})' if len(units) < count else ''}, all "
+            "optimized together as one batch: starting from noise at length scales 1, 2, 4 and 7 pixels, "
+            f"{oip_steps} normalized gradient steps, seed {seed}, {result.seconds:.1f} s. Dark = ink. "
+            f"Title: final activation.</p><p>{int(result.reached().sum())} of {len(units)} reached at "
+            "least 10x their starting activation; dead (silent for every start): "
+            f"{', '.join(map(str, dead)) or 'none'}"
             f"{'; below 10x: ' + ', '.join(map(str, below)) if below else ''}.</p>"
             + _img(plot_oip_gallery(result), f"optimal input patterns of {layer}")
         )

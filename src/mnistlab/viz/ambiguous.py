@@ -88,8 +88,8 @@ def plot_ambiguous(result, class_names: Sequence[str] | None = None, *, top: int
             winner = names[case.winner]
             ax.set_title(
                 f"{result.layer}: {len(order)} active nodes, most '{names[a]}' left, most '{names[b]}' "
-                "right; "
-                f"numbered: top nodes pulling toward {winner} ({', '.join(map(str, pulls)) or 'none'})",
+                f"right; numbered: top nodes pulling toward {winner} "
+                f"({', '.join(map(str, pulls)) or 'none'})",
                 fontsize=8,
             )
             if r == 0:

@@ -55,8 +55,8 @@ def plot_contrast(
     )
     red, yellow = int(contrast.red.sum()), int(contrast.yellow.sum())
     fig.suptitle(
-        f"{layer}: {comparison.a_name} (A) vs {comparison.b_name} (B) - red: active in all A, no B ({red}); "
-        f"yellow: all A and some B ({yellow})",
+        f"{layer}: {comparison.a_name} (A) vs {comparison.b_name} (B) - red: active in all A, no B "
+        f"({red}); yellow: all A and some B ({yellow})",
         fontsize=11,
     )
     return fig
