@@ -179,7 +179,7 @@ def build_report(
         ]
         shown = [
             l
-            for l in (last_conv_layer(model, shapes), last_hidden_dense_layer(model, shapes))
+            for l in (last_conv_layer(model), last_hidden_dense_layer(model))
             if l in comparison.contrasts
         ]
         for layer in shown or comparison.layers[:1]:
@@ -216,7 +216,7 @@ def build_report(
         )
 
     def oip_section() -> str:
-        layer = oip_layer or default_oip_layer(model, shapes)
+        layer = oip_layer or default_oip_layer(model)
         count = shapes[layer][0]
         units = list(range(min(count, oip_max_units)))
         result = optimize_inputs(model, layer, units, steps=oip_steps, seed=seed)
