@@ -158,10 +158,7 @@ def worker_keras(args) -> dict:
         x, ds.train_labels.astype("int64"), batch_size=64, epochs=args.epochs, verbose=0, callbacks=[Clock()]
     )
     return {
-        "epoch_s": times,
-        "epoch_cpu_s": cpus,
-        "test_acc": accs,
-        "threads": args.threads or os.cpu_count(),
+        "epoch_s": times, "epoch_cpu_s": cpus, "test_acc": accs, "threads": args.threads or os.cpu_count(),
     }
 
 
@@ -189,9 +186,7 @@ def main() -> int:
         "--train-size", type=int, default=0, help="train on the first N images (0: all 60,000)"
     )
     parser.add_argument(
-        "--threads",
-        type=int,
-        default=os.cpu_count() or 1,
+        "--threads", type=int, default=os.cpu_count() or 1,
         help="threads for every contender (default: all cores; 0: each library's own default, which "
         "for mnistlab depends on the load average)",
     )
@@ -203,8 +198,7 @@ def main() -> int:
     if args.worker:
         fn = {
             "mnistlab": lambda a: worker_mnistlab(a, "auto"),
-            "mnistlab-fp32": lambda a: worker_mnistlab(a, "off"),
-            "torch": worker_torch,
+            "mnistlab-fp32": lambda a: worker_mnistlab(a, "off"), "torch": worker_torch,
             "keras": worker_keras,
         }[args.worker]
         print(json.dumps(fn(args)))

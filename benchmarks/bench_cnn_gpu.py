@@ -268,8 +268,7 @@ def main() -> int:
             [("auto", {})]
             if smoke
             else [
-                ("auto", {}),
-                ("no graphs", {"cuda_graphs": "off"}),
+                ("auto", {}), ("no graphs", {"cuda_graphs": "off"}),
                 ("float32, no graphs", {"cuda_graphs": "off", "amp": "off"}),
             ]
         )

@@ -63,9 +63,7 @@ def main(argv=None) -> int:
         "--single", type=int, default=4, help="maps optimized one at a time for the comparison (0: skip)"
     )
     parser.add_argument(
-        "--threads",
-        type=int,
-        default=0,
+        "--threads", type=int, default=0,
         help="torch CPU threads (0: the CNN engine's choice, fewer when other processes keep cores busy)",
     )
     parser.add_argument("--json", type=Path, help="also write the numbers here")

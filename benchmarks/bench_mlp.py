@@ -276,11 +276,7 @@ def worker(args) -> None:
     print(
         json.dumps(
             {
-                "seconds": seconds,
-                "cpu": cpu,
-                "test_accuracy": acc,
-                "note": note,
-                "blas": _blas_info(),
+                "seconds": seconds, "cpu": cpu, "test_accuracy": acc, "note": note, "blas": _blas_info(),
                 "layout": layout[0] if layout else None,
             }
         )
@@ -356,13 +352,7 @@ def driver(args) -> int:
                 for engine in order:
                     res = _spawn(
                         [
-                            "--worker",
-                            engine,
-                            "--config",
-                            config,
-                            "--batch",
-                            str(batch),
-                            "--epochs",
+                            "--worker", engine, "--config", config, "--batch", str(batch), "--epochs",
                             str(args.epochs),
                         ],
                         threads,
@@ -445,8 +435,7 @@ def main(argv=None) -> int:
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--epochs", type=int, default=35)
     p.add_argument(
-        "--threads",
-        default="auto",
+        "--threads", default="auto",
         help="threads for every engine (default auto: the cores the load average leaves idle, decided once)",
     )
     p.add_argument("--engines", default=",".join(ENGINES))

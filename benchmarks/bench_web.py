@@ -116,9 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.modules["torch"].set_num_threads(args.threads)
     names = model.layer_names()
     steps: dict[str, list[float]] = {
-        "normalize drawing": [],
-        "forward, all layers": [],
-        "encode activations": [],
+        "normalize drawing": [], "forward, all layers": [], "encode activations": [],
     }
     for i in range(args.repeats):
         pad = pads[i % len(pads)]

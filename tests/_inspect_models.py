@@ -49,10 +49,7 @@ class TinyConvNet(InspectableModel):
 
     def layer_roles(self):
         return {
-            "conv1": "map",
-            "pool1": "pass-through",
-            "flatten": "pass-through",
-            "dense1": "vector",
+            "conv1": "map", "pool1": "pass-through", "flatten": "pass-through", "dense1": "vector",
             "output": "vector",
         }
 

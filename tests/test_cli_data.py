@@ -63,20 +63,8 @@ def test_train_commands_read_a_data_dir(synthetic_dataset, tmp_path, capsys):
     assert (
         main(
             [
-                "train",
-                "cnn",
-                "--data-dir",
-                str(directory),
-                "--spec",
-                "conv:4:3,pool:2,flatten,output:10",
-                "--epochs",
-                "1",
-                "--batch-size",
-                "32",
-                "--threads",
-                "1",
-                "--out",
-                str(tmp_path / "cnn"),
+                "train", "cnn", "--data-dir", str(directory), "--spec", "conv:4:3,pool:2,flatten,output:10",
+                "--epochs", "1", "--batch-size", "32", "--threads", "1", "--out", str(tmp_path / "cnn"),
                 "--no-progress",
             ]
         )

@@ -18,11 +18,8 @@ def run(request, tmp_path, monkeypatch):
     model = planted_convnet() if request.param == "cnn" else planted_mlp()
     dataset = planted_dataset(8)
     run_dir = write_run(
-        tmp_path / "run",
-        make_manifest(request.param, {"epochs": 1}, dataset="mnist"),
-        {"w": np.zeros(1)},
-        model.preprocess.to_arrays(),
-        [{"epoch": 1, "loss": 0.5, "train_accuracy": 0.8}],
+        tmp_path / "run", make_manifest(request.param, {"epochs": 1}, dataset="mnist"), {"w": np.zeros(1)},
+        model.preprocess.to_arrays(), [{"epoch": 1, "loss": 0.5, "train_accuracy": 0.8}],
     )
     monkeypatch.setattr(mnistlab.models, "load_model", lambda path: model)
     monkeypatch.setattr(mnistlab.data, "load_dataset", lambda name, **kw: dataset)
@@ -35,14 +32,7 @@ def test_show_activations(run, capsys):
     assert (
         main(
             [
-                "show-activations",
-                str(run_dir),
-                "--layer",
-                layer,
-                "--index",
-                "32",
-                "--index",
-                "72,73",
+                "show-activations", str(run_dir), "--layer", layer, "--index", "32", "--index", "72,73",
                 "--standardize",
             ]
         )
@@ -55,15 +45,7 @@ def test_show_activations(run, capsys):
     assert (
         main(
             [
-                "show-activations",
-                str(run_dir),
-                "--label",
-                "4",
-                "--n",
-                "2",
-                "--out",
-                str(target),
-                "--cmap",
+                "show-activations", str(run_dir), "--label", "4", "--n", "2", "--out", str(target), "--cmap",
                 "gray",
             ]
         )
@@ -95,16 +77,8 @@ def test_compare(run, capsys):
     assert (
         main(
             [
-                "compare",
-                str(run_dir),
-                "--a",
-                "label=4",
-                "--b",
-                "label=9",
-                "--a-indices",
-                "32,33",
-                "--b-indices",
-                "72",
+                "compare", str(run_dir), "--a", "label=4", "--b", "label=9", "--a-indices", "32,33",
+                "--b-indices", "72",
             ]
         )
         == 0

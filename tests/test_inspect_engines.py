@@ -17,13 +17,8 @@ pytest.importorskip("torch")
 
 def _dataset(arrays) -> Dataset:
     return Dataset(
-        "mnist",
-        arrays["train_images"],
-        arrays["train_labels"],
-        arrays["test_images"],
-        arrays["test_labels"],
-        sources.DATASETS["mnist"].class_names,
-        "synthetic",
+        "mnist", arrays["train_images"], arrays["train_labels"], arrays["test_images"], arrays["test_labels"],
+        sources.DATASETS["mnist"].class_names, "synthetic",
     )
 
 
@@ -40,14 +35,9 @@ def runs(arrays, tmp_path_factory):
     root = tmp_path_factory.mktemp("engine-runs")
     ds = _dataset(arrays)
     cnn = train_cnn(
-        ds,
-        out=root / "cnn",
-        progress=False,
-        spec="conv:6:3,pool:2,conv:8:3,pool:2,flatten,dense:12,output:10",
-        epochs=2,
-        batch_size=32,
-        device="cpu",
-        threads=1,
+        ds, out=root / "cnn", progress=False,
+        spec="conv:6:3,pool:2,conv:8:3,pool:2,flatten,dense:12,output:10", epochs=2, batch_size=32,
+        device="cpu", threads=1,
     ).run_dir
     mlp = train_on_dataset(
         MLPConfig(hidden=(16,), epochs=3, batch_size=50, lr=0.05), ds, out=root / "mlp"

@@ -36,7 +36,9 @@ def test_gradients_match_finite_differences_float64(activation, output):
     cfg = MLPConfig(input_size=12, hidden=(6, 5), n_classes=4, activation=activation, output=output,
                     l1=0.003, l2=0.01, dtype="float64", seed=1)
     model = MLP(cfg)
-    model.params[model.n_weights:] = np.random.default_rng(2).normal(0, 0.2, len(model.params) - model.n_weights)
+    model.params[model.n_weights :] = np.random.default_rng(2).normal(
+        0, 0.2, len(model.params) - model.n_weights
+    )
     x, y = _toy(9)
     trainer = Trainer(model)
     _, _, grads = trainer.loss_and_gradients(x, y)
@@ -61,24 +63,23 @@ def test_gradients_match_finite_differences_float64(activation, output):
 # ----- the arithmetic of the update on worked examples -----
 
 
-def _one_weight_trainer(**opts):
+def _one_weight_fit(**opts):
     """A 1-1-2 net (W1 1x1, W2 1x2, b1, b2): four params a worked example can follow."""
     cfg = MLPConfig(input_size=1, hidden=(1,), n_classes=2, dtype="float64", **opts)
     model = MLP(cfg)
     model.params[:] = [0.5, -2.0, 1.0, 0.25, 0.0, 0.0]  # W1, W2 (2), b1, b2 (2)
-    trainer = Trainer(model)
-    trainer._prepare(np.ones((1, 1)), np.zeros(1, int), 1)  # buffers for a one-image batch
-    return model, trainer
+    fit = Trainer(model).prepare(np.ones((1, 1)), np.zeros(1, int), 1)  # buffers for a one-image batch
+    return model, fit
 
 
 def test_worked_example_standard_momentum_with_l1_l2():
     # lr 0.1, momentum 0.5, l2 0.2, l1 0.1, gradient g = 1 for every parameter, two steps.
-    model, tr = _one_weight_trainer(lr=0.1, momentum=0.5, nesterov=False, l1=0.1, l2=0.2)
+    model, fit = _one_weight_fit(lr=0.1, momentum=0.5, nesterov=False, l1=0.1, l2=0.2)
     lr = 0.1
     for _ in range(2):
-        tr.grad[:] = lr * 1.0  # the trainer's gradients arrive pre-scaled by lr
-        tr._update(lr)
-    tr._sync()  # the trainer works on its own copy
+        fit.optimizer.grad.flat[:] = lr * 1.0  # the trainer's gradients arrive pre-scaled by lr
+        fit.optimizer.step(lr)
+    fit.write_model()  # the trainer works on its own copy
     # weight 0.5: step 1: g' = 1 + 0.2*0.5 + 0.1*1 = 1.2; v = 1.2; w = 0.5 - 0.12 = 0.38
     #             step 2: g' = 1 + 0.076 + 0.1 = 1.176; v = 0.6 + 1.176 = 1.776; w = 0.38 - 0.1776 = 0.2024
     assert model.params[0] == pytest.approx(0.2024)
@@ -90,26 +91,27 @@ def test_worked_example_standard_momentum_with_l1_l2():
 
 
 def test_worked_example_nesterov():
-    model, tr = _one_weight_trainer(lr=0.1, momentum=0.5, nesterov=True)
+    model, fit = _one_weight_fit(lr=0.1, momentum=0.5, nesterov=True)
     for _ in range(2):
-        tr.grad[:] = 0.1
-        tr._update(0.1)
-    tr._sync()
-    # bias 0.25, g = 1: step 1: v = 1, b -= 0.1 (1 + 0.5*1) -> 0.10; step 2: v = 1.5, b -= 0.1 (1 + 0.75) -> -0.075
+        fit.optimizer.grad.flat[:] = 0.1
+        fit.optimizer.step(0.1)
+    fit.write_model()
+    # bias 0.25, g = 1: step 1: v = 1, b -= 0.1 (1 + 0.5*1) -> 0.10;
+    # step 2: v = 1.5, b -= 0.1 (1 + 0.75) -> -0.075
     assert model.params[3] == pytest.approx(-0.075)
 
 
 def test_worked_example_seed_momentum_and_decay():
     # The seed's form: w -= lr_t g_t + m lr_{t-1} g_{t-1}, with the rate decayed between steps.
-    model, tr = _one_weight_trainer(lr=0.1, momentum=0.5, nesterov=False, momentum_form="seed",
+    model, fit = _one_weight_fit(lr=0.1, momentum=0.5, nesterov=False, momentum_form="seed",
                                     schedule="seed", decay=0.25)
     lr0, lr1 = learning_rate(model.config, 0), learning_rate(model.config, 1)
     assert (lr0, lr1) == (0.1, pytest.approx(0.08))  # 0.1 / (1 + 0.25 * 1)
-    tr.grad[:] = lr0 * 2.0
-    tr._update(lr0)
-    tr.grad[:] = lr1 * 1.0
-    tr._update(lr1)
-    tr._sync()
+    fit.optimizer.grad.flat[:] = lr0 * 2.0
+    fit.optimizer.step(lr0)
+    fit.optimizer.grad.flat[:] = lr1 * 1.0
+    fit.optimizer.step(lr1)
+    fit.write_model()
     # bias 0.25: step 1: 0.2; step 2: 0.08 + 0.5 * 0.2 = 0.18; b = 0.25 - 0.38 = -0.13
     assert model.params[3] == pytest.approx(-0.13)
 
@@ -120,9 +122,9 @@ def test_learning_rate_schedules():
     step = MLPConfig(lr=0.8, schedule="step", step_size=2, gamma=0.5)
     assert [learning_rate(step, e) for e in range(5)] == pytest.approx([0.8, 0.8, 0.4, 0.4, 0.2])
     cos = MLPConfig(lr=1.0, schedule="cosine", epochs=4, lr_min=0.2)
-    assert [learning_rate(cos, e) for e in range(4)] == pytest.approx(
-        [1.0, 0.2 + 0.8 * (1 + math.cos(math.pi / 4)) / 2, 0.6, 0.2 + 0.8 * (1 + math.cos(3 * math.pi / 4)) / 2]
-    )
+    cosine = [1.0, 0.2 + 0.8 * (1 + math.cos(math.pi / 4)) / 2, 0.6,
+              0.2 + 0.8 * (1 + math.cos(3 * math.pi / 4)) / 2]
+    assert [learning_rate(cos, e) for e in range(4)] == pytest.approx(cosine)
     assert learning_rate(MLPConfig(lr=0.3, schedule="constant"), 7) == 0.3
 
 
@@ -135,11 +137,11 @@ def test_history_and_learning_on_toy_data():
     model = MLP(cfg)
     hist = train(model, x, y, test=(x[:100], y[:100]), profile=True)
     assert [row["epoch"] for row in hist] == list(range(1, 9))
-    for key in ("cost", "reg_cost", "train_accuracy", "test_accuracy", "mean_abs_error", "lr", "seconds",
-                "time_gather", "time_forward", "time_cost", "time_backward", "time_update"):
+    for key in ("loss", "reg_loss", "train_accuracy", "test_accuracy", "mean_abs_error", "lr", "seconds",
+                "time_gather", "time_forward", "time_loss", "time_backward", "time_update"):
         assert key in hist[-1], key
-    assert hist[-1]["cost"] < hist[0]["cost"]
-    assert 0 < hist[-1]["reg_cost"] < hist[-1]["cost"]
+    assert hist[-1]["loss"] < hist[0]["loss"]
+    assert 0 < hist[-1]["reg_loss"] < hist[-1]["loss"]
     assert hist[-1]["train_accuracy"] > 0.85
     assert hist[-1]["test_accuracy"] == pytest.approx(model.accuracy(x[:100], y[:100]))
 
@@ -182,13 +184,15 @@ def test_raw_images_train_like_preprocessed_inputs():
         if kind == "standard":
             assert raw.input_scale == 1
             np.testing.assert_array_equal(a.params, b.params)
-            assert ha == [dict(r, seconds=ra["seconds"], train_seconds=ra["train_seconds"]) for r, ra in zip(hb, ha)]
+            assert ha == [
+                dict(r, seconds=ra["seconds"], train_seconds=ra["train_seconds"]) for r, ra in zip(hb, ha)
+            ]
         else:
             assert raw.input_scale == 255
             np.testing.assert_allclose(a.params, b.params, rtol=1e-4, atol=2e-6)
             for ra, rb in zip(ha, hb):
-                assert ra["cost"] == pytest.approx(rb["cost"], rel=1e-5)
-                assert ra["reg_cost"] == pytest.approx(rb["reg_cost"], rel=1e-5)
+                assert ra["loss"] == pytest.approx(rb["loss"], rel=1e-5)
+                assert ra["reg_loss"] == pytest.approx(rb["reg_loss"], rel=1e-5)
                 assert abs(ra["test_accuracy"] - rb["test_accuracy"]) <= 1 / 50
         # the blank inputs' weights still decay under L2, exactly as without the trimming
         assert np.all(a.weights[0][:56] != 0)
@@ -196,7 +200,9 @@ def test_raw_images_train_like_preprocessed_inputs():
 
 def test_early_stopping_restores_best_weights():
     x, y = _toy(300)
-    cfg = MLPConfig(input_size=12, hidden=(8,), n_classes=4, epochs=30, batch_size=20, lr=0.5, val=50, patience=2)
+    cfg = MLPConfig(
+        input_size=12, hidden=(8,), n_classes=4, epochs=30, batch_size=20, lr=0.5, val=50, patience=2
+    )
     model = MLP(cfg)
     trainer = Trainer(model)
     best = {}
@@ -212,7 +218,10 @@ def test_early_stopping_restores_best_weights():
 
 def test_divergence_raises_and_keeps_last_good_weights():
     x, y = _toy(200)
-    cfg = MLPConfig(input_size=12, hidden=(8,), n_classes=4, epochs=3, batch_size=20, lr=1e30, momentum=0.0, nesterov=False)
+    cfg = MLPConfig(
+        input_size=12, hidden=(8,), n_classes=4, epochs=3, batch_size=20, lr=1e30, momentum=0.0,
+        nesterov=False,
+    )
     model = MLP(cfg)
     start = model.params.copy()
     with pytest.raises(TrainingDiverged, match="diverged in epoch 1.*lower the learning rate"):
@@ -229,7 +238,9 @@ def test_layer_names_activations_and_proba():
     assert model.layer_names() == ["hidden1", "hidden2", "hidden3", "output"]
     images = np.random.default_rng(0).integers(0, 256, (6, 28, 28)).astype(np.uint8)
     acts = model.activations(images)
-    assert {k: v.shape for k, v in acts.items()} == {"hidden1": (6, 5), "hidden2": (6, 4), "hidden3": (6, 3), "output": (6, 10)}
+    assert {k: v.shape for k, v in acts.items()} == {
+        "hidden1": (6, 5), "hidden2": (6, 4), "hidden3": (6, 3), "output": (6, 10),
+    }
     assert all(v.dtype == np.float32 for v in acts.values())
     proba = model.predict_proba(images)
     np.testing.assert_allclose(proba.sum(axis=1), 1, rtol=1e-5)
@@ -260,7 +271,9 @@ def _tiny_dataset(n_train=600, n_test=200, seed=0):
         noise = rng.normal(0, 60, (len(labels), 28, 28))
         return np.clip(protos[labels] + noise, 0, 255).astype(np.uint8)
 
-    return Dataset("mnist", draw(ytr), ytr.astype(np.uint8), draw(yte), yte.astype(np.uint8), tuple("0123456789"))
+    return Dataset(
+        "mnist", draw(ytr), ytr.astype(np.uint8), draw(yte), yte.astype(np.uint8), tuple("0123456789")
+    )
 
 
 @pytest.fixture
@@ -295,14 +308,16 @@ def test_cli_train_writes_a_run_that_reloads(tiny, tmp_path, capsys):
 
 
 def test_cli_preset_seed_and_overrides(tiny, tmp_path):
-    from mnistlab.cli.mlp_cmd import config_from_args
     from mnistlab.cli import build_parser
+    from mnistlab.cli.mlp_cmd import config_from_args
 
     args = build_parser().parse_args(["train", "mlp", "--preset", "seed", "--epochs", "2"])
     cfg = config_from_args(args)
-    assert (cfg.activation, cfg.output, cfg.momentum_form, cfg.schedule, cfg.epochs) == ("sigmoid", "sigmoid", "seed", "seed", 2)
+    chosen = (cfg.activation, cfg.output, cfg.momentum_form, cfg.schedule, cfg.epochs)
+    assert chosen == ("sigmoid", "sigmoid", "seed", "seed", 2)
     assert cfg.sizes == (784, 70, 30, 10)
-    assert main(["train", "mlp", "--preset", "seed", "--epochs", "2", "--out", str(tmp_path / "s"), "--no-progress"]) == 0
+    out = str(tmp_path / "s")
+    assert main(["train", "mlp", "--preset", "seed", "--epochs", "2", "--out", out, "--no-progress"]) == 0
     assert load_model(tmp_path / "s").config.output == "sigmoid"
 
 
@@ -327,7 +342,9 @@ def test_divergence_in_the_cli_saves_last_good_weights(tiny, tmp_path, capsys):
     rc = main(["train", "mlp", "--epochs", "6", "--lr", "1e12", "--batch-size", "600", "--momentum", "0",
                "--no-nesterov", "--out", str(out), "--no-progress"])
     err = capsys.readouterr().err
-    assert rc == 1 and "training diverged in epoch" in err and f"saved in {out}" in err and err.count("\n") == 1
+    assert (
+        rc == 1 and "training diverged in epoch" in err and f"saved in {out}" in err and err.count("\n") == 1
+    )
     manifest = json.loads((out / "run.json").read_text())
     assert manifest["status"] == "diverged" and manifest["metrics"]["epochs_trained"] >= 1
     assert np.isfinite(load_model(out).params).all()
@@ -376,6 +393,18 @@ def test_bad_data_is_one_line():
         model.input_gradient(x[:2], "output", [0, 4])
     with pytest.raises(ConfigError, match="unknown preset"):
         preset("fast")
+    with pytest.raises(ConfigError, match="unknown optimizer 'rmsprop'; choose one of: sgd, adam"):
+        MLPConfig(optimizer="rmsprop")
+
+
+def test_cli_trains_with_adam_and_old_configs_default_to_sgd(tiny, tmp_path):
+    out = tmp_path / "adam"
+    assert main(["train", "mlp", "--optimizer", "adam", "--lr", "0.003", "--epochs", "2", "--layers", "16",
+                 "--out", str(out), "--no-progress"]) == 0
+    manifest = json.loads((out / "run.json").read_text())
+    assert manifest["config"]["optimizer"] == "adam" and manifest["metrics"]["test_accuracy"] > 0.5
+    old = {k: v for k, v in manifest["config"].items() if k != "optimizer"}  # a run from before optimizers
+    assert MLPConfig.from_dict(old).optimizer == "sgd"
 
 
 def test_incomplete_or_incompatible_runs_are_one_line(tiny, tmp_path):
@@ -483,6 +512,9 @@ def test_training_with_two_threads_records_its_choice_and_restores_the_limit():
 
 
 def test_mlp_package_never_imports_torch():
-    code = "import sys, mnistlab.mlp, mnistlab.cli.mlp_cmd; from mnistlab.models import load_model; print('torch' in sys.modules)"
+    code = (
+        "import sys, mnistlab.mlp, mnistlab.cli.mlp_cmd; from mnistlab.models import load_model; "
+        "print('torch' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"

@@ -26,11 +26,7 @@ def test_format_cell():
 def test_text_aligns_numbers_right_and_text_left():
     table = Table("T", [Column("name"), Column("value", ".2f")], [["a", 1.0], ["longer", 12.345]], note="N")
     assert table.to_text().split("\n") == [
-        "T",
-        "N",
-        "name    value",
-        "a        1.00",
-        "longer  12.35",
+        "T", "N", "name    value", "a        1.00", "longer  12.35",
     ]
 
 
@@ -77,11 +73,8 @@ def test_cli_report_and_web_show_the_same_compare_tables(comparison_inputs, tmp_
     comparison = compare_classes(model, ds, 4, 9, n=3)
 
     run_dir = write_run(
-        tmp_path / "run",
-        make_manifest("cnn", {"epochs": 1}, dataset="mnist"),
-        {"w": np.zeros(1)},
-        model.preprocess.to_arrays(),
-        [],
+        tmp_path / "run", make_manifest("cnn", {"epochs": 1}, dataset="mnist"), {"w": np.zeros(1)},
+        model.preprocess.to_arrays(), [],
     )
     monkeypatch.setattr(mnistlab.models, "load_model", lambda path: model)
     monkeypatch.setattr(mnistlab.data, "load_dataset", lambda name, **kw: ds)

@@ -162,12 +162,8 @@ def test_ambiguous_confusion_and_oip_figures(net, ds):
 
 def _report(model, ds, **kwargs):
     manifest = {
-        "format": 1,
-        "kind": model.kind,
-        "dataset": "mnist",
-        "created": "now",
-        "config": {"lr": 0.1, "epochs": 2},
-        "versions": {"numpy": np.__version__},
+        "format": 1, "kind": model.kind, "dataset": "mnist", "created": "now",
+        "config": {"lr": 0.1, "epochs": 2}, "versions": {"numpy": np.__version__},
     }
     history = [
         {"epoch": 1, "loss": 1.0, "train_accuracy": 0.5},

@@ -50,9 +50,7 @@ def _seven(size: int = 280) -> np.ndarray:
 
 def _b64_body(img: np.ndarray, **extra) -> dict:
     return {
-        "data": base64.b64encode(img.tobytes()).decode(),
-        "width": img.shape[1],
-        "height": img.shape[0],
+        "data": base64.b64encode(img.tobytes()).decode(), "width": img.shape[1], "height": img.shape[0],
         **extra,
     }
 
@@ -269,9 +267,7 @@ def test_oversized_payloads_are_refused(runs):
                 yield b" " * 1000
 
         r = c.post(
-            "/api/predict",
-            params={"run": "tiny"},
-            content=chunks(),
+            "/api/predict", params={"run": "tiny"}, content=chunks(),
             headers={"content-type": "application/json"},
         )
         assert r.status_code == 413

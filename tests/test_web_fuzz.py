@@ -47,8 +47,7 @@ bodies = st.one_of(
         optional={"width": st.integers(-5, 3000), "height": st.integers(-5, 3000), "drawing": st.booleans()},
     ),
     st.dictionaries(
-        st.sampled_from(["pixels", "data", "width", "height", "drawing", "layers", "extra"]),
-        anything,
+        st.sampled_from(["pixels", "data", "width", "height", "drawing", "layers", "extra"]), anything,
         max_size=5,
     ),
     anything,
@@ -64,16 +63,13 @@ def client(tmp_path_factory):
 
 
 @settings(
-    max_examples=150,
-    deadline=None,
+    max_examples=150, deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(body=bodies)
 def test_predict_never_crashes(client, body):
     r = client.post(
-        "/api/predict",
-        params={"run": "tiny"},
-        content=json.dumps(body),
+        "/api/predict", params={"run": "tiny"}, content=json.dumps(body),
         headers={"content-type": "application/json"},
     )
     assert r.status_code in (200, 400, 404, 413, 422), r.text

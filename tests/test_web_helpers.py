@@ -63,10 +63,7 @@ def write_tiny_run(run_dir: Path, seed: int = 0, *, overwrite: bool = False) -> 
     pre = Preprocessor.fit("unit", images)
     history = [
         {
-            "epoch": e,
-            "loss": 2.0 / e,
-            "accuracy": 0.5 + 0.1 * e,
-            "val_loss": 2.2 / e,
+            "epoch": e, "loss": 2.0 / e, "accuracy": 0.5 + 0.1 * e, "val_loss": 2.2 / e,
             "val_accuracy": 0.45 + 0.1 * e,
         }
         for e in (1, 2, 3)

@@ -16,24 +16,8 @@ from .common import add_dataset_options, info
 
 # CLI option -> TrainConfig field (None values mean "not given": the preset or stored run decides).
 _FIELDS = (
-    "optimizer",
-    "lr",
-    "momentum",
-    "nesterov",
-    "weight_decay",
-    "schedule",
-    "epochs",
-    "batch_size",
-    "seed",
-    "val",
-    "augment",
-    "label_smoothing",
-    "init",
-    "preprocess",
-    "device",
-    "amp",
-    "channels_last",
-    "compile",
+    "optimizer", "lr", "momentum", "nesterov", "weight_decay", "schedule", "epochs", "batch_size", "seed",
+    "val", "augment", "label_smoothing", "init", "preprocess", "device", "amp", "channels_last", "compile",
     "cuda_graphs",
     "threads",
 )
@@ -59,9 +43,7 @@ def register_train(train_sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, help="run directory to write (default runs/cnn-DATASET-TIMESTAMP)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     p.add_argument(
-        "--resume",
-        type=Path,
-        metavar="RUN",
+        "--resume", type=Path, metavar="RUN",
         help="continue an interrupted run (or extend it with a larger --epochs)",
     )
     p.add_argument(

@@ -11,8 +11,7 @@ from ..numbers import parse_number_list
 
 
 def add_dataset_options(
-    parser: argparse.ArgumentParser,
-    default: str | None = "mnist",
+    parser: argparse.ArgumentParser, default: str | None = "mnist",
     help: str = "dataset name (default: mnist)",
 ) -> None:
     """--dataset and --data-dir. ``default=None`` leaves --dataset unset when not given (a resumed

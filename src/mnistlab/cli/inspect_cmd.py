@@ -36,9 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     _common(p)
     p.add_argument(
-        "--layer",
-        action="append",
-        metavar="NAME",
+        "--layer", action="append", metavar="NAME",
         help="layer name (repeatable; default: conv and dense layers)",
     )
     p.add_argument("--index", action="append", metavar="I", help="image index (repeatable; 1,2 or 3-5)")
@@ -46,8 +44,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n", type=int, default=3, help="with --label: how many images (default 3)")
     p.add_argument("--cols", type=int, help="maps per row (default 8; dense layers 10 nodes per row)")
     p.add_argument(
-        "--standardize",
-        action="store_true",
+        "--standardize", action="store_true",
         help="standardize each map per image (the seed's scale_img_vals)",
     )
     p.add_argument(
@@ -58,8 +55,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--no-shared-scale", dest="shared_scale", action="store_false", help="one colour scale per image"
     )
     p.add_argument(
-        "--out",
-        metavar="PNG",
+        "--out", metavar="PNG",
         help="output file; {layer} is replaced (default RUN/figures/activations-LAYER.png)",
     )
     p.set_defaults(func=cmd_show_activations)
@@ -77,9 +73,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--b-indices", action="append", metavar="I", help="set B's images by index")
     p.add_argument("--layer", action="append", metavar="NAME", help="layers (default: conv and dense layers)")
     p.add_argument(
-        "--rel",
-        type=float,
-        default=0.5,
+        "--rel", type=float, default=0.5,
         help="strongly active = at least this share of the map's peak (default 0.5)",
     )
     p.add_argument("--top", type=int, default=15, help="rows of the ranking table (default 15)")
@@ -111,10 +105,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     _common(p, split=False)
     p.add_argument("--layer", help="layer (default: the last conv layer, or an MLP's first hidden layer)")
     p.add_argument(
-        "--maps",
-        "--units",
-        dest="maps",
-        metavar="LIST",
+        "--maps", "--units", dest="maps", metavar="LIST",
         help="maps or nodes, e.g. 0-127 or 3,5,9 (default all)",
     )
     p.add_argument("--steps", type=int, default=100, help="gradient steps (default 100)")
@@ -131,8 +122,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cols", type=int, default=16, help="images per gallery row (default 16)")
     p.add_argument(
-        "--out",
-        metavar="PNG",
+        "--out", metavar="PNG",
         help="gallery file (default RUN/figures/oip-LAYER.png); the patterns go beside it as .npz",
     )
     p.add_argument("--progress", action="store_true", help="show a progress bar")
@@ -196,15 +186,8 @@ def cmd_show_activations(args: argparse.Namespace) -> int:
     written = []
     for layer in layers:
         fig = plot_activations(
-            chosen.images,
-            acts[layer],
-            layer=layer,
-            titles=names,
-            ncols=args.cols,
-            standardize=args.standardize,
-            clip=args.clip,
-            cmap=args.cmap,
-            shared_scale=args.shared_scale,
+            chosen.images, acts[layer], layer=layer, titles=names, ncols=args.cols,
+            standardize=args.standardize, clip=args.clip, cmap=args.cmap, shared_scale=args.shared_scale,
         )
         if args.out:
             template = (
@@ -311,12 +294,7 @@ def cmd_ambiguous(args: argparse.Namespace) -> int:
 
     model, dataset = _load(args)
     result = find_ambiguous(
-        model,
-        dataset,
-        args.pair,
-        n=args.n,
-        split=args.split,
-        layer=args.layer,
+        model, dataset, args.pair, n=args.n, split=args.split, layer=args.layer,
         correct_only=args.correct_only,
     )
     names = dataset.class_names
@@ -388,16 +366,8 @@ def cmd_oip(args: argparse.Namespace) -> int:
     except ValueError:
         raise ConfigError(f"bad --scales {args.scales!r}; use pixel lengths like 1,2,4,7") from None
     result = optimize_inputs(
-        model,
-        layer,
-        units,
-        steps=args.steps,
-        step_size=args.step_size,
-        scales=scales,
-        seed=args.seed,
-        decay=args.decay,
-        blur=args.blur,
-        progress=args.progress,
+        model, layer, units, steps=args.steps, step_size=args.step_size, scales=scales, seed=args.seed,
+        decay=args.decay, blur=args.blur, progress=args.progress,
     )
     reached, dead = result.reached(), result.dead
     print(f"{layer}: {len(units)} units, {args.steps} steps in {result.seconds:.2f} s; "
@@ -421,10 +391,7 @@ def cmd_oip(args: argparse.Namespace) -> int:
         atomic_save_npz(
             path.with_suffix(".npz"),
             {
-                "units": result.units,
-                "images": result.images,
-                "start": result.start,
-                "final": result.final,
+                "units": result.units, "images": result.images, "start": result.start, "final": result.final,
                 "trace": result.trace,
             },
         )
@@ -440,15 +407,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     from ..inspect.report import write_report
 
     path = write_report(
-        args.run,
-        args.out,
-        dataset=args.dataset,
-        data_dir=args.data_dir,
-        pair=args.pair,
-        oip_layer=args.oip_layer,
-        oip_steps=args.oip_steps,
-        seed=args.seed,
-        split=args.split,
+        args.run, args.out, dataset=args.dataset, data_dir=args.data_dir, pair=args.pair,
+        oip_layer=args.oip_layer, oip_steps=args.oip_steps, seed=args.seed, split=args.split,
         on_section=lambda name: info(f"report: {name} ..."),
     )
     print(path)

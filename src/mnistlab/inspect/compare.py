@@ -149,12 +149,8 @@ class UnitRanking:
         for u in self.order()[:k]:
             rows.append(
                 {
-                    "layer": self.layer,
-                    "kind": self.kind,
-                    "unit": int(u),
-                    "auc": float(self.auc[u]),
-                    "smd": float(self.smd[u]),
-                    "mean_a": float(self.mean_a[u]),
+                    "layer": self.layer, "kind": self.kind, "unit": int(u), "auc": float(self.auc[u]),
+                    "smd": float(self.smd[u]), "mean_a": float(self.mean_a[u]),
                     "mean_b": float(self.mean_b[u]),
                     "favours": "A" if self.auc[u] > 0.5 else "B" if self.auc[u] < 0.5 else "-",
                 }
@@ -167,14 +163,8 @@ def rank_units(acts_a: np.ndarray, acts_b: np.ndarray, layer: str = "") -> UnitR
     kind = "map" if np.asarray(acts_a).ndim == 4 else "node"
     a, b = unit_scores(acts_a), unit_scores(acts_b)
     return UnitRanking(
-        layer,
-        auc_scores(a, b),
-        standardized_mean_difference(a, b),
-        a.mean(axis=0),
-        b.mean(axis=0),
-        len(a),
-        len(b),
-        kind,
+        layer, auc_scores(a, b), standardized_mean_difference(a, b), a.mean(axis=0), b.mean(axis=0), len(a),
+        len(b), kind,
     )
 
 
@@ -225,21 +215,15 @@ class Comparison:
             units = ", ".join(map(str, row["red_units"][:max_units]))
             rows.append(
                 [
-                    row["layer"],
-                    row["red"],
-                    row["yellow"],
+                    row["layer"], row["red"], row["yellow"],
                     units + (" ..." if len(row["red_units"]) > max_units else ""),
                 ]
             )
         columns = [
-            Column("layer"),
-            Column("red"),
-            Column("yellow"),
-            Column("maps/nodes with red (most first)"),
+            Column("layer"), Column("red"), Column("yellow"), Column("maps/nodes with red (most first)"),
         ]
         return Table(
-            f"Positions or nodes marked red and yellow: {self.a_name} (A) vs {self.b_name} (B)",
-            columns,
+            f"Positions or nodes marked red and yellow: {self.a_name} (A) vs {self.b_name} (B)", columns,
             rows,
             note="red: strongly active in every A image and no B image; "
             "yellow: in every A image and some B image",
@@ -250,37 +234,21 @@ class Comparison:
         a, b = self.a_name, self.b_name
         rows = [
             [
-                r["layer"],
-                r["kind"],
-                r["unit"],
-                r["auc"],
-                r["smd"],
-                r["mean_a"],
-                r["mean_b"],
-                a if r["favours"] == "A" else b if r["favours"] == "B" else "-",
-                r.get("red", ""),
+                r["layer"], r["kind"], r["unit"], r["auc"], r["smd"], r["mean_a"], r["mean_b"],
+                a if r["favours"] == "A" else b if r["favours"] == "B" else "-", r.get("red", ""),
                 r.get("yellow", ""),
             ]
             for r in self.table(k)
         ]
         columns = [
-            Column("layer"),
-            Column("kind"),
-            Column("unit"),
-            Column("AUC", ".3f"),
-            Column("d", "+.2f"),
-            Column(f"mean {a}", ".4f"),
-            Column(f"mean {b}", ".4f"),
-            Column("favours"),
-            Column("red"),
+            Column("layer"), Column("kind"), Column("unit"), Column("AUC", ".3f"), Column("d", "+.2f"),
+            Column(f"mean {a}", ".4f"), Column(f"mean {b}", ".4f"), Column("favours"), Column("red"),
             Column("yellow"),
         ]
         sizes = next(iter(self.rankings.values()), None)
         counted = f" over {sizes.n_a} images of {a} and {sizes.n_b} of {b}" if sizes is not None else ""
         return Table(
-            f"Most discriminative maps and nodes{counted}",
-            columns,
-            rows,
+            f"Most discriminative maps and nodes{counted}", columns, rows,
             note=f"AUC: the probability that a random {a} scores higher than a random {b} (a map by "
             "its mean activation); d: standardized mean difference; red, yellow: the chosen images' count",
         )

@@ -47,9 +47,6 @@ def confusions(
         proba = compute_activations(model, images, ["output"])["output"]
     n = len(dataset.class_names)
     return Confusions(
-        confusion_matrix(labels, proba.argmax(axis=1), n),
-        np.asarray(labels),
-        proba,
-        tuple(dataset.class_names),
-        split,
+        confusion_matrix(labels, proba.argmax(axis=1), n), np.asarray(labels), proba,
+        tuple(dataset.class_names), split,
     )

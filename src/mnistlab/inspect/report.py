@@ -139,15 +139,13 @@ def build_report(
     def training() -> str:
         if not history:
             return '<p class="muted">No training history in this run.</p>'
-        return _img(plot_history(list(history)), "cost and accuracy per epoch")
+        return _img(plot_history(list(history)), "loss and accuracy per epoch")
 
     def confusion_section() -> str:
         pairs = conf.pairs(5)
         rows = [
             {
-                "true": names[t],
-                "predicted": names[p],
-                "count": c,
+                "true": names[t], "predicted": names[p], "count": c,
                 "share of true class": f"{c / max(1, int(conf.matrix[t].sum())):.2%}",
             }
             for t, p, c in pairs
@@ -196,11 +194,8 @@ def build_report(
         result = find_ambiguous(model, dataset, pair, n=n_ambiguous, split=split, proba=proba)
         rows = [
             {
-                "index": r["index"],
-                "predicted": names[r["predicted"]],
-                f"p({names[a]})": r[f"p{a}"],
-                f"p({names[b]})": r[f"p{b}"],
-                "margin": r["margin"],
+                "index": r["index"], "predicted": names[r["predicted"]], f"p({names[a]})": r[f"p{a}"],
+                f"p({names[b]})": r[f"p{b}"], "margin": r["margin"],
                 "nodes pulling toward the winner": r["top_pull"],
             }
             for r in result.table()
@@ -244,12 +239,9 @@ def build_report(
 
     na, nb = (names[c] if 0 <= c < len(names) else str(c) for c in pair)
     headings = {
-        "summary": "Summary and parameters",
-        "training": "Training curves",
-        "confusions": "Confusions",
+        "summary": "Summary and parameters", "training": "Training curves", "confusions": "Confusions",
         "compare": f"What separates {na} from {nb}",
-        "ambiguous": f"Ambiguous images: {na}s that look like {nb}s",
-        "oip": "Optimal input patterns",
+        "ambiguous": f"Ambiguous images: {na}s that look like {nb}s", "oip": "Optimal input patterns",
     }
     title = (
         title

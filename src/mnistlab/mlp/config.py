@@ -6,12 +6,14 @@ Every valid name lives in a tuple here; the error for a bad name lists them (sci
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from ..data.preprocess import KINDS as PREPROCESSING
 from ..errors import ConfigError
 from .activations import FORWARD, OUTPUT_FORWARD
+from .optimizers import OPTIMIZERS as _OPTIMIZER_CLASSES
 
 ACTIVATIONS = tuple(FORWARD)  # relu, sigmoid, tanh
 # "softmax": class probabilities with cross-entropy; "sigmoid": ten independent logistic outputs
@@ -25,6 +27,7 @@ SCHEDULES = ("constant", "seed", "step", "cosine")
 # standard: PyTorch's SGD (v = m v + g; w -= lr v; Nesterov optional).
 # seed: the seed's form, w -= lr g_t + m lr_{t-1} g_{t-1} (momentum on the previous step only).
 MOMENTUM_FORMS = ("standard", "seed")
+OPTIMIZERS = tuple(_OPTIMIZER_CLASSES)  # the update rules of mnistlab.mlp.optimizers
 
 
 @dataclass(frozen=True)
@@ -32,7 +35,7 @@ class MLPConfig:
     """Shape, initialization and training of a multilayer perceptron.
 
     The defaults are the tuned configuration that reaches >= 98% test accuracy on MNIST in 35
-    epochs at batch 500 (see README, "NumPy MLP"); ``preset("seed")`` gives the seed's setup.
+    epochs at batch 500 (see docs/performance.md); ``preset("seed")`` gives the seed's setup.
     """
 
     # ----- shape -----
@@ -47,6 +50,7 @@ class MLPConfig:
     # ----- training -----
     epochs: int = 35
     batch_size: int = 500
+    optimizer: str = "sgd"
     lr: float = 0.4
     momentum: float = 0.9
     momentum_form: str = "standard"
@@ -76,6 +80,7 @@ class MLPConfig:
         _choice("dtype", self.dtype, DTYPES)
         _choice("schedule", self.schedule, SCHEDULES)
         _choice("momentum form", self.momentum_form, MOMENTUM_FORMS)
+        _choice("optimizer", self.optimizer, OPTIMIZERS)
         _choice("preprocessing", self.preprocess, PREPROCESSING)
         for name in ("input_size", "n_classes", "epochs", "batch_size", "step_size"):
             _positive_int(name, getattr(self, name))
@@ -90,7 +95,9 @@ class MLPConfig:
         if not 0 <= self.momentum < 1:
             raise ConfigError(f"momentum must be in [0, 1), got {self.momentum}")
         if self.nesterov and self.momentum_form != "standard":
-            raise ConfigError("Nesterov momentum needs the standard momentum form; drop --nesterov or the seed form")
+            raise ConfigError(
+                "Nesterov momentum needs the standard momentum form; drop --nesterov or the seed form"
+            )
         if self.nesterov and self.momentum == 0:
             raise ConfigError("Nesterov momentum needs --momentum > 0")
         for name in ("l1", "l2", "decay", "lr_min"):
@@ -125,13 +132,14 @@ class MLPConfig:
         return out
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "MLPConfig":
+    def from_dict(cls, data: Mapping[str, Any]) -> MLPConfig:
         """Rebuild from a run manifest; unknown keys mean a run from another version."""
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
             raise ConfigError(
-                f"MLP config has unknown field(s) {', '.join(unknown)}; the run comes from another mnistlab version"
+                f"MLP config has unknown field(s) {', '.join(unknown)}; the run comes from another "
+                "mnistlab version"
             )
         values = dict(data)
         if "hidden" in values:
@@ -139,15 +147,17 @@ class MLPConfig:
         try:
             return cls(**values)
         except TypeError as exc:
-            raise ConfigError(f"MLP config is invalid ({exc}); the run is corrupt or from another version") from None
+            raise ConfigError(
+                f"MLP config is invalid ({exc}); the run is corrupt or from another version"
+            ) from None
 
-    def replace(self, **changes: Any) -> "MLPConfig":
+    def replace(self, **changes: Any) -> MLPConfig:
         return dataclasses.replace(self, **changes)
 
 
 # The seed's setup: sigmoid hidden layers, ten sigmoid outputs with log-loss, 784-70-30-10, the seed's
 # momentum form and per-epoch learning-rate decay. Inputs standardized per pixel: with sigmoid units
-# this reached 96.9% here against 96.7% for inputs scaled to 0..1 (learning rate tuned for each).
+# that beat inputs scaled to 0..1 (docs/performance.md).
 PRESETS: dict[str, dict[str, Any]] = {
     "default": {},
     "seed": dict(

@@ -206,8 +206,7 @@ def _label_grid(
     h, w = cell
     nrows = -(-units // ncols)
     ax.set_yticks(
-        [r * (h + gap) + (h - 1) / 2 for r in range(nrows)],
-        [str(r * ncols) for r in range(nrows)],
+        [r * (h + gap) + (h - 1) / 2 for r in range(nrows)], [str(r * ncols) for r in range(nrows)],
         fontsize=6,
     )
     ax.set_xticks([q * (w + gap) + (w - 1) / 2 for q in range(min(ncols, units))],

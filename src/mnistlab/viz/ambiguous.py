@@ -72,13 +72,8 @@ def plot_ambiguous(result, class_names: Sequence[str] | None = None, *, top: int
             for node in pulls:
                 pos = where[node]
                 ax.annotate(
-                    str(node),
-                    (pos, case.activation[node]),
-                    xytext=(0, 6),
-                    textcoords="offset points",
-                    ha="center",
-                    fontsize=7,
-                    color=A_COLOR if case.winner == a else B_COLOR,
+                    str(node), (pos, case.activation[node]), xytext=(0, 6), textcoords="offset points",
+                    ha="center", fontsize=7, color=A_COLOR if case.winner == a else B_COLOR,
                     fontweight="bold",
                 )
             ax.set_ylim(0, peak * 1.2)

@@ -40,17 +40,8 @@ def plot_contrast(
         marks = marks[:n_a] + [None] * fill_a + marks[n_a:] + [None] * fill_b
     titles = comparison.a.names() + [""] * (per_row - n_a) + comparison.b.names() + [""] * (per_row - n_b)
     fig = plot_activations(
-        images,
-        acts,
-        layer=layer,
-        titles=titles,
-        ncols=ncols,
-        standardize=standardize,
-        cmap=cmap,
-        shared_scale=True,
-        per_map_peak=True,
-        marks=marks,
-        panels_per_row=per_row,
+        images, acts, layer=layer, titles=titles, ncols=ncols, standardize=standardize, cmap=cmap,
+        shared_scale=True, per_map_peak=True, marks=marks, panels_per_row=per_row,
         row_titles=[f"A: {comparison.a_name}", f"B: {comparison.b_name}"],
     )
     red, yellow = int(contrast.red.sum()), int(contrast.yellow.sum())

@@ -25,9 +25,7 @@ def plot_confusion(
         off = data.astype(float).copy()
         np.fill_diagonal(off, np.nan)
         ax.imshow(
-            off,
-            cmap="Reds",
-            vmin=0,
+            off, cmap="Reds", vmin=0,
             vmax=np.nanmax(off) if np.isfinite(off).any() and np.nanmax(off) > 0 else 1,
         )
         for i in range(n):
@@ -43,21 +41,12 @@ def plot_confusion(
                 if fmt != "d" and value == 0:
                     text = ""
                 ax.text(
-                    j,
-                    i,
-                    text,
-                    ha="center",
-                    va="center",
-                    fontsize=7,
-                    color="black" if i != j else "#1f4e9a",
+                    j, i, text, ha="center", va="center", fontsize=7, color="black" if i != j else "#1f4e9a",
                     fontweight="bold" if i == j else "normal",
                 )
         ax.set_xticks(
-            range(n),
-            names,
-            rotation=45 if max(map(len, names)) > 2 else 0,
-            ha="right" if max(map(len, names)) > 2 else "center",
-            fontsize=8,
+            range(n), names, rotation=45 if max(map(len, names)) > 2 else 0,
+            ha="right" if max(map(len, names)) > 2 else "center", fontsize=8,
         )
         ax.set_yticks(range(n), names, fontsize=8)
         ax.set_xlabel("predicted")

@@ -40,10 +40,8 @@ def plot_oip_gallery(result, *, ncols: int = 16, cmap: str = "gray_r", cell_inch
     fig.suptitle(
         f"optimal input patterns, {result.layer}: {n} {kind}s optimized together, {result.steps} steps, "
         f"seed {result.seed}; {reached} reached 10x their start, {int(dead.sum())} dead "
-        f"(title: {kind}: final {'mean ' if kind == 'map' else ''}activation)",
-        fontsize=10,
-        y=1 - 0.05 / fig.get_figheight(),
-        va="top",
+        f"(title: {kind}: final {'mean ' if kind == 'map' else ''}activation)", fontsize=10,
+        y=1 - 0.05 / fig.get_figheight(), va="top",
     )
     height = fig.get_figheight()
     fig.subplots_adjust(left=0.005, right=0.995, bottom=0.01, top=1 - 0.4 / height, wspace=0.08, hspace=0.3)
@@ -93,9 +91,6 @@ def plot_confusion_gallery(conf, images: np.ndarray, *, top: int = 5, per_pair: 
         for i in idx:
             captions[int(i)] = f"#{int(i)} p={conf.proba[i, pred]:.2f}"
     return plot_pair_gallery(
-        images,
-        rows,
-        captions,
-        per_row=per_pair,
+        images, rows, captions, per_row=per_pair,
         title=f"most confused pairs ({conf.split}): misclassified images, p = probability of the wrong class",
     )

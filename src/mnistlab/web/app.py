@@ -238,9 +238,7 @@ def create_app(
         ev = _evaluation(store, loaded)
         cell = ev.misclassified(true, pred)
         return {
-            "true": true,
-            "pred": pred,
-            "total": int(len(cell)),
+            "true": true, "pred": pred, "total": int(len(cell)),
             "items": _gallery(ds, ev.proba, cell[:limit]),
         }
 
@@ -278,8 +276,7 @@ def create_app(
         if layer is not None:
             _check_layers(loaded, [layer])
         return _cached(
-            loaded,
-            ("oip", layer, steps),
+            loaded, ("oip", layer, steps),
             lambda: _oip_answer(loaded.model, loaded.layer_shapes, layer, steps),
         )
 
