@@ -192,10 +192,9 @@ def test_inspection_asks_the_roles_not_the_names():
     ],
 )
 def test_nets_with_avgpool_and_gap_train_save_and_reload(tmp_path, spec, learns):
-    from test_cnn_train import synthetic
-
     from mnistlab.cnn import Trainer, resolve_config
     from mnistlab.models import load_model
+    from test_cnn_train import synthetic
 
     ds = synthetic(384, 128)
     config = resolve_config(

@@ -15,8 +15,8 @@ from ..data import Dataset
 from ..errors import ConfigError
 from ..model_api import InspectableModel
 
-# Small batches keep each batch's activations in the CPU's cache while they are copied out
-# (timings in docs/performance.md, "Inspection").
+# Small batches keep each batch's activations in the CPU's caches while they are copied out
+# (docs/performance.md, CNN internals).
 BATCH_SIZE = 256
 
 
