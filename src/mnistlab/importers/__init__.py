@@ -19,7 +19,9 @@ import numpy as np
 
 from ..errors import ConfigError
 from .chain import Chain
-from .lower import block_label, check_classes, fold_rescale, group_blocks, mlp_can_hold, mlp_parts, preprocessing
+from .lower import (
+    block_label, check_classes, fold_rescale, group_blocks, is_identity, mlp_can_hold, mlp_parts, preprocessing,
+)
 
 
 def _read_keras(path: Path) -> Chain:
@@ -74,7 +76,7 @@ def import_model(
     chain = read_model_file(fmt, path)
     scale, offset, ops = fold_rescale(chain)
     if preprocess == "auto":
-        preprocess = "none" if (scale, offset) != (1.0, 0.0) else "unit"
+        preprocess = "unit" if is_identity(scale, offset) else "none"
     blocks = group_blocks(ops)
     check_classes(blocks, len(DATASETS[dataset].class_names))
     train_images = None
@@ -85,9 +87,12 @@ def import_model(
     pre = preprocessing(preprocess, scale, offset, train_images)
     imported: dict[str, Any] = {
         "format": chain.source_format, "file": path.name, "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
-        "preprocess": preprocess, **({"rescaling": [scale, offset]} if (scale, offset) != (1.0, 0.0) else {}),
+        "preprocess": preprocess,
         **chain.details,
     }
+    if not is_identity(scale, offset):
+        scalar = np.ndim(scale) == 0 and np.ndim(offset) == 0
+        imported["rescaling"] = [float(scale), float(offset)] if scalar else "per-pixel (folded into preprocess.npz)"
     notes = [note for block in blocks for note in block.notes]
     if notes:
         imported["notes"] = notes

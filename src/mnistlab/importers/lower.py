@@ -37,8 +37,13 @@ class Block:
         return self.ops[0]
 
 
-def fold_rescale(chain: Chain) -> tuple[float, float, list[Op]]:
-    """Leading rescale ops as one (scale, offset), and the ops that follow them."""
+def is_identity(scale: Any, offset: Any) -> bool:
+    return bool(np.all(np.asarray(scale) == 1.0) and np.all(np.asarray(offset) == 0.0))
+
+
+def fold_rescale(chain: Chain) -> tuple[Any, Any, list[Op]]:
+    """Leading rescale ops as one (scale, offset), numbers or per-pixel (28, 28) arrays, and the ops
+    that follow them."""
     scale, offset, ops = 1.0, 0.0, list(chain.ops)
     while ops and ops[0].kind in ("rescale", "dropout"):
         op = ops.pop(0)
@@ -119,7 +124,7 @@ def mlp_can_hold(blocks: list[Block]) -> bool:
     return len(body) >= 2 and len(hidden) == 1 and hidden <= set(MLP_ACTIVATIONS)
 
 
-def preprocessing(kind: str, scale: float, offset: float, train_images: np.ndarray | None) -> Preprocessor:
+def preprocessing(kind: str, scale: Any, offset: Any, train_images: np.ndarray | None) -> Preprocessor:
     """The user's pixel preprocessing followed by the model's own leading rescaling, as one Preprocessor."""
     if kind == "standard":
         if train_images is None:
@@ -127,9 +132,9 @@ def preprocessing(kind: str, scale: float, offset: float, train_images: np.ndarr
         base = Preprocessor.fit("standard", train_images)
     else:
         base = Preprocessor.fit(kind, np.zeros((1, 28, 28), np.uint8))
-    if scale == 1.0 and offset == 0.0:
+    if is_identity(scale, offset):
         return base
-    if scale == 0.0:
+    if np.any(np.asarray(scale) == 0.0):
         raise ModelFileError("the model's Rescaling multiplies by 0; it ignores its input")
     # ((p - m) / s) * a + b == (p - (m - b s / a)) / (s / a)
     mean = (base.mean - offset * base.scale / scale).astype(np.float32)

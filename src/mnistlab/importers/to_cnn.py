@@ -112,5 +112,5 @@ def cnn_state(spec, blocks: list[Block]) -> dict[str, np.ndarray]:
                 if tuple(value.shape) != tuple(target.shape):
                     raise op.fail(f"weights of shape {value.shape} where the model needs {tuple(target.shape)}; "
                                   "the weights are mis-shaped or belong to another model")
-                target.copy_(torch.from_numpy(np.ascontiguousarray(value)))
+                target.copy_(torch.from_numpy(np.array(value, np.float32)))
     return state_to_numpy(net)
