@@ -71,6 +71,7 @@ ACTIVATIONS: dict[str, Activation] = {
         Activation("elu", "ELU"),
         Activation("tanh", "Tanh"),
         Activation("linear", "Identity"),
+        Activation("leaky_relu", "LeakyReLU", (("negative_slope", 0.01),)),  # torch's and ONNX's default slope
         Activation("softmax", "Softmax", (("dim", 1),), hidden=False, output=True),
     )
 }
@@ -104,16 +105,38 @@ def dropout_rate(value: Any, where: str, key: str) -> float:
     return rate
 
 
+def positive_float(value: Any, where: str, key: str) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = -1.0
+    if not number > 0:
+        raise ConfigError(f"{where}: {key}={value!r} must be a positive number")
+    return number
+
+
+def boolean(value: Any, where: str, key: str) -> bool:
+    text = str(value).lower()
+    if text in ("true", "1", "yes", "on"):
+        return True
+    if text in ("false", "0", "no", "off"):
+        return False
+    raise ConfigError(f"{where}: {key}={value!r} is not true or false")
+
+
+PADDINGS = ("valid", "same", "tf_same")
+
+
 def padding(value: Any, where: str, key: str) -> str | int:
     text = str(value).lower()
-    if text in ("valid", "same"):
+    if text in PADDINGS:
         return text
     try:
         number = int(text)
     except ValueError:
         number = -1
     if number < 0:
-        raise ConfigError(f"{where}: {key}={value!r} is not valid, same or a non-negative integer")
+        raise ConfigError(f"{where}: {key}={value!r} is not valid, same, tf_same or a non-negative integer")
     return number
 
 
@@ -298,13 +321,16 @@ def _map_input(shape: tuple[int, ...], where: str) -> tuple[int, int, int]:
     return shape  # type: ignore[return-value]
 
 
-def _window(shape: tuple[int, ...], k: int, stride: int, pad: int, where: str, what: str) -> tuple[int, int]:
-    """Output height and width of a k x k window sliding with ``stride`` over a map padded by ``pad``."""
+def _window(shape: tuple[int, ...], k: int, stride: int, pad: int | tuple[int, int, int, int], where: str,
+            what: str) -> tuple[int, int]:
+    """Output height and width of a k x k window sliding with ``stride`` over a map padded by ``pad``
+    (one amount on every side, or (left, right, top, bottom))."""
     _, h, w = _map_input(shape, where)
-    if h + 2 * pad < k or w + 2 * pad < k:
+    left, right, top, bottom = (pad,) * 4 if isinstance(pad, int) else pad
+    if h + top + bottom < k or w + left + right < k:
         raise ConfigError(f"{where}: the {h}x{w} map is smaller than the {k}x{k} {what}; "
                           "remove a layer or use pad=same")
-    return (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
+    return (h + top + bottom - k) // stride + 1, (w + left + right - k) // stride + 1
 
 
 @register
@@ -316,30 +342,51 @@ class Conv(LayerKind):
         Arg("stride", positive_int, 1),
         Arg("pad", padding, "valid", aliases=("padding",)),
         Arg("act", activation(HIDDEN_ACTIVATIONS), "relu", aliases=("activation",)),
+        # options added for imported models; left out of manifests at their defaults
+        Arg("dilation", positive_int, 1, stored_at_default=False),
+        Arg("bias", boolean, True, stored_at_default=False),
     )
     role, keras_name = MAP, "Conv2D"
 
     @staticmethod
-    def pad_amount(layer: Layer) -> int:
-        if layer.pad == "same":
-            return (layer.kernel - 1) // 2
-        return 0 if layer.pad == "valid" else int(layer.pad)
+    def span(layer: Layer) -> int:
+        """The kernel's extent on the input, dilation included."""
+        return layer.get("dilation", 1) * (layer.kernel - 1) + 1
+
+    @classmethod
+    def pads(cls, layer: Layer, shape: tuple[int, ...]) -> tuple[int, int, int, int]:
+        """(left, right, top, bottom). ``same`` pads (span - 1) // 2 on every side; ``tf_same`` is
+        TensorFlow's rule: output ceil(size / stride), an odd extra pixel at the bottom and right."""
+        if layer.pad == "tf_same":
+            def split(size: int) -> tuple[int, int]:
+                total = max((-(-size // layer.stride) - 1) * layer.stride + cls.span(layer) - size, 0)
+                return total // 2, total - total // 2
+
+            (top, bottom), (left, right) = split(shape[1]), split(shape[2])
+            return left, right, top, bottom
+        amount = (cls.span(layer) - 1) // 2 if layer.pad == "same" else 0 if layer.pad == "valid" else int(layer.pad)
+        return (amount,) * 4
 
     def infer(self, layer, shape, where, previous):
-        if layer.pad == "same" and layer.kernel % 2 == 0:
-            raise ConfigError(f"{where}: pad=same needs an odd kernel; use an odd kernel or an integer pad")
-        oh, ow = _window(shape, layer.kernel, layer.stride, self.pad_amount(layer), where, "kernel")
-        return (layer.filters, oh, ow), layer.filters * shape[0] * layer.kernel**2 + layer.filters
+        if layer.pad == "same" and self.span(layer) % 2 == 0:
+            raise ConfigError(f"{where}: pad=same needs an odd kernel; use an odd kernel, pad=tf_same or an integer pad")
+        oh, ow = _window(shape, self.span(layer), layer.stride, self.pads(layer, _map_input(shape, where)), where,
+                         "kernel")
+        bias = layer.filters if layer.get("bias", True) else 0
+        return (layer.filters, oh, ow), layer.filters * shape[0] * layer.kernel**2 + bias
 
     def build(self, info):
         from torch import nn
 
         layer = info.layer
-        return _block(
-            conv=nn.Conv2d(info.input_shape[0], layer.filters, layer.kernel, layer.stride,
-                           self.pad_amount(layer)),
-            act=ACTIVATIONS[layer.act].module(),
-        )
+        left, right, top, bottom = self.pads(layer, info.input_shape)
+        symmetric = left == right == top == bottom
+        conv = nn.Conv2d(info.input_shape[0], layer.filters, layer.kernel, layer.stride, left if symmetric else 0,
+                         dilation=layer.dilation, bias=layer.bias)
+        act = ACTIVATIONS[layer.act].module()
+        if symmetric:
+            return _block(conv=conv, act=act)
+        return _block(pad=nn.ZeroPad2d((left, right, top, bottom)), conv=conv, act=act)
 
 
 @register
@@ -417,17 +464,18 @@ class Dense(LayerKind):
     name, aliases, example = "dense", ("linear", "fc"), "dense:70"
     # softmax or sigmoid only as the last layer, which the spec then reads as ``output``
     args = (Arg("units", positive_int),
-            Arg("act", activation(tuple(ACTIVATIONS)), "relu", aliases=("activation",)))
+            Arg("act", activation(tuple(ACTIVATIONS)), "relu", aliases=("activation",)),
+            Arg("bias", boolean, True, stored_at_default=False))
     role, keras_name = VECTOR, "Dense"
 
     def infer(self, layer, shape, where, previous):
-        return (layer.units,), _flat_input(shape, where) * layer.units + layer.units
+        return (layer.units,), _flat_input(shape, where) * layer.units + (layer.units if layer.bias else 0)
 
     def build(self, info):
         from torch import nn
 
-        return _block(
-            linear=nn.Linear(info.input_shape[0], info.layer.units), act=ACTIVATIONS[info.layer.act].module())
+        return _block(linear=nn.Linear(info.input_shape[0], info.layer.units, bias=info.layer.bias),
+                      act=ACTIVATIONS[info.layer.act].module())
 
 
 @register
@@ -456,6 +504,10 @@ class _Attached(LayerKind):
 @register
 class BatchNorm(_Attached):
     name, aliases, keras_name = "bn", ("batchnorm", "batch_norm", "batchnormalization"), "BatchNorm"
+    # eps: Keras's default is 1e-3, torch's 1e-5; after_act: normalize the activation's output
+    # (Keras models often put BatchNormalization after Conv2D(activation="relu"))
+    args = (Arg("eps", positive_float, 1e-5, stored_at_default=False),
+            Arg("after_act", boolean, False, stored_at_default=False))
     batch_split_exact = False  # statistics per part of a split batch differ from the whole batch's
 
     def infer(self, layer, shape, where, previous):
@@ -470,10 +522,13 @@ class BatchNorm(_Attached):
         from torch import nn
 
         channels = info.output_shape[0]
+        norm = nn.BatchNorm2d if len(info.output_shape) == 3 else nn.BatchNorm1d
+        if info.layer.after_act:
+            block.add_module("bn", norm(channels, eps=info.layer.eps))
+            return
         # between the linear part and the nonlinearity
         act = block._modules.pop("act")
-        norm = nn.BatchNorm2d if len(info.output_shape) == 3 else nn.BatchNorm1d
-        block.add_module("bn", norm(channels))
+        block.add_module("bn", norm(channels, eps=info.layer.eps))
         block.add_module("act", act)
 
 

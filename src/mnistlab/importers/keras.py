@@ -321,8 +321,8 @@ def _layer_ops(state: _State, cls: str, name: str, position: int, cfg: dict[str,
         kernel = arrays[0]
         if kernel.ndim != 2 or kernel.shape[1] != int(cfg.get("units", -1)):
             raise ModelFileError(f"{where}: kernel has shape {kernel.shape}, expected (in, {cfg.get('units')})")
-        bias = arrays[1] if use_bias else np.zeros(kernel.shape[1], np.float32)
-        return [op("dense", {}, weight=np.ascontiguousarray(kernel.T), bias=bias), *_act_op(cfg, where, op)]
+        named = {"weight": np.ascontiguousarray(kernel.T), **({"bias": arrays[1]} if use_bias else {})}
+        return [op("dense", {}, **named), *_act_op(cfg, where, op)]
     raise ModelFileError(f"{where}: layer class {cls} is not supported")  # pragma: no cover - SUPPORTED_LAYERS covers it
 
 

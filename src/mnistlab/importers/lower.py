@@ -30,6 +30,7 @@ class Block:
     act: str = "linear"
     act_given: bool = False
     bn: Op | None = None
+    bn_after_act: bool = False
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -72,10 +73,10 @@ def group_blocks(ops: list[Op]) -> list[Block]:
                 continue
             blocks.append(Block({"maxpool": "pool"}.get(op.kind, op.kind), [op]))
         elif op.kind == "bn":
-            if last is None or last.type not in ("conv", "dense") or last.bn is not None or last.act_given:
-                raise op.fail("batch normalization here cannot be expressed: mnistlab puts it directly after a conv "
-                              "or dense layer, before the activation")
-            last.bn = op
+            if last is None or last.type not in ("conv", "dense") or last.bn is not None:
+                raise op.fail("batch normalization here cannot be expressed: mnistlab puts it right after a conv "
+                              "or dense layer or its activation")
+            last.bn, last.bn_after_act = op, last.act_given
             last.ops.append(op)
         elif op.kind == "act":
             name = op.attrs["name"]
@@ -158,7 +159,8 @@ def mlp_parts(blocks: list[Block], preprocess: str) -> tuple[dict[str, Any], dic
     params = {}
     for i, block in enumerate(dense, start=1):
         params[f"W{i}"] = np.ascontiguousarray(block.main.arrays["weight"].T, np.float32)
-        params[f"b{i}"] = np.asarray(block.main.arrays["bias"], np.float32)
+        bias = block.main.arrays.get("bias")
+        params[f"b{i}"] = np.asarray(bias if bias is not None else np.zeros(len(params[f"W{i}"].T)), np.float32)
     sizes = [params["W1"].shape[0]] + [params[f"W{i}"].shape[1] for i in range(1, len(dense) + 1)]
     if sizes[0] != 784:
         raise dense[0].main.fail(f"takes {sizes[0]} inputs; a 28x28 image has 784")

@@ -33,8 +33,11 @@ def spec_layers(blocks: list[Block]) -> tuple[list[dict[str, Any]], list[Block]]
         op = block.main
         if block.type == "conv":
             kernel, stride, dilation = _square(block, "kernel"), _square(block, "stride"), _square(block, "dilation")
+            pad = op.attrs["pad"]
+            if pad == "same" and (stride != 1 or kernel % 2 == 0):
+                pad = "tf_same"  # TensorFlow's rule; the spec's plain same is symmetric
             layer = {"type": "conv", "filters": int(op.arrays["weight"].shape[0]), "kernel": kernel, "stride": stride,
-                     "pad": op.attrs["pad"], "act": block.act}
+                     "pad": pad, "act": block.act}
             if dilation != 1:
                 layer["dilation"] = dilation
             if "bias" not in op.arrays:
@@ -45,10 +48,14 @@ def spec_layers(blocks: list[Block]) -> tuple[list[dict[str, Any]], list[Block]]
         elif block.type in ("gap", "flatten"):
             add({"type": block.type}, block)
         else:  # dense, output
-            add({"type": block.type, "units": int(op.arrays["weight"].shape[0]), "act": block.act}, block)
+            layer = {"type": block.type, "units": int(op.arrays["weight"].shape[0]), "act": block.act}
+            if block.type == "dense" and "bias" not in op.arrays:
+                layer["bias"] = False
+            add(layer, block)
         if block.bn is not None:
             eps = block.bn.attrs["eps"]
-            add({"type": "bn", **({"eps": eps} if eps != TORCH_BN_EPS else {})}, block)
+            add({"type": "bn", **({"eps": eps} if eps != TORCH_BN_EPS else {}),
+                 **({"after_act": True} if block.bn_after_act else {})}, block)
     return layers, owners
 
 
