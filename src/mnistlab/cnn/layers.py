@@ -162,6 +162,7 @@ class Arg:
     default: Any = REQUIRED
     aliases: tuple[str, ...] = ()
     stored_at_default: bool = True  # False for options added later: manifests leave them out at their default
+    positional: bool = True  # False: only as key=value (options added later keep old positional specs' meaning)
 
     def default_for(self, values: Mapping[str, Any]) -> Any:
         return self.default(values) if callable(self.default) else self.default
@@ -343,8 +344,8 @@ class Conv(LayerKind):
         Arg("pad", padding, "valid", aliases=("padding",)),
         Arg("act", activation(HIDDEN_ACTIVATIONS), "relu", aliases=("activation",)),
         # options added for imported models; left out of manifests at their defaults
-        Arg("dilation", positive_int, 1, stored_at_default=False),
-        Arg("bias", boolean, True, stored_at_default=False),
+        Arg("dilation", positive_int, 1, stored_at_default=False, positional=False),
+        Arg("bias", boolean, True, stored_at_default=False, positional=False),
     )
     role, keras_name = MAP, "Conv2D"
 
@@ -465,7 +466,7 @@ class Dense(LayerKind):
     # softmax or sigmoid only as the last layer, which the spec then reads as ``output``
     args = (Arg("units", positive_int),
             Arg("act", activation(tuple(ACTIVATIONS)), "relu", aliases=("activation",)),
-            Arg("bias", boolean, True, stored_at_default=False))
+            Arg("bias", boolean, True, stored_at_default=False, positional=False))
     role, keras_name = VECTOR, "Dense"
 
     def infer(self, layer, shape, where, previous):
@@ -506,8 +507,8 @@ class BatchNorm(_Attached):
     name, aliases, keras_name = "bn", ("batchnorm", "batch_norm", "batchnormalization"), "BatchNorm"
     # eps: Keras's default is 1e-3, torch's 1e-5; after_act: normalize the activation's output
     # (Keras models often put BatchNormalization after Conv2D(activation="relu"))
-    args = (Arg("eps", positive_float, 1e-5, stored_at_default=False),
-            Arg("after_act", boolean, False, stored_at_default=False))
+    args = (Arg("eps", positive_float, 1e-5, stored_at_default=False, positional=False),
+            Arg("after_act", boolean, False, stored_at_default=False, positional=False))
     batch_split_exact = False  # statistics per part of a split batch differ from the whole batch's
 
     def infer(self, layer, shape, where, previous):

@@ -136,7 +136,7 @@ def _make_layer(pos: int, ltype: str, args: Sequence[Any], kwargs: Mapping[str, 
     if kind is None:
         raise ConfigError(f"layer {pos}: unknown layer type {str(ltype).lower()!r}; choose one of: {', '.join(LAYER_TYPES)}")
     where = f"layer {pos} ({kind.name})"
-    names = [arg.name for arg in kind.args]
+    names = [arg.name for arg in kind.args if arg.positional]
     if len(args) > len(names):
         raise ConfigError(f"{where}: too many arguments {list(args)!r}; it takes: {', '.join(names) or 'none'}")
     values: dict[str, Any] = dict(zip(names, args))
