@@ -93,7 +93,9 @@ def import_model(
     if not is_identity(scale, offset):
         scalar = np.ndim(scale) == 0 and np.ndim(offset) == 0
         imported["rescaling"] = [float(scale), float(offset)] if scalar else "per-pixel (folded into preprocess.npz)"
-    notes = [note for block in blocks for note in block.notes]
+    folded = [op for op in chain.ops[: len(chain.ops) - len(ops)] if op.kind == "rescale"]
+    notes = [f"{op.source_class} {op.source!r} folded into the pixel preprocessing" for op in folded]
+    notes += [note for block in blocks for note in block.notes]
     if notes:
         imported["notes"] = notes
     if mlp_can_hold(blocks):
@@ -128,4 +130,10 @@ def import_model(
     return write_run(out, manifest, weights, pre.to_arrays(), [], overwrite=overwrite)
 
 
-__all__ = ["READERS", "import_model", "read_model_file"]
+def original_names(manifest: dict[str, Any]) -> dict[str, str]:
+    """For an imported run, each layer's original layers as text ("conv2d (Conv2D), ..."); {} otherwise."""
+    layers = (manifest.get("imported") or {}).get("layers") or {}
+    return {name: ", ".join(f"{s['name']} ({s['class']})" for s in sources) for name, sources in layers.items()}
+
+
+__all__ = ["READERS", "import_model", "original_names", "read_model_file"]

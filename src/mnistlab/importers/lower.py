@@ -143,7 +143,11 @@ def preprocessing(kind: str, scale: Any, offset: Any, train_images: np.ndarray |
 
 
 def block_label(block: Block) -> list[dict[str, str]]:
-    return [{"name": op.source, "class": op.source_class} for op in block.ops if op.source != "input"]
+    """The original layers a block came from, each once (a Conv2D and its activation are one layer)."""
+    seen: dict[str, dict[str, str]] = {}
+    for op in block.ops:
+        seen.setdefault(op.source, {"name": op.source, "class": op.source_class})
+    return list(seen.values())
 
 
 def check_classes(blocks: list[Block], classes: int) -> None:
