@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -126,7 +127,9 @@ def _cnn_graph(onnx, record, pre):
     wrapper = WithPreprocessing().eval()
     cnn.net.fuse_pooling = False  # export each block as written, so every layer keeps its own nodes
     buffer = io.BytesIO()
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # the TorchScript exporter warns that the dynamo one is the default now; that one needs onnxscript
+        warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(wrapper, (torch.zeros(1, 28, 28),), buffer, dynamo=False, opset_version=OPSET,
                           input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                           dynamic_axes={INPUT_NAME: {0: "N"}, OUTPUT_NAME: {0: "N"}})
