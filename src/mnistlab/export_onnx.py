@@ -105,6 +105,31 @@ def _mlp_graph(onnx, record, pre):
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
 
 
+def _static_pads(onnx, model, net) -> None:
+    """The TorchScript exporter computes a ZeroPad2d's amounts at run time (a dozen shape nodes);
+    give each Pad its amounts as a constant and drop the nodes that computed them."""
+    from onnx import numpy_helper
+
+    amounts = [(m.padding[2], m.padding[0], m.padding[3], m.padding[1])  # (top, left, bottom, right)
+               for m in net.modules() if type(m).__name__ == "ZeroPad2d"]
+    pads = [node for node in model.graph.node if node.op_type == "Pad"]
+    if len(pads) != len(amounts):
+        return
+    for i, (node, (top, left, bottom, right)) in enumerate(zip(pads, amounts)):
+        name = f"pad{i}_amounts"
+        model.graph.initializer.append(numpy_helper.from_array(np.array([0, 0, top, left, 0, 0, bottom, right],
+                                                                        np.int64), name))
+        node.input[1] = name
+    outputs = {o.name for o in model.graph.output}
+    while True:  # drop nodes whose outputs nothing reads any more
+        used = {name for node in model.graph.node for name in node.input} | outputs
+        dead = [node for node in model.graph.node if not any(o in used for o in node.output)]
+        if not dead:
+            break
+        for node in dead:
+            model.graph.node.remove(node)
+
+
 def _cnn_graph(onnx, record, pre):
     import torch
     from torch import nn
@@ -134,6 +159,7 @@ def _cnn_graph(onnx, record, pre):
                           input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                           dynamic_axes={INPUT_NAME: {0: "N"}, OUTPUT_NAME: {0: "N"}})
     model = onnx.load_from_string(buffer.getvalue())
+    _static_pads(onnx, model, cnn.net)
     for node in model.graph.node:  # name the preprocessing nodes as the MLP export does
         if node.op_type == "Sub" and "mean" in " ".join(node.input):
             node.name = "preprocess_sub"

@@ -26,7 +26,7 @@ from .safe_files import read_file_bytes
 SUPPORTED_OPS = (
     "Conv", "Relu", "Sigmoid", "Tanh", "Elu", "LeakyRelu", "MaxPool", "AveragePool", "GlobalAveragePool",
     "BatchNormalization", "Flatten", "Reshape", "Gemm", "MatMul", "Add", "Softmax", "Dropout", "Identity",
-    "Transpose", "Sub", "Div", "Mul", "Unsqueeze", "Squeeze", "Cast",
+    "Transpose", "Sub", "Div", "Mul", "Unsqueeze", "Squeeze", "Cast", "Pad",
 )
 _SHAPE_OPS = ("Shape", "Gather", "Unsqueeze", "Concat", "Constant", "Slice", "Squeeze", "Cast", "Mul")
 _ACTS = {"Relu": "relu", "Sigmoid": "sigmoid", "Tanh": "tanh", "Elu": "elu", "Softmax": "softmax"}
@@ -114,7 +114,7 @@ class _Reader:
             node = data_nodes[0]
             ops += self.node_ops(node, current)
             current = node.output[0]
-        ops = self.merge_biases(ops)
+        ops = self.merge_pads(self.merge_biases(ops))
         if not ops:
             raise ModelFileError(f"{self.path}: the graph computes nothing mnistlab can show")
         return Chain(ops, "onnx", self.path.name, {"format": "onnx", "input_shape": dims})
@@ -164,6 +164,8 @@ class _Reader:
         if self.pending_transpose:
             raise self.fail(node, "follows a Transpose that does not lead to a flatten; not supported")
         self.pixels = False
+        if kind == "Pad":
+            return [op("pad", {"pads": self.zero_pads(node, attrs)})]
         if kind in _ACTS:
             if kind == "Elu" and abs(attrs.get("alpha", 1.0) - 1.0) > 1e-6:
                 raise self.fail(node, f"Elu with alpha {attrs.get('alpha')}; only alpha 1 is supported")
@@ -228,6 +230,34 @@ class _Reader:
             if previous is None or previous.kind not in ("dense", "conv") or bias.size != previous.arrays["weight"].shape[0]:
                 raise op.fail("an Add that is not the bias of the layer before it is not supported")
             previous.arrays["bias"] = previous.arrays.get("bias", np.zeros(bias.size, np.float32)) + bias
+        return merged
+
+    def zero_pads(self, node: Any, attrs: dict[str, Any]) -> tuple[int, int, int, int]:
+        """A constant zero Pad of height and width only, as (left, right, top, bottom)."""
+        mode = attrs.get("mode", b"constant")
+        value = self.consts.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+        pads = [int(v) for v in self.const(node, 1, "pads").reshape(-1)] if len(node.input) > 1 else attrs.get("pads")
+        if mode not in (b"constant", "constant") or (value is not None and np.any(value != 0)) or pads is None \
+                or len(pads) != 8 or any(pads[i] for i in (0, 1, 4, 5)):
+            raise self.fail(node, "only zero padding of height and width is supported")
+        return pads[3], pads[7], pads[2], pads[6]
+
+    @staticmethod
+    def merge_pads(ops: list[Op]) -> list[Op]:
+        """A zero Pad right before a Conv is that conv's padding."""
+        merged: list[Op] = []
+        for i, op in enumerate(ops):
+            if op.kind != "pad":
+                merged.append(op)
+                continue
+            following = ops[i + 1] if i + 1 < len(ops) else None
+            if following is None or following.kind != "conv":
+                raise op.fail("padding that does not feed a Conv is not supported")
+            own = following.attrs["pad"]
+            own = (0,) * 4 if own == "valid" else (own,) * 4 if isinstance(own, int) else None
+            if own is None:
+                raise op.fail("padding before a Conv with auto_pad is not supported")
+            following.attrs["pad"] = tuple(a + b for a, b in zip(op.attrs["pads"], own))
         return merged
 
     def padding(self, node: Any, attrs: dict[str, Any]) -> Any:

@@ -20,6 +20,24 @@ def _square(block: Block, key: str) -> int:
     return int(a)
 
 
+def _explicit_pad(block: Block, pads: tuple[int, int, int, int], layer: dict[str, Any],
+                  before: list[dict[str, Any]]) -> str | int:
+    """(left, right, top, bottom) as the spec says it: one number, or tf_same where it is TensorFlow's rule."""
+    if len(set(pads)) == 1:
+        return "valid" if pads[0] == 0 else int(pads[0])
+    from ..cnn.layers import KINDS, find_kind
+    from ..cnn.spec import Spec, infer_shapes
+
+    def make(d: dict[str, Any]):
+        return find_kind(d["type"]).make({k: v for k, v in d.items() if k != "type"}, block.main.where)
+
+    shape = infer_shapes(Spec(tuple(make(d) for d in before)))[-1].output_shape if before else (1, 28, 28)
+    if KINDS["conv"].pads(make({**layer, "pad": "tf_same"}), shape) == tuple(pads):
+        return "tf_same"
+    raise block.main.fail(f"asymmetric padding {pads} (left, right, top, bottom) is not TensorFlow's same; "
+                          "mnistlab pads evenly or as TensorFlow does")
+
+
 def spec_layers(blocks: list[Block]) -> tuple[list[dict[str, Any]], list[Block]]:
     """Spec layer dicts, and for each the block it came from (for errors and original names)."""
     layers: list[dict[str, Any]] = []
@@ -37,9 +55,10 @@ def spec_layers(blocks: list[Block]) -> tuple[list[dict[str, Any]], list[Block]]
             if pad == "same" and (stride != 1 or kernel % 2 == 0):
                 pad = "tf_same"  # TensorFlow's rule; the spec's plain same is symmetric
             layer = {"type": "conv", "filters": int(op.arrays["weight"].shape[0]), "kernel": kernel, "stride": stride,
-                     "pad": pad, "act": block.act}
+                     "pad": 0, "act": block.act}
             if dilation != 1:
                 layer["dilation"] = dilation
+            layer["pad"] = _explicit_pad(block, pad, layer, layers) if isinstance(pad, tuple) else pad
             if "bias" not in op.arrays:
                 layer["bias"] = False
             add(layer, block)
