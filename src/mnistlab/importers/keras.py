@@ -189,7 +189,7 @@ def _to_chain(path: Path, config: Any, weights: dict[str, list[np.ndarray]], fmt
         ops += _layer_ops(state, cls, name, position, cfg, arrays)
     if not ops:
         raise ModelFileError(f"{path}: the model has no layers")
-    return Chain(ops, "keras", path.name, {"format": fmt, "model_class": model_class,
+    return Chain(ops, "keras", path.name, {"layout": fmt, "model_class": model_class,
                                            "input_shape": list(state.input_shape or ())})
 
 

@@ -117,7 +117,7 @@ class _Reader:
         ops = self.merge_pads(self.merge_biases(ops))
         if not ops:
             raise ModelFileError(f"{self.path}: the graph computes nothing mnistlab can show")
-        return Chain(ops, "onnx", self.path.name, {"format": "onnx", "input_shape": dims})
+        return Chain(ops, "onnx", self.path.name, {"input_shape": dims})
 
     def node_ops(self, node: Any, data: str) -> list[Op]:
         kind, attrs = node.op_type, self.attrs(node)
