@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
-from torch import nn  # noqa: E402
+from torch import nn
 
-import mnistlab  # noqa: E402
-from mnistlab.data.preprocess import Preprocessor  # noqa: E402
-from mnistlab.errors import ConfigError  # noqa: E402
+import mnistlab
+from mnistlab.data.preprocess import Preprocessor
+from mnistlab.errors import ConfigError
 
 
 def small_cnn() -> nn.Module:
@@ -83,8 +83,9 @@ def test_flat_modules_probability_outputs_and_modules_called_twice():
 
 @pytest.mark.slow
 def test_every_analysis_runs_on_a_wrapped_module(tmp_path):
-    from mnistlab.inspect import build_report, compare_classes, confusions, find_ambiguous, optimize_inputs
     from test_web_helpers import tiny_dataset
+
+    from mnistlab.inspect import build_report, compare_classes, confusions, find_ambiguous, optimize_inputs
 
     ds = tiny_dataset()
     model = mnistlab.from_torch(small_cnn(), preprocess=Preprocessor.fit("standard", ds.train_images))

@@ -11,7 +11,7 @@ layer (a module called twice has no single activation), in the order they run.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -167,7 +167,7 @@ class TorchModel(InspectableModel):
         return values.detach().float().cpu().numpy(), grad.detach().float().cpu().numpy()
 
 
-def from_torch(module: nn.Module, preprocess: "str | Preprocessor" = "unit", layers: Sequence[str] | None = None,
+def from_torch(module: nn.Module, preprocess: str | Preprocessor = "unit", layers: Sequence[str] | None = None,
                *, input_layout: str = "auto", output: str = "auto") -> TorchModel:
     """Wrap a PyTorch module for inspection.
 

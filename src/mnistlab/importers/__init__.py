@@ -12,15 +12,23 @@ model has been read, checked and converted; a bad file raises ModelFileError nam
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from ..errors import ConfigError
 from .chain import Chain
 from .lower import (
-    block_label, check_classes, fold_rescale, group_blocks, is_identity, mlp_can_hold, mlp_parts, preprocessing,
+    block_label,
+    check_classes,
+    fold_rescale,
+    group_blocks,
+    is_identity,
+    mlp_can_hold,
+    mlp_parts,
+    preprocessing,
 )
 
 

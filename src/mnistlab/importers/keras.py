@@ -24,7 +24,12 @@ import numpy as np
 from ..errors import ModelFileError
 from .chain import ACTIVATIONS, Chain, Op, tuple2
 from .safe_files import (
-    MAX_CONFIG_BYTES, h5_array, h5_names, open_h5, read_file_bytes, read_zip_members,
+    MAX_CONFIG_BYTES,
+    h5_array,
+    h5_names,
+    open_h5,
+    read_file_bytes,
+    read_zip_members,
 )
 
 SUPPORTED_LAYERS = (

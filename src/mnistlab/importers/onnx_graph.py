@@ -45,9 +45,11 @@ def read_onnx(path: str | Path) -> Chain:
     path = Path(path)
     onnx = _onnx()
     data = read_file_bytes(path)
+    from google.protobuf.message import DecodeError
+
     try:
         model = onnx.load_model_from_string(data)
-    except Exception as exc:  # protobuf's DecodeError and friends: the file is not a whole ONNX model
+    except (DecodeError, ValueError, RuntimeError) as exc:  # the file is not a whole ONNX model
         raise ModelFileError(f"{path}: not a readable ONNX model ({type(exc).__name__}); the file is truncated or "
                              "not .onnx") from None
     graph = model.graph
@@ -128,7 +130,6 @@ class _Reader:
 
         if kind not in SUPPORTED_OPS:
             raise self.fail(node, f"op {kind} is not supported; mnistlab imports {', '.join(SUPPORTED_OPS)}")
-        others = [i for i in node.input if i and i != data]
         if self.pixels and kind in ("Sub", "Div", "Mul", "Add"):
             value = self.const(node, 1 if node.input[0] == data else 0, "operand").reshape(-1)
             if value.size not in (1, 784):
@@ -173,7 +174,9 @@ class _Reader:
                 raise self.fail(node, f"softmax over axis {attrs.get('axis')}; only the class axis is supported")
             return [op("act", {"name": _ACTS[kind]})]
         if kind == "LeakyRelu":
-            return [op("act", {"name": "leaky_relu", "slope": float(attrs.get("alpha", 0.01))})]
+            if abs(attrs.get("alpha", 0.01) - 0.01) > 1e-7:
+                raise self.fail(node, f"LeakyRelu with slope {attrs.get('alpha')}; only slope 0.01 is supported")
+            return [op("act", {"name": "leaky_relu"})]
         if kind in ("Dropout",):
             return [op("dropout", {"rate": 0.0})]
         if kind == "Conv":
