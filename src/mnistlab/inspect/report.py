@@ -148,7 +148,7 @@ def build_report(
                 return (f'<p class="muted">No training history: this model was imported from '
                         f'{html.escape(str(imported.get("file")))}, not trained here.</p>')
             return '<p class="muted">No training history in this run.</p>'
-        return _img(plot_history(list(history)), "cost and accuracy per epoch")
+        return _img(plot_history(list(history)), "loss and accuracy per epoch")
 
     def confusion_section() -> str:
         pairs = conf.pairs(5)
