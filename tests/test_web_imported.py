@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -13,6 +11,7 @@ from mnistlab.importers import import_model
 FIXTURES = Path(__file__).parent / "fixtures" / "keras"
 pytest.importorskip("h5py")
 pytest.importorskip("torch")
+from test_web_browser import browser  # noqa: F401 - the shared Chromium fixture
 
 
 def _imported_runs(root: Path) -> Path:
@@ -63,48 +62,35 @@ def test_report_of_an_imported_model_says_where_it_came_from(tmp_path):
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     pytest.importorskip("uvicorn")
-    import uvicorn
+    from test_web_browser import _serve
 
-    root = _imported_runs(tmp_path_factory.mktemp("imported-runs"))
-    server = uvicorn.Server(uvicorn.Config(_app(root), host="127.0.0.1", port=0, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            pytest.fail("the test server did not start")
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    yield from _serve(_app(_imported_runs(tmp_path_factory.mktemp("imported-runs"))))
 
 
 @pytest.mark.browser
-def test_draw_a_digit_on_an_imported_keras_model_and_see_every_layer(server, tmp_path):
-    playwright_api = pytest.importorskip("playwright.sync_api")
-    from test_web_browser import CHROMIUM_FLAGS, _canvas_ink, _chromium, _draw
+def test_draw_a_digit_on_an_imported_keras_model_and_see_every_layer(server, request, tmp_path):
+    from test_web_browser import _canvas_ink, _draw
 
-    with playwright_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=_chromium(), args=CHROMIUM_FLAGS)
-        page = browser.new_page(viewport={"width": 1360, "height": 1000})
-        errors: list[str] = []
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-        page.goto(server + "/?run=keras-strided")
-        page.wait_for_selector("#layer-conv1")
-        assert "imported from strided_same.keras" in page.inner_text("#run-info")
-        _draw(page, [(70, 60), (210, 60), (180, 120), (150, 180), (125, 240)])
-        page.wait_for_function("document.getElementById('source').textContent.includes('your drawing')")
-        page.wait_for_timeout(500)
-        names = page.eval_on_selector_all("#layers canvas", "cs => cs.map(c => c.dataset.layer)")
-        assert names == ["conv1", "conv2", "conv3", "avgpool1", "conv4", "pool1", "flatten", "dense1", "output"]
-        for name in names:
-            assert _canvas_ink(page, f"#layer-{name}") > 0 or name in ("pool1", "flatten"), name
-        sources = page.eval_on_selector_all("#layers .source", "ds => ds.map(d => d.textContent)")
-        assert sources[0].startswith("conv_s2_same (Conv2D), bn_a (BatchNormalization)")
-        page.click("button[data-tab=training]")
-        page.wait_for_function("document.getElementById('curves').textContent.includes('imported from')")
-        assert not page.locator("#curves svg").count()
-        page.screenshot(path=str(tmp_path / "imported.png"), full_page=True)
-        browser.close()
+    chromium = request.getfixturevalue("browser")
+    page = chromium.new_page(viewport={"width": 1360, "height": 1000})
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.goto(server + "/?run=keras-strided")
+    page.wait_for_selector("#layer-conv1")
+    assert "imported from strided_same.keras" in page.inner_text("#run-info")
+    _draw(page, [(70, 60), (210, 60), (180, 120), (150, 180), (125, 240)])
+    page.wait_for_function("document.getElementById('source').textContent.includes('your drawing')")
+    page.wait_for_timeout(500)
+    names = page.eval_on_selector_all("#layers canvas", "cs => cs.map(c => c.dataset.layer)")
+    assert names == ["conv1", "conv2", "conv3", "avgpool1", "conv4", "pool1", "flatten", "dense1", "output"]
+    for name in names:
+        assert _canvas_ink(page, f"#layer-{name}") > 0 or name in ("pool1", "flatten"), name
+    sources = page.eval_on_selector_all("#layers .source", "ds => ds.map(d => d.textContent)")
+    assert sources[0].startswith("conv_s2_same (Conv2D), bn_a (BatchNormalization)")
+    page.click("button[data-tab=training]")
+    page.wait_for_function("document.getElementById('curves').textContent.includes('imported from')")
+    assert not page.locator("#curves svg").count()
+    page.screenshot(path=str(tmp_path / "imported.png"), full_page=True)
+    page.close()
     assert not errors, errors
