@@ -56,15 +56,8 @@ def onnx_probabilities(path: Path, images: np.ndarray) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def mnist_images():
-    from mnistlab.data import load_dataset
-
-    saved = os.environ.pop("MNISTLAB_HOME", None)
-    try:
-        return load_dataset("mnist", progress=False).test_images[:300]
-    finally:
-        if saved is not None:
-            os.environ["MNISTLAB_HOME"] = saved
+def mnist_images(mnist_test_images):
+    return mnist_test_images[:300]
 
 
 RUNS = {

@@ -27,18 +27,8 @@ MODELS = EXPECTED["models"]
 
 
 @pytest.fixture(scope="module")
-def mnist_images():
-    """The real MNIST test images the fixtures' expected probabilities were computed on."""
-    import os
-
-    from mnistlab.data import load_dataset
-
-    saved = os.environ.pop("MNISTLAB_HOME", None)  # the user's cache (module scope: no monkeypatch)
-    try:
-        return load_dataset("mnist", progress=False).test_images[EXPECTED["indices"]]
-    finally:
-        if saved is not None:
-            os.environ["MNISTLAB_HOME"] = saved
+def mnist_images(mnist_test_images):
+    return mnist_test_images[EXPECTED["indices"]]
 
 
 @pytest.mark.slow

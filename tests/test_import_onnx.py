@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -121,15 +120,8 @@ def _case(name: str, tmp_path: Path) -> tuple[Path, tuple[int, ...]]:
 
 
 @pytest.fixture(scope="module")
-def mnist_images():
-    from mnistlab.data import load_dataset
-
-    saved = os.environ.pop("MNISTLAB_HOME", None)
-    try:
-        return load_dataset("mnist", progress=False).test_images[:200]
-    finally:
-        if saved is not None:
-            os.environ["MNISTLAB_HOME"] = saved
+def mnist_images(mnist_test_images):
+    return mnist_test_images[:200]
 
 
 def _reference(path: Path, images: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigError
+from ..errors import ConfigError, MnistlabError
 from .chain import Chain
 from .lower import (
     block_label,
@@ -116,6 +116,11 @@ def import_model(
         imported["layers"] = {name: block_label(b) for name, b in zip(names, dense)}
         kind = "mlp"
     else:
+        try:
+            import torch  # noqa: F401 - a CNN run's weights come from the torch network built from its spec
+        except ModuleNotFoundError:
+            raise MnistlabError("this model becomes a CNN run, which needs PyTorch: pip install 'mnistlab[cnn]'") \
+                from None
         from .to_cnn import build_spec, cnn_state
 
         spec, owners = build_spec(blocks)
