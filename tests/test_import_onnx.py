@@ -73,11 +73,20 @@ def _randomize_bn(module):
     return module.eval()
 
 
-def export(module, path: Path, shape=(1, 1, 28, 28)) -> Path:
+def export(module, path: Path, shape=(1, 1, 28, 28), dynamo: bool = False) -> Path:
+    """torch.onnx.export with the TorchScript exporter or the dynamo one (torch's default, which
+    writes the weights into PATH.data beside the model)."""
+    import warnings
+
     module.eval()
-    with torch.no_grad():
-        torch.onnx.export(module, (torch.zeros(*shape),), str(path), dynamo=False, opset_version=17,
-                          input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "n"}, "y": {0: "n"}})
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if dynamo:
+            pytest.importorskip("onnxscript")
+            torch.onnx.export(module, (torch.zeros(*shape),), str(path), dynamic_shapes=({0: torch.export.Dim("n")},))
+        else:
+            torch.onnx.export(module, (torch.zeros(*shape),), str(path), dynamo=False, opset_version=17,
+                              input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "n"}, "y": {0: "n"}})
     return path
 
 
@@ -108,14 +117,14 @@ def tf2onnx_style(path: Path) -> Path:
     return path
 
 
-def _case(name: str, tmp_path: Path) -> tuple[Path, tuple[int, ...]]:
+def _case(name: str, tmp_path: Path, dynamo: bool = False) -> tuple[Path, tuple[int, ...]]:
     torch.manual_seed(0)
     if name == "mixed":
-        return export(_randomize_bn(Mixed()), tmp_path / "mixed.onnx"), (1, 28, 28)
+        return export(_randomize_bn(Mixed()), tmp_path / "mixed.onnx", dynamo=dynamo), (1, 28, 28)
     if name == "gap_matmul":
-        return export(GapMatMul(), tmp_path / "gap.onnx"), (1, 28, 28)
+        return export(GapMatMul(), tmp_path / "gap.onnx", dynamo=dynamo), (1, 28, 28)
     if name == "flat_mlp":
-        return export(flat_mlp(), tmp_path / "mlp.onnx", (1, 784)), (784,)
+        return export(flat_mlp(), tmp_path / "mlp.onnx", (1, 784), dynamo=dynamo), (784,)
     return tf2onnx_style(tmp_path / "tf.onnx"), (28, 28, 1)
 
 
@@ -134,9 +143,11 @@ def _reference(path: Path, images: np.ndarray, shape: tuple[int, ...]) -> np.nda
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["mixed", "gap_matmul", "flat_mlp", "tf2onnx"])
-def test_imported_graph_equals_onnxruntime_on_mnist(name, tmp_path, mnist_images):
-    path, shape = _case(name, tmp_path)
+@pytest.mark.parametrize("name,exporter", [("mixed", "torchscript"), ("gap_matmul", "torchscript"),
+                                           ("flat_mlp", "torchscript"), ("tf2onnx", "onnx.helper"),
+                                           ("mixed", "dynamo"), ("gap_matmul", "dynamo"), ("flat_mlp", "dynamo")])
+def test_imported_graph_equals_onnxruntime_on_mnist(name, exporter, tmp_path, mnist_images):
+    path, shape = _case(name, tmp_path, dynamo=exporter == "dynamo")
     model = load_model(import_model("onnx", path, tmp_path / "run"))
     difference = np.abs(model.predict_proba(mnist_images) - _reference(path, mnist_images, shape)).max()
     assert difference < 1e-5, difference
@@ -201,9 +212,20 @@ def test_bad_graphs_are_refused_with_one_line(capsys, tmp_path):
     _fails(capsys, tmp_path, truncated, "truncated")
 
 
-def test_weights_in_an_external_file_are_never_opened(capsys, tmp_path):
+def test_external_weights_beside_the_model_are_read_and_escaping_ones_refused(capsys, tmp_path):
     model = onnx.load(str(export(flat_mlp(), tmp_path / "m.onnx", (1, 784))))
     onnx.save_model(model, str(tmp_path / "ext.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location="weights.bin", size_threshold=0)
-    assert (tmp_path / "weights.bin").exists()
-    _fails(capsys, tmp_path, tmp_path / "ext.onnx", "another file")
+                    location="ext.onnx.data", size_threshold=0)
+    images = np.random.default_rng(1).integers(0, 256, (8, 28, 28)).astype(np.float32)
+    run = import_model("onnx", tmp_path / "ext.onnx", tmp_path / "ext-run")
+    np.testing.assert_allclose(load_model(run).predict_proba(images), _reference(tmp_path / "m.onnx", images, (784,)),
+                               atol=1e-6)
+    escaping = onnx.load(str(tmp_path / "ext.onnx"), load_external_data=False)
+    for tensor in escaping.graph.initializer:
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = "../../etc/passwd"
+    (tmp_path / "escape.onnx").write_bytes(escaping.SerializeToString())
+    _fails(capsys, tmp_path, tmp_path / "escape.onnx", "'../../etc/passwd'", "outside the model's directory")
+    (tmp_path / "ext.onnx.data").write_bytes(b"short")
+    _fails(capsys, tmp_path, tmp_path / "ext.onnx", "truncated")

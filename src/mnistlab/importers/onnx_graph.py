@@ -21,12 +21,12 @@ import numpy as np
 
 from ..errors import ModelFileError
 from .chain import Chain, Op
-from .safe_files import read_file_bytes
+from .safe_files import MAX_FILE_BYTES, read_file_bytes, unsafe_member_name
 
 SUPPORTED_OPS = (
     "Conv", "Relu", "Sigmoid", "Tanh", "Elu", "LeakyRelu", "MaxPool", "AveragePool", "GlobalAveragePool",
     "BatchNormalization", "Flatten", "Reshape", "Gemm", "MatMul", "Add", "Softmax", "Dropout", "Identity",
-    "Transpose", "Sub", "Div", "Mul", "Unsqueeze", "Squeeze", "Cast", "Pad",
+    "Transpose", "Sub", "Div", "Mul", "Unsqueeze", "Squeeze", "Cast", "Pad", "ReduceMean",
 )
 _SHAPE_OPS = ("Shape", "Gather", "Unsqueeze", "Concat", "Constant", "Slice", "Squeeze", "Cast", "Mul")
 _ACTS = {"Relu": "relu", "Sigmoid": "sigmoid", "Tanh": "tanh", "Elu": "elu", "Softmax": "softmax"}
@@ -65,9 +65,8 @@ class _Reader:
         self.path, self.graph = path, graph
         self.consts: dict[str, np.ndarray] = {}
         for tensor in graph.initializer:
-            if tensor.data_location == 1:  # EXTERNAL
-                raise ModelFileError(f"{path}: initializer {tensor.name!r} keeps its data in another file; "
-                                     "refusing it (save the model with its weights inside)")
+            if tensor.data_location == 1:  # EXTERNAL: torch.onnx.export's default writes weights to FILE.data
+                self.load_external(tensor)
             self.consts[tensor.name] = numpy_helper.to_array(tensor)
         # one list of node objects: protobuf hands out a new wrapper on every access to graph.node
         self.nodes = list(graph.node)
@@ -81,6 +80,30 @@ class _Reader:
         for node in self.nodes:
             for name in node.input:
                 self.consumers.setdefault(name, []).append(node)
+
+    def load_external(self, tensor: Any) -> None:
+        """Weights kept in a file beside the model: only a plain file in the model's own directory,
+        read within the offset and length the model states; anything else is refused."""
+        info = {entry.key: entry.value for entry in tensor.external_data}
+        location = info.get("location", "")
+        where = f"{self.path}: initializer {tensor.name!r} keeps its data in {location!r}"
+        if not location or unsafe_member_name(location) or len(Path(location).parts) != 1:
+            raise ModelFileError(f"{where}, outside the model's directory; refusing the file")
+        data_path = self.path.parent / location
+        if data_path.is_symlink() or not data_path.is_file():
+            raise ModelFileError(f"{where}, which is missing or not a plain file; keep it beside the model")
+        try:
+            offset, length = int(info.get("offset", 0)), int(info.get("length", -1))
+            with open(data_path, "rb") as fh:
+                fh.seek(offset)
+                data = fh.read(length if 0 <= length <= MAX_FILE_BYTES else MAX_FILE_BYTES + 1)
+        except (OSError, ValueError) as exc:
+            raise ModelFileError(f"{where}, which cannot be read ({exc})") from None
+        if len(data) > MAX_FILE_BYTES or (length >= 0 and len(data) != length):
+            raise ModelFileError(f"{where}, which is truncated or too large; export the model again")
+        tensor.raw_data = data
+        tensor.data_location = 0
+        del tensor.external_data[:]
 
     def fail(self, node: Any, problem: str) -> ModelFileError:
         return ModelFileError(f"{self.path}: {node.op_type} node {node.name or node.output[0]!r} "
@@ -197,6 +220,13 @@ class _Reader:
             return [op("maxpool" if kind == "MaxPool" else "avgpool",
                        {"size": size, "stride": tuple(attrs.get("strides", size))})]
         if kind == "GlobalAveragePool":
+            return [op("gap")]
+        if kind == "ReduceMean":  # the dynamo exporter's global average pooling
+            axes = attrs.get("axes")
+            if axes is None and len(node.input) > 1 and node.input[1]:
+                axes = [int(v) for v in self.consts.get(node.input[1], np.array([])).reshape(-1)]
+            if sorted(int(a) % 4 for a in (axes or [])) != [2, 3]:
+                raise self.fail(node, f"a mean over axes {axes}; only the mean over height and width is supported")
             return [op("gap")]
         if kind == "BatchNormalization":
             return [op("bn", {"eps": float(attrs.get("epsilon", 1e-5))}, gamma=self.const(node, 1, "scale"),
