@@ -105,7 +105,8 @@ def build_keras3(keras, rng):
     x = layers.Activation("relu")(x)
     x = layers.GlobalAveragePooling2D()(x)
     logits = layers.Dense(10, name="head")(x)
-    out["gap_functional"] = (keras.Model(inputs, logits, name="gap"), "unit", ["gap_functional.h5"])
+    out["gap_functional"] = (keras.Model(inputs, logits, name="gap"), "unit",
+                             ["gap_functional.h5", "gap_functional.keras"])
 
     # Dense only, one hidden activation, softmax output: the NumPy MLP can hold it.
     mlp = keras.Sequential(
