@@ -98,3 +98,9 @@ def test_cli_import_writes_a_run_every_command_opens(tmp_path, capsys):
     assert "already exists" in capsys.readouterr().err
     assert main(["import", "keras", str(FIXTURES / "seed.keras"), "--out", str(out), "--overwrite"]) == 0
     assert read_manifest(out)["imported"]["file"] == "seed.keras"
+
+
+def test_resuming_an_imported_run_says_why_not(tmp_path, capsys):
+    run = import_model("keras", FIXTURES / "name_order.keras", tmp_path / "run")
+    assert main(["train", "cnn", "--resume", str(run), "--epochs", "1", "--no-progress"]) == 1
+    assert "imported from name_order.keras, not trained here" in capsys.readouterr().err
