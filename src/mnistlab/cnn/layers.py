@@ -18,9 +18,10 @@ A kind owns everything about itself, and every caller asks it rather than switch
 
 Adding a kind: subclass ``LayerKind``, set those attributes, write ``infer`` and ``build`` (and
 ``attach`` for an attached kind), decorate it with ``@register``. Nothing else changes. Adding an
-option to a kind (conv dilation or bias, pool padding) is one more ``Arg`` with a default; give it
-``stored_at_default=False`` so manifests of runs that do not use it stay as they were and older
-mnistlab versions still read them. See docs/adding-a-layer-kind.md for a worked example.
+option to a kind (as conv ``dilation`` and ``bias`` were, for imported models) is one more ``Arg``
+(``layer_args.py``) with a default; give it ``stored_at_default=False`` so manifests of runs that
+do not use it stay as they were and older mnistlab versions still read them, and
+``positional=False`` so specs written positionally keep their meaning. See docs/adding-a-layer-kind.md for a worked example.
 
 Activations live in ``ACTIVATIONS``, the one table used by the spec (which names are valid where)
 and the model (which torch module or probability function to build).
@@ -29,9 +30,12 @@ and the model (which torch module or probability function to build).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping
 
 from ..errors import ConfigError
+from .layer_args import (  # noqa: F401 - the converters and Arg belong to the registry's vocabulary
+    PADDINGS, REQUIRED, Arg, activation, boolean, dropout_rate, padding, positive_float, positive_int,
+)
 
 if TYPE_CHECKING:  # the torch types only; importing this module never imports torch
     from torch import nn
@@ -71,101 +75,13 @@ ACTIVATIONS: dict[str, Activation] = {
         Activation("elu", "ELU"),
         Activation("tanh", "Tanh"),
         Activation("linear", "Identity"),
-        Activation("leaky_relu", "LeakyReLU", (("negative_slope", 0.01),)),  # torch's and ONNX's default slope
+        # torch's and ONNX's default slope
+        Activation("leaky_relu", "LeakyReLU", (("negative_slope", 0.01),)),
         Activation("softmax", "Softmax", (("dim", 1),), hidden=False, output=True),
     )
 }
 HIDDEN_ACTIVATIONS = tuple(name for name, a in ACTIVATIONS.items() if a.hidden)
 OUTPUT_ACTIVATIONS = tuple(name for name, a in ACTIVATIONS.items() if a.output)
-
-
-# ----------------------------------------------------------------------------------------------
-# Arguments: converters raise one ConfigError naming the layer, the argument and the fix
-
-
-def positive_int(value: Any, where: str, key: str) -> int:
-    try:
-        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-            raise ValueError
-        number = int(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{where}: {key}={value!r} is not a positive integer") from None
-    if number < 1:
-        raise ConfigError(f"{where}: {key}={value!r} must be a positive integer")
-    return number
-
-
-def dropout_rate(value: Any, where: str, key: str) -> float:
-    try:
-        rate = float(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{where}: {key}={value!r} is not a number") from None
-    if not 0.0 <= rate < 1.0:
-        raise ConfigError(f"{where}: dropout rate {value!r} must be in [0, 1)")
-    return rate
-
-
-def positive_float(value: Any, where: str, key: str) -> float:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        number = -1.0
-    if not number > 0:
-        raise ConfigError(f"{where}: {key}={value!r} must be a positive number")
-    return number
-
-
-def boolean(value: Any, where: str, key: str) -> bool:
-    text = str(value).lower()
-    if text in ("true", "1", "yes", "on"):
-        return True
-    if text in ("false", "0", "no", "off"):
-        return False
-    raise ConfigError(f"{where}: {key}={value!r} is not true or false")
-
-
-PADDINGS = ("valid", "same", "tf_same")
-
-
-def padding(value: Any, where: str, key: str) -> str | int:
-    text = str(value).lower()
-    if text in PADDINGS:
-        return text
-    try:
-        number = int(text)
-    except ValueError:
-        number = -1
-    if number < 0:
-        raise ConfigError(f"{where}: {key}={value!r} is not valid, same, tf_same or a non-negative integer")
-    return number
-
-
-def activation(allowed: tuple[str, ...]) -> Callable[[Any, str, str], str]:
-    def convert(value: Any, where: str, key: str) -> str:
-        text = str(value).lower()
-        if text not in allowed:
-            raise ConfigError(f"{where}: unknown activation {value!r}; choose one of: {', '.join(allowed)}")
-        return text
-
-    return convert
-
-
-REQUIRED = object()
-
-
-@dataclass(frozen=True)
-class Arg:
-    """One argument of a kind. ``default`` may be a function of the other arguments (pool stride = size)."""
-
-    name: str
-    convert: Callable[[Any, str, str], Any]
-    default: Any = REQUIRED
-    aliases: tuple[str, ...] = ()
-    stored_at_default: bool = True  # False for options added later: manifests leave them out at their default
-    positional: bool = True  # False: only as key=value (options added later keep old positional specs' meaning)
-
-    def default_for(self, values: Mapping[str, Any]) -> Any:
-        return self.default(values) if callable(self.default) else self.default
 
 
 # ----------------------------------------------------------------------------------------------
@@ -365,14 +281,16 @@ class Conv(LayerKind):
 
             (top, bottom), (left, right) = split(shape[1]), split(shape[2])
             return left, right, top, bottom
-        amount = (cls.span(layer) - 1) // 2 if layer.pad == "same" else 0 if layer.pad == "valid" else int(layer.pad)
-        return (amount,) * 4
+        if layer.pad in ("same", "valid"):
+            return ((cls.span(layer) - 1) // 2 if layer.pad == "same" else 0,) * 4
+        return (int(layer.pad),) * 4
 
     def infer(self, layer, shape, where, previous):
         if layer.pad == "same" and self.span(layer) % 2 == 0:
-            raise ConfigError(f"{where}: pad=same needs an odd kernel; use an odd kernel, pad=tf_same or an integer pad")
-        oh, ow = _window(shape, self.span(layer), layer.stride, self.pads(layer, _map_input(shape, where)), where,
-                         "kernel")
+            raise ConfigError(f"{where}: pad=same needs an odd kernel; use an odd kernel, pad=tf_same or an "
+                              "integer pad")
+        pads = self.pads(layer, _map_input(shape, where))
+        oh, ow = _window(shape, self.span(layer), layer.stride, pads, where, "kernel")
         bias = layer.filters if layer.get("bias", True) else 0
         return (layer.filters, oh, ow), layer.filters * shape[0] * layer.kernel**2 + bias
 
@@ -382,8 +300,8 @@ class Conv(LayerKind):
         layer = info.layer
         left, right, top, bottom = self.pads(layer, info.input_shape)
         symmetric = left == right == top == bottom
-        conv = nn.Conv2d(info.input_shape[0], layer.filters, layer.kernel, layer.stride, left if symmetric else 0,
-                         dilation=layer.dilation, bias=layer.bias)
+        conv = nn.Conv2d(info.input_shape[0], layer.filters, layer.kernel, layer.stride,
+                         left if symmetric else 0, dilation=layer.dilation, bias=layer.bias)
         act = ACTIVATIONS[layer.act].module()
         if symmetric:
             return _block(conv=conv, act=act)
