@@ -50,12 +50,26 @@ def main() -> None:
                 start = time.perf_counter()
                 import_model("keras", FIXTURES / name, Path(tmp) / f"{name}-{i}")
                 times.append(time.perf_counter() - start)
-            print(f"import_model {name:<18} median {statistics.median(times[1:]) * 1000:7.1f} ms "
-                  f"(first call {times[0] * 1000:.1f} ms, {args.repeat} more)")
+            print(
+                f"import_model {name:<18} median {statistics.median(times[1:]) * 1000:7.1f} ms "
+                f"(first call {times[0] * 1000:.1f} ms, {args.repeat} more)"
+            )
         start = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "mnistlab", "import", "keras", str(FIXTURES / "seed.keras"), "--out",
-                        str(Path(tmp) / "cli")], check=True, capture_output=True,
-                       env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "mnistlab",
+                "import",
+                "keras",
+                str(FIXTURES / "seed.keras"),
+                "--out",
+                str(Path(tmp) / "cli"),
+            ],
+            check=True,
+            capture_output=True,
+            env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+        )
         print(f"cold `mnistlab import keras seed.keras` process: {time.perf_counter() - start:.2f} s wall")
 
 

@@ -105,13 +105,21 @@ def build_keras3(keras, rng):
     x = layers.Activation("relu")(x)
     x = layers.GlobalAveragePooling2D()(x)
     logits = layers.Dense(10, name="head")(x)
-    out["gap_functional"] = (keras.Model(inputs, logits, name="gap"), "unit",
-                             ["gap_functional.h5", "gap_functional.keras"])
+    out["gap_functional"] = (
+        keras.Model(inputs, logits, name="gap"),
+        "unit",
+        ["gap_functional.h5", "gap_functional.keras"],
+    )
 
     # Dense only, one hidden activation, softmax output: the NumPy MLP can hold it.
     mlp = keras.Sequential(
-        [keras.Input((784,)), layers.Dense(32, activation="tanh"), layers.Dropout(0.2),
-         layers.Dense(16, activation="tanh"), layers.Dense(10, activation="softmax")],
+        [
+            keras.Input((784,)),
+            layers.Dense(32, activation="tanh"),
+            layers.Dropout(0.2),
+            layers.Dense(16, activation="tanh"),
+            layers.Dense(10, activation="softmax"),
+        ],
         name="mlp",
     )
     out["dense_mlp"] = (mlp, "unit", ["dense_mlp.keras"])
@@ -126,8 +134,14 @@ def build_keras3(keras, rng):
     out["name_order"] = (order, "unit", ["name_order.keras"])
 
     # Python code in a Lambda layer: the importer must refuse it without running it.
-    lam = keras.Sequential([keras.Input((784,)), layers.Lambda(lambda t: t * 2.0, name="doubler"),
-                            layers.Dense(10, activation="softmax")], name="lambda")
+    lam = keras.Sequential(
+        [
+            keras.Input((784,)),
+            layers.Lambda(lambda t: t * 2.0, name="doubler"),
+            layers.Dense(10, activation="softmax"),
+        ],
+        name="lambda",
+    )
     out["lambda_layer"] = (lam, None, ["lambda_layer.keras"])
     return out
 
@@ -139,16 +153,27 @@ def build_tf_keras(tfk, rng):
     seed = tfk.Sequential([layers.InputLayer(input_shape=(28, 28, 1)), *seed_layers(layers)], name="seed")
     out["seed"] = (seed, "unit", ["seed_tf_keras.h5"])
     dense = tfk.Sequential(
-        [layers.Flatten(input_shape=(28, 28)), layers.Dense(24, activation="elu"),
-         layers.Dense(16, activation="relu"), layers.Dense(10, activation="sigmoid")],
+        [
+            layers.Flatten(input_shape=(28, 28)),
+            layers.Dense(24, activation="elu"),
+            layers.Dense(16, activation="relu"),
+            layers.Dense(10, activation="sigmoid"),
+        ],
         name="dense_mixed",
     )
     out["dense_mixed"] = (dense, "unit", ["dense_mixed_tf_keras.h5"])
     conv = tfk.Sequential(
-        [layers.InputLayer(input_shape=(28, 28, 1)),
-         layers.Conv2D(4, 3, strides=2, padding="same", activation="relu"),
-         layers.BatchNormalization(), layers.MaxPooling2D(), layers.Conv2D(6, 3, padding="same", use_bias=False),
-         layers.ReLU(), layers.GlobalAveragePooling2D(), layers.Dense(10), layers.Activation("softmax")],
+        [
+            layers.InputLayer(input_shape=(28, 28, 1)),
+            layers.Conv2D(4, 3, strides=2, padding="same", activation="relu"),
+            layers.BatchNormalization(),
+            layers.MaxPooling2D(),
+            layers.Conv2D(6, 3, padding="same", use_bias=False),
+            layers.ReLU(),
+            layers.GlobalAveragePooling2D(),
+            layers.Dense(10),
+            layers.Activation("softmax"),
+        ],
         name="conv_legacy",
     )
     out["conv_legacy"] = (conv, "unit", ["conv_legacy_tf_keras.h5"])
@@ -200,8 +225,12 @@ def main() -> None:
         for f in files:
             model.save(args.out / f)
             expected["models"][f] = {
-                "model": name, "framework": framework, "preprocess": preprocess, "params": int(model.count_params()),
-                "layers": [layer.name for layer in model.layers], "probabilities": probs.tolist(),
+                "model": name,
+                "framework": framework,
+                "preprocess": preprocess,
+                "params": int(model.count_params()),
+                "layers": [layer.name for layer in model.layers],
+                "probabilities": probs.tolist(),
             }
 
     for name, (model, preprocess, files) in build_keras3(keras, rng).items():

@@ -24,13 +24,16 @@ ort = pytest.importorskip("onnxruntime")
 FIXTURES = Path(__file__).parent / "fixtures" / "keras"
 
 
-def mlp_run(path: Path, activation: str = "tanh", output: str = "softmax", preprocess: str = "standard") -> Path:
+def mlp_run(
+    path: Path, activation: str = "tanh", output: str = "softmax", preprocess: str = "standard"
+) -> Path:
     rng = np.random.default_rng(3)
     config = MLPConfig(hidden=(20, 12), activation=activation, output=output, preprocess=preprocess, seed=2)
     pre = Preprocessor.fit(preprocess, rng.integers(0, 256, (50, 28, 28)).astype(np.uint8))
     model = MLP(config, preprocess=pre)
-    return write_run(path, make_manifest("mlp", config.to_dict(), dataset="mnist"), model.get_params(),
-                     pre.to_arrays(), [])
+    return write_run(
+        path, make_manifest("mlp", config.to_dict(), dataset="mnist"), model.get_params(), pre.to_arrays(), []
+    )
 
 
 def cnn_run(path: Path, spec: str) -> Path:
@@ -63,10 +66,16 @@ def mnist_images(mnist_test_images):
 RUNS = {
     "mlp-tanh-softmax": lambda p: mlp_run(p),
     "mlp-relu-sigmoid": lambda p: mlp_run(p, "relu", "sigmoid", "unit"),
-    "cnn-bn-same": lambda p: cnn_run(p, "conv:8:3:pad=same,bn,pool:2,conv:8:4:stride=2:pad=tf_same:act=elu,flatten,"
-                                        "dense:16:act=tanh,bn:eps=0.001,output:10"),
-    "cnn-gap-avgpool": lambda p: cnn_run(p, "conv:6:5:dilation=2:bias=False,avgpool:2,conv:8:3:act=leaky_relu,"
-                                            "bn:after_act=true,gap,output:10:act=sigmoid"),
+    "cnn-bn-same": lambda p: cnn_run(
+        p,
+        "conv:8:3:pad=same,bn,pool:2,conv:8:4:stride=2:pad=tf_same:act=elu,flatten,"
+        "dense:16:act=tanh,bn:eps=0.001,output:10",
+    ),
+    "cnn-gap-avgpool": lambda p: cnn_run(
+        p,
+        "conv:6:5:dilation=2:bias=False,avgpool:2,conv:8:3:act=leaky_relu,"
+        "bn:after_act=true,gap,output:10:act=sigmoid",
+    ),
 }
 
 
@@ -98,10 +107,17 @@ def test_imported_keras_model_round_trips_through_onnx(tmp_path, capsys):
 
 def test_mlp_export_never_imports_torch(tmp_path):
     run = mlp_run(tmp_path / "run")
-    code = ("import sys; from mnistlab.export_onnx import export_run; "
-            f"export_run({str(run)!r}, {str(tmp_path / 'm.onnx')!r}); print('torch' in sys.modules)")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    code = (
+        "import sys; from mnistlab.export_onnx import export_run; "
+        f"export_run({str(run)!r}, {str(tmp_path / 'm.onnx')!r}); print('torch' in sys.modules)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
     assert result.stdout.strip() == "False"
 
 

@@ -16,8 +16,15 @@ from mnistlab.errors import ConfigError
 def small_cnn() -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(
-        nn.Conv2d(1, 4, 3), nn.ReLU(inplace=True), nn.MaxPool2d(2),
-        nn.Conv2d(4, 6, 3), nn.Tanh(), nn.Flatten(), nn.Linear(6 * 11 * 11, 12), nn.ELU(), nn.Linear(12, 10),
+        nn.Conv2d(1, 4, 3),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(2),
+        nn.Conv2d(4, 6, 3),
+        nn.Tanh(),
+        nn.Flatten(),
+        nn.Linear(6 * 11 * 11, 12),
+        nn.ELU(),
+        nn.Linear(12, 10),
     ).eval()
 
 
@@ -58,9 +65,11 @@ def test_input_gradient_equals_autograd_through_the_module_by_hand():
     net = small_cnn()
     model = mnistlab.from_torch(net, preprocess="unit", layers=["3", "7"])
     inputs = model.to_inputs(images(2, seed=3))
-    cases = (("3", [1, 5], lambda t: net[:4](t)[:, :, :, :].flatten(2).mean(2)),
-             ("7", [0, 11], lambda t: net[:8](t)),
-             ("output", [3, 3], lambda t: torch.softmax(net(t), 1)))
+    cases = (
+        ("3", [1, 5], lambda t: net[:4](t)[:, :, :, :].flatten(2).mean(2)),
+        ("7", [0, 11], lambda t: net[:8](t)),
+        ("output", [3, 3], lambda t: torch.softmax(net(t), 1)),
+    )
     for layer, units, forward in cases:
         values, grads = model.input_gradient(inputs, layer, units)
         x = torch.from_numpy(inputs).unsqueeze(1).requires_grad_(True)
@@ -93,8 +102,17 @@ def test_every_analysis_runs_on_a_wrapped_module(tmp_path):
     assert compare_classes(model, ds, 1, 7, n=3).layers
     assert find_ambiguous(model, ds, (1, 7)) is not None
     assert optimize_inputs(model, "3", units=[0, 1, 2], steps=3).images.shape[0] == 3
-    html = build_report(model, ds, {"kind": "torch"}, [], pair=(1, 7), n_compare=2, n_ambiguous=2, oip_steps=3,
-                        oip_max_units=4)
+    html = build_report(
+        model,
+        ds,
+        {"kind": "torch"},
+        [],
+        pair=(1, 7),
+        n_compare=2,
+        n_ambiguous=2,
+        oip_steps=3,
+        oip_max_units=4,
+    )
     assert "No training history" in html
 
 

@@ -50,12 +50,16 @@ def _fails(capsys, tmp_path: Path, fmt: str, path: Path, *fragments: str, extra=
     assert err.startswith("mnistlab: error: ") and err.count("\n") == 1, err
     for fragment in fragments:
         assert fragment in err, err
-    assert not out.exists() and not any((tmp_path / "runs").glob(".*")) if (tmp_path / "runs").exists() else True
+    assert (
+        not out.exists() and not any((tmp_path / "runs").glob(".*")) if (tmp_path / "runs").exists() else True
+    )
     return err
 
 
 def test_lambda_with_code_is_refused_without_running_it(capsys, tmp_path):
-    _fails(capsys, tmp_path, "keras", FIXTURES / "lambda_layer.keras", "Lambda 'doubler' (layer 1)", "never runs")
+    _fails(
+        capsys, tmp_path, "keras", FIXTURES / "lambda_layer.keras", "Lambda 'doubler' (layer 1)", "never runs"
+    )
 
 
 def test_an_unsupported_layer_is_named_with_class_name_and_position(capsys, tmp_path):
@@ -177,6 +181,8 @@ def test_a_failed_import_keeps_the_run_that_was_there(capsys, tmp_path):
     out = tmp_path / "runs" / "imported"
     assert main(["import", "keras", str(FIXTURES / "dense_mlp.keras"), "--out", str(out)]) == 0
     before = sorted(p.name for p in out.iterdir())
-    assert main(["import", "keras", str(FIXTURES / "lambda_layer.keras"), "--out", str(out), "--overwrite"]) == 1
+    assert (
+        main(["import", "keras", str(FIXTURES / "lambda_layer.keras"), "--out", str(out), "--overwrite"]) == 1
+    )
     assert sorted(p.name for p in out.iterdir()) == before
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]

@@ -69,7 +69,11 @@ def test_weights_follow_layer_order_not_sorted_names(tmp_path):
     """conv2d_10 sorts before conv2d_2; the importer must not care (shapes would not even fit)."""
     run = import_model("keras", FIXTURES / "name_order.keras", tmp_path / "run")
     sources = original_names(read_manifest(run))
-    assert [sources[f"conv{i}"] for i in (1, 2, 3)] == ["conv2d_2 (Conv2D)", "conv2d_10 (Conv2D)", "conv2d_1 (Conv2D)"]
+    assert [sources[f"conv{i}"] for i in (1, 2, 3)] == [
+        "conv2d_2 (Conv2D)",
+        "conv2d_10 (Conv2D)",
+        "conv2d_1 (Conv2D)",
+    ]
     weights = load_model(run).net.state_dict()
     assert [tuple(weights[f"conv{i}.conv.weight"].shape[:2]) for i in (1, 2, 3)] == [(3, 1), (4, 3), (5, 4)]
 
@@ -77,7 +81,9 @@ def test_weights_follow_layer_order_not_sorted_names(tmp_path):
 def test_stride_two_same_padding_dilation_and_bn_map_onto_the_spec(tmp_path):
     run = import_model("keras", FIXTURES / "strided_same.keras", tmp_path / "run")
     spec = read_manifest(run)["spec_string"]
-    assert spec.startswith("conv:6:3:stride=2:pad=tf_same:bias=False,bn:eps=0.001,conv:8:4:stride=2:pad=tf_same")
+    assert spec.startswith(
+        "conv:6:3:stride=2:pad=tf_same:bias=False,bn:eps=0.001,conv:8:4:stride=2:pad=tf_same"
+    )
     assert "dilation=2" in spec and "avgpool:2" in spec and "pool:2:stride=1" in spec
     # Rescaling(1/255, offset=-0.1) became the preprocessing: raw pixels in, no rescaling layer left
     pre = load_model(run).preprocess

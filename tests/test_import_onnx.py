@@ -58,8 +58,9 @@ class GapMatMul(nn.Module):
 
 
 def flat_mlp():
-    return nn.Sequential(nn.Linear(784, 32), nn.ReLU(), nn.Linear(32, 16), nn.ReLU(), nn.Linear(16, 10),
-                         nn.Softmax(dim=1))
+    return nn.Sequential(
+        nn.Linear(784, 32), nn.ReLU(), nn.Linear(32, 16), nn.ReLU(), nn.Linear(16, 10), nn.Softmax(dim=1)
+    )
 
 
 def _randomize_bn(module):
@@ -83,10 +84,20 @@ def export(module, path: Path, shape=(1, 1, 28, 28), dynamo: bool = False) -> Pa
         warnings.simplefilter("ignore")
         if dynamo:
             pytest.importorskip("onnxscript")
-            torch.onnx.export(module, (torch.zeros(*shape),), str(path), dynamic_shapes=({0: torch.export.Dim("n")},))
+            torch.onnx.export(
+                module, (torch.zeros(*shape),), str(path), dynamic_shapes=({0: torch.export.Dim("n")},)
+            )
         else:
-            torch.onnx.export(module, (torch.zeros(*shape),), str(path), dynamo=False, opset_version=17,
-                              input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "n"}, "y": {0: "n"}})
+            torch.onnx.export(
+                module,
+                (torch.zeros(*shape),),
+                str(path),
+                dynamo=False,
+                opset_version=17,
+                input_names=["x"],
+                output_names=["y"],
+                dynamic_axes={"x": {0: "n"}, "y": {0: "n"}},
+            )
     return path
 
 
@@ -96,22 +107,30 @@ def tf2onnx_style(path: Path) -> Path:
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)
-    inits = [numpy_helper.from_array(rng.normal(0, 0.3, (4, 1, 3, 3)).astype(np.float32), "k"),
-             numpy_helper.from_array(rng.normal(0, 0.1, 4).astype(np.float32), "kb"),
-             numpy_helper.from_array(np.array([-1, 26 * 26 * 4], np.int64), "shape"),
-             numpy_helper.from_array(rng.normal(0, 0.05, (26 * 26 * 4, 10)).astype(np.float32), "w"),
-             numpy_helper.from_array(rng.normal(0, 0.1, 10).astype(np.float32), "b")]
-    nodes = [helper.make_node("Transpose", ["input"], ["nchw"], perm=[0, 3, 1, 2], name="to_nchw"),
-             helper.make_node("Conv", ["nchw", "k", "kb"], ["conv"], name="conv2d"),
-             helper.make_node("Relu", ["conv"], ["relu"], name="conv2d_relu"),
-             helper.make_node("Transpose", ["relu"], ["nhwc"], perm=[0, 2, 3, 1], name="to_nhwc"),
-             helper.make_node("Reshape", ["nhwc", "shape"], ["flat"], name="flatten"),
-             helper.make_node("MatMul", ["flat", "w"], ["mm"], name="dense_matmul"),
-             helper.make_node("Add", ["mm", "b"], ["logits"], name="dense_bias"),
-             helper.make_node("Softmax", ["logits"], ["probs"], axis=1, name="softmax")]
-    graph = helper.make_graph(nodes, "tf2onnx-like", [helper.make_tensor_value_info("input", TensorProto.FLOAT,
-                                                                                      ["n", 28, 28, 1])],
-                              [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["n", 10])], inits)
+    inits = [
+        numpy_helper.from_array(rng.normal(0, 0.3, (4, 1, 3, 3)).astype(np.float32), "k"),
+        numpy_helper.from_array(rng.normal(0, 0.1, 4).astype(np.float32), "kb"),
+        numpy_helper.from_array(np.array([-1, 26 * 26 * 4], np.int64), "shape"),
+        numpy_helper.from_array(rng.normal(0, 0.05, (26 * 26 * 4, 10)).astype(np.float32), "w"),
+        numpy_helper.from_array(rng.normal(0, 0.1, 10).astype(np.float32), "b"),
+    ]
+    nodes = [
+        helper.make_node("Transpose", ["input"], ["nchw"], perm=[0, 3, 1, 2], name="to_nchw"),
+        helper.make_node("Conv", ["nchw", "k", "kb"], ["conv"], name="conv2d"),
+        helper.make_node("Relu", ["conv"], ["relu"], name="conv2d_relu"),
+        helper.make_node("Transpose", ["relu"], ["nhwc"], perm=[0, 2, 3, 1], name="to_nhwc"),
+        helper.make_node("Reshape", ["nhwc", "shape"], ["flat"], name="flatten"),
+        helper.make_node("MatMul", ["flat", "w"], ["mm"], name="dense_matmul"),
+        helper.make_node("Add", ["mm", "b"], ["logits"], name="dense_bias"),
+        helper.make_node("Softmax", ["logits"], ["probs"], axis=1, name="softmax"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tf2onnx-like",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["n", 28, 28, 1])],
+        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["n", 10])],
+        inits,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     onnx.save(model, str(path))
     return path
@@ -135,7 +154,9 @@ def mnist_images(mnist_test_images):
 
 def _reference(path: Path, images: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    out = session.run(None, {session.get_inputs()[0].name: (images / 255.0).astype(np.float32).reshape(-1, *shape)})[0]
+    out = session.run(
+        None, {session.get_inputs()[0].name: (images / 255.0).astype(np.float32).reshape(-1, *shape)}
+    )[0]
     if not np.allclose(out.sum(1), 1, atol=1e-4):
         out = np.exp(out - out.max(1, keepdims=True))
         out /= out.sum(1, keepdims=True)
@@ -143,9 +164,18 @@ def _reference(path: Path, images: np.ndarray, shape: tuple[int, ...]) -> np.nda
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name,exporter", [("mixed", "torchscript"), ("gap_matmul", "torchscript"),
-                                           ("flat_mlp", "torchscript"), ("tf2onnx", "onnx.helper"),
-                                           ("mixed", "dynamo"), ("gap_matmul", "dynamo"), ("flat_mlp", "dynamo")])
+@pytest.mark.parametrize(
+    "name,exporter",
+    [
+        ("mixed", "torchscript"),
+        ("gap_matmul", "torchscript"),
+        ("flat_mlp", "torchscript"),
+        ("tf2onnx", "onnx.helper"),
+        ("mixed", "dynamo"),
+        ("gap_matmul", "dynamo"),
+        ("flat_mlp", "dynamo"),
+    ],
+)
 def test_imported_graph_equals_onnxruntime_on_mnist(name, exporter, tmp_path, mnist_images):
     path, shape = _case(name, tmp_path, dynamo=exporter == "dynamo")
     model = load_model(import_model("onnx", path, tmp_path / "run"))
@@ -158,12 +188,18 @@ def test_graphs_map_onto_the_engines_and_keep_node_names(tmp_path):
     manifest = read_manifest(import_model("onnx", path, tmp_path / "mixed"))
     assert manifest["kind"] == "cnn"
     spec = manifest["spec_string"]
-    assert spec.startswith("conv:6:3:stride=2:pad=1") and "avgpool:2" in spec and "dilation=2:bias=False" in spec
+    assert (
+        spec.startswith("conv:6:3:stride=2:pad=1") and "avgpool:2" in spec and "dilation=2:bias=False" in spec
+    )
     assert "act=elu" in spec and "act=tanh" in spec and "dense:20:act=sigmoid" in spec
     assert "ends in logits" in " ".join(manifest["imported"]["notes"])
-    gap = read_manifest(import_model("onnx", _case("gap_matmul", tmp_path)[0], tmp_path / "gap"))["spec_string"]
+    gap = read_manifest(import_model("onnx", _case("gap_matmul", tmp_path)[0], tmp_path / "gap"))[
+        "spec_string"
+    ]
     assert gap == "conv:8:5:stride=2:act=leaky_relu,gap,output:10"
-    assert read_manifest(import_model("onnx", _case("flat_mlp", tmp_path)[0], tmp_path / "mlp"))["kind"] == "mlp"
+    assert (
+        read_manifest(import_model("onnx", _case("flat_mlp", tmp_path)[0], tmp_path / "mlp"))["kind"] == "mlp"
+    )
     tf = read_manifest(import_model("onnx", _case("tf2onnx", tmp_path)[0], tmp_path / "tf"))
     assert tf["imported"]["layers"]["conv1"][0] == {"name": "conv2d", "class": "Conv"}
     assert tf["imported"]["layers"]["output"][0]["name"] == "dense_matmul"
@@ -202,10 +238,19 @@ def test_bad_graphs_are_refused_with_one_line(capsys, tmp_path):
     torch.manual_seed(0)
     _fails(capsys, tmp_path, export(Residual(), tmp_path / "res.onnx"), "feeds 2 nodes", "single chain")
     _fails(capsys, tmp_path, export(Sine(), tmp_path / "sin.onnx"), "Sin node", "(node ", "not supported")
-    _fails(capsys, tmp_path, export(nn.Sequential(nn.Flatten(), nn.Linear(784, 5)), tmp_path / "five.onnx"),
-           "gives 5 outputs but the dataset has 10 classes")
-    _fails(capsys, tmp_path, export(nn.Sequential(nn.Flatten(), nn.Linear(3072, 10)), tmp_path / "rgb.onnx",
-                                    (1, 3, 32, 32)), "[-1, 3, 32, 32]", "28x28x1")
+    _fails(
+        capsys,
+        tmp_path,
+        export(nn.Sequential(nn.Flatten(), nn.Linear(784, 5)), tmp_path / "five.onnx"),
+        "gives 5 outputs but the dataset has 10 classes",
+    )
+    _fails(
+        capsys,
+        tmp_path,
+        export(nn.Sequential(nn.Flatten(), nn.Linear(3072, 10)), tmp_path / "rgb.onnx", (1, 3, 32, 32)),
+        "[-1, 3, 32, 32]",
+        "28x28x1",
+    )
     good = export(flat_mlp(), tmp_path / "good.onnx", (1, 784))
     truncated = tmp_path / "truncated.onnx"
     truncated.write_bytes(good.read_bytes()[:3000])
@@ -214,12 +259,19 @@ def test_bad_graphs_are_refused_with_one_line(capsys, tmp_path):
 
 def test_external_weights_beside_the_model_are_read_and_escaping_ones_refused(capsys, tmp_path):
     model = onnx.load(str(export(flat_mlp(), tmp_path / "m.onnx", (1, 784))))
-    onnx.save_model(model, str(tmp_path / "ext.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location="ext.onnx.data", size_threshold=0)
+    onnx.save_model(
+        model,
+        str(tmp_path / "ext.onnx"),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="ext.onnx.data",
+        size_threshold=0,
+    )
     images = np.random.default_rng(1).integers(0, 256, (8, 28, 28)).astype(np.float32)
     run = import_model("onnx", tmp_path / "ext.onnx", tmp_path / "ext-run")
-    np.testing.assert_allclose(load_model(run).predict_proba(images), _reference(tmp_path / "m.onnx", images, (784,)),
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        load_model(run).predict_proba(images), _reference(tmp_path / "m.onnx", images, (784,)), atol=1e-6
+    )
     escaping = onnx.load(str(tmp_path / "ext.onnx"), load_external_data=False)
     for tensor in escaping.graph.initializer:
         for entry in tensor.external_data:

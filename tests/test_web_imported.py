@@ -37,9 +37,14 @@ def test_api_names_the_original_layers_and_the_file(tmp_path):
     assert info["imported"] == {"format": "keras", "file": "seed_tf_keras.h5"}
     assert info["history"] == []
     layers = {layer["name"]: layer for layer in info["layers"]}
-    assert layers["conv2"]["source"] == "conv2d_1 (Conv2D)" and layers["output"]["source"] == "dense_1 (Dense)"
-    answer = client.post("/api/predict", params={"run": "keras-strided"},
-                         json={"pixels": [[255.0 if 10 < c < 18 else 0.0 for c in range(28)]] * 28}).json()
+    assert (
+        layers["conv2"]["source"] == "conv2d_1 (Conv2D)" and layers["output"]["source"] == "dense_1 (Dense)"
+    )
+    answer = client.post(
+        "/api/predict",
+        params={"run": "keras-strided"},
+        json={"pixels": [[255.0 if 10 < c < 18 else 0.0 for c in range(28)]] * 28},
+    ).json()
     shown = client.get("/api/run", params={"run": "keras-strided"}).json()["layers"]
     assert [layer["name"] for layer in answer["layers"]] == [layer["name"] for layer in shown]
     assert abs(sum(answer["probabilities"]) - 1) < 1e-5
@@ -53,8 +58,17 @@ def test_report_of_an_imported_model_says_where_it_came_from(tmp_path):
 
     run = import_model("keras", FIXTURES / "seed_tf_keras.h5", tmp_path / "run")
     model, _, manifest = load_run(run, dataset=tiny_dataset())
-    html = build_report(model, tiny_dataset(), manifest, [], pair=(1, 7), n_compare=2, n_ambiguous=2,
-                        oip_steps=2, oip_max_units=2)
+    html = build_report(
+        model,
+        tiny_dataset(),
+        manifest,
+        [],
+        pair=(1, 7),
+        n_compare=2,
+        n_ambiguous=2,
+        oip_steps=2,
+        oip_max_units=2,
+    )
     assert "seed_tf_keras.h5 (keras)" in html and "conv2d_1 (Conv2D)" in html
     assert "No training history: this model was imported from seed_tf_keras.h5" in html
 

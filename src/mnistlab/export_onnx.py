@@ -33,7 +33,9 @@ def _onnx():
     try:
         import onnx
     except ModuleNotFoundError:
-        raise MnistlabError("exporting to ONNX needs the onnx package: pip install 'mnistlab[import]'") from None
+        raise MnistlabError(
+            "exporting to ONNX needs the onnx package: pip install 'mnistlab[import]'"
+        ) from None
     return onnx
 
 
@@ -51,10 +53,13 @@ def export_run(run_dir: str | Path, out: str | Path, fmt: str = "onnx") -> Path:
     classes = list(DATASETS[dataset].class_names) if dataset in DATASETS else []
     model = _mlp_graph(onnx, record, pre) if record.kind == "mlp" else _cnn_graph(onnx, record, pre)
     metadata = {
-        "mnistlab.version": __version__, "mnistlab.kind": record.kind, "mnistlab.dataset": dataset,
-        "mnistlab.classes": json.dumps(classes), "mnistlab.preprocess": pre.kind,
+        "mnistlab.version": __version__,
+        "mnistlab.kind": record.kind,
+        "mnistlab.dataset": dataset,
+        "mnistlab.classes": json.dumps(classes),
+        "mnistlab.preprocess": pre.kind,
         "mnistlab.input": "raw pixels 0..255, float32 (N, 28, 28); preprocessing is inside the graph "
-                          "(nodes preprocess_sub and preprocess_div)",
+        "(nodes preprocess_sub and preprocess_div)",
         "mnistlab.run": Path(run_dir).name,
     }
     for key, value in metadata.items():
@@ -76,32 +81,49 @@ def _mlp_graph(onnx, record, pre):
     from .mlp.config import MLPConfig
 
     config = MLPConfig.from_dict(record.config)
-    init = [numpy_helper.from_array(pre.mean.reshape(1, -1).astype(np.float32), "preprocess_mean"),
-            numpy_helper.from_array(pre.scale.reshape(1, -1).astype(np.float32), "preprocess_scale"),
-            numpy_helper.from_array(np.array([-1, config.input_size], np.int64), "flat_shape")]
-    nodes = [helper.make_node("Reshape", [INPUT_NAME, "flat_shape"], ["flat"], name="flatten"),
-             helper.make_node("Sub", ["flat", "preprocess_mean"], ["centred"], name="preprocess_sub"),
-             helper.make_node("Div", ["centred", "preprocess_scale"], ["inputs"], name="preprocess_div")]
+    init = [
+        numpy_helper.from_array(pre.mean.reshape(1, -1).astype(np.float32), "preprocess_mean"),
+        numpy_helper.from_array(pre.scale.reshape(1, -1).astype(np.float32), "preprocess_scale"),
+        numpy_helper.from_array(np.array([-1, config.input_size], np.int64), "flat_shape"),
+    ]
+    nodes = [
+        helper.make_node("Reshape", [INPUT_NAME, "flat_shape"], ["flat"], name="flatten"),
+        helper.make_node("Sub", ["flat", "preprocess_mean"], ["centred"], name="preprocess_sub"),
+        helper.make_node("Div", ["centred", "preprocess_scale"], ["inputs"], name="preprocess_div"),
+    ]
     x = "inputs"
     n_layers = len(config.hidden) + 1
     activation = {"relu": "Relu", "sigmoid": "Sigmoid", "tanh": "Tanh"}[config.activation]
     for i in range(1, n_layers + 1):
         name = f"hidden{i}" if i < n_layers else "output"
-        init += [numpy_helper.from_array(np.asarray(record.weights[f"W{i}"], np.float32), f"{name}.weight"),
-                 numpy_helper.from_array(np.asarray(record.weights[f"b{i}"], np.float32), f"{name}.bias")]
-        nodes += [helper.make_node("MatMul", [x, f"{name}.weight"], [f"{name}_matmul"], name=f"{name}_matmul"),
-                  helper.make_node("Add", [f"{name}_matmul", f"{name}.bias"], [f"{name}_linear"], name=f"{name}_add")]
+        init += [
+            numpy_helper.from_array(np.asarray(record.weights[f"W{i}"], np.float32), f"{name}.weight"),
+            numpy_helper.from_array(np.asarray(record.weights[f"b{i}"], np.float32), f"{name}.bias"),
+        ]
+        nodes += [
+            helper.make_node("MatMul", [x, f"{name}.weight"], [f"{name}_matmul"], name=f"{name}_matmul"),
+            helper.make_node(
+                "Add", [f"{name}_matmul", f"{name}.bias"], [f"{name}_linear"], name=f"{name}_add"
+            ),
+        ]
         if i < n_layers:
-            nodes.append(helper.make_node(activation, [f"{name}_linear"], [name], name=f"{name}_{config.activation}"))
+            nodes.append(
+                helper.make_node(activation, [f"{name}_linear"], [name], name=f"{name}_{config.activation}")
+            )
             x = name
     if config.output == "softmax":
-        nodes.append(helper.make_node("Softmax", ["output_linear"], [OUTPUT_NAME], name="output_softmax", axis=1))
+        nodes.append(
+            helper.make_node("Softmax", ["output_linear"], [OUTPUT_NAME], name="output_softmax", axis=1)
+        )
     else:
         nodes.append(helper.make_node("Sigmoid", ["output_linear"], [OUTPUT_NAME], name="output_sigmoid"))
     graph = helper.make_graph(
-        nodes, f"mnistlab-mlp-{'-'.join(map(str, config.sizes))}",
+        nodes,
+        f"mnistlab-mlp-{'-'.join(map(str, config.sizes))}",
         [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["N", 28, 28])],
-        [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["N", config.n_classes])], init)
+        [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["N", config.n_classes])],
+        init,
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
 
 
@@ -110,15 +132,19 @@ def _static_pads(onnx, model, net) -> None:
     give each Pad its amounts as a constant and drop the nodes that computed them."""
     from onnx import numpy_helper
 
-    amounts = [(m.padding[2], m.padding[0], m.padding[3], m.padding[1])  # (top, left, bottom, right)
-               for m in net.modules() if type(m).__name__ == "ZeroPad2d"]
+    amounts = [
+        (m.padding[2], m.padding[0], m.padding[3], m.padding[1])  # (top, left, bottom, right)
+        for m in net.modules()
+        if type(m).__name__ == "ZeroPad2d"
+    ]
     pads = [node for node in model.graph.node if node.op_type == "Pad"]
     if len(pads) != len(amounts):
         return
     for i, (node, (top, left, bottom, right)) in enumerate(zip(pads, amounts)):
         name = f"pad{i}_amounts"
-        model.graph.initializer.append(numpy_helper.from_array(np.array([0, 0, top, left, 0, 0, bottom, right],
-                                                                        np.int64), name))
+        model.graph.initializer.append(
+            numpy_helper.from_array(np.array([0, 0, top, left, 0, 0, bottom, right], np.int64), name)
+        )
         node.input[1] = name
     outputs = {o.name for o in model.graph.output}
     while True:  # drop nodes whose outputs nothing reads any more
@@ -155,9 +181,16 @@ def _cnn_graph(onnx, record, pre):
     with torch.no_grad(), warnings.catch_warnings():
         # the TorchScript exporter warns that the dynamo one is the default now; that one needs onnxscript
         warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(wrapper, (torch.zeros(1, 28, 28),), buffer, dynamo=False, opset_version=OPSET,
-                          input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                          dynamic_axes={INPUT_NAME: {0: "N"}, OUTPUT_NAME: {0: "N"}})
+        torch.onnx.export(
+            wrapper,
+            (torch.zeros(1, 28, 28),),
+            buffer,
+            dynamo=False,
+            opset_version=OPSET,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_axes={INPUT_NAME: {0: "N"}, OUTPUT_NAME: {0: "N"}},
+        )
     model = onnx.load_from_string(buffer.getvalue())
     _static_pads(onnx, model, cnn.net)
     for node in model.graph.node:  # name the preprocessing nodes as the MLP export does

@@ -28,8 +28,15 @@ OUTPUTS = ("logits", "probabilities", "auto")
 class TorchModel(InspectableModel):
     kind = "torch"
 
-    def __init__(self, module: nn.Module, preprocess: Preprocessor, layers: Sequence[str] | None = None,
-                 input_layout: str = "auto", output: str = "auto", batch_size: int = 256):
+    def __init__(
+        self,
+        module: nn.Module,
+        preprocess: Preprocessor,
+        layers: Sequence[str] | None = None,
+        input_layout: str = "auto",
+        output: str = "auto",
+        batch_size: int = 256,
+    ):
         if not isinstance(module, nn.Module):
             raise ConfigError(f"from_torch needs a torch.nn.Module, got {type(module).__name__}")
         if output not in OUTPUTS:
@@ -75,8 +82,10 @@ class TorchModel(InspectableModel):
                     return candidate
             except RuntimeError:
                 continue
-        raise ConfigError("the module takes neither (N, 1, 28, 28) nor (N, 784) inputs to (N, classes) outputs; "
-                          "wrap it so that it does")
+        raise ConfigError(
+            "the module takes neither (N, 1, 28, 28) nor (N, 784) inputs to (N, classes) outputs; "
+            "wrap it so that it does"
+        )
 
     def _probe(self) -> dict:
         """Run two blank images once: which leaf modules run, in which order, with which output shape."""
@@ -84,16 +93,22 @@ class TorchModel(InspectableModel):
         handles = []
         for name, sub in self.module.named_modules():
             if name and not list(sub.children()):
-                handles.append(sub.register_forward_hook(
-                    lambda _m, _i, out, name=name: calls.setdefault(name, []).append(out)))
+                handles.append(
+                    sub.register_forward_hook(
+                        lambda _m, _i, out, name=name: calls.setdefault(name, []).append(out)
+                    )
+                )
         try:
             with torch.inference_mode():
                 out = self.module(self._as_input(torch.zeros(2, 28, 28, device=self.device)))
         finally:
             for handle in handles:
                 handle.remove()
-        order = [(name, tuple(outs[0].shape[1:])) for name, outs in calls.items()
-                 if len(outs) == 1 and isinstance(outs[0], torch.Tensor) and outs[0].dim() >= 2]
+        order = [
+            (name, tuple(outs[0].shape[1:]))
+            for name, outs in calls.items()
+            if len(outs) == 1 and isinstance(outs[0], torch.Tensor) and outs[0].dim() >= 2
+        ]
         return {"__order__": order, "__output__": out}
 
     @staticmethod
@@ -122,9 +137,13 @@ class TorchModel(InspectableModel):
         captured: dict[str, torch.Tensor] = {}
         modules = dict(self.module.named_modules())
         # a clone: an in-place activation after the module (ReLU(inplace=True)) would overwrite its output
-        handles = [modules[name].register_forward_hook(
-            lambda _m, _i, out, name=name: captured.__setitem__(name, out.clone()))
-            for name in layers if name != "output"]
+        handles = [
+            modules[name].register_forward_hook(
+                lambda _m, _i, out, name=name: captured.__setitem__(name, out.clone())
+            )
+            for name in layers
+            if name != "output"
+        ]
         try:
             captured["output"] = self._probabilities(self.module(self._as_input(x)))
         finally:
@@ -138,19 +157,25 @@ class TorchModel(InspectableModel):
         parts: dict[str, list[np.ndarray]] = {name: [] for name in layers}
         with torch.inference_mode():
             for start in range(0, len(x_all), self.batch_size):
-                got = self._run(x_all[start:start + self.batch_size], layers)
+                got = self._run(x_all[start : start + self.batch_size], layers)
                 for name in layers:
                     value = got[name].detach().float()
-                    parts[name].append(value.reshape(len(value), -1).cpu().numpy() if value.dim() == 2
-                                       else value.cpu().numpy())
-        return {name: np.concatenate(chunks) if chunks else np.zeros((0, *self._shape(name)), np.float32)
-                for name, chunks in parts.items()}
+                    parts[name].append(
+                        value.reshape(len(value), -1).cpu().numpy()
+                        if value.dim() == 2
+                        else value.cpu().numpy()
+                    )
+        return {
+            name: np.concatenate(chunks) if chunks else np.zeros((0, *self._shape(name)), np.float32)
+            for name, chunks in parts.items()
+        }
 
     def _shape(self, name: str) -> tuple[int, ...]:
         return (10,) if name == "output" else self._shapes.get(name, ())
 
-    def input_gradient(self, inputs: np.ndarray, layer: str, units: Sequence[int] | np.ndarray
-                       ) -> tuple[np.ndarray, np.ndarray]:
+    def input_gradient(
+        self, inputs: np.ndarray, layer: str, units: Sequence[int] | np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
         (layer,) = self.check_layers([layer])
         x = self._tensor(inputs).clone().requires_grad_(True)
         units_arr = np.asarray(units, dtype=np.int64).reshape(-1)
@@ -167,19 +192,28 @@ class TorchModel(InspectableModel):
         return values.detach().float().cpu().numpy(), grad.detach().float().cpu().numpy()
 
 
-def from_torch(module: nn.Module, preprocess: str | Preprocessor = "unit", layers: Sequence[str] | None = None,
-               *, input_layout: str = "auto", output: str = "auto") -> TorchModel:
+def from_torch(
+    module: nn.Module,
+    preprocess: str | Preprocessor = "unit",
+    layers: Sequence[str] | None = None,
+    *,
+    input_layout: str = "auto",
+    output: str = "auto",
+) -> TorchModel:
     """Wrap a PyTorch module for inspection.
 
     ``preprocess``: what the module expects done to raw pixels (0..255): ``"unit"`` (/ 255),
     ``"none"``, or a fitted ``Preprocessor`` (e.g. ``Preprocessor.fit("standard", ds.train_images)``).
     ``layers``: submodule names to expose (default: every leaf module that runs once per pass).
     ``input_layout``: ``"image"`` (N, 1, 28, 28), ``"flat"`` (N, 784) or ``"auto"`` (tried in that order).
-    ``output``: ``"logits"`` (softmax is applied), ``"probabilities"``, or ``"auto"`` (judged on blank images).
+    ``output``: ``"logits"`` (softmax is applied), ``"probabilities"``, or ``"auto"`` (judged on
+    blank images).
     """
     if isinstance(preprocess, str):
         if preprocess not in ("unit", "none"):
-            raise ConfigError(f"preprocess {preprocess!r}: give 'unit', 'none' or a fitted Preprocessor "
-                              "(Preprocessor.fit('standard', dataset.train_images))")
+            raise ConfigError(
+                f"preprocess {preprocess!r}: give 'unit', 'none' or a fitted Preprocessor "
+                "(Preprocessor.fit('standard', dataset.train_images))"
+            )
         preprocess = Preprocessor.fit(preprocess, np.zeros((1, 28, 28), np.uint8))
     return TorchModel(module, preprocess, layers, input_layout, output)

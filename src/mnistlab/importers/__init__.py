@@ -74,7 +74,9 @@ def import_model(
     from ..runs import RunError, make_manifest, write_run
 
     if preprocess not in PREPROCESS_CHOICES:
-        raise ConfigError(f"unknown preprocessing {preprocess!r}; choose one of: {', '.join(PREPROCESS_CHOICES)}")
+        raise ConfigError(
+            f"unknown preprocessing {preprocess!r}; choose one of: {', '.join(PREPROCESS_CHOICES)}"
+        )
     if dataset not in DATASETS:
         raise ConfigError(f"unknown dataset {dataset!r}; choose one of: {', '.join(sorted(DATASETS))}")
     out = Path(out)
@@ -94,13 +96,17 @@ def import_model(
         train_images = load_dataset(dataset, data_dir=data_dir, progress=False).train_images
     pre = preprocessing(preprocess, scale, offset, train_images)
     imported: dict[str, Any] = {
-        "format": chain.source_format, "file": path.name, "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+        "format": chain.source_format,
+        "file": path.name,
+        "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
         "preprocess": preprocess,
         **chain.details,
     }
     if not is_identity(scale, offset):
         scalar = np.ndim(scale) == 0 and np.ndim(offset) == 0
-        imported["rescaling"] = [float(scale), float(offset)] if scalar else "per-pixel (folded into preprocess.npz)"
+        imported["rescaling"] = (
+            [float(scale), float(offset)] if scalar else "per-pixel (folded into preprocess.npz)"
+        )
     folded = [op for op in chain.ops[: len(chain.ops) - len(ops)] if op.kind == "rescale"]
     notes = [f"{op.source_class} {op.source!r} folded into the pixel preprocessing" for op in folded]
     notes += [note for block in blocks for note in block.notes]
@@ -119,8 +125,9 @@ def import_model(
         try:
             import torch  # noqa: F401 - a CNN run's weights come from the torch network built from its spec
         except ModuleNotFoundError:
-            raise MnistlabError("this model becomes a CNN run, which needs PyTorch: pip install 'mnistlab[cnn]'") \
-                from None
+            raise MnistlabError(
+                "this model becomes a CNN run, which needs PyTorch: pip install 'mnistlab[cnn]'"
+            ) from None
         from .to_cnn import build_spec, cnn_state
 
         spec, owners = build_spec(blocks)
@@ -146,7 +153,9 @@ def import_model(
 def original_names(manifest: dict[str, Any]) -> dict[str, str]:
     """For an imported run, each layer's original layers as text ("conv2d (Conv2D), ..."); {} otherwise."""
     layers = (manifest.get("imported") or {}).get("layers") or {}
-    return {name: ", ".join(f"{s['name']} ({s['class']})" for s in sources) for name, sources in layers.items()}
+    return {
+        name: ", ".join(f"{s['name']} ({s['class']})" for s in sources) for name, sources in layers.items()
+    }
 
 
 __all__ = ["READERS", "import_model", "original_names", "read_model_file"]

@@ -33,11 +33,27 @@ from .safe_files import (
 )
 
 SUPPORTED_LAYERS = (
-    "InputLayer", "Reshape", "Flatten", "Rescaling", "Conv2D", "MaxPooling2D", "AveragePooling2D",
-    "GlobalAveragePooling2D", "BatchNormalization", "Dropout", "Activation", "ReLU", "Softmax", "Dense",
+    "InputLayer",
+    "Reshape",
+    "Flatten",
+    "Rescaling",
+    "Conv2D",
+    "MaxPooling2D",
+    "AveragePooling2D",
+    "GlobalAveragePooling2D",
+    "BatchNormalization",
+    "Dropout",
+    "Activation",
+    "ReLU",
+    "Softmax",
+    "Dense",
 )
-_CLASS_ALIASES = {"Convolution2D": "Conv2D", "MaxPool2D": "MaxPooling2D", "AvgPool2D": "AveragePooling2D",
-                  "GlobalAvgPool2D": "GlobalAveragePooling2D"}
+_CLASS_ALIASES = {
+    "Convolution2D": "Conv2D",
+    "MaxPool2D": "MaxPooling2D",
+    "AvgPool2D": "AveragePooling2D",
+    "GlobalAvgPool2D": "GlobalAveragePooling2D",
+}
 _MODEL_CLASSES = ("Sequential", "Functional", "Model")
 INPUT_SHAPES = ((28, 28, 1), (28, 28), (784,))
 
@@ -56,8 +72,10 @@ def read_keras(path: str | Path) -> Chain:
         with open_h5(path, data) as h5:
             raw = h5.attrs.get("model_config")
             if raw is None:
-                raise ModelFileError(f"{path}: holds weights only, no model config; save it with model.save(...), "
-                                     "not save_weights")
+                raise ModelFileError(
+                    f"{path}: holds weights only, no model config; save it with model.save(...), "
+                    "not save_weights"
+                )
             raw = raw.encode() if isinstance(raw, str) else bytes(raw)
             config = _parse_json(path, raw, "model_config")
             version = h5.attrs.get("keras_version", b"")
@@ -66,12 +84,16 @@ def read_keras(path: str | Path) -> Chain:
             return _to_chain(path, config, weights, f"keras (.h5, written by Keras {version or 'unknown'})")
     if len(data) < 8:
         raise ModelFileError(f"{path}: only {len(data)} bytes; the file is truncated")
-    raise ModelFileError(f"{path}: neither a .keras zip nor an HDF5 .h5 file; give a file written by Keras model.save()")
+    raise ModelFileError(
+        f"{path}: neither a .keras zip nor an HDF5 .h5 file; give a file written by Keras model.save()"
+    )
 
 
 def _parse_json(path: Path, raw: bytes, what: str) -> Any:
     if len(raw) > MAX_CONFIG_BYTES:
-        raise ModelFileError(f"{path}: {what} is {len(raw)} bytes, far more than a model config; refusing the file")
+        raise ModelFileError(
+            f"{path}: {what} is {len(raw)} bytes, far more than a model config; refusing the file"
+        )
     try:
         return json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -96,8 +118,10 @@ def _keras3_weights(path: Path, h5: Any) -> dict[str, list[np.ndarray]]:
         indices = sorted(int(k) for k in vars_group if k.isdigit())
         out[name] = [h5_array(path, vars_group, str(i)) for i in indices]
         if any(k for k in group if k != "vars"):
-            raise ModelFileError(f"{path}: layer {name!r} holds nested layers (a model inside the model); "
-                                 "mnistlab imports flat chains of layers")
+            raise ModelFileError(
+                f"{path}: layer {name!r} holds nested layers (a model inside the model); "
+                "mnistlab imports flat chains of layers"
+            )
     return out
 
 
@@ -133,7 +157,9 @@ def _inbound_names(node: Any) -> list[str]:
     """Names of the layers feeding a Functional layer (Keras 2 lists and Keras 3 keras_history)."""
     names: list[str] = []
     if isinstance(node, dict):
-        history = (node.get("config") or {}).get("keras_history") if isinstance(node.get("config"), dict) else None
+        history = (
+            (node.get("config") or {}).get("keras_history") if isinstance(node.get("config"), dict) else None
+        )
         if isinstance(history, list) and history and isinstance(history[0], str):
             return [history[0]]
         for value in node.values():
@@ -154,17 +180,22 @@ def _check_single_chain(path: Path, body: dict[str, Any], layers: list[dict[str,
         inbound = _inbound_names(nodes)
         if position == 0:
             if inbound:
-                raise ModelFileError(f"{path}: the first layer {name!r} has inputs; the model is not a single chain")
+                raise ModelFileError(
+                    f"{path}: the first layer {name!r} has inputs; the model is not a single chain"
+                )
         elif len(nodes) != 1 or inbound != [previous]:
             raise ModelFileError(
-                f"{path}: layer {name!r} takes {inbound or 'nothing'} instead of just {previous!r}: the model branches, "
+                f"{path}: layer {name!r} takes {inbound or 'nothing'} instead of just {previous!r}: "
+                "the model branches, "
                 "merges or reuses a layer; mnistlab imports single chains of layers"
             )
         previous = name
     outputs = _inbound_names(body.get("output_layers"))
     if len(outputs) != 1 or outputs[0] != previous:
-        raise ModelFileError(f"{path}: the model's outputs are {outputs}; mnistlab imports models with one output, "
-                             "the last layer")
+        raise ModelFileError(
+            f"{path}: the model's outputs are {outputs}; mnistlab imports models with one output, "
+            "the last layer"
+        )
 
 
 def _to_chain(path: Path, config: Any, weights: dict[str, list[np.ndarray]], fmt: str) -> Chain:
@@ -179,7 +210,9 @@ def _to_chain(path: Path, config: Any, weights: dict[str, list[np.ndarray]], fmt
         cfg = layer.get("config") if isinstance(layer.get("config"), dict) else {}
         name = str(cfg.get("name") or layer.get("name") or f"layer{position}")
         if cls == "InputLayer":
-            state.set_input(cfg.get("batch_shape") or cfg.get("batch_input_shape") or cfg.get("batch_size"), name)
+            state.set_input(
+                cfg.get("batch_shape") or cfg.get("batch_input_shape") or cfg.get("batch_size"), name
+            )
             continue
         position += 1
         if not ops and state.shape is None:  # Keras 2 puts the input shape on the first layer
@@ -188,14 +221,20 @@ def _to_chain(path: Path, config: Any, weights: dict[str, list[np.ndarray]], fmt
                 build = layer.get("build_config") or {}
                 shape = build.get("input_shape") if isinstance(build, dict) else None
             if shape is None:
-                raise ModelFileError(f"{path}: the model has no input shape; build it with an Input((28, 28, 1)) first")
+                raise ModelFileError(
+                    f"{path}: the model has no input shape; build it with an Input((28, 28, 1)) first"
+                )
             state.set_input(shape, name)
         arrays = weights.get(name, [])
         ops += _layer_ops(state, cls, name, position, cfg, arrays)
     if not ops:
         raise ModelFileError(f"{path}: the model has no layers")
-    return Chain(ops, "keras", path.name, {"layout": fmt, "model_class": model_class,
-                                           "input_shape": list(state.input_shape or ())})
+    return Chain(
+        ops,
+        "keras",
+        path.name,
+        {"layout": fmt, "model_class": model_class, "input_shape": list(state.input_shape or ())},
+    )
 
 
 class _State:
@@ -211,60 +250,83 @@ class _State:
         try:
             shape = tuple(int(v) for v in list(batch_shape)[1:])
         except (TypeError, ValueError):
-            raise ModelFileError(f"{self.path}: input {name!r} has shape {batch_shape!r}; expected (28, 28, 1), "
-                                 "(28, 28) or (784,)") from None
+            raise ModelFileError(
+                f"{self.path}: input {name!r} has shape {batch_shape!r}; expected (28, 28, 1), "
+                "(28, 28) or (784,)"
+            ) from None
         if shape not in INPUT_SHAPES:
-            raise ModelFileError(f"{self.path}: input {name!r} has shape {shape}; mnistlab imports models for 28x28x1 "
-                                 "images: (28, 28, 1), (28, 28) or (784,)")
+            raise ModelFileError(
+                f"{self.path}: input {name!r} has shape {shape}; mnistlab imports models for 28x28x1 "
+                "images: (28, 28, 1), (28, 28) or (784,)"
+            )
         self.shape = self.input_shape = shape
 
 
 def _activation(cfg: dict[str, Any], where: str, key: str = "activation") -> str:
     value = cfg.get(key, "linear")
     if isinstance(value, dict):  # a serialized activation object
-        value = (value.get("config") or {}).get("name") if value.get("class_name") == "function" else value.get("class_name")
+        value = (
+            (value.get("config") or {}).get("name")
+            if value.get("class_name") == "function"
+            else value.get("class_name")
+        )
     name = str(value).lower() if value is not None else "linear"
     if name not in ACTIVATIONS:
-        raise ModelFileError(f"{where}: activation {value!r} is not supported; mnistlab reads {', '.join(ACTIVATIONS)}")
+        raise ModelFileError(
+            f"{where}: activation {value!r} is not supported; mnistlab reads {', '.join(ACTIVATIONS)}"
+        )
     return name
 
 
 def _need(arrays: list[np.ndarray], count: int, where: str) -> None:
     if len(arrays) != count:
-        raise ModelFileError(f"{where}: has {len(arrays)} weight arrays, expected {count}; the weights are missing "
-                             "or belong to another model")
+        raise ModelFileError(
+            f"{where}: has {len(arrays)} weight arrays, expected {count}; the weights are missing "
+            "or belong to another model"
+        )
 
 
-def _layer_ops(state: _State, cls: str, name: str, position: int, cfg: dict[str, Any],
-               arrays: list[np.ndarray]) -> list[Op]:
+def _layer_ops(
+    state: _State, cls: str, name: str, position: int, cfg: dict[str, Any], arrays: list[np.ndarray]
+) -> list[Op]:
     where = f"{cls} {name!r} (layer {position})"
 
     def op(kind: str, attrs: dict[str, Any] | None = None, **named: np.ndarray) -> Op:
         return Op(kind, name, cls, position, attrs or {}, named)
 
     if cls == "Lambda":
-        raise ModelFileError(f"{where}: a Lambda layer carries Python code, which mnistlab never runs; "
-                             "rebuild the model with built-in layers")
+        raise ModelFileError(
+            f"{where}: a Lambda layer carries Python code, which mnistlab never runs; "
+            "rebuild the model with built-in layers"
+        )
     if cls not in SUPPORTED_LAYERS:
-        raise ModelFileError(f"{where}: layer class {cls} is not supported; mnistlab imports "
-                             f"{', '.join(SUPPORTED_LAYERS)}")
+        raise ModelFileError(
+            f"{where}: layer class {cls} is not supported; mnistlab imports {', '.join(SUPPORTED_LAYERS)}"
+        )
     if cfg.get("data_format", "channels_last") != "channels_last":
-        raise ModelFileError(f"{where}: data_format {cfg.get('data_format')!r}; mnistlab imports channels_last models")
+        raise ModelFileError(
+            f"{where}: data_format {cfg.get('data_format')!r}; mnistlab imports channels_last models"
+        )
     if cls in ("Reshape", "Flatten"):
         target = tuple(cfg.get("target_shape") or ()) if cls == "Reshape" else (-1,)
         if state.pixels and cls == "Reshape":
             if target not in INPUT_SHAPES:
-                raise ModelFileError(f"{where}: reshapes the image to {target}; mnistlab reads (28, 28, 1), (28, 28) "
-                                     "or (784,)")
+                raise ModelFileError(
+                    f"{where}: reshapes the image to {target}; mnistlab reads (28, 28, 1), (28, 28) or (784,)"
+                )
             state.shape = target
             return []
         if len(target) != 1:
-            raise ModelFileError(f"{where}: reshapes to {target}; only a flatten to one axis is supported here")
+            raise ModelFileError(
+                f"{where}: reshapes to {target}; only a flatten to one axis is supported here"
+            )
         return [op("flatten", {"order": "hwc"})]
     if cls == "Rescaling":
         scale, offset = cfg.get("scale", 1.0), cfg.get("offset", 0.0)
         if not all(isinstance(v, (int, float)) for v in (scale, offset)):
-            raise ModelFileError(f"{where}: per-channel scale/offset {scale!r}/{offset!r}; only single numbers are supported")
+            raise ModelFileError(
+                f"{where}: per-channel scale/offset {scale!r}/{offset!r}; only single numbers are supported"
+            )
         return [op("rescale", {"scale": float(scale), "offset": float(offset)})]
     if cls == "Dropout":
         return [op("dropout", {"rate": float(cfg.get("rate", 0.0))})]
@@ -275,15 +337,22 @@ def _layer_ops(state: _State, cls: str, name: str, position: int, cfg: dict[str,
                 raise ModelFileError(f"{where}: softmax over axis {axis}; only the last axis is supported")
             return [op("act", {"name": "softmax"})]
         if cls == "ReLU":
-            plain = cfg.get("max_value") is None and not cfg.get("negative_slope") and not cfg.get("threshold")
+            plain = (
+                cfg.get("max_value") is None and not cfg.get("negative_slope") and not cfg.get("threshold")
+            )
             if not plain:
-                raise ModelFileError(f"{where}: ReLU with max_value/negative_slope/threshold is not supported; use a plain ReLU")
+                raise ModelFileError(
+                    f"{where}: ReLU with max_value/negative_slope/threshold is not supported; "
+                    "use a plain ReLU"
+                )
             return [op("act", {"name": "relu"})]
         return [op("act", {"name": _activation(cfg, where)})]
     state.pixels = False
     if cls == "Conv2D":
         if int(cfg.get("groups", 1)) != 1:
-            raise ModelFileError(f"{where}: grouped convolution (groups={cfg.get('groups')}) is not supported")
+            raise ModelFileError(
+                f"{where}: grouped convolution (groups={cfg.get('groups')}) is not supported"
+            )
         padding = str(cfg.get("padding", "valid")).lower()
         if padding not in ("valid", "same"):
             raise ModelFileError(f"{where}: padding {padding!r}; mnistlab reads valid and same")
@@ -291,13 +360,20 @@ def _layer_ops(state: _State, cls: str, name: str, position: int, cfg: dict[str,
         _need(arrays, 2 if use_bias else 1, where)
         kernel = arrays[0]
         if kernel.ndim != 4 or kernel.shape[3] != int(cfg.get("filters", -1)):
-            raise ModelFileError(f"{where}: kernel has shape {kernel.shape}, expected (kh, kw, in, {cfg.get('filters')})")
-        named = {"weight": np.ascontiguousarray(kernel.transpose(3, 2, 0, 1))}  # (kh, kw, in, out) -> (out, in, kh, kw)
+            raise ModelFileError(
+                f"{where}: kernel has shape {kernel.shape}, expected (kh, kw, in, {cfg.get('filters')})"
+            )
+        named = {
+            "weight": np.ascontiguousarray(kernel.transpose(3, 2, 0, 1))
+        }  # (kh, kw, in, out) -> (out, in, kh, kw)
         if use_bias:
             named["bias"] = arrays[1]
-        attrs = {"kernel": tuple2(cfg.get("kernel_size"), f"{where}: kernel_size"),
-                 "stride": tuple2(cfg.get("strides", 1), f"{where}: strides"), "pad": padding,
-                 "dilation": tuple2(cfg.get("dilation_rate", 1), f"{where}: dilation_rate")}
+        attrs = {
+            "kernel": tuple2(cfg.get("kernel_size"), f"{where}: kernel_size"),
+            "stride": tuple2(cfg.get("strides", 1), f"{where}: strides"),
+            "pad": padding,
+            "dilation": tuple2(cfg.get("dilation_rate", 1), f"{where}: dilation_rate"),
+        }
         return [op("conv", attrs, **named), *_act_op(cfg, where, op)]
     if cls in ("MaxPooling2D", "AveragePooling2D"):
         if str(cfg.get("padding", "valid")).lower() != "valid":
@@ -319,16 +395,29 @@ def _layer_ops(state: _State, cls: str, name: str, position: int, cfg: dict[str,
         rest = list(arrays)
         gamma = rest.pop(0) if scale else np.ones_like(arrays[-1])
         beta = rest.pop(0) if center else np.zeros_like(arrays[-1])
-        return [op("bn", {"eps": float(cfg.get("epsilon", 1e-3))}, gamma=gamma, beta=beta, mean=rest[0], var=rest[1])]
+        return [
+            op(
+                "bn",
+                {"eps": float(cfg.get("epsilon", 1e-3))},
+                gamma=gamma,
+                beta=beta,
+                mean=rest[0],
+                var=rest[1],
+            )
+        ]
     if cls == "Dense":
         use_bias = bool(cfg.get("use_bias", True))
         _need(arrays, 2 if use_bias else 1, where)
         kernel = arrays[0]
         if kernel.ndim != 2 or kernel.shape[1] != int(cfg.get("units", -1)):
-            raise ModelFileError(f"{where}: kernel has shape {kernel.shape}, expected (in, {cfg.get('units')})")
+            raise ModelFileError(
+                f"{where}: kernel has shape {kernel.shape}, expected (in, {cfg.get('units')})"
+            )
         named = {"weight": np.ascontiguousarray(kernel.T), **({"bias": arrays[1]} if use_bias else {})}
         return [op("dense", {}, **named), *_act_op(cfg, where, op)]
-    raise ModelFileError(f"{where}: layer class {cls} is not supported")  # pragma: no cover - SUPPORTED_LAYERS covers it
+    raise ModelFileError(
+        f"{where}: layer class {cls} is not supported"
+    )  # pragma: no cover - SUPPORTED_LAYERS covers it
 
 
 def _act_op(cfg: dict[str, Any], where: str, op: Any) -> list[Op]:

@@ -52,8 +52,10 @@ def fold_rescale(chain: Chain) -> tuple[Any, Any, list[Op]]:
             scale, offset = scale * op.attrs["scale"], offset * op.attrs["scale"] + op.attrs["offset"]
     for op in ops:
         if op.kind == "rescale":
-            raise op.fail("rescaling inside the network is not supported; only at its input, where it joins the "
-                          "pixel preprocessing")
+            raise op.fail(
+                "rescaling inside the network is not supported; only at its input, where it joins the "
+                "pixel preprocessing"
+            )
     return scale, offset, ops
 
 
@@ -74,8 +76,10 @@ def group_blocks(ops: list[Op]) -> list[Block]:
             blocks.append(Block({"maxpool": "pool"}.get(op.kind, op.kind), [op]))
         elif op.kind == "bn":
             if last is None or last.type not in ("conv", "dense") or last.bn is not None:
-                raise op.fail("batch normalization here cannot be expressed: mnistlab puts it right after a conv "
-                              "or dense layer or its activation")
+                raise op.fail(
+                    "batch normalization here cannot be expressed: mnistlab puts it right after a conv "
+                    "or dense layer or its activation"
+                )
             last.bn, last.bn_after_act = op, last.act_given
             last.ops.append(op)
         elif op.kind == "act":
@@ -85,8 +89,10 @@ def group_blocks(ops: list[Op]) -> list[Block]:
                     last.ops.append(op)
                 continue
             if last is None or last.type not in ("conv", "dense") or last.act_given:
-                raise op.fail(f"a {name} activation here cannot be expressed: mnistlab applies one activation right "
-                              "after a conv or dense layer (and its batch norm)")
+                raise op.fail(
+                    f"a {name} activation here cannot be expressed: mnistlab applies one activation right "
+                    "after a conv or dense layer (and its batch norm)"
+                )
             last.act, last.act_given = name, True
             last.ops.append(op)
         elif op.kind == "dropout":
@@ -97,7 +103,9 @@ def group_blocks(ops: list[Op]) -> list[Block]:
             raise op.fail(f"op kind {op.kind} is not supported")
     if not blocks or blocks[-1].type != "dense":
         where = blocks[-1].main.where if blocks else "the model"
-        raise ModelFileError(f"{where}: the model must end in a Dense layer (Gemm/MatMul) giving the class scores")
+        raise ModelFileError(
+            f"{where}: the model must end in a Dense layer (Gemm/MatMul) giving the class scores"
+        )
     out = blocks[-1]
     if out.bn is not None:
         raise out.bn.fail("batch normalization on the output layer is not supported")
@@ -105,8 +113,10 @@ def group_blocks(ops: list[Op]) -> list[Block]:
         out.notes.append("ends in logits: mnistlab shows softmax of them as probabilities")
         out.act = "softmax"
     elif out.act not in OUTPUT_ACTIVATIONS:
-        raise out.main.fail(f"the output activation {out.act} gives no probabilities; mnistlab reads softmax, "
-                            "sigmoid or logits")
+        raise out.main.fail(
+            f"the output activation {out.act} gives no probabilities; mnistlab reads softmax, "
+            "sigmoid or logits"
+        )
     out.type = "output"
     for block in blocks[:-1]:
         if block.act == "softmax":
@@ -153,8 +163,10 @@ def block_label(block: Block) -> list[dict[str, str]]:
 def check_classes(blocks: list[Block], classes: int) -> None:
     units = blocks[-1].main.arrays["weight"].shape[0]
     if units != classes:
-        raise blocks[-1].main.fail(f"gives {units} outputs but the dataset has {classes} classes; choose the dataset "
-                                   "the model was trained on (--dataset)")
+        raise blocks[-1].main.fail(
+            f"gives {units} outputs but the dataset has {classes} classes; choose the dataset "
+            "the model was trained on (--dataset)"
+        )
 
 
 def mlp_parts(blocks: list[Block], preprocess: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
@@ -164,10 +176,18 @@ def mlp_parts(blocks: list[Block], preprocess: str) -> tuple[dict[str, Any], dic
     for i, block in enumerate(dense, start=1):
         params[f"W{i}"] = np.ascontiguousarray(block.main.arrays["weight"].T, np.float32)
         bias = block.main.arrays.get("bias")
-        params[f"b{i}"] = np.asarray(bias if bias is not None else np.zeros(len(params[f"W{i}"].T)), np.float32)
+        params[f"b{i}"] = np.asarray(
+            bias if bias is not None else np.zeros(len(params[f"W{i}"].T)), np.float32
+        )
     sizes = [params["W1"].shape[0]] + [params[f"W{i}"].shape[1] for i in range(1, len(dense) + 1)]
     if sizes[0] != 784:
         raise dense[0].main.fail(f"takes {sizes[0]} inputs; a 28x28 image has 784")
-    config = {"input_size": 784, "hidden": sizes[1:-1], "n_classes": sizes[-1], "activation": dense[0].act,
-              "output": dense[-1].act, "preprocess": preprocess if preprocess in ("unit", "standard", "none") else "none"}
+    config = {
+        "input_size": 784,
+        "hidden": sizes[1:-1],
+        "n_classes": sizes[-1],
+        "activation": dense[0].act,
+        "output": dense[-1].act,
+        "preprocess": preprocess if preprocess in ("unit", "standard", "none") else "none",
+    }
     return config, params

@@ -24,9 +24,33 @@ from .chain import Chain, Op
 from .safe_files import MAX_FILE_BYTES, read_file_bytes, unsafe_member_name
 
 SUPPORTED_OPS = (
-    "Conv", "Relu", "Sigmoid", "Tanh", "Elu", "LeakyRelu", "MaxPool", "AveragePool", "GlobalAveragePool",
-    "BatchNormalization", "Flatten", "Reshape", "Gemm", "MatMul", "Add", "Softmax", "Dropout", "Identity",
-    "Transpose", "Sub", "Div", "Mul", "Unsqueeze", "Squeeze", "Cast", "Pad", "ReduceMean",
+    "Conv",
+    "Relu",
+    "Sigmoid",
+    "Tanh",
+    "Elu",
+    "LeakyRelu",
+    "MaxPool",
+    "AveragePool",
+    "GlobalAveragePool",
+    "BatchNormalization",
+    "Flatten",
+    "Reshape",
+    "Gemm",
+    "MatMul",
+    "Add",
+    "Softmax",
+    "Dropout",
+    "Identity",
+    "Transpose",
+    "Sub",
+    "Div",
+    "Mul",
+    "Unsqueeze",
+    "Squeeze",
+    "Cast",
+    "Pad",
+    "ReduceMean",
 )
 _SHAPE_OPS = ("Shape", "Gather", "Unsqueeze", "Concat", "Constant", "Slice", "Squeeze", "Cast", "Mul")
 _ACTS = {"Relu": "relu", "Sigmoid": "sigmoid", "Tanh": "tanh", "Elu": "elu", "Softmax": "softmax"}
@@ -37,7 +61,9 @@ def _onnx():
     try:
         import onnx
     except ModuleNotFoundError:
-        raise ModelFileError("reading ONNX files needs the onnx package: pip install 'mnistlab[import]'") from None
+        raise ModelFileError(
+            "reading ONNX files needs the onnx package: pip install 'mnistlab[import]'"
+        ) from None
     return onnx
 
 
@@ -50,11 +76,14 @@ def read_onnx(path: str | Path) -> Chain:
     try:
         model = onnx.load_model_from_string(data)
     except (DecodeError, ValueError, RuntimeError) as exc:  # the file is not a whole ONNX model
-        raise ModelFileError(f"{path}: not a readable ONNX model ({type(exc).__name__}); the file is truncated or "
-                             "not .onnx") from None
+        raise ModelFileError(
+            f"{path}: not a readable ONNX model ({type(exc).__name__}); the file is truncated or not .onnx"
+        ) from None
     graph = model.graph
     if not graph.node:
-        raise ModelFileError(f"{path}: the ONNX graph has no nodes; the file is truncated or not an ONNX model")
+        raise ModelFileError(
+            f"{path}: the ONNX graph has no nodes; the file is truncated or not an ONNX model"
+        )
     return _Reader(path, graph).chain()
 
 
@@ -106,8 +135,10 @@ class _Reader:
         del tensor.external_data[:]
 
     def fail(self, node: Any, problem: str) -> ModelFileError:
-        return ModelFileError(f"{self.path}: {node.op_type} node {node.name or node.output[0]!r} "
-                              f"(node {self.position[id(node)]}): {problem}")
+        return ModelFileError(
+            f"{self.path}: {node.op_type} node {node.name or node.output[0]!r} "
+            f"(node {self.position[id(node)]}): {problem}"
+        )
 
     def attrs(self, node: Any) -> dict[str, Any]:
         from onnx import helper
@@ -116,26 +147,34 @@ class _Reader:
 
     def const(self, node: Any, index: int, what: str) -> np.ndarray:
         if index >= len(node.input) or node.input[index] not in self.consts:
-            raise self.fail(node, f"its {what} is not a constant in the file; only stored weights are supported")
+            raise self.fail(
+                node, f"its {what} is not a constant in the file; only stored weights are supported"
+            )
         return np.asarray(self.consts[node.input[index]], np.float32)
 
     def chain(self) -> Chain:
         inputs = [i for i in self.graph.input if i.name not in self.consts]
         if len(inputs) != 1 or len(self.graph.output) != 1:
-            raise ModelFileError(f"{self.path}: the graph has {len(inputs)} inputs and {len(self.graph.output)} outputs; "
-                                 "mnistlab imports graphs with one image input and one output")
+            raise ModelFileError(
+                f"{self.path}: the graph has {len(inputs)} inputs and {len(self.graph.output)} outputs; "
+                "mnistlab imports graphs with one image input and one output"
+            )
         dims = [d.dim_value if d.HasField("dim_value") else -1 for d in inputs[0].type.tensor_type.shape.dim]
         if tuple(dims[1:]) not in _PIXEL_SHAPES:
-            raise ModelFileError(f"{self.path}: input {inputs[0].name!r} has shape {dims}; mnistlab imports models for "
-                                 "28x28x1 images: (N, 1, 28, 28), (N, 28, 28, 1), (N, 28, 28) or (N, 784)")
+            raise ModelFileError(
+                f"{self.path}: input {inputs[0].name!r} has shape {dims}; mnistlab imports models for "
+                "28x28x1 images: (N, 1, 28, 28), (N, 28, 28, 1), (N, 28, 28) or (N, 784)"
+            )
         current, target = inputs[0].name, self.graph.output[0].name
         ops: list[Op] = []
         self.pixels, self.pending_transpose = True, False
         while current != target:
             data_nodes = [n for n in self.consumers.get(current, []) if n.op_type != "Shape"]
             if len(data_nodes) != 1:
-                raise ModelFileError(f"{self.path}: tensor {current!r} feeds {len(data_nodes)} nodes; mnistlab imports "
-                                     "graphs that are a single chain")
+                raise ModelFileError(
+                    f"{self.path}: tensor {current!r} feeds {len(data_nodes)} nodes; mnistlab imports "
+                    "graphs that are a single chain"
+                )
             node = data_nodes[0]
             ops += self.node_ops(node, current)
             current = node.output[0]
@@ -156,7 +195,9 @@ class _Reader:
         if self.pixels and kind in ("Sub", "Div", "Mul", "Add"):
             value = self.const(node, 1 if node.input[0] == data else 0, "operand").reshape(-1)
             if value.size not in (1, 784):
-                raise self.fail(node, f"an element-wise constant of {value.size} values before the first layer")
+                raise self.fail(
+                    node, f"an element-wise constant of {value.size} values before the first layer"
+                )
             value = value[0] if value.size == 1 else value.reshape(28, 28)
             if kind == "Sub" and node.input[0] == data:
                 return [op("rescale", {"scale": 1.0, "offset": -value})]
@@ -167,12 +208,16 @@ class _Reader:
             if kind == "Add":
                 return [op("rescale", {"scale": 1.0, "offset": value})]
             raise self.fail(node, "subtracts or divides the image from a constant; not supported")
-        if kind in ("Unsqueeze", "Squeeze", "Cast", "Identity") or (self.pixels and kind in ("Reshape", "Transpose",
-                                                                                               "Flatten")):
+        if kind in ("Unsqueeze", "Squeeze", "Cast", "Identity") or (
+            self.pixels and kind in ("Reshape", "Transpose", "Flatten")
+        ):
             return []  # re-arranges the 784 pixels or the batch axis only
         if kind == "Transpose":
             if list(attrs.get("perm", [])) != [0, 2, 3, 1]:
-                raise self.fail(node, f"transposes with perm {attrs.get('perm')}; only a channels-last flatten is supported")
+                raise self.fail(
+                    node,
+                    f"transposes with perm {attrs.get('perm')}; only a channels-last flatten is supported",
+                )
             self.pending_transpose = True
             return []
         if kind in ("Flatten", "Reshape"):
@@ -181,7 +226,9 @@ class _Reader:
             if kind == "Reshape" and node.input[1] in self.consts:
                 shape = [int(v) for v in self.consts[node.input[1]].reshape(-1)]
                 if len(shape) != 2:
-                    raise self.fail(node, f"reshapes to {shape}; only a flatten to (N, features) is supported")
+                    raise self.fail(
+                        node, f"reshapes to {shape}; only a flatten to (N, features) is supported"
+                    )
             order = "hwc" if self.pending_transpose else "chw"
             self.pending_transpose = False
             return [op("flatten", {"order": order})]
@@ -194,11 +241,15 @@ class _Reader:
             if kind == "Elu" and abs(attrs.get("alpha", 1.0) - 1.0) > 1e-6:
                 raise self.fail(node, f"Elu with alpha {attrs.get('alpha')}; only alpha 1 is supported")
             if kind == "Softmax" and attrs.get("axis", -1) not in (-1, 1):
-                raise self.fail(node, f"softmax over axis {attrs.get('axis')}; only the class axis is supported")
+                raise self.fail(
+                    node, f"softmax over axis {attrs.get('axis')}; only the class axis is supported"
+                )
             return [op("act", {"name": _ACTS[kind]})]
         if kind == "LeakyRelu":
             if abs(attrs.get("alpha", 0.01) - 0.01) > 1e-7:
-                raise self.fail(node, f"LeakyRelu with slope {attrs.get('alpha')}; only slope 0.01 is supported")
+                raise self.fail(
+                    node, f"LeakyRelu with slope {attrs.get('alpha')}; only slope 0.01 is supported"
+                )
             return [op("act", {"name": "leaky_relu"})]
         if kind in ("Dropout",):
             return [op("dropout", {"rate": 0.0})]
@@ -209,16 +260,33 @@ class _Reader:
             named = {"weight": weight}
             if len(node.input) > 2 and node.input[2]:
                 named["bias"] = self.const(node, 2, "bias")
-            return [op("conv", {"kernel": tuple(weight.shape[2:]), "stride": tuple(attrs.get("strides", (1, 1))),
-                                "pad": self.padding(node, attrs), "dilation": tuple(attrs.get("dilations", (1, 1)))},
-                       **named)]
+            return [
+                op(
+                    "conv",
+                    {
+                        "kernel": tuple(weight.shape[2:]),
+                        "stride": tuple(attrs.get("strides", (1, 1))),
+                        "pad": self.padding(node, attrs),
+                        "dilation": tuple(attrs.get("dilations", (1, 1))),
+                    },
+                    **named,
+                )
+            ]
         if kind in ("MaxPool", "AveragePool"):
-            if any(attrs.get("pads", [0])) or attrs.get("ceil_mode", 0) or attrs.get("auto_pad", b"NOTSET") not in (
-                    b"NOTSET", b"VALID", "NOTSET", "VALID") or any(d != 1 for d in attrs.get("dilations", [1])):
+            if (
+                any(attrs.get("pads", [0]))
+                or attrs.get("ceil_mode", 0)
+                or attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", b"VALID", "NOTSET", "VALID")
+                or any(d != 1 for d in attrs.get("dilations", [1]))
+            ):
                 raise self.fail(node, "pooling with padding, ceil_mode or dilation is not supported")
             size = tuple(attrs["kernel_shape"])
-            return [op("maxpool" if kind == "MaxPool" else "avgpool",
-                       {"size": size, "stride": tuple(attrs.get("strides", size))})]
+            return [
+                op(
+                    "maxpool" if kind == "MaxPool" else "avgpool",
+                    {"size": size, "stride": tuple(attrs.get("strides", size))},
+                )
+            ]
         if kind == "GlobalAveragePool":
             return [op("gap")]
         if kind == "ReduceMean":  # the dynamo exporter's global average pooling
@@ -226,20 +294,41 @@ class _Reader:
             if axes is None and len(node.input) > 1 and node.input[1]:
                 axes = [int(v) for v in self.consts.get(node.input[1], np.array([])).reshape(-1)]
             if sorted(int(a) % 4 for a in (axes or [])) != [2, 3]:
-                raise self.fail(node, f"a mean over axes {axes}; only the mean over height and width is supported")
+                raise self.fail(
+                    node, f"a mean over axes {axes}; only the mean over height and width is supported"
+                )
             return [op("gap")]
         if kind == "BatchNormalization":
-            return [op("bn", {"eps": float(attrs.get("epsilon", 1e-5))}, gamma=self.const(node, 1, "scale"),
-                       beta=self.const(node, 2, "bias"), mean=self.const(node, 3, "mean"),
-                       var=self.const(node, 4, "variance"))]
+            return [
+                op(
+                    "bn",
+                    {"eps": float(attrs.get("epsilon", 1e-5))},
+                    gamma=self.const(node, 1, "scale"),
+                    beta=self.const(node, 2, "bias"),
+                    mean=self.const(node, 3, "mean"),
+                    var=self.const(node, 4, "variance"),
+                )
+            ]
         if kind == "Gemm":
             if attrs.get("transA", 0) or node.input[0] != data:
-                raise self.fail(node, "Gemm with the data as its second operand or transposed is not supported")
+                raise self.fail(
+                    node, "Gemm with the data as its second operand or transposed is not supported"
+                )
             b = self.const(node, 1, "weight") * float(attrs.get("alpha", 1.0))
             weight = b if attrs.get("transB", 0) else b.T
-            bias = (self.const(node, 2, "bias") * float(attrs.get("beta", 1.0)) if len(node.input) > 2 and node.input[2]
-                    else np.zeros(weight.shape[0], np.float32))
-            return [op("dense", {}, weight=np.ascontiguousarray(weight), bias=np.broadcast_to(bias, weight.shape[:1]).copy())]
+            bias = (
+                self.const(node, 2, "bias") * float(attrs.get("beta", 1.0))
+                if len(node.input) > 2 and node.input[2]
+                else np.zeros(weight.shape[0], np.float32)
+            )
+            return [
+                op(
+                    "dense",
+                    {},
+                    weight=np.ascontiguousarray(weight),
+                    bias=np.broadcast_to(bias, weight.shape[:1]).copy(),
+                )
+            ]
         if kind == "MatMul":
             if node.input[0] != data:
                 raise self.fail(node, "MatMul with the data as its second operand is not supported")
@@ -260,7 +349,11 @@ class _Reader:
                 continue
             previous = merged[-1] if merged else None
             bias = op.arrays["bias"]
-            if previous is None or previous.kind not in ("dense", "conv") or bias.size != previous.arrays["weight"].shape[0]:
+            if (
+                previous is None
+                or previous.kind not in ("dense", "conv")
+                or bias.size != previous.arrays["weight"].shape[0]
+            ):
                 raise op.fail("an Add that is not the bias of the layer before it is not supported")
             previous.arrays["bias"] = previous.arrays.get("bias", np.zeros(bias.size, np.float32)) + bias
         return merged
@@ -269,9 +362,18 @@ class _Reader:
         """A constant zero Pad of height and width only, as (left, right, top, bottom)."""
         mode = attrs.get("mode", b"constant")
         value = self.consts.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
-        pads = [int(v) for v in self.const(node, 1, "pads").reshape(-1)] if len(node.input) > 1 else attrs.get("pads")
-        if mode not in (b"constant", "constant") or (value is not None and np.any(value != 0)) or pads is None \
-                or len(pads) != 8 or any(pads[i] for i in (0, 1, 4, 5)):
+        pads = (
+            [int(v) for v in self.const(node, 1, "pads").reshape(-1)]
+            if len(node.input) > 1
+            else attrs.get("pads")
+        )
+        if (
+            mode not in (b"constant", "constant")
+            or (value is not None and np.any(value != 0))
+            or pads is None
+            or len(pads) != 8
+            or any(pads[i] for i in (0, 1, 4, 5))
+        ):
             raise self.fail(node, "only zero padding of height and width is supported")
         return pads[3], pads[7], pads[2], pads[6]
 

@@ -25,8 +25,10 @@ def read_file_bytes(path: Path) -> bytes:
     try:
         size = path.stat().st_size
         if size > MAX_FILE_BYTES:
-            raise ModelFileError(f"{path}: {size / 2**20:.0f} MB is larger than any MNIST model mnistlab imports "
-                                 f"({MAX_FILE_BYTES // 2**20} MB)")
+            raise ModelFileError(
+                f"{path}: {size / 2**20:.0f} MB is larger than any MNIST model mnistlab imports "
+                f"({MAX_FILE_BYTES // 2**20} MB)"
+            )
         return path.read_bytes()
     except FileNotFoundError:
         raise ModelFileError(f"{path}: no such file; check the path") from None
@@ -39,8 +41,13 @@ def read_file_bytes(path: Path) -> bytes:
 def unsafe_member_name(name: str) -> bool:
     """Absolute paths, drive letters and '..' components: entries that would escape a directory."""
     posix, windows = PurePosixPath(name), PureWindowsPath(name)
-    return (posix.is_absolute() or windows.is_absolute() or bool(windows.drive)
-            or ".." in posix.parts or ".." in windows.parts)
+    return (
+        posix.is_absolute()
+        or windows.is_absolute()
+        or bool(windows.drive)
+        or ".." in posix.parts
+        or ".." in windows.parts
+    )
 
 
 def read_zip_members(path: Path, data: bytes, wanted: tuple[str, ...]) -> dict[str, bytes]:
@@ -49,15 +56,24 @@ def read_zip_members(path: Path, data: bytes, wanted: tuple[str, ...]) -> dict[s
         archive = zipfile.ZipFile(io.BytesIO(data))
         infos = archive.infolist()
     except (zipfile.BadZipFile, EOFError, ValueError) as exc:
-        raise ModelFileError(f"{path}: not a readable zip archive ({exc}); the file is truncated or not a .keras file") from None
+        raise ModelFileError(
+            f"{path}: not a readable zip archive ({exc}); the file is truncated or not a .keras file"
+        ) from None
     for info in infos:
         if unsafe_member_name(info.filename):
-            raise ModelFileError(f"{path}: zip entry {info.filename!r} points outside the archive; refusing the file")
+            raise ModelFileError(
+                f"{path}: zip entry {info.filename!r} points outside the archive; refusing the file"
+            )
         if info.file_size > MAX_MEMBER_BYTES:
-            raise ModelFileError(f"{path}: zip entry {info.filename!r} unpacks to {info.file_size} bytes; refusing the file")
+            raise ModelFileError(
+                f"{path}: zip entry {info.filename!r} unpacks to {info.file_size} bytes; refusing the file"
+            )
         if info.file_size > 2**20 and info.file_size > MAX_COMPRESSION_RATIO * max(info.compress_size, 1):
-            raise ModelFileError(f"{path}: zip entry {info.filename!r} expands {info.file_size // max(info.compress_size, 1)}:1 "
-                                 "(a zip bomb?); refusing the file")
+            raise ModelFileError(
+                f"{path}: zip entry {info.filename!r} expands "
+                f"{info.file_size // max(info.compress_size, 1)}:1 "
+                "(a zip bomb?); refusing the file"
+            )
     names = {info.filename for info in infos}
     missing = [name for name in wanted if name not in names]
     if missing:
@@ -69,9 +85,13 @@ def read_zip_members(path: Path, data: bytes, wanted: tuple[str, ...]) -> dict[s
                 # the header's size can lie; never read more than the limit
                 content = member.read(MAX_MEMBER_BYTES + 1)
         except (zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
-            raise ModelFileError(f"{path}: zip entry {name} is corrupt ({exc}); the file is truncated or damaged") from None
+            raise ModelFileError(
+                f"{path}: zip entry {name} is corrupt ({exc}); the file is truncated or damaged"
+            ) from None
         if len(content) > MAX_MEMBER_BYTES:
-            raise ModelFileError(f"{path}: zip entry {name} unpacks to more than {MAX_MEMBER_BYTES} bytes; refusing the file")
+            raise ModelFileError(
+                f"{path}: zip entry {name} unpacks to more than {MAX_MEMBER_BYTES} bytes; refusing the file"
+            )
         out[name] = content
     return out
 
@@ -85,7 +105,9 @@ def open_h5(path: Path, data: bytes):
     try:
         return h5py.File(io.BytesIO(data), "r")
     except (OSError, ValueError) as exc:
-        raise ModelFileError(f"{path}: not a readable HDF5 file ({exc}); the file is truncated or damaged") from None
+        raise ModelFileError(
+            f"{path}: not a readable HDF5 file ({exc}); the file is truncated or damaged"
+        ) from None
 
 
 def h5_array(path: Path, group: Any, key: str) -> np.ndarray:
@@ -106,12 +128,16 @@ def h5_array(path: Path, group: Any, key: str) -> np.ndarray:
         if node.external or node.is_virtual:
             raise ModelFileError(f"{path}: {node.name} stores its data in another file; refusing the file")
         if node.dtype.kind not in "fiu" or node.size > MAX_MEMBER_BYTES // 4:
-            raise ModelFileError(f"{path}: {node.name} is not a numeric weight array ({node.dtype}, {node.shape})")
+            raise ModelFileError(
+                f"{path}: {node.name} is not a numeric weight array ({node.dtype}, {node.shape})"
+            )
         return np.asarray(node[()], dtype=np.float32)
     except ModelFileError:
         raise
     except (OSError, KeyError, ValueError, RuntimeError) as exc:
-        raise ModelFileError(f"{path}: cannot read weight {key} ({exc}); the file is truncated or damaged") from None
+        raise ModelFileError(
+            f"{path}: cannot read weight {key} ({exc}); the file is truncated or damaged"
+        ) from None
 
 
 def h5_names(path: Path, group: Any, attr: str) -> list[str]:
@@ -119,7 +145,9 @@ def h5_names(path: Path, group: Any, attr: str) -> list[str]:
     try:
         values = group.attrs.get(attr)
     except (OSError, RuntimeError) as exc:
-        raise ModelFileError(f"{path}: cannot read {group.name} attribute {attr} ({exc}); the file is damaged") from None
+        raise ModelFileError(
+            f"{path}: cannot read {group.name} attribute {attr} ({exc}); the file is damaged"
+        ) from None
     if values is None:
         return []
     return [v.decode() if isinstance(v, bytes) else str(v) for v in np.asarray(values).reshape(-1)]
