@@ -33,6 +33,8 @@ def test_api_names_the_original_layers_and_the_file(tmp_path):
     from fastapi.testclient import TestClient
 
     client = TestClient(_app(_imported_runs(tmp_path)))
+    listed = {r["name"]: r for r in client.get("/api/runs").json()["runs"]}
+    assert listed["keras-seed"]["imported"] == "seed_tf_keras.h5"
     info = client.get("/api/run", params={"run": "keras-seed"}).json()
     assert info["imported"] == {"format": "keras", "file": "seed_tf_keras.h5"}
     assert info["history"] == []

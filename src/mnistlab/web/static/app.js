@@ -126,7 +126,8 @@ async function loadRuns() {
   select.innerHTML = "";
   const usable = data.runs.filter((r) => !r.error);
   for (const r of data.runs) {
-    const label = r.error ? `${r.name} (unreadable)` : `${r.name} · ${r.kind}`;
+    const label = r.error ? `${r.name} (unreadable)`
+      : `${r.name} · ${r.kind}${r.imported ? ` · imported from ${r.imported}` : ""}`;
     select.append(el("option", { value: r.name, text: label, ...(r.error ? { disabled: "" } : {}) }));
   }
   const empty = $("empty");
