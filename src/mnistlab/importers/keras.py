@@ -356,18 +356,12 @@ def _layer_ops(
         padding = str(cfg.get("padding", "valid")).lower()
         if padding not in ("valid", "same"):
             raise ModelFileError(f"{where}: padding {padding!r}; mnistlab reads valid and same")
-        use_bias = bool(cfg.get("use_bias", True))
-        _need(arrays, 2 if use_bias else 1, where)
-        kernel = arrays[0]
-        if kernel.ndim != 4 or kernel.shape[3] != int(cfg.get("filters", -1)):
-            raise ModelFileError(
-                f"{where}: kernel has shape {kernel.shape}, expected (kh, kw, in, {cfg.get('filters')})"
-            )
+        kernel, bias = _kernel_and_bias(cfg, arrays, where, "filters")
         named = {
             "weight": np.ascontiguousarray(kernel.transpose(3, 2, 0, 1))
         }  # (kh, kw, in, out) -> (out, in, kh, kw)
-        if use_bias:
-            named["bias"] = arrays[1]
+        if bias is not None:
+            named["bias"] = bias
         attrs = {
             "kernel": tuple2(cfg.get("kernel_size"), f"{where}: kernel_size"),
             "stride": tuple2(cfg.get("strides", 1), f"{where}: strides"),
@@ -406,18 +400,26 @@ def _layer_ops(
             )
         ]
     if cls == "Dense":
-        use_bias = bool(cfg.get("use_bias", True))
-        _need(arrays, 2 if use_bias else 1, where)
-        kernel = arrays[0]
-        if kernel.ndim != 2 or kernel.shape[1] != int(cfg.get("units", -1)):
-            raise ModelFileError(
-                f"{where}: kernel has shape {kernel.shape}, expected (in, {cfg.get('units')})"
-            )
-        named = {"weight": np.ascontiguousarray(kernel.T), **({"bias": arrays[1]} if use_bias else {})}
+        kernel, bias = _kernel_and_bias(cfg, arrays, where, "units")
+        named = {"weight": np.ascontiguousarray(kernel.T), **({"bias": bias} if bias is not None else {})}
         return [op("dense", {}, **named), *_act_op(cfg, where, op)]
     raise ModelFileError(
         f"{where}: layer class {cls} is not supported"
     )  # pragma: no cover - SUPPORTED_LAYERS covers it
+
+
+def _kernel_and_bias(
+    cfg: dict[str, Any], arrays: list[np.ndarray], where: str, size_key: str
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """A Conv2D's or Dense's kernel (its last axis the filters or units) and bias, checked against
+    the layer's config."""
+    use_bias = bool(cfg.get("use_bias", True))
+    _need(arrays, 2 if use_bias else 1, where)
+    kernel, size = arrays[0], cfg.get(size_key)
+    rank, layout = (4, "(kh, kw, in, {})") if size_key == "filters" else (2, "(in, {})")
+    if kernel.ndim != rank or kernel.shape[-1] != int(size if size is not None else -1):
+        raise ModelFileError(f"{where}: kernel has shape {kernel.shape}, expected {layout.format(size)}")
+    return kernel, (arrays[1] if use_bias else None)
 
 
 def _act_op(cfg: dict[str, Any], where: str, op: Any) -> list[Op]:
