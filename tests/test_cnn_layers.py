@@ -86,11 +86,12 @@ def test_bad_avgpool_and_gap_name_the_layer_and_the_reason(text, fragment):
 
 
 def test_the_activation_table_is_the_spec_vocabulary():
-    assert set(HIDDEN_ACTIVATIONS) == {"relu", "sigmoid", "elu", "tanh", "linear"}
+    assert set(HIDDEN_ACTIVATIONS) == {"relu", "sigmoid", "elu", "tanh", "linear", "leaky_relu"}
     for name in HIDDEN_ACTIVATIONS:
         assert parse_spec(f"conv:4:3:act={name},flatten,output:10").layers[0].act == name
     with pytest.raises(
-        ConfigError, match="unknown activation 'gelu'; choose one of: relu, sigmoid, elu, tanh, linear"
+        ConfigError,
+        match="unknown activation 'gelu'; choose one of: relu, sigmoid, elu, tanh, linear, leaky_relu",
     ):
         parse_spec("conv:4:3:act=gelu,flatten,output:10")
 

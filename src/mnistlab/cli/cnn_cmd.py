@@ -113,17 +113,15 @@ def run_summary(args: argparse.Namespace) -> int:
     manifest = read_manifest(args.run)
     if manifest["kind"] != "cnn" or "spec" not in manifest.get("config", {}):
         raise RunError(
-            f"{args.run}: a {manifest['kind']} run; summary covers CNN runs (for any run: mnistlab layers "
-            "RUN)"
+            f"{args.run}: a {manifest['kind']} run; summary covers CNN runs "
+            "(for any run: mnistlab layers RUN)"
         )
+    from ..importers import original_names
+
     spec = parse_spec(manifest["config"]["spec"])
-    print(
-        summary_table(
-            spec,
-            f"run: {args.run} ({manifest['config'].get('spec_name', '')}, {manifest.get('state', '?')}, "
-            f"{manifest.get('epochs_done', '?')} epochs)",
-        )
-    )
+    title = (f"run: {args.run} ({manifest['config'].get('spec_name', '')}, {manifest.get('state', '?')}, "
+             f"{manifest.get('epochs_done', '?')} epochs)")
+    print(summary_table(spec, title, sources=original_names(manifest)))
     acc = manifest.get("metrics", {}).get("test_accuracy")
     if acc is not None:
         print(f"Test accuracy: {100 * acc:.2f}%")

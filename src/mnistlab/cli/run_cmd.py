@@ -86,10 +86,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_layers(args: argparse.Namespace) -> int:
+    from ..importers import original_names
     from ..models import load_model
+    from ..runs import read_manifest
 
     model = load_model(args.run)
+    sources = original_names(read_manifest(Path(args.run)))
     probe = model.activations(np.zeros((1, 28, 28), np.uint8))
     for name in model.layer_names():
-        print(f"{name:<10} {tuple(probe[name].shape[1:])}")
+        shape = str(tuple(probe[name].shape[1:]))
+        print(f"{name:<10} {shape:<16} {sources.get(name, '')}".rstrip())
     return 0

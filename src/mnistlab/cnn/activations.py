@@ -40,6 +40,8 @@ ACTIVATIONS: dict[str, Activation] = {
         Activation("elu", "ELU"),
         Activation("tanh", "Tanh"),
         Activation("linear", "Identity"),
+        # torch's and ONNX's default slope
+        Activation("leaky_relu", "LeakyReLU", (("negative_slope", 0.01),)),
         Activation("softmax", "Softmax", (("dim", 1),), hidden=False, output=True),
     )
 }

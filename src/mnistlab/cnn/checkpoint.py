@@ -156,6 +156,11 @@ def resume(
     record = read_run(run_dir)
     if record.kind != "cnn":
         raise RunError(f"{run_dir}: a {record.kind} run; --resume here continues CNN runs only")
+    if record.manifest.get("imported"):
+        raise RunError(
+            f"{run_dir}: imported from {record.manifest['imported'].get('file')}, not trained here, "
+            "so it has no training state to resume; train its spec afresh with --spec (see mnistlab summary)"
+        )
     config = config_from_manifest(record.manifest)
     stored_spec = parse_spec(record.config["spec"])
     new_spec = overrides.pop("spec", None)

@@ -151,7 +151,7 @@ def _make_layer(pos: int, ltype: str, args: Sequence[Any], kwargs: Mapping[str, 
             f"layer {pos}: unknown layer type {str(ltype).lower()!r}; choose one of: {', '.join(LAYER_TYPES)}"
         )
     where = f"layer {pos} ({kind.name})"
-    names = [arg.name for arg in kind.args]
+    names = [arg.name for arg in kind.args if arg.positional]
     if len(args) > len(names):
         raise ConfigError(
             f"{where}: too many arguments {list(args)!r}; it takes: {', '.join(names) or 'none'}"
@@ -348,28 +348,26 @@ def count_params(spec: Spec) -> int:
     return sum(info.params for info in infer_shapes(spec))
 
 
-def summary_table(spec: Spec, title: str = "") -> str:
-    """A Keras-style summary: name, type, output shape, parameters, and the totals."""
+def summary_table(spec: Spec, title: str = "", sources: Mapping[str, str] | None = None) -> str:
+    """A Keras-style summary: name, type, output shape, parameters, and the totals; with ``sources``
+    (layer name -> the original model's layers, for imported runs) a column showing them."""
     infos = infer_shapes(spec)
-    rows = [("Layer (name)", "Type", "Output shape", "Param #")]
+    rows = [("Layer (name)", "Type", "Output shape", "Param #") + (("Original layers",) if sources else ())]
     running = 0
     for info in infos:
         fixed = info.kind.non_trainable_params(info.layer, info.output_shape)
         running += fixed
         shape = "(None, " + ", ".join(str(v) for v in info.output_shape) + ")"
         rows.append((info.name, info.kind.keras_name + info.kind.summary_note(info.layer), shape,
-                     f"{info.params + fixed:,}"))
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
-    rule = "=" * (sum(widths) + 3 * 3)
+                     f"{info.params + fixed:,}") + ((sources.get(info.name, ""),) if sources else ()))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    rule = "=" * (sum(widths) + 3 * (len(widths) - 1))
     out = [title] if title else []
     for i, row in enumerate(rows):
         if i < 2:
             out.append(rule)
-        out.append(
-            "   ".join(
-                cell.ljust(w) if j < 3 else cell.rjust(w) for j, (cell, w) in enumerate(zip(row, widths))
-            )
-        )
+        out.append("   ".join(cell.rjust(w) if j == 3 else cell.ljust(w)
+                              for j, (cell, w) in enumerate(zip(row, widths))).rstrip())
     out.append(rule)
     trainable = sum(info.params for info in infos)
     out.append(f"Total params: {trainable + running:,}")

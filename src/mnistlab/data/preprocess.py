@@ -14,6 +14,8 @@ import numpy as np
 from ..errors import ConfigError
 
 KINDS = ("standard", "unit", "none")
+# "affine": per-pixel mean and scale set by an imported model (its own rescaling folded in), never fitted
+LOADABLE_KINDS = KINDS + ("affine",)
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,6 @@ class Preprocessor:
             mean, scale = arrays["mean"].astype(np.float32), arrays["scale"].astype(np.float32)
         except KeyError as exc:
             raise ConfigError(f"preprocessing parameters lack {exc}; the run is incomplete") from None
-        if kind not in KINDS or mean.shape != scale.shape:
+        if kind not in LOADABLE_KINDS or mean.shape != scale.shape:
             raise ConfigError(f"preprocessing parameters are invalid (kind {kind!r}); the run is corrupt")
         return cls(kind, mean, scale)

@@ -125,21 +125,29 @@ def build_report(
                 value, (dict, list)
             ):
                 rows.append({"": key, "value": value})
-        config = [
-            {"parameter": k, "value": v if not isinstance(v, (dict, list)) else json.dumps(v)}
-            for k, v in manifest.get("config", {}).items()
-            if not isinstance(v, (dict, list)) or len(json.dumps(v)) <= 120
-        ]  # a whole layer spec is in spec_string
-        layers = [
-            {"layer": n, "shape": " x ".join(map(str, shapes[n])), "units": shapes[n][0]}
-            for n in model.layer_names()
-        ]
+        config = [{"parameter": k, "value": v if not isinstance(v, (dict, list)) else json.dumps(v)}
+                  for k, v in manifest.get("config", {}).items()
+                  if not isinstance(v, (dict, list)) or len(json.dumps(v)) <= 120]  # specs: spec_string
+        from ..importers import original_names
+
+        sources = original_names(manifest)
+        imported = manifest.get("imported") or {}
+        if imported:
+            origin = f"{imported.get('file')} ({imported.get('format')})"
+            rows.insert(1, {"": "imported from", "value": origin})
+        layers = [{"layer": n, "shape": " x ".join(map(str, shapes[n])), "units": shapes[n][0],
+                   **({"original layers": sources.get(n, "")} if sources else {})}
+                  for n in model.layer_names()]
         versions = [{"library": k, "version": v} for k, v in manifest.get("versions", {}).items()]
         return (_table(rows) + "<h3>Parameters</h3>" + _table(config) + "<h3>Layers</h3>" + _table(layers)
                 + "<h3>Versions</h3>" + _table(versions))
 
     def training() -> str:
         if not history:
+            imported = manifest.get("imported") or {}
+            if imported:
+                return (f'<p class="muted">No training history: this model was imported from '
+                        f'{html.escape(str(imported.get("file")))}, not trained here.</p>')
             return '<p class="muted">No training history in this run.</p>'
         return _img(plot_history(list(history)), "loss and accuracy per epoch")
 

@@ -138,8 +138,12 @@ def create_app(
     @on_model_thread
     def run_info(run: str | None = None) -> dict[str, Any]:
         """The run's manifest, layers with their shapes, class names and training history."""
+        from ..importers import original_names
+
         loaded = store.get(run)
         manifest = loaded.manifest
+        sources = original_names(manifest)
+        imported = manifest.get("imported") or {}
         return {
             "name": loaded.name,
             "kind": manifest.get("kind"),
@@ -148,7 +152,12 @@ def create_app(
             "config": manifest.get("config", {}),
             "metrics": manifest.get("metrics", {}),
             "class_names": _class_names(loaded),
-            "layers": [{"name": k, "shape": list(v)} for k, v in loaded.layer_shapes.items()],
+            # an imported model's layers carry the original model's layer names as "source"
+            "layers": [{"name": k, "shape": list(v), **({"source": sources[k]} if k in sources else {})}
+                       for k, v in loaded.layer_shapes.items()],
+            "imported": (
+                {"format": imported.get("format"), "file": imported.get("file")} if imported else None
+            ),
             "default_oip_layer": default_oip_layer(loaded.model),
             "history": loaded.history,
         }

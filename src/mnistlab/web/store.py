@@ -186,9 +186,11 @@ def _summary(name: str, path: Path) -> dict[str, Any]:
     except (MnistlabError, OSError) as exc:
         return {"name": name, "error": str(exc)}
     metrics = manifest.get("metrics")
+    imported = manifest.get("imported")
     return {
         "name": name,
         "kind": manifest.get("kind"),
+        "imported": imported.get("file") if isinstance(imported, dict) else None,
         "dataset": manifest.get("dataset"),
         "created": manifest.get("created"),
         "metrics": metrics if isinstance(metrics, dict) else {},
