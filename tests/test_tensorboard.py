@@ -124,11 +124,10 @@ def _synthetic_test_images_of_the_script():
 def test_cnn_logs_history_weights_activations_and_grids(tmp_path, monkeypatch):
     torch = pytest.importorskip("torch")
     torch.set_num_threads(1)
-    from test_cnn_train import TINY, synthetic
-
     import mnistlab.data
     from mnistlab.models import load_model
     from mnistlab.tensorboard_log import grid_image
+    from test_cnn_train import TINY, synthetic
 
     ds = synthetic(n_train=256, n_test=300)
     monkeypatch.setattr(mnistlab.data, "load_dataset", lambda name, **_: ds)

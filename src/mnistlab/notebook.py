@@ -7,8 +7,9 @@ where it is saved) and its training curves; a model shows its layers with their 
 from __future__ import annotations
 
 import html
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from .inspect.report import _img, _table
 

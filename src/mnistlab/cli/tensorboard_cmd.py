@@ -29,6 +29,26 @@ def log_dir(args: argparse.Namespace, run_dir: Path) -> Path | None:
     return check_log_dir(args.tensorboard / Path(run_dir).name)
 
 
+def run_cnn_logged(trainer, logdir: Path):
+    """``trainer.run()`` with a TensorBoard log of every epoch and, for a finished run, its end figures."""
+    from ..cnn.levers import torch_threads
+    from ..tensorboard_log import TensorBoardLog
+
+    log = TensorBoardLog(logdir, trainer.dataset)
+    trainer.epoch_callback = log.cnn_callback(trainer)
+    try:
+        result = trainer.run()
+    except BaseException:
+        log.close()
+        raise
+    if result.state != "complete":
+        log.close()
+        return result
+    with torch_threads(trainer.levers.threads):  # as training chose, not torch's default
+        log.finish(result.model, len(result.history))
+    return result
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "tensorboard",
