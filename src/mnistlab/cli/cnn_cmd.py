@@ -38,6 +38,13 @@ def register_train(train_sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     p.add_argument("--resume", type=Path, metavar="RUN", help="continue an interrupted run (or extend it with a larger --epochs)")
     p.add_argument("--reset", action="store_true", help="with --resume RUN: restart RUN from its saved initial weights (new settings allowed; --out DIR to branch)")
+    add_recipe_options(p)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run_train)
+
+
+def add_recipe_options(p: argparse.ArgumentParser) -> None:
+    """The options that set TrainConfig fields, shared with `mnistlab sweep cnn`."""
     t = p.add_argument_group("training")
     t.add_argument("--optimizer", help="rmsprop (Keras settings: rho 0.9, eps 1e-7), sgd, adam, adamw")
     t.add_argument("--lr", type=float, help="(peak) learning rate")
@@ -60,8 +67,6 @@ def register_train(train_sub: argparse._SubParsersAction) -> None:
     h.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None, help="torch.compile the network")
     h.add_argument("--cuda-graphs", help="capture the training step as a CUDA graph: auto, on, off")
     h.add_argument("--threads", type=int, help="CPU threads (0: torch's default)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=run_train)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
