@@ -9,6 +9,7 @@ parameters again. Nothing here coordinates workers in any other way.
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import time
 import warnings
@@ -213,6 +214,7 @@ def _objective(sweep: Sweep, study: Any, trial: Any) -> float:
     name = run_name(sweep.study, trial.number)
     trial.set_user_attr("run", name)
     trial.set_user_attr("host", socket.gethostname())
+    trial.set_user_attr("pid", os.getpid())
     last_epoch = sweep.engine.epochs(config)
     pruned_at: list[int] = []
     accuracies: list[float] = []
