@@ -90,18 +90,28 @@ def open_storage(url: str, *, heartbeat: int | None = HEARTBEAT_S) -> Any:
         kwargs = {"pool_pre_ping": True, "connect_args": {"connect_timeout": 10}}
     optuna.logging.set_verbosity(logging.ERROR)  # the worker reports trials itself, one line each
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    try:
-        return RDBStorage(
-            url, engine_kwargs=kwargs, heartbeat_interval=heartbeat, grace_period=2 * heartbeat if heartbeat else None,
-            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY) if heartbeat else None,
-        )
-    except ModuleNotFoundError as exc:
-        raise ConfigError(f"storage {shown!r} needs the {exc.name} module; install the sweep extra: "
-                          "pip install 'mnistlab[sweep]'") from None
-    except Exception as exc:  # SQLAlchemy's errors for a bad URL, a refused connection, a bad password
-        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0][:300]
-        raise MnistlabError(f"storage {shown!r}: cannot open it ({reason}); check the URL and that the "
-                            "database server is running and accepts this user") from None
+    for attempt in range(5):
+        try:
+            return RDBStorage(
+                url, engine_kwargs=kwargs, heartbeat_interval=heartbeat,
+                grace_period=2 * heartbeat if heartbeat else None,
+                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY) if heartbeat else None,
+            )
+        except ModuleNotFoundError as exc:
+            raise ConfigError(f"storage {shown!r} needs the {exc.name} module; install the sweep extra: "
+                              "pip install 'mnistlab[sweep]'") from None
+        except Exception as exc:  # SQLAlchemy's errors for a bad URL, a refused connection, a bad password
+            reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0][:300]
+            if attempt < 4 and _creating_concurrently(reason):
+                time.sleep(0.5 + attempt)  # another worker is creating the same tables right now
+                continue
+            raise MnistlabError(f"storage {shown!r}: cannot open it ({reason}); check the URL and that the "
+                                "database server is running and accepts this user") from None
+    raise AssertionError("unreachable")
+
+
+def _creating_concurrently(reason: str) -> bool:
+    return any(s in reason for s in ("UNIQUE constraint", "already exists", "duplicate key", "database is locked"))
 
 
 def redact(url: str) -> str:
