@@ -26,6 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=1,
         help="torch threads for CNN runs (default 1: one image's forward pass gains nothing from more)",
     )
+    p.add_argument("--storage", metavar="URL", help="sweep storage for the Sweeps tab (default RUNS/sweeps.db when it exists)")
     p.set_defaults(func=serve)
 
 
@@ -49,7 +50,7 @@ def serve(args: argparse.Namespace) -> int:
     runs = Path(args.runs)
     if not runs.is_dir():
         print(f"mnistlab: note: {runs} does not exist yet; runs trained into it will appear on the page", file=sys.stderr)
-    app = create_app(runs, torch_threads=args.threads)
+    app = create_app(runs, torch_threads=args.threads, sweep_storage=args.storage)
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning")
     server = uvicorn.Server(config)
     _announce_url(server, args.host)

@@ -421,7 +421,8 @@ function openTab(name) {
   for (const s of document.querySelectorAll(".tab")) s.classList.toggle("active", s.id === `tab-${name}`);
   if (!state.run || state.loaded[name]) return;
   state.loaded[name] = true;
-  const loaders = { misclassified: loadMisclassified, confusion: loadConfusion, training: loadTraining, oip: () => {}, compare: () => {} };
+  const loaders = { misclassified: loadMisclassified, confusion: loadConfusion, training: loadTraining, oip: () => {}, compare: () => {},
+    sweeps: () => window.loadSweeps() };  // sweeps.js
   if (loaders[name]) loaders[name]();
 }
 
