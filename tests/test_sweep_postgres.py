@@ -17,7 +17,6 @@ from pathlib import Path
 
 import optuna
 import pytest
-
 from sweep_workers import check_complete_study, finish, start_worker, wait_for_running_trial
 
 pytestmark = pytest.mark.slow
@@ -53,7 +52,7 @@ def postgres_url():
     finally:
         if data.exists():
             subprocess.run(["runuser", "-u", "nobody", "--", str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate",
-                            "stop"], capture_output=True, timeout=60)
+                            "stop"], capture_output=True, timeout=60, check=False)
         shutil.rmtree(home, ignore_errors=True)
 
 
@@ -76,7 +75,7 @@ def test_a_worker_killed_mid_trial_is_retried_and_the_study_still_completes(tmp_
     assert not (runs / f"sweeps/pg/trial-{killed:04d}" / "run.json").exists()  # the killed trial never completed
     # `sweep show` reads the same study from the server
     show = subprocess.run([os.sys.executable, "-m", "mnistlab", "sweep", "show", "pg", "--storage", postgres_url,
-                           "--runs", str(runs), "--no-test"], capture_output=True, text=True, timeout=120,
+                           "--runs", str(runs), "--no-test"], capture_output=True, text=True, timeout=120, check=False,
                           env={k: v for k, v in os.environ.items() if k != "MNISTLAB_HOME"})
     assert show.returncode == 0, show.stderr
     assert "7 trials, 6 wanted" in show.stdout and f"\n{killed}" in show.stdout and "fail" in show.stdout

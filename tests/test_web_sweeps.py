@@ -7,12 +7,12 @@ import time
 
 import numpy as np
 import pytest
+from test_web_helpers import tiny_dataset
 
 from mnistlab.data import Dataset
 from mnistlab.mlp.config import MLPConfig
 from mnistlab.sweep import Sweep, open_storage, parse_space, run_worker, without_test_split
 from mnistlab.sweep.engines import MLPEngine
-from test_web_helpers import tiny_dataset
 
 pytest.importorskip("fastapi")
 
@@ -62,9 +62,9 @@ def test_the_sweep_endpoints_list_studies_and_trials_with_their_runs(sweep_runs,
 @pytest.mark.browser
 def test_a_point_of_the_sweep_chart_opens_the_trial_run(sweep_runs):
     import uvicorn
+    from test_web_browser import CHROMIUM_FLAGS, _chromium
 
     from mnistlab.web.app import create_app
-    from test_web_browser import CHROMIUM_FLAGS, _chromium
 
     playwright_api = pytest.importorskip("playwright.sync_api")
     server = uvicorn.Server(uvicorn.Config(create_app(sweep_runs, dataset_loader=tiny_dataset), host="127.0.0.1",

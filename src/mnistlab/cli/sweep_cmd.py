@@ -101,6 +101,11 @@ def run_sweep(args: argparse.Namespace) -> int:
     both = sorted(d.name for d in space if d.name in given or engine.fields.get(d.name) in given)
     if both:
         raise ConfigError(f"{', '.join(both)}: both fixed by an option and searched in the space; drop one")
+    import logging
+
+    import optuna
+
+    optuna.logging.set_verbosity(logging.ERROR)  # the worker reports each trial itself, in one line
     storage_url = args.storage or default_storage(args.runs)
     storage = open_storage(storage_url, heartbeat=args.heartbeat)  # a bad URL fails before the data loads
     dataset = without_test_split(load_dataset_from_args(args), args.train_size)

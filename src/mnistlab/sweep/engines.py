@@ -4,9 +4,10 @@ one trial's training into a run directory with a per-epoch callback."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, ClassVar
 
 from ..data import Dataset
 from ..errors import ConfigError
@@ -31,7 +32,7 @@ class MLPEngine:
         "layers=choice:70,30|100,50"
     )
     # search name -> MLPConfig field (the same name except layers)
-    fields = {"layers": "hidden"}
+    fields: ClassVar[dict[str, str]] = {"layers": "hidden"}
 
     def params(self, base: Any) -> dict[str, Param]:
         from ..mlp.config import MLPConfig
@@ -80,7 +81,7 @@ class CNNEngine:
     default_space = (
         "lr=log:1e-4:3e-3 batch_size=choice:32,64,128 weight_decay=log:1e-6:1e-3 optimizer=choice:rmsprop,adam"
     )
-    fields: dict[str, str] = {}
+    fields: ClassVar[dict[str, str]] = {}
 
     def params(self, base: Any) -> dict[str, Param]:
         from ..cnn.training import TrainConfig

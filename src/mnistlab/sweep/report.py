@@ -3,8 +3,9 @@ once after the sweep, and figures. Shared by `mnistlab sweep show` and the web p
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..errors import ConfigError, RunError
 
@@ -93,7 +94,7 @@ def best_test_accuracy(study: Any, runs_dir: Path, load_dataset: Callable[[str],
     predicted = load_model(run_dir).predict(dataset.test_images)
     accuracy = float((predicted == dataset.test_labels).mean())
     result = {"trial": best.number, "run": run, "val_accuracy": best.value, "test_accuracy": accuracy,
-              "test_images": int(len(dataset.test_labels))}
+              "test_images": len(dataset.test_labels)}
     study.set_user_attr(BEST_TEST, result)
     return result
 

@@ -8,14 +8,14 @@ parameters again. Nothing here coordinates workers in any other way.
 
 from __future__ import annotations
 
-import logging
 import os
 import socket
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..callbacks import StopTraining
 from ..data import Dataset
@@ -88,26 +88,25 @@ def open_storage(url: str, *, heartbeat: int | None = HEARTBEAT_S) -> Any:
         kwargs = {"connect_args": {"timeout": 60}}
     else:
         kwargs = {"pool_pre_ping": True, "connect_args": {"connect_timeout": 10}}
-    optuna.logging.set_verbosity(logging.ERROR)  # the worker reports trials itself, one line each
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    for attempt in range(5):
+    with warnings.catch_warnings():  # the retry callback is marked experimental; it is what we need
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        retry = RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY) if heartbeat else None
+    attempt = 0
+    while True:
         try:
-            return RDBStorage(
-                url, engine_kwargs=kwargs, heartbeat_interval=heartbeat,
-                grace_period=2 * heartbeat if heartbeat else None,
-                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY) if heartbeat else None,
-            )
+            return RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=heartbeat,
+                              grace_period=2 * heartbeat if heartbeat else None, heartbeat_stale_trial_callback=retry)
         except ModuleNotFoundError as exc:
             raise ConfigError(f"storage {shown!r} needs the {exc.name} module; install the sweep extra: "
                               "pip install 'mnistlab[sweep]'") from None
-        except Exception as exc:  # SQLAlchemy's errors for a bad URL, a refused connection, a bad password
+        except Exception as exc:  # noqa: BLE001  SQLAlchemy's errors: a bad URL, a refused connection, a bad password
             reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0][:300]
-            if attempt < 4 and _creating_concurrently(reason):
-                time.sleep(0.5 + attempt)  # another worker is creating the same tables right now
+            attempt += 1
+            if attempt < 5 and _creating_concurrently(reason):
+                time.sleep(0.5 * attempt)  # another worker is creating the same tables right now
                 continue
             raise MnistlabError(f"storage {shown!r}: cannot open it ({reason}); check the URL and that the "
                                 "database server is running and accepts this user") from None
-    raise AssertionError("unreachable")
 
 
 def _creating_concurrently(reason: str) -> bool:
@@ -194,7 +193,9 @@ def run_worker(sweep: Sweep, storage: Any) -> Any:
         if sweep.timeout is not None and time.monotonic() - started > sweep.timeout:
             sweep.say(f"--timeout {sweep.timeout:g} s reached; this worker stops")
             break
-        optuna.storages.fail_stale_trials(study)  # a killed worker's trial: failed, its parameters queued again
+        with warnings.catch_warnings():  # experimental in Optuna; optimize() calls it the same way
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)  # a killed worker's trial: failed, its parameters queued again
         c = counts(study)
         if finished(c) >= sweep.trials:
             break
