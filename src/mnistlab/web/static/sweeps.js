@@ -51,18 +51,9 @@ async function openTrialRun(run) {
 function sweepChart(rows) {
   const pts = rows.filter((r) => typeof r.val_accuracy === "number").sort((a, b) => a.trial - b.trial);
   const W = 640, H = 280, m = { l: 54, r: 14, t: 16, b: 34 };
-  const ns = "http://www.w3.org/2000/svg";
-  const svg = document.createElementNS(ns, "svg");
-  svg.setAttribute("width", W); svg.setAttribute("height", H); svg.setAttribute("viewBox", `0 0 ${W} ${H}`);
+  const [svg, add] = svgCanvas(W, H);
   svg.setAttribute("class", "sweep-chart");
   if (!pts.length) return svg;
-  const add = (tag, attrs, text) => {
-    const n = document.createElementNS(ns, tag);
-    for (const [k, v] of Object.entries(attrs)) n.setAttribute(k, v);
-    if (text != null) n.textContent = text;
-    svg.append(n);
-    return n;
-  };
   const vals = pts.map((r) => r.val_accuracy);
   let lo = Math.min(...vals), hi = Math.max(...vals);
   if (hi === lo) { hi += 0.01; lo -= 0.01; }
@@ -84,7 +75,7 @@ function sweepChart(rows) {
     const dot = add("circle", { cx: X(r.trial), cy: Y(r.val_accuracy), r: 5, fill: STATE_COLORS[r.state] || "#999",
       class: "sweep-point", "data-trial": r.trial, "data-run": r.run || "", cursor: r.run ? "pointer" : "default" });
     const params = Object.entries(r.params).map(([k, v]) => `${k}=${v}`).join(" ");
-    dot.append(Object.assign(document.createElementNS(ns, "title"),
+    dot.append(Object.assign(document.createElementNS(SVG_NS, "title"),
       { textContent: `trial ${r.trial} (${r.state}): ${r.val_accuracy.toFixed(4)}  ${params}` }));
     if (r.run) dot.addEventListener("click", () => openTrialRun(r.run));
   }
