@@ -4,6 +4,7 @@ once after the sweep, and figures. Shared by `mnistlab sweep show` and the web p
 from __future__ import annotations
 
 from collections.abc import Callable
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +107,7 @@ def write_figures(study: Any, out_dir: Path) -> dict[str, Path | str]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import optuna
     from optuna.trial import TrialState
     from optuna.visualization import matplotlib as ovm
 
@@ -119,7 +121,9 @@ def write_figures(study: Any, out_dir: Path) -> dict[str, Path | str]:
             out[name] = f"needs {needed[name]} complete trial(s)"
             continue
         try:
-            drawn = make(study)
+            with warnings.catch_warnings():  # Optuna marks its matplotlib plots experimental
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                drawn = make(study)
         except (ValueError, RuntimeError) as exc:  # e.g. importances of a single-valued parameter
             out[name] = f"not drawn: {exc}"
             continue
