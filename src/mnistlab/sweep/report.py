@@ -3,8 +3,8 @@ once after the sweep, and figures. Shared by `mnistlab sweep show` and the web p
 
 from __future__ import annotations
 
-from collections.abc import Callable
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
