@@ -161,14 +161,15 @@ def _base_config(args: argparse.Namespace) -> tuple[Any, set[str]]:
 def run_show(args: argparse.Namespace) -> int:
     from ..data import load_dataset
     from ..sweep.report import best_test_accuracy, load_study, table_text, trial_rows, write_figures
-    from ..sweep.study import open_storage
+    from ..sweep.study import open_storage, recipe_of
 
     storage = open_storage(args.storage or default_storage(args.runs), heartbeat=None)
     study = load_study(args.study, storage)
     rows = trial_rows(study)
-    total = study.user_attrs.get("trials")
-    print(f"study {args.study!r} ({study.user_attrs.get('engine', '?')}): {len(rows)} trials"
-          + (f", {total} wanted" if total else "") + f"; space: {study.user_attrs.get('space', '?')}")
+    recipe = recipe_of(study)
+    total = recipe.get("trials")
+    print(f"study {args.study!r} ({recipe.get('engine', '?')}): {len(rows)} trials"
+          + (f", {total} wanted" if total else "") + f"; space: {recipe.get('space', '?')}")
     print(table_text(rows))
     if not args.no_test:
         try:

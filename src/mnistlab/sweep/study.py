@@ -27,6 +27,7 @@ from .space import Dimension, Param, trial_values
 PRUNERS = ("median", "hyperband")
 HEARTBEAT_S = 10  # Optuna's heartbeat interval; a silent trial is failed after twice this
 MAX_RETRY = 3
+RECIPE = "recipe"  # the study attribute holding recipe_of(study)
 SWEEP_FILE = "sweep.json"  # in each trial's run directory: which study and trial it belongs to
 
 
@@ -65,6 +66,13 @@ def run_name(study: str, number: int) -> str:
 def open_storage(url: str, *, heartbeat: int | None = HEARTBEAT_S) -> Any:
     """Optuna's RDB storage for ``url``; one MnistlabError line when it is wrong or unreachable."""
     import optuna
+
+    with warnings.catch_warnings():  # Optuna marks the heartbeat and its retry callback experimental
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return _open_storage(url, heartbeat)
+
+
+def _open_storage(url: str, heartbeat: int | None) -> Any:
     from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
     shown = redact(url)
@@ -88,9 +96,7 @@ def open_storage(url: str, *, heartbeat: int | None = HEARTBEAT_S) -> Any:
         kwargs = {"connect_args": {"timeout": 60}}
     else:
         kwargs = {"pool_pre_ping": True, "connect_args": {"connect_timeout": 10}}
-    with warnings.catch_warnings():  # the retry callback is marked experimental; it is what we need
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        retry = RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY) if heartbeat else None
+    retry = RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY) if heartbeat else None
     attempt = 0
     while True:
         try:
@@ -132,12 +138,10 @@ def load_or_create_study(sweep: Sweep, storage: Any) -> Any:
     study = optuna.create_study(study_name=sweep.study, storage=storage, direction="maximize",
                                 load_if_exists=True, pruner=pruner)
     recipe = {"engine": sweep.engine.name, "space": " ".join(d.term for d in sweep.space),
-              "fixed": sweep.engine.recipe(sweep.base)}
-    stored = study.user_attrs
+              "fixed": sweep.engine.recipe(sweep.base), "trials": sweep.trials}
+    stored = recipe_of(study)
     if not stored:
-        for key, value in recipe.items():
-            study.set_user_attr(key, value)
-        study.set_user_attr("trials", sweep.trials)
+        study.set_user_attr(RECIPE, recipe)  # one attribute, so a worker never sees half of it
         return study
     for key, what in (("engine", "engine"), ("space", "search space"), ("fixed", "fixed options")):
         if stored.get(key) != recipe[key]:
@@ -145,6 +149,12 @@ def load_or_create_study(sweep: Sweep, storage: Any) -> Any:
             raise ConfigError(f"study {sweep.study!r} was started with another {what} ({diff}); rerun with the "
                               "same options or start a new --study")
     return study
+
+
+def recipe_of(study: Any) -> dict[str, Any]:
+    """What the study's first worker stored: engine, space, fixed options and the trials wanted."""
+    recipe = study.user_attrs.get(RECIPE)
+    return recipe if isinstance(recipe, dict) else {}
 
 
 def _difference(old: Any, new: Any) -> str:

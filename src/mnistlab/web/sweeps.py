@@ -46,7 +46,7 @@ def sweep_router(runs_dir: Path, storage_url: str | None = None) -> APIRouter:
         """The studies in the sweep storage, with their trial counts and best validation accuracy."""
         import optuna
 
-        from ..sweep.study import counts, redact
+        from ..sweep.study import counts, recipe_of, redact
 
         found = storage()
         if found is None:
@@ -57,7 +57,8 @@ def sweep_router(runs_dir: Path, storage_url: str | None = None) -> APIRouter:
             study = optuna.load_study(study_name=name, storage=st)
             c = counts(study)
             best = study.best_value if c.get("complete") else None
-            studies.append({"name": name, "engine": study.user_attrs.get("engine"), "wanted": study.user_attrs.get("trials"),
+            recipe = recipe_of(study)
+            studies.append({"name": name, "engine": recipe.get("engine"), "wanted": recipe.get("trials"),
                             "counts": c, "best_val_accuracy": best})
         return {"storage": redact(url), "studies": studies}
 
@@ -65,6 +66,7 @@ def sweep_router(runs_dir: Path, storage_url: str | None = None) -> APIRouter:
     def sweep(study: str) -> dict[str, Any]:
         """One study: its trials best first (state, parameters, validation accuracy, run name)."""
         from ..sweep.report import BEST_TEST, load_study, trial_rows
+        from ..sweep.study import recipe_of
 
         found = storage()
         if found is None:
@@ -74,7 +76,8 @@ def sweep_router(runs_dir: Path, storage_url: str | None = None) -> APIRouter:
         for row in rows:  # a run trained on another machine is not here to open
             if row["run"] and not (Path(runs_dir) / row["run"] / "run.json").is_file():
                 row["run"] = None
-        return {"name": study, "engine": loaded.user_attrs.get("engine"), "space": loaded.user_attrs.get("space"),
-                "wanted": loaded.user_attrs.get("trials"), "rows": rows, "best_test": loaded.user_attrs.get(BEST_TEST)}
+        recipe = recipe_of(loaded)
+        return {"name": study, "engine": recipe.get("engine"), "space": recipe.get("space"),
+                "wanted": recipe.get("trials"), "rows": rows, "best_test": loaded.user_attrs.get(BEST_TEST)}
 
     return router
