@@ -50,6 +50,7 @@ def study_of(tmp_path, name):
     return optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path}/runs/sweeps.db")
 
 
+@pytest.mark.slow  # several trainings, seconds each
 def test_mlp_sweep_never_reads_the_test_split_and_prunes_a_hopeless_trial(tmp_path, no_test_split, monkeypatch):
     monkeypatch.chdir(tmp_path)
     storage = f"sqlite:///{tmp_path}/runs/sweeps.db"
@@ -97,6 +98,7 @@ def test_a_worker_with_another_recipe_is_refused_in_one_line(tmp_path, no_test_s
     assert "lr: both fixed by an option and searched" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # several trainings, seconds each
 def test_cnn_sweep_reports_each_epoch_and_never_reads_the_test_split(tmp_path, no_test_split, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     args = ["sweep", "cnn", "--study", "c", "--trials", "2", "--val", "200", "--epochs", "2", "--spec",
@@ -116,6 +118,7 @@ def test_cnn_sweep_reports_each_epoch_and_never_reads_the_test_split(tmp_path, n
         load_model(run)
 
 
+@pytest.mark.slow  # several trainings, seconds each
 def test_show_prints_the_table_best_first_and_the_best_test_accuracy_once(tmp_path, monkeypatch, capsys):
     """`sweep show` is the one place the test split is read: once per best trial, labelled."""
     images, labels = learnable(1000, 0)
