@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import threading
-import time
-
 import numpy as np
 import pytest
+from test_web_browser import _serve, browser  # noqa: F401  (browser: the module's Chromium fixture)
 from test_web_helpers import tiny_dataset
 
 from mnistlab.data import Dataset
@@ -59,41 +57,29 @@ def test_the_sweep_endpoints_list_studies_and_trials_with_their_runs(sweep_runs,
     assert not (tmp_path / "sweeps.db").exists()  # looking does not create a database
 
 
-@pytest.mark.browser
-def test_a_point_of_the_sweep_chart_opens_the_trial_run(sweep_runs):
-    import uvicorn
-    from test_web_browser import CHROMIUM_FLAGS, _chromium
-
+@pytest.fixture(scope="module")
+def sweep_server(sweep_runs):
+    pytest.importorskip("uvicorn")
     from mnistlab.web.app import create_app
 
-    playwright_api = pytest.importorskip("playwright.sync_api")
-    server = uvicorn.Server(uvicorn.Config(create_app(sweep_runs, dataset_loader=tiny_dataset), host="127.0.0.1",
-                                           port=0, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        with playwright_api.sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=_chromium(), args=CHROMIUM_FLAGS)
-            page = browser.new_page()
-            errors = []
-            page.on("pageerror", lambda exc: errors.append(str(exc)))
-            page.goto(f"http://127.0.0.1:{port}/")
-            page.click("button[data-tab=sweeps]")
-            page.wait_for_selector("#sweep-table tr[data-trial]")
-            assert page.locator("#sweep-table tr[data-trial]").count() == 3
-            assert "3 of 3 trials finished" in page.inner_text("#sweep-about")
-            point = page.locator("circle.sweep-point[data-trial='2']")
-            run = point.get_attribute("data-run")
-            assert run == "sweeps/web/trial-0002"
-            point.click()
-            page.wait_for_selector("#tab-training.active #curves svg")
-            assert page.eval_on_selector("#run-select", "s => s.value") == run
-            assert "MLP" in page.inner_text("#run-info") and not errors
-            browser.close()
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    yield from _serve(create_app(sweep_runs, dataset_loader=tiny_dataset))
+
+
+@pytest.mark.browser
+def test_a_point_of_the_sweep_chart_opens_the_trial_run(sweep_server, browser):
+    page = browser.new_page()
+    errors = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(sweep_server + "/")
+    page.click("button[data-tab=sweeps]")
+    page.wait_for_selector("#sweep-table tr[data-trial]")
+    assert page.locator("#sweep-table tr[data-trial]").count() == 3
+    assert "3 of 3 trials finished" in page.inner_text("#sweep-about")
+    point = page.locator("circle.sweep-point[data-trial='2']")
+    run = point.get_attribute("data-run")
+    assert run == "sweeps/web/trial-0002"
+    point.click()
+    page.wait_for_selector("#tab-training.active #curves svg")
+    assert page.eval_on_selector("#run-select", "s => s.value") == run
+    assert "MLP" in page.inner_text("#run-info") and not errors
+    page.close()

@@ -35,7 +35,7 @@ def register_train(train_sub: argparse._SubParsersAction) -> None:
 def add_config_options(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     """The options that set MLPConfig fields (and --threads), shared with `mnistlab sweep mlp`;
     returns the training group for callers to add to."""
-    from ..mlp.config import ACTIVATIONS, INITS, MOMENTUM_FORMS, OUTPUTS, PREPROCESSING, SCHEDULES
+    from ..mlp.config import ACTIVATIONS, INITS, MOMENTUM_FORMS, OPTIMIZERS, OUTPUTS, PREPROCESSING, SCHEDULES
 
     g = p.add_argument_group("network")
     g.add_argument("--layers", type=_sizes, help="hidden layer sizes, e.g. 70,30")
@@ -48,6 +48,7 @@ def add_config_options(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     t = p.add_argument_group("training")
     t.add_argument("--epochs", type=int)
     t.add_argument("--batch-size", type=int)
+    t.add_argument("--optimizer", help=f"update rule: {', '.join(OPTIMIZERS)} (the momentum options apply to sgd)")
     t.add_argument("--lr", type=float, help="(initial) learning rate")
     t.add_argument("--momentum", type=float)
     t.add_argument("--momentum-form", help=f"momentum arithmetic: {', '.join(MOMENTUM_FORMS)}")
@@ -70,8 +71,9 @@ def add_config_options(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
 _FIELDS = {"layers": "hidden"} | {
     name: name
     for name in (
-        "activation", "output", "init", "dtype", "seed", "preprocess", "epochs", "batch_size", "lr", "momentum",
-        "momentum_form", "nesterov", "l1", "l2", "schedule", "decay", "step_size", "gamma", "lr_min", "val", "patience",
+        "activation", "output", "init", "dtype", "seed", "preprocess", "epochs", "batch_size", "optimizer", "lr",
+        "momentum", "momentum_form", "nesterov", "l1", "l2", "schedule", "decay", "step_size", "gamma", "lr_min",
+        "val", "patience",
     )
 }
 
@@ -113,7 +115,7 @@ def config_from_args(args: argparse.Namespace):
 
 def run_train(args: argparse.Namespace) -> int:
     from ..mlp.run import train_on_dataset
-    from ..mlp.train import describe_layout
+    from ..mlp.layout import describe_layout
 
     config = config_from_args(args)
     out = args.out or Path("runs") / f"mlp-{args.dataset}-{datetime.now():%Y%m%d-%H%M%S}"
@@ -125,7 +127,7 @@ def run_train(args: argparse.Namespace) -> int:
     bar = tqdm(total=config.epochs, unit="epoch", desc="train mlp", disable=args.no_progress, file=sys.stderr)
 
     def on_epoch(row: dict[str, Any]) -> None:
-        shown = {"cost": f"{row['cost']:.4f}", "train": f"{row['train_accuracy']:.4f}"}
+        shown = {"loss": f"{row['loss']:.4f}", "train": f"{row['train_accuracy']:.4f}"}
         if "test_accuracy" in row:
             shown["test"] = f"{row['test_accuracy']:.4f}"
         if "val_accuracy" in row:
@@ -154,7 +156,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 def profile_table(history: list[dict[str, Any]]) -> str:
     """Seconds per phase of the batch loop, summed over the epochs."""
-    from ..mlp.train import PHASES
+    from ..mlp.profile import PHASES
 
     totals = {p: sum(row.get(f"time_{p}", 0.0) for row in history) for p in PHASES}
     whole = sum(totals.values()) or 1.0
