@@ -66,7 +66,7 @@ def sweep_server(sweep_runs):
 
 
 @pytest.mark.browser
-def test_a_point_of_the_sweep_chart_opens_the_trial_run(sweep_server, browser):
+def test_a_point_of_the_sweep_chart_opens_the_trial_run(sweep_server, browser):  # noqa: F811
     page = browser.new_page()
     errors = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
