@@ -54,8 +54,10 @@ function sweepChart(rows) {
   const [svg, add] = svgCanvas(W, H);
   svg.setAttribute("class", "sweep-chart");
   if (!pts.length) return svg;
-  const vals = pts.map((r) => r.val_accuracy);
-  let lo = Math.min(...vals), hi = Math.max(...vals);
+  // The scale follows the bulk of the trials; a collapsed one (chance level) sits on the bottom edge, hollow.
+  const vals = pts.map((r) => r.val_accuracy).sort((a, b) => a - b);
+  const q1 = vals[Math.floor(vals.length / 4)];
+  let hi = vals[vals.length - 1], lo = Math.max(vals[0], q1 - 2 * (hi - q1));
   if (hi === lo) { hi += 0.01; lo -= 0.01; }
   const pad = (hi - lo) * 0.08; lo -= pad; hi += pad;
   const x0 = Math.min(...pts.map((r) => r.trial)), x1 = Math.max(x0 + 1, ...pts.map((r) => r.trial));
@@ -64,15 +66,20 @@ function sweepChart(rows) {
   for (let i = 0; i <= 4; i++) {
     const v = lo + ((hi - lo) * i) / 4;
     add("line", { x1: m.l, x2: W - m.r, y1: Y(v), y2: Y(v), stroke: "#eceef2" });
-    add("text", { x: m.l - 6, y: Y(v) + 4, "font-size": 10, fill: "#6b7385", "text-anchor": "end" }, v.toFixed(3));
+    add("text", { x: m.l - 6, y: Y(v) + 4, "font-size": 10, fill: "#6b7385", "text-anchor": "end" }, v.toFixed(4));
   }
   add("text", { x: (W + m.l) / 2, y: H - 6, "font-size": 11, fill: "#6b7385", "text-anchor": "middle" }, "trial");
+  const every = Math.max(1, Math.ceil((x1 - x0) / 10));
+  for (let t = x0; t <= x1; t += every) {
+    add("text", { x: X(t), y: H - m.b + 14, "font-size": 10, fill: "#6b7385", "text-anchor": "middle" }, t);
+  }
   // the best complete value so far, as a step line
   let best = -Infinity; const steps = [];
   for (const r of pts) if (r.state === "complete") { best = Math.max(best, r.val_accuracy); steps.push([r.trial, best]); }
-  if (steps.length) add("polyline", { points: steps.map(([x, y]) => `${X(x)},${Y(y)}`).join(" "), fill: "none", stroke: "#1f9d55", "stroke-width": 1.5 });
+  if (steps.length) add("polyline", { points: steps.map(([x, y]) => `${X(x)},${Y(Math.max(y, lo))}`).join(" "), fill: "none", stroke: "#1f9d55", "stroke-width": 1.5 });
   for (const r of pts) {
-    const dot = add("circle", { cx: X(r.trial), cy: Y(r.val_accuracy), r: 5, fill: STATE_COLORS[r.state] || "#999",
+    const below = r.val_accuracy < lo, color = STATE_COLORS[r.state] || "#999";
+    const dot = add("circle", { cx: X(r.trial), cy: Y(Math.max(r.val_accuracy, lo)), r: 5, fill: below ? "#fff" : color, stroke: color,
       class: "sweep-point", "data-trial": r.trial, "data-run": r.run || "", cursor: r.run ? "pointer" : "default" });
     const params = Object.entries(r.params).map(([k, v]) => `${k}=${v}`).join(" ");
     dot.append(Object.assign(document.createElementNS(SVG_NS, "title"),
