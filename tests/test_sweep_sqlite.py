@@ -33,7 +33,7 @@ def test_ctrl_c_ends_the_current_trial_and_a_rerun_continues_the_study(tmp_path,
     worker.send_signal(signal.SIGINT)
     out = finish(worker, log)
     assert worker.returncode == 130, out
-    assert "interrupted; the current trial is marked failed. Rerun the same command" in out and "Traceback" not in out
+    assert "interrupted; a trial this worker was running is marked failed. Rerun the same command" in out and "Traceback" not in out
     study = load("stop", storage)
     assert study.trials[number].state == optuna.trial.TrialState.FAIL
     assert not (runs / f"sweeps/stop/trial-{number:04d}").exists()

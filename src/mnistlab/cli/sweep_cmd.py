@@ -118,7 +118,7 @@ def run_sweep(args: argparse.Namespace) -> int:
     try:
         study = run_worker(sweep, storage)
     except KeyboardInterrupt:
-        info("mnistlab: interrupted; the current trial is marked failed. Rerun the same command to continue the study.")
+        info("mnistlab: interrupted; a trial this worker was running is marked failed. Rerun the same command to continue the study.")
         return 130
     c = counts(study)
     print(f"study {args.study!r}: {finished(c)} of {args.trials} trials finished "

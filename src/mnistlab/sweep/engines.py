@@ -16,6 +16,8 @@ from .space import Param
 DEFAULT_VAL = 10_000  # the objective's held-out images: the last ones of the training split
 
 EpochCallback = Callable[[dict[str, Any]], None]
+# config field annotations (strings under postponed evaluation) a sweep can search as plain values
+SCALARS: dict[str, type] = {"int": int, "float": float, "str": str}
 
 
 @dataclass
@@ -37,17 +39,12 @@ class MLPEngine:
     def params(self, base: Any) -> dict[str, Param]:
         from ..mlp.config import MLPConfig
 
-        kinds = {f.name: f.type for f in dataclasses.fields(MLPConfig)}
         skip = {"input_size", "n_classes", "nesterov", "patience", "val", "seed", "dtype"}
-        out: dict[str, Param] = {}
-        for field, type_name in kinds.items():
-            if field in skip:
-                continue
-            kind = {"int": int, "float": float, "str": str}.get(str(type_name))
-            name = "layers" if field == "hidden" else field
-            kind = tuple if field == "hidden" else kind
-            if kind is not None:
-                out[name] = Param(kind, self._checker(base, field))
+        out: dict[str, Param] = {"layers": Param(tuple, self._checker(base, "hidden"))}
+        for field in dataclasses.fields(MLPConfig):
+            kind = SCALARS.get(str(field.type))
+            if field.name not in skip and kind is not None:
+                out[field.name] = Param(kind, self._checker(base, field.name))
         return out
 
     def _checker(self, base: Any, field: str) -> Callable[[Any], None]:
@@ -89,7 +86,7 @@ class CNNEngine:
         skip = set(TrainConfig.HOW) | {"dataset", "val", "seed", "nesterov"}
         out: dict[str, Param] = {}
         for field in dataclasses.fields(TrainConfig):
-            kind = {"int": int, "float": float, "str": str}.get(str(field.type))
+            kind = SCALARS.get(str(field.type))
             if field.name not in skip and kind is not None:
                 out[field.name] = Param(kind, self._checker(base, field.name))
         return out
