@@ -12,9 +12,10 @@ import math
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -91,7 +92,7 @@ class Trainer:
         progress: bool = True,
         overwrite: bool = False,
         initial_weights: dict[str, np.ndarray] | None = None,
-        step_callback: Callable[["Trainer", int], None] | None = None,
+        step_callback: Callable[[Trainer, int], None] | None = None,
         epoch_callback: Callable[[dict[str, Any]], None] | None = None,
     ):
         """``epoch_callback`` gets each epoch's history row; raising StopTraining there ends the run
