@@ -15,13 +15,44 @@ from mnistlab.sweep.study import open_storage
 
 # A small MLP on a subset: a trial takes a second or two, long enough to be killed in the middle.
 EPOCHS = 10
-TINY = ["--train-size", "6000", "--val", "1000", "--epochs", str(EPOCHS), "--layers", "64", "--batch-size", "100",
-        "--space", "lr=log:0.05:1 activation=choice:relu,tanh", "--threads", "1", "--no-prune", "--heartbeat", "1"]
+TINY = [
+    "--train-size",
+    "6000",
+    "--val",
+    "1000",
+    "--epochs",
+    str(EPOCHS),
+    "--layers",
+    "64",
+    "--batch-size",
+    "100",
+    "--space",
+    "lr=log:0.05:1 activation=choice:relu,tanh",
+    "--threads",
+    "1",
+    "--no-prune",
+    "--heartbeat",
+    "1",
+]
 
 
 def start_worker(study: str, trials: int, runs: Path, storage: str, log: Path) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "mnistlab", "sweep", "mlp", "--study", study, "--trials", str(trials),
-           "--runs", str(runs), "--storage", storage, *TINY]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mnistlab",
+        "sweep",
+        "mlp",
+        "--study",
+        study,
+        "--trials",
+        str(trials),
+        "--runs",
+        str(runs),
+        "--storage",
+        storage,
+        *TINY,
+    ]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("MNISTLAB_HOME", None)  # the real MNIST cache
     return subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
@@ -65,7 +96,11 @@ def check_complete_study(study_name: str, storage: str, runs: Path, trials: int)
     study = load(study_name, storage)
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(complete) == trials, [(t.number, t.state.name) for t in study.trials]
-    assert not [t for t in study.trials if t.state in (optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING)]
+    assert not [
+        t
+        for t in study.trials
+        if t.state in (optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING)
+    ]
     for t in complete:
         run = runs / t.user_attrs["run"]
         assert run.name == f"trial-{t.number:04d}"
@@ -73,5 +108,11 @@ def check_complete_study(study_name: str, storage: str, runs: Path, trials: int)
         assert manifest["status"] == "complete" and manifest["metrics"]["epochs_trained"] == EPOCHS
         history = read_history(run)
         assert len(history) == EPOCHS and history[-1]["val_accuracy"] == t.value
-        assert {p.name for p in run.iterdir()} >= {"run.json", "weights.npz", "preprocess.npz", "history.json", "sweep.json"}
+        assert {p.name for p in run.iterdir()} >= {
+            "run.json",
+            "weights.npz",
+            "preprocess.npz",
+            "history.json",
+            "sweep.json",
+        }
     return study.trials

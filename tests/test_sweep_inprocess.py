@@ -51,7 +51,9 @@ def study_of(tmp_path, name):
 
 
 @pytest.mark.slow  # several trainings, seconds each
-def test_mlp_sweep_never_reads_the_test_split_and_prunes_a_hopeless_trial(tmp_path, no_test_split, monkeypatch):
+def test_mlp_sweep_never_reads_the_test_split_and_prunes_a_hopeless_trial(
+    tmp_path, no_test_split, monkeypatch
+):
     monkeypatch.chdir(tmp_path)
     storage = f"sqlite:///{tmp_path}/runs/sweeps.db"
     # The sampler would choose too; queued values make the hopeless trial certain. The sweep adopts
@@ -60,8 +62,28 @@ def test_mlp_sweep_never_reads_the_test_split_and_prunes_a_hopeless_trial(tmp_pa
     study = optuna.create_study(study_name="p", storage=storage, direction="maximize")
     for lr in (0.3, 0.4, 0.35, 0.3, 1e-6):
         study.enqueue_trial({"lr": lr})
-    args = ["sweep", "mlp", "--study", "p", "--trials", "5", "--val", "200", "--epochs", "6", "--layers", "16",
-            "--batch-size", "50", "--space", "lr=log:1e-6:1", "--heartbeat", "1", "--threads", "1"]
+    args = [
+        "sweep",
+        "mlp",
+        "--study",
+        "p",
+        "--trials",
+        "5",
+        "--val",
+        "200",
+        "--epochs",
+        "6",
+        "--layers",
+        "16",
+        "--batch-size",
+        "50",
+        "--space",
+        "lr=log:1e-6:1",
+        "--heartbeat",
+        "1",
+        "--threads",
+        "1",
+    ]
     assert main(args) == 0
 
     study = study_of(tmp_path, "p")
@@ -77,16 +99,37 @@ def test_mlp_sweep_never_reads_the_test_split_and_prunes_a_hopeless_trial(tmp_pa
         assert manifest["metrics"]["test_accuracy"] is None
         history = read_history(run)
         assert len(history) == t.user_attrs["epochs"] and all("test_accuracy" not in row for row in history)
-        assert [row["val_accuracy"] for row in history] == [t.intermediate_values[e] for e in range(1, len(history) + 1)]
+        assert [row["val_accuracy"] for row in history] == [
+            t.intermediate_values[e] for e in range(1, len(history) + 1)
+        ]
         assert json.loads((run / "sweep.json").read_text())["trial"] == t.number
         load_model(run)  # an ordinary run every command opens
-    assert study.trials[0].value == read_history(tmp_path / "runs" / study.trials[0].user_attrs["run"])[-1]["val_accuracy"]
+    assert (
+        study.trials[0].value
+        == read_history(tmp_path / "runs" / study.trials[0].user_attrs["run"])[-1]["val_accuracy"]
+    )
 
 
 def test_a_worker_with_another_recipe_is_refused_in_one_line(tmp_path, no_test_split, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    args = ["sweep", "mlp", "--study", "r", "--trials", "1", "--val", "200", "--epochs", "1", "--layers", "8",
-            "--space", "lr=log:0.1:1", "--threads", "1"]
+    args = [
+        "sweep",
+        "mlp",
+        "--study",
+        "r",
+        "--trials",
+        "1",
+        "--val",
+        "200",
+        "--epochs",
+        "1",
+        "--layers",
+        "8",
+        "--space",
+        "lr=log:0.1:1",
+        "--threads",
+        "1",
+    ]
     assert main(args) == 0
     capsys.readouterr()
     assert main([*args[:-4], "--space", "lr=log:0.01:1", "--threads", "1"]) == 1
@@ -99,11 +142,33 @@ def test_a_worker_with_another_recipe_is_refused_in_one_line(tmp_path, no_test_s
 
 
 @pytest.mark.slow  # several trainings, seconds each
-def test_cnn_sweep_reports_each_epoch_and_never_reads_the_test_split(tmp_path, no_test_split, monkeypatch, capsys):
+def test_cnn_sweep_reports_each_epoch_and_never_reads_the_test_split(
+    tmp_path, no_test_split, monkeypatch, capsys
+):
     monkeypatch.chdir(tmp_path)
-    args = ["sweep", "cnn", "--study", "c", "--trials", "2", "--val", "200", "--epochs", "2", "--spec",
-            "conv:4:3,pool:2,flatten,output:10", "--batch-size", "64", "--threads", "1", "--amp", "off",
-            "--space", "lr=log:1e-3:1e-2 optimizer=choice:adam,rmsprop", "--no-prune"]
+    args = [
+        "sweep",
+        "cnn",
+        "--study",
+        "c",
+        "--trials",
+        "2",
+        "--val",
+        "200",
+        "--epochs",
+        "2",
+        "--spec",
+        "conv:4:3,pool:2,flatten,output:10",
+        "--batch-size",
+        "64",
+        "--threads",
+        "1",
+        "--amp",
+        "off",
+        "--space",
+        "lr=log:1e-3:1e-2 optimizer=choice:adam,rmsprop",
+        "--no-prune",
+    ]
     assert main(args) == 0
     study = study_of(tmp_path, "c")
     assert sorted(t.state.name for t in study.trials) == ["COMPLETE", "COMPLETE"]
@@ -112,9 +177,15 @@ def test_cnn_sweep_reports_each_epoch_and_never_reads_the_test_split(tmp_path, n
         manifest = read_manifest(run)
         assert manifest["state"] == "complete" and manifest["kind"] == "cnn"
         history = read_history(run)
-        assert [row["val_accuracy"] for row in history] == [t.intermediate_values[1], t.intermediate_values[2]]
+        assert [row["val_accuracy"] for row in history] == [
+            t.intermediate_values[1],
+            t.intermediate_values[2],
+        ]
         assert t.value == history[-1]["val_accuracy"] and all("test_accuracy" not in row for row in history)
-        assert manifest["config"]["optimizer"] == t.params["optimizer"] and manifest["config"]["lr"] == t.params["lr"]
+        assert (
+            manifest["config"]["optimizer"] == t.params["optimizer"]
+            and manifest["config"]["lr"] == t.params["lr"]
+        )
         load_model(run)
 
 
@@ -128,8 +199,30 @@ def test_show_prints_the_table_best_first_and_the_best_test_accuracy_once(tmp_pa
     loads = []
     monkeypatch.setattr("mnistlab.data.load_dataset", lambda name, **kw: loads.append(name) or ds)
     monkeypatch.chdir(tmp_path)
-    assert main(["sweep", "mlp", "--study", "s", "--trials", "3", "--val", "200", "--epochs", "3", "--layers", "8",
-                 "--space", "lr=log:0.01:1", "--threads", "1", "--no-prune"]) == 0
+    assert (
+        main(
+            [
+                "sweep",
+                "mlp",
+                "--study",
+                "s",
+                "--trials",
+                "3",
+                "--val",
+                "200",
+                "--epochs",
+                "3",
+                "--layers",
+                "8",
+                "--space",
+                "lr=log:0.01:1",
+                "--threads",
+                "1",
+                "--no-prune",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     assert main(["sweep", "show", "s"]) == 0
     out = capsys.readouterr().out

@@ -10,7 +10,10 @@ from mnistlab.mlp.config import MLPConfig
 from mnistlab.sweep.engines import CNNEngine, MLPEngine
 from mnistlab.sweep.space import parse_space, trial_values
 
-EXAMPLE = "lr=log:0.01:1 l2=log:1e-5:1e-2 batch_size=int:100:1000:100 activation=choice:relu,tanh layers=choice:70,30|100,50"
+EXAMPLE = (
+    "lr=log:0.01:1 l2=log:1e-5:1e-2 batch_size=int:100:1000:100 activation=choice:relu,tanh "
+    "layers=choice:70,30|100,50"
+)
 
 
 def mlp_params():
@@ -22,7 +25,10 @@ def test_the_issue_example_parses_into_typed_dimensions():
     assert (dims["lr"].kind, dims["lr"].low, dims["lr"].high) == ("log", 0.01, 1.0)
     assert (dims["batch_size"].kind, dims["batch_size"].step) == ("int", 100.0)
     assert dims["activation"].choices == ("relu", "tanh")
-    assert dims["layers"].choices == ("70,30", "100,50")  # Optuna keeps scalars; turned back into tuples per trial
+    assert dims["layers"].choices == (
+        "70,30",
+        "100,50",
+    )  # Optuna keeps scalars; turned back into tuples per trial
 
 
 def test_drawn_values_respect_bounds_and_build_valid_configs():
@@ -32,7 +38,9 @@ def test_drawn_values_respect_bounds_and_build_valid_configs():
     for _ in range(40):
         trial = study.ask()
         values = trial_values(dims, params, {d.name: d.suggest(trial) for d in dims})
-        assert 0.01 <= values["lr"] <= 1 and 1e-5 <= values["l2"] <= 1e-2 and 0.5 <= values["momentum"] <= 0.95
+        assert (
+            0.01 <= values["lr"] <= 1 and 1e-5 <= values["l2"] <= 1e-2 and 0.5 <= values["momentum"] <= 0.95
+        )
         assert values["batch_size"] in range(100, 1001, 100) and 2 <= values["epochs"] <= 40
         assert values["layers"] in ((70, 30), (100, 50))
         config = engine.configure(MLPConfig(val=1000), values)
@@ -81,7 +89,10 @@ def test_each_engine_default_space_parses():
 
     assert len(parse_space(MLPEngine.default_space, mlp_params())) == 5
     cnn = CNNEngine()
-    dims = parse_space(CNNEngine.default_space + " spec=choice:seed|conv:4:3,flatten,output:10", cnn.params(resolve_config("seed", val=1000)))
+    dims = parse_space(
+        CNNEngine.default_space + " spec=choice:seed|conv:4:3,flatten,output:10",
+        cnn.params(resolve_config("seed", val=1000)),
+    )
     assert {d.name for d in dims} == {"lr", "batch_size", "weight_decay", "optimizer", "spec"}
     with pytest.raises(ConfigError, match="'optimizer=choice:adam,lion'.*unknown optimizer 'lion'"):
         parse_space("optimizer=choice:adam,lion", cnn.params(resolve_config("seed", val=1000)))

@@ -8,6 +8,7 @@ import sys
 
 import optuna
 import pytest
+
 from sweep_workers import check_complete_study, finish, load, start_worker, wait_for_running_trial
 
 pytestmark = pytest.mark.slow  # the real MNIST, several processes
@@ -33,7 +34,10 @@ def test_ctrl_c_ends_the_current_trial_and_a_rerun_continues_the_study(tmp_path,
     worker.send_signal(signal.SIGINT)
     out = finish(worker, log)
     assert worker.returncode == 130, out
-    assert "interrupted; a trial this worker was running is marked failed. Rerun the same command" in out and "Traceback" not in out
+    assert (
+        "interrupted; a trial this worker was running is marked failed. Rerun the same command" in out
+        and "Traceback" not in out
+    )
     study = load("stop", storage)
     assert study.trials[number].state == optuna.trial.TrialState.FAIL
     assert not (runs / f"sweeps/stop/trial-{number:04d}").exists()
@@ -47,15 +51,24 @@ def test_ctrl_c_ends_the_current_trial_and_a_rerun_continues_the_study(tmp_path,
 @pytest.mark.parametrize(
     ("url", "says"),
     [
-        ("postgresql://u:secret@127.0.0.1:1/db", "storage 'postgresql://u:***@127.0.0.1:1/db': cannot open it ("),
+        (
+            "postgresql://u:secret@127.0.0.1:1/db",
+            "storage 'postgresql://u:***@127.0.0.1:1/db': cannot open it (",
+        ),
         ("redis://localhost", "storage 'redis://localhost': not a database URL; use sqlite:///PATH"),
         ("sqlite:////proc/no/such.db", "storage 'sqlite:////proc/no/such.db': cannot"),
     ],
 )
 def test_a_wrong_or_unreachable_storage_gets_one_line(tmp_path, url, says):
     for args in (["sweep", "mlp", "--study", "x", "--trials", "2"], ["sweep", "show", "x"]):
-        proc = subprocess.run([sys.executable, "-m", "mnistlab", *args, "--storage", url], capture_output=True,
-                              text=True, cwd=tmp_path, timeout=60, check=False)
+        proc = subprocess.run(
+            [sys.executable, "-m", "mnistlab", *args, "--storage", url],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            timeout=60,
+            check=False,
+        )
         assert proc.returncode == 1
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith(f"mnistlab: error: {says}"), proc.stderr

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_web_browser import _serve, browser  # noqa: F401  (browser: the module's Chromium fixture)
-from test_web_helpers import tiny_dataset
 
 from mnistlab.data import Dataset
 from mnistlab.mlp.config import MLPConfig
 from mnistlab.sweep import Sweep, open_storage, parse_space, run_worker, without_test_split
 from mnistlab.sweep.engines import MLPEngine
+from test_web_browser import _serve, browser  # noqa: F401  (browser: the module's Chromium fixture)
+from test_web_helpers import tiny_dataset
 
 pytest.importorskip("fastapi")
 
@@ -31,7 +31,9 @@ def sweep_runs(tmp_path_factory):
     engine, base = MLPEngine(), MLPConfig(hidden=(8,), epochs=2, batch_size=50, val=100)
     params = engine.params(base)
     space = parse_space("lr=log:0.01:1 activation=choice:relu,tanh", params)
-    sweep = Sweep("web", engine, space, params, base, without_test_split(learnable()), root, 3, prune=False, threads=1)
+    sweep = Sweep(
+        "web", engine, space, params, base, without_test_split(learnable()), root, 3, prune=False, threads=1
+    )
     run_worker(sweep, open_storage(f"sqlite:///{root}/sweeps.db", heartbeat=1))
     return root
 
@@ -43,7 +45,9 @@ def test_the_sweep_endpoints_list_studies_and_trials_with_their_runs(sweep_runs,
 
     client = TestClient(create_app(sweep_runs, dataset_loader=tiny_dataset))
     studies = client.get("/api/sweeps").json()
-    assert [s["name"] for s in studies["studies"]] == ["web"] and studies["studies"][0]["counts"] == {"complete": 3}
+    assert [s["name"] for s in studies["studies"]] == ["web"] and studies["studies"][0]["counts"] == {
+        "complete": 3
+    }
     data = client.get("/api/sweep", params={"study": "web"}).json()
     values = [r["val_accuracy"] for r in data["rows"]]
     assert values == sorted(values, reverse=True) and data["engine"] == "mlp" and data["wanted"] == 3

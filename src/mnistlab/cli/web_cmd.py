@@ -30,7 +30,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=1,
         help="torch threads for CNN runs (default 1: one image's forward pass gains nothing from more)",
     )
-    p.add_argument("--storage", metavar="URL", help="sweep storage for the Sweeps tab (default RUNS/sweeps.db when it exists)")
+    p.add_argument(
+        "--storage", metavar="URL", help="sweep storage for the Sweeps tab (default RUNS/sweeps.db if it exists)"
+    )
     p.set_defaults(func=serve)
 
 

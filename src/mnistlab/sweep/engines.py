@@ -59,13 +59,17 @@ class MLPEngine:
     def recipe(self, config: Any) -> dict[str, Any]:
         return config.to_dict()
 
-    def train(self, config: Any, dataset: Dataset, out: Path, on_epoch: EpochCallback, threads: Any) -> TrialRun:
+    def train(
+        self, config: Any, dataset: Dataset, out: Path, on_epoch: EpochCallback, threads: Any
+    ) -> TrialRun:
         from ..errors import TrainingDiverged
         from ..mlp.run import train_on_dataset
         from ..runs import read_manifest
 
         try:
-            result = train_on_dataset(config, dataset, out=out, overwrite=True, callback=on_epoch, threads=threads)
+            result = train_on_dataset(
+                config, dataset, out=out, overwrite=True, callback=on_epoch, threads=threads
+            )
         except TrainingDiverged:
             written = out if (out / "run.json").exists() else None
             return TrialRun(_history(out) if written else [], "diverged", written)
@@ -76,7 +80,8 @@ class MLPEngine:
 class CNNEngine:
     name = "cnn"
     default_space = (
-        "lr=log:1e-4:3e-3 batch_size=choice:32,64,128 weight_decay=log:1e-6:1e-3 optimizer=choice:rmsprop,adam"
+        "lr=log:1e-4:3e-3 batch_size=choice:32,64,128 weight_decay=log:1e-6:1e-3 "
+        "optimizer=choice:rmsprop,adam"
     )
     fields: ClassVar[dict[str, str]] = {}
 
@@ -118,12 +123,16 @@ class CNNEngine:
     def recipe(self, config: Any) -> dict[str, Any]:
         return config.recipe()
 
-    def train(self, config: Any, dataset: Dataset, out: Path, on_epoch: EpochCallback, threads: Any) -> TrialRun:
+    def train(
+        self, config: Any, dataset: Dataset, out: Path, on_epoch: EpochCallback, threads: Any
+    ) -> TrialRun:
         from ..cnn.training import Trainer
         from ..errors import TrainingDiverged
 
         try:
-            result = Trainer(config, dataset, out, progress=False, overwrite=True, epoch_callback=on_epoch).run()
+            result = Trainer(
+                config, dataset, out, progress=False, overwrite=True, epoch_callback=on_epoch
+            ).run()
         except TrainingDiverged:
             return TrialRun(_history(out), "diverged", out)
         return TrialRun(result.history, result.state, result.run_dir)

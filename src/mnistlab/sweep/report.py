@@ -35,17 +35,28 @@ def trial_rows(study: Any) -> list[dict[str, Any]]:
             state = "surplus"
         value = t.value if t.value is not None else t.user_attrs.get("val_accuracy")
         retried = t.system_attrs.get("failed_trial")
-        rows.append({
-            "trial": t.number, "state": state, "params": dict(t.params), "val_accuracy": value,
-            "epochs": t.user_attrs.get("epochs"), "seconds": t.user_attrs.get("seconds"),
-            "run": t.user_attrs.get("run") if state in ("complete", "pruned") else None,
-            "host": t.user_attrs.get("host"), "retry_of": retried,
-        })
+        rows.append(
+            {
+                "trial": t.number,
+                "state": state,
+                "params": dict(t.params),
+                "val_accuracy": value,
+                "epochs": t.user_attrs.get("epochs"),
+                "seconds": t.user_attrs.get("seconds"),
+                "run": t.user_attrs.get("run") if state in ("complete", "pruned") else None,
+                "host": t.user_attrs.get("host"),
+                "retry_of": retried,
+            }
+        )
     rank = {"complete": 0, "pruned": 1}
 
     def key(row: dict[str, Any]) -> tuple:
         value = row["val_accuracy"]
-        return (rank.get(row["state"], 2), -(value if value is not None and row["state"] in rank else 0), row["trial"])
+        return (
+            rank.get(row["state"], 2),
+            -(value if value is not None and row["state"] in rank else 0),
+            row["trial"],
+        )
 
     return sorted(rows, key=key)
 
@@ -56,11 +67,16 @@ def table_text(rows: list[dict[str, Any]]) -> str:
     lines = [header]
     for row in rows:
         value = row["val_accuracy"]
-        lines.append([
-            str(row["trial"]), row["state"], *(_short(row["params"].get(n, "")) for n in names),
-            f"{value:.4f}" if value is not None else "-", str(row["epochs"] or "-"),
-            f"{row['seconds']:.1f}" if row["seconds"] is not None else "-",
-        ])
+        lines.append(
+            [
+                str(row["trial"]),
+                row["state"],
+                *(_short(row["params"].get(n, "")) for n in names),
+                f"{value:.4f}" if value is not None else "-",
+                str(row["epochs"] or "-"),
+                f"{row['seconds']:.1f}" if row["seconds"] is not None else "-",
+            ]
+        )
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in lines)
 
@@ -69,7 +85,9 @@ def _short(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def best_test_accuracy(study: Any, runs_dir: Path, load_dataset: Callable[[str], Any]) -> dict[str, Any] | None:
+def best_test_accuracy(
+    study: Any, runs_dir: Path, load_dataset: Callable[[str], Any]
+) -> dict[str, Any] | None:
     """The best complete trial's test accuracy: evaluated the first time it is asked for, then
     read back from the study, so the test set is looked at once per best trial and never by a
     trial. None while no trial is complete."""
@@ -86,16 +104,23 @@ def best_test_accuracy(study: Any, runs_dir: Path, load_dataset: Callable[[str],
     run_dir = Path(runs_dir) / run if run else None
     if run_dir is None or not (run_dir / "run.json").is_file():
         host = best.user_attrs.get("host", "another machine")
-        raise RunError(f"the best trial's run {run_dir} is not here (it ran on {host}); run `mnistlab sweep show` "
-                       "there, or copy the run into --runs")
+        raise RunError(
+            f"the best trial's run {run_dir} is not here (it ran on {host}); run `mnistlab sweep show` "
+            "there, or copy the run into --runs"
+        )
     from ..models import load_model
     from ..runs import read_manifest
 
     dataset = load_dataset(read_manifest(run_dir).get("dataset", "mnist"))
     predicted = load_model(run_dir).predict(dataset.test_images)
     accuracy = float((predicted == dataset.test_labels).mean())
-    result = {"trial": best.number, "run": run, "val_accuracy": best.value, "test_accuracy": accuracy,
-              "test_images": len(dataset.test_labels)}
+    result = {
+        "trial": best.number,
+        "run": run,
+        "val_accuracy": best.value,
+        "test_accuracy": accuracy,
+        "test_images": len(dataset.test_labels),
+    }
     study.set_user_attr(BEST_TEST, result)
     return result
 
@@ -113,8 +138,11 @@ def write_figures(study: Any, out_dir: Path) -> dict[str, Path | str]:
 
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     out: dict[str, Path | str] = {}
-    makers = {"history": ovm.plot_optimization_history, "params": ovm.plot_slice,
-              "importances": ovm.plot_param_importances}
+    makers = {
+        "history": ovm.plot_optimization_history,
+        "params": ovm.plot_slice,
+        "importances": ovm.plot_param_importances,
+    }
     needed = {"history": 1, "params": 1, "importances": 2}
     for name, make in makers.items():
         if len(complete) < needed[name]:

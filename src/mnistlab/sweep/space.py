@@ -48,8 +48,9 @@ class Dimension:
         if self.kind == "choice":
             return trial.suggest_categorical(self.name, list(self.choices))
         if self.kind in ("int", "logint"):
-            return trial.suggest_int(self.name, int(self.low), int(self.high), step=int(self.step or 1),
-                                     log=self.kind == "logint")
+            return trial.suggest_int(
+                self.name, int(self.low), int(self.high), step=int(self.step or 1), log=self.kind == "logint"
+            )
         return trial.suggest_float(self.name, self.low, self.high, step=self.step, log=self.kind == "log")
 
 
@@ -85,7 +86,8 @@ def _parse_term(term: str, params: dict[str, Param]) -> Dimension:
         try:
             values = tuple(_convert(part.strip(), param.kind) for part in parts)
         except ValueError:
-            raise bad(f"a choice is not a {param.kind.__name__} value{' list like 70,30' if param.kind is tuple else ''}") from None
+            example = " list like 70,30" if param.kind is tuple else ""
+            raise bad(f"a choice is not a {param.kind.__name__} value{example}") from None
         if len(set(values)) != len(values):
             raise bad("a choice appears twice")
         for value in values:

@@ -84,14 +84,16 @@ def _open_storage(url: str, heartbeat: int | None) -> Any:
         )
     kwargs: dict[str, Any] = {}
     if scheme == "postgresql":
-        url = "postgresql+psycopg" + url[len("postgresql"):]  # psycopg 3 (SQLAlchemy's default is psycopg2)
+        url = "postgresql+psycopg" + url[len("postgresql") :]  # psycopg 3 (SQLAlchemy's default is psycopg2)
     if scheme.startswith("sqlite"):
         path = url.split(":///", 1)[1] if ":///" in url else ""
         if path and path != ":memory:":
             try:
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
-                raise MnistlabError(f"storage {shown!r}: cannot create {Path(path).parent} ({exc.strerror})") from None
+                raise MnistlabError(
+                    f"storage {shown!r}: cannot create {Path(path).parent} ({exc.strerror})"
+                ) from None
         # several worker processes share the file: wait for its lock instead of failing at once
         kwargs = {"connect_args": {"timeout": 60}}
     else:
@@ -100,23 +102,34 @@ def _open_storage(url: str, heartbeat: int | None) -> Any:
     attempt = 0
     while True:
         try:
-            return RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=heartbeat,
-                              grace_period=2 * heartbeat if heartbeat else None, heartbeat_stale_trial_callback=retry)
+            return RDBStorage(
+                url,
+                engine_kwargs=kwargs,
+                heartbeat_interval=heartbeat,
+                grace_period=2 * heartbeat if heartbeat else None,
+                heartbeat_stale_trial_callback=retry,
+            )
         except ModuleNotFoundError as exc:
-            raise ConfigError(f"storage {shown!r} needs the {exc.name} module; install the sweep extra: "
-                              "pip install 'mnistlab[sweep]'") from None
+            raise ConfigError(
+                f"storage {shown!r} needs the {exc.name} module; install the sweep extra: "
+                "pip install 'mnistlab[sweep]'"
+            ) from None
         except Exception as exc:  # noqa: BLE001  SQLAlchemy's errors: a bad URL, a refused connection, a bad password
             reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0][:300]
             attempt += 1
             if attempt < 5 and _creating_concurrently(reason):
                 time.sleep(0.5 * attempt)  # another worker is creating the same tables right now
                 continue
-            raise MnistlabError(f"storage {shown!r}: cannot open it ({reason}); check the URL and that the "
-                                "database server is running and accepts this user") from None
+            raise MnistlabError(
+                f"storage {shown!r}: cannot open it ({reason}); check the URL and that the "
+                "database server is running and accepts this user"
+            ) from None
 
 
 def _creating_concurrently(reason: str) -> bool:
-    return any(s in reason for s in ("UNIQUE constraint", "already exists", "duplicate key", "database is locked"))
+    return any(
+        s in reason for s in ("UNIQUE constraint", "already exists", "duplicate key", "database is locked")
+    )
 
 
 def redact(url: str) -> str:
@@ -135,10 +148,15 @@ def load_or_create_study(sweep: Sweep, storage: Any) -> Any:
     import optuna
 
     pruner = _pruner(sweep) if sweep.prune else optuna.pruners.NopPruner()
-    study = optuna.create_study(study_name=sweep.study, storage=storage, direction="maximize",
-                                load_if_exists=True, pruner=pruner)
-    recipe = {"engine": sweep.engine.name, "space": " ".join(d.term for d in sweep.space),
-              "fixed": sweep.engine.recipe(sweep.base), "trials": sweep.trials}
+    study = optuna.create_study(
+        study_name=sweep.study, storage=storage, direction="maximize", load_if_exists=True, pruner=pruner
+    )
+    recipe = {
+        "engine": sweep.engine.name,
+        "space": " ".join(d.term for d in sweep.space),
+        "fixed": sweep.engine.recipe(sweep.base),
+        "trials": sweep.trials,
+    }
     stored = recipe_of(study)
     if not stored:
         study.set_user_attr(RECIPE, recipe)  # one attribute, so a worker never sees half of it
@@ -146,8 +164,10 @@ def load_or_create_study(sweep: Sweep, storage: Any) -> Any:
     for key, what in (("engine", "engine"), ("space", "search space"), ("fixed", "fixed options")):
         if stored.get(key) != recipe[key]:
             diff = _difference(stored.get(key), recipe[key])
-            raise ConfigError(f"study {sweep.study!r} was started with another {what} ({diff}); rerun with the "
-                              "same options or start a new --study")
+            raise ConfigError(
+                f"study {sweep.study!r} was started with another {what} ({diff}); rerun with the "
+                "same options or start a new --study"
+            )
     return study
 
 
@@ -205,7 +225,9 @@ def run_worker(sweep: Sweep, storage: Any) -> Any:
             break
         with warnings.catch_warnings():  # experimental in Optuna; optimize() calls it the same way
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            optuna.storages.fail_stale_trials(study)  # a killed worker's trial: failed, its parameters queued again
+            optuna.storages.fail_stale_trials(
+                study
+            )  # a killed worker's trial: failed, its parameters queued again
         c = counts(study)
         if finished(c) >= sweep.trials:
             break
@@ -225,7 +247,9 @@ def _objective(sweep: Sweep, study: Any, trial: Any) -> float:
 
     every = study.get_trials(deepcopy=False)
     counted = (TrialState.COMPLETE, TrialState.PRUNED)
-    before = [t for t in every if t.state in counted or (t.state == TrialState.RUNNING and t.number < trial.number)]
+    before = [
+        t for t in every if t.state in counted or (t.state == TrialState.RUNNING and t.number < trial.number)
+    ]
     if len(before) >= sweep.trials:
         trial.set_user_attr("surplus", True)
         raise SurplusTrial(f"trial {trial.number}: {sweep.trials} trials already finished or running")
@@ -250,9 +274,13 @@ def _objective(sweep: Sweep, study: Any, trial: Any) -> float:
     t0 = time.perf_counter()
     this = next((t for t in every if t.number == trial.number), None)
     retried = this.system_attrs.get("failed_trial") if this is not None else None
-    sweep.say(f"trial {trial.number} started{f' (retry of trial {retried})' if retried is not None else ''}: "
-              + " ".join(f"{k}={v}" for k, v in drawn.items()))
-    result: TrialRun = sweep.engine.train(config, sweep.dataset, sweep.runs_dir / name, on_epoch, sweep.threads)
+    sweep.say(
+        f"trial {trial.number} started{f' (retry of trial {retried})' if retried is not None else ''}: "
+        + " ".join(f"{k}={v}" for k, v in drawn.items())
+    )
+    result: TrialRun = sweep.engine.train(
+        config, sweep.dataset, sweep.runs_dir / name, on_epoch, sweep.threads
+    )
     seconds = time.perf_counter() - t0
     if result.status == "interrupted" and not pruned_at:
         raise KeyboardInterrupt  # the CNN trainer caught Ctrl-C and saved its run
@@ -260,13 +288,19 @@ def _objective(sweep: Sweep, study: Any, trial: Any) -> float:
     trial.set_user_attr("seconds", round(seconds, 2))
     trial.set_user_attr("status", "pruned" if pruned_at else result.status)
     if result.run_dir is not None:
-        atomic_write_json(result.run_dir / SWEEP_FILE, {"study": sweep.study, "trial": trial.number,
-                                                        "params": drawn, "objective": "val_accuracy"})
+        atomic_write_json(
+            result.run_dir / SWEEP_FILE,
+            {"study": sweep.study, "trial": trial.number, "params": drawn, "objective": "val_accuracy"},
+        )
     if pruned_at:
         trial.set_user_attr("val_accuracy", accuracies[-1])
-        sweep.say(f"trial {trial.number} pruned after epoch {pruned_at[0]}: val accuracy {accuracies[-1]:.4f}")
+        sweep.say(
+            f"trial {trial.number} pruned after epoch {pruned_at[0]}: val accuracy {accuracies[-1]:.4f}"
+        )
         raise optuna.TrialPruned(f"after epoch {pruned_at[0]}")
     value = (max(accuracies) if getattr(config, "patience", None) else accuracies[-1]) if accuracies else 0.0
-    sweep.say(f"trial {trial.number} {result.status}: val accuracy {value:.4f} after {len(accuracies)} epochs "
-              f"({seconds:.1f} s)")
+    sweep.say(
+        f"trial {trial.number} {result.status}: val accuracy {value:.4f} after {len(accuracies)} epochs "
+        f"({seconds:.1f} s)"
+    )
     return value

@@ -36,7 +36,9 @@ def sweep_router(runs_dir: Path, storage_url: str | None = None) -> APIRouter:
 
                     opened[url] = open_storage(url, heartbeat=None)
                 except ModuleNotFoundError as exc:
-                    raise ApiError(503, f"sweeps need {exc.name}; install the sweep extra: pip install 'mnistlab[sweep]'") from None
+                    raise ApiError(
+                        503, f"sweeps need {exc.name}; install the sweep extra: pip install 'mnistlab[sweep]'"
+                    ) from None
                 except MnistlabError as exc:
                     raise ApiError(503, str(exc)) from None
             return url, opened[url]
@@ -58,8 +60,15 @@ def sweep_router(runs_dir: Path, storage_url: str | None = None) -> APIRouter:
             c = counts(study)
             best = study.best_value if c.get("complete") else None
             recipe = recipe_of(study)
-            studies.append({"name": name, "engine": recipe.get("engine"), "wanted": recipe.get("trials"),
-                            "counts": c, "best_val_accuracy": best})
+            studies.append(
+                {
+                    "name": name,
+                    "engine": recipe.get("engine"),
+                    "wanted": recipe.get("trials"),
+                    "counts": c,
+                    "best_val_accuracy": best,
+                }
+            )
         return {"storage": redact(url), "studies": studies}
 
     @router.get("/api/sweep")
@@ -70,14 +79,22 @@ def sweep_router(runs_dir: Path, storage_url: str | None = None) -> APIRouter:
 
         found = storage()
         if found is None:
-            raise ApiError(404, f"no sweeps in {runs_dir}; run `mnistlab sweep mlp --study NAME --trials N` first")
+            raise ApiError(
+                404, f"no sweeps in {runs_dir}; run `mnistlab sweep mlp --study NAME --trials N` first"
+            )
         loaded = load_study(study, found[1])
         rows = trial_rows(loaded)
         for row in rows:  # a run trained on another machine is not here to open
             if row["run"] and not (Path(runs_dir) / row["run"] / "run.json").is_file():
                 row["run"] = None
         recipe = recipe_of(loaded)
-        return {"name": study, "engine": recipe.get("engine"), "space": recipe.get("space"),
-                "wanted": recipe.get("trials"), "rows": rows, "best_test": loaded.user_attrs.get(BEST_TEST)}
+        return {
+            "name": study,
+            "engine": recipe.get("engine"),
+            "space": recipe.get("space"),
+            "wanted": recipe.get("trials"),
+            "rows": rows,
+            "best_test": loaded.user_attrs.get(BEST_TEST),
+        }
 
     return router
