@@ -31,7 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="torch threads for CNN runs (default 1: one image's forward pass gains nothing from more)",
     )
     p.add_argument(
-        "--storage", metavar="URL", help="sweep storage for the Sweeps tab (default RUNS/sweeps.db if it exists)"
+        "--storage", metavar="URL", help="sweep storage of the Sweeps tab (default RUNS/sweeps.db if any)"
     )
     p.set_defaults(func=serve)
 
