@@ -98,7 +98,7 @@ def test_a_worker_killed_mid_trial_is_retried_and_the_study_still_completes(
     out = finish(survivor, logs[1])
     assert survivor.returncode == 0 and "6 of 6 trials finished" in out, out
     trials = check_complete_study("pg", postgres_url, runs, 6)
-    failed = [t for t in trials if t.state == optuna.trial.TrialState.FAIL]
+    failed = [t for t in trials if t.state.name == "FAIL" and not t.user_attrs.get("surplus")]
     assert [t.number for t in failed] == [killed]  # failed by the heartbeat, nothing else
     retries = [t for t in trials if t.system_attrs.get("failed_trial") == killed]
     assert len(retries) == 1 and retries[0].state == optuna.trial.TrialState.COMPLETE
@@ -128,4 +128,5 @@ def test_a_worker_killed_mid_trial_is_retried_and_the_study_still_completes(
         env={k: v for k, v in os.environ.items() if k != "MNISTLAB_HOME"},
     )
     assert show.returncode == 0, show.stderr
-    assert "7 trials, 6 wanted" in show.stdout and f"\n{killed}" in show.stdout and "fail" in show.stdout
+    assert f"{len(trials)} trials, 6 wanted" in show.stdout
+    assert f"\n{killed}" in show.stdout and "fail" in show.stdout

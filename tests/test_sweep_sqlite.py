@@ -20,8 +20,14 @@ def test_two_workers_share_one_study_and_stop_at_its_total(tmp_path, real_home):
     logs = [finish(w, tmp_path / f"w{i}.log") for i, w in enumerate(workers)]
     assert [w.returncode for w in workers] == [0, 0], logs
     trials = check_complete_study("two", storage, runs, 6)
-    assert len(trials) == 6  # 6 in all, not 6 per worker; none failed, none surplus
-    assert {t.user_attrs["pid"] for t in trials} == {w.pid for w in workers}  # both workers took trials
+    # 6 in all, not 6 per worker. Two workers asking at the same moment for the last trial may get
+    # one too many: that one is failed at once as surplus, before it trains anything.
+    extra = [t for t in trials if t.state.name != "COMPLETE"]
+    assert len(trials) <= 7
+    assert all(t.user_attrs.get("surplus") and "epochs" not in t.user_attrs for t in extra)
+    # Usually both workers take trials; on a loaded machine one may finish them all before the
+    # other has loaded MNIST, which must end the same way.
+    assert {t.user_attrs["pid"] for t in trials} <= {w.pid for w in workers}
     for log in logs:
         assert "6 of 6 trials finished" in log
 
