@@ -1,10 +1,11 @@
 """How many BLAS threads the MLP's matrix products use.
 
-The MLP's products are small (a 500 x 784 batch times 784 x 70 weights): a second BLAS thread
-helps on an idle machine, but when the cores are busy with other processes every product waits
-for a helper thread that the OS has not scheduled, and training gets many times slower (seen
-here: 6.6-13 s instead of about 0.5 s per epoch). ``"auto"`` therefore uses the cores that the 1-minute
-load average leaves idle, at least one.
+``"auto"`` (the default) starts from every core this process may run on and lets the trainer
+decide by timing (``ThreadChoice``): a second BLAS thread helps on an idle machine, but when other
+processes keep the cores busy, every product waits for a helper thread the OS has not scheduled
+and one thread is much faster. Which case holds is measured on the training batches themselves,
+at the start and again when the chosen setting slows down, never guessed from the load average
+(which still counts the work of the last minute after it has finished).
 """
 
 from __future__ import annotations
@@ -18,12 +19,11 @@ from ..errors import ConfigError
 
 
 def auto_threads() -> int:
-    cores = os.cpu_count() or 1
+    """Every core this process may run on (its CPU affinity, where the OS tells it)."""
     try:
-        busy = os.getloadavg()[0]
+        return max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):  # not on every platform
-        return cores
-    return max(1, min(cores, int(cores - busy + 0.5)))
+        return os.cpu_count() or 1
 
 
 def resolve(threads: int | str | None) -> int | None:
@@ -59,15 +59,13 @@ class ThreadChoice:
     """Within a limit of ``most`` BLAS threads, time training batches with all of them and with
     one, and keep the faster.
 
-    A second thread normally speeds an epoch up by 1.5x. On the two-vCPU virtual machines this
-    project is measured on, the second vCPU at times sits across a slow cache link, for seconds to
-    minutes: every buffer that both threads touch (the batch, the layer outputs, the weights) then
-    crosses it each batch, the gather and the update run 4x slower, and an epoch takes 190-200 ms
-    with two threads against 160 ms with one (108 ms with two in the normal case). So the trainer
-    probes both at the start, probes again when the chosen setting's batches get 25% slower than
-    when it was chosen, and every ``every_one`` epochs while on one thread (the link may have
-    recovered). A probe costs about 0.3% of a 35-epoch run. ``log`` keeps (epoch, threads
-    chosen, microseconds per image with ``most`` threads, with one).
+    A second thread helps only while the cores are free and close: when other processes keep a
+    core busy, or a virtual machine's second vCPU sits across a slow cache link (every buffer both
+    threads touch then crosses it each batch), one thread is faster (docs/performance.md). So the
+    trainer probes both at the start, probes again when the chosen setting's batches get 25% slower
+    than when it was chosen, and every ``every_one`` epochs while on one thread (the neighbours may
+    have finished). ``log`` keeps (epoch, threads chosen, microseconds per image with ``most``
+    threads, with one).
     """
 
     SKIP_IMAGES = 3000  # after a switch: caches and the idle thread settle
