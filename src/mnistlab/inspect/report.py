@@ -137,7 +137,7 @@ def build_report(
     def training() -> str:
         if not history:
             return '<p class="muted">No training history in this run.</p>'
-        return _img(plot_history(list(history)), "cost and accuracy per epoch")
+        return _img(plot_history(list(history)), "loss and accuracy per epoch")
 
     def confusion_section() -> str:
         pairs = conf.pairs(5)

@@ -60,12 +60,12 @@ class ThreadChoice:
     one, and keep the faster.
 
     A second thread helps only while the cores are free and close: when other processes keep a
-    core busy, or a virtual machine's second vCPU sits across a slow cache link (every buffer both
-    threads touch then crosses it each batch), one thread is faster (docs/performance.md). So the
-    trainer probes both at the start, probes again when the chosen setting's batches get 25% slower
-    than when it was chosen, and every ``every_one`` epochs while on one thread (the neighbours may
-    have finished). ``log`` keeps (epoch, threads chosen, microseconds per image with ``most``
-    threads, with one).
+    core busy, or a small virtual machine's second vCPU sits across a slow cache link (every buffer
+    both threads touch then crosses it each batch), one thread is faster (docs/performance.md has
+    the figures). So the trainer probes both at the start, again when the chosen setting's batches
+    get ``SLOWER`` times slower than when it was chosen, and every ``every_one`` epochs while on one
+    thread (the neighbours may have finished, the link recovered). ``log`` keeps (epoch, threads
+    chosen, microseconds per image with ``most`` threads, with one).
     """
 
     SKIP_IMAGES = 3000  # after a switch: caches and the idle thread settle
