@@ -39,6 +39,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import cpu_class  # noqa: E402  (benchmarks/ is not a package)
 
 CONTENDERS = ("mnistlab", "mnistlab-fp32", "torch", "keras")
+# also selectable with --contenders: single levers, for finding which pay on a CPU
+EXTRA = ("mnistlab-fp32-cl", "mnistlab-fp32-nchw", "mnistlab-compile")
 FULL = 60_000
 
 
@@ -50,7 +52,7 @@ def load(train_size: int):
 
 
 # ---------------------------------------------------------------------------------------- workers
-def worker_mnistlab(args, amp: str) -> dict:
+def worker_mnistlab(args, amp: str, **how) -> dict:
     import torch
 
     from mnistlab.cnn import Trainer, resolve_config
@@ -61,7 +63,7 @@ def worker_mnistlab(args, amp: str) -> dict:
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
-        config = resolve_config("seed", epochs=args.epochs, seed=args.seed, amp=amp, threads=args.threads)
+        config = resolve_config("seed", epochs=args.epochs, seed=args.seed, amp=amp, threads=args.threads, **how)
         trainer = Trainer(config, ds, os.path.join(tmp, "run"), progress=False)
         result = trainer.run()
     return {
@@ -73,7 +75,7 @@ def worker_mnistlab(args, amp: str) -> dict:
                          f"{trainer.levers.step_threads} torch thread(s) each") if trainer.levers.data_parallel > 1
                         else f"{trainer.levers.step_threads} torch thread(s)",
         "levers": {"amp": trainer.levers.amp_dtype, "channels_last": trainer.levers.channels_last,
-                   "data_parallel": trainer.levers.data_parallel},
+                   "data_parallel": trainer.levers.data_parallel, "compile": trainer.levers.compile},
     }
 
 
@@ -202,14 +204,17 @@ def main() -> int:
     args = parser.parse_args()
     if args.worker:
         fn = {"mnistlab": lambda a: worker_mnistlab(a, "auto"), "mnistlab-fp32": lambda a: worker_mnistlab(a, "off"),
+              "mnistlab-fp32-cl": lambda a: worker_mnistlab(a, "off", channels_last="on"),
+              "mnistlab-fp32-nchw": lambda a: worker_mnistlab(a, "off", channels_last="off"),
+              "mnistlab-compile": lambda a: worker_mnistlab(a, "off", compile=True),
               "torch": worker_torch, "keras": worker_keras}[args.worker]
         print(json.dumps(fn(args)))
         return 0
 
     names = [n for n in args.contenders.split(",") if n]
-    unknown = set(names) - set(CONTENDERS)
+    unknown = set(names) - set(CONTENDERS) - set(EXTRA)
     if unknown:
-        parser.error(f"unknown contenders {sorted(unknown)}; choose from {', '.join(CONTENDERS)}")
+        parser.error(f"unknown contenders {sorted(unknown)}; choose from {', '.join(CONTENDERS + EXTRA)}")
     scale = FULL / (args.train_size or FULL)
     load(0)  # fetch/cache the data once, outside any timing
     print(cpu_class.header(args.cpu_class))
@@ -229,8 +234,10 @@ def main() -> int:
             else:
                 per_epoch = " ".join(f"{t * scale:.2f}" for t in res["epoch_s"])
                 cpu = " ".join(f"{t * scale:.2f}" for t in res.get("epoch_cpu_s", []))
+                levers = res.get("levers")
+                shown = f", levers {levers}" if levers else ""
                 print(f"  round {r + 1} {name:<14} wall s/epoch [{per_epoch}] CPU s/epoch [{cpu}]  test acc {100 * res['test_acc'][-1]:.2f}%  "
-                      f"({res.get('threads_note', res.get('threads'))}, wall {res['wall_s']:.0f} s)", flush=True)
+                      f"({res.get('threads_note', res.get('threads'))}{shown}, wall {res['wall_s']:.0f} s)", flush=True)
     print()
     summary = {}
     for name in names:
