@@ -75,7 +75,8 @@ def worker_mnistlab(args, amp: str, **how) -> dict:
                          f"{trainer.levers.step_threads} torch thread(s) each") if trainer.levers.data_parallel > 1
                         else f"{trainer.levers.step_threads} torch thread(s)",
         "levers": {"amp": trainer.levers.amp_dtype, "channels_last": trainer.levers.channels_last,
-                   "data_parallel": trainer.levers.data_parallel, "compile": trainer.levers.compile},
+                   "data_parallel": trainer.levers.data_parallel, "compile": trainer.levers.compile,
+                   "measured": trainer.levers.measured},
     }
 
 

@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import torch
 
 from mnistlab.cnn import cpu_probe
@@ -48,3 +49,24 @@ def test_probe_times_every_candidate_and_leaves_the_network_and_process_alone():
     assert cpu_probe.probe(net, (1, 28, 28), 32, candidates) is result  # measured once per process
     single = cpu_probe.probe(net, (1, 28, 28), 32, candidates[:1])
     assert single.chosen == candidates[0] and not single.ms_per_step
+
+
+def test_trainer_levers_record_what_was_measured(tmp_path):
+    """float32 on the CPU with --channels-last auto and --threads auto: both layouts and (with
+    several cores) one thread against all are timed on the run's network, and the run records it."""
+    from mnistlab.cnn import Trainer, resolve_config
+    from mnistlab.data import Dataset
+
+    from conftest import synthetic_arrays
+
+    ds = Dataset("synthetic", class_names=tuple("0123456789"), **synthetic_arrays(64, 16))
+    cfg = resolve_config(spec="conv:4:3,pool:2,flatten,output:10", epochs=1, batch_size=32, amp="off")
+    trainer = Trainer(cfg, ds, tmp_path / "run", progress=False)
+    levers = trainer.levers
+    assert "channels-last" in levers.measured and "NCHW" in levers.measured
+    if torch.get_num_threads() > 1:
+        assert "1 thread(s)" in levers.measured
+    chosen = cpu_probe.Candidate(levers.channels_last, levers.threads, levers.data_parallel)
+    assert chosen.describe() in levers.measured
+    assert trainer.net.conv1.conv.weight.is_contiguous(
+        memory_format=torch.channels_last if levers.channels_last else torch.contiguous_format)
