@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import cpu_class  # noqa: E402  (benchmarks/ is not a package)
+import cpu_class  # benchmarks/ is not a package
 
 _HELD = "MNISTLAB_BENCH_CPU_CLASS"  # set when this script re-ran itself in a class's environment
 
@@ -74,7 +74,7 @@ def main(argv=None) -> int:
         env = cpu_class.class_env(args.cpu_class)
         env[_HELD] = args.cpu_class
         return subprocess.run([sys.executable, os.path.abspath(__file__), *(sys.argv[1:] if argv is None else argv)],
-                              env=env).returncode
+                              env=env, check=False).returncode
 
     import torch
 
@@ -127,8 +127,9 @@ def main(argv=None) -> int:
     batch_times, batch_cpu, command_times, single_times, result = [], [], [], [], None
     command = [sys.executable, "-m", "mnistlab", "oip", str(vi_run), "--layer", "conv3", "--steps", str(args.steps)]
     if args.threads:
-        command = [sys.executable, "-c", f"import sys, torch; torch.set_num_threads({args.threads}); "
-                   "from mnistlab.cli import main; sys.exit(main(sys.argv[1:]))", *command[3:]]
+        code = (f"import sys, torch; torch.set_num_threads({args.threads}); "
+                "from mnistlab.cli import main; sys.exit(main(sys.argv[1:]))")
+        command = [sys.executable, "-c", code, *command[3:]]
     for _ in range(args.repeats):  # alternate the ways so machine noise hits them alike
         t0, c0 = time.perf_counter(), time.process_time()
         result = optimize_inputs(vi, "conv3", steps=args.steps, seed=0)

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import cpu_class  # noqa: E402  (benchmarks/ is not a package)
+import cpu_class  # benchmarks/ is not a package
 
 ENGINES = ("mnistlab", "torch", "keras", "sklearn")
 CONFIGS = ("default", "seed")

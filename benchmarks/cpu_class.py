@@ -190,7 +190,7 @@ def probe(kind: str, cpu_class: str, python: str | None = None) -> str:
         if kind == "keras":
             env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + f" --xla_dump_to={dump} --xla_dump_hlo_as_text").strip()
         proc = subprocess.run([python or sys.executable, os.path.abspath(__file__), "--probe", kind],
-                              capture_output=True, text=True, env=env, timeout=300)
+                              capture_output=True, text=True, env=env, timeout=300, check=False)
         xla = _xla_features(dump) if kind == "keras" else ""
     if proc.returncode != 0:
         return f"probe failed: {(proc.stderr or proc.stdout).strip().splitlines()[-1:]}"

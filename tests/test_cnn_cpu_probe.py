@@ -4,7 +4,6 @@ import os
 import subprocess
 import sys
 
-import numpy as np
 import torch
 
 from mnistlab.cnn import cpu_probe
@@ -54,10 +53,10 @@ def test_probe_times_every_candidate_and_leaves_the_network_and_process_alone():
 def test_trainer_levers_record_what_was_measured(tmp_path):
     """float32 on the CPU with --channels-last auto and --threads auto: both layouts and (with
     several cores) one thread against all are timed on the run's network, and the run records it."""
+    from conftest import synthetic_arrays
+
     from mnistlab.cnn import Trainer, resolve_config
     from mnistlab.data import Dataset
-
-    from conftest import synthetic_arrays
 
     ds = Dataset("synthetic", class_names=tuple("0123456789"), **synthetic_arrays(64, 16))
     cfg = resolve_config(spec="conv:4:3,pool:2,flatten,output:10", epochs=1, batch_size=32, amp="off")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Any, Sequence
 
@@ -249,7 +250,7 @@ class CNN(InspectableModel):
         if parts == 1:
             return self._unit_gradients(x, layer, rows, idx, params)
         bounds = np.linspace(0, len(x), parts + 1).astype(int)
-        jobs = [(slice(a, b), torch.arange(b - a)) for a, b in zip(bounds[:-1], bounds[1:])]
+        jobs = [(slice(a, b), torch.arange(b - a)) for a, b in itertools.pairwise(bounds)]
         torch.set_num_threads(1)
         try:
             with ThreadPoolExecutor(parts - 1, thread_name_prefix="mnistlab-oip") as pool:
