@@ -9,7 +9,7 @@ RUNS   ?= runs
 # CPU class of the benchmarks: native, or avx2 to hold an AVX-512/AMX CPU to AVX2 (benchmarks/cpu_class.py)
 CPU_CLASS ?= native
 
-.PHONY: setup bench-venv demo test test-fast bench-mlp bench-cnn bench-inspect bench-web bench-attribution serve clean
+.PHONY: setup bench-venv demo lint test test-fast bench-mlp bench-cnn bench-inspect bench-web bench-attribution serve clean
 
 setup: $(STAMP)
 
@@ -23,8 +23,13 @@ demo: setup
 	@bash scripts/system-deps.sh
 	bash scripts/demo.sh
 
+# ruff's rules and line length live in pyproject.toml ([tool.ruff]).
+lint: setup
+	$(BIN)/ruff check
+
 test: setup
 	@bash scripts/system-deps.sh --browser
+	$(BIN)/ruff check
 	$(BIN)/python -m pytest -n 2 -q
 
 test-fast: setup

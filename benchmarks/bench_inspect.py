@@ -51,30 +51,51 @@ def quick_run(spec: str, out: Path, epochs: int, train_size: int | None) -> Path
         ds = ds.subset(n_train=train_size)
     t0 = time.perf_counter()
     train(ds, out=out, spec=spec, epochs=epochs, progress=False, overwrite=True, device="cpu")
-    print(f"trained {spec} for {epochs} epoch(s) in {time.perf_counter() - t0:.0f} s -> {out}", file=sys.stderr)
+    print(
+        f"trained {spec} for {epochs} epoch(s) in {time.perf_counter() - t0:.0f} s -> {out}", file=sys.stderr
+    )
     return out
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seed-run", type=Path, help="a seed CNN run (default: train one, cached in --work)")
-    parser.add_argument("--vi-run", type=Path, help="a seed-vi CNN run (default: train one, cached in --work)")
-    parser.add_argument("--work", type=Path, default=Path("runs/bench-inspect"), help="where quick runs are kept")
+    parser.add_argument(
+        "--vi-run", type=Path, help="a seed-vi CNN run (default: train one, cached in --work)"
+    )
+    parser.add_argument(
+        "--work", type=Path, default=Path("runs/bench-inspect"), help="where quick runs are kept"
+    )
     parser.add_argument("--epochs", type=int, default=1, help="epochs for the quick runs (default 1)")
-    parser.add_argument("--train-size", type=int, default=None, help="train the quick runs on the first N images")
+    parser.add_argument(
+        "--train-size", type=int, default=None, help="train the quick runs on the first N images"
+    )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--steps", type=int, default=100, help="OIP gradient steps (default 100)")
-    parser.add_argument("--single", type=int, default=4, help="maps optimized one at a time for the comparison (0: skip)")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default, all cores)")
-    parser.add_argument("--cpu-class", choices=cpu_class.CLASSES, default="native",
-                        help="native: what the CPU has; avx2: hold torch and oneDNN to AVX2 (see cpu_class.py)")
+    parser.add_argument(
+        "--single", type=int, default=4, help="maps optimized one at a time for the comparison (0: skip)"
+    )
+    parser.add_argument(
+        "--threads", type=int, default=0, help="torch CPU threads (0: torch's default, all cores)"
+    )
+    parser.add_argument(
+        "--cpu-class",
+        choices=cpu_class.CLASSES,
+        default="native",
+        help="native: what the CPU has; avx2: hold torch and oneDNN to AVX2 (see cpu_class.py)",
+    )
     parser.add_argument("--json", type=Path, help="also write the numbers here")
     args = parser.parse_args(argv)
-    if os.environ.get(_HELD) != args.cpu_class:  # the variables act only when torch loads: run again with them
+    if (
+        os.environ.get(_HELD) != args.cpu_class
+    ):  # the variables act only when torch loads: run again with them
         env = cpu_class.class_env(args.cpu_class)
         env[_HELD] = args.cpu_class
-        return subprocess.run([sys.executable, os.path.abspath(__file__), *(sys.argv[1:] if argv is None else argv)],
-                              env=env, check=False).returncode
+        return subprocess.run(
+            [sys.executable, os.path.abspath(__file__), *(sys.argv[1:] if argv is None else argv)],
+            env=env,
+            check=False,
+        ).returncode
 
     import torch
 
@@ -88,21 +109,30 @@ def main(argv=None) -> int:
     images = ds.test_images
     if args.threads:
         torch.set_num_threads(args.threads)
-    report: dict[str, object] = {"torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-                                 "cpu_class": args.cpu_class, "cpu": cpu_class.cpu_model()}
+    report: dict[str, object] = {
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "cpu_class": args.cpu_class,
+        "cpu": cpu_class.cpu_model(),
+    }
     load = os.getloadavg()[0]
     print(cpu_class.header(args.cpu_class))
     print(f"  torch uses: {cpu_class.probe('torch', args.cpu_class)}")
-    print(f"load average {load:.1f} at the start (the machine may be shared: other processes slow every number), "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads (OIP: the batch split across them, one each); "
-          f"medians of {args.repeats}")
+    print(
+        f"load average {load:.1f} at the start (the machine may be shared: other processes slow every "
+        f"number), torch {torch.__version__}, {torch.get_num_threads()} threads (OIP: the batch split "
+        "across them, one each); "
+        f"medians of {args.repeats}"
+    )
     report["load_start"] = load
 
     # 1. Activations of every layer, whole test set.
     model = load_model(seed_run)
     compute_activations(model, images[:500])  # warm-up
     times, out_times = [], []
-    for _ in range(args.repeats):  # alternate with the output alone: the same forward passes, no 1.4 GB to keep
+    for _ in range(
+        args.repeats
+    ):  # alternate with the output alone: the same forward passes, no 1.4 GB to keep
         t0 = time.perf_counter()
         acts = compute_activations(model, images)
         times.append(time.perf_counter() - t0)
@@ -113,10 +143,15 @@ def main(argv=None) -> int:
         compute_activations(model, images, ["output"])
         out_times.append(time.perf_counter() - t0)
     med = statistics.median(times)
-    print(f"\n[activations] seed CNN ({seed_run}, test accuracy {acc:.4f}), {len(images)} images, every layer "
-          f"({', '.join(model.layer_names())}; {mb:.0f} MiB): median {med:.2f} s  (runs: {', '.join(f'{t:.2f}' for t in times)})"
-          f"  target < 5 s: {'PASS' if med < 5 else 'FAIL'}")
-    print(f"      the output layer alone (the same forward passes, nothing kept): median {statistics.median(out_times):.2f} s")
+    print(
+        f"\n[activations] seed CNN ({seed_run}, test accuracy {acc:.4f}), {len(images)} images, every "
+        f"layer ({', '.join(model.layer_names())}; {mb:.0f} MiB): median {med:.2f} s  (runs: "
+        f"{', '.join(f'{t:.2f}' for t in times)})  target < 5 s: {'PASS' if med < 5 else 'FAIL'}"
+    )
+    print(
+        "      the output layer alone (the same forward passes, nothing kept): median "
+        f"{statistics.median(out_times):.2f} s"
+    )
     report["activations_s"] = med
     report["output_only_s"] = statistics.median(out_times)
     report["activations_runs_s"] = times
@@ -125,10 +160,22 @@ def main(argv=None) -> int:
     vi = load_model(vi_run)
     optimize_inputs(vi, "conv3", [0, 1], steps=2)  # warm-up
     batch_times, batch_cpu, command_times, single_times, result = [], [], [], [], None
-    command = [sys.executable, "-m", "mnistlab", "oip", str(vi_run), "--layer", "conv3", "--steps", str(args.steps)]
+    command = [
+        sys.executable,
+        "-m",
+        "mnistlab",
+        "oip",
+        str(vi_run),
+        "--layer",
+        "conv3",
+        "--steps",
+        str(args.steps),
+    ]
     if args.threads:
-        code = (f"import sys, torch; torch.set_num_threads({args.threads}); "
-                "from mnistlab.cli import main; sys.exit(main(sys.argv[1:]))")
+        code = (
+            f"import sys, torch; torch.set_num_threads({args.threads}); "
+            "from mnistlab.cli import main; sys.exit(main(sys.argv[1:]))"
+        )
         command = [sys.executable, "-c", code, *command[3:]]
     for _ in range(args.repeats):  # alternate the ways so machine noise hits them alike
         t0, c0 = time.perf_counter(), time.process_time()
@@ -149,30 +196,57 @@ def main(argv=None) -> int:
     silent_on_data = compute_activations(vi, images, ["conv3"])["conv3"].max(axis=(0, 2, 3)) <= 0
     dead_units = [int(u) for u in result.units[dead]]
     dead_everywhere = [u for u in dead_units if silent_on_data[u]]
-    below = [(int(u), float(g)) for u, g, r, d in zip(result.units, result.gain(), reached, dead) if not r and not d]
+    below = [
+        (int(u), float(g))
+        for u, g, r, d in zip(result.units, result.gain(), reached, dead)
+        if not r and not d
+    ]
     whole = statistics.median(command_times)
     ok = whole < 10 and not below
-    print(f"\n[oip] seed-vi conv3 ({vi_run}), {args.cpu_class} ({cpu_class.hardware_isa()} CPU"
-          f"{', held to AVX2' if args.cpu_class == 'avx2' else ''}): 128 maps as one batch, {args.steps} steps")
-    print(f"      whole command ({' '.join(command[1:4])} ...): median {whole:.2f} s "
-          f"(runs: {', '.join(f'{t:.2f}' for t in command_times)})  target < 10 s: {'PASS' if whole < 10 else 'FAIL'}")
-    print(f"      optimize_inputs alone: median {med:.2f} s wall, {statistics.median(batch_cpu):.2f} s CPU "
-          f"(runs: {', '.join(f'{t:.2f}' for t in batch_times)})")
-    print(f"      {int(reached.sum())} maps reached >= 10x their start (median gain "
-          f"{np.nanmedian(result.gain()[reached]):.0f}x); {len(dead_units)} dead: {dead_units}")
-    print(f"      of the dead, silent for all 10,000 test images too: {len(dead_everywhere)} {dead_everywhere}")
+    print(
+        f"\n[oip] seed-vi conv3 ({vi_run}), {args.cpu_class} ({cpu_class.hardware_isa()} CPU"
+        f"{', held to AVX2' if args.cpu_class == 'avx2' else ''}): 128 maps as one batch, {args.steps} steps"
+    )
+    print(
+        f"      whole command ({' '.join(command[1:4])} ...): median {whole:.2f} s "
+        f"(runs: {', '.join(f'{t:.2f}' for t in command_times)})  "
+        f"target < 10 s: {'PASS' if whole < 10 else 'FAIL'}"
+    )
+    print(
+        f"      optimize_inputs alone: median {med:.2f} s wall, {statistics.median(batch_cpu):.2f} s CPU "
+        f"(runs: {', '.join(f'{t:.2f}' for t in batch_times)})"
+    )
+    print(
+        f"      {int(reached.sum())} maps reached >= 10x their start (median gain "
+        f"{np.nanmedian(result.gain()[reached]):.0f}x); {len(dead_units)} dead: {dead_units}"
+    )
+    print(
+        f"      of the dead, silent for all 10,000 test images too: {len(dead_everywhere)} {dead_everywhere}"
+    )
     if below:
         print("      below 10x: " + ", ".join(f"{u} ({g:.1f}x)" for u, g in below))
     print(f"      every map >= 10x or dead: {'PASS' if not below else 'FAIL'}")
     if single_times:
         per_map = statistics.median(single_times)
-        print(f"      one map at a time (the seed's way): {per_map:.2f} s per map, {128 * per_map:.1f} s for 128 "
-              f"(extrapolated from {args.single}); the batch is {128 * per_map / med:.0f}x faster")
+        print(
+            f"      one map at a time (the seed's way): {per_map:.2f} s per map, {128 * per_map:.1f} s for "
+            f"128 (extrapolated from {args.single}); the batch is {128 * per_map / med:.0f}x faster"
+        )
         report["oip_single_per_map_s"] = per_map
-    report.update({"oip_command_s": whole, "oip_command_runs_s": command_times, "oip_batch_cpu_s": batch_cpu,
-                   "oip_batch_s": med, "oip_batch_runs_s": batch_times, "oip_reached_10x": int(reached.sum()),
-                   "oip_dead": dead_units, "oip_dead_on_data_too": dead_everywhere, "oip_below_10x": below,
-                   "oip_pass": ok})
+    report.update(
+        {
+            "oip_command_s": whole,
+            "oip_command_runs_s": command_times,
+            "oip_batch_cpu_s": batch_cpu,
+            "oip_batch_s": med,
+            "oip_batch_runs_s": batch_times,
+            "oip_reached_10x": int(reached.sum()),
+            "oip_dead": dead_units,
+            "oip_dead_on_data_too": dead_everywhere,
+            "oip_below_10x": below,
+            "oip_pass": ok,
+        }
+    )
     report["load_end"] = os.getloadavg()[0]
     print(f"\nload average at the end: {report['load_end']:.1f}")
     if args.json:

@@ -11,11 +11,12 @@ Every training runs in its own process (a fresh interpreter, nothing shared or w
 engines alternate within each round (the order rotates every round), and each configuration is
 run ``--runs`` times; the table shows medians. What is timed is the training call alone: data
 loading and preprocessing happen before the clock starts (mnistlab: it preprocesses the raw
-training and test images chunk by chunk inside its timed loop), all engines get the same float32 inputs, the same initial weights (scikit-learn: its own init), the same
-hyperparameters and the same thread count. Every engine measures the test accuracy after each
-epoch and keeps a running training loss and accuracy, as mnistlab's history does (scikit-learn:
-loss only, test accuracy at the end). Where a library lacks an option, the nearest one is used and
-the table's note column says so.
+training and test images chunk by chunk inside its timed loop), all engines get the same float32
+inputs, the same initial weights (scikit-learn: its own init), the same hyperparameters and the
+same thread count. Every engine measures the test accuracy after each epoch and keeps a running
+training loss and accuracy, as mnistlab's history does (scikit-learn: loss only, test accuracy at
+the end). Where a library lacks an option, the nearest one is used and the table's note column
+says so.
 """
 
 from __future__ import annotations
@@ -66,7 +67,11 @@ def _blas_info() -> str:
     try:
         from threadpoolctl import threadpool_info
 
-        infos = [f"{i.get('internal_api')} {i.get('version')} {i.get('architecture')} x{i.get('num_threads')}" for i in threadpool_info() if i.get("user_api") == "blas"]
+        infos = [
+            f"{i.get('internal_api')} {i.get('version')} {i.get('architecture')} x{i.get('num_threads')}"
+            for i in threadpool_info()
+            if i.get("user_api") == "blas"
+        ]
         return "; ".join(infos)
     except ImportError:
         return "threadpoolctl missing"
@@ -112,7 +117,9 @@ def work_torch(cfg, data, threads, raw=None, pre=None):
     biases = [p for n, p in net.named_parameters() if n.endswith("bias")]
     opt = torch.optim.SGD(
         [{"params": weights, "weight_decay": cfg.l2}, {"params": biases, "weight_decay": 0.0}],
-        lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+        lr=cfg.lr,
+        momentum=cfg.momentum,
+        nesterov=cfg.nesterov,
     )
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: learning_rate(cfg, e) / cfg.lr)
     if cfg.output == "softmax":
@@ -175,7 +182,9 @@ def work_keras(cfg, data, threads, raw=None, pre=None):
     layers = [keras.Input((cfg.input_size,))]
     for i, w in enumerate(init.weights):
         last = i == len(init.weights) - 1
-        layers.append(keras.layers.Dense(w.shape[1], activation=(cfg.output if last else act), kernel_regularizer=reg))
+        layers.append(
+            keras.layers.Dense(w.shape[1], activation=(cfg.output if last else act), kernel_regularizer=reg)
+        )
     model = keras.Sequential(layers)
     model.set_weights([a for w, b in zip(init.weights, init.biases) for a in (w, b)])
     opt = keras.optimizers.SGD(learning_rate=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
@@ -193,8 +202,16 @@ def work_keras(cfg, data, threads, raw=None, pre=None):
     model.compile(optimizer=opt, loss=loss, metrics=[metric])
     schedule = keras.callbacks.LearningRateScheduler(lambda e, lr: learning_rate(cfg, e))
     with _Clock() as clock:
-        hist = model.fit(x, yk, batch_size=cfg.batch_size, epochs=cfg.epochs, shuffle=True, verbose=0,
-                         validation_data=(xt, ytk), callbacks=[schedule])
+        hist = model.fit(
+            x,
+            yk,
+            batch_size=cfg.batch_size,
+            epochs=cfg.epochs,
+            shuffle=True,
+            verbose=0,
+            validation_data=(xt, ytk),
+            callbacks=[schedule],
+        )
     acc = hist.history[f"val_{metric}"][-1]
     note = "standard momentum (no seed form)" if cfg.momentum_form == "seed" else ""
     return clock.result, acc, note
@@ -279,8 +296,19 @@ def worker(args) -> None:
     (seconds, cpu), acc, note, *extra = fn(cfg, data, _thread_arg(args.threads), raw, pre)
     layout = extra[0] if extra else None
     used = extra[1] if len(extra) > 1 else f"{args.threads} thread(s)"
-    print(json.dumps({"seconds": seconds, "cpu": cpu, "test_accuracy": acc, "note": note, "blas": _blas_info(),
-                      "layout": layout, "threads_used": used}))
+    print(
+        json.dumps(
+            {
+                "seconds": seconds,
+                "cpu": cpu,
+                "test_accuracy": acc,
+                "note": note,
+                "blas": _blas_info(),
+                "layout": layout,
+                "threads_used": used,
+            }
+        )
+    )
 
 
 # ----------------------------------------------------------------------------- driver
@@ -345,9 +373,13 @@ def driver(args) -> int:
     for kind in ("numpy", "torch", "keras"):
         if kind == "numpy" or kind in engines:
             print(f"  {kind} uses: {cpu_class.probe(kind, args.cpu_class)}", flush=True)
-    print(f"bench-mlp: {args.runs} runs x engines {', '.join(engines)}, {args.epochs} epochs, {threads} thread(s) "
-          f"(mnistlab: {ours_threads}), cpu count {os.cpu_count()}, load average {load:.1f} at the start; "
-          "the machine may be shared", flush=True)
+    print(
+        f"bench-mlp: {args.runs} runs x engines {', '.join(engines)}, {args.epochs} epochs, "
+        f"{threads} thread(s) "
+        f"(mnistlab: {ours_threads}), cpu count {os.cpu_count()}, load average {load:.1f} at the start; "
+        "the machine may be shared",
+        flush=True,
+    )
     peaks = []
     results: dict[tuple, list[dict]] = {}
     blas = ""
@@ -359,21 +391,45 @@ def driver(args) -> int:
             blas = peak["blas"]
         for config in configs:
             for batch in batches:
-                order = engines[r % len(engines):] + engines[: r % len(engines)]
+                order = engines[r % len(engines) :] + engines[: r % len(engines)]
                 if args.busy_first:
                     busy(args.busy_first)
                 for engine in order:
                     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-                    res = _spawn(["--worker", engine, "--config", config, "--batch", str(batch), "--epochs", str(args.epochs)],
-                                 ours_threads if engine == "mnistlab" else threads, args.timeout, args.cpu_class)
+                    res = _spawn(
+                        [
+                            "--worker",
+                            engine,
+                            "--config",
+                            config,
+                            "--batch",
+                            str(batch),
+                            "--epochs",
+                            str(args.epochs),
+                        ],
+                        ours_threads if engine == "mnistlab" else threads,
+                        args.timeout,
+                        args.cpu_class,
+                    )
                     results.setdefault((config, batch, engine), []).append(res)
-                    shown = f"{res['seconds']:.2f} s, acc {res['test_accuracy']:.4f}" if "seconds" in res else res["error"]
-                    print(f"  run {r + 1} {config:8s} batch {batch:6d} {engine:9s} {shown}  (load average {load:.1f} "
-                          f"at its start; {res.get('threads_used', '')})", flush=True)
+                    shown = (
+                        f"{res['seconds']:.2f} s, acc {res['test_accuracy']:.4f}"
+                        if "seconds" in res
+                        else res["error"]
+                    )
+                    print(
+                        f"  run {r + 1} {config:8s} batch {batch:6d} {engine:9s} {shown}  "
+                        f"(load average {load:.1f} "
+                        f"at its start; {res.get('threads_used', '')})",
+                        flush=True,
+                    )
     print(f"(finished in {time.time() - started:.0f} s)\n")
-    print(f"CPU class: {args.cpu_class} ({'held to AVX2' if args.cpu_class == 'avx2' else 'native'}) on "
-          f"{cpu_class.cpu_model()} ({cpu_class.hardware_isa()}); threads: {threads} for every engine, "
-          f"mnistlab {ours_threads}" + (f"; every round after {args.busy_first:.0f} s of all cores busy" if args.busy_first else ""))
+    print(
+        f"CPU class: {args.cpu_class} ({'held to AVX2' if args.cpu_class == 'avx2' else 'native'}) on "
+        f"{cpu_class.cpu_model()} ({cpu_class.hardware_isa()}); threads: {threads} for every engine, "
+        f"mnistlab {ours_threads}"
+        + (f"; every round after {args.busy_first:.0f} s of all cores busy" if args.busy_first else "")
+    )
     print(report(results, configs, batches, engines, peaks, blas, args.epochs, threads))
     return 0
 
@@ -393,7 +449,8 @@ def report(results, configs, batches, engines, peaks, blas, epochs, threads) -> 
     lines = [
         f"float32 GEMM peak (NumPy, {threads} thread(s), 3072^3): {peak:.0f} GFLOP/s; BLAS: {blas}",
         "",
-        "| config | batch | engine | median s | runs (s) | mnistlab / engine | median CPU s | mnistlab / engine (CPU) | test acc | note |",
+        "| config | batch | engine | median s | runs (s) | mnistlab / engine | median CPU s | mnistlab / "
+        "engine (CPU) | test acc | note |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     summaries = []
@@ -417,19 +474,25 @@ def report(results, configs, batches, engines, peaks, blas, epochs, threads) -> 
                 ratio = "-" if mine else (f"{ours / med:.2f}x" if ours else "n/a")
                 ratio_cpu = "-" if mine else (f"{ours_cpu / cpu:.2f}x" if ours_cpu else "n/a")
                 times = ", ".join(f"{r['seconds']:.2f}" for r in ok)
-                lines.append(f"| {config} | {batch} | {engine} | {med:.2f} | {times} | {ratio} | {cpu:.2f} | {ratio_cpu} "
-                             f"| {100 * acc:.2f}% | {note} |")
+                lines.append(
+                    f"| {config} | {batch} | {engine} | {med:.2f} | {times} | {ratio} | {cpu:.2f} | "
+                    f"{ratio_cpu} | {100 * acc:.2f}% | {note} |"
+                )
             if ours:
                 cfg = _config(config, batch, epochs)
                 nominal = training_flops(cfg)
-                layout = next((r["layout"] for r in results.get((config, batch, "mnistlab"), []) if r.get("layout")), None)
+                layout = next(
+                    (r["layout"] for r in results.get((config, batch, "mnistlab"), []) if r.get("layout")),
+                    None,
+                )
                 executed = training_flops(cfg, layout=layout)
                 summaries.append(
-                    f"mnistlab {config} batch {batch}: {nominal / 1e9:.0f} GFLOP of matrix products over all 784 inputs, "
-                    f"{executed / 1e9:.0f} GFLOP executed ({describe_layout(layout or {})}); "
-                    f"{executed / ours / 1e9:.0f} GFLOP/s executed in {ours:.2f} s wall = {100 * executed / ours / 1e9 / peak:.0f}% "
-                    f"of the GEMM peak ({executed / ours_cpu / 1e9:.0f} GFLOP/s per CPU second); "
-                    f"nominal rate {nominal / ours / 1e9:.0f} GFLOP/s"
+                    f"mnistlab {config} batch {batch}: {nominal / 1e9:.0f} GFLOP of matrix products over "
+                    f"all 784 inputs, {executed / 1e9:.0f} GFLOP executed "
+                    f"({describe_layout(layout or {})}); {executed / ours / 1e9:.0f} GFLOP/s executed in "
+                    f"{ours:.2f} s wall = {100 * executed / ours / 1e9 / peak:.0f}% of the GEMM peak "
+                    f"({executed / ours_cpu / 1e9:.0f} GFLOP/s per CPU second); nominal rate "
+                    f"{nominal / ours / 1e9:.0f} GFLOP/s"
                 )
     return "\n".join(lines + [""] + summaries)
 
@@ -443,15 +506,27 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--epochs", type=int, default=35)
-    p.add_argument("--threads", default=str(os.cpu_count() or 1), help="threads for every engine (default: all cores)")
-    p.add_argument("--mnistlab-threads", help="mnistlab's --threads, if not the others' (auto: its default choice)")
-    p.add_argument("--busy-first", type=float, default=0, help="keep all cores busy this many seconds before each round")
-    p.add_argument("--cpu-class", choices=cpu_class.CLASSES, default="native",
-                   help="native: what the CPU has; avx2: hold every engine to AVX2 (see cpu_class.py)")
+    p.add_argument(
+        "--threads", default=str(os.cpu_count() or 1), help="threads for every engine (default: all cores)"
+    )
+    p.add_argument(
+        "--mnistlab-threads", help="mnistlab's --threads, if not the others' (auto: its default choice)"
+    )
+    p.add_argument(
+        "--busy-first", type=float, default=0, help="keep all cores busy this many seconds before each round"
+    )
+    p.add_argument(
+        "--cpu-class",
+        choices=cpu_class.CLASSES,
+        default="native",
+        help="native: what the CPU has; avx2: hold every engine to AVX2 (see cpu_class.py)",
+    )
     p.add_argument("--engines", default=",".join(ENGINES))
     p.add_argument("--configs", default=",".join(CONFIGS))
     p.add_argument("--batches", default="500,20000")
-    p.add_argument("--timeout", type=float, default=900, help="seconds per training before it counts as failed")
+    p.add_argument(
+        "--timeout", type=float, default=900, help="seconds per training before it counts as failed"
+    )
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--config", help=argparse.SUPPRESS)
     p.add_argument("--batch", type=int, help=argparse.SUPPRESS)

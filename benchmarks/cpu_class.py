@@ -105,6 +105,7 @@ def header(cpu_class: str) -> str:
 
 # ----------------------------------------------------------------------------- what is actually used
 
+
 def _onednn_lines(text: str) -> tuple[str, list[str]]:
     isa = ""
     impls: list[str] = []
@@ -134,8 +135,9 @@ def _probe_keras() -> str:
     os.environ["KERAS_BACKEND"] = "tensorflow"
     import keras
 
-    model = keras.Sequential([keras.Input((12, 12, 1)), keras.layers.Conv2D(8, 3), keras.layers.Flatten(),
-                              keras.layers.Dense(2)])
+    model = keras.Sequential(
+        [keras.Input((12, 12, 1)), keras.layers.Conv2D(8, 3), keras.layers.Flatten(), keras.layers.Dense(2)]
+    )
     model.compile(optimizer="rmsprop", loss="mse")
     import numpy as np
 
@@ -149,8 +151,11 @@ def _probe_numpy() -> str:
     try:
         from threadpoolctl import threadpool_info
 
-        blas = "; ".join(f"{i.get('internal_api')} {i.get('architecture')}" for i in threadpool_info()
-                         if i.get("user_api") == "blas")
+        blas = "; ".join(
+            f"{i.get('internal_api')} {i.get('architecture')}"
+            for i in threadpool_info()
+            if i.get("user_api") == "blas"
+        )
     except ImportError:
         blas = "?"
     from numpy._core._multiarray_umath import __cpu_dispatch__, __cpu_features__
@@ -188,9 +193,17 @@ def probe(kind: str, cpu_class: str, python: str | None = None) -> str:
     env["TF_CPP_MIN_LOG_LEVEL"] = "2"
     with tempfile.TemporaryDirectory() as dump:
         if kind == "keras":
-            env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + f" --xla_dump_to={dump} --xla_dump_hlo_as_text").strip()
-        proc = subprocess.run([python or sys.executable, os.path.abspath(__file__), "--probe", kind],
-                              capture_output=True, text=True, env=env, timeout=300, check=False)
+            env["XLA_FLAGS"] = (
+                env.get("XLA_FLAGS", "") + f" --xla_dump_to={dump} --xla_dump_hlo_as_text"
+            ).strip()
+        proc = subprocess.run(
+            [python or sys.executable, os.path.abspath(__file__), "--probe", kind],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
+            check=False,
+        )
         xla = _xla_features(dump) if kind == "keras" else ""
     if proc.returncode != 0:
         return f"probe failed: {(proc.stderr or proc.stdout).strip().splitlines()[-1:]}"
@@ -208,7 +221,9 @@ def probe(kind: str, cpu_class: str, python: str | None = None) -> str:
 
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--probe":
-        print({"torch": _probe_torch, "keras": _probe_keras, "numpy": _probe_numpy}[sys.argv[2]](), flush=True)
+        print(
+            {"torch": _probe_torch, "keras": _probe_keras, "numpy": _probe_numpy}[sys.argv[2]](), flush=True
+        )
     else:
         for cls in CLASSES:
             print(header(cls))

@@ -36,7 +36,11 @@ def test_probe_times_every_candidate_and_leaves_the_network_and_process_alone():
     before = {k: v.clone() for k, v in net.state_dict().items()}
     rng = torch.get_rng_state()
     threads = torch.get_num_threads()
-    candidates = [cpu_probe.Candidate(True, 2, 2), cpu_probe.Candidate(False, 1, 1), cpu_probe.Candidate(True, 1, 1)]
+    candidates = [
+        cpu_probe.Candidate(True, 2, 2),
+        cpu_probe.Candidate(False, 1, 1),
+        cpu_probe.Candidate(True, 1, 1),
+    ]
     result = cpu_probe.probe(net, (1, 28, 28), 32, candidates, rounds=1, steps=2)
     assert set(result.ms_per_step) == set(candidates) and all(ms > 0 for ms in result.ms_per_step.values())
     fastest = min(result.ms_per_step.values())
@@ -54,7 +58,6 @@ def test_trainer_levers_record_what_was_measured(tmp_path):
     """float32 on the CPU with --channels-last auto and --threads auto: both layouts and (with
     several cores) one thread against all are timed on the run's network, and the run records it."""
     from conftest import synthetic_arrays
-
     from mnistlab.cnn import Trainer, resolve_config
     from mnistlab.data import Dataset
 
@@ -68,4 +71,5 @@ def test_trainer_levers_record_what_was_measured(tmp_path):
     chosen = cpu_probe.Candidate(levers.channels_last, levers.threads, levers.data_parallel)
     assert chosen.describe() in levers.measured
     assert trainer.net.conv1.conv.weight.is_contiguous(
-        memory_format=torch.channels_last if levers.channels_last else torch.contiguous_format)
+        memory_format=torch.channels_last if levers.channels_last else torch.contiguous_format
+    )

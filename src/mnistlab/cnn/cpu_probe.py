@@ -69,16 +69,30 @@ class ProbeResult:
 _cache: dict[tuple, ProbeResult] = {}
 
 
-def probe(net: torch.nn.Module, input_shape: Sequence[int], batch: int, candidates: Sequence[Candidate],
-          autocast: torch.dtype | None = None, rounds: int = 3, steps: int = 3) -> ProbeResult:
+def probe(
+    net: torch.nn.Module,
+    input_shape: Sequence[int],
+    batch: int,
+    candidates: Sequence[Candidate],
+    autocast: torch.dtype | None = None,
+    rounds: int = 3,
+    steps: int = 3,
+) -> ProbeResult:
     """The fastest of ``candidates`` for a forward + backward pass of ``net`` at ``batch`` (a copy
     of it: the run's network and random stream are untouched). Results are kept per process for
     the same network shape, batch and candidates."""
     candidates = list(dict.fromkeys(candidates))
     if len(candidates) == 1:
         return ProbeResult(candidates[0])
-    key = (repr(net), tuple(input_shape), batch, tuple(candidates), autocast,
-           os.environ.get("ONEDNN_MAX_CPU_ISA"), torch.backends.cpu.get_cpu_capability())
+    key = (
+        repr(net),
+        tuple(input_shape),
+        batch,
+        tuple(candidates),
+        autocast,
+        os.environ.get("ONEDNN_MAX_CPU_ISA"),
+        torch.backends.cpu.get_cpu_capability(),
+    )
     if key in _cache:
         return _cache[key]
     generator = torch.Generator().manual_seed(0)

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import contextlib
 import platform
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 
@@ -109,9 +110,12 @@ def choose_levers(config: TrainConfig, device: torch.device, spec: Spec) -> Leve
             parallel = max(1, min(threads, config.batch_size // 16))  # parts under 16 images run slowly
     measured = ""
     if kind == "cpu" and not config.compile:
-        channels_last, threads, parallel, measured = _measure_cpu(config, spec, amp, channels_last, threads, parallel)
+        channels_last, threads, parallel, measured = _measure_cpu(
+            config, spec, amp, channels_last, threads, parallel
+        )
     return Levers(
-        kind, amp, channels_last, bool(config.compile), graphs, threads, kind == "cpu" and _glibc(), parallel, measured
+        kind, amp, channels_last, bool(config.compile), graphs, threads, kind == "cpu" and _glibc(), parallel,
+        measured,
     )
 
 

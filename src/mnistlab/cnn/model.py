@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -129,7 +130,9 @@ def load_numpy_state(net: nn.Module, arrays: dict[str, np.ndarray], where: str =
         raise RunError(f"{where}: lacks {missing[0]!r} for this spec; the weights belong to another network")
     for key, value in expected.items():
         if tuple(arrays[key].shape) != tuple(value.shape):
-            raise RunError(f"{where}: {key} has shape {arrays[key].shape}, the spec needs {tuple(value.shape)}")
+            raise RunError(
+                f"{where}: {key} has shape {arrays[key].shape}, the spec needs {tuple(value.shape)}"
+            )
     net.load_state_dict({k: torch.from_numpy(np.array(arrays[k])) for k in expected}, strict=True)
 
 
@@ -142,7 +145,9 @@ class CNN(InspectableModel):
 
     kind = "cnn"
 
-    def __init__(self, spec: Spec | str, preprocess: Preprocessor, net: Net | None = None, device: str = "cpu"):
+    def __init__(
+        self, spec: Spec | str, preprocess: Preprocessor, net: Net | None = None, device: str = "cpu"
+    ):
         self.spec = parse_spec(spec)
         self.preprocess = preprocess
         self.net = (net if net is not None else Net(self.spec)).to(device).eval()
@@ -151,7 +156,7 @@ class CNN(InspectableModel):
         self.batch_size = 256
 
     @classmethod
-    def from_run(cls, record: Any) -> "CNN":
+    def from_run(cls, record: Any) -> CNN:
         config = record.config
         if "spec" not in config:
             raise RunError(f"{record.path}: the manifest has no CNN spec; the run is not a CNN run")
@@ -178,7 +183,9 @@ class CNN(InspectableModel):
             inputs = inputs[None]
         expected = tuple(self.spec.input_shape[1:])
         if inputs.ndim != 3 or inputs.shape[1:] != expected:
-            raise ConfigError(f"expected inputs of shape (N, {expected[0]}, {expected[1]}), got {inputs.shape}")
+            raise ConfigError(
+                f"expected inputs of shape (N, {expected[0]}, {expected[1]}), got {inputs.shape}"
+            )
         return torch.from_numpy(np.ascontiguousarray(inputs)).to(self.device)
 
     def activations_from_inputs(self, inputs: np.ndarray, layers: Sequence[str]) -> dict[str, np.ndarray]:
@@ -190,7 +197,9 @@ class CNN(InspectableModel):
         results = {name: np.empty((len(x_all), *self._shape(name)), np.float32) for name in layers}
         captured: dict[str, torch.Tensor] = {}
         handles = [
-            self.net._modules[name].register_forward_hook(lambda _m, _i, out, name=name: captured.__setitem__(name, out))
+            self.net._modules[name].register_forward_hook(
+                lambda _m, _i, out, name=name: captured.__setitem__(name, out)
+            )
             for name in wanted
         ]
         self.net.eval()
@@ -223,13 +232,15 @@ class CNN(InspectableModel):
 
     def _unit_gradients(self, x: torch.Tensor, layer: str, rows: torch.Tensor, idx: torch.Tensor,
                         params: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Each row's unit value (a map's mean, or a node) and its gradient with respect to the row's input."""
+        """Each row's unit value (a map's mean, or a node) and its gradient with respect to the row's
+        input."""
         x = x.detach().unsqueeze(1).clone()  # (N, 1, 28, 28)
         if x.device.type == "cpu":
             x = x.contiguous(memory_format=torch.channels_last)
         x.requires_grad_(True)
         with torch.enable_grad():
-            out = torch.func.functional_call(self.net, params, (x,), {"until": layer})  # nothing after the layer runs
+            # nothing after the layer runs
+            out = torch.func.functional_call(self.net, params, (x,), {"until": layer})
             if layer == "output":
                 out = self.net.probabilities(out)
             picked = out[rows, idx]  # (N,) for dense, (N, H, W) for maps
@@ -254,9 +265,12 @@ class CNN(InspectableModel):
         torch.set_num_threads(1)
         try:
             with ThreadPoolExecutor(parts - 1, thread_name_prefix="mnistlab-oip") as pool:
-                others = [pool.submit(self._unit_gradients, x[sl], layer, r, idx[sl], params) for sl, r in jobs[1:]]
+                others = [
+                    pool.submit(self._unit_gradients, x[sl], layer, r, idx[sl], params) for sl, r in jobs[1:]
+                ]
                 sl, r = jobs[0]
-                results = [self._unit_gradients(x[sl], layer, r, idx[sl], params)] + [f.result() for f in others]
+                results = [self._unit_gradients(x[sl], layer, r, idx[sl], params)]
+                results += [f.result() for f in others]
         finally:
             torch.set_num_threads(threads)
         return torch.cat([v for v, _ in results]), torch.cat([g for _, g in results])
@@ -277,15 +291,20 @@ class CNN(InspectableModel):
             raise ConfigError(f"got {len(units_arr)} units for {len(x)} inputs; give one unit per input")
         width = self._shape(layer)[0]
         if len(units_arr) and (units_arr.min() < 0 or units_arr.max() >= width):
-            raise ConfigError(f"unit {int(units_arr.max() if units_arr.max() >= width else units_arr.min())} is out of range for {layer} (0..{width - 1})")
+            raise ConfigError(
+                f"unit {int(units_arr.max() if units_arr.max() >= width else units_arr.min())} is out of "
+                f"range for {layer} (0..{width - 1})"
+            )
         self.net.eval()
         rows = torch.arange(len(x), device=x.device)
         idx = torch.from_numpy(units_arr).to(x.device)
         if x.device.type != "cpu" or len(x) < 2 * _MIN_PART:
-            values, grad = self._unit_gradients(x, layer, rows, idx, self._detached_params(x.device.type == "cpu"))
+            params = self._detached_params(x.device.type == "cpu")
+            values, grad = self._unit_gradients(x, layer, rows, idx, params)
         else:
             values, grad = self._split_unit_gradients(x, layer, rows, idx)
-        return values.detach().cpu().numpy().astype(np.float32, copy=False), grad.detach().cpu().numpy().astype(np.float32, copy=False)
+        return (values.detach().cpu().numpy().astype(np.float32, copy=False),
+                grad.detach().cpu().numpy().astype(np.float32, copy=False))
 
     def layer_gradient(
         self, inputs: np.ndarray, layer: str, units: Sequence[int] | np.ndarray, wrt: str
@@ -295,33 +314,50 @@ class CNN(InspectableModel):
         for maps, (N, units) for dense layers."""
         layer, wrt = self.check_layers([layer, wrt])
         if self.net.names.index(wrt) > self.net.names.index(layer):
-            raise ConfigError(f"layer {wrt!r} comes after {layer!r}; the gradient needs a layer at or below it")
+            raise ConfigError(
+                f"layer {wrt!r} comes after {layer!r}; the gradient needs a layer at or below it"
+            )
         units_arr = np.asarray(units, dtype=np.int64).reshape(-1)
         x = self._as_tensor(inputs).clone().requires_grad_(True)  # a graph even if the weights are frozen
         width = self._shape(layer)[0]
-        if len(units_arr) != len(x) or (len(units_arr) and not 0 <= units_arr.min() <= units_arr.max() < width):
-            raise ConfigError(f"give one unit per input, each in 0..{width - 1} for {layer}; got {len(units_arr)} for {len(x)}")
+        if len(units_arr) != len(x) or (
+            len(units_arr) and not 0 <= units_arr.min() <= units_arr.max() < width
+        ):
+            raise ConfigError(
+                f"give one unit per input, each in 0..{width - 1} for {layer}; got {len(units_arr)} for "
+                f"{len(x)}"
+            )
         captured: dict[str, torch.Tensor] = {}
-        handles = [self.net._modules[name].register_forward_hook(lambda _m, _i, out, name=name: captured.__setitem__(name, out))
-                   for name in {layer, wrt}]
+        handles = [
+            self.net._modules[name].register_forward_hook(
+                lambda _m, _i, out, name=name: captured.__setitem__(name, out)
+            )
+            for name in {layer, wrt}
+        ]
         self.net.eval()
         try:
             with torch.enable_grad():
                 self.net(x)
                 if "output" in captured:  # the output block gives logits; its activations are probabilities
                     captured["output"] = self.net.probabilities(captured["output"])
-                picked = captured[layer][torch.arange(len(x), device=x.device), torch.from_numpy(units_arr).to(x.device)]
-                values = picked.flatten(1).mean(1) if picked.dim() > 1 else picked  # a map's objective is its mean
+                picked = captured[layer][
+                    torch.arange(len(x), device=x.device), torch.from_numpy(units_arr).to(x.device)
+                ]
+                values = (
+                    picked.flatten(1).mean(1) if picked.dim() > 1 else picked
+                )  # a map's objective is its mean
                 (grad,) = torch.autograd.grad(values.sum(), captured[wrt])
         finally:
             for handle in handles:
                 handle.remove()
-        return tuple(t.detach().cpu().numpy().astype(np.float32, copy=False) for t in (values, captured[wrt], grad))
+        return tuple(
+            t.detach().cpu().numpy().astype(np.float32, copy=False) for t in (values, captured[wrt], grad)
+        )
 
     def layers_with_weights(self) -> list[str]:
         return [name for name in self.net.names if any(True for _ in self.net._modules[name].parameters())]
 
-    def with_random_weights(self, layers, seed: int = 0) -> "CNN":
+    def with_random_weights(self, layers, seed: int = 0) -> CNN:
         names = self.check_layers(list(layers))
         with torch.random.fork_rng(devices=[]):  # the caller's torch random stream stays where it was
             net = Net(self.spec)

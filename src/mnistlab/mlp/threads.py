@@ -13,7 +13,8 @@ from __future__ import annotations
 import contextlib
 import os
 import statistics
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from ..errors import ConfigError
 
@@ -143,7 +144,8 @@ class ThreadChoice:
         one = self.results[1]
         self.steps = []
         self.chosen = 1 if one < 0.97 * many else self.most  # a clear win only: one thread is the exception
-        self.wait = 2 * self.wait if self.chosen == 1 and self.log and self.log[-1][1] == 1 else self.every_one
+        one_again = self.chosen == 1 and self.log and self.log[-1][1] == 1
+        self.wait = 2 * self.wait if one_again else self.every_one
         self.reference = one if self.chosen == 1 else many
         self._set(self.chosen)
         self.log.append((self.epoch, self.chosen, 1e6 * many / self.batch, 1e6 * one / self.batch))
