@@ -355,7 +355,10 @@ def _env(threads: int | str, cls: str) -> dict[str, str]:
 
 def _spawn(argv: list[str], threads: int | str, timeout: float, cls: str) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), *argv, "--threads", str(threads)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(threads, cls), timeout=timeout)
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(threads, cls), timeout=timeout)
+    except subprocess.TimeoutExpired:  # a loaded machine can stretch one engine past any limit: keep the rest
+        return {"error": f"over the {timeout:.0f} s timeout (--timeout)"}
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
         return {"error": " | ".join(tail)}
