@@ -1,8 +1,9 @@
 """How a CNN run goes fast: the device, the speed levers chosen for it, and the process-wide
 settings a run changes.
 
-* ``choose_device`` and ``choose_levers`` decide (pure: they change nothing). ``Levers`` records
-  what was decided; the manifest stores it.
+* ``choose_device`` and ``choose_levers`` decide and change nothing; on the CPU, what 'auto' leaves
+  open is timed on a copy of the network (``cpu_probe``, torch's thread count and random stream
+  restored). ``Levers`` records what was decided and measured; the manifest stores it.
 * ``SplitBatch`` (CPU) and ``CudaGraphStep`` (GPU) are the levers that change how a step runs;
   the loop in training.py calls them.
 * ``process_settings`` is the one place where a run changes the process: every such setting is
@@ -137,7 +138,9 @@ def _measure_cpu(config: TrainConfig, spec: Spec, amp: str | None, channels_last
     from .model import Net
 
     dtype = {"bfloat16": torch.bfloat16}.get(amp or "")
-    result = cpu_probe.probe(Net(spec), spec.input_shape, config.batch_size, candidates, autocast=dtype)
+    with torch.random.fork_rng(devices=[]):  # the probe's network must not draw from the run's random stream
+        net = Net(spec)
+    result = cpu_probe.probe(net, spec.input_shape, config.batch_size, candidates, autocast=dtype)
     best = result.chosen
     return best.channels_last, best.threads, best.parts, result.describe()
 
