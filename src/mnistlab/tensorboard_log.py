@@ -183,3 +183,52 @@ class TensorBoardLog:
             self.epoch(row, CNN(trainer.spec, trainer.preprocess, net), weights)
 
         return on_epoch
+
+
+def _both(first: Callable[[dict[str, Any]], None], then: Callable[[dict[str, Any]], None] | None):
+    if then is None:
+        return first
+
+    def on_epoch(row: dict[str, Any]) -> None:
+        first(row)
+        then(row)  # may raise StopTraining (a sweep's pruner): this epoch is logged already
+
+    return on_epoch
+
+
+def train_mlp_logged(logdir: str | Path, config: Any, dataset: Dataset, *, val: int = 0, **options: Any):
+    """mnistlab.mlp.train_on_dataset with a TensorBoard log of every epoch and the end figures;
+    ``options`` go to train_on_dataset (its ``callback`` still runs, after the log)."""
+    from .mlp.run import train_on_dataset
+    from .mlp.threads import blas_threads
+
+    log = TensorBoardLog(logdir, dataset, val=val)
+    options["callback"] = _both(log.mlp_callback(), options.get("callback"))
+    try:
+        result = train_on_dataset(config, dataset, on_model=log.watch, **options)
+    except BaseException:
+        log.close()
+        raise
+    with blas_threads(options.get("threads", "auto")):  # as training: idle BLAS threads spin when busy
+        log.finish(result.model, len(result.history))
+    return result
+
+
+def run_cnn_logged(trainer: Any, logdir: str | Path, *, val: int = 0):
+    """``trainer.run()`` with a TensorBoard log of every epoch and, for a finished run, the end
+    figures; the trainer's own epoch_callback (a sweep's pruner) still runs, after the log."""
+    from .cnn.levers import torch_threads
+
+    log = TensorBoardLog(logdir, trainer.dataset, val=val)
+    trainer.epoch_callback = _both(log.cnn_callback(trainer), trainer.epoch_callback)
+    try:
+        result = trainer.run()
+    except BaseException:
+        log.close()
+        raise
+    if result.state != "complete":
+        log.close()
+        return result
+    with torch_threads(trainer.levers.threads):  # as training chose, not torch's default
+        log.finish(result.model, len(result.history))
+    return result

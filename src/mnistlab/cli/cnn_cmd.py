@@ -13,7 +13,7 @@ from typing import Any
 
 from ..errors import ConfigError, RunError
 from .common import add_dataset_options, info
-from .tensorboard_cmd import add_tensorboard_option, log_dir, run_cnn_logged
+from .tensorboard_cmd import add_tensorboard_option, log_dir
 
 # CLI option -> TrainConfig field (None values mean "not given": the preset or stored run decides).
 _FIELDS = (
@@ -187,7 +187,12 @@ def run_train(args: argparse.Namespace) -> int:
             )
             + f") -> {out}"
         )
-        result = trainer.run() if tensorboard_dir is None else run_cnn_logged(trainer, tensorboard_dir)
+        if tensorboard_dir is None:
+            result = trainer.run()
+        else:
+            from ..tensorboard_log import run_cnn_logged
+
+            result = run_cnn_logged(trainer, tensorboard_dir)
     seconds = time.perf_counter() - t0
     if result.state == "interrupted":
         info(

@@ -6,6 +6,7 @@ import argparse
 import sys
 import time
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -141,12 +142,11 @@ def run_train(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     dataset = load_dataset_from_args(args)  # before the bar, so its source line is not drawn over
-    tensorboard = None
+    train = train_on_dataset
     if tensorboard_dir is not None:
-        from ..tensorboard_log import TensorBoardLog
+        from ..tensorboard_log import train_mlp_logged
 
-        tensorboard = TensorBoardLog(tensorboard_dir, dataset)
-        log_epoch = tensorboard.mlp_callback()
+        train = partial(train_mlp_logged, tensorboard_dir)
     bar = tqdm(total=config.epochs, unit="epoch", desc="train mlp", disable=args.no_progress, file=sys.stderr)
 
     def on_epoch(row: dict[str, Any]) -> None:
@@ -157,27 +157,15 @@ def run_train(args: argparse.Namespace) -> int:
             shown["val"] = f"{row['val_accuracy']:.4f}"
         bar.set_postfix(shown, refresh=False)
         bar.update(1)
-        if tensorboard is not None:
-            log_epoch(row)
 
     t0 = time.perf_counter()
     try:
-        result = train_on_dataset(
+        result = train(
             config, dataset, out=out, overwrite=args.overwrite, callback=on_epoch,
             profile=args.profile, preset=args.preset, threads=args.threads,
-            on_model=tensorboard.watch if tensorboard else None,
         )
-    except BaseException:
-        if tensorboard is not None:
-            tensorboard.close()
-        raise
     finally:
         bar.close()
-    if tensorboard is not None:
-        from ..mlp.threads import blas_threads
-
-        with blas_threads(args.threads):  # as training: idle BLAS threads spin on a busy machine
-            tensorboard.finish(result.model, len(result.history))
     seconds = time.perf_counter() - t0
     if args.profile:
         print(profile_table(result.history))

@@ -9,6 +9,7 @@ from typing import Any
 
 from ..errors import ConfigError, MnistlabError
 from .common import add_dataset_options, info, load_dataset_from_args
+from .tensorboard_cmd import add_tensorboard_option
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,6 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
             name, help=about, description=f"{about}; options not in the space stay fixed."
         )
         _add_worker_options(q)
+        add_tensorboard_option(q, "also write TensorBoard logs of each trial, to DIR/STUDY/trial-NNNN")
         if name == "mlp":
             from ..mlp.config import PRESETS
 
@@ -155,6 +157,10 @@ def run_sweep(args: argparse.Namespace) -> int:
     optuna.logging.set_verbosity(logging.ERROR)  # the worker reports each trial itself, in one line
     storage_url = args.storage or default_storage(args.runs)
     storage = open_storage(storage_url, heartbeat=args.heartbeat)  # a bad URL fails before the data loads
+    if args.tensorboard is not None:
+        from ..tensorboard_log import check_log_dir
+
+        check_log_dir(args.tensorboard)  # as a bad URL: before the data loads
     dataset = without_test_split(load_dataset_from_args(args), args.train_size)
     if base.val >= len(dataset.train_labels):
         raise ConfigError(
@@ -173,6 +179,7 @@ def run_sweep(args: argparse.Namespace) -> int:
         pruner=args.pruner,
         timeout=args.timeout,
         threads=getattr(args, "threads", "auto"),
+        tensorboard=args.tensorboard,
         say=info,
     )
     info(

@@ -11,13 +11,11 @@ from pathlib import Path
 from ..errors import MnistlabError
 
 
-def add_tensorboard_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--tensorboard",
-        type=Path,
-        metavar="DIR",
-        help="also write TensorBoard logs, to DIR/RUN_NAME (view them: mnistlab tensorboard DIR)",
-    )
+def add_tensorboard_option(
+    parser: argparse.ArgumentParser,
+    help: str = "also write TensorBoard logs, to DIR/RUN_NAME (view them: mnistlab tensorboard DIR)",
+) -> None:
+    parser.add_argument("--tensorboard", type=Path, metavar="DIR", help=help)
 
 
 def log_dir(args: argparse.Namespace, run_dir: Path) -> Path | None:
@@ -27,26 +25,6 @@ def log_dir(args: argparse.Namespace, run_dir: Path) -> Path | None:
     from ..tensorboard_log import check_log_dir
 
     return check_log_dir(args.tensorboard / Path(run_dir).name)
-
-
-def run_cnn_logged(trainer, logdir: Path):
-    """``trainer.run()`` with a TensorBoard log of every epoch and, for a finished run, its end figures."""
-    from ..cnn.levers import torch_threads
-    from ..tensorboard_log import TensorBoardLog
-
-    log = TensorBoardLog(logdir, trainer.dataset)
-    trainer.epoch_callback = log.cnn_callback(trainer)
-    try:
-        result = trainer.run()
-    except BaseException:
-        log.close()
-        raise
-    if result.state != "complete":
-        log.close()
-        return result
-    with torch_threads(trainer.levers.threads):  # as training chose, not torch's default
-        log.finish(result.model, len(result.history))
-    return result
 
 
 def register(sub: argparse._SubParsersAction) -> None:

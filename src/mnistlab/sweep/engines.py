@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -60,16 +61,20 @@ class MLPEngine:
         return config.to_dict()
 
     def train(
-        self, config: Any, dataset: Dataset, out: Path, on_epoch: EpochCallback, threads: Any
+        self, config: Any, dataset: Dataset, out: Path, on_epoch: EpochCallback, threads: Any,
+        tensorboard: Path | None = None,
     ) -> TrialRun:
         from ..errors import TrainingDiverged
         from ..mlp.run import train_on_dataset
         from ..runs import read_manifest
 
+        train = train_on_dataset
+        if tensorboard is not None:  # the log's figures use the validation images (trials never see test)
+            from ..tensorboard_log import train_mlp_logged
+
+            train = partial(train_mlp_logged, tensorboard, val=config.val)
         try:
-            result = train_on_dataset(
-                config, dataset, out=out, overwrite=True, callback=on_epoch, threads=threads
-            )
+            result = train(config, dataset, out=out, overwrite=True, callback=on_epoch, threads=threads)
         except TrainingDiverged:
             written = out if (out / "run.json").exists() else None
             return TrialRun(_history(out) if written else [], "diverged", written)
@@ -124,15 +129,20 @@ class CNNEngine:
         return config.recipe()
 
     def train(
-        self, config: Any, dataset: Dataset, out: Path, on_epoch: EpochCallback, threads: Any
+        self, config: Any, dataset: Dataset, out: Path, on_epoch: EpochCallback, threads: Any,
+        tensorboard: Path | None = None,
     ) -> TrialRun:
         from ..cnn.training import Trainer
         from ..errors import TrainingDiverged
 
         try:
-            result = Trainer(
-                config, dataset, out, progress=False, overwrite=True, epoch_callback=on_epoch
-            ).run()
+            trainer = Trainer(config, dataset, out, progress=False, overwrite=True, epoch_callback=on_epoch)
+            if tensorboard is None:
+                result = trainer.run()
+            else:
+                from ..tensorboard_log import run_cnn_logged
+
+                result = run_cnn_logged(trainer, tensorboard, val=config.val)
         except TrainingDiverged:
             return TrialRun(_history(out), "diverged", out)
         return TrialRun(result.history, result.state, result.run_dir)

@@ -51,6 +51,7 @@ class Sweep:
     pruner: str = "median"
     timeout: float | None = None
     threads: Any = "auto"
+    tensorboard: Path | None = None  # each trial logs to tensorboard/STUDY/trial-NNNN
     say: Callable[[str], None] = field(default=lambda line: None)
 
     @property
@@ -278,8 +279,9 @@ def _objective(sweep: Sweep, study: Any, trial: Any) -> float:
         f"trial {trial.number} started{f' (retry of trial {retried})' if retried is not None else ''}: "
         + " ".join(f"{k}={v}" for k, v in drawn.items())
     )
+    logs = None if sweep.tensorboard is None else sweep.tensorboard / Path(name).relative_to("sweeps")
     result: TrialRun = sweep.engine.train(
-        config, sweep.dataset, sweep.runs_dir / name, on_epoch, sweep.threads
+        config, sweep.dataset, sweep.runs_dir / name, on_epoch, sweep.threads, tensorboard=logs
     )
     seconds = time.perf_counter() - t0
     if result.status == "interrupted" and not pruned_at:
