@@ -229,3 +229,43 @@ def test_tensorboard_server_serves_the_scalars(mlp_logs):
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait()
+
+
+@pytest.mark.slow
+def test_sweep_trials_log_with_validation_images_standing_in_for_test(tmp_path, monkeypatch):
+    pytest.importorskip("optuna")
+    from mnistlab.data import Dataset
+    from test_sweep_inprocess import Untouchable, learnable
+
+    images, labels = learnable(600, 0)
+    ds = Dataset("mnist", images, labels, Untouchable("images"), Untouchable("labels"), tuple("0123456789"))
+    monkeypatch.setattr("mnistlab.cli.sweep_cmd.load_dataset_from_args", lambda args: ds)
+    monkeypatch.chdir(tmp_path)
+    argv = ["sweep", "mlp", "--study", "s", "--trials", "2", "--val", "100", "--epochs", "2",
+            "--layers", "16",
+            "--batch-size", "50", "--space", "lr=log:0.05:0.5", "--heartbeat", "1", "--threads", "1",
+            "--no-prune", "--tensorboard", str(tmp_path / "tb")]  # fmt: skip
+    assert main(argv) == 0
+    for trial in ("trial-0000", "trial-0001"):
+        history = read_history(tmp_path / "runs" / "sweeps" / "s" / trial)
+        acc = _events(tmp_path / "tb" / "s" / trial)
+        events = acc.Scalars("history/val_accuracy")
+        assert [e.step for e in events] == [1, 2]
+        np.testing.assert_allclose([e.value for e in events], [r["val_accuracy"] for r in history], rtol=1e-6)
+        assert "history/test_accuracy" not in acc.Tags()["scalars"]
+        assert {"confusion_matrix", "oip/hidden1", "weights/W1"} <= set(acc.Tags()["images"]) | set(
+            acc.Tags()["histograms"]
+        )
+
+
+def test_sweep_refuses_an_unwritable_tensorboard_path_before_the_data_loads(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("optuna")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    monkeypatch.setattr(
+        "mnistlab.cli.sweep_cmd.load_dataset_from_args", lambda args: pytest.fail("the data was loaded")
+    )
+    monkeypatch.chdir(tmp_path)
+    assert main(["sweep", "mlp", "--study", "s", "--trials", "1", "--tensorboard", str(blocker / "tb")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--tensorboard" in err, err
