@@ -245,6 +245,7 @@ def _objective(sweep: Sweep, study: Any, trial: Any) -> float:
     import optuna
     from optuna.trial import TrialState
 
+    trial.set_user_attr("pid", os.getpid())  # which worker took it, a surplus trial included
     every = study.get_trials(deepcopy=False)
     counted = (TrialState.COMPLETE, TrialState.PRUNED)
     before = [
@@ -259,7 +260,6 @@ def _objective(sweep: Sweep, study: Any, trial: Any) -> float:
     name = run_name(sweep.study, trial.number)
     trial.set_user_attr("run", name)
     trial.set_user_attr("host", socket.gethostname())
-    trial.set_user_attr("pid", os.getpid())
     last_epoch = sweep.engine.epochs(config)
     pruned_at: list[int] = []
     accuracies: list[float] = []
