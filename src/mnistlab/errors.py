@@ -22,3 +22,13 @@ class RunError(MnistlabError):
 
 class TrainingDiverged(MnistlabError):
     """Training produced NaN or inf; the last good weights were kept."""
+
+
+class MissingExtra(MnistlabError, ModuleNotFoundError):
+    """An optional module is not installed; the message names the extra that brings it (see mnistlab.extras).
+
+    Also a ModuleNotFoundError, so ``except ImportError`` around an optional feature keeps working."""
+
+
+class WriteError(MnistlabError):
+    """The disk refused a write (full, quota, permissions, read-only); the message says what was kept."""
