@@ -45,7 +45,9 @@ def require(module: str, what: str) -> ModuleType:
 
 @contextlib.contextmanager
 def needs_extras(what: str) -> Iterator[None]:
-    """Turn a missing optional module, imported anywhere inside the block, into MissingExtra."""
+    """Turn a missing optional module, imported anywhere inside the block, into MissingExtra.
+
+    Blocks nest; the outermost names ``what``, being closest to what the user asked for."""
     try:
         yield
     except ModuleNotFoundError as exc:
@@ -57,7 +59,7 @@ def needs_extras(what: str) -> Iterator[None]:
 
 def optional_module(exc: BaseException) -> str | None:
     """The optional top-level module a ModuleNotFoundError is about, else None (a real bug)."""
-    if isinstance(exc, ModuleNotFoundError) and not isinstance(exc, MissingExtra) and exc.name:
+    if isinstance(exc, ModuleNotFoundError) and exc.name:
         top = exc.name.partition(".")[0]
         if top in EXTRAS:
             return top
