@@ -62,8 +62,9 @@ def guard(path: Path | str, what: str, kept: str | Callable[[], tuple[str, str |
 
 def make_dirs(path: Path) -> None:
     """mkdir -p."""
-    fault_point("mkdir", path)
-    Path(path).mkdir(parents=True, exist_ok=True)
+    if not Path(path).is_dir():
+        fault_point("mkdir", path)
+        Path(path).mkdir(parents=True, exist_ok=True)
 
 
 def _umask() -> int:
