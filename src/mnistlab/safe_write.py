@@ -26,7 +26,7 @@ _REFUSALS = {
     errno.EDQUOT: ("disk quota exceeded", "free some space"),
     errno.EACCES: ("permission denied", "make it writable"),
     errno.EPERM: ("operation not permitted", "make it writable"),
-    errno.EROFS: ("read-only file system", "write somewhere writable"),
+    errno.EROFS: ("read-only file system", "remount it read-write"),
 }
 
 
