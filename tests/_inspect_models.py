@@ -47,6 +47,9 @@ class TinyConvNet(InspectableModel):
     def layer_names(self):
         return ["conv1", "pool1", "flatten", "dense1", "output"]
 
+    def layer_roles(self):
+        return {"conv1": "map", "pool1": "pass-through", "flatten": "pass-through", "dense1": "vector", "output": "vector"}
+
     # ----- forward with caches -----
     def _forward(self, x):
         x = np.asarray(x, np.float64)

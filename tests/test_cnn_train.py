@@ -57,6 +57,9 @@ def test_training_learns_writes_and_reloads(tmp_path):
     assert acc == pytest.approx(result.history[-1]["test_accuracy"], abs=1e-9)
     for key in ("loss", "train_accuracy", "test_loss", "test_accuracy", "lr", "train_seconds"):
         assert key in result.history[0]
+    from mnistlab.runs import HISTORY_KEYS  # the vocabulary shared with the MLP (no val split here)
+
+    assert set(HISTORY_KEYS) - {"val_accuracy"} <= set(result.history[0])
 
 
 def _interrupt_at(step):

@@ -61,24 +61,23 @@ def test_gradients_match_finite_differences_float64(activation, output):
 # ----- the arithmetic of the update on worked examples -----
 
 
-def _one_weight_trainer(**opts):
+def _one_weight_fit(**opts):
     """A 1-1-2 net (W1 1x1, W2 1x2, b1, b2): four params a worked example can follow."""
     cfg = MLPConfig(input_size=1, hidden=(1,), n_classes=2, dtype="float64", **opts)
     model = MLP(cfg)
     model.params[:] = [0.5, -2.0, 1.0, 0.25, 0.0, 0.0]  # W1, W2 (2), b1, b2 (2)
-    trainer = Trainer(model)
-    trainer._prepare(np.ones((1, 1)), np.zeros(1, int), 1)  # buffers for a one-image batch
-    return model, trainer
+    fit = Trainer(model).prepare(np.ones((1, 1)), np.zeros(1, int), 1)  # buffers for a one-image batch
+    return model, fit
 
 
 def test_worked_example_standard_momentum_with_l1_l2():
     # lr 0.1, momentum 0.5, l2 0.2, l1 0.1, gradient g = 1 for every parameter, two steps.
-    model, tr = _one_weight_trainer(lr=0.1, momentum=0.5, nesterov=False, l1=0.1, l2=0.2)
+    model, fit = _one_weight_fit(lr=0.1, momentum=0.5, nesterov=False, l1=0.1, l2=0.2)
     lr = 0.1
     for _ in range(2):
-        tr.grad[:] = lr * 1.0  # the trainer's gradients arrive pre-scaled by lr
-        tr._update(lr)
-    tr._sync()  # the trainer works on its own copy
+        fit.optimizer.grad.flat[:] = lr * 1.0  # the trainer's gradients arrive pre-scaled by lr
+        fit.optimizer.step(lr)
+    fit.write_model()  # the trainer works on its own copy
     # weight 0.5: step 1: g' = 1 + 0.2*0.5 + 0.1*1 = 1.2; v = 1.2; w = 0.5 - 0.12 = 0.38
     #             step 2: g' = 1 + 0.076 + 0.1 = 1.176; v = 0.6 + 1.176 = 1.776; w = 0.38 - 0.1776 = 0.2024
     assert model.params[0] == pytest.approx(0.2024)
@@ -90,26 +89,26 @@ def test_worked_example_standard_momentum_with_l1_l2():
 
 
 def test_worked_example_nesterov():
-    model, tr = _one_weight_trainer(lr=0.1, momentum=0.5, nesterov=True)
+    model, fit = _one_weight_fit(lr=0.1, momentum=0.5, nesterov=True)
     for _ in range(2):
-        tr.grad[:] = 0.1
-        tr._update(0.1)
-    tr._sync()
+        fit.optimizer.grad.flat[:] = 0.1
+        fit.optimizer.step(0.1)
+    fit.write_model()
     # bias 0.25, g = 1: step 1: v = 1, b -= 0.1 (1 + 0.5*1) -> 0.10; step 2: v = 1.5, b -= 0.1 (1 + 0.75) -> -0.075
     assert model.params[3] == pytest.approx(-0.075)
 
 
 def test_worked_example_seed_momentum_and_decay():
     # The seed's form: w -= lr_t g_t + m lr_{t-1} g_{t-1}, with the rate decayed between steps.
-    model, tr = _one_weight_trainer(lr=0.1, momentum=0.5, nesterov=False, momentum_form="seed",
+    model, fit = _one_weight_fit(lr=0.1, momentum=0.5, nesterov=False, momentum_form="seed",
                                     schedule="seed", decay=0.25)
     lr0, lr1 = learning_rate(model.config, 0), learning_rate(model.config, 1)
     assert (lr0, lr1) == (0.1, pytest.approx(0.08))  # 0.1 / (1 + 0.25 * 1)
-    tr.grad[:] = lr0 * 2.0
-    tr._update(lr0)
-    tr.grad[:] = lr1 * 1.0
-    tr._update(lr1)
-    tr._sync()
+    fit.optimizer.grad.flat[:] = lr0 * 2.0
+    fit.optimizer.step(lr0)
+    fit.optimizer.grad.flat[:] = lr1 * 1.0
+    fit.optimizer.step(lr1)
+    fit.write_model()
     # bias 0.25: step 1: 0.2; step 2: 0.08 + 0.5 * 0.2 = 0.18; b = 0.25 - 0.38 = -0.13
     assert model.params[3] == pytest.approx(-0.13)
 
@@ -135,11 +134,11 @@ def test_history_and_learning_on_toy_data():
     model = MLP(cfg)
     hist = train(model, x, y, test=(x[:100], y[:100]), profile=True)
     assert [row["epoch"] for row in hist] == list(range(1, 9))
-    for key in ("cost", "reg_cost", "train_accuracy", "test_accuracy", "mean_abs_error", "lr", "seconds",
-                "time_gather", "time_forward", "time_cost", "time_backward", "time_update"):
+    for key in ("loss", "reg_loss", "train_accuracy", "test_accuracy", "mean_abs_error", "lr", "seconds",
+                "time_gather", "time_forward", "time_loss", "time_backward", "time_update"):
         assert key in hist[-1], key
-    assert hist[-1]["cost"] < hist[0]["cost"]
-    assert 0 < hist[-1]["reg_cost"] < hist[-1]["cost"]
+    assert hist[-1]["loss"] < hist[0]["loss"]
+    assert 0 < hist[-1]["reg_loss"] < hist[-1]["loss"]
     assert hist[-1]["train_accuracy"] > 0.85
     assert hist[-1]["test_accuracy"] == pytest.approx(model.accuracy(x[:100], y[:100]))
 
@@ -187,8 +186,8 @@ def test_raw_images_train_like_preprocessed_inputs():
             assert raw.input_scale == 255
             np.testing.assert_allclose(a.params, b.params, rtol=1e-4, atol=2e-6)
             for ra, rb in zip(ha, hb):
-                assert ra["cost"] == pytest.approx(rb["cost"], rel=1e-5)
-                assert ra["reg_cost"] == pytest.approx(rb["reg_cost"], rel=1e-5)
+                assert ra["loss"] == pytest.approx(rb["loss"], rel=1e-5)
+                assert ra["reg_loss"] == pytest.approx(rb["reg_loss"], rel=1e-5)
                 assert abs(ra["test_accuracy"] - rb["test_accuracy"]) <= 1 / 50
         # the blank inputs' weights still decay under L2, exactly as without the trimming
         assert np.all(a.weights[0][:56] != 0)
@@ -376,6 +375,18 @@ def test_bad_data_is_one_line():
         model.input_gradient(x[:2], "output", [0, 4])
     with pytest.raises(ConfigError, match="unknown preset"):
         preset("fast")
+    with pytest.raises(ConfigError, match="unknown optimizer 'rmsprop'; choose one of: sgd, adam"):
+        MLPConfig(optimizer="rmsprop")
+
+
+def test_cli_trains_with_adam_and_old_configs_default_to_sgd(tiny, tmp_path):
+    out = tmp_path / "adam"
+    assert main(["train", "mlp", "--optimizer", "adam", "--lr", "0.003", "--epochs", "2", "--layers", "16",
+                 "--out", str(out), "--no-progress"]) == 0
+    manifest = json.loads((out / "run.json").read_text())
+    assert manifest["config"]["optimizer"] == "adam" and manifest["metrics"]["test_accuracy"] > 0.5
+    old = {k: v for k, v in manifest["config"].items() if k != "optimizer"}  # a run from before optimizers
+    assert MLPConfig.from_dict(old).optimizer == "sgd"
 
 
 def test_incomplete_or_incompatible_runs_are_one_line(tiny, tmp_path):

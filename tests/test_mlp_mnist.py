@@ -45,7 +45,7 @@ def test_tail_columns_on_mnist_train_like_dense_products():
     assert layout["core"] + layout["tail"] + layout["blank"] == 784
     np.testing.assert_allclose(split_model.params, runs[None][0].params, rtol=1e-9, atol=1e-11)
     assert hist[-1]["test_accuracy"] == split_model.accuracy(xt, ds.test_labels)
-    assert [r["cost"] for r in hist] == pytest.approx([r["cost"] for r in runs[None][2]], rel=1e-10)
+    assert [r["loss"] for r in hist] == pytest.approx([r["loss"] for r in runs[None][2]], rel=1e-10)
 
 
 @pytest.mark.slow

@@ -205,6 +205,29 @@ def test_input_gradient_keeps_image_shape():
     np.testing.assert_allclose(grads.reshape(3, -1), xt.grad.numpy(), rtol=1e-9, atol=1e-13)
 
 
+def _torch_epochs(model, ws, bs, x, y, opt, sched=None, l1=0.0):
+    """Full-batch epochs of the same net in torch (one step each), L1 as a penalty in the loss."""
+    xt = torch.tensor(x)
+    for _ in range(model.config.epochs):
+        opt.zero_grad()
+        _, logits = _torch_forward(model, ws, bs, xt)
+        loss = torch.nn.functional.cross_entropy(logits, torch.tensor(y))
+        (loss + l1 * sum(w.abs().sum() for w in ws)).backward()
+        opt.step()
+        if sched is not None:
+            sched.step()
+
+
+def _assert_same_params(model, ws, bs, rtol=1e-9, atol=1e-12):
+    for i, (w, b) in enumerate(zip(ws, bs)):
+        np.testing.assert_allclose(model.weights[i], w.detach().numpy(), rtol=rtol, atol=atol)
+        np.testing.assert_allclose(model.biases[i], b.detach().numpy(), rtol=rtol, atol=atol)
+
+
+def _torch_groups(ws, bs, l2):
+    return [{"params": ws, "weight_decay": l2}, {"params": bs, "weight_decay": 0.0}]
+
+
 @pytest.mark.parametrize(
     "opts",
     [
@@ -219,25 +242,63 @@ def test_sgd_steps_match_torch_optim(opts, blank):
     """Full-batch epochs (one step each), so shuffling cannot matter: our folded lr*velocity
     arithmetic, its rescaling when the schedule changes, and weight decay on weights only must
     reproduce torch.optim.SGD with a per-epoch LambdaLR."""
-    epochs = 4
-    model = _model("tanh", "softmax", epochs=epochs, batch_size=13, lr=0.5, **opts)
+    model = _model("tanh", "softmax", epochs=4, batch_size=13, lr=0.5, **opts)
     cfg = model.config
     x, y = _sparse_data(n=13) if blank == "tail" else _data(blank=blank)
     ws, bs = _torch_params(model)
-    groups = [{"params": ws, "weight_decay": cfg.l2}, {"params": bs, "weight_decay": 0.0}]
-    opt = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
+    opt = torch.optim.SGD(_torch_groups(ws, bs, cfg.l2), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: learning_rate(cfg, e) / cfg.lr)
-    xt = torch.tensor(x)
-    for _ in range(epochs):
-        opt.zero_grad()
-        _, logits = _torch_forward(model, ws, bs, xt)
-        torch.nn.functional.cross_entropy(logits, torch.tensor(y)).backward()
-        opt.step()
-        sched.step()
+    _torch_epochs(model, ws, bs, x, y, opt, sched)
 
     trainer = Trainer(model, split=0.3 if blank == "tail" else "auto")
     trainer.fit(x, y)
     assert trainer.layout["tail"] == (4 if blank == "tail" else 0)
-    for i, (w, b) in enumerate(zip(ws, bs)):
-        np.testing.assert_allclose(model.weights[i], w.detach().numpy(), rtol=1e-9, atol=1e-12)
-        np.testing.assert_allclose(model.biases[i], b.detach().numpy(), rtol=1e-9, atol=1e-12)
+    _assert_same_params(model, ws, bs)
+
+
+@pytest.mark.parametrize(
+    "opts",
+    [
+        dict(schedule="constant"),
+        dict(schedule="cosine", lr_min=0.001, l2=0.01),
+        dict(schedule="step", step_size=2, gamma=0.5, l1=0.003, l2=0.002),
+    ],
+)
+@pytest.mark.parametrize("blank", [(0, 5), "tail"])
+def test_adam_steps_match_torch_optim(opts, blank):
+    """optimizer="adam" reproduces torch.optim.Adam (weight decay on the weights only; L1 as a
+    penalty in the loss) over full-batch epochs with a per-epoch LambdaLR."""
+    model = _model("tanh", "softmax", epochs=5, batch_size=40, lr=0.05, optimizer="adam", **opts)
+    cfg = model.config
+    x, y = _sparse_data(n=40) if blank == "tail" else _data(n=40, blank=blank)
+    ws, bs = _torch_params(model)
+    opt = torch.optim.Adam(_torch_groups(ws, bs, cfg.l2), lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: learning_rate(cfg, e) / cfg.lr)
+    _torch_epochs(model, ws, bs, x, y, opt, sched, l1=cfg.l1)
+
+    trainer = Trainer(model, split=0.3 if blank == "tail" else "auto")
+    trainer.fit(x, y)
+    assert trainer.layout["tail"] == (4 if blank == "tail" else 0)
+    _assert_same_params(model, ws, bs)
+
+
+def test_adam_on_raw_images_under_unit_scaling_matches_torch():
+    """float32 raw uint8 images: the trainer folds 1/255 into the first layer (see mlp.layout);
+    Adam keeps its moments in the model's units, so it still reproduces torch.optim.Adam."""
+    from mnistlab.data import Preprocessor
+
+    rng = np.random.default_rng(4)
+    images = np.zeros((60, 6, 6), np.uint8)
+    images[:, 1:5, 1:5] = rng.integers(0, 256, (60, 4, 4)) * (rng.random((60, 4, 4)) < 0.6)
+    y = rng.integers(0, 3, 60)
+    pre = Preprocessor.fit("unit", images)
+    cfg = MLPConfig(input_size=36, hidden=(8,), n_classes=3, optimizer="adam", lr=0.01, l2=0.01, epochs=3,
+                    batch_size=60, schedule="constant")
+    model = MLP(cfg, preprocess=pre)
+    ws, bs = _torch_params(model)
+    opt = torch.optim.Adam(_torch_groups(ws, bs, cfg.l2), lr=cfg.lr)
+    _torch_epochs(model, ws, bs, pre(images).reshape(60, -1), y, opt)
+    trainer = Trainer(model)
+    trainer.fit(images, y)
+    assert trainer.input_scale == 255
+    _assert_same_params(model, ws, bs, rtol=2e-4, atol=2e-6)

@@ -65,7 +65,31 @@ def test_validation_split_last_and_seeded():
 
 def _write(tmp_path, name="run", **kw):
     manifest = runs.make_manifest("mlp", {"layers": [3]}, dataset="mnist")
-    return runs.write_run(tmp_path / name, manifest, {"w": np.ones(3)}, {"kind": np.array("unit")}, [{"epoch": 1, "cost": 0.5}], **kw)
+    return runs.write_run(tmp_path / name, manifest, {"w": np.ones(3)}, {"kind": np.array("unit")}, [{"epoch": 1, "loss": 0.5}], **kw)
+
+
+def test_old_history_keys_are_read_in_todays_vocabulary(tmp_path):
+    """MLP runs written before one vocabulary said cost / reg_cost / time_cost."""
+    path = _write(tmp_path)
+    old = [{"epoch": 1, "cost": 0.5, "reg_cost": 0.01, "train_accuracy": 0.9, "time_cost": 0.2, "lr": 0.4}]
+    (path / "history.json").write_text(json.dumps(old))
+    assert runs.read_history(path) == [
+        {"epoch": 1, "loss": 0.5, "reg_loss": 0.01, "train_accuracy": 0.9, "time_loss": 0.2, "lr": 0.4}
+    ]
+    assert runs.read_run(path).history == runs.read_history(path)
+    (path / "history.json").write_text('{"epoch": 1}')
+    with pytest.raises(RunError, match="not a list of per-epoch records"):
+        runs.read_history(path)
+
+
+def test_both_engines_write_one_history_vocabulary():
+    from mnistlab.mlp import MLP, MLPConfig, train
+
+    x = np.random.default_rng(0).normal(size=(40, 6))
+    y = np.arange(40) % 3
+    history = train(MLP(MLPConfig(input_size=6, hidden=(4,), n_classes=3, epochs=2, val=0)), x, y,
+                    test=(x, y), val=(x, y))
+    assert set(runs.HISTORY_KEYS) <= set(history[-1]), history[-1]
 
 
 def test_run_round_trip(tmp_path):
@@ -73,8 +97,8 @@ def test_run_round_trip(tmp_path):
     record = runs.read_run(path)
     assert record.kind == "mlp" and record.config == {"layers": [3]}
     np.testing.assert_array_equal(record.weights["w"], np.ones(3))
-    assert record.history == [{"epoch": 1, "cost": 0.5}]
-    assert (path / "history.csv").read_text().splitlines() == ["epoch,cost", "1,0.5"]
+    assert record.history == [{"epoch": 1, "loss": 0.5}]
+    assert (path / "history.csv").read_text().splitlines() == ["epoch,loss", "1,0.5"]
     assert record.manifest["versions"]["numpy"] == np.__version__
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary leftovers
     umask = os.umask(0)

@@ -45,14 +45,19 @@ def _chromium() -> str:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     pytest.importorskip("uvicorn")
-    import uvicorn
-
     from test_web_helpers import tiny_app, write_tiny_run
 
     root = tmp_path_factory.mktemp("browser-runs")
     write_tiny_run(root / "tiny")
     write_tiny_run(root / "second", seed=5)
-    server = uvicorn.Server(uvicorn.Config(tiny_app(root), host="127.0.0.1", port=0, log_level="warning"))
+    yield from _serve(tiny_app(root))
+
+
+def _serve(app):
+    """Serve ``app`` on a free local port in a thread; yields its URL, then stops it."""
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
@@ -166,4 +171,47 @@ def test_an_error_from_the_server_is_shown_not_thrown(server, browser):
     page.click("#btn-load")
     page.wait_for_selector("#error:not([hidden])")
     assert "out of range" in page.inner_text("#error")
+    page.close()
+
+
+@pytest.fixture(scope="module")
+def mlp_server(tmp_path_factory):
+    """Real MLP runs on the tiny dataset: one trained now, and a copy in the old history format."""
+    pytest.importorskip("uvicorn")
+    import json
+
+    from mnistlab.mlp import MLPConfig, train_on_dataset
+    from mnistlab.web.app import create_app
+    from test_web_helpers import tiny_dataset
+
+    root = tmp_path_factory.mktemp("browser-mlp-runs")
+    config = MLPConfig(hidden=(8,), epochs=3, batch_size=20, lr=0.1, preprocess="unit")
+    train_on_dataset(config, tiny_dataset(), out=root / "mlp", threads=1)
+    shutil.copytree(root / "mlp", root / "old-mlp")
+    history = json.loads((root / "mlp" / "history.json").read_text())
+    renamed = {"loss": "cost", "reg_loss": "reg_cost"}  # what mnistlab wrote before one vocabulary
+    old = [{renamed.get(k, k): v for k, v in row.items()} for row in history]
+    (root / "old-mlp" / "history.json").write_text(json.dumps(old))
+    yield from _serve(create_app(root, dataset_loader=tiny_dataset))
+
+
+@pytest.mark.parametrize("run", ["mlp", "old-mlp"])
+def test_training_tab_draws_the_mlp_loss_curve(mlp_server, browser, run):
+    page = browser.new_page(viewport={"width": 1360, "height": 1000})
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(f"{mlp_server}/?run={run}")
+    page.wait_for_selector("#layer-output")
+    page.click("button[data-tab=training]")
+    page.wait_for_selector("#curves svg polyline")
+    titles = page.eval_on_selector_all(
+        "#curves svg", "svgs => svgs.map(s => s.querySelector('text').textContent)"
+    )
+    assert "Loss" in titles, titles
+    loss_chart = page.locator("#curves > div").nth(titles.index("Loss"))
+    assert loss_chart.locator("polyline").count() >= 1
+    points = loss_chart.locator("polyline").first.get_attribute("points").split()
+    assert len(points) == 3  # one point per epoch
+    assert "loss" in loss_chart.locator(".legend").inner_text().split()
+    assert not errors, errors
     page.close()

@@ -9,6 +9,9 @@ Conventions (both engines, same names, shapes and meaning):
   Activations are taken after the layer's nonlinearity. ``output`` holds class probabilities.
 * Layer names: MLP ``hidden1``, ``hidden2``, ..., ``output``; CNN ``conv1``, ``pool1``, ...,
   ``flatten``, ``dense1``, ..., ``output``.
+* Layer roles (``layer_roles``), which tell analysis code what a layer is without guessing from
+  its name: ``map`` (learned feature maps, (C, H, W)), ``vector`` (learned units, the output
+  included), ``pass-through`` (pooling, flatten: a rearrangement or summary of the layer before).
 """
 
 from __future__ import annotations
@@ -46,7 +49,16 @@ class InspectableModel(ABC):
         is what lets activation maximization optimize many maps at once.
         """
 
-    # ----- shared behaviour built on the two methods above -----
+    # ----- shared behaviour built on the methods above -----
+
+    def layer_roles(self) -> dict[str, str]:
+        """{layer name: "map" | "vector" | "pass-through"}, input to output.
+
+        This default reads the role off each activation's shape (one blank image), which is right
+        for models without pass-through layers (the MLP); models that have them say so themselves.
+        """
+        probe = self.activations_from_inputs(self.to_inputs(np.zeros((1, 28, 28), np.uint8)), self.layer_names())
+        return {name: "map" if np.ndim(values) == 4 else "vector" for name, values in probe.items()}
 
     def check_layers(self, layers: Iterable[str] | str | None) -> list[str]:
         """Validate layer names; None means all. An unknown name lists the valid ones."""

@@ -6,7 +6,7 @@ Layout (format 1)::
       run.json          manifest: format, kind ("mlp" | "cnn"), config, dataset, metrics, versions
       weights.npz       model parameters as plain arrays (loaded with allow_pickle=False)
       preprocess.npz    fitted preprocessing parameters (see mnistlab.data.preprocess)
-      history.json      one dict per epoch
+      history.json      one dict per epoch (keys in HISTORY_KEYS' vocabulary)
       history.csv       the same, for spreadsheets
       (engine-specific extras, e.g. checkpoints/ for the CNN; figures/ from `evaluate`)
 
@@ -42,6 +42,11 @@ PREPROCESS = "preprocess.npz"
 HISTORY_JSON = "history.json"
 HISTORY_CSV = "history.csv"
 KINDS = ("mlp", "cnn")
+# The per-epoch keys both engines write where they apply (engines may add their own, e.g.
+# "val_loss", "train_seconds"): one vocabulary, so every reader can treat runs alike.
+HISTORY_KEYS = ("epoch", "loss", "train_accuracy", "val_accuracy", "test_accuracy", "lr", "seconds")
+# Keys of runs written by earlier versions -> today's, translated when a history is read.
+_OLD_HISTORY_KEYS = {"cost": "loss", "reg_cost": "reg_loss", "time_cost": "time_loss"}
 
 
 def library_versions() -> dict[str, str]:
@@ -278,14 +283,17 @@ def read_manifest(run_dir: Path) -> dict[str, Any]:
 
 
 def read_history(run_dir: Path) -> list[dict[str, Any]]:
-    """The run's per-epoch history ([] when it has none yet)."""
+    """The run's per-epoch history ([] when it has none yet), in today's vocabulary (HISTORY_KEYS)."""
     path = Path(run_dir) / HISTORY_JSON
     try:
-        return json.loads(path.read_text())
+        history = json.loads(path.read_text())
     except FileNotFoundError:
         return []
     except json.JSONDecodeError as exc:
         raise RunError(f"{path}: corrupt ({exc}); train the run again") from None
+    if not isinstance(history, list) or not all(isinstance(row, dict) for row in history):
+        raise RunError(f"{path}: not a list of per-epoch records; train the run again")
+    return [{_OLD_HISTORY_KEYS.get(key, key): value for key, value in row.items()} for row in history]
 
 
 def read_run(run_dir: Path) -> RunRecord:

@@ -279,7 +279,7 @@ def cmd_oip(args: argparse.Namespace) -> int:
 
     model = load_model(args.run)
     shapes = layer_shapes(model)
-    layer = model.check_layers(args.layer)[0] if args.layer else default_oip_layer(model, shapes)
+    layer = model.check_layers(args.layer)[0] if args.layer else default_oip_layer(model)
     units = parse_units(args.maps, shapes[layer][0])
     try:
         scales = [float(s) for s in args.scales.split(",") if s.strip()]

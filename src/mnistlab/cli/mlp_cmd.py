@@ -14,7 +14,9 @@ from .common import add_dataset_options, load_dataset_from_args
 
 
 def register_train(train_sub: argparse._SubParsersAction) -> None:
-    from ..mlp.config import ACTIVATIONS, INITS, MOMENTUM_FORMS, OUTPUTS, PREPROCESSING, PRESETS, SCHEDULES
+    from ..mlp.config import (
+        ACTIVATIONS, INITS, MOMENTUM_FORMS, OPTIMIZERS, OUTPUTS, PREPROCESSING, PRESETS, SCHEDULES,
+    )
 
     p = train_sub.add_parser(
         "mlp",
@@ -37,6 +39,7 @@ def register_train(train_sub: argparse._SubParsersAction) -> None:
     t = p.add_argument_group("training")
     t.add_argument("--epochs", type=int)
     t.add_argument("--batch-size", type=int)
+    t.add_argument("--optimizer", help=f"update rule: {', '.join(OPTIMIZERS)} (the momentum options apply to sgd)")
     t.add_argument("--lr", type=float, help="(initial) learning rate")
     t.add_argument("--momentum", type=float)
     t.add_argument("--momentum-form", help=f"momentum arithmetic: {', '.join(MOMENTUM_FORMS)}")
@@ -61,8 +64,9 @@ def register_train(train_sub: argparse._SubParsersAction) -> None:
 _FIELDS = {"layers": "hidden"} | {
     name: name
     for name in (
-        "activation", "output", "init", "dtype", "seed", "preprocess", "epochs", "batch_size", "lr", "momentum",
-        "momentum_form", "nesterov", "l1", "l2", "schedule", "decay", "step_size", "gamma", "lr_min", "val", "patience",
+        "activation", "output", "init", "dtype", "seed", "preprocess", "epochs", "batch_size", "optimizer", "lr",
+        "momentum", "momentum_form", "nesterov", "l1", "l2", "schedule", "decay", "step_size", "gamma", "lr_min",
+        "val", "patience",
     )
 }
 
@@ -104,7 +108,7 @@ def config_from_args(args: argparse.Namespace):
 
 def run_train(args: argparse.Namespace) -> int:
     from ..mlp.run import train_on_dataset
-    from ..mlp.train import describe_layout
+    from ..mlp.layout import describe_layout
 
     config = config_from_args(args)
     out = args.out or Path("runs") / f"mlp-{args.dataset}-{datetime.now():%Y%m%d-%H%M%S}"
@@ -116,7 +120,7 @@ def run_train(args: argparse.Namespace) -> int:
     bar = tqdm(total=config.epochs, unit="epoch", desc="train mlp", disable=args.no_progress, file=sys.stderr)
 
     def on_epoch(row: dict[str, Any]) -> None:
-        shown = {"cost": f"{row['cost']:.4f}", "train": f"{row['train_accuracy']:.4f}"}
+        shown = {"loss": f"{row['loss']:.4f}", "train": f"{row['train_accuracy']:.4f}"}
         if "test_accuracy" in row:
             shown["test"] = f"{row['test_accuracy']:.4f}"
         if "val_accuracy" in row:
@@ -145,7 +149,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 def profile_table(history: list[dict[str, Any]]) -> str:
     """Seconds per phase of the batch loop, summed over the epochs."""
-    from ..mlp.train import PHASES
+    from ..mlp.profile import PHASES
 
     totals = {p: sum(row.get(f"time_{p}", 0.0) for row in history) for p in PHASES}
     whole = sum(totals.values()) or 1.0

@@ -12,25 +12,18 @@ from torch import nn
 from ..data.preprocess import Preprocessor
 from ..errors import ConfigError, RunError
 from ..model_api import InspectableModel
-from .spec import LayerInfo, Spec, _pad_amount, infer_shapes, parse_spec, summary_table
+from .layers import ACTIVATIONS
+from .spec import LayerInfo, Spec, infer_shapes, parse_spec, summary_table
 
-_ACTIVATIONS = {
-    # In place: a conv's or linear layer's backward needs its input, not its output, so ReLU may
-    # overwrite the output and save one pass over the largest maps (conv1: 32x26x26 per image).
-    "relu": lambda: nn.ReLU(inplace=True),
-    "sigmoid": nn.Sigmoid,
-    "elu": nn.ELU,
-    "tanh": nn.Tanh,
-    "linear": nn.Identity,
-}
 INITS = ("glorot", "default")
 
 
 class Net(nn.Module):
     """A fold over named blocks; each block is one spec layer plus its batch norm, activation, dropout.
 
-    ``forward`` returns logits; the ``output`` activation (softmax or sigmoid) is applied by the
-    loss during training and by ``probabilities`` for inspection.
+    Every block comes from its layer kind (``layers.py``). ``forward`` returns logits; the ``output``
+    activation (softmax or sigmoid) is applied by the loss during training and by ``probabilities``
+    for inspection.
     """
 
     def __init__(self, spec: Spec):
@@ -40,47 +33,27 @@ class Net(nn.Module):
         self.names: list[str] = []
         blocks: dict[str, nn.Sequential] = {}
         for info in self.infos:
-            layer = info.layer
-            if not info.inspectable:  # bn / dropout: part of the block it follows
-                owner = blocks[self.names[-1]]
-                if layer.type == "bn":
-                    channels = info.output_shape[0]
-                    bn = nn.BatchNorm2d(channels) if len(info.output_shape) == 3 else nn.BatchNorm1d(channels)
-                    # Batch norm sits between the linear part and the nonlinearity (bn directly follows
-                    # a conv or dense block, whose children are exactly [conv|linear, act]).
-                    act = owner._modules.pop("act")
-                    owner.add_module("bn", bn)
-                    owner.add_module("act", act)
-                else:
-                    owner.add_module("dropout", nn.Dropout(layer.rate))
+            if info.kind.attached:  # bn / dropout: part of the block it follows
+                info.kind.attach(blocks[self.names[-1]], info)
                 continue
-            block = nn.Sequential()
-            in_shape = info.input_shape
-            if layer.type == "conv":
-                block.add_module("conv", nn.Conv2d(in_shape[0], layer.filters, layer.kernel, layer.stride, _pad_amount(layer)))
-                block.add_module("act", _ACTIVATIONS[layer.act]())
-            elif layer.type == "pool":
-                block.add_module("pool", nn.MaxPool2d(layer.size, layer.stride))
-            elif layer.type == "flatten":
-                block.add_module("flatten", nn.Flatten())
-            elif layer.type == "dense":
-                block.add_module("linear", nn.Linear(in_shape[0], layer.units))
-                block.add_module("act", _ACTIVATIONS[layer.act]())
-            elif layer.type == "output":
-                block.add_module("linear", nn.Linear(in_shape[0], layer.units))
-            blocks[info.name] = block
+            blocks[info.name] = info.kind.build(info)
             self.names.append(info.name)
         for name in self.names:
             self.add_module(name, blocks[name])
-        # Max-pooling commutes with ReLU: pool(relu(x)) == relu(pool(x)) exactly, gradients too
-        # (where the window's max is <= 0 both give zero). Pooling first runs the ReLU and its
-        # backward on a quarter of the values: 5-8% of a CPU training step of the seed network.
+        kinds = {info.name: info.kind for info in self.infos}
+        # A block ending in ReLU followed by a kind that commutes with it (max pooling) runs its
+        # ReLU after the pooling: the same values and gradients, on a fraction of the elements.
         self.pool_first = {
             name: following
             for name, following in zip(self.names, self.names[1:])
-            if list(blocks[name]._modules) in (["conv", "act"], ["conv", "bn", "act"])
-            and isinstance(blocks[name].act, nn.ReLU)
-            and list(blocks[following]._modules) == ["pool"]
+            if list(blocks[name]._modules)[-1] == "act" and isinstance(blocks[name].act, nn.ReLU)
+            and kinds[following].commutes_with_relu
+        }
+        # the modules each fused pair runs, resolved once: (before the ReLU, the pooling, the ReLU)
+        self._fused = {
+            name: ([m for key, m in blocks[name]._modules.items() if key != "act"],
+                   list(blocks[following]._modules.values()), blocks[name].act)
+            for name, following in self.pool_first.items()
         }
         self.fuse_pooling = True
 
@@ -96,19 +69,19 @@ class Net(nn.Module):
             following = self.pool_first.get(name) if self.fuse_pooling else None
             # hooks (inspection) must see each block's own output, so hooked blocks run as written
             if following is not None and not (block._forward_hooks or modules[following]._forward_hooks):
-                x = block.conv(x)
-                if "bn" in block._modules:
-                    x = block.bn(x)
-                x = block.act(modules[following].pool(x))
+                before, pooling, act = self._fused[name]
+                for module in before:
+                    x = module(x)
+                for module in pooling:
+                    x = module(x)
+                x = act(x)
                 skip = following
             else:
                 x = block(x)
         return x  # (N, classes) logits
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
-        if self.spec.output_activation == "sigmoid":
-            return torch.sigmoid(logits)
-        return torch.softmax(logits, dim=1)
+        return ACTIVATIONS[self.spec.output_activation].module()(logits)
 
 
 def init_weights(net: Net, init: str) -> None:
@@ -186,6 +159,9 @@ class CNN(InspectableModel):
 
     def layer_names(self) -> list[str]:
         return list(self.net.names)
+
+    def layer_roles(self) -> dict[str, str]:
+        return {info.name: info.kind.role for info in self.net.infos if not info.kind.attached}
 
     def summary(self) -> str:
         return summary_table(self.spec)

@@ -9,10 +9,13 @@ type followed by ``:``-separated arguments, positional or ``key=value``::
 
     conv:32:3:act=elu:pad=same  bn  dropout:0.25  dense:128:act=tanh  output:10:sigmoid
 
-Layer types and their arguments (positional order first):
+Layer types and their arguments (positional order first); each is a class in ``layers.py``, the
+registry that parsing, shapes, the summary, the torch model and inspection all ask:
 
 * ``conv``    filters, kernel, stride=1, pad=valid|same|INT, act=relu|sigmoid|elu|tanh|linear
 * ``pool``    size, stride=size (max pooling)
+* ``avgpool`` size, stride=size (average pooling)
+* ``gap``     global average pooling: each map's mean, (C, H, W) -> (C,); replaces flatten
 * ``flatten``
 * ``dense``   units, act=relu|...
 * ``output``  units (classes), act=softmax|sigmoid; must be the last layer (``dense`` as the
@@ -22,7 +25,7 @@ Layer types and their arguments (positional order first):
 
 As a dict / TOML / JSON: ``{"input": [1, 28, 28], "layers": [{"type": "conv", "filters": 32,
 "kernel": 3}, ...]}`` (or just the list). Layer names are derived, never given: ``conv1``,
-``pool1``, ..., ``flatten``, ``dense1``, ..., ``output``; ``bn``/``dropout`` layers are named
+``pool1``, ``avgpool1``, ..., ``flatten`` (or ``gap``), ``dense1``, ..., ``output``; ``bn``/``dropout`` layers are named
 after the layer they follow (``conv1_bn``, ``dense1_dropout``).
 """
 
@@ -35,68 +38,9 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from ..errors import ConfigError
+from .layers import ACTIVATIONS, HIDDEN_ACTIVATIONS, KINDS, LAYER_TYPES, OUTPUT_ACTIVATIONS, Layer, LayerKind, find_kind
 
-HIDDEN_ACTIVATIONS = ("relu", "sigmoid", "elu", "tanh", "linear")
-OUTPUT_ACTIVATIONS = ("softmax", "sigmoid")
-LAYER_TYPES = ("conv", "pool", "flatten", "dense", "output", "dropout", "bn")
 INPUT_SHAPE = (1, 28, 28)
-
-# Positional argument order for each layer type (the one-line syntax and list forms).
-_POSITIONAL = {
-    "conv": ("filters", "kernel", "stride", "pad", "act"),
-    "pool": ("size", "stride"),
-    "flatten": (),
-    "dense": ("units", "act"),
-    "output": ("units", "act"),
-    "dropout": ("rate",),
-    "bn": (),
-}
-_ALIASES = {
-    "type": {"maxpool": "pool", "maxpooling": "pool", "batchnorm": "bn", "batch_norm": "bn", "conv2d": "conv",
-             "linear": "dense", "fc": "dense"},
-    "key": {"padding": "pad", "activation": "act", "kernel_size": "kernel", "pool_size": "size", "p": "rate",
-            "units": "units", "filters": "filters"},
-}
-
-
-@dataclass(frozen=True)
-class Layer:
-    """One layer record. Only the fields that matter for its type are used."""
-
-    type: str
-    filters: int = 0
-    kernel: int = 0
-    stride: int = 1
-    pad: str | int = "valid"
-    size: int = 0
-    units: int = 0
-    act: str = ""
-    rate: float = 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"type": self.type, **{k: getattr(self, k) for k in _POSITIONAL[self.type]}}
-
-    def to_token(self) -> str:
-        """This layer in the one-line syntax (defaults left out)."""
-        if self.type == "conv":
-            parts = [str(self.filters), str(self.kernel)]
-            if self.stride != 1:
-                parts.append(f"stride={self.stride}")
-            if self.pad != "valid":
-                parts.append(f"pad={self.pad}")
-            if self.act != "relu":
-                parts.append(f"act={self.act}")
-        elif self.type == "pool":
-            parts = [str(self.size)] + ([f"stride={self.stride}"] if self.stride != self.size else [])
-        elif self.type == "dense":
-            parts = [str(self.units)] + ([f"act={self.act}"] if self.act != "relu" else [])
-        elif self.type == "output":
-            parts = [str(self.units)] + ([f"act={self.act}"] if self.act != "softmax" else [])
-        elif self.type == "dropout":
-            parts = [f"{self.rate:g}"]
-        else:
-            parts = []
-        return ":".join([self.type, *parts])
 
 
 @dataclass(frozen=True)
@@ -128,7 +72,15 @@ class LayerInfo:
     input_shape: tuple[int, ...]
     output_shape: tuple[int, ...]  # without the batch dimension
     params: int
-    inspectable: bool = True  # conv/pool/flatten/dense/output; bn and dropout are folded into the named layer
+
+    @property
+    def kind(self) -> LayerKind:
+        return self.layer.kind
+
+    @property
+    def inspectable(self) -> bool:
+        """False for attached kinds (bn, dropout): folded into the named layer they follow."""
+        return not self.kind.attached
 
 
 # ----------------------------------------------------------------------------------------------
@@ -179,78 +131,21 @@ PRESETS: dict[str, Preset] = {
 # ----------------------------------------------------------------------------------------------
 # Parsing
 
-def _convert(layer_pos: int, ltype: str, key: str, value: Any) -> Any:
-    where = f"layer {layer_pos} ({ltype})"
-    try:
-        if key in ("filters", "kernel", "stride", "size", "units"):
-            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-                raise ValueError
-            number = int(value)
-            if number < 1:
-                raise ConfigError(f"{where}: {key}={value!r} must be a positive integer")
-            return number
-        if key == "rate":
-            rate = float(value)
-            if not 0.0 <= rate < 1.0:
-                raise ConfigError(f"{where}: dropout rate {value!r} must be in [0, 1)")
-            return rate
-        if key == "pad":
-            text = str(value).lower()
-            if text in ("valid", "same"):
-                return text
-            number = int(text)
-            if number < 0:
-                raise ValueError
-            return number
-        if key == "act":
-            text = str(value).lower()
-            # dense may say softmax only as the last layer (then it is the output); _finish checks.
-            valid = {"output": OUTPUT_ACTIVATIONS, "dense": HIDDEN_ACTIVATIONS + ("softmax",)}.get(ltype, HIDDEN_ACTIVATIONS)
-            if text not in valid:
-                raise ConfigError(f"{where}: unknown activation {value!r}; choose one of: {', '.join(valid)}")
-            return text
-    except ConfigError:
-        raise
-    except (TypeError, ValueError):
-        expected = {"rate": "a number", "pad": "valid, same or a non-negative integer"}.get(key, "a positive integer")
-        raise ConfigError(f"{where}: {key}={value!r} is not {expected}") from None
-    raise ConfigError(f"{where}: unknown argument {key!r}; {ltype} takes: {', '.join(_POSITIONAL[ltype]) or 'nothing'}")
-
-
 def _make_layer(pos: int, ltype: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> Layer:
-    raw_type = str(ltype).lower()
-    ltype = _ALIASES["type"].get(raw_type, raw_type)
-    if ltype not in LAYER_TYPES:
-        raise ConfigError(f"layer {pos}: unknown layer type {raw_type!r}; choose one of: {', '.join(LAYER_TYPES)}")
-    names = _POSITIONAL[ltype]
+    kind = find_kind(ltype)
+    if kind is None:
+        raise ConfigError(f"layer {pos}: unknown layer type {str(ltype).lower()!r}; choose one of: {', '.join(LAYER_TYPES)}")
+    where = f"layer {pos} ({kind.name})"
+    names = [arg.name for arg in kind.args]
     if len(args) > len(names):
-        raise ConfigError(f"layer {pos} ({ltype}): too many arguments {list(args)!r}; it takes: {', '.join(names) or 'none'}")
-    values: dict[str, Any] = {}
-    for key, value in zip(names, args):
-        values[key] = value
+        raise ConfigError(f"{where}: too many arguments {list(args)!r}; it takes: {', '.join(names) or 'none'}")
+    values: dict[str, Any] = dict(zip(names, args))
     for key, value in kwargs.items():
-        key = _ALIASES["key"].get(key, key)
+        key = kind.canonical_key(key)
         if key in values:
-            raise ConfigError(f"layer {pos} ({ltype}): {key} given twice")
+            raise ConfigError(f"{where}: {key} given twice")
         values[key] = value
-    fields: dict[str, Any] = {k: _convert(pos, ltype, k, v) for k, v in values.items()}
-    required = {"conv": ("filters", "kernel"), "pool": ("size",), "dense": ("units",), "output": ("units",),
-                "dropout": ("rate",)}.get(ltype, ())
-    missing = [k for k in required if k not in fields]
-    if missing:
-        raise ConfigError(f"layer {pos} ({ltype}): missing {', '.join(missing)} (e.g. {_EXAMPLES[ltype]})")
-    if ltype == "conv":
-        fields.setdefault("act", "relu")
-    elif ltype == "pool":
-        fields.setdefault("stride", fields["size"])
-    elif ltype == "dense":
-        fields.setdefault("act", "relu")
-    elif ltype == "output":
-        fields.setdefault("act", "softmax")
-    return Layer(ltype, **fields)
-
-
-_EXAMPLES = {"conv": "conv:32:3", "pool": "pool:2", "dense": "dense:70", "output": "output:10", "dropout": "dropout:0.25"}
+    return kind.make(values, where)
 
 
 def _parse_token(pos: int, token: str) -> Layer:
@@ -271,9 +166,10 @@ def _parse_token(pos: int, token: str) -> Layer:
 def _finish(layers: list[Layer], input_shape: Sequence[int] = INPUT_SHAPE) -> Spec:
     if not layers:
         raise ConfigError("the spec has no layers; e.g. conv:32:3,pool:2,flatten,output:10")
-    if layers[-1].type == "dense":
+    output = KINDS["output"]
+    if layers[-1].type == "dense":  # the spec language reads a last dense layer as the output
         act = layers[-1].act if layers[-1].act in OUTPUT_ACTIVATIONS else "softmax"
-        layers[-1] = Layer("output", units=layers[-1].units, act=act)
+        layers[-1] = output.make({"units": layers[-1].units, "act": act}, f"layer {len(layers)} (output)")
     if layers[-1].type != "output":
         raise ConfigError(
             f"layer {len(layers)} ({layers[-1].type}): the last layer must be output:CLASSES (or dense), e.g. output:10"
@@ -281,8 +177,10 @@ def _finish(layers: list[Layer], input_shape: Sequence[int] = INPUT_SHAPE) -> Sp
     for pos, layer in enumerate(layers[:-1], start=1):
         if layer.type == "output":
             raise ConfigError(f"layer {pos} (output): output must be the last layer; use dense:{layer.units} here")
-        if layer.act == "softmax":
-            raise ConfigError(f"layer {pos} ({layer.type}): softmax is only for the last layer; use relu, sigmoid, elu or tanh")
+        act = layer.get("act")
+        if act and not ACTIVATIONS[act].hidden:
+            raise ConfigError(f"layer {pos} ({layer.type}): {act} is only for the last layer; "
+                              f"use one of: {', '.join(HIDDEN_ACTIVATIONS)}")
     try:
         shape = tuple(int(v) for v in input_shape)
     except (TypeError, ValueError):
@@ -315,7 +213,7 @@ def parse_spec(source: "str | Path | Mapping[str, Any] | Sequence[Any] | Spec") 
         if not tokens:
             raise ConfigError(f"empty spec; give a preset ({', '.join(PRESETS)}) or layers like conv:32:3,pool:2,flatten,output:10")
         if len(tokens) == 1 and ":" not in tokens[0]:
-            if tokens[0].lower() not in LAYER_TYPES:
+            if find_kind(tokens[0]) is None:
                 raise ConfigError(
                     f"unknown spec or preset {text!r}; presets: {', '.join(PRESETS)}; "
                     "or layers like conv:32:3,pool:2,flatten,output:10"
@@ -385,14 +283,6 @@ def load_spec_file(path: Path) -> Spec:
 # ----------------------------------------------------------------------------------------------
 # Dry pass: shapes and parameter counts, layer by layer
 
-def _pad_amount(layer: Layer) -> int:
-    if layer.pad == "same":
-        return (layer.kernel - 1) // 2
-    if layer.pad == "valid":
-        return 0
-    return int(layer.pad)
-
-
 def infer_shapes(spec: Spec) -> list[LayerInfo]:
     """Walk the spec from the input shape; a layer that cannot apply fails with its position."""
     shape: tuple[int, ...] = tuple(spec.input_shape)
@@ -401,56 +291,23 @@ def infer_shapes(spec: Spec) -> list[LayerInfo]:
     last_named = "input"
     for pos, layer in enumerate(spec.layers, start=1):
         where = f"layer {pos} ({layer.to_token()})"
-        t = layer.type
-        params = 0
-        if t in ("conv", "pool"):
-            if len(shape) != 3:
-                raise ConfigError(f"{where}: needs a (channels, height, width) input but gets {shape} after flatten; move it before flatten")
-            c, h, w = shape
-            k = layer.kernel if t == "conv" else layer.size
-            if t == "conv" and layer.pad == "same" and layer.kernel % 2 == 0:
-                raise ConfigError(f"{where}: pad=same needs an odd kernel; use an odd kernel or an integer pad")
-            p = _pad_amount(layer) if t == "conv" else 0
-            if h + 2 * p < k or w + 2 * p < k:
-                raise ConfigError(f"{where}: the {h}x{w} map is smaller than the {k}x{k} {'kernel' if t == 'conv' else 'pool window'}; remove a layer or use pad=same")
-            oh = (h + 2 * p - k) // layer.stride + 1
-            ow = (w + 2 * p - k) // layer.stride + 1
-            if t == "conv":
-                params = layer.filters * c * k * k + layer.filters
-                shape = (layer.filters, oh, ow)
-            else:
-                shape = (c, oh, ow)
-        elif t == "flatten":
-            if len(shape) != 3:
-                raise ConfigError(f"{where}: the input is already flat {shape}; remove this flatten")
-            shape = (shape[0] * shape[1] * shape[2],)
-        elif t in ("dense", "output"):
-            if len(shape) != 1:
-                raise ConfigError(f"{where}: needs a flat input but gets maps {shape}; put flatten before it")
-            params = shape[0] * layer.units + layer.units
-            shape = (layer.units,)
-        elif t == "bn":
-            if not infos or not infos[-1].inspectable or infos[-1].layer.type not in ("conv", "dense"):
-                raise ConfigError(f"{where}: batch norm must directly follow a conv or dense layer")
-            params = 2 * shape[0]  # trainable scale and shift (running statistics are counted apart)
-        # dropout: shape and params unchanged
-        if t in ("bn", "dropout"):
-            name = f"{last_named}_{t}"
+        kind = layer.kind
+        in_shape = shape
+        shape, params = kind.infer(layer, shape, where, infos[-1] if infos else None)
+        if kind.naming == "attached":
+            name = f"{last_named}_{kind.name}"
             if any(info.name == name for info in infos):
-                raise ConfigError(f"{where}: a second {t} after {last_named}; one is enough")
-            infos.append(LayerInfo(name, layer, infos[-1].output_shape if infos else spec.input_shape, shape, params, False))
-            continue
-        if t in ("conv", "pool", "dense"):
-            counts[t] = counts.get(t, 0) + 1
-            name = f"{t}{counts[t]}"
+                raise ConfigError(f"{where}: a second {kind.name} after {last_named}; one is enough")
+        elif kind.naming == "single":
+            name = kind.name
+            if any(info.name == name for info in infos):
+                raise ConfigError(f"{where}: a second {kind.name}; one is enough")
         else:
-            name = t
-        if t == "flatten" and "flatten" in counts:
-            raise ConfigError(f"{where}: a second flatten; one is enough")
-        counts.setdefault(t, 1)
-        in_shape = infos[-1].output_shape if infos else tuple(spec.input_shape)
+            counts[kind.name] = counts.get(kind.name, 0) + 1
+            name = f"{kind.name}{counts[kind.name]}"
         infos.append(LayerInfo(name, layer, in_shape, shape, params))
-        last_named = name
+        if not kind.attached:
+            last_named = name
     return infos
 
 
@@ -461,18 +318,14 @@ def count_params(spec: Spec) -> int:
 def summary_table(spec: Spec, title: str = "") -> str:
     """A Keras-style summary: name, type, output shape, parameters, and the totals."""
     infos = infer_shapes(spec)
-    type_names = {"conv": "Conv2D", "pool": "MaxPool2D", "flatten": "Flatten", "dense": "Dense",
-                  "output": "Dense", "dropout": "Dropout", "bn": "BatchNorm"}
     rows = [("Layer (name)", "Type", "Output shape", "Param #")]
+    running = 0
     for info in infos:
-        params = info.params * 2 if info.layer.type == "bn" else info.params  # Keras counts running stats
-        extra = ""
-        if info.layer.type in ("conv", "dense", "output"):
-            extra = f" {info.layer.act}"
-        elif info.layer.type == "dropout":
-            extra = f" {info.layer.rate:g}"
+        fixed = info.kind.non_trainable_params(info.layer, info.output_shape)
+        running += fixed
         shape = "(None, " + ", ".join(str(v) for v in info.output_shape) + ")"
-        rows.append((info.name, type_names[info.layer.type] + extra, shape, f"{params:,}"))
+        rows.append((info.name, info.kind.keras_name + info.kind.summary_note(info.layer), shape,
+                     f"{info.params + fixed:,}"))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     rule = "=" * (sum(widths) + 3 * 3)
     out = [title] if title else []
@@ -482,7 +335,6 @@ def summary_table(spec: Spec, title: str = "") -> str:
         out.append("   ".join(cell.ljust(w) if j < 3 else cell.rjust(w) for j, (cell, w) in enumerate(zip(row, widths))))
     out.append(rule)
     trainable = sum(info.params for info in infos)
-    running = sum(2 * info.output_shape[0] for info in infos if info.layer.type == "bn")
     out.append(f"Total params: {trainable + running:,}")
     out.append(f"Trainable params: {trainable:,}")
     out.append(f"Non-trainable params: {running:,}" + (" (batch-norm running mean and variance)" if running else ""))

@@ -202,8 +202,7 @@ def choose_levers(config: TrainConfig, device: torch.device, spec: Spec) -> Leve
     # Parts smaller than 16 images run the convolutions inefficiently, hence the cap.
     parallel = 1
     if kind == "cpu" and threads > 1 and not config.compile:
-        layer_types = {layer.type for layer in spec.layers}
-        if not layer_types & {"bn", "dropout"}:
+        if all(layer.kind.batch_split_exact for layer in spec.layers):
             parallel = max(1, min(threads, config.batch_size // 16))
     return Levers(kind, amp, channels_last, bool(config.compile), graphs, threads,
                   kind == "cpu" and keep_freed_memory(), parallel)

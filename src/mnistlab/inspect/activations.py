@@ -144,23 +144,28 @@ def is_conv(shape: tuple[int, ...]) -> bool:
     return len(shape) == 3
 
 
+def _learned(model: InspectableModel, role: str) -> list[str]:
+    """The layers of one role (model.layer_roles()), the output left out."""
+    return [name for name, r in model.layer_roles().items() if r == role and name != "output"]
+
+
 def default_layers(model: InspectableModel) -> list[str]:
-    """The layers worth looking at by default: conv and dense layers, not pools, flatten or the output."""
-    keep = [n for n in model.layer_names() if n != "output" and not n.startswith(("pool", "flatten", "dropout"))]
+    """The layers worth looking at by default: the learned ones (maps and vectors), not pass-through layers or the output."""
+    roles = model.layer_roles()
+    keep = [n for n in model.layer_names() if n != "output" and roles[n] != "pass-through"]
     return keep or [n for n in model.layer_names() if n != "output"] or model.layer_names()
 
 
-def last_conv_layer(model: InspectableModel, shapes: dict[str, tuple[int, ...]] | None = None) -> str | None:
-    shapes = shapes or layer_shapes(model)
-    convs = [n for n in model.layer_names() if is_conv(shapes[n]) and not n.startswith("pool")]
-    return convs[-1] if convs else None
+def last_conv_layer(model: InspectableModel) -> str | None:
+    """The last layer of learned feature maps; None for a model without one."""
+    maps = _learned(model, "map")
+    return maps[-1] if maps else None
 
 
-def last_hidden_dense_layer(model: InspectableModel, shapes: dict[str, tuple[int, ...]] | None = None) -> str | None:
-    """The dense layer just before the output (the seed's 70-node layer); None for a model without one."""
-    shapes = shapes or layer_shapes(model)
-    dense = [n for n in model.layer_names() if n != "output" and len(shapes[n]) == 1 and not n.startswith("flatten")]
-    return dense[-1] if dense else None
+def last_hidden_dense_layer(model: InspectableModel) -> str | None:
+    """The learned vector layer just before the output (the seed's 70-node layer); None for a model without one."""
+    vectors = _learned(model, "vector")
+    return vectors[-1] if vectors else None
 
 
 def first_hidden_layer(model: InspectableModel) -> str:
@@ -168,9 +173,9 @@ def first_hidden_layer(model: InspectableModel) -> str:
     return names[0] if names else "output"
 
 
-def default_oip_layer(model: InspectableModel, shapes: dict[str, tuple[int, ...]] | None = None) -> str:
+def default_oip_layer(model: InspectableModel) -> str:
     """Where activation maximization looks by default: the last conv layer, else the first hidden one."""
-    return last_conv_layer(model, shapes) or first_hidden_layer(model)
+    return last_conv_layer(model) or first_hidden_layer(model)
 
 
 def load_run(run_dir, dataset: Dataset | str | None = None, *, data_dir=None):

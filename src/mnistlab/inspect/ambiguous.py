@@ -23,7 +23,7 @@ import numpy as np
 from ..data import Dataset
 from ..errors import ConfigError
 from ..model_api import InspectableModel
-from .activations import compute_activations, last_hidden_dense_layer, layer_shapes
+from .activations import compute_activations, last_hidden_dense_layer
 
 
 @dataclass
@@ -107,8 +107,7 @@ def find_ambiguous(
     order = np.argsort(margin, kind="stable")
     chosen = [int(of_a[k]) for k in order if keep[k]][:n]
 
-    shapes = layer_shapes(model)
-    dense = layer if layer is not None else last_hidden_dense_layer(model, shapes)
+    dense = layer if layer is not None else last_hidden_dense_layer(model)
     means: dict[int, np.ndarray] = {}
     std = None
     acts_chosen = None

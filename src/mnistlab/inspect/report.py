@@ -137,7 +137,7 @@ def build_report(
     def training() -> str:
         if not history:
             return '<p class="muted">No training history in this run.</p>'
-        return _img(plot_history(list(history)), "cost and accuracy per epoch")
+        return _img(plot_history(list(history)), "loss and accuracy per epoch")
 
     def confusion_section() -> str:
         pairs = conf.pairs(5)
@@ -158,7 +158,7 @@ def build_report(
                "and no B; yellow: every A and some B. The ranking uses all test images of the two classes: AUC is "
                f"the chance that a random {names[a]} scores higher than a random {names[b]} (a map by its mean "
                "activation), d the standardized mean difference.</p>", _table(summary_rows)]
-        shown = [l for l in (last_conv_layer(model, shapes), last_hidden_dense_layer(model, shapes)) if l in comparison.contrasts]
+        shown = [l for l in (last_conv_layer(model), last_hidden_dense_layer(model)) if l in comparison.contrasts]
         for layer in shown or comparison.layers[:1]:
             out.append(_img(plot_contrast(comparison, layer), f"{layer}: red and yellow units"))
         out.append(_img(plot_ranking(top, a_name=names[a], b_name=names[b]), "most discriminative maps and nodes"))
@@ -178,7 +178,7 @@ def build_report(
                 + _table(rows) + _img(plot_ambiguous(result, names), f"{names[a]}s closest to {names[b]}"))
 
     def oip_section() -> str:
-        layer = oip_layer or default_oip_layer(model, shapes)
+        layer = oip_layer or default_oip_layer(model)
         count = shapes[layer][0]
         units = list(range(min(count, oip_max_units)))
         result = optimize_inputs(model, layer, units, steps=oip_steps, seed=seed)

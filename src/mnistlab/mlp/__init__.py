@@ -10,7 +10,8 @@ from __future__ import annotations
 from .config import ACTIVATIONS, OUTPUTS, PRESETS, SCHEDULES, MLPConfig, preset
 from .model import MLP
 from .run import TrainResult, train_on_dataset
-from .train import Trainer, learning_rate, train
+from .schedules import learning_rate
+from .train import Trainer, train
 
 __all__ = [
     "ACTIVATIONS",

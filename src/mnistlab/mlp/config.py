@@ -12,6 +12,7 @@ from typing import Any, Mapping
 from ..data.preprocess import KINDS as PREPROCESSING
 from ..errors import ConfigError
 from .activations import FORWARD, OUTPUT_FORWARD
+from .optimizers import OPTIMIZERS as _OPTIMIZER_CLASSES
 
 ACTIVATIONS = tuple(FORWARD)  # relu, sigmoid, tanh
 # "softmax": class probabilities with cross-entropy; "sigmoid": ten independent logistic outputs
@@ -25,6 +26,7 @@ SCHEDULES = ("constant", "seed", "step", "cosine")
 # standard: PyTorch's SGD (v = m v + g; w -= lr v; Nesterov optional).
 # seed: the seed's form, w -= lr g_t + m lr_{t-1} g_{t-1} (momentum on the previous step only).
 MOMENTUM_FORMS = ("standard", "seed")
+OPTIMIZERS = tuple(_OPTIMIZER_CLASSES)  # the update rules of mnistlab.mlp.optimizers
 
 
 @dataclass(frozen=True)
@@ -32,7 +34,7 @@ class MLPConfig:
     """Shape, initialization and training of a multilayer perceptron.
 
     The defaults are the tuned configuration that reaches >= 98% test accuracy on MNIST in 35
-    epochs at batch 500 (see README, "NumPy MLP"); ``preset("seed")`` gives the seed's setup.
+    epochs at batch 500 (see docs/performance.md); ``preset("seed")`` gives the seed's setup.
     """
 
     # ----- shape -----
@@ -47,6 +49,7 @@ class MLPConfig:
     # ----- training -----
     epochs: int = 35
     batch_size: int = 500
+    optimizer: str = "sgd"
     lr: float = 0.4
     momentum: float = 0.9
     momentum_form: str = "standard"
@@ -76,6 +79,7 @@ class MLPConfig:
         _choice("dtype", self.dtype, DTYPES)
         _choice("schedule", self.schedule, SCHEDULES)
         _choice("momentum form", self.momentum_form, MOMENTUM_FORMS)
+        _choice("optimizer", self.optimizer, OPTIMIZERS)
         _choice("preprocessing", self.preprocess, PREPROCESSING)
         for name in ("input_size", "n_classes", "epochs", "batch_size", "step_size"):
             _positive_int(name, getattr(self, name))
@@ -147,7 +151,7 @@ class MLPConfig:
 
 # The seed's setup: sigmoid hidden layers, ten sigmoid outputs with log-loss, 784-70-30-10, the seed's
 # momentum form and per-epoch learning-rate decay. Inputs standardized per pixel: with sigmoid units
-# this reached 96.9% here against 96.7% for inputs scaled to 0..1 (learning rate tuned for each).
+# that beat inputs scaled to 0..1 (docs/performance.md).
 PRESETS: dict[str, dict[str, Any]] = {
     "default": {},
     "seed": dict(

@@ -59,15 +59,12 @@ class ThreadChoice:
     """Within a limit of ``most`` BLAS threads, time training batches with all of them and with
     one, and keep the faster.
 
-    A second thread normally speeds an epoch up by 1.5x. On the two-vCPU virtual machines this
-    project is measured on, the second vCPU at times sits across a slow cache link, for seconds to
-    minutes: every buffer that both threads touch (the batch, the layer outputs, the weights) then
-    crosses it each batch, the gather and the update run 4x slower, and an epoch takes 190-200 ms
-    with two threads against 160 ms with one (108 ms with two in the normal case). So the trainer
-    probes both at the start, probes again when the chosen setting's batches get 25% slower than
-    when it was chosen, and every ``every_one`` epochs while on one thread (the link may have
-    recovered). A probe costs about 0.3% of a 35-epoch run. ``log`` keeps (epoch, threads
-    chosen, microseconds per image with ``most`` threads, with one).
+    On small virtual machines a second vCPU can sit across a slow cache link for a while, and then
+    every buffer both threads touch crosses it each batch, so two threads run slower than one
+    (docs/performance.md has the figures). So the trainer probes both at the start, again when the
+    chosen setting's batches get ``SLOWER`` times slower than when it was chosen, and every
+    ``every_one`` epochs while on one thread (the link may have recovered). ``log`` keeps (epoch,
+    threads chosen, microseconds per image with ``most`` threads, with one).
     """
 
     SKIP_IMAGES = 3000  # after a switch: caches and the idle thread settle

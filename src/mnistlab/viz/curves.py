@@ -7,16 +7,16 @@ from matplotlib.ticker import MaxNLocator
 
 from . import matplotlib  # noqa: F401  (selects the Agg backend)
 
-_COST_KEYS = ("cost", "loss", "train_loss", "val_loss", "reg_cost")
+_LOSS_KEYS = ("loss", "train_loss", "val_loss", "reg_loss")
 _ACCURACY_KEYS = ("train_accuracy", "val_accuracy", "test_accuracy")
 
 
 def plot_history(history: Sequence[Mapping[str, Any]], title: str | None = None) -> Figure:
-    """Training curves: cost/loss on the left, accuracies on the right, one point per epoch."""
+    """Training curves: losses on the left, accuracies on the right, one point per epoch."""
     fig = Figure(figsize=(9, 3.4))
-    ax_cost, ax_acc = fig.subplots(1, 2)
+    ax_loss, ax_acc = fig.subplots(1, 2)
     epochs = [row.get("epoch", i + 1) for i, row in enumerate(history)]
-    for keys, ax, label in ((_COST_KEYS, ax_cost, "cost"), (_ACCURACY_KEYS, ax_acc, "accuracy")):
+    for keys, ax, label in ((_LOSS_KEYS, ax_loss, "loss"), (_ACCURACY_KEYS, ax_acc, "accuracy")):
         for key in keys:
             points = [(e, row[key]) for e, row in zip(epochs, history) if row.get(key) is not None]
             if points:

@@ -30,6 +30,7 @@ from .. import __version__
 from ..data import Dataset
 from ..data.drawing import MAX_SIDE, check_drawing, normalize_drawing
 from ..errors import ConfigError, MnistlabError
+from ..inspect.activations import default_oip_layer
 from ..inspect.confusions import Confusions, confusions
 from ..model_api import InspectableModel
 from ..models import load_model
@@ -136,6 +137,7 @@ def create_app(
             "metrics": manifest.get("metrics", {}),
             "class_names": _class_names(loaded),
             "layers": [{"name": k, "shape": list(v)} for k, v in loaded.layer_shapes.items()],
+            "default_oip_layer": default_oip_layer(loaded.model),
             "history": loaded.history,
         }
 
@@ -353,9 +355,7 @@ def _compare_answer(
 
 def _oip_answer(model: InspectableModel, shapes: dict[str, tuple[int, ...]], layer: str | None, steps: int) -> dict[str, Any]:
     lib = _inspect_module()
-    from ..inspect.activations import default_oip_layer
-
-    layer = layer or default_oip_layer(model, shapes)
+    layer = layer or default_oip_layer(model)
     count = shapes[layer][0]
     units = list(range(min(count, MAX_OIP_UNITS)))
     result = lib.optimize_inputs(model, layer, units, steps=steps)

@@ -586,10 +586,7 @@ function fillLayerSelect() {
   s.innerHTML = "";
   const layers = state.info.layers.filter((l) => l.name !== "flatten");
   for (const l of layers) s.append(el("option", { value: l.name, text: `${l.name} (${l.shape.join("×")})` }));
-  // The library's default: the last conv layer, else the first hidden layer.
-  const convs = layers.filter((l) => l.shape.length === 3 && !l.name.startsWith("pool"));
-  const pick = convs.length ? convs[convs.length - 1] : layers[0];
-  if (pick) s.value = pick.name;
+  s.value = state.info.default_oip_layer;  // the library's choice (inspect.default_oip_layer)
 }
 
 $("cmp-go").addEventListener("click", loadCompare);

@@ -1,0 +1,155 @@
+"""Forward and backward passes over one chunk of a batch, in buffers allocated once per fit.
+
+Weights are (in, out), so every product is a plain BLAS call on row-major buffers (transposes are
+views); biases are added by broadcasting; activations are computed in place and their derivatives
+taken from the kept outputs; the gradient with respect to the network's inputs is never computed.
+The caller's factor (the learning rate over the batch size, for SGD) is folded into the output
+delta, so the products deliver the scaled gradient with no extra pass over the parameters.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import activations as act
+from .layout import ParamViews, TrainData, WorkingLayout
+from .model import MLP
+from .profile import Phases
+
+# Softmax and cross-entropy are unchanged by a shift per row. One shift for a whole chunk is a
+# scalar subtraction; it is safe while every logit lies within this much of the top one (every
+# exp stays a normal float32), else each row is shifted by its own max.
+SHARED_SHIFT_RANGE = 60.0
+
+
+class Backprop:
+    def __init__(self, model: MLP, working: WorkingLayout, data: TrainData, rows: int, summed: bool) -> None:
+        """Buffers for chunks of up to ``rows`` images; ``summed``: batches span several chunks,
+        whose gradients are added up."""
+        dt = model.dtype
+        sizes = model.config.sizes
+        self.config = model.config
+        self.working = working
+        self.rows = rows
+        # Two input buffers, used in turn: with two BLAS threads the other core may still hold the
+        # lines of the one just multiplied, and writing the next chunk there makes them change hands.
+        self.inputs = [np.empty((rows, data.n_core), dt) for _ in range(2)]
+        self.flip = 0
+        self.raw_inputs = np.empty((rows, data.n_core), np.uint8) if data.raw else None
+        self.tail_inputs = np.empty((rows, data.n_tail), dt)
+        self.raw_tail = np.empty((rows, data.n_tail), np.uint8) if data.raw else None
+        self.tail_z = np.empty((rows, sizes[1]), dt)  # the tail columns' share of the first layer's z
+        self.labels = np.empty(rows, np.intp)
+        self.row_starts = np.arange(rows) * sizes[-1]
+        self.label_at = np.empty(rows, np.intp)  # flat index of each row's true class in the outputs
+        self.ones = np.ones(max(rows, sizes[-1]), dt)
+        self.acts = [np.empty((rows, s), dt) for s in sizes[1:]]  # layer outputs, computed in place
+        self.deltas = [np.empty((rows, s), dt) for s in sizes[1:-1]]  # d loss / d z of hidden layers
+        self.scratch = [np.empty((rows, s), dt) for s in sizes[1:]]
+        self.logits = np.empty((rows, sizes[-1]), dt)
+        # the gradient of a batch's later chunks, added into the optimizer's
+        self.part: ParamViews | None = working.views(np.zeros_like(model.params)) if summed else None
+
+    def run(
+        self,
+        data: TrainData,
+        idx: np.ndarray,
+        params: ParamViews,
+        grad: ParamViews,
+        first: bool,
+        scale: float,
+        phases: Phases,
+    ) -> tuple[float, int, float]:
+        """Forward and backward for the images ``idx``: the gradient times ``scale`` goes into
+        ``grad`` (``first``: the batch's first chunk) or is added to it. Returns the chunk's summed
+        data loss, its number of correct predictions and its summed absolute output error."""
+        cfg = self.config
+        k = len(idx)
+        idx, n_touch = data.arrange(idx)  # the images with ink in the tail columns first
+        self.flip ^= 1
+        raw = None if self.raw_inputs is None else self.raw_inputs[:k]
+        xb = data.gather(idx, self.inputs[self.flip][:k], raw)  # (k, core columns)
+        yb = np.take(data.labels, idx, out=self.labels[:k], mode="clip")
+        if n_touch:
+            raw_tail = None if self.raw_tail is None else self.raw_tail[:n_touch]
+            # (n_touch, tail columns)
+            xt = data.gather_tail(idx[:n_touch], self.tail_inputs[:n_touch], raw_tail)
+        phases.lap("gather")
+
+        weights, biases = params.weights, params.biases
+        last = len(weights) - 1
+        hidden = act.FORWARD[cfg.activation]
+        a = xb
+        for i in range(last):
+            z = self.acts[i][:k]
+            np.matmul(a, weights[i], out=z)  # (k, out)
+            if i == 0 and n_touch:
+                z[:n_touch] += np.matmul(xt, params.tail, out=self.tail_z[:n_touch])
+            z += biases[i]
+            a = hidden(z)
+        out = self.acts[last][:k]
+        np.matmul(a, weights[last], out=out)  # (k, classes) logits
+        out += biases[last]
+        phases.lap("forward")
+
+        loss, correct, abs_err = self._loss_and_output_delta(out, yb, scale)
+        phases.lap("loss")
+
+        target = grad if first else self.part
+        backward = act.BACKWARD[cfg.activation]
+        input_scale = self.working.input_scale
+        delta = out
+        for i in range(last, -1, -1):
+            below = self.acts[i - 1][:k] if i else xb
+            # a BLAS product with a ones vector sums the rows faster than np.sum
+            np.matmul(self.ones[:k], delta, out=target.biases[i])
+            if i == 0 and input_scale != 1:
+                delta *= 1.0 / input_scale**2  # inputs u = s x, weights W / s: gradient (u.T delta) / s**2
+            np.matmul(below.T, delta, out=target.weights[i])  # (in, out)
+            if i == 0 and self.working.n_tail:
+                if n_touch:
+                    np.matmul(xt.T, delta[:n_touch], out=target.tail)
+                else:
+                    target.tail.fill(0)
+            if i:
+                d_below = self.deltas[i - 1][:k]
+                np.matmul(delta, weights[i].T, out=d_below)  # (k, in)
+                delta = backward(below, d_below, self.scratch[i - 1][:k])
+        if not first:
+            grad.flat += self.part.flat
+        phases.lap("backward")
+        return loss, correct, abs_err
+
+    def _loss_and_output_delta(
+        self, out: np.ndarray, yb: np.ndarray, scale: float
+    ) -> tuple[float, int, float]:
+        """Turn the logits ``out`` into ``scale`` * d loss / d logits in place; returns the summed
+        loss, the correct predictions and the summed |prediction - one-hot|."""
+        k, n_out = out.shape
+        label_at = np.add(self.row_starts[:k], yb, out=self.label_at[:k])
+        flat_out = out.reshape(-1)
+        correct = int(np.count_nonzero(out.argmax(axis=1) == yb))
+        if self.config.output == "softmax":
+            top = float(out.max())
+            if top - float(out.min()) <= SHARED_SHIFT_RANGE:
+                out -= top
+            else:
+                out -= out.max(axis=1, keepdims=True)
+            zy = np.take(flat_out, label_at)
+            np.exp(out, out=out)
+            total = np.matmul(out, self.ones[:n_out])
+            loss = float(np.log(total).sum() - zy.sum())
+            # |p - onehot| sums to 2 (1 - p_label) per row, since p sums to 1
+            abs_err = 2.0 * (k - float((np.exp(zy) / total).sum()))
+            out *= (scale / total)[:, None]
+            flat_out[label_at] -= scale  # scale * (p - onehot)
+        else:
+            logits = self.logits[:k]
+            np.copyto(logits, out)
+            act.sigmoid(out)
+            # log-loss from the logits: sum softplus(z) - z[label], stable for any |z|
+            loss = float(np.logaddexp(0, logits).sum() - np.take(logits.reshape(-1), label_at).sum())
+            flat_out[label_at] -= 1  # d loss / d logits = p - onehot
+            abs_err = float(np.abs(out, out=self.scratch[-1][:k]).sum())
+            out *= scale
+        return loss, correct, abs_err
