@@ -24,7 +24,9 @@ def small_disk(tmp_path):
         pytest.skip("mounting a tmpfs needs root (run the suite as root to test a really full disk)")
     where = tmp_path / "disk"
     where.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=600k", "tmpfs", str(where)], capture_output=True, text=True)
+    proc = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=600k", "tmpfs", str(where)], capture_output=True, text=True
+    )
     if proc.returncode != 0:
         pytest.skip(f"mount -t tmpfs is not permitted here: {proc.stderr.strip()}")
 
@@ -38,11 +40,32 @@ def small_disk(tmp_path):
 
 
 def argv(out: Path, epochs: int = 12) -> list[str]:
-    return ["train", "cnn", "--spec", SPEC, "--epochs", str(epochs), "--batch-size", "60", "--optimizer", "adam",
-            "--amp", "off", "--threads", "1", "--seed", "2", "--no-progress", "--out", str(out)]
+    return [
+        "train",
+        "cnn",
+        "--spec",
+        SPEC,
+        "--epochs",
+        str(epochs),
+        "--batch-size",
+        "60",
+        "--optimizer",
+        "adam",
+        "--amp",
+        "off",
+        "--threads",
+        "1",
+        "--seed",
+        "2",
+        "--no-progress",
+        "--out",
+        str(out),
+    ]
 
 
-def test_train_cnn_on_a_full_disk_keeps_the_last_epoch_and_resumes(tmp_path, synthetic_dataset, small_disk, capsys):
+def test_train_cnn_on_a_full_disk_keeps_the_last_epoch_and_resumes(
+    tmp_path, synthetic_dataset, small_disk, capsys
+):
     pytest.importorskip("torch").set_num_threads(1)
     directory, _ = synthetic_dataset
     load_dataset("mnist", data_dir=directory)  # cached outside the small disk
@@ -54,23 +77,29 @@ def test_train_cnn_on_a_full_disk_keeps_the_last_epoch_and_resumes(tmp_path, syn
     assert main(argv(run)) == 1
     err = capsys.readouterr().err.strip().splitlines()
     line = err[-1]
-    assert line.startswith(f"mnistlab: error: {run}: no space left on the device while writing the run; "), err
+    assert line.startswith(f"mnistlab: error: {run}: no space left on the device while writing the run; "), (
+        err
+    )
     assert [x for x in err if "error" in x] == [line]
     epoch = read_manifest(run)["epochs_done"]
     assert 1 <= epoch < 12, "the disk filled up in the middle of training"
-    assert f"the last complete checkpoint, epoch {epoch}, is intact in {run}; free some space, then resume with: " \
-           f"mnistlab train cnn --resume {run}" in line
+    kept = f"the last complete checkpoint, epoch {epoch}, is intact in {run}"
+    assert f"{kept}; free some space, then resume with: mnistlab train cnn --resume {run}" in line
     assert sorted(p.name for p in disk.iterdir()) == ["run"]  # nothing half-written beside it
     read_run(run)
     for key, value in load_npz(run / "weights.npz").items():
-        np.testing.assert_array_equal(value, load_npz(reference / "checkpoints" / f"epoch-{epoch:03d}.npz")[key])
+        np.testing.assert_array_equal(
+            value, load_npz(reference / "checkpoints" / f"epoch-{epoch:03d}.npz")[key]
+        )
     remount("size=4m")
     assert main(["train", "cnn", "--resume", str(run), "--no-progress"]) == 0
     for key, value in load_npz(run / "weights.npz").items():
         np.testing.assert_array_equal(value, load_npz(reference / "weights.npz")[key], err_msg=key)
 
 
-def test_read_only_out_and_full_cache_are_one_line(tmp_path, synthetic_dataset, small_disk, capsys, monkeypatch):
+def test_read_only_out_and_full_cache_are_one_line(
+    tmp_path, synthetic_dataset, small_disk, capsys, monkeypatch
+):
     pytest.importorskip("torch").set_num_threads(1)
     directory, _ = synthetic_dataset
     disk, remount = small_disk
@@ -79,12 +108,16 @@ def test_read_only_out_and_full_cache_are_one_line(tmp_path, synthetic_dataset, 
     capsys.readouterr()
     assert main(["data", "fetch", "--data-dir", str(directory)]) == 1
     line = capsys.readouterr().err.strip().splitlines()[-1]
-    assert line.startswith(f"mnistlab: error: {disk}/datasets/mnist.npz: no space left on the device while writing "
-                           "the dataset cache; nothing was cached; free some space or use MNISTLAB_HOME="), line
+    assert line.startswith(
+        f"mnistlab: error: {disk}/datasets/mnist.npz: no space left on the device while writing "
+        "the dataset cache; nothing was cached; free some space or use MNISTLAB_HOME="
+    ), line
     assert [p.name for p in (disk / "datasets").iterdir()] == []
     monkeypatch.setenv("MNISTLAB_HOME", str(tmp_path / "home"))
     remount("ro")
     assert main([*argv(disk / "run", epochs=1), "--data-dir", str(directory)]) == 1
     line = capsys.readouterr().err.strip().splitlines()[-1]
-    assert line == (f"mnistlab: error: {disk / 'run'}: read-only file system while writing the run; nothing was saved "
-                    f"in {disk / 'run'}; remount it read-write or use another --out")
+    assert line == (
+        f"mnistlab: error: {disk / 'run'}: read-only file system while writing the run; nothing was saved "
+        f"in {disk / 'run'}; remount it read-write or use another --out"
+    )

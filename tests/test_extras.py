@@ -43,10 +43,14 @@ def test_every_extra_in_pyproject_is_in_the_table_and_back():
     extras = _pyproject_extras()
     for extra, deps in extras.items():
         names = {_distribution(d) for d in deps}
-        assert names & {m.lower() for m, e in EXTRAS.items() if e == extra}, f"extra {extra!r} has no module in EXTRAS"
+        assert names & {m.lower() for m, e in EXTRAS.items() if e == extra}, (
+            f"extra {extra!r} has no module in EXTRAS"
+        )
     for module, extra in EXTRAS.items():
         assert extra in extras, f"EXTRAS sends {module} to [{extra}], which pyproject.toml does not define"
-        assert module.lower() in {_distribution(d) for d in extras[extra]}, f"[{extra}] does not install {module}"
+        assert module.lower() in {_distribution(d) for d in extras[extra]}, (
+            f"[{extra}] does not install {module}"
+        )
     with open(ROOT / "pyproject.toml", "rb") as fh:
         everything = " ".join(tomllib.load(fh)["project"]["optional-dependencies"]["all"])
     assert all(extra in everything for extra in extras), "`all` must name every extra (make test installs it)"
@@ -58,14 +62,19 @@ def test_require_and_needs_extras_name_the_extra(monkeypatch):
         require("optuna", "mnistlab sweep")
     assert str(info.value) == "mnistlab sweep needs optuna; install it with pip install 'mnistlab[sweep]'"
     assert isinstance(info.value, ModuleNotFoundError) and isinstance(info.value, MnistlabError)
-    with pytest.raises(MissingExtra, match=r"the web page needs fastapi; install it with pip install 'mnistlab\[web\]'"):
+    with pytest.raises(
+        MissingExtra, match=r"the web page needs fastapi; install it with pip install 'mnistlab\[web\]'"
+    ):
         with needs_extras("the web page"):
             raise ModuleNotFoundError("No module named 'fastapi.responses'", name="fastapi.responses")
     with pytest.raises(ModuleNotFoundError) as info:  # not an optional module: a real bug, left as it is
         with needs_extras("x"):
             raise ModuleNotFoundError("No module named 'nonexistent'", name="nonexistent")
     assert not isinstance(info.value, MissingExtra)
-    assert str(missing_extra("torch.nn", "a CNN")) == "a CNN needs torch; install it with pip install 'mnistlab[cnn]'"
+    assert (
+        str(missing_extra("torch.nn", "a CNN"))
+        == "a CNN needs torch; install it with pip install 'mnistlab[cnn]'"
+    )
 
 
 def test_api_entry_points_raise_missing_extra_without_torch(tmp_path, monkeypatch):
@@ -75,13 +84,22 @@ def test_api_entry_points_raise_missing_extra_without_torch(tmp_path, monkeypatc
     from mnistlab.models import load_model
 
     rng = np.random.default_rng(0)
-    ds = Dataset("mnist", rng.integers(0, 255, (64, 28, 28), dtype=np.uint8), np.arange(64, dtype=np.uint8) % 10,
-                 rng.integers(0, 255, (20, 28, 28), dtype=np.uint8), np.arange(20, dtype=np.uint8) % 10, tuple("0123456789"))
+    ds = Dataset(
+        "mnist",
+        rng.integers(0, 255, (64, 28, 28), dtype=np.uint8),
+        np.arange(64, dtype=np.uint8) % 10,
+        rng.integers(0, 255, (20, 28, 28), dtype=np.uint8),
+        np.arange(20, dtype=np.uint8) % 10,
+        tuple("0123456789"),
+    )
     train(ds, out=tmp_path / "cnn", spec=TINY_CNN, epochs=1, batch_size=32, amp="off", progress=False)
     for name in ("mnistlab.cnn.model", "mnistlab.cnn.optim", "mnistlab.cnn.training"):
         monkeypatch.delitem(sys.modules, name, raising=False)
     monkeypatch.setitem(sys.modules, "torch", None)  # what an environment without torch looks like to import
-    with pytest.raises(MissingExtra, match=rf"the CNN run {tmp_path / 'cnn'} needs torch; install it with pip install 'mnistlab\[cnn\]'"):
+    with pytest.raises(
+        MissingExtra,
+        match=rf"the CNN run {tmp_path / 'cnn'} needs torch; install it with pip install 'mnistlab\[cnn\]'",
+    ):
         load_model(tmp_path / "cnn")
     import mnistlab.cnn
 
@@ -99,9 +117,30 @@ RUN_COMMANDS = {  # on each kind of run: {run} and {layer} are filled in
     "evaluate": ["evaluate", "{run}", "--out", "figures-{kind}"],
     "predict": ["predict", "{run}", "--index", "0,1"],
     "layers": ["layers", "{run}"],
-    "show-activations": ["show-activations", "{run}", "--index", "0", "--layer", "{layer}", "--out", "act-{kind}.png"],
-    "compare": ["compare", "{run}", "--a", "label=4", "--b", "label=9", "--layer", "{layer}", "--top", "3",
-                "--out", "figures-{kind}"],
+    "show-activations": [
+        "show-activations",
+        "{run}",
+        "--index",
+        "0",
+        "--layer",
+        "{layer}",
+        "--out",
+        "act-{kind}.png",
+    ],
+    "compare": [
+        "compare",
+        "{run}",
+        "--a",
+        "label=4",
+        "--b",
+        "label=9",
+        "--layer",
+        "{layer}",
+        "--top",
+        "3",
+        "--out",
+        "figures-{kind}",
+    ],
     "ambiguous": ["ambiguous", "{run}", "--n", "2", "--out", "amb-{kind}.png"],
     "confusions": ["confusions", "{run}", "--top", "1", "--per-pair", "2", "--out", "figures-{kind}"],
     "oip": ["oip", "{run}", "--steps", "2", "--maps", "0-1", "--out", "oip-{kind}.png"],
@@ -114,14 +153,44 @@ GROUPS = {
         "data info": ["data", "info"],
         "data show": ["data", "show", "--index", "0", "--out", "show.png"],
         "data verify": ["data", "verify"],
-        "train mlp": ["train", "mlp", "--layers", "8", "--epochs", "1", "--val", "100", "--threads", "1",
-                      "--no-progress", "--out", "new-mlp"],
+        "train mlp": [
+            "train",
+            "mlp",
+            "--layers",
+            "8",
+            "--epochs",
+            "1",
+            "--val",
+            "100",
+            "--threads",
+            "1",
+            "--no-progress",
+            "--out",
+            "new-mlp",
+        ],
         "summary --spec": ["summary", "--spec", "seed"],
         **{f"{name} (mlp run)": argv for name, argv in RUN_COMMANDS.items()},
     },
     "with optional modules": {
-        "train cnn": ["train", "cnn", "--spec", TINY_CNN, "--epochs", "1", "--val", "100", "--batch-size", "50",
-                      "--threads", "1", "--amp", "off", "--no-progress", "--out", "new-cnn"],
+        "train cnn": [
+            "train",
+            "cnn",
+            "--spec",
+            TINY_CNN,
+            "--epochs",
+            "1",
+            "--val",
+            "100",
+            "--batch-size",
+            "50",
+            "--threads",
+            "1",
+            "--amp",
+            "off",
+            "--no-progress",
+            "--out",
+            "new-cnn",
+        ],
         "summary": ["summary", "{run}"],
         **{f"{name} (cnn run)": argv for name, argv in RUN_COMMANDS.items()},
         "serve": ["serve", "--runs", ".", "--port", "70000"],  # imports all it needs, then refuses the port
@@ -138,9 +207,15 @@ def test_the_command_list_covers_every_cli_command():
             if isinstance(getattr(action, "choices", None), dict):
                 for name, sub in action.choices.items():
                     nested = any(isinstance(getattr(a, "choices", None), dict) for a in sub._actions)
-                    yield from walk(sub, f"{prefix} {name}".strip()) if nested else [f"{prefix} {name}".strip()]
+                    yield from (
+                        walk(sub, f"{prefix} {name}".strip()) if nested else [f"{prefix} {name}".strip()]
+                    )
 
-    listed = {" ".join(w for w in argv[:2] if not w.startswith(("-", "{"))) for g in GROUPS.values() for argv in g.values()}
+    listed = {
+        " ".join(w for w in argv[:2] if not w.startswith(("-", "{")))
+        for g in GROUPS.values()
+        for argv in g.values()
+    }
     listed |= {argv[0] for g in GROUPS.values() for argv in g.values()}
     missing = set(walk(build_parser(), "")) - listed
     assert not missing, f"add these commands to GROUPS: {sorted(missing)}"
@@ -159,18 +234,25 @@ def small_world(tmp_path, monkeypatch):
 
     arrays = synthetic_arrays(300, 100)
     checksums = sources.array_checksums(arrays)
-    monkeypatch.setitem(sources.DATASETS, "mnist", sources.DatasetInfo("mnist", tuple("0123456789"), checksums, ()))
+    monkeypatch.setitem(
+        sources.DATASETS, "mnist", sources.DatasetInfo("mnist", tuple("0123456789"), checksums, ())
+    )
     sources.write_cache(sources.cache_path("mnist"), arrays, "the test's synthetic arrays")
     ds = load_dataset("mnist")
     train_on_dataset(preset("default", hidden=(12,), epochs=1), ds, out=tmp_path / "mlp", threads=1)
-    train(ds, out=tmp_path / "cnn", spec=TINY_CNN, epochs=1, batch_size=50, amp="off", threads=1, progress=False)
+    train(
+        ds, out=tmp_path / "cnn", spec=TINY_CNN, epochs=1, batch_size=50, amp="off", threads=1, progress=False
+    )
     return tmp_path, checksums
 
 
 def _commands(group: str, runs: Path) -> list[tuple[str, list[str]]]:
     def fill(name: str, argv: list[str]) -> list[str]:
         kind = "cnn" if "cnn run" in name or name == "summary" else "mlp"
-        return [a.replace("{run}", str(runs / kind)).replace("{kind}", kind).replace("{layer}", LAYER[kind]) for a in argv]
+        return [
+            a.replace("{run}", str(runs / kind)).replace("{kind}", kind).replace("{layer}", LAYER[kind])
+            for a in argv
+        ]
 
     return [(name, fill(name, argv)) for name, argv in GROUPS[group].items()]
 
@@ -182,12 +264,24 @@ def _run_all(commands, where: Path, checksums, block: str = "") -> tuple[list[di
     where.mkdir()
     (where / "commands.json").write_text(json.dumps([argv for _, argv in commands]))
     log = where / "imports.log"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(BLOCKER), str(Path(mnistlab.__file__).parents[1])]),
-           "MNISTLAB_TEST_BLOCK": block, "MNISTLAB_TEST_WATCH": ",".join([*EXTRAS, *TEST_ONLY]),
-           "MNISTLAB_TEST_IMPORT_LOG": str(log), "MNISTLAB_TEST_MNIST_SHA256": json.dumps(checksums),
-           "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
-    proc = subprocess.run([sys.executable, str(BLOCKER / "run_commands.py"), "commands.json", "results.json"],
-                          cwd=where, env=env, capture_output=True, text=True, timeout=600)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(BLOCKER), str(Path(mnistlab.__file__).parents[1])]),
+        "MNISTLAB_TEST_BLOCK": block,
+        "MNISTLAB_TEST_WATCH": ",".join([*EXTRAS, *TEST_ONLY]),
+        "MNISTLAB_TEST_IMPORT_LOG": str(log),
+        "MNISTLAB_TEST_MNIST_SHA256": json.dumps(checksums),
+        "OMP_NUM_THREADS": "1",
+        "MPLBACKEND": "Agg",
+    }
+    proc = subprocess.run(
+        [sys.executable, str(BLOCKER / "run_commands.py"), "commands.json", "results.json"],
+        cwd=where,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0 and not proc.stderr.strip(), proc.stderr
     imported = log.read_text().split("--\n") if log.exists() else []
     return json.loads((where / "results.json").read_text()), [set(chunk.split()) for chunk in imported]
@@ -198,7 +292,7 @@ def _last_line(result: dict) -> str:
 
 
 def _ends_well(result: dict, extra: str | None = None) -> str | None:
-    """None when the command ended in exit 0 or one clean error line (naming ``extra``), else what went wrong."""
+    """None when the command ended in exit 0 or one clean error line (naming ``extra``), else the problem."""
     err = result["stderr"].strip()
     if result["code"] == 0:
         return None
@@ -224,7 +318,9 @@ def test_every_command_without_each_optional_module(group, small_world):
         problem = _ends_well(result)
         assert problem is None, f"{name}: {problem}"
         expected = EXPECTED_FAILURE.get(name)
-        assert (expected in result["stderr"]) if expected else result["code"] == 0, f"{name}: {result['stderr']}"
+        assert (expected in result["stderr"]) if expected else result["code"] == 0, (
+            f"{name}: {result['stderr']}"
+        )
     before: set[str] = set()
     may_import = []  # per command: the modules it imports, or may import unseen because an earlier one did
     for mods in imported[: len(commands)]:

@@ -25,8 +25,18 @@ from mnistlab.cnn import resume, train  # noqa: E402
 from mnistlab.data import Dataset  # noqa: E402
 
 KILLS = 20
-CONFIG = dict(spec="conv:4:3,pool:2,flatten,dense:8,output:10", epochs=5, batch_size=40, optimizer="adam", lr=3e-3,
-              amp="off", threads=1, seed=4, preprocess="unit", init="default")
+CONFIG = dict(
+    spec="conv:4:3,pool:2,flatten,dense:8,output:10",
+    epochs=5,
+    batch_size=40,
+    optimizer="adam",
+    lr=3e-3,
+    amp="off",
+    threads=1,
+    seed=4,
+    preprocess="unit",
+    init="default",
+)
 
 
 def small_dataset() -> Dataset:
@@ -81,7 +91,9 @@ def test_sigkill_at_random_moments_then_resume_reaches_the_same_weights(tmp_path
         else:
             read_run(run)
             epoch = manifest["epochs_done"]
-            saved = reference / ("initial_weights.npz" if epoch == 0 else f"checkpoints/epoch-{epoch:03d}.npz")
+            saved = reference / (
+                "initial_weights.npz" if epoch == 0 else f"checkpoints/epoch-{epoch:03d}.npz"
+            )
             same_weights(run / "weights.npz", saved)
             state = manifest["state"] if manifest["state"] == "complete" else f"epoch {epoch}"
             outcomes[state] = outcomes.get(state, 0) + 1

@@ -94,9 +94,31 @@ def points(argv: list[str], capsys, monkeypatch) -> FailAt:
 
 # ---------------------------------------------------------------------------------------- CNN
 
+
 def cnn_argv(out: Path, epochs: int = 2) -> list[str]:
-    return ["train", "cnn", "--spec", TINY_CNN, "--epochs", str(epochs), "--batch-size", "60", "--optimizer", "adam",
-            "--lr", "0.003", "--amp", "off", "--threads", "1", "--seed", "1", "--no-progress", "--out", str(out)]
+    return [
+        "train",
+        "cnn",
+        "--spec",
+        TINY_CNN,
+        "--epochs",
+        str(epochs),
+        "--batch-size",
+        "60",
+        "--optimizer",
+        "adam",
+        "--lr",
+        "0.003",
+        "--amp",
+        "off",
+        "--threads",
+        "1",
+        "--seed",
+        "1",
+        "--no-progress",
+        "--out",
+        str(out),
+    ]
 
 
 def check_cnn_run_after_fault(run: Path, reference: Path, line: str) -> int | None:
@@ -117,7 +139,9 @@ def check_cnn_run_after_fault(run: Path, reference: Path, line: str) -> int | No
 
 
 @pytest.mark.parametrize("code_name", ERRNOS)
-def test_train_cnn_every_write_fails_once_then_resume_finishes(tmp_path, small_mnist, capsys, monkeypatch, code_name):
+def test_train_cnn_every_write_fails_once_then_resume_finishes(
+    tmp_path, small_mnist, capsys, monkeypatch, code_name
+):
     torch = pytest.importorskip("torch")
     torch.set_num_threads(1)
     reference = tmp_path / "reference"
@@ -143,7 +167,9 @@ def test_train_cnn_every_write_fails_once_then_resume_finishes(tmp_path, small_m
 
 
 @pytest.mark.parametrize("code_name", ERRNOS)
-def test_resume_every_write_fails_once_then_resume_finishes(tmp_path, small_mnist, capsys, monkeypatch, code_name):
+def test_resume_every_write_fails_once_then_resume_finishes(
+    tmp_path, small_mnist, capsys, monkeypatch, code_name
+):
     """Extending a finished 1-epoch run to 2 epochs: a failed rewrite keeps epoch 1 and says so."""
     torch = pytest.importorskip("torch")
     torch.set_num_threads(1)
@@ -167,14 +193,30 @@ def test_resume_every_write_fails_once_then_resume_finishes(tmp_path, small_mnis
         assert line.endswith(f"then resume with: mnistlab train cnn --resume {run} --epochs 2"), line
         assert run_cli(argv, capsys, monkeypatch)[0] == 0
         same_weights(run / "weights.npz", reference / "weights.npz")
-    print(f"train cnn --resume, {code_name}: {n} fault points, each one error line, each run finished by --resume")
+    print(
+        f"train cnn --resume, {code_name}: {n} fault points, each one error line, each finished by --resume"
+    )
 
 
 # ---------------------------------------------------------------------------------------- MLP
 
+
 def mlp_argv(out: Path) -> list[str]:
-    return ["train", "mlp", "--layers", "8", "--epochs", "2", "--threads", "1", "--seed", "1", "--no-progress",
-            "--out", str(out)]
+    return [
+        "train",
+        "mlp",
+        "--layers",
+        "8",
+        "--epochs",
+        "2",
+        "--threads",
+        "1",
+        "--seed",
+        "1",
+        "--no-progress",
+        "--out",
+        str(out),
+    ]
 
 
 @pytest.mark.parametrize("code_name", ERRNOS)
@@ -192,7 +234,9 @@ def test_train_mlp_every_write_fails_once(tmp_path, small_mnist, capsys, monkeyp
         assert run_cli(mlp_argv(run), capsys, monkeypatch)[0] == 0
         same_weights(run / "weights.npz", reference / "weights.npz")
         # --overwrite over the finished run: a refused rewrite keeps it as it was
-        code, err = run_cli([*mlp_argv(run), "--overwrite"], capsys, monkeypatch, FailAt(k, ERRNOS[code_name]))
+        code, err = run_cli(
+            [*mlp_argv(run), "--overwrite"], capsys, monkeypatch, FailAt(k, ERRNOS[code_name])
+        )
         assert_one_error_line(code, err, f"the previous run in {run} is intact")
         assert_nothing_half_written(run.parent)
         same_weights(run / "weights.npz", reference / "weights.npz")
@@ -200,6 +244,7 @@ def test_train_mlp_every_write_fails_once(tmp_path, small_mnist, capsys, monkeyp
 
 
 # ------------------------------------------------------------------- report, figures, patterns, cache
+
 
 @pytest.fixture
 def mlp_run(tmp_path, small_mnist, capsys, monkeypatch) -> Path:
@@ -222,10 +267,14 @@ def test_analysis_outputs_every_write_fails_once(tmp_path, mlp_run, capsys, monk
     def argv(out: Path) -> list[str]:
         return [a.replace("{run}", str(mlp_run)).replace("{out}", str(out)) for a in template]
 
-    if command == "report":  # its figures take seconds and write nothing themselves: the page's write is tested
+    if (
+        command == "report"
+    ):  # its figures take seconds and write nothing themselves: the page's write is tested
         import mnistlab.inspect.report
 
-        monkeypatch.setattr(mnistlab.inspect.report, "build_report", lambda *a, **k: "<!DOCTYPE html><p>report</p>\n")
+        monkeypatch.setattr(
+            mnistlab.inspect.report, "build_report", lambda *a, **k: "<!DOCTYPE html><p>report</p>\n"
+        )
     before = {p.name: p.read_bytes() for p in mlp_run.iterdir()}
     n = points(argv(tmp_path / "probe"), capsys, monkeypatch).calls
     assert n >= 2  # the output directory, then each file
@@ -256,7 +305,9 @@ def test_cache_write_fails_once_and_the_next_load_caches(tmp_path, synthetic_dat
                 shutil.rmtree(cache.parent)
             had = cache.read_bytes() if present else None
             code_, err = run_cli(argv, capsys, monkeypatch, FailAt(k if not present else 1, code))
-            line = assert_one_error_line(code_, err, str(cache), "while writing the dataset cache", "nothing was cached")
+            line = assert_one_error_line(
+                code_, err, str(cache), "while writing the dataset cache", "nothing was cached"
+            )
             assert (cache.read_bytes() if cache.exists() else None) == had
             assert ("(the previous cache is intact)" in line) == present
             assert_nothing_half_written(cache.parent.parent)

@@ -64,4 +64,3 @@ def optional_module(exc: BaseException) -> str | None:
         if top in EXTRAS:
             return top
     return None
-

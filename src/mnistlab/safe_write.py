@@ -41,7 +41,9 @@ def reason(exc: OSError) -> tuple[str, str]:
 
 
 @contextlib.contextmanager
-def guard(path: Path | str, what: str, kept: str | Callable[[], tuple[str, str | None]], elsewhere: str) -> Iterator[None]:
+def guard(
+    path: Path | str, what: str, kept: str | Callable[[], tuple[str, str | None]], elsewhere: str
+) -> Iterator[None]:
     """Turn an OSError inside the block into one WriteError line.
 
     ``kept`` says what is intact (or a callable giving (kept, next step) once the write failed, so

@@ -26,7 +26,13 @@ for argv in commands:
         except BaseException:  # noqa: BLE001 - whatever escapes is what the test is looking for
             code = "escaped"
             err.write(traceback.format_exc())
-    results.append({"argv": argv, "code": code, "stderr": err.getvalue(), "seconds": time.process_time() - start})
-    with open(os.environ["MNISTLAB_TEST_IMPORT_LOG"], "a") if os.environ.get("MNISTLAB_TEST_IMPORT_LOG") else open(os.devnull, "w") as log:
+    results.append(
+        {"argv": argv, "code": code, "stderr": err.getvalue(), "seconds": time.process_time() - start}
+    )
+    with (
+        open(os.environ["MNISTLAB_TEST_IMPORT_LOG"], "a")
+        if os.environ.get("MNISTLAB_TEST_IMPORT_LOG")
+        else open(os.devnull, "w") as log
+    ):
         log.write("--\n")  # the modules first imported by the next command follow
 json.dump(results, open(sys.argv[2], "w"), indent=1)

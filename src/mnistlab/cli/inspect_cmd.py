@@ -300,8 +300,8 @@ def cmd_oip(args: argparse.Namespace) -> int:
         print(f"{row['unit']:>5} {row['start']:>9.4f} {row['final']:>9.4f}" + ("  dead" if row["dead"] else ""))
     path = Path(args.out) if args.out else Path(args.run) / "figures" / f"oip-{layer}.png"
     written = save_figure(plot_oip_gallery(result, ncols=args.cols), path)
-    with guard(path.with_suffix(".npz"), "the patterns", f"the gallery {written} is written, the run is unchanged",
-               "another --out"):
+    kept = f"the gallery {written} is written, the run is unchanged"
+    with guard(path.with_suffix(".npz"), "the patterns", kept, "another --out"):
         atomic_save_npz(path.with_suffix(".npz"), {"units": result.units, "images": result.images, "start": result.start,
                                                     "final": result.final, "trace": result.trace})
     info(f"wrote {written} and {path.with_suffix('.npz')}")

@@ -23,7 +23,13 @@ import numpy as np
 from ..data import Dataset
 from ..errors import MnistlabError
 from ..model_api import InspectableModel
-from .activations import compute_activations, default_oip_layer, last_conv_layer, last_hidden_dense_layer, layer_shapes
+from .activations import (
+    compute_activations,
+    default_oip_layer,
+    last_conv_layer,
+    last_hidden_dense_layer,
+    layer_shapes,
+)
 
 SECTIONS = ("summary", "training", "confusions", "compare", "ambiguous", "oip")
 
