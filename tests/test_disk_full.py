@@ -40,27 +40,8 @@ def small_disk(tmp_path):
 
 
 def argv(out: Path, epochs: int = 12) -> list[str]:
-    return [
-        "train",
-        "cnn",
-        "--spec",
-        SPEC,
-        "--epochs",
-        str(epochs),
-        "--batch-size",
-        "60",
-        "--optimizer",
-        "adam",
-        "--amp",
-        "off",
-        "--threads",
-        "1",
-        "--seed",
-        "2",
-        "--no-progress",
-        "--out",
-        str(out),
-    ]
+    options = "--batch-size 60 --optimizer adam --amp off --threads 1 --seed 2 --no-progress"
+    return ["train", "cnn", "--spec", SPEC, "--epochs", str(epochs), *options.split(), "--out", str(out)]
 
 
 def test_train_cnn_on_a_full_disk_keeps_the_last_epoch_and_resumes(

@@ -9,6 +9,7 @@ pairs are the ones that can fail.
 
 from __future__ import annotations
 
+import ast
 import os
 import re
 import subprocess
@@ -39,21 +40,46 @@ def _distribution(requirement: str) -> str:
     return re.split(r"[\s<>=!~\[;]", requirement, maxsplit=1)[0].lower()
 
 
-def test_every_extra_in_pyproject_is_in_the_table_and_back():
-    extras = _pyproject_extras()
-    for extra, deps in extras.items():
-        names = {_distribution(d) for d in deps}
-        assert names & {m.lower() for m, e in EXTRAS.items() if e == extra}, (
-            f"extra {extra!r} has no module in EXTRAS"
-        )
-    for module, extra in EXTRAS.items():
-        assert extra in extras, f"EXTRAS sends {module} to [{extra}], which pyproject.toml does not define"
-        assert module.lower() in {_distribution(d) for d in extras[extra]}, (
-            f"[{extra}] does not install {module}"
-        )
+BROUGHT_BY = {"pydantic": "fastapi"}  # imported directly, installed as a dependency of that distribution
+
+
+def _third_party_imports() -> dict[str, set[str]]:
+    """Top-level modules outside the standard library that mnistlab's sources import -> the files."""
+    found: dict[str, set[str]] = {}
+    for path in (ROOT / "src" / "mnistlab").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue
+            outside = {name.partition(".")[0] for name in names} - set(sys.stdlib_module_names)
+            for top in outside - {"mnistlab"}:
+                found.setdefault(top, set()).add(path.name)
+    return found
+
+
+def test_every_import_is_a_dependency_or_an_extra_in_the_table():
     with open(ROOT / "pyproject.toml", "rb") as fh:
-        everything = " ".join(tomllib.load(fh)["project"]["optional-dependencies"]["all"])
-    assert all(extra in everything for extra in extras), "`all` must name every extra (make test installs it)"
+        project = tomllib.load(fh)["project"]
+    core = {_distribution(d) for d in project["dependencies"]}
+    extras = _pyproject_extras()
+    for module, files in _third_party_imports().items():
+        if module.lower() in core:
+            continue
+        assert module in EXTRAS, f"{sorted(files)} import {module}: add it to EXTRAS (mnistlab/extras.py)"
+        extra = EXTRAS[module]
+        assert extra in extras, f"{module} is imported, but pyproject.toml has no extra [{extra}]"
+        installs = {_distribution(d) for d in extras[extra]}
+        assert BROUGHT_BY.get(module, module).lower() in installs, f"[{extra}] does not install {module}"
+        assert extra in " ".join(project["optional-dependencies"]["all"]), f"[all] must include [{extra}]"
+
+
+def test_every_extra_in_pyproject_has_its_modules_in_the_table():
+    for extra, deps in _pyproject_extras().items():
+        modules = {m.lower() for m, e in EXTRAS.items() if e == extra}
+        assert modules & {_distribution(d) for d in deps}, f"extra [{extra}] has no module in EXTRAS"
 
 
 def test_require_and_needs_extras_name_the_extra(monkeypatch):
@@ -113,87 +139,34 @@ def test_api_entry_points_raise_missing_extra_without_torch(tmp_path, monkeypatc
 # Two groups, each run in its own interpreter: what needs no optional module, then what does. Within a
 # group, a command's imports are recorded exactly for modules no earlier command imported (a second
 # import of a module is answered from sys.modules); serve goes last so only it meets the web modules.
-RUN_COMMANDS = {  # on each kind of run: {run} and {layer} are filled in
-    "evaluate": ["evaluate", "{run}", "--out", "figures-{kind}"],
-    "predict": ["predict", "{run}", "--index", "0,1"],
-    "layers": ["layers", "{run}"],
-    "show-activations": [
-        "show-activations",
-        "{run}",
-        "--index",
-        "0",
-        "--layer",
-        "{layer}",
-        "--out",
-        "act-{kind}.png",
-    ],
-    "compare": [
-        "compare",
-        "{run}",
-        "--a",
-        "label=4",
-        "--b",
-        "label=9",
-        "--layer",
-        "{layer}",
-        "--top",
-        "3",
-        "--out",
-        "figures-{kind}",
-    ],
-    "ambiguous": ["ambiguous", "{run}", "--n", "2", "--out", "amb-{kind}.png"],
-    "confusions": ["confusions", "{run}", "--top", "1", "--per-pair", "2", "--out", "figures-{kind}"],
-    "oip": ["oip", "{run}", "--steps", "2", "--maps", "0-1", "--out", "oip-{kind}.png"],
-    "report": ["report", "{run}", "--oip-steps", "2", "--out", "report-{kind}.html"],
+RUN_COMMANDS = {  # on each kind of run: {run}, {kind} and {layer} are filled in
+    "evaluate": "evaluate {run} --out figures-{kind}",
+    "predict": "predict {run} --index 0,1",
+    "layers": "layers {run}",
+    "show-activations": "show-activations {run} --index 0 --layer {layer} --out act-{kind}.png",
+    "compare": "compare {run} --a label=4 --b label=9 --layer {layer} --top 3 --out figures-{kind}",
+    "ambiguous": "ambiguous {run} --n 2 --out amb-{kind}.png",
+    "confusions": "confusions {run} --top 1 --per-pair 2 --out figures-{kind}",
+    "oip": "oip {run} --steps 2 --maps 0-1 --out oip-{kind}.png",
+    "report": "report {run} --oip-steps 2 --out report-{kind}.html",
 }
 LAYER = {"mlp": "hidden1", "cnn": "dense1"}
 GROUPS = {
     "without optional modules": {
-        "data fetch": ["data", "fetch"],
-        "data info": ["data", "info"],
-        "data show": ["data", "show", "--index", "0", "--out", "show.png"],
-        "data verify": ["data", "verify"],
-        "train mlp": [
-            "train",
-            "mlp",
-            "--layers",
-            "8",
-            "--epochs",
-            "1",
-            "--val",
-            "100",
-            "--threads",
-            "1",
-            "--no-progress",
-            "--out",
-            "new-mlp",
-        ],
-        "summary --spec": ["summary", "--spec", "seed"],
+        "data fetch": "data fetch",
+        "data info": "data info",
+        "data show": "data show --index 0 --out show.png",
+        "data verify": "data verify",
+        "train mlp": "train mlp --layers 8 --epochs 1 --val 100 --threads 1 --no-progress --out new-mlp",
+        "summary --spec": "summary --spec seed",
         **{f"{name} (mlp run)": argv for name, argv in RUN_COMMANDS.items()},
     },
     "with optional modules": {
-        "train cnn": [
-            "train",
-            "cnn",
-            "--spec",
-            TINY_CNN,
-            "--epochs",
-            "1",
-            "--val",
-            "100",
-            "--batch-size",
-            "50",
-            "--threads",
-            "1",
-            "--amp",
-            "off",
-            "--no-progress",
-            "--out",
-            "new-cnn",
-        ],
-        "summary": ["summary", "{run}"],
+        "train cnn": f"train cnn --spec {TINY_CNN} --epochs 1 --val 100 --batch-size 50 --threads 1 "
+        "--amp off --no-progress --out new-cnn",
+        "summary": "summary {run}",
         **{f"{name} (cnn run)": argv for name, argv in RUN_COMMANDS.items()},
-        "serve": ["serve", "--runs", ".", "--port", "70000"],  # imports all it needs, then refuses the port
+        "serve": "serve --runs . --port 70000",  # imports all it needs, then refuses the port
     },
 }
 EXPECTED_FAILURE = {"serve": "--port 70000 must be between 0 and 65535"}
@@ -211,12 +184,8 @@ def test_the_command_list_covers_every_cli_command():
                         walk(sub, f"{prefix} {name}".strip()) if nested else [f"{prefix} {name}".strip()]
                     )
 
-    listed = {
-        " ".join(w for w in argv[:2] if not w.startswith(("-", "{")))
-        for g in GROUPS.values()
-        for argv in g.values()
-    }
-    listed |= {argv[0] for g in GROUPS.values() for argv in g.values()}
+    words = [argv.split()[:2] for group in GROUPS.values() for argv in group.values()]
+    listed = {w[0] for w in words} | {" ".join(x for x in w if not x.startswith(("-", "{"))) for w in words}
     missing = set(walk(build_parser(), "")) - listed
     assert not missing, f"add these commands to GROUPS: {sorted(missing)}"
 
@@ -247,12 +216,10 @@ def small_world(tmp_path, monkeypatch):
 
 
 def _commands(group: str, runs: Path) -> list[tuple[str, list[str]]]:
-    def fill(name: str, argv: list[str]) -> list[str]:
+    def fill(name: str, argv: str) -> list[str]:
         kind = "cnn" if "cnn run" in name or name == "summary" else "mlp"
-        return [
-            a.replace("{run}", str(runs / kind)).replace("{kind}", kind).replace("{layer}", LAYER[kind])
-            for a in argv
-        ]
+        return [a.replace("{run}", str(runs / kind)).replace("{kind}", kind).replace("{layer}", LAYER[kind])
+                for a in argv.split()]
 
     return [(name, fill(name, argv)) for name, argv in GROUPS[group].items()]
 

@@ -96,29 +96,8 @@ def points(argv: list[str], capsys, monkeypatch) -> FailAt:
 
 
 def cnn_argv(out: Path, epochs: int = 2) -> list[str]:
-    return [
-        "train",
-        "cnn",
-        "--spec",
-        TINY_CNN,
-        "--epochs",
-        str(epochs),
-        "--batch-size",
-        "60",
-        "--optimizer",
-        "adam",
-        "--lr",
-        "0.003",
-        "--amp",
-        "off",
-        "--threads",
-        "1",
-        "--seed",
-        "1",
-        "--no-progress",
-        "--out",
-        str(out),
-    ]
+    options = "--batch-size 60 --optimizer adam --lr 0.003 --amp off --threads 1 --seed 1 --no-progress"
+    return ["train", "cnn", "--spec", TINY_CNN, "--epochs", str(epochs), *options.split(), "--out", str(out)]
 
 
 def check_cnn_run_after_fault(run: Path, reference: Path, line: str) -> int | None:
@@ -202,21 +181,7 @@ def test_resume_every_write_fails_once_then_resume_finishes(
 
 
 def mlp_argv(out: Path) -> list[str]:
-    return [
-        "train",
-        "mlp",
-        "--layers",
-        "8",
-        "--epochs",
-        "2",
-        "--threads",
-        "1",
-        "--seed",
-        "1",
-        "--no-progress",
-        "--out",
-        str(out),
-    ]
+    return [*"train mlp --layers 8 --epochs 2 --threads 1 --seed 1 --no-progress --out".split(), str(out)]
 
 
 @pytest.mark.parametrize("code_name", ERRNOS)
@@ -267,14 +232,23 @@ def test_analysis_outputs_every_write_fails_once(tmp_path, mlp_run, capsys, monk
     def argv(out: Path) -> list[str]:
         return [a.replace("{run}", str(mlp_run)).replace("{out}", str(out)) for a in template]
 
-    if (
-        command == "report"
-    ):  # its figures take seconds and write nothing themselves: the page's write is tested
+    # Drawing takes seconds and writes nothing itself: small stand-ins let every write point be tried.
+    if command == "report":
         import mnistlab.inspect.report
 
-        monkeypatch.setattr(
-            mnistlab.inspect.report, "build_report", lambda *a, **k: "<!DOCTYPE html><p>report</p>\n"
-        )
+        page = "<!DOCTYPE html><p>report</p>\n"
+        monkeypatch.setattr(mnistlab.inspect.report, "build_report", lambda *a, **k: page)
+    if command == "evaluate":
+        import matplotlib.figure
+
+        import mnistlab.viz.confusion
+        import mnistlab.viz.curves
+
+        def small(*args, **kwargs):
+            return matplotlib.figure.Figure(figsize=(1, 1))
+
+        monkeypatch.setattr(mnistlab.viz.confusion, "plot_confusion", small)
+        monkeypatch.setattr(mnistlab.viz.curves, "plot_history", small)
     before = {p.name: p.read_bytes() for p in mlp_run.iterdir()}
     n = points(argv(tmp_path / "probe"), capsys, monkeypatch).calls
     assert n >= 2  # the output directory, then each file

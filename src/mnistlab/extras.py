@@ -3,7 +3,8 @@
 One table, read by every place that imports an optional module, so a missing one always becomes
 the same line: ``<what> needs <module>; install it with pip install 'mnistlab[<extra>]'``.
 To add an optional dependency: add its extra to pyproject.toml and its top-level module(s) here
-(tests/test_extras.py checks that the two agree).
+(tests/test_extras.py checks that every import outside the standard library is a dependency or
+in this table, and that the table's extras exist in pyproject.toml).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ EXTRAS: dict[str, str] = {
     "torch": "cnn",
     "fastapi": "web",
     "uvicorn": "web",
+    "pydantic": "web",  # comes with fastapi
     "h5py": "import",
     "onnx": "import",
     "optuna": "sweep",
