@@ -149,6 +149,7 @@ RUN_COMMANDS = {  # on each kind of run: {run}, {kind} and {layer} are filled in
     "confusions": "confusions {run} --top 1 --per-pair 2 --out figures-{kind}",
     "oip": "oip {run} --steps 2 --maps 0-1 --out oip-{kind}.png",
     "report": "report {run} --oip-steps 2 --out report-{kind}.html",
+    "attribute": "attribute {run} --index 0 --out attr-{kind}.png",
 }
 LAYER = {"mlp": "hidden1", "cnn": "dense1"}
 GROUPS = {
