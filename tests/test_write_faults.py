@@ -117,12 +117,14 @@ def check_cnn_run_after_fault(run: Path, reference: Path, line: str) -> int | No
     return epoch
 
 
+@pytest.fixture
+def cnn(small_mnist):
+    """torch with one thread (pytest -n 2 on 2 cores), and the dataset cached."""
+    pytest.importorskip("torch").set_num_threads(1)
+
+
 @pytest.mark.parametrize("code_name", ERRNOS)
-def test_train_cnn_every_write_fails_once_then_resume_finishes(
-    tmp_path, small_mnist, capsys, monkeypatch, code_name
-):
-    torch = pytest.importorskip("torch")
-    torch.set_num_threads(1)
+def test_train_cnn_every_write_fails_once_then_resume_finishes(tmp_path, cnn, capsys, monkeypatch, code_name):
     reference = tmp_path / "reference"
     n = points(cnn_argv(reference), capsys, monkeypatch).calls
     assert n >= 20  # three rewrites of a dozen files and renames each
@@ -146,12 +148,8 @@ def test_train_cnn_every_write_fails_once_then_resume_finishes(
 
 
 @pytest.mark.parametrize("code_name", ERRNOS)
-def test_resume_every_write_fails_once_then_resume_finishes(
-    tmp_path, small_mnist, capsys, monkeypatch, code_name
-):
+def test_resume_every_write_fails_once_then_resume_finishes(tmp_path, cnn, capsys, monkeypatch, code_name):
     """Extending a finished 1-epoch run to 2 epochs: a failed rewrite keeps epoch 1 and says so."""
-    torch = pytest.importorskip("torch")
-    torch.set_num_threads(1)
     reference = tmp_path / "reference"
     assert run_cli(cnn_argv(reference), capsys, monkeypatch)[0] == 0
     first = tmp_path / "first"

