@@ -286,3 +286,14 @@ def test_cache_write_fails_once_and_the_next_load_caches(tmp_path, synthetic_dat
             assert run_cli(argv, capsys, monkeypatch)[0] == 0
             assert load_dataset("mnist").train_images.tobytes() == arrays["train_images"].tobytes()
     print(f"data fetch: {2 * (n + 1)} fault points, each one error line, the cache whole or absent")
+
+
+def test_unreadable_run_and_unknown_figure_type_are_one_line(tmp_path, mlp_run, capsys, monkeypatch):
+    code, err = run_cli(["evaluate", str(mlp_run), "--out", str(tmp_path / "f.txt")], capsys, monkeypatch)
+    assert code == 0  # a directory name: figures go inside it
+    code, err = run_cli(["data", "show", "--index", "0", "--out", str(tmp_path / "x.txt")], capsys, monkeypatch)
+    assert_one_error_line(code, err, "matplotlib cannot write .txt figures; use .png, .svg or .pdf")
+    (mlp_run / "history.json").unlink()
+    (mlp_run / "history.json").mkdir()  # reading it fails the way an unreadable file does
+    code, err = run_cli(["evaluate", str(mlp_run), "--out", str(tmp_path / "figs")], capsys, monkeypatch)
+    assert_one_error_line(code, err, f"{mlp_run / 'history.json'}: cannot read it (Is a directory)")

@@ -273,6 +273,8 @@ def read_manifest(run_dir: Path) -> dict[str, Any]:
         raise RunError(f"{run_dir}: incomplete run (no {MANIFEST}); it was interrupted, train it again") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise RunError(f"{path}: corrupt manifest ({exc}); train the run again") from None
+    except OSError as exc:
+        raise RunError(f"{path}: cannot read it ({exc.strerror}); check its permissions") from None
     if not isinstance(manifest, dict) or manifest.get("format") != RUN_FORMAT or manifest.get("kind") not in KINDS:
         found = manifest.get("format") if isinstance(manifest, dict) else None
         raise RunError(
@@ -289,8 +291,10 @@ def read_history(run_dir: Path) -> list[dict[str, Any]]:
         history = json.loads(path.read_text())
     except FileNotFoundError:
         return []
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise RunError(f"{path}: corrupt ({exc}); train the run again") from None
+    except OSError as exc:
+        raise RunError(f"{path}: cannot read it ({exc.strerror}); check its permissions") from None
     if not isinstance(history, list) or not all(isinstance(row, dict) for row in history):
         raise RunError(f"{path}: not a list of per-epoch records; train the run again")
     return [{_OLD_HISTORY_KEYS.get(key, key): value for key, value in row.items()} for row in history]

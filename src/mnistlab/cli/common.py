@@ -7,6 +7,7 @@ import io
 import sys
 from pathlib import Path
 
+from ..errors import ConfigError
 from ..numbers import parse_number_list
 
 
@@ -37,8 +38,11 @@ def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
     from ..safe_write import atomic_write_bytes, guard
 
     path = Path(path)
+    kind = path.suffix[1:].lower() or "png"
+    if kind not in fig.canvas.get_supported_filetypes():
+        raise ConfigError(f"{path}: matplotlib cannot write .{kind} figures; use .png, .svg or .pdf")
     buf = io.BytesIO()
-    fig.savefig(buf, format=path.suffix[1:].lower() or "png", dpi=dpi, bbox_inches="tight")
+    fig.savefig(buf, format=kind, dpi=dpi, bbox_inches="tight")
     with guard(path, "the figure", "the run and the figures already written are unchanged", "another --out"):
         atomic_write_bytes(path, buf.getvalue())
     return path
