@@ -291,7 +291,8 @@ def test_cache_write_fails_once_and_the_next_load_caches(tmp_path, synthetic_dat
 def test_unreadable_run_and_unknown_figure_type_are_one_line(tmp_path, mlp_run, capsys, monkeypatch):
     code, err = run_cli(["evaluate", str(mlp_run), "--out", str(tmp_path / "f.txt")], capsys, monkeypatch)
     assert code == 0  # a directory name: figures go inside it
-    code, err = run_cli(["data", "show", "--index", "0", "--out", str(tmp_path / "x.txt")], capsys, monkeypatch)
+    argv = ["data", "show", "--index", "0", "--out", str(tmp_path / "x.txt")]
+    code, err = run_cli(argv, capsys, monkeypatch)
     assert_one_error_line(code, err, "matplotlib cannot write .txt figures; use .png, .svg or .pdf")
     (mlp_run / "history.json").unlink()
     (mlp_run / "history.json").mkdir()  # reading it fails the way an unreadable file does
