@@ -40,7 +40,7 @@ def _distribution(requirement: str) -> str:
     return re.split(r"[\s<>=!~\[;]", requirement, maxsplit=1)[0].lower()
 
 
-BROUGHT_BY = {"pydantic": "fastapi"}  # imported directly, installed as a dependency of that distribution
+BROUGHT_BY = {"pydantic": "fastapi", "google": "onnx", "sqlalchemy": "optuna"}  # imported directly, installed as a dependency of that distribution
 
 
 def _third_party_imports() -> dict[str, set[str]]:

@@ -24,7 +24,10 @@ EXTRAS: dict[str, str] = {
     "pydantic": "web",  # comes with fastapi
     "h5py": "import",
     "onnx": "import",
+    "google": "import",  # protobuf, which comes with onnx
     "optuna": "sweep",
+    "sqlalchemy": "sweep",  # comes with optuna
+    "psycopg": "sweep",  # the driver behind postgresql:// storages
     "tensorboard": "tensorboard",
     "tensorboardX": "tensorboard",
 }
