@@ -36,7 +36,7 @@ def fault_point(step: str, path: Path) -> None:
 
 def reason(exc: OSError) -> tuple[str, str]:
     """(what went wrong, what to do) for an OSError from a write."""
-    said, fix = _REFUSALS.get(exc.errno or -1, (None, "fix that"))
+    said, fix = _REFUSALS.get(exc.errno or -1, (None, "check the path"))
     return said or (exc.strerror or str(exc)).lower(), fix
 
 
