@@ -188,6 +188,9 @@ def test_train_mlp_every_write_fails_once(tmp_path, small_mnist, capsys, monkeyp
     with --overwrite), never a partial one; training again gives the same run."""
     reference = tmp_path / "reference"
     n = points(mlp_argv(reference), capsys, monkeypatch).calls
+    overwrite = [*mlp_argv(reference), "--overwrite"]
+    n_over = points(overwrite, capsys, monkeypatch).calls  # one more: the previous run is moved aside first
+    assert n_over == n + 1
     for k in range(1, n + 1):
         run = tmp_path / "faults" / f"k{k}"
         code, err = run_cli(mlp_argv(run), capsys, monkeypatch, FailAt(k, ERRNOS[code_name]))
@@ -196,14 +199,14 @@ def test_train_mlp_every_write_fails_once(tmp_path, small_mnist, capsys, monkeyp
         assert_nothing_half_written(run.parent)
         assert run_cli(mlp_argv(run), capsys, monkeypatch)[0] == 0
         same_weights(run / "weights.npz", reference / "weights.npz")
-        # --overwrite over the finished run: a refused rewrite keeps it as it was
-        code, err = run_cli(
-            [*mlp_argv(run), "--overwrite"], capsys, monkeypatch, FailAt(k, ERRNOS[code_name])
-        )
+    run = tmp_path / "faults" / "k1"
+    for k in range(1, n_over + 1):  # --overwrite over a finished run: a refused rewrite keeps it as it was
+        argv = [*mlp_argv(run), "--overwrite"]
+        code, err = run_cli(argv, capsys, monkeypatch, FailAt(k, ERRNOS[code_name]))
         assert_one_error_line(code, err, f"the previous run in {run} is intact")
         assert_nothing_half_written(run.parent)
         same_weights(run / "weights.npz", reference / "weights.npz")
-    print(f"train mlp, {code_name}: {2 * n} fault points (new run and --overwrite), each one error line")
+    print(f"train mlp, {code_name}: {n + n_over} fault points (new run and --overwrite), each one error line")
 
 
 # ------------------------------------------------------------------- report, figures, patterns, cache
