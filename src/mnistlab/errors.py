@@ -24,6 +24,10 @@ class TrainingDiverged(MnistlabError):
     """Training produced NaN or inf; the last good weights were kept."""
 
 
+class ModelFileError(MnistlabError):
+    """A model file to import is unreadable, unsafe, or uses what mnistlab cannot express."""
+
+
 class MissingExtra(MnistlabError, ModuleNotFoundError):
     """An optional module is not installed; the message names the extra that brings it (see mnistlab.extras).
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from .. import __version__
 from ..errors import MnistlabError
@@ -16,7 +16,8 @@ from ..extras import missing_extra, optional_module
 
 # Each module adds its subcommands with register(subparsers); `train` engines register into the
 # `train` group with register_train(train_subparsers). Keep one module per area to keep merges easy.
-COMMAND_MODULES = ("data_cmd", "mlp_cmd", "cnn_cmd", "run_cmd", "inspect_cmd", "attribute_cmd", "web_cmd")
+COMMAND_MODULES = ("data_cmd", "mlp_cmd", "cnn_cmd", "run_cmd", "inspect_cmd", "attribute_cmd", "web_cmd",
+                   "import_cmd")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -31,7 +32,9 @@ class _UsageError(Exception):
 def build_parser() -> argparse.ArgumentParser:
     import importlib
 
-    parser = _Parser(prog="mnistlab", description="Train small networks on MNIST-style images and look inside them.")
+    parser = _Parser(
+        prog="mnistlab", description="Train small networks on MNIST-style images and look inside them."
+    )
     parser.add_argument("--version", action="version", version=f"mnistlab {__version__}")
     parser.add_argument("--debug", action="store_true", help="show a full traceback on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -91,5 +94,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if module is not None:  # an optional module that no library entry point named: still the extra's line
             print(f"mnistlab: error: {missing_extra(module, _command_name(argv))}", file=sys.stderr)
             return 1
-        print(f"mnistlab: internal error: {type(exc).__name__}: {exc} (rerun with --debug for a traceback)", file=sys.stderr)
+        print(
+            f"mnistlab: internal error: {type(exc).__name__}: {exc} (rerun with --debug for a traceback)",
+            file=sys.stderr,
+        )
         return 1
