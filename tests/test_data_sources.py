@@ -112,7 +112,7 @@ def test_unwritable_cache_directory(synthetic_dataset, tmp_path, monkeypatch):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
     monkeypatch.setenv("MNISTLAB_HOME", str(blocker / "home"))
-    with pytest.raises(WriteError, match="not a directory while writing the dataset cache; nothing was cached; "
+    with pytest.raises(WriteError, match="not a directory while writing the dataset cache; nothing was cached; "  # noqa: E501
                        "check the path or use MNISTLAB_HOME="):
         load_dataset("mnist", data_dir=directory)
 

@@ -14,11 +14,11 @@ import os
 import re
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import numpy as np
 import pytest
+import tomllib
 
 import mnistlab
 from mnistlab.errors import MissingExtra, MnistlabError
@@ -27,6 +27,7 @@ from mnistlab.extras import EXTRAS, missing_extra, needs_extras, require
 ROOT = Path(__file__).resolve().parents[1]
 BLOCKER = Path(__file__).resolve().parent / "import_blocker"
 TEST_ONLY = ("captum",)  # optional for the tests, never for a command
+KERAS_FILE = Path(__file__).resolve().parent / "fixtures" / "keras" / "dense_mlp.keras"
 TINY_CNN = "conv:4:3,pool:2,flatten,dense:8,output:10"
 
 
@@ -40,7 +41,8 @@ def _distribution(requirement: str) -> str:
     return re.split(r"[\s<>=!~\[;]", requirement, maxsplit=1)[0].lower()
 
 
-BROUGHT_BY = {"pydantic": "fastapi", "google": "onnx", "sqlalchemy": "optuna"}  # imported directly, installed as a dependency of that distribution
+# imported directly, installed as a dependency of that distribution
+BROUGHT_BY = {"pydantic": "fastapi", "google": "onnx", "sqlalchemy": "optuna"}
 
 
 def _third_party_imports() -> dict[str, set[str]]:
@@ -90,12 +92,11 @@ def test_require_and_needs_extras_name_the_extra(monkeypatch):
     assert isinstance(info.value, ModuleNotFoundError) and isinstance(info.value, MnistlabError)
     with pytest.raises(
         MissingExtra, match=r"the web page needs fastapi; install it with pip install 'mnistlab\[web\]'"
-    ):
-        with needs_extras("the web page"):
-            raise ModuleNotFoundError("No module named 'fastapi.responses'", name="fastapi.responses")
-    with pytest.raises(ModuleNotFoundError) as info:  # not an optional module: a real bug, left as it is
-        with needs_extras("x"):
-            raise ModuleNotFoundError("No module named 'nonexistent'", name="nonexistent")
+    ), needs_extras("the web page"):
+        raise ModuleNotFoundError("No module named 'fastapi.responses'", name="fastapi.responses")
+    # not an optional module: a real bug, left as it is
+    with pytest.raises(ModuleNotFoundError) as info, needs_extras("x"):
+        raise ModuleNotFoundError("No module named 'nonexistent'", name="nonexistent")
     assert not isinstance(info.value, MissingExtra)
     assert (
         str(missing_extra("torch.nn", "a CNN"))
@@ -167,6 +168,10 @@ GROUPS = {
         "--amp off --no-progress --out new-cnn",
         "summary": "summary {run}",
         **{f"{name} (cnn run)": argv for name, argv in RUN_COMMANDS.items()},
+        "export (mlp run)": "export {run} --out model-{kind}.onnx",
+        "export (cnn run)": "export {run} --out model-{kind}.onnx",
+        "import onnx": "import onnx {root}/model.onnx --out imported-onnx",
+        "import keras": f"import keras {KERAS_FILE} --out imported-keras",
         "serve": "serve --runs . --port 70000",  # imports all it needs, then refuses the port
     },
 }
@@ -196,9 +201,9 @@ def small_world(tmp_path, monkeypatch):
     """A small dataset registered and cached as mnist, and an MLP and a CNN run trained on it."""
     pytest.importorskip("torch")
     from conftest import synthetic_arrays
-
     from mnistlab.cnn import train
     from mnistlab.data import load_dataset, sources
+    from mnistlab.export_onnx import export_run
     from mnistlab.mlp.config import preset
     from mnistlab.mlp.run import train_on_dataset
 
@@ -213,14 +218,20 @@ def small_world(tmp_path, monkeypatch):
     train(
         ds, out=tmp_path / "cnn", spec=TINY_CNN, epochs=1, batch_size=50, amp="off", threads=1, progress=False
     )
+    export_run(tmp_path / "mlp", tmp_path / "model.onnx")  # for `import onnx`, whatever ran before it
     return tmp_path, checksums
 
 
 def _commands(group: str, runs: Path) -> list[tuple[str, list[str]]]:
     def fill(name: str, argv: str) -> list[str]:
         kind = "cnn" if "cnn run" in name or name == "summary" else "mlp"
-        return [a.replace("{run}", str(runs / kind)).replace("{kind}", kind).replace("{layer}", LAYER[kind])
-                for a in argv.split()]
+        fields = {"{run}": str(runs / kind), "{root}": str(runs), "{kind}": kind, "{layer}": LAYER[kind]}
+        filled = []
+        for arg in argv.split():
+            for key, value in fields.items():
+                arg = arg.replace(key, value)
+            filled.append(arg)
+        return filled
 
     return [(name, fill(name, argv)) for name, argv in GROUPS[group].items()]
 

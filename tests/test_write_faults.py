@@ -21,6 +21,7 @@ from mnistlab.data import load_dataset
 from mnistlab.errors import RunError
 from mnistlab.runs import load_npz, read_manifest, read_run
 
+KERAS_FILE = Path(__file__).resolve().parent / "fixtures" / "keras" / "dense_mlp.keras"
 TINY_CNN = "conv:4:3,pool:2,flatten,dense:8,output:10"
 ERRNOS = {"ENOSPC": errno.ENOSPC, "EACCES": errno.EACCES}
 
@@ -179,7 +180,8 @@ def test_resume_every_write_fails_once_then_resume_finishes(tmp_path, cnn, capsy
 
 
 def mlp_argv(out: Path) -> list[str]:
-    return [*"train mlp --layers 8 --epochs 2 --threads 1 --seed 1 --no-progress --out".split(), str(out)]
+    options = "--layers 8 --epochs 2 --threads 1 --seed 1 --no-progress"
+    return ["train", "mlp", *options.split(), "--out", str(out)]
 
 
 @pytest.mark.parametrize("code_name", ERRNOS)
@@ -223,6 +225,8 @@ ANALYSIS = {
     "report": (["report", "{run}", "--oip-steps", "2", "--out", "{out}/report.html"], "the report"),
     "evaluate": (["evaluate", "{run}", "--out", "{out}/figures"], "the figure"),
     "oip": (["oip", "{run}", "--steps", "2", "--maps", "0-1", "--out", "{out}/oip.png"], None),
+    "export": (["export", "{run}", "--out", "{out}/model.onnx"], "the ONNX file"),
+    "import": (["import", "keras", str(KERAS_FILE), "--out", "{out}/imported"], "the run"),
 }
 
 
@@ -273,7 +277,7 @@ def test_cache_write_fails_once_and_the_next_load_caches(tmp_path, synthetic_dat
     cache = cache_path("mnist")
     n = points(argv, capsys, monkeypatch).calls
     assert n == 2  # the cache directory, then the file
-    for code_name, code in ERRNOS.items():
+    for code in ERRNOS.values():
         for k in range(1, n + 2):
             present = k == n + 1  # once more with a cache already there: it must stay as it was
             if not present:

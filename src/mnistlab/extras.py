@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+from collections.abc import Iterator
 from types import ModuleType
-from typing import Iterator
 
 from .errors import MissingExtra
 

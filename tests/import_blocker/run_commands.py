@@ -15,7 +15,8 @@ import traceback
 
 from mnistlab.cli import main
 
-commands = json.load(open(sys.argv[1]))
+with open(sys.argv[1]) as fh:
+    commands = json.load(fh)
 results = []
 for argv in commands:
     err = io.StringIO()
@@ -29,10 +30,8 @@ for argv in commands:
     results.append(
         {"argv": argv, "code": code, "stderr": err.getvalue(), "seconds": time.process_time() - start}
     )
-    with (
-        open(os.environ["MNISTLAB_TEST_IMPORT_LOG"], "a")
-        if os.environ.get("MNISTLAB_TEST_IMPORT_LOG")
-        else open(os.devnull, "w") as log
-    ):
-        log.write("--\n")  # the modules first imported by the next command follow
-json.dump(results, open(sys.argv[2], "w"), indent=1)
+    if os.environ.get("MNISTLAB_TEST_IMPORT_LOG"):
+        with open(os.environ["MNISTLAB_TEST_IMPORT_LOG"], "a") as log:
+            log.write("--\n")  # the modules first imported by the next command follow
+with open(sys.argv[2], "w") as fh:
+    json.dump(results, fh, indent=1)

