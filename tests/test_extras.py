@@ -172,6 +172,10 @@ GROUPS = {
         "export (cnn run)": "export {run} --out model-{kind}.onnx",
         "import onnx": "import onnx {root}/model.onnx --out imported-onnx",
         "import keras": f"import keras {KERAS_FILE} --out imported-keras",
+        "sweep mlp": "sweep mlp --study s --trials 1 --epochs 1 --val 100 --threads 1 --runs sweeps",
+        "sweep cnn": f"sweep cnn --study c --trials 1 --epochs 1 --val 100 --spec {TINY_CNN} --threads 1 "
+        "--runs sweeps",
+        "sweep show": "sweep show s --runs sweeps --no-test",
         "serve": "serve --runs . --port 70000",  # imports all it needs, then refuses the port
     },
 }
