@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, RunError
+from ..extras import needs_extras
 from .common import add_dataset_options, info
 from .tensorboard_cmd import add_tensorboard_option, log_dir
 
@@ -140,6 +141,11 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    with needs_extras("mnistlab train cnn"):
+        return _train(args)
+
+
+def _train(args: argparse.Namespace) -> int:
     from ..data import load_dataset
 
     if args.reset and args.resume is None:
