@@ -177,9 +177,15 @@ GROUPS = {
         "--runs sweeps",
         "sweep show": "sweep show s --runs sweeps --no-test",
         "serve": "serve --runs . --port 70000",  # imports all it needs, then refuses the port
+        "train mlp --tensorboard": "train mlp --layers 8 --epochs 1 --val 100 --threads 1 --no-progress "
+        "--out tb-mlp --tensorboard tb",
+        "tensorboard": "tensorboard tb --port 70000",  # imports all it needs, then refuses the port
     },
 }
-EXPECTED_FAILURE = {"serve": "--port 70000 must be between 0 and 65535"}
+EXPECTED_FAILURE = {
+    "serve": "--port 70000 must be between 0 and 65535",
+    "tensorboard": "--port 70000 must be between 0 and 65535",
+}
 
 
 def test_the_command_list_covers_every_cli_command():

@@ -30,6 +30,8 @@ EXTRAS: dict[str, str] = {
     "psycopg": "sweep",  # the driver behind postgresql:// storages
     "tensorboard": "tensorboard",
     "tensorboardX": "tensorboard",
+    "ipykernel": "notebooks",  # the example notebooks' kernel; mnistlab itself never imports it
+    "ipywidgets": "notebooks",  # tqdm.auto's Jupyter progress bars
 }
 
 

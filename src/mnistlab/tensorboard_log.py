@@ -56,13 +56,9 @@ def check_log_dir(path: str | Path) -> Path:
 
 
 def _summary_writer(logdir: Path):
-    try:
-        from tensorboardX import SummaryWriter
-    except ImportError:
-        raise MnistlabError(
-            "TensorBoard logging needs tensorboardX; install it with: pip install 'mnistlab[tensorboard]'"
-        ) from None
-    return SummaryWriter(logdir=str(logdir), flush_secs=10)
+    from .extras import require
+
+    return require("tensorboardX", "--tensorboard").SummaryWriter(logdir=str(logdir), flush_secs=10)
 
 
 def conv_layers(model: InspectableModel) -> list[str]:

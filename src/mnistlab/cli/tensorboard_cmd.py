@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -42,23 +41,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_tensorboard(args: argparse.Namespace) -> int:
+    from ..extras import require
+
+    require("tensorboard", "mnistlab tensorboard")
     if not args.logdir.is_dir():
         raise MnistlabError(f"{args.logdir}: no such directory; pass the DIR given to --tensorboard")
-    if importlib.util.find_spec("tensorboard") is None:
-        raise MnistlabError(
-            "viewing logs needs TensorBoard; install it with: pip install 'mnistlab[tensorboard]'"
-        )
-    command = [
-        sys.executable,
-        "-m",
-        "tensorboard.main",
-        "--logdir",
-        str(args.logdir),
-        "--host",
-        args.host,
-        "--port",
-        str(args.port),
-    ]
+    if not 0 <= args.port <= 65535:
+        raise MnistlabError(f"--port {args.port} must be between 0 and 65535")
+    command = [sys.executable, "-m", "tensorboard.main", "--logdir", str(args.logdir),
+               "--host", args.host, "--port", str(args.port)]  # fmt: skip
     try:
         return subprocess.call(command)
     except KeyboardInterrupt:
