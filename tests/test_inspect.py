@@ -277,6 +277,12 @@ def test_oip_on_a_conv_map(net):
     assert result.images[0].mean() > 50
 
 
+def test_oip_result_says_whether_its_units_are_maps_or_nodes(net):
+    # from the layer's shape, not its name: the gallery's caption reads it
+    assert optimize_inputs(net, "pool1", [0], steps=1).unit_kind == "map"
+    assert optimize_inputs(net, "dense1", [0], steps=1).unit_kind == "node"
+
+
 def test_oip_is_deterministic_and_batch_independent(net):
     both = optimize_inputs(net, "dense1", [0, 2], steps=15, seed=7)
     again = optimize_inputs(net, "dense1", [0, 2], steps=15, seed=7)

@@ -1,7 +1,10 @@
 """The PyTorch CNN: a declarative spec, a fast resident-data training loop, the inspection interface.
 
-The spec part (parsing, presets, shapes, summaries) is pure Python; torch is imported the first
-time a model, optimizer or trainer is asked for.
+Rooms: layers.py (the layer-kind and activation registry), spec.py (the spec language, shapes,
+summary), model.py (the torch network, the inspection interface), optim.py, config.py (what a run
+is), training.py (the loop), levers.py (speed levers, process-wide settings), checkpoint.py
+(saving and resuming). The spec part is pure Python; torch is imported the first time a model,
+optimizer or trainer is asked for.
 
 >>> from mnistlab.cnn import train
 >>> result = train(load_dataset("mnist"), spec="seed", out="runs/seed")
@@ -13,13 +16,23 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from .layers import KINDS, LayerKind, register
 from .spec import PRESETS, Spec, count_params, infer_shapes, parse_spec, summary_table
 
 _LAZY = {
-    "CNN": "model", "Net": "model", "build_net": "model",
-    "OPTIMIZERS": "optim", "SCHEDULES": "optim", "Optimizer": "optim", "Schedule": "optim",
-    "TrainConfig": "training", "TrainResult": "training", "Trainer": "training", "resolve_config": "training",
-    "resume": "training", "train": "training",
+    "CNN": "model",
+    "Net": "model",
+    "build_net": "model",
+    "OPTIMIZERS": "optim",
+    "SCHEDULES": "optim",
+    "Optimizer": "optim",
+    "Schedule": "optim",
+    "TrainConfig": "config",
+    "resolve_config": "config",
+    "TrainResult": "training",
+    "Trainer": "training",
+    "train": "training",
+    "resume": "checkpoint",
 }
 
 
@@ -29,4 +42,15 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["PRESETS", "Spec", "count_params", "infer_shapes", "parse_spec", "summary_table", *_LAZY]
+__all__ = [
+    "KINDS",
+    "LayerKind",
+    "PRESETS",
+    "Spec",
+    "register",
+    "count_params",
+    "infer_shapes",
+    "parse_spec",
+    "summary_table",
+    *_LAZY,
+]

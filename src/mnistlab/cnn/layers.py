@@ -1,4 +1,4 @@
-"""The CNN's layer kinds and activations: one registry, one class per kind.
+"""The CNN's layer kinds: one registry, one class per kind.
 
 A kind owns everything about itself, and every caller asks it rather than switching on a name:
 
@@ -22,8 +22,8 @@ option to a kind (conv dilation or bias, pool padding) is one more ``Arg`` with 
 ``stored_at_default=False`` so manifests of runs that do not use it stay as they were and older
 mnistlab versions still read them. See docs/adding-a-layer-kind.md for a worked example.
 
-Activations live in ``ACTIVATIONS``, the one table used by the spec (which names are valid where)
-and the model (which torch module or probability function to build).
+Activations live in one table, ``activations.ACTIVATIONS``, used by the spec (which names are
+valid where) and the model (which torch module or probability function to build).
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping
 
 from ..errors import ConfigError
+from .activations import ACTIVATIONS, HIDDEN_ACTIVATIONS, OUTPUT_ACTIVATIONS
 
 if TYPE_CHECKING:  # the torch types only; importing this module never imports torch
     from torch import nn
@@ -39,43 +40,6 @@ if TYPE_CHECKING:  # the torch types only; importing this module never imports t
     from .spec import LayerInfo
 
 MAP, VECTOR, PASS_THROUGH, ATTACHED = "map", "vector", "pass-through", "attached"
-
-
-# ----------------------------------------------------------------------------------------------
-# Activations
-
-
-@dataclass(frozen=True)
-class Activation:
-    """An activation: the torch.nn class that applies it, and where a spec may use it."""
-
-    name: str
-    torch_class: str
-    torch_kwargs: tuple[tuple[str, Any], ...] = ()
-    hidden: bool = True  # after a hidden conv or dense layer
-    output: bool = False  # on the output layer: turns logits into probabilities
-
-    def module(self) -> "nn.Module":
-        from torch import nn
-
-        return getattr(nn, self.torch_class)(**dict(self.torch_kwargs))
-
-
-ACTIVATIONS: dict[str, Activation] = {
-    a.name: a
-    for a in (
-        # In place: a conv's or linear layer's backward needs its input, not its output, so ReLU
-        # may overwrite the output and save a pass over the largest maps.
-        Activation("relu", "ReLU", (("inplace", True),)),
-        Activation("sigmoid", "Sigmoid", output=True),
-        Activation("elu", "ELU"),
-        Activation("tanh", "Tanh"),
-        Activation("linear", "Identity"),
-        Activation("softmax", "Softmax", (("dim", 1),), hidden=False, output=True),
-    )
-}
-HIDDEN_ACTIVATIONS = tuple(name for name, a in ACTIVATIONS.items() if a.hidden)
-OUTPUT_ACTIVATIONS = tuple(name for name, a in ACTIVATIONS.items() if a.output)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -185,6 +149,8 @@ class Layer:
 
 
 class LayerKind:
+    """One kind of layer; the class attributes and methods below are everything mnistlab knows about it."""
+
     name: ClassVar[str]
     aliases: ClassVar[tuple[str, ...]] = ()
     args: ClassVar[tuple[Arg, ...]] = ()
@@ -205,8 +171,9 @@ class LayerKind:
         by_name = {a.name: a for a in self.args}
         for key in values:
             if key not in by_name:
-                raise ConfigError(f"{where}: unknown argument {key!r}; {self.name} takes: "
-                                  f"{', '.join(by_name) or 'nothing'}")
+                raise ConfigError(
+                    f"{where}: unknown argument {key!r}; {self.name} takes: {', '.join(by_name) or 'nothing'}"
+                )
         converted = {key: by_name[key].convert(value, where, key) for key, value in values.items()}
         missing = [a.name for a in self.args if a.default is REQUIRED and a.name not in converted]
         if missing:
@@ -234,12 +201,15 @@ class LayerKind:
 
     def to_dict(self, layer: Layer) -> dict[str, Any]:
         changed = set(a.name for a in self._non_default(layer))
-        return {"type": self.name, **{a.name: layer.get(a.name) for a in self.args
-                                      if a.stored_at_default or a.name in changed}}
+        return {
+            "type": self.name,
+            **{a.name: layer.get(a.name) for a in self.args if a.stored_at_default or a.name in changed},
+        }
 
     # ----- the dry pass and the summary
-    def infer(self, layer: Layer, shape: tuple[int, ...], where: str,
-              previous: "LayerInfo | None") -> tuple[tuple[int, ...], int]:
+    def infer(
+        self, layer: Layer, shape: tuple[int, ...], where: str, previous: "LayerInfo | None"
+    ) -> tuple[tuple[int, ...], int]:
         """(output shape, trainable parameters) for an input of ``shape`` (no batch dimension)."""
         raise NotImplementedError
 
@@ -293,17 +263,22 @@ def find_kind(name: str) -> LayerKind | None:
 
 def _map_input(shape: tuple[int, ...], where: str) -> tuple[int, int, int]:
     if len(shape) != 3:
-        raise ConfigError(f"{where}: needs a (channels, height, width) input but gets the flat {shape}; "
-                          "move it before flatten")
+        raise ConfigError(
+            f"{where}: needs a (channels, height, width) input but gets the flat {shape}; "
+            "move it before flatten"
+        )
     return shape  # type: ignore[return-value]
 
 
-def _window(shape: tuple[int, ...], k: int, stride: int, pad: int, where: str, what: str) -> tuple[int, int]:
+def _window(
+    shape: tuple[int, ...], k: int, stride: int, pad: int, where: str, what: str, fix: str
+) -> tuple[int, int]:
     """Output height and width of a k x k window sliding with ``stride`` over a map padded by ``pad``."""
     _, h, w = _map_input(shape, where)
     if h + 2 * pad < k or w + 2 * pad < k:
-        raise ConfigError(f"{where}: the {h}x{w} map is smaller than the {k}x{k} {what}; "
-                          "remove a layer or use pad=same")
+        raise ConfigError(
+            f"{where}: the {h}x{w} map is smaller than the {k}x{k} {what}; remove a layer or {fix}"
+        )
     return (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
 
 
@@ -328,7 +303,8 @@ class Conv(LayerKind):
     def infer(self, layer, shape, where, previous):
         if layer.pad == "same" and layer.kernel % 2 == 0:
             raise ConfigError(f"{where}: pad=same needs an odd kernel; use an odd kernel or an integer pad")
-        oh, ow = _window(shape, layer.kernel, layer.stride, self.pad_amount(layer), where, "kernel")
+        pad = self.pad_amount(layer)
+        oh, ow = _window(shape, layer.kernel, layer.stride, pad, where, "kernel", "use pad=same")
         return (layer.filters, oh, ow), layer.filters * shape[0] * layer.kernel**2 + layer.filters
 
     def build(self, info):
@@ -336,23 +312,32 @@ class Conv(LayerKind):
 
         layer = info.layer
         return _block(
-            conv=nn.Conv2d(info.input_shape[0], layer.filters, layer.kernel, layer.stride,
-                           self.pad_amount(layer)),
+            conv=nn.Conv2d(
+                info.input_shape[0], layer.filters, layer.kernel, layer.stride, self.pad_amount(layer)
+            ),
             act=ACTIVATIONS[layer.act].module(),
         )
 
 
+class _Pooling(LayerKind):
+    """A size x size window sliding with ``stride`` over each map: channels kept, no parameters."""
+
+    args = (
+        Arg("size", positive_int, aliases=("pool_size",)),
+        Arg("stride", positive_int, lambda values: values["size"]),
+    )
+
+    def infer(self, layer, shape, where, previous):
+        oh, ow = _window(shape, layer.size, layer.stride, 0, where, "pool window", "use a smaller window")
+        return (shape[0], oh, ow), 0
+
+
 @register
-class MaxPool(LayerKind):
+class MaxPool(_Pooling):
     name, aliases, example = "pool", ("maxpool", "maxpooling", "maxpool2d", "maxpooling2d"), "pool:2"
-    args = (Arg("size", positive_int, aliases=("pool_size",)),
-            Arg("stride", positive_int, lambda values: values["size"]))
     keras_name = "MaxPool2D"
     # max(relu(a), relu(b)) == relu(max(a, b)) exactly, gradients included
     commutes_with_relu = True
-
-    def infer(self, layer, shape, where, previous):
-        return (shape[0], *_window(shape, layer.size, layer.stride, 0, where, "pool window")), 0
 
     def build(self, info):
         from torch import nn
@@ -361,13 +346,9 @@ class MaxPool(LayerKind):
 
 
 @register
-class AvgPool(LayerKind):
+class AvgPool(_Pooling):
     name, aliases, example = "avgpool", ("avgpool2d", "averagepooling", "averagepooling2d"), "avgpool:2"
-    args = MaxPool.args
     keras_name = "AvgPool2D"
-
-    def infer(self, layer, shape, where, previous):
-        return (shape[0], *_window(shape, layer.size, layer.stride, 0, where, "pool window")), 0
 
     def build(self, info):
         from torch import nn
@@ -416,8 +397,10 @@ def _flat_input(shape: tuple[int, ...], where: str) -> int:
 class Dense(LayerKind):
     name, aliases, example = "dense", ("linear", "fc"), "dense:70"
     # softmax or sigmoid only as the last layer, which the spec then reads as ``output``
-    args = (Arg("units", positive_int),
-            Arg("act", activation(tuple(ACTIVATIONS)), "relu", aliases=("activation",)))
+    args = (
+        Arg("units", positive_int),
+        Arg("act", activation(tuple(ACTIVATIONS)), "relu", aliases=("activation",)),
+    )
     role, keras_name = VECTOR, "Dense"
 
     def infer(self, layer, shape, where, previous):
@@ -427,7 +410,8 @@ class Dense(LayerKind):
         from torch import nn
 
         return _block(
-            linear=nn.Linear(info.input_shape[0], info.layer.units), act=ACTIVATIONS[info.layer.act].module())
+            linear=nn.Linear(info.input_shape[0], info.layer.units), act=ACTIVATIONS[info.layer.act].module()
+        )
 
 
 @register
@@ -436,8 +420,10 @@ class Output(LayerKind):
     and chooses the loss, so the trainer never applies it inside the network."""
 
     name, example, naming = "output", "output:10", "single"
-    args = (Arg("units", positive_int),
-            Arg("act", activation(OUTPUT_ACTIVATIONS), "softmax", aliases=("activation",)))
+    args = (
+        Arg("units", positive_int),
+        Arg("act", activation(OUTPUT_ACTIVATIONS), "softmax", aliases=("activation",)),
+    )
     role, keras_name = VECTOR, "Dense"
 
     def infer(self, layer, shape, where, previous):
@@ -498,6 +484,6 @@ class Dropout(_Attached):
 LAYER_TYPES = tuple(KINDS)
 
 __all__ = [
-    "ACTIVATIONS", "ATTACHED", "Activation", "Arg", "HIDDEN_ACTIVATIONS", "KINDS", "LAYER_TYPES", "Layer",
-    "LayerKind", "MAP", "OUTPUT_ACTIVATIONS", "PASS_THROUGH", "VECTOR", "find_kind", "register",
+    "ACTIVATIONS", "ATTACHED", "Arg", "HIDDEN_ACTIVATIONS", "KINDS", "LAYER_TYPES", "Layer", "LayerKind",
+    "MAP", "OUTPUT_ACTIVATIONS", "PASS_THROUGH", "VECTOR", "find_kind", "register",
 ]

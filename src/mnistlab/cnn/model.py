@@ -12,7 +12,7 @@ from torch import nn
 from ..data.preprocess import Preprocessor
 from ..errors import ConfigError, RunError
 from ..model_api import InspectableModel
-from .layers import ACTIVATIONS
+from .activations import ACTIVATIONS
 from .spec import LayerInfo, Spec, infer_shapes, parse_spec, summary_table
 
 INITS = ("glorot", "default")
@@ -140,8 +140,7 @@ class CNN(InspectableModel):
         self.preprocess = preprocess
         self.net = (net if net is not None else Net(self.spec)).to(device).eval()
         self.device = torch.device(device)
-        # 256 images keep a batch's largest maps (conv1: 256x32x26x26 floats) in the CPU's caches;
-        # 1000 ran the same forward passes 2-3x slower here.
+        # small enough that a batch's largest maps stay in the CPU's caches (docs/performance.md)
         self.batch_size = 256
 
     @classmethod
@@ -179,9 +178,8 @@ class CNN(InspectableModel):
         layers = self.check_layers(layers)
         x_all = self._as_tensor(inputs)
         wanted = set(layers)
-        # One preallocated float32 array per layer; each batch is copied straight into its slice
-        # (layout conversion from channels-last included), so 1.4 GB of maps are written once,
-        # not converted, copied and concatenated.
+        # One float32 array per layer, allocated once; each batch is copied straight into its slice
+        # (channels-last converted on the way), so the maps are written once, never concatenated.
         results = {name: np.empty((len(x_all), *self._shape(name)), np.float32) for name in layers}
         captured: dict[str, torch.Tensor] = {}
         handles = [

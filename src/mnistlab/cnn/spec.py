@@ -38,7 +38,8 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from ..errors import ConfigError
-from .layers import ACTIVATIONS, HIDDEN_ACTIVATIONS, KINDS, LAYER_TYPES, OUTPUT_ACTIVATIONS, Layer, LayerKind, find_kind
+from .activations import ACTIVATIONS, HIDDEN_ACTIVATIONS, OUTPUT_ACTIVATIONS
+from .layers import KINDS, LAYER_TYPES, Layer, LayerKind, find_kind
 
 INPUT_SHAPE = (1, 28, 28)
 
@@ -105,9 +106,8 @@ PRESETS: dict[str, Preset] = {
         {"optimizer": "rmsprop", "lr": 1e-3, "batch_size": 64, "epochs": 5, "preprocess": "unit", "init": "glorot"},
         "the seed's wider variant: 208,982 parameters",
     ),
-    # Few FLOPs, batch norm and a one-cycle schedule at a large batch: >= 99.0% in 470 steps, which
-    # is what the GPU time-to-accuracy target measures. Measured on CPU (seed 0): one epoch at batch
-    # 256 or 128 gave 98.7-98.9%; two epochs at batch 256 gave 99.04% (lr 4e-3) and 99.17% (8e-3).
+    # Few FLOPs, batch norm and a one-cycle schedule at a large batch: what the GPU time-to-accuracy
+    # target measures (how the recipe was chosen: docs/performance.md).
     "fast": Preset(
         "conv:24:5:pad=same,bn,pool:2,conv:48:5:pad=same,bn,pool:2,flatten,dense:128,output:10",
         {"optimizer": "adamw", "lr": 8e-3, "weight_decay": 5e-4, "batch_size": 256, "epochs": 2,
@@ -121,7 +121,7 @@ PRESETS: dict[str, Preset] = {
         "flatten,dense:128,bn,dropout:0.3,output:10",
         {"optimizer": "adamw", "lr": 3e-3, "weight_decay": 5e-4, "batch_size": 128, "epochs": 15,
          # pixels / 255, not per-pixel standardization: a shifted stroke lands on border pixels whose
-         # std is ~0, and standardized it becomes a huge input (measured: 98.7% instead of >= 99.6%).
+         # std is ~0, and standardized it becomes a huge input.
          "schedule": "onecycle", "augment": 2, "label_smoothing": 0.05, "preprocess": "unit", "init": "default"},
         "VGG-style BN net with shift augmentation: >= 99.6% as a single model",
     ),

@@ -15,9 +15,8 @@ from ..data import Dataset
 from ..errors import ConfigError
 from ..model_api import InspectableModel
 
-# Small batches keep each batch's activations in the CPU's cache while they are copied out: every
-# layer of the seed CNN for 10,000 images took 12 s in one call and 6-7 s in batches of 250 (about
-# the bare forward passes) on this project's 2-core machine.
+# Small batches keep each batch's activations in the CPU's caches while they are copied out
+# (docs/performance.md, CNN internals).
 BATCH_SIZE = 256
 
 

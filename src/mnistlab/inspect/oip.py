@@ -44,6 +44,7 @@ class OIPResult:
     seed: int = 0
     steps: int = 0
     seconds: float = 0.0
+    unit_kind: str = "node"  # "map" when the layer's units are feature maps (a map's mean), else "node"
 
     @property
     def dead(self) -> np.ndarray:
@@ -216,4 +217,5 @@ def optimize_inputs(
         x = np.clip(x + size * g / np.maximum(rms, 1e-12), 0, 255)  # a zero gradient moves nothing
         values, grads = value_and_grad(x, everyone)
     trace[steps] = values
-    return OIPResult(layer, units_arr, x.astype(np.float32), start, values, trace, seed, steps, time.perf_counter() - t0)
+    return OIPResult(layer, units_arr, x.astype(np.float32), start, values, trace, seed, steps,
+                     time.perf_counter() - t0, "map" if len(shape) == 3 else "node")

@@ -22,7 +22,7 @@ def plot_oip_gallery(result, *, ncols: int = 16, cmap: str = "gray_r", cell_inch
     fig = Figure(figsize=(ncols * cell_inches, nrows * (cell_inches * 0.88 + 0.22) + 0.35))  # square images: no slack rows
     axes = fig.subplots(nrows, ncols, squeeze=False)
     dead = result.dead
-    kind = "map" if "conv" in result.layer or "pool" in result.layer else "node"
+    kind = result.unit_kind
     for k, ax in enumerate(axes.flat):
         ax.set_axis_off()
         if k >= n:

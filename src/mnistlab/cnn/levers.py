@@ -1,0 +1,270 @@
+"""How a CNN run goes fast: the device, the speed levers chosen for it, and the process-wide
+settings a run changes.
+
+* ``choose_device`` and ``choose_levers`` decide (pure: they change nothing). ``Levers`` records
+  what was decided; the manifest stores it.
+* ``SplitBatch`` (CPU) and ``CudaGraphStep`` (GPU) are the levers that change how a step runs;
+  the loop in training.py calls them.
+* ``process_settings`` is the one place where a run changes the process: every such setting is
+  listed there, applied when ``Trainer.run`` starts and undone when it ends where that is possible.
+  (The run's random stream is torch's global generator, seeded by the Trainer; checkpoints save
+  and restore it.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import platform
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+import torch
+
+from ..errors import ConfigError
+from ..mlp.threads import auto_threads as idle_cores
+from .config import DEVICES, TrainConfig
+from .spec import Spec
+
+# ----------------------------------------------------------------------------------------------
+# Choosing
+
+
+def cpu_bf16_supported() -> bool:
+    """Native bf16 arithmetic (AVX512-BF16 or AMX). oneDNN's own check accepts any AVX-512 CPU, where
+    bf16 is emulated and slower than float32, so ask for the instructions themselves."""
+    try:
+        caps = torch._C._cpu._get_cpu_capability()
+        return bool(caps.get("avx512_bf16") or caps.get("amx_bf16"))
+    except (AttributeError, RuntimeError):
+        pass
+    try:
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def auto_threads() -> int:
+    """torch's default thread count, less the cores other processes keep busy (at least one):
+    OpenMP's barriers make an oversubscribed thread team far slower than fewer threads."""
+    return min(torch.get_num_threads(), idle_cores())
+
+
+def choose_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            "--device cuda: CUDA is not available here (CPU-only torch or no GPU); use --device cpu or auto"
+        )
+    if name == "mps" and not (
+        getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    ):
+        raise ConfigError("--device mps: Apple MPS is not available here; use --device cpu or auto")
+    if name not in DEVICES:
+        raise ConfigError(f"unknown device {name!r}; choose one of: {', '.join(DEVICES)}")
+    return torch.device(name)
+
+
+@dataclass
+class Levers:
+    """What the run actually used after 'auto' was resolved (recorded in the manifest)."""
+
+    device: str
+    amp_dtype: str | None  # "bfloat16" / "float16" / None
+    channels_last: bool
+    compile: bool
+    cuda_graphs: bool
+    threads: int
+    reuse_freed_memory: bool = False
+    data_parallel: int = 1  # CPU: each batch split across this many threads, one torch thread each
+
+    @property
+    def step_threads(self) -> int:
+        """torch threads while a step runs: with the batch split, the parts share the threads out."""
+        return max(1, self.threads // self.data_parallel)
+
+    @property
+    def autocast_dtype(self) -> torch.dtype | None:
+        return {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(self.amp_dtype or "")
+
+
+def choose_levers(config: TrainConfig, device: torch.device, spec: Spec) -> Levers:
+    kind = device.type
+    amp: str | None = None
+    if kind == "cuda":
+        # bf16 needs no loss scaling, so the whole step stays capturable; GPUs without bf16 train in float32.
+        if config.amp != "off" and torch.cuda.is_bf16_supported():
+            amp = "bfloat16"
+    elif kind == "cpu":
+        # bf16 autocast pays off only where oneDNN has native bf16 kernels (AVX512-BF16 / AMX);
+        # elsewhere it emulates them and is slower than float32, so 'auto' falls back.
+        if config.amp == "on" or (config.amp == "auto" and cpu_bf16_supported()):
+            amp = "bfloat16"
+    channels_last = config.channels_last == "on" or (
+        config.channels_last == "auto" and kind in ("cuda", "cpu") and amp is not None
+    )
+    graphs = kind == "cuda" and config.cuda_graphs != "off" and not config.compile
+    threads = config.threads or (auto_threads() if kind == "cpu" else torch.get_num_threads())
+    # At batch 64 torch's own threads barely pay on the CPU; splitting the batch does (SplitBatch,
+    # docs/performance.md) where every kind gives the same result on a split batch.
+    parallel = 1
+    if kind == "cpu" and threads > 1 and not config.compile:
+        if all(layer.kind.batch_split_exact for layer in spec.layers):
+            parallel = max(1, min(threads, config.batch_size // 16))  # parts under 16 images run slowly
+    return Levers(
+        kind, amp, channels_last, bool(config.compile), graphs, threads, kind == "cpu" and _glibc(), parallel
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Levers that change how a step runs
+
+
+class SplitBatch:
+    """CPU: a batch split into parts, each part's forward and backward on its own thread (torch
+    releases the GIL inside operations), one torch thread per part.
+
+    ``part`` returns (gradients, loss sum, correct count) for one part with its loss scaled by its
+    share of the batch, so the summed gradients are the whole batch's. They are summed in part
+    order, never in the order the threads finish, so a run is reproducible and resumable bit for bit.
+    """
+
+    def __init__(self, parts: int):
+        self.parts = parts
+        self._pool: Any = None  # created at the first step, shut down by close()
+
+    def run(
+        self,
+        part: Callable[..., tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]],
+        x: torch.Tensor,
+        y: torch.Tensor,
+    ) -> tuple[list[torch.Tensor], list[tuple[torch.Tensor, torch.Tensor]]]:
+        """The whole batch's gradients, and each part's (loss sum, correct count) in part order."""
+        xs, ys = x.tensor_split(self.parts), y.tensor_split(self.parts)
+        if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(len(xs) - 1, thread_name_prefix="mnistlab-part")
+        others = [self._pool.submit(part, xs[k], ys[k], len(y)) for k in range(1, len(xs))]
+        results = [part(xs[0], ys[0], len(y))] + [f.result() for f in others]
+        with torch.no_grad():
+            grads = results[0][0]
+            for more, _, _ in results[1:]:
+                torch._foreach_add_(grads, more)
+        return grads, [(loss_sum, correct) for _, loss_sum, correct in results]
+
+    def close(self) -> None:
+        """No idle threads left behind by a finished run."""
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
+
+
+class CudaGraphStep:
+    """GPU: one full training step recorded as a CUDA graph after a few warm-up steps, then
+    replayed for every full batch (no per-kernel launch cost). The step must read its batch
+    indices from ``static_idx`` and accumulate into tensors that outlive the capture."""
+
+    WARMUP_STEPS = 3
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.graph: Any = None
+        self.static_idx: torch.Tensor | None = None
+
+    def warm_up(self, step: Callable[[], None]) -> None:
+        """A step before capture, on a side stream as CUDA graph capture requires."""
+        stream = torch.cuda.Stream(self.device)
+        stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(stream):
+            step()
+        torch.cuda.current_stream(self.device).wait_stream(stream)
+
+    def capture(self, batch_size: int, step: Callable[[torch.Tensor], None]) -> None:
+        self.static_idx = torch.zeros(batch_size, dtype=torch.long, device=self.device)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            step(self.static_idx)
+
+    def replay(self, idx: torch.Tensor) -> None:
+        self.static_idx.copy_(idx)  # type: ignore[union-attr]  # capture() came first
+        self.graph.replay()
+
+
+# ----------------------------------------------------------------------------------------------
+# Process-wide settings: all of them, here
+
+
+@contextlib.contextmanager
+def torch_threads(count: int | None) -> Iterator[None]:
+    """torch's intra-op thread count is process-wide: set it inside the block, restore it after."""
+    before = torch.get_num_threads()
+    if count:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@contextlib.contextmanager
+def process_settings(levers: Levers) -> Iterator[None]:
+    """The process-wide settings a run needs, for the length of the block (``Trainer.run``).
+
+    * torch's thread count: the steps' share (``step_threads``); restored afterwards.
+    * cuDNN's autotuner on CUDA (fixed shapes: it picks its fastest kernels once); restored afterwards.
+    * glibc's malloc thresholds on CPU (``keep_freed_memory``): kept for the rest of the process,
+      because glibc has no way to read back its adaptive thresholds to restore them.
+    """
+    if levers.reuse_freed_memory:
+        levers.reuse_freed_memory = keep_freed_memory()  # recorded as applied or not
+    cudnn_before = torch.backends.cudnn.benchmark
+    if levers.device == "cuda":
+        torch.backends.cudnn.benchmark = True
+    try:
+        with torch_threads(levers.step_threads if levers.device == "cpu" else None):
+            yield
+    finally:
+        torch.backends.cudnn.benchmark = cudnn_before
+
+
+# glibc mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_freed_memory_kept = False
+
+
+def _glibc() -> bool:
+    return platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+
+
+def keep_freed_memory() -> bool:
+    """Have glibc's malloc keep freed blocks for reuse instead of handing them back to the OS.
+
+    Every CPU step allocates and frees the same multi-megabyte tensors; by default glibc serves
+    blocks that large with mmap and unmaps them on free, so each step page-faults them in again
+    (TensorFlow keeps its own pool, PyTorch on CPU does not). Raising the mmap and trim thresholds
+    keeps them in the heap (docs/performance.md); the process keeps its peak memory instead.
+    Process-wide and for the rest of the process; glibc only (elsewhere, or if the call fails,
+    nothing changes). Returns whether it applied.
+    """
+    global _freed_memory_kept
+    if _freed_memory_kept:
+        return True
+    if not _glibc():
+        return False
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        ok = (
+            libc.mallopt(_M_MMAP_THRESHOLD, 1 << 30) == 1
+            and libc.mallopt(_M_TRIM_THRESHOLD, (1 << 31) - 1) == 1
+        )
+    except (OSError, AttributeError):
+        return False
+    _freed_memory_kept = bool(ok)
+    return _freed_memory_kept
