@@ -61,6 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
+        args.argv = argv  # what `train cnn --nproc N` hands to each rank
         if getattr(args, "func", None) is None:
             parser.print_help(sys.stderr)
             return 2

@@ -81,6 +81,7 @@ class Levers:
     threads: int
     reuse_freed_memory: bool = False
     data_parallel: int = 1  # CPU: each batch split across this many threads, one torch thread each
+    world_size: int = 1  # processes training together (torchrun, DDP; cnn/distributed.py)
 
     @property
     def step_threads(self) -> int:
