@@ -117,9 +117,11 @@ def device_for(device: torch.device, ranks: Ranks) -> torch.device:
 
 
 def threads_per_rank(ranks: Ranks) -> int:
-    """This rank's share of the machine's cores (the ranks on one machine split them evenly)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cores // ranks.local_world_size)
+    """This rank's share of the cores other processes leave idle (the ranks on one machine split
+    them evenly): more threads than cores make OpenMP's barriers crawl."""
+    from ..mlp.threads import auto_threads as idle_cores
+
+    return max(1, idle_cores() // ranks.local_world_size)
 
 
 def levers_for(levers: Any, config: Any, ranks: Ranks) -> Any:
@@ -141,13 +143,13 @@ def check_batch(batch_size: int, ranks: Ranks) -> None:
 
 def data_parallel(net: nn.Module, device: torch.device, ranks: Ranks) -> nn.Module:
     """The network as the training steps call it: itself alone, or wrapped in DDP with its batch
-    norms turned into global-batch ones (in place: the parameters stay the same objects)."""
+    norms turned into global-batch ones."""
     if not ranks.active:
         return net
     if device.type == "cuda":
-        net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
+        _sync_batch_norms(net, nn.SyncBatchNorm)
         return nn.parallel.DistributedDataParallel(net, device_ids=[device.index])
-    _use_global_batch_norm(net)
+    _sync_batch_norms(net, GlobalBatchNorm)
     return nn.parallel.DistributedDataParallel(net)
 
 
@@ -164,17 +166,15 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or not dist.is_initialized():
             return super().forward(x)
-        from torch.distributed.nn.functional import all_reduce
-
         channels = x.shape[1]
         dims = [0, *range(2, x.dim())]
         shape = [1, channels] + [1] * (x.dim() - 2)
         count = torch.full((1,), x.numel() / max(1, channels), dtype=x.dtype, device=x.device)
-        sums = all_reduce(torch.cat([x.sum(dims), count]))
+        sums = _SumOverRanks.apply(torch.cat([x.sum(dims), count]))
         n = sums[channels]
         mean = sums[:channels] / n
         centered = x - mean.view(shape)
-        var = all_reduce((centered * centered).sum(dims)) / n
+        var = _SumOverRanks.apply((centered * centered).sum(dims)) / n
         y = centered * torch.rsqrt(var + self.eps).view(shape)
         if self.affine:
             y = y * self.weight.view(shape) + self.bias.view(shape)
@@ -188,18 +188,31 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
         return y
 
 
-def _use_global_batch_norm(module: nn.Module) -> None:
-    for name, child in module.named_children():
-        if isinstance(child, nn.modules.batchnorm._BatchNorm) and not isinstance(child, GlobalBatchNorm):
-            replacement = GlobalBatchNorm(child.num_features, child.eps, child.momentum, child.affine,
-                                          child.track_running_stats)
-            replacement.weight, replacement.bias = child.weight, child.bias
-            replacement.running_mean, replacement.running_var = child.running_mean, child.running_var
-            replacement.num_batches_tracked = child.num_batches_tracked
-            replacement.train(child.training)
-            setattr(module, name, replacement)
-        else:
-            _use_global_batch_norm(child)
+class _SumOverRanks(torch.autograd.Function):
+    """A sum over ranks that autograd goes back through: each rank's input gets the sum of the
+    gradients all ranks' outputs received."""
+
+    @staticmethod
+    def forward(ctx: Any, tensor: torch.Tensor) -> torch.Tensor:
+        total = tensor.clone()
+        dist.all_reduce(total)
+        return total
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        total = grad.clone()
+        dist.all_reduce(total)
+        return total
+
+
+def _sync_batch_norms(net: nn.Module, kind: type[nn.modules.batchnorm._BatchNorm]) -> None:
+    """Turn every batch norm into ``kind`` in place: the same module objects (the network keeps
+    references to them for its fused conv-pool path), parameters and buffers."""
+    for module in net.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and type(module) is not kind:
+            module.__class__ = kind
+            if kind is nn.SyncBatchNorm:
+                module.process_group = None  # the whole job
 
 
 # ----------------------------------------------------------------------------------------------
