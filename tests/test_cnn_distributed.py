@@ -30,6 +30,8 @@ CLI = str(TESTS / "ddp_cli.py")
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
 # The seed network with batch norm after its first conv (global-batch statistics across ranks)
 BN_SPEC = "conv:8:3,bn,pool:2,conv:16:3,pool:2,flatten,dense:32,output:10"
+# Small enough that a job's epochs take a second or two, long enough to be stopped mid-epoch
+SMALL_SPEC = "conv:16:3,pool:2,conv:32:3,pool:2,flatten,dense:32,output:10"
 
 
 def synthetic_arrays(n_train, n_test=200, seed=0):
@@ -238,7 +240,7 @@ def test_two_machines_train_one_run_that_rank_0_alone_writes(tmp_path):
 
 
 def _nproc_job(tmp_path, data, nproc, epochs):
-    command = [sys.executable, CLI, "train", "cnn", "--nproc", str(nproc), "--spec", "seed", "--epochs",
+    command = [sys.executable, CLI, "train", "cnn", "--nproc", str(nproc), "--spec", SMALL_SPEC, "--epochs",
                str(epochs), "--batch-size", "32", "--amp", "off", "--out", str(tmp_path / "run"), "--no-progress"]
     return subprocess.Popen(command, env=environment(data), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -294,7 +296,7 @@ def test_torchrun_max_restarts_restarts_and_resumes_by_itself(tmp_path):
     run = tmp_path / "run"
     job = subprocess.Popen(
         [*TORCHRUN, "--standalone", "--nproc-per-node", "2", "--max-restarts", "1", CLI, "train", "cnn", "--spec",
-         "seed", "--epochs", "3", "--batch-size", "32", "--amp", "off", "--out", str(run), "--no-progress"],
+         SMALL_SPEC, "--epochs", "3", "--batch-size", "32", "--amp", "off", "--out", str(run), "--no-progress"],
         env=environment(data), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wait_for_epoch(run, 1, job)
     time.sleep(0.3)

@@ -92,9 +92,22 @@ def join() -> Ranks:
         backend = "cpu:gloo,cuda:nccl"
         torch.cuda.set_device(env["LOCAL_RANK"] % torch.cuda.device_count())
     if not dist.is_initialized():
-        dist.init_process_group(backend, timeout=timedelta(minutes=30))
+        dist.init_process_group(backend, store=_attempt_store(env), rank=env["RANK"],
+                                world_size=env["WORLD_SIZE"], timeout=timedelta(minutes=30))
     _ranks = Ranks(env["RANK"], env["WORLD_SIZE"], env["LOCAL_RANK"], env["LOCAL_WORLD_SIZE"], backend)
     return _ranks
+
+
+def _attempt_store(env: dict[str, int]) -> dist.Store:
+    """torchrun's key-value store with a key prefix of this attempt. The store outlives a restart
+    (--max-restarts), and without the prefix a restarted rank can read the address a dead rank
+    published in the attempt before and fail to connect (pytorch/pytorch#135712, #167288)."""
+    host, port = os.environ.get("MASTER_ADDR", "127.0.0.1"), int(os.environ.get("MASTER_PORT", "29500"))
+    agent_hosts = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == str(True)
+    store = dist.TCPStore(host, port, env["WORLD_SIZE"], is_master=not agent_hosts and env["RANK"] == 0,
+                          timeout=timedelta(minutes=30), multi_tenant=True)
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    return dist.PrefixStore(f"mnistlab/attempt-{attempt}", store)
 
 
 def leave() -> None:
@@ -335,7 +348,7 @@ def lost_ranks() -> Iterator[None]:
         if os.environ.get(LAUNCHER_REPORTS):
             raise SystemExit(1) from None
         raise RunError(
-            f"rank {_ranks.rank}: lost contact with another rank ({str(exc).splitlines()[0][:120]}); "
+            f"rank {_ranks.rank}: lost contact with another rank (it died, or the network between them failed); "
             "the run keeps its last finished epoch: rerun the same command to resume"
         ) from None
 
