@@ -39,7 +39,9 @@ def launch(nproc: int, argv: Sequence[str], *, max_restarts: int = 0) -> int:
     from torch.distributed.run import parse_args, run
 
     # torchrun's agent logs each worker it starts and stops; the one line below says what matters.
-    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
+    for name in list(logging.root.manager.loggerDict):
+        if name.startswith("torch.distributed"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
     os.environ[LAUNCHER_REPORTS] = "1"
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # each rank sets its own share of the cores
     args = parse_args([
