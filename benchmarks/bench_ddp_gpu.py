@@ -33,8 +33,19 @@ DATA_HOME = ROOT / ".gpu-data"
 
 
 def run(options: list[str], out: Path, env: dict[str, str]) -> dict:
-    command = [sys.executable, "-m", "mnistlab", "train", "cnn", "--spec", "seed", "--out", str(out),
-               "--no-progress", *options]
+    command = [
+        sys.executable,
+        "-m",
+        "mnistlab",
+        "train",
+        "cnn",
+        "--spec",
+        "seed",
+        "--out",
+        str(out),
+        "--no-progress",
+        *options,
+    ]
     t0 = time.perf_counter()
     proc = subprocess.run(command, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -42,15 +53,21 @@ def run(options: list[str], out: Path, env: dict[str, str]) -> dict:
     history = json.loads((out / "history.json").read_text())
     levers = json.loads((out / "run.json").read_text())["levers"]
     times = [h["train_seconds"] for h in history]
-    return {"epoch_s": statistics.median(times[1:] if len(times) > 1 else times), "wall_s": time.perf_counter() - t0,
-            "test_acc": history[-1]["test_accuracy"], "levers": levers}
+    return {
+        "epoch_s": statistics.median(times[1:] if len(times) > 1 else times),
+        "wall_s": time.perf_counter() - t0,
+        "test_acc": history[-1]["test_accuracy"],
+        "levers": levers,
+    }
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--smoke", action="store_true", help="CPU, 1 epoch, 1 round (checks the script, not speed)")
+    parser.add_argument(
+        "--smoke", action="store_true", help="CPU, 1 epoch, 1 round (checks the script, not speed)"
+    )
     args = parser.parse_args()
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
     if DATA_HOME.is_dir() and "MNISTLAB_HOME" not in env:
@@ -79,11 +96,17 @@ def main() -> int:
                     print(f"  round {r + 1} {name:18s} FAILED: {res['error']}", flush=True)
                     continue
                 lv = res["levers"]
-                print(f"  round {r + 1} {name:18s} {res['epoch_s']:.2f} s/epoch, test acc {100 * res['test_acc']:.2f}% "
-                      f"(ranks {lv.get('world_size', 1)}, amp {lv['amp_dtype'] or 'off'}, graphs {lv['cuda_graphs']}, "
-                      f"wall {res['wall_s']:.0f} s)", flush=True)
-    medians = {name: statistics.median(r["epoch_s"] for r in runs if "epoch_s" in r)
-               for name, runs in results.items() if any("epoch_s" in r for r in runs)}
+                print(
+                    f"  round {r + 1} {name:18s} {res['epoch_s']:.2f} s/epoch, "
+                    f"test acc {100 * res['test_acc']:.2f}% (ranks {lv.get('world_size', 1)}, "
+                    f"amp {lv['amp_dtype'] or 'off'}, graphs {lv['cuda_graphs']}, wall {res['wall_s']:.0f} s)",
+                    flush=True,
+                )
+    medians = {
+        name: statistics.median(r["epoch_s"] for r in runs if "epoch_s" in r)
+        for name, runs in results.items()
+        if any("epoch_s" in r for r in runs)
+    }
     if "plain" in medians:
         print("\nmedian s/epoch (ratio to plain):")
         for name, value in medians.items():

@@ -53,8 +53,14 @@ def synthetic_arrays(n_train, n_test=200, seed=0):
 def dataset_of(arrays):
     from mnistlab.data import Dataset
 
-    return Dataset("mnist", arrays["train_images"], arrays["train_labels"], arrays["test_images"],
-                   arrays["test_labels"], tuple(str(d) for d in range(10)))
+    return Dataset(
+        "mnist",
+        arrays["train_images"],
+        arrays["train_labels"],
+        arrays["test_images"],
+        arrays["test_labels"],
+        tuple(str(d) for d in range(10)),
+    )
 
 
 def environment(data: Path) -> dict[str, str]:
@@ -81,8 +87,11 @@ def rank_pid(data: Path, rank: int) -> int | None:
             env = (entry / "environ").read_bytes().split(b"\0")
         except OSError:
             continue
-        if f"MNISTLAB_TEST_DATASET={data}".encode() in env and f"RANK={rank}".encode() in env \
-                and b"TORCHELASTIC_RUN_ID" in b"\0".join(env):
+        if (
+            f"MNISTLAB_TEST_DATASET={data}".encode() in env
+            and f"RANK={rank}".encode() in env
+            and b"TORCHELASTIC_RUN_ID" in b"\0".join(env)
+        ):
             return int(entry.name)
     return None
 
@@ -116,7 +125,9 @@ def test_shares_cover_each_batch_once_and_weights_average_to_the_mean_loss():
         shares = [distributed.share(batch, Ranks(r, world, r, world, "gloo")) for r in range(world)]
         assert torch.equal(torch.cat(shares), batch)  # in rank order, each item once, no padding
         assert max(map(len, shares)) - min(map(len, shares)) <= 1
-        weights = [distributed.loss_weight(len(s), len(batch), Ranks(0, world, 0, world, "gloo")) for s in shares]
+        weights = [
+            distributed.loss_weight(len(s), len(batch), Ranks(0, world, 0, world, "gloo")) for s in shares
+        ]
         assert sum(weights) / world == pytest.approx(1.0)  # DDP divides the summed gradients by world
     assert distributed.share(batch, Ranks()) is batch  # one process: the whole batch
     with pytest.raises(ConfigError, match="--batch-size 2 is the global batch"):
@@ -178,17 +189,41 @@ def test_two_ranks_train_the_weights_of_one_process(tmp_path, real_home):
 
     ds = load_dataset("mnist").subset(2000, 1000)
     data = tmp_path / "mnist-2000.npz"
-    np.savez(data, train_images=ds.train_images, train_labels=ds.train_labels,
-             test_images=ds.test_images, test_labels=ds.test_labels)
+    np.savez(
+        data,
+        train_images=ds.train_images,
+        train_labels=ds.train_labels,
+        test_images=ds.test_images,
+        test_labels=ds.test_labels,
+    )
     recipe = ["--spec", "seed", "--epochs", "1", "--batch-size", "64", "--amp", "off", "--threads", "1"]
-    job = subprocess.run([*TORCHRUN, "--nproc-per-node", "2", CLI, "train", "cnn", *recipe,
-                          "--out", str(tmp_path / "two"), "--no-progress"],
-                         env=environment(data), capture_output=True, text=True, timeout=600)
+    job = subprocess.run(
+        [
+            *TORCHRUN,
+            "--nproc-per-node",
+            "2",
+            CLI,
+            "train",
+            "cnn",
+            *recipe,
+            "--out",
+            str(tmp_path / "two"),
+            "--no-progress",
+        ],
+        env=environment(data),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert job.returncode == 0, job.stderr[-3000:]
     assert job.stdout.count("test accuracy") == 1  # rank 0 alone reports
 
-    one = train(ds, out=tmp_path / "one", progress=False, spec="seed", epochs=1, batch_size=64, amp="off", threads=1)
-    other = train(ds, out=tmp_path / "b32", progress=False, spec="seed", epochs=1, batch_size=32, amp="off", threads=1)
+    one = train(
+        ds, out=tmp_path / "one", progress=False, spec="seed", epochs=1, batch_size=64, amp="off", threads=1
+    )
+    other = train(
+        ds, out=tmp_path / "b32", progress=False, spec="seed", epochs=1, batch_size=32, amp="off", threads=1
+    )
     two = load_npz(tmp_path / "two" / "weights.npz")
     assert weights_gap(two, load_npz(tmp_path / "one" / "weights.npz")) < 2e-5
     assert weights_gap(two, load_npz(tmp_path / "b32" / "weights.npz")) > 1e-3
@@ -210,18 +245,60 @@ def test_two_machines_train_one_run_that_rank_0_alone_writes(tmp_path):
     arrays = synthetic_arrays(321)
     data = tmp_path / "data.npz"
     np.savez(data, **arrays)
-    recipe = ["--spec", BN_SPEC, "--epochs", "2", "--batch-size", "64", "--optimizer", "sgd", "--lr", "0.05",
-              "--momentum", "0.9", "--amp", "off", "--seed", "1"]
+    recipe = [
+        "--spec",
+        BN_SPEC,
+        "--epochs",
+        "2",
+        "--batch-size",
+        "64",
+        "--optimizer",
+        "sgd",
+        "--lr",
+        "0.05",
+        "--momentum",
+        "0.9",
+        "--amp",
+        "off",
+        "--seed",
+        "1",
+    ]
     port = free_port()
     nodes = []
     for node in (0, 1):
         where = tmp_path / f"node{node}"
         where.mkdir()
-        nodes.append(subprocess.Popen(
-            [*TORCHRUN, "--nnodes", "2", "--node-rank", str(node), "--nproc-per-node", "1", "--rdzv-backend",
-             "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "mnistlab-test", CLI, "train", "cnn",
-             *recipe, "--out", "run", "--no-progress"],
-            cwd=where, env=environment(data), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        nodes.append(
+            subprocess.Popen(
+                [
+                    *TORCHRUN,
+                    "--nnodes",
+                    "2",
+                    "--node-rank",
+                    str(node),
+                    "--nproc-per-node",
+                    "1",
+                    "--rdzv-backend",
+                    "c10d",
+                    "--rdzv-endpoint",
+                    f"127.0.0.1:{port}",
+                    "--rdzv-id",
+                    "mnistlab-test",
+                    CLI,
+                    "train",
+                    "cnn",
+                    *recipe,
+                    "--out",
+                    "run",
+                    "--no-progress",
+                ],
+                cwd=where,
+                env=environment(data),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
     outputs = [proc.communicate(timeout=600) for proc in nodes]
     assert [proc.returncode for proc in nodes] == [0, 0], [err[-2000:] for _, err in outputs]
     assert list((tmp_path / "node1").iterdir()) == []  # rank 1 wrote nothing
@@ -232,17 +309,50 @@ def test_two_machines_train_one_run_that_rank_0_alone_writes(tmp_path):
     assert manifest["state"] == "complete" and manifest["levers"]["world_size"] == 2
 
     values = dict(zip(recipe[::2], recipe[1::2]))
-    one = train(dataset_of(arrays), out=tmp_path / "one", progress=False, spec=BN_SPEC, epochs=2, batch_size=64,
-                optimizer="sgd", lr=0.05, momentum=0.9, amp="off", seed=int(values["--seed"]), threads=1)
+    one = train(
+        dataset_of(arrays),
+        out=tmp_path / "one",
+        progress=False,
+        spec=BN_SPEC,
+        epochs=2,
+        batch_size=64,
+        optimizer="sgd",
+        lr=0.05,
+        momentum=0.9,
+        amp="off",
+        seed=int(values["--seed"]),
+        threads=1,
+    )
     # SGD moves each weight by lr x its gradient, so float32 summation order leaves ~1e-6
     assert weights_gap(load_npz(run / "weights.npz"), load_npz(tmp_path / "one" / "weights.npz")) < 1e-4
-    assert json.loads((run / "history.json").read_text())[-1]["loss"] == pytest.approx(one.history[-1]["loss"], rel=1e-4)
+    assert json.loads((run / "history.json").read_text())[-1]["loss"] == pytest.approx(
+        one.history[-1]["loss"], rel=1e-4
+    )
 
 
 def _nproc_job(tmp_path, data, nproc, epochs):
-    command = [sys.executable, CLI, "train", "cnn", "--nproc", str(nproc), "--spec", SMALL_SPEC, "--epochs",
-               str(epochs), "--batch-size", "32", "--amp", "off", "--out", str(tmp_path / "run"), "--no-progress"]
-    return subprocess.Popen(command, env=environment(data), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    command = [
+        sys.executable,
+        CLI,
+        "train",
+        "cnn",
+        "--nproc",
+        str(nproc),
+        "--spec",
+        SMALL_SPEC,
+        "--epochs",
+        str(epochs),
+        "--batch-size",
+        "32",
+        "--amp",
+        "off",
+        "--out",
+        str(tmp_path / "run"),
+        "--no-progress",
+    ]
+    return subprocess.Popen(
+        command, env=environment(data), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 @pytest.mark.slow
@@ -276,7 +386,8 @@ def test_ctrl_c_saves_rerun_resumes_a_killed_rank_stops_the_job_and_one_process_
     assert "continuing it" in err  # the rerun picked the interrupted run up
     assert err.strip().splitlines()[-1] == (
         "mnistlab: error: rank 1 was killed by SIGKILL; the job stopped (the run keeps its last finished "
-        "epoch: rerun the same command to resume)")
+        "epoch: rerun the same command to resume)"
+    )
     manifest = read_manifest(run)
     assert manifest["state"] == "partial" and 1 <= manifest["epochs_done"] < 3
     load_npz(run / "checkpoint.npz")  # whole
@@ -295,9 +406,33 @@ def test_torchrun_max_restarts_restarts_and_resumes_by_itself(tmp_path):
     np.savez(data, **synthetic_arrays(2000))
     run = tmp_path / "run"
     job = subprocess.Popen(
-        [*TORCHRUN, "--standalone", "--nproc-per-node", "2", "--max-restarts", "1", CLI, "train", "cnn", "--spec",
-         SMALL_SPEC, "--epochs", "3", "--batch-size", "32", "--amp", "off", "--out", str(run), "--no-progress"],
-        env=environment(data), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        [
+            *TORCHRUN,
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            "--max-restarts",
+            "1",
+            CLI,
+            "train",
+            "cnn",
+            "--spec",
+            SMALL_SPEC,
+            "--epochs",
+            "3",
+            "--batch-size",
+            "32",
+            "--amp",
+            "off",
+            "--out",
+            str(run),
+            "--no-progress",
+        ],
+        env=environment(data),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     wait_for_epoch(run, 1, job)
     time.sleep(0.3)
     os.kill(rank_pid(data, 1), signal.SIGKILL)

@@ -92,8 +92,13 @@ def join() -> Ranks:
         backend = "cpu:gloo,cuda:nccl"
         torch.cuda.set_device(env["LOCAL_RANK"] % torch.cuda.device_count())
     if not dist.is_initialized():
-        dist.init_process_group(backend, store=_attempt_store(env), rank=env["RANK"],
-                                world_size=env["WORLD_SIZE"], timeout=timedelta(minutes=30))
+        dist.init_process_group(
+            backend,
+            store=_attempt_store(env),
+            rank=env["RANK"],
+            world_size=env["WORLD_SIZE"],
+            timeout=timedelta(minutes=30),
+        )
     _ranks = Ranks(env["RANK"], env["WORLD_SIZE"], env["LOCAL_RANK"], env["LOCAL_WORLD_SIZE"], backend)
     return _ranks
 
@@ -104,8 +109,14 @@ def _attempt_store(env: dict[str, int]) -> dist.Store:
     published in the attempt before and fail to connect (pytorch/pytorch#135712, #167288)."""
     host, port = os.environ.get("MASTER_ADDR", "127.0.0.1"), int(os.environ.get("MASTER_PORT", "29500"))
     agent_hosts = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == str(True)
-    store = dist.TCPStore(host, port, env["WORLD_SIZE"], is_master=not agent_hosts and env["RANK"] == 0,
-                          timeout=timedelta(minutes=30), multi_tenant=True)
+    store = dist.TCPStore(
+        host,
+        port,
+        env["WORLD_SIZE"],
+        is_master=not agent_hosts and env["RANK"] == 0,
+        timeout=timedelta(minutes=30),
+        multi_tenant=True,
+    )
     attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
     return dist.PrefixStore(f"mnistlab/attempt-{attempt}", store)
 
@@ -348,8 +359,8 @@ def lost_ranks() -> Iterator[None]:
         if os.environ.get(LAUNCHER_REPORTS):
             raise SystemExit(1) from None
         raise RunError(
-            f"rank {_ranks.rank}: lost contact with another rank (it died, or the network between them failed); "
-            "the run keeps its last finished epoch: rerun the same command to resume"
+            f"rank {_ranks.rank}: lost contact with another rank (it died, or the network between them "
+            "failed); the run keeps its last finished epoch: rerun the same command to resume"
         ) from None
 
 
@@ -357,4 +368,6 @@ def _is_lost_peer(exc: BaseException) -> bool:
     if isinstance(exc, dist.DistError):
         return True
     text = str(exc).lower()
-    return any(sign in text for sign in ("connection closed by peer", "connection reset", "broken pipe", "gloo"))
+    return any(
+        sign in text for sign in ("connection closed by peer", "connection reset", "broken pipe", "gloo")
+    )

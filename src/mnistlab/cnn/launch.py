@@ -44,10 +44,15 @@ def launch(nproc: int, argv: Sequence[str], *, max_restarts: int = 0) -> int:
             logging.getLogger(name).setLevel(logging.CRITICAL)
     os.environ[LAUNCHER_REPORTS] = "1"
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # each rank sets its own share of the cores
-    args = parse_args([
-        "--standalone", f"--nproc-per-node={nproc}", f"--max-restarts={max_restarts}",
-        *_entry(), *argv,
-    ])
+    args = parse_args(
+        [
+            "--standalone",
+            f"--nproc-per-node={nproc}",
+            f"--max-restarts={max_restarts}",
+            *_entry(),
+            *argv,
+        ]
+    )
     try:
         run(args)
     except SignalException as exc:
@@ -58,7 +63,11 @@ def launch(nproc: int, argv: Sequence[str], *, max_restarts: int = 0) -> int:
         rank, failure = exc.get_first_failure()
         if failure.exitcode > 0:
             return failure.exitcode  # the rank said why itself (a bad option, a Ctrl-C: 130)
-        how = f"was killed by {failure.signal_name()}" if failure.exitcode < 0 else f"exited with status {failure.exitcode}"
+        how = (
+            f"was killed by {failure.signal_name()}"
+            if failure.exitcode < 0
+            else f"exited with status {failure.exitcode}"
+        )
         raise RunError(
             f"rank {rank} {how}; the job stopped (the run keeps its last finished epoch: rerun the same "
             "command to resume)"

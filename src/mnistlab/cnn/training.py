@@ -112,7 +112,8 @@ class Trainer:
             raise RunError(f"{self.out}: already exists; choose another --out, or --resume it")
         self.spec: Spec = parse_spec(config.spec)
         self.device = distributed.device_for(choose_device(config.device), self.ranks)
-        self.levers: Levers = distributed.levers_for(choose_levers(config, self.device, self.spec), config, self.ranks)
+        levers = choose_levers(config, self.device, self.spec)
+        self.levers: Levers = distributed.levers_for(levers, config, self.ranks)
         self.stop = _StopRequest(deferred=self.ranks.active)
 
         images, labels = dataset.train_images, dataset.train_labels
@@ -245,7 +246,8 @@ class Trainer:
             logits = self.train_module(x)
         logits = logits.float()
         if self.ranks.active:
-            loss = self._loss(logits, y) if len(y) else logits.sum() * 0.0  # a tail batch may leave a rank none
+            # the last batch of an epoch may leave a rank no image: a zero loss keeps it in step
+            loss = self._loss(logits, y) if len(y) else logits.sum() * 0.0
             (loss * distributed.loss_weight(len(y), batch, self.ranks)).backward()
         else:
             loss = self._loss(logits, y)
