@@ -99,7 +99,8 @@ def main() -> int:
                 print(
                     f"  round {r + 1} {name:18s} {res['epoch_s']:.2f} s/epoch, "
                     f"test acc {100 * res['test_acc']:.2f}% (ranks {lv.get('world_size', 1)}, "
-                    f"amp {lv['amp_dtype'] or 'off'}, graphs {lv['cuda_graphs']}, wall {res['wall_s']:.0f} s)",
+                    f"amp {lv['amp_dtype'] or 'off'}, graphs {lv['cuda_graphs']}, "
+                    f"wall {res['wall_s']:.0f} s)",
                     flush=True,
                 )
     medians = {
