@@ -19,6 +19,8 @@ import pytest
 torch = pytest.importorskip("torch")
 torch.set_num_threads(1)  # pytest -n 2 on 2 cores: more threads per worker only oversubscribe
 
+from test_cnn_train import synthetic  # noqa: E402
+
 from mnistlab.cli import main  # noqa: E402
 from mnistlab.cnn import distributed, train  # noqa: E402
 from mnistlab.cnn.distributed import GlobalBatchNorm, Ranks  # noqa: E402
@@ -34,20 +36,11 @@ BN_SPEC = "conv:8:3,bn,pool:2,conv:16:3,pool:2,flatten,dense:32,output:10"
 SMALL_SPEC = "conv:16:3,pool:2,conv:32:3,pool:2,flatten,dense:32,output:10"
 
 
-def synthetic_arrays(n_train, n_test=200, seed=0):
-    """Ten classes, each a bright bar at its own place plus noise (as test_cnn_train.synthetic)."""
-    rng = np.random.default_rng(seed)
-
-    def make(n):
-        labels = rng.integers(0, 10, n).astype(np.uint8)
-        images = rng.integers(0, 60, (n, 28, 28)).astype(np.uint8)
-        for i, k in enumerate(labels):
-            r = 3 + 2 * int(k)
-            images[i, r : r + 3, 4 + (k % 3) * 6 : 14 + (k % 3) * 6] = 255
-        return images, labels
-
-    (tri, trl), (tei, tel) = make(n_train), make(n_test)
-    return {"train_images": tri, "train_labels": trl, "test_images": tei, "test_labels": tel}
+def synthetic_arrays(n_train, n_test=200):
+    """The learnable bars of test_cnn_train.synthetic, as the arrays a job reads from its .npz."""
+    ds = synthetic(n_train, n_test)
+    return {"train_images": ds.train_images, "train_labels": ds.train_labels,
+            "test_images": ds.test_images, "test_labels": ds.test_labels}
 
 
 def dataset_of(arrays):
