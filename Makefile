@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 TORCH  := torch==2.13.0
 RUNS   ?= runs
 
-.PHONY: setup bench-venv demo test test-fast bench-mlp bench-cnn bench-ddp bench-inspect bench-web serve clean
+.PHONY: setup bench-venv demo test test-fast bench-mlp bench-cnn bench-ddp bench-inspect bench-web bench-attribution serve clean
 
 setup: $(STAMP)
 
@@ -36,6 +36,11 @@ bench-inspect: setup
 # Server time per draw update (probabilities + all activations, seed CNN, CPU); target median < 100 ms.
 bench-web: setup
 	$(BIN)/python benchmarks/bench_web.py $(ARGS)
+
+# Server time per draw update with an attribution map, per method (seed CNN, CPU); gradient methods < 100 ms.
+# ARGS="--run RUN --sanity 20" adds the sanity-check table of a trained run.
+bench-attribution: setup
+	$(BIN)/python benchmarks/bench_attribution.py $(ARGS)
 
 serve: setup
 	$(BIN)/mnistlab serve --runs $(RUNS)

@@ -64,14 +64,22 @@ def test_cli_on_trained_engines(engine, runs, data_dir, capsys, tmp_path):
     assert main(["ambiguous", run, "--pair", "4,9", "--n", "2", "--out", str(out / "amb.png")]) == 0
     assert main(["confusions", run, "--out", str(out)]) == 0
     assert main(["oip", run, "--steps", "5", "--maps", "0-3", "--out", str(out / "oip.png")]) == 0
+    assert main(["attribute", run, "--index", "32", "--method", "ig", "--target", "4,9", "--steps", "8", "--sanity",
+                 "--out", str(out / "attr.png")]) == 0
+    printed = capsys.readouterr().out
+    assert "completeness: sum of map" in printed and "cascading randomization" in printed
+    assert main(["attribute", run, "--index", "32", "--method", "gradcam", "--out", str(out / "cam.png")]) == (0 if engine == "cnn" else 1)
+    if engine == "mlp":
+        assert "mnistlab: error: gradcam needs a layer of maps" in capsys.readouterr().err
     assert main(["report", run, "--oip-steps", "5", "--out", str(out / "report.html")]) == 0
     names = {p.name for p in out.iterdir()}
-    assert {"amb.png", "confusion.png", "confused-pairs.png", "oip.png", "oip.npz", "report.html"} <= names
+    assert {"amb.png", "confusion.png", "confused-pairs.png", "oip.png", "oip.npz", "report.html", "attr.png"} <= names
     assert any(n.startswith("acts-") for n in names) or "acts.png" in names
     assert f"compare-4-9-{first}.png" in names
     text = (out / "report.html").read_text()
-    assert all(f'<section id="{k}">' in text for k in ("summary", "training", "confusions", "compare", "ambiguous", "oip"))
+    assert all(f'<section id="{k}">' in text for k in ("summary", "training", "confusions", "compare", "ambiguous", "attribution", "oip"))
     assert "could not be built" not in text
+    assert ("Grad-CAM of" in text) == (engine == "cnn") and "completeness error" in text
 
 
 @pytest.mark.parametrize("engine", ["cnn", "mlp"])

@@ -144,7 +144,7 @@ def test_report_contains_every_section_and_is_self_contained(make, ds):
     for key in SECTIONS:
         assert f'<section id="{key}">' in text
     assert text.count('<section id="') == len(SECTIONS)
-    for section in ("summary", "training", "confusions", "compare", "ambiguous", "oip"):
+    for section in ("summary", "training", "confusions", "compare", "ambiguous", "attribution", "oip"):
         body = text.split(f'<section id="{section}">')[1].split("</section>")[0]
         assert "could not be built" not in body, section
         if section != "summary":

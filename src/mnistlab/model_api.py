@@ -49,6 +49,25 @@ class InspectableModel(ABC):
         is what lets activation maximization optimize many maps at once.
         """
 
+    # ----- optional: what attribution (Grad-CAM, sanity checks) needs beyond the above -----
+
+    def layer_gradient(
+        self, inputs: np.ndarray, layer: str, units: Sequence[int] | np.ndarray, wrt: str
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Like ``input_gradient``, but with respect to the activations of layer ``wrt`` (at or below
+        ``layer``): objective values (N,), the activations of ``wrt`` and d objective / d those
+        activations, both shaped as ``activations`` returns them ((N, C, H, W) or (N, units))."""
+        raise ConfigError(f"{type(self).__name__} gives no gradients with respect to a layer; Grad-CAM needs them")
+
+    def layers_with_weights(self) -> list[str]:
+        """The layers that own parameters, input to output (the steps of a cascading randomization)."""
+        raise ConfigError(f"{type(self).__name__} cannot list its weighted layers; the sanity check needs them")
+
+    def with_random_weights(self, layers: Iterable[str], seed: int = 0) -> "InspectableModel":
+        """A copy whose named layers hold freshly initialized weights (the engine's own initializer,
+        drawn from ``seed``); the other layers keep this model's weights, and this model is untouched."""
+        raise ConfigError(f"{type(self).__name__} cannot re-initialize its weights; the sanity check needs that")
+
     # ----- shared behaviour built on the methods above -----
 
     def layer_roles(self) -> dict[str, str]:

@@ -7,8 +7,6 @@ settings a run changes.
   the loop in training.py calls them.
 * ``process_settings`` is the one place where a run changes the process: every such setting is
   listed there, applied when ``Trainer.run`` starts and undone when it ends where that is possible.
-  (The run's random stream is torch's global generator, seeded by the Trainer; checkpoints save
-  and restore it.)
 """
 
 from __future__ import annotations
@@ -220,6 +218,10 @@ def process_settings(levers: Levers) -> Iterator[None]:
     * cuDNN's autotuner on CUDA (fixed shapes: it picks its fastest kernels once); restored afterwards.
     * glibc's malloc thresholds on CPU (``keep_freed_memory``): kept for the rest of the process,
       because glibc has no way to read back its adaptive thresholds to restore them.
+
+    Two more belong to the loop rather than to speed, and are scoped there: the SIGINT/SIGTERM
+    handlers (``training._StopRequest``, restored when the loop ends) and torch's global random
+    generator, seeded by the Trainer (the run's random stream; checkpoints save and restore it).
     """
     if levers.reuse_freed_memory:
         levers.reuse_freed_memory = keep_freed_memory()  # recorded as applied or not

@@ -237,3 +237,47 @@ class CNN(InspectableModel):
         finally:
             handle.remove()
         return values.detach().cpu().numpy().astype(np.float32, copy=False), grad.detach().cpu().numpy().astype(np.float32, copy=False)
+
+    def layer_gradient(
+        self, inputs: np.ndarray, layer: str, units: Sequence[int] | np.ndarray, wrt: str
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The ``input_gradient`` objective's gradient w.r.t. the activations of block ``wrt`` (at or
+        below ``layer``), with those activations: values (N,), activations and gradients, (N, C, H, W)
+        for maps, (N, units) for dense layers."""
+        layer, wrt = self.check_layers([layer, wrt])
+        if self.net.names.index(wrt) > self.net.names.index(layer):
+            raise ConfigError(f"layer {wrt!r} comes after {layer!r}; the gradient needs a layer at or below it")
+        units_arr = np.asarray(units, dtype=np.int64).reshape(-1)
+        x = self._as_tensor(inputs).clone().requires_grad_(True)  # a graph even if the weights are frozen
+        width = self._shape(layer)[0]
+        if len(units_arr) != len(x) or (len(units_arr) and not 0 <= units_arr.min() <= units_arr.max() < width):
+            raise ConfigError(f"give one unit per input, each in 0..{width - 1} for {layer}; got {len(units_arr)} for {len(x)}")
+        captured: dict[str, torch.Tensor] = {}
+        handles = [self.net._modules[name].register_forward_hook(lambda _m, _i, out, name=name: captured.__setitem__(name, out))
+                   for name in {layer, wrt}]
+        self.net.eval()
+        try:
+            with torch.enable_grad():
+                self.net(x)
+                if "output" in captured:  # the output block gives logits; its activations are probabilities
+                    captured["output"] = self.net.probabilities(captured["output"])
+                picked = captured[layer][torch.arange(len(x), device=x.device), torch.from_numpy(units_arr).to(x.device)]
+                values = picked.flatten(1).mean(1) if picked.dim() > 1 else picked  # a map's objective is its mean
+                (grad,) = torch.autograd.grad(values.sum(), captured[wrt])
+        finally:
+            for handle in handles:
+                handle.remove()
+        return tuple(t.detach().cpu().numpy().astype(np.float32, copy=False) for t in (values, captured[wrt], grad))
+
+    def layers_with_weights(self) -> list[str]:
+        return [name for name in self.net.names if any(True for _ in self.net._modules[name].parameters())]
+
+    def with_random_weights(self, layers, seed: int = 0) -> "CNN":
+        names = self.check_layers(list(layers))
+        with torch.random.fork_rng(devices=[]):  # the caller's torch random stream stays where it was
+            net = Net(self.spec)
+            fresh = build_net(self.spec, seed=seed)
+        net.load_state_dict(self.net.state_dict())
+        for name in names:
+            net._modules[name].load_state_dict(fresh._modules[name].state_dict())
+        return CNN(self.spec, self.preprocess, net, device=str(self.device))

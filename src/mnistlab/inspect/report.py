@@ -3,6 +3,7 @@
 Sections (their ids): ``summary`` (what was trained, parameters, test accuracy, layers),
 ``training`` (curves), ``confusions`` (matrix, most confused pairs, misclassified galleries),
 ``compare`` (the 4-versus-9 study), ``ambiguous`` (images of one class closest to the other),
+``attribution`` (which pixels of those ambiguous images pushed toward one class or the other),
 ``oip`` (optimal input patterns of the last conv layer, or of an MLP's first hidden layer).
 A section that cannot be built (say, a dataset without a class 9) says why instead of failing
 the whole report.
@@ -25,7 +26,7 @@ from ..errors import MnistlabError
 from ..model_api import InspectableModel
 from .activations import compute_activations, default_oip_layer, last_conv_layer, last_hidden_dense_layer, layer_shapes
 
-SECTIONS = ("summary", "training", "confusions", "compare", "ambiguous", "oip")
+SECTIONS = ("summary", "training", "confusions", "compare", "ambiguous", "attribution", "oip")
 
 _CSS = """
 body { font-family: system-ui, -apple-system, Segoe UI, Roboto, sans-serif; margin: 0 auto; max-width: 1200px;
@@ -165,9 +166,16 @@ def build_report(
         out.append(_table(top, ["layer", "kind", "unit", "auc", "smd", "mean_a", "mean_b", "favours", "red", "yellow"]))
         return "".join(out)
 
+    found: dict[str, Any] = {}
+
+    def ambiguous_cases():  # shared by the ambiguous and attribution sections
+        if "cases" not in found:
+            found["cases"] = find_ambiguous(model, dataset, pair, n=n_ambiguous, split=split, proba=proba)
+        return found["cases"]
+
     def ambiguous_section() -> str:
         a, b = pair
-        result = find_ambiguous(model, dataset, pair, n=n_ambiguous, split=split, proba=proba)
+        result = ambiguous_cases()
         rows = [{"index": r["index"], "predicted": names[r["predicted"]], f"p({names[a]})": r[f"p{a}"],
                  f"p({names[b]})": r[f"p{b}"], "margin": r["margin"], "nodes pulling toward the winner": r["top_pull"]}
                 for r in result.table()]
@@ -176,6 +184,36 @@ def build_report(
                 "the numbered nodes pulled it hardest toward the winning class (their value sits on the winner's "
                 "side of the two class means, weighted by how well they separate the classes).</p>"
                 + _table(rows) + _img(plot_ambiguous(result, names), f"{names[a]}s closest to {names[b]}"))
+
+    def attribution_section() -> str:
+        from ..viz.attribution import plot_attribution_rows
+        from .attribution import attribute, map_layers
+
+        a, b = pair
+        cases = ambiguous_cases()
+        if not cases.cases:
+            return f'<p class="muted">No {split} image of {names[a]} to explain.</p>'
+        images = np.stack([dataset.split(split)[0][c.index] for c in cases.cases])
+        captions = [f"#{c.index}: p({names[a]}) {c.proba[a]:.2f}, p({names[b]}) {c.proba[b]:.2f}" for c in cases.cases]
+        ig = attribute(model, images, (a, b), "ig")
+        rows = [{"index": c.index, f"p({names[a]}) - p({names[b]})": float(ig.objective[i]),
+                 "at a black image": float(ig.baseline_objective[i]), "sum of the map": float(ig.maps[i].sum(dtype=np.float64)),
+                 "completeness error": float(ig.completeness_error[i])} for i, c in enumerate(cases.cases)]
+        out = [f"<p>The same {names[a]}s, each pixel coloured by how much it raised p({names[a]}) - p({names[b]}) (red) or "
+               f"lowered it (blue): integrated gradients from a black image, {ig.options['steps']} Gauss-Legendre points. "
+               "The map sums to the change of the objective from the black image to the digit, up to the completeness "
+               "error in the table. mnistlab attribute RUN --index I --method ig --target "
+               f"{a},{b} --sanity draws one image with every class and the sanity check.</p>",
+               _table(rows), _img(plot_attribution_rows(ig, names, captions), "integrated gradients")]
+        if map_layers(model, shapes):
+            try:
+                cam = attribute(model, images, (a, b), "gradcam")
+            except MnistlabError as exc:  # a model without layer gradients still gets its IG maps
+                out.append(f'<p class="note">No Grad-CAM: {html.escape(str(exc))}</p>')
+            else:
+                out.append(_img(plot_attribution_rows(cam, names, captions), f"Grad-CAM of {cam.layer}: where the maps "
+                                f"that favour {names[a]} over {names[b]} fire"))
+        return "".join(out)
 
     def oip_section() -> str:
         layer = oip_layer or default_oip_layer(model)
@@ -199,11 +237,13 @@ def build_report(
     section("confusions", confusion_section)
     section("compare", compare_section)
     section("ambiguous", ambiguous_section)
+    section("attribution", attribution_section)
     section("oip", oip_section)
 
     na, nb = (names[c] if 0 <= c < len(names) else str(c) for c in pair)
     headings = {"summary": "Summary and parameters", "training": "Training curves", "confusions": "Confusions",
                 "compare": f"What separates {na} from {nb}", "ambiguous": f"Ambiguous images: {na}s that look like {nb}s",
+                "attribution": f"Which pixels say {na} and which say {nb}",
                 "oip": "Optimal input patterns"}
     title = title or f"mnistlab report: {manifest.get('kind', model.kind)} on {manifest.get('dataset', dataset.name)}"
     nav = " ".join(f'<a href="#{k}">{html.escape(headings[k])}</a>' for k in SECTIONS)

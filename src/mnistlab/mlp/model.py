@@ -8,6 +8,7 @@ BLAS-friendly order for row-major batches, and no bias row is ever appended to t
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -187,9 +188,29 @@ class MLP(InspectableModel):
         softmax or sigmoid to the class probability). Returns values (N,) and grads shaped like
         ``inputs`` ((N, 28, 28) for images).
         """
-        (layer,) = self.check_layers([layer])
         inputs = np.asarray(inputs)
-        x = self.to_input_matrix(inputs)
+        values, grad_in, _ = self._backward(self.to_input_matrix(inputs), layer, units, stop=-1)
+        shape = inputs.shape if inputs.ndim > 1 else (1, *inputs.shape)
+        return values, grad_in.reshape(shape)
+
+    def layer_gradient(
+        self, inputs: np.ndarray, layer: str, units: Sequence[int] | np.ndarray, wrt: str
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The ``input_gradient`` objective's gradient w.r.t. the activations of layer ``wrt`` (at or
+        below ``layer``), with those activations: values (N,), activations and gradients (N, units)."""
+        names = self.layer_names()
+        (wrt,) = self.check_layers([wrt])
+        if names.index(wrt) > names.index(self.check_layers([layer])[0]):
+            raise ConfigError(f"layer {wrt!r} comes after {layer!r}; the gradient needs a layer at or below it")
+        values, grad, outs = self._backward(self.to_input_matrix(inputs), layer, units, stop=names.index(wrt))
+        return values, outs[names.index(wrt)], grad
+
+    def _backward(
+        self, x: np.ndarray, layer: str, units: Sequence[int] | np.ndarray, stop: int
+    ) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+        """Values of unit ``units[i]`` of ``layer`` and their gradient w.r.t. the activations of layer
+        ``stop`` (-1: the inputs), by exact backpropagation; also every activation up to ``layer``."""
+        (layer,) = self.check_layers([layer])
         n = len(x)
         depth = self.layer_names().index(layer)
         width = self.shapes[depth][1]
@@ -204,6 +225,10 @@ class MLP(InspectableModel):
         rows = np.arange(n)
         a = outs[depth]
         values = a[rows, units].copy()
+        if stop == depth:  # d value / d its own layer's activations: one-hot
+            grad = np.zeros_like(a)
+            grad[rows, units] = 1
+            return values, grad, outs
         # d value / d z of the chosen layer: only the chosen unit (or, through softmax, every logit).
         delta = np.zeros_like(a)
         if depth == len(self.shapes) - 1 and self.config.output == "softmax":
@@ -213,12 +238,25 @@ class MLP(InspectableModel):
             name = self.config.output if depth == len(self.shapes) - 1 else self.config.activation
             delta[rows, units] = act.derivative(name, values)
         for i in range(depth, -1, -1):
-            grad_in = delta @ self.weights[i].T  # (N, in)
-            if i == 0:
+            grad_in = delta @ self.weights[i].T  # (N, in): d value / d activations of layer i - 1
+            if i == stop + 1:
                 break
             delta = grad_in * act.derivative(self.config.activation, outs[i - 1])
-        shape = inputs.shape if inputs.ndim > 1 else (1, *inputs.shape)
-        return values, grad_in.reshape(shape)
+        return values, grad_in, outs
+
+    # ----- re-initialization, for the attribution sanity check -----
+
+    def layers_with_weights(self) -> list[str]:
+        return self.layer_names()
+
+    def with_random_weights(self, layers, seed: int = 0) -> "MLP":
+        names = self.layer_names()
+        fresh = MLP(dataclasses.replace(self.config, seed=seed))
+        params = self.get_params()
+        for name in self.check_layers(list(layers)):
+            i = names.index(name)
+            params[f"W{i + 1}"], params[f"b{i + 1}"] = fresh.weights[i], fresh.biases[i]
+        return MLP(self.config, preprocess=self.preprocess, params=params)
 
     def __repr__(self) -> str:
         c = self.config

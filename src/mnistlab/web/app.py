@@ -35,6 +35,7 @@ from ..inspect.confusions import Confusions, confusions
 from ..model_api import InspectableModel
 from ..models import load_model
 from . import encode
+from .attribution import attribution_answer
 from .store import ApiError, LoadedRun, RunStore
 
 STATIC = Path(__file__).parent / "static"
@@ -56,6 +57,8 @@ class PredictBody(BaseModel):
         description="true: a free drawing, normalized the way MNIST's digits were; false: an exact 28x28 image",
     )
     layers: list[str] | None = Field(default=None, description="layers to return (all when omitted)")
+    attribution: str | None = Field(default=None, description="also an attribution map by this method (gradient, ig, ...)")
+    target: str | None = Field(default=None, description="the map's target: a class (4) or a pair (4,9); default the predicted class")
 
 
 def create_app(
@@ -162,20 +165,30 @@ def create_app(
                 raise ApiError(400, f"with drawing=false the image must be 28x28, got {pixels.shape[0]}x{pixels.shape[1]}")
             image = pixels.astype(np.float32)
         answer = _inspect(loaded, image, layers)
+        if body.attribution:
+            answer["attribution"] = attribution_answer(loaded.model, image, body.attribution, body.target)
         answer["blank"] = bool(image.max() <= 0)
         answer["server_ms"] = round((time.perf_counter() - start) * 1000, 2)
         return answer
 
     @app.get("/api/test-image")
     @on_model_thread
-    def test_image(run: str | None = None, index: int = Query(..., description="index in the test split")) -> dict[str, Any]:
+    def test_image(
+        run: str | None = None,
+        index: int = Query(..., description="index in the test split"),
+        attribution: str | None = Query(None, description="also an attribution map by this method"),
+        target: str | None = Query(None, description="the map's target: a class (4) or a pair (4,9)"),
+    ) -> dict[str, Any]:
         """Test image number ``index`` (canonical order), its label, and the model's view of it."""
         loaded = store.get(run)
         ds = _dataset(store, loaded)
         n = len(ds.test_images)
         if not 0 <= index < n:
             raise ApiError(400, f"test index {index} is out of range; the test split has {n} images (0..{n - 1})")
-        answer = _inspect(loaded, ds.test_images[index].astype(np.float32), loaded.model.layer_names())
+        image = ds.test_images[index].astype(np.float32)
+        answer = _inspect(loaded, image, loaded.model.layer_names())
+        if attribution:
+            answer["attribution"] = attribution_answer(loaded.model, image, attribution, target)
         answer.update(index=index, label=int(ds.test_labels[index]))
         return answer
 

@@ -213,8 +213,66 @@ function showPrediction(res, label = null) {
   $("verdict").style.color = label !== null && label !== top ? "var(--bad)" : "";
   $("timing").textContent = res.server_ms != null ? `server: ${res.server_ms.toFixed(1)} ms` : "";
   for (const layer of res.layers) drawLayer(layer);
+  drawAttribution(res);
   document.body.dataset.predicted = res.blank ? "" : String(top);
 }
+
+// ---------- attribution map ----------
+
+// The chosen method and target, sent with every update; an empty method asks for no map.
+function attributionParams() {
+  const method = $("attr-method").value;
+  if (!method) return {};
+  const target = $("attr-target").value.trim();
+  return target ? { attribution: method, target } : { attribution: method };
+}
+
+// Bytes 0..255 with 128 meaning zero: blue below, white at zero, red above.
+function divergingRGB(v) {
+  const t = (v - 128) / 127;
+  if (t >= 0) return [255, Math.round(255 * (1 - t)), Math.round(255 * (1 - t))];
+  return [Math.round(255 * (1 + t)), Math.round(255 * (1 + t)), 255];
+}
+
+function drawAttribution(res) {
+  const map = $("attr-map"), overlay = $("attr-overlay"), info = $("attr-info");
+  const a = res.attribution;
+  if (!a || a.error) {
+    for (const c of [map, overlay]) c.getContext("2d").clearRect(0, 0, c.width, c.height);
+    map.dataset.signature = "";
+    info.textContent = a && a.error ? `no map: ${a.error}` : "";
+    return;
+  }
+  const bytes = b64bytes(a.data), image = b64bytes(res.image);
+  for (const [canvas, over] of [[map, false], [overlay, true]]) {
+    const ctx = canvas.getContext("2d");
+    const img = ctx.createImageData(28, 28);
+    for (let i = 0; i < 784; i++) {
+      const [r, g, b] = divergingRGB(bytes[i]);
+      const grey = 255 - image[i];  // ink dark, as the digit is drawn
+      const alpha = over ? Math.min(1, Math.abs(bytes[i] - 128) / 127 * 1.2) : 1;
+      img.data[i * 4] = alpha * r + (1 - alpha) * grey;
+      img.data[i * 4 + 1] = alpha * g + (1 - alpha) * grey;
+      img.data[i * 4 + 2] = alpha * b + (1 - alpha) * grey;
+      img.data[i * 4 + 3] = 255;
+    }
+    ctx.putImageData(img, 0, 0);
+  }
+  // A short fingerprint of the map, so a change can be seen (and tested) without reading pixels.
+  let hash = 0;
+  for (let i = 0; i < bytes.length; i++) hash = (hash * 31 + bytes[i]) >>> 0;
+  map.dataset.signature = `${a.method}:${a.target}:${hash}`;
+  const extra = a.completeness_error != null ? `, completeness error ${fmt(a.completeness_error)}` : a.layer ? `, layer ${a.layer}` : "";
+  info.textContent = `${a.method} of ${a.target} = ${fmt(a.objective)}; scale ±${fmt(a.limit)}; ${a.ms.toFixed(1)} ms${extra}`;
+}
+
+function refreshSource() {
+  if (state.source && state.source.type === "test") showTestImage(state.source.index);
+  else if (strokes.length) requestUpdate();
+  else showTestImage($("test-index").value);
+}
+$("attr-method").addEventListener("change", refreshSource);
+$("attr-target").addEventListener("change", refreshSource);
 
 // One canvas per layer: conv maps tiled in a grid, dense units as a block of cells.
 function drawLayer(layer) {
@@ -355,16 +413,18 @@ async function flush() {
   if (inflight || !dirty || !state.run) return;
   dirty = false;
   inflight = true;
+  const testRequestBefore = testImageRequest;
   try {
     const { data } = padCtx.getImageData(0, 0, pad.width, pad.height);
     const ink = new Uint8Array(pad.width * pad.height);
     for (let i = 0; i < ink.length; i++) ink[i] = data[i * 4 + 3];
     let bin = "";
     for (let i = 0; i < ink.length; i += 8192) bin += String.fromCharCode.apply(null, ink.subarray(i, i + 8192));
-    const body = { data: btoa(bin), width: pad.width, height: pad.height, drawing: true };
+    const body = { data: btoa(bin), width: pad.width, height: pad.height, drawing: true, ...attributionParams() };
     const res = await api(`/api/predict?${runQuery()}`, {
       method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
     });
+    if (testImageRequest !== testRequestBefore) return;  // a test image was asked for since: it wins
     state.source = { type: "drawing" };
     showError(null);
     showPrediction(res);
@@ -387,7 +447,7 @@ async function showTestImage(index) {
   index = Math.max(0, Math.floor(Number(index) || 0));
   const request = ++testImageRequest;
   try {
-    const res = await api(`/api/test-image?${runQuery({ index })}`);
+    const res = await api(`/api/test-image?${runQuery({ index, ...attributionParams() })}`);
     if (request !== testImageRequest) return;
     state.source = { type: "test", index };
     $("test-index").value = index;
