@@ -245,13 +245,9 @@ class Trainer:
         with self._autocast():
             logits = self.train_module(x)
         logits = logits.float()
-        if self.ranks.active:
-            # the last batch of an epoch may leave a rank no image: a zero loss keeps it in step
-            loss = self._loss(logits, y) if len(y) else logits.sum() * 0.0
-            (loss * distributed.loss_weight(len(y), batch, self.ranks)).backward()
-        else:
-            loss = self._loss(logits, y)
-            loss.backward()
+        # the last batch of an epoch may leave a rank no image: a zero loss keeps it in step
+        loss = self._loss(logits, y) if len(y) else logits.sum() * 0.0
+        (loss * distributed.loss_weight(len(y), batch, self.ranks) if self.ranks.active else loss).backward()
         self.optimizer.step()
         with torch.no_grad():
             acc[0].add_(loss.detach(), alpha=len(y))
