@@ -264,6 +264,15 @@ def sum_(*tensors: torch.Tensor) -> None:
             dist.all_reduce(tensor)
 
 
+AGREE_EVERY = 50
+
+
+def agree_every(sync_every: int) -> int:
+    """Steps between agreements: every step where the loop reads the loss anyway (CPU), at most
+    AGREE_EVERY on GPUs, where each agreement makes the host wait for the device."""
+    return min(sync_every, AGREE_EVERY)
+
+
 def agree(stop: Any, loss_sum: torch.Tensor) -> bool:
     """At the same step on every rank: whether any rank was asked to stop (recorded in
     ``stop.requested``) and whether any rank's loss is NaN/inf (returned). One small all-reduce."""

@@ -391,8 +391,9 @@ class Trainer:
             self.partial["seen"] += len(idx)
             if self.step_callback is not None:
                 self.step_callback(self, self.global_step)
-            if self.ranks.active and (
-                self.step_in_epoch % self.sync_every == 0 or self.step_in_epoch == self.steps_per_epoch
+            if self.ranks.active and (  # a stop waits for at most AGREE_EVERY steps
+                self.step_in_epoch % distributed.agree_every(self.sync_every) == 0
+                or self.step_in_epoch == self.steps_per_epoch
             ):
                 if distributed.agree(self.stop, acc[0]):
                     return "diverged"
