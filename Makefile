@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 TORCH  := torch==2.13.0
 RUNS   ?= runs
 
-.PHONY: setup bench-venv demo test test-fast bench-mlp bench-cnn bench-ddp bench-inspect bench-web bench-attribution serve clean
+.PHONY: setup bench-venv demo lint test test-fast bench-mlp bench-cnn bench-ddp bench-inspect bench-web bench-attribution serve clean
 
 setup: $(STAMP)
 
@@ -21,8 +21,13 @@ demo: setup
 	@bash scripts/system-deps.sh
 	bash scripts/demo.sh
 
+# ruff's rules and line length live in pyproject.toml ([tool.ruff]).
+lint: setup
+	$(BIN)/ruff check
+
 test: setup
 	@bash scripts/system-deps.sh --browser
+	$(BIN)/ruff check
 	$(BIN)/python -m pytest -n 2 -q
 
 test-fast: setup

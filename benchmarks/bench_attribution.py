@@ -7,7 +7,7 @@ one thread as `mnistlab serve` runs it. Target for the gradient methods (gradien
 SmoothGrad, Grad-CAM): median < 100 ms per update. Integrated gradients (50 path points) and
 occlusion (169 windows) run many more passes and are allowed to take longer; the table says how long.
 
-    python benchmarks/bench_attribution.py                     # an untrained seed CNN (time does not depend on training)
+    python benchmarks/bench_attribution.py                     # an untrained seed CNN (no training needed)
     python benchmarks/bench_attribution.py --run runs/mlp      # any run, MLP or CNN
     python benchmarks/bench_attribution.py --run RUN --sanity 20 --completeness 100
         # also the sanity check: Spearman of each method's maps over the first 20 test images
@@ -51,7 +51,10 @@ def time_updates(run_dir: Path, repeats: int, threads: int) -> None:
     own: dict[str | None, list[float]] = {m: [] for m in contenders}
     for method in contenders:  # warm-up: model load, first-call allocations
         for body in bodies[:3]:
-            r = client.post("/api/predict", params={"run": name}, json={**body, **({"attribution": method} if method else {})})
+            r = client.post(
+                "/api/predict", params={"run": name},
+                json={**body, **({"attribution": method} if method else {})},
+            )
             assert r.status_code == 200, r.text
             assert "error" not in r.json().get("attribution", {}), r.json()["attribution"]
     # Interleaved, so each method sees the same drift of a busy machine.
@@ -87,8 +90,14 @@ def sanity_table(run_dir: Path, n_images: int, seed: int) -> None:
 
     model, dataset, _ = load_run(run_dir)
     images = dataset.test_images[:n_images]
-    print(f"\nsanity check: {run_dir} ({model.kind}), test images 0..{n_images - 1}, predicted class, seed {seed}")
-    print("mean Spearman rank correlation with the trained model's map, |map| / signed, after randomizing down to:")
+    print(
+        f"\nsanity check: {run_dir} ({model.kind}), test images 0..{n_images - 1}, predicted class, seed "
+        f"{seed}"
+    )
+    print(
+        "mean Spearman rank correlation with the trained model's map, |map| / signed, after randomizing "
+        "down to:"
+    )
     layers = list(reversed(model.layers_with_weights()))
     print(f"{'method':<18}" + "".join(f"{layer:>16}" for layer in layers))
     for method in METHODS:
@@ -106,8 +115,14 @@ def completeness_table(run_dir: Path, n_images: int) -> None:
 
     model, dataset, _ = load_run(run_dir)
     images = dataset.test_images[:n_images]
-    print(f"\nintegrated gradients, completeness: {run_dir} ({model.kind}), test images 0..{n_images - 1}, black baseline")
-    print(f"{'target':<10} {'steps':>6} {'median |error|':>15} {'max |error|':>12} {'median rel.':>12} {'max rel.':>10}")
+    print(
+        f"\nintegrated gradients, completeness: {run_dir} ({model.kind}), test images 0..{n_images - 1}, "
+        "black baseline"
+    )
+    print(
+        f"{'target':<10} {'steps':>6} {'median |error|':>15} {'max |error|':>12} {'median rel.':>12} "
+        f"{'max rel.':>10}"
+    )
     for target in (None, "4,9"):
         for steps in (16, 50, 128):
             result = attribute(model, images, target, "ig", steps=steps)
@@ -131,10 +146,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", type=Path, help="run directory (default: an untrained seed CNN)")
     parser.add_argument("--repeats", type=int, default=40, help="updates per method (default 40)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads, as `mnistlab serve --threads` (default 1)")
-    parser.add_argument("--sanity", type=int, metavar="N", help="also the sanity table over the first N test images")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads, as `mnistlab serve --threads` (default 1)"
+    )
+    parser.add_argument(
+        "--sanity", type=int, metavar="N", help="also the sanity table over the first N test images"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights for --sanity")
-    parser.add_argument("--completeness", type=int, metavar="N", help="also IG's completeness errors over the first N test images")
+    parser.add_argument(
+        "--completeness", type=int, metavar="N",
+        help="also IG's completeness errors over the first N test images",
+    )
     args = parser.parse_args(argv)
     tmp = tempfile.TemporaryDirectory()
     run_dir = args.run if args.run else seed_cnn_run(Path(tmp.name))

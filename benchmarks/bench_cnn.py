@@ -150,10 +150,16 @@ def worker_keras(args) -> dict:
         def on_epoch_end(self, epoch, logs=None):
             times.append(time.perf_counter() - self.t0)
             cpus.append(time.process_time() - self.c0)
-            accs.append(float((model.predict(xt, batch_size=1000, verbose=0).argmax(1) == ds.test_labels).mean()))
+            accs.append(
+                float((model.predict(xt, batch_size=1000, verbose=0).argmax(1) == ds.test_labels).mean())
+            )
 
-    model.fit(x, ds.train_labels.astype("int64"), batch_size=64, epochs=args.epochs, verbose=0, callbacks=[Clock()])
-    return {"epoch_s": times, "epoch_cpu_s": cpus, "test_acc": accs, "threads": args.threads or os.cpu_count()}
+    model.fit(
+        x, ds.train_labels.astype("int64"), batch_size=64, epochs=args.epochs, verbose=0, callbacks=[Clock()]
+    )
+    return {
+        "epoch_s": times, "epoch_cpu_s": cpus, "test_acc": accs, "threads": args.threads or os.cpu_count(),
+    }
 
 
 # ---------------------------------------------------------------------------------------- driver
@@ -171,21 +177,30 @@ def run_worker(name: str, args) -> dict:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--runs", type=int, default=1, help="rounds; each runs every contender once")
-    parser.add_argument("--train-size", type=int, default=0, help="train on the first N images (0: all 60,000)")
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
-                        help="threads for every contender (default: all cores; 0: each library's own default, which "
-                             "for mnistlab depends on the load average)")
+    parser.add_argument(
+        "--train-size", type=int, default=0, help="train on the first N images (0: all 60,000)"
+    )
+    parser.add_argument(
+        "--threads", type=int, default=os.cpu_count() or 1,
+        help="threads for every contender (default: all cores; 0: each library's own default, which "
+        "for mnistlab depends on the load average)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--contenders", default=",".join(CONTENDERS))
     parser.add_argument("--json", help="also write the raw results here")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        fn = {"mnistlab": lambda a: worker_mnistlab(a, "auto"), "mnistlab-fp32": lambda a: worker_mnistlab(a, "off"),
-              "torch": worker_torch, "keras": worker_keras}[args.worker]
+        fn = {
+            "mnistlab": lambda a: worker_mnistlab(a, "auto"),
+            "mnistlab-fp32": lambda a: worker_mnistlab(a, "off"), "torch": worker_torch,
+            "keras": worker_keras,
+        }[args.worker]
         print(json.dumps(fn(args)))
         return 0
 
@@ -195,8 +210,11 @@ def main() -> int:
         parser.error(f"unknown contenders {sorted(unknown)}; choose from {', '.join(CONTENDERS)}")
     scale = FULL / (args.train_size or FULL)
     load(0)  # fetch/cache the data once, outside any timing
-    print(f"seed recipe, {args.epochs} epoch(s), {args.runs} round(s), train size {args.train_size or FULL}, "
-          f"threads {args.threads or 'default'}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}", flush=True)
+    print(
+        f"seed recipe, {args.epochs} epoch(s), {args.runs} round(s), train size {args.train_size or FULL}, "
+        f"threads {args.threads or 'default'}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}",
+        flush=True,
+    )
     results: dict[str, list[dict]] = {n: [] for n in names}
     for r in range(args.runs):
         order = names[r % len(names):] + names[: r % len(names)]
@@ -208,8 +226,12 @@ def main() -> int:
             else:
                 per_epoch = " ".join(f"{t * scale:.2f}" for t in res["epoch_s"])
                 cpu = " ".join(f"{t * scale:.2f}" for t in res.get("epoch_cpu_s", []))
-                print(f"  round {r + 1} {name:<14} wall s/epoch [{per_epoch}] CPU s/epoch [{cpu}]  test acc {100 * res['test_acc'][-1]:.2f}%  "
-                      f"(threads {res.get('threads')}, wall {res['wall_s']:.0f} s)", flush=True)
+                print(
+                    f"  round {r + 1} {name:<14} wall s/epoch [{per_epoch}] CPU s/epoch [{cpu}]  test acc "
+                    f"{100 * res['test_acc'][-1]:.2f}%  (threads {res.get('threads')}, wall "
+                    f"{res['wall_s']:.0f} s)",
+                    flush=True,
+                )
     print()
     summary = {}
     for name in names:
@@ -218,20 +240,25 @@ def main() -> int:
             continue
         # The first epoch carries one-off costs (Keras traces and XLA-compiles its step, oneDNN picks
         # kernels): medians are over the later epochs when there are any; the first epoch is shown apart.
-        def later(key):
+        def later(key, ok=ok):
             values = [t * scale for res in ok for t in res.get(key, [])[1:]]
             return values or [t * scale for res in ok for t in res.get(key, [])]
 
         summary[name] = {
             "s_per_epoch": statistics.median(later("epoch_s")),
-            "cpu_s_per_epoch": statistics.median(later("epoch_cpu_s")) if later("epoch_cpu_s") else float("nan"),
+            "cpu_s_per_epoch": statistics.median(later("epoch_cpu_s"))
+            if later("epoch_cpu_s")
+            else float("nan"),
             "first_epoch_s": statistics.median(res["epoch_s"][0] * scale for res in ok),
             "test_acc": statistics.median(res["test_acc"][-1] for res in ok),
         }
     ref = summary.get("keras")
     print("Medians per full epoch. Wall time is what a user waits; CPU time (all threads of the process) is")
     print("what the work costs and hardly moves when other processes load the machine.")
-    print(f"{'contender':<15}{'wall s/epoch':>13}{'CPU s/epoch':>12}{'1st epoch':>10}{'test acc':>10}{'wall vs keras':>15}{'CPU vs keras':>14}")
+    print(
+        f"{'contender':<15}{'wall s/epoch':>13}{'CPU s/epoch':>12}{'1st epoch':>10}{'test acc':>10}"
+        f"{'wall vs keras':>15}{'CPU vs keras':>14}"
+    )
     for name, s in summary.items():
         wall = f"{s['s_per_epoch'] / ref['s_per_epoch']:.2f}x" if ref else "-"
         cpu = f"{s['cpu_s_per_epoch'] / ref['cpu_s_per_epoch']:.2f}x" if ref else "-"

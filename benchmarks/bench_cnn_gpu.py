@@ -151,7 +151,10 @@ def mnistlab_run(ds, device_name: str, preset: str, **overrides):
     except Exception as exc:  # noqa: BLE001
         if device_name != "cuda" or overrides.get("cuda_graphs") == "off":
             raise
-        log(f"  ({preset}: with CUDA graphs it failed: {type(exc).__name__}: {exc}; retrying with --cuda-graphs off)")
+        log(
+            f"  ({preset}: with CUDA graphs it failed: {type(exc).__name__}: {exc}; retrying with "
+            "--cuda-graphs off)"
+        )
         return _mnistlab_run(ds, device_name, preset, **{**overrides, "cuda_graphs": "off"})
 
 
@@ -177,11 +180,19 @@ def section(title: str):
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--smoke", action="store_true", help="tiny settings, any device (a dry run of the script)")
-    parser.add_argument("--export-data", action="store_true", help="copy MNIST from the local cache to .gpu-data/ and exit")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--smoke", action="store_true", help="tiny settings, any device (a dry run of the script)"
+    )
+    parser.add_argument(
+        "--export-data", action="store_true", help="copy MNIST from the local cache to .gpu-data/ and exit"
+    )
     parser.add_argument("--device", default="auto", help="auto (cuda if present), cuda or cpu")
-    parser.add_argument("--skip", default="", help="comma list of sections to skip: dataloader,resident,seed,fast,best")
+    parser.add_argument(
+        "--skip", default="", help="comma list of sections to skip: dataloader,resident,seed,fast,best"
+    )
     parser.add_argument("--fast-seeds", type=int, default=3)
     args = parser.parse_args()
     if args.export_data:
@@ -204,12 +215,21 @@ def main() -> int:
     skip = set(filter(None, args.skip.split(",")))
     seed_epochs = 1 if smoke else 5
     best_epochs = 1 if smoke else None
-    log(f"torch {torch.__version__}, device {device}"
-        + (f" ({torch.cuda.get_device_name(device)}, CUDA {torch.version.cuda})" if device.type == "cuda" else "")
-        + (" [SMOKE: tiny data, results meaningless]" if smoke else ""))
+    log(
+        f"torch {torch.__version__}, device {device}"
+        + (
+            f" ({torch.cuda.get_device_name(device)}, CUDA {torch.version.cuda})"
+            if device.type == "cuda"
+            else ""
+        )
+        + (" [SMOKE: tiny data, results meaningless]" if smoke else "")
+    )
     t0 = time.perf_counter()
     ds = load_mnist(smoke)
-    log(f"data: {len(ds.train_labels)} train / {len(ds.test_labels)} test images loaded in {time.perf_counter() - t0:.1f} s")
+    log(
+        f"data: {len(ds.train_labels)} train / {len(ds.test_labels)} test images loaded in "
+        f"{time.perf_counter() - t0:.1f} s"
+    )
     if device.type == "cuda":
         t0 = time.perf_counter()
         torch.zeros(1, device=device)
@@ -223,7 +243,10 @@ def main() -> int:
             baseline_dataloader(ds.subset(6400, 1000), device, 1)  # warm-up: cuDNN, allocator
             secs, acc = baseline_dataloader(ds, device, seed_epochs)
             results["dataloader"] = secs
-            log(f"DataLoader loop:        {secs:7.2f} s for {seed_epochs} epochs, test accuracy {100 * acc:.2f}%")
+            log(
+                f"DataLoader loop:        {secs:7.2f} s for {seed_epochs} epochs, test accuracy "
+                f"{100 * acc:.2f}%"
+            )
         except Exception as exc:  # noqa: BLE001 - report and go on
             log(f"DataLoader loop FAILED: {type(exc).__name__}: {exc}")
 
@@ -232,24 +255,37 @@ def main() -> int:
         try:
             secs, acc = baseline_resident(ds, device, seed_epochs)
             results["resident"] = secs
-            log(f"resident eager loop:    {secs:7.2f} s for {seed_epochs} epochs, test accuracy {100 * acc:.2f}%")
+            log(
+                f"resident eager loop:    {secs:7.2f} s for {seed_epochs} epochs, test accuracy "
+                f"{100 * acc:.2f}%"
+            )
         except Exception as exc:  # noqa: BLE001
             log(f"resident eager loop FAILED: {type(exc).__name__}: {exc}")
 
     if "seed" not in skip:
         section(f"seed recipe, {seed_epochs} epochs: mnistlab (resident data, bf16 autocast, CUDA graph)")
-        variants = [("auto", {})] if smoke else [("auto", {}), ("no graphs", {"cuda_graphs": "off"}), ("float32, no graphs", {"cuda_graphs": "off", "amp": "off"})]
+        variants = (
+            [("auto", {})]
+            if smoke
+            else [
+                ("auto", {}), ("no graphs", {"cuda_graphs": "off"}),
+                ("float32, no graphs", {"cuda_graphs": "off", "amp": "off"}),
+            ]
+        )
         for label, extra in variants:
             try:
                 mnistlab_run(ds.subset(6400, 1000), device_name, "seed", epochs=1, **extra)  # warm-up
                 trainer, result, setup_s = mnistlab_run(ds, device_name, "seed", epochs=seed_epochs, **extra)
                 train_s = sum(h["train_seconds"] for h in result.history)
                 lev = trainer.levers
-                log(f"mnistlab [{label}]: {train_s:7.2f} s for {seed_epochs} epochs (of which graph capture "
-                    f"{trainer.warmup_s:.2f} s), test accuracy {100 * result.history[-1]['test_accuracy']:.2f}%, "
-                    f"data to device {setup_s:.2f} s; levers amp={lev.amp_dtype} channels_last={lev.channels_last} "
+                log(
+                    f"mnistlab [{label}]: {train_s:7.2f} s for {seed_epochs} epochs (of which graph "
+                    f"capture {trainer.warmup_s:.2f} s), test accuracy "
+                    f"{100 * result.history[-1]['test_accuracy']:.2f}%, data to device {setup_s:.2f} s; "
+                    f"levers amp={lev.amp_dtype} channels_last={lev.channels_last} "
                     f"cuda_graphs={lev.cuda_graphs}; per epoch "
-                    + " ".join(f"{h['train_seconds']:.2f}" for h in result.history))
+                    + " ".join(f"{h['train_seconds']:.2f}" for h in result.history)
+                )
                 results[f"mnistlab {label}"] = train_s
             except Exception as exc:  # noqa: BLE001
                 log(f"mnistlab [{label}] FAILED: {type(exc).__name__}: {exc}")
@@ -257,17 +293,28 @@ def main() -> int:
         base = results.get("dataloader")
         for key, secs in results.items():
             if key.startswith("mnistlab") and base:
-                log(f"ratio {key} / DataLoader loop: {secs / base:.3f}x (target <= 0.2x)"
-                    + (f"; / resident eager loop: {secs / results['resident']:.3f}x" if "resident" in results else ""))
+                log(
+                    f"ratio {key} / DataLoader loop: {secs / base:.3f}x (target <= 0.2x)"
+                    + (
+                        f"; / resident eager loop: {secs / results['resident']:.3f}x"
+                        if "resident" in results
+                        else ""
+                    )
+                )
 
     if "fast" not in skip:
         section("fast preset: training time from data-on-device to >= 99.0% test accuracy")
         try:
             trainer, result, setup_s = mnistlab_run(ds, device_name, "fast", seed=100)  # warm-up run
-            log(f"warm-up run (not counted): data to device {setup_s:.2f} s, capture {trainer.warmup_s:.2f} s, "
-                f"train {sum(h['train_seconds'] for h in result.history):.3f} s, test accuracy {100 * result.history[-1]['test_accuracy']:.2f}%")
+            log(
+                f"warm-up run (not counted): data to device {setup_s:.2f} s, capture "
+                f"{trainer.warmup_s:.2f} s, train {sum(h['train_seconds'] for h in result.history):.3f} s, "
+                f"test accuracy {100 * result.history[-1]['test_accuracy']:.2f}%"
+            )
             for seed in range(args.fast_seeds):
-                trainer, result, setup_s = mnistlab_run(ds, device_name, "fast", seed=seed, epochs=1 if smoke else None)
+                trainer, result, setup_s = mnistlab_run(
+                    ds, device_name, "fast", seed=seed, epochs=1 if smoke else None
+                )
                 elapsed, reached = 0.0, None
                 for h in result.history:
                     elapsed += h["train_seconds"]
@@ -276,9 +323,12 @@ def main() -> int:
                         break
                 accs = " ".join(f"{100 * h['test_accuracy']:.2f}%" for h in result.history)
                 if reached:
-                    log(f"seed {seed}: >= 99.0% after epoch {reached[0]}: {reached[1]:.3f} s training "
-                        f"(incl. graph capture {trainer.warmup_s:.3f} s; without it {reached[1] - trainer.warmup_s:.3f} s); "
-                        f"data to device {setup_s:.2f} s; test accuracy per epoch {accs}")
+                    log(
+                        f"seed {seed}: >= 99.0% after epoch {reached[0]}: {reached[1]:.3f} s training "
+                        f"(incl. graph capture {trainer.warmup_s:.3f} s; without it "
+                        f"{reached[1] - trainer.warmup_s:.3f} s); "
+                        f"data to device {setup_s:.2f} s; test accuracy per epoch {accs}"
+                    )
                 else:
                     log(f"seed {seed}: did not reach 99.0% (test accuracy per epoch {accs})")
         except Exception as exc:  # noqa: BLE001
@@ -291,9 +341,12 @@ def main() -> int:
             extra = {"epochs": best_epochs} if best_epochs else {}
             trainer, result, setup_s = mnistlab_run(ds, device_name, "best", **extra)
             train_s = sum(h["train_seconds"] for h in result.history)
-            log(f"best: test accuracy {100 * result.history[-1]['test_accuracy']:.2f}% after {len(result.history)} epochs, "
-                f"{train_s:.2f} s training (capture {trainer.warmup_s:.2f} s); per-epoch accuracy "
-                + " ".join(f"{100 * h['test_accuracy']:.2f}" for h in result.history))
+            log(
+                f"best: test accuracy {100 * result.history[-1]['test_accuracy']:.2f}% after "
+                f"{len(result.history)} epochs, {train_s:.2f} s training (capture {trainer.warmup_s:.2f} "
+                "s); per-epoch accuracy "
+                + " ".join(f"{100 * h['test_accuracy']:.2f}" for h in result.history)
+            )
         except Exception as exc:  # noqa: BLE001
             log(f"best preset FAILED: {type(exc).__name__}: {exc}")
             traceback.print_exc(limit=3)

@@ -38,22 +38,34 @@ def quick_run(spec: str, out: Path, epochs: int, train_size: int | None) -> Path
         ds = ds.subset(n_train=train_size)
     t0 = time.perf_counter()
     train(ds, out=out, spec=spec, epochs=epochs, progress=False, overwrite=True, device="cpu")
-    print(f"trained {spec} for {epochs} epoch(s) in {time.perf_counter() - t0:.0f} s -> {out}", file=sys.stderr)
+    print(
+        f"trained {spec} for {epochs} epoch(s) in {time.perf_counter() - t0:.0f} s -> {out}", file=sys.stderr
+    )
     return out
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seed-run", type=Path, help="a seed CNN run (default: train one, cached in --work)")
-    parser.add_argument("--vi-run", type=Path, help="a seed-vi CNN run (default: train one, cached in --work)")
-    parser.add_argument("--work", type=Path, default=Path("runs/bench-inspect"), help="where quick runs are kept")
+    parser.add_argument(
+        "--vi-run", type=Path, help="a seed-vi CNN run (default: train one, cached in --work)"
+    )
+    parser.add_argument(
+        "--work", type=Path, default=Path("runs/bench-inspect"), help="where quick runs are kept"
+    )
     parser.add_argument("--epochs", type=int, default=1, help="epochs for the quick runs (default 1)")
-    parser.add_argument("--train-size", type=int, default=None, help="train the quick runs on the first N images")
+    parser.add_argument(
+        "--train-size", type=int, default=None, help="train the quick runs on the first N images"
+    )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--steps", type=int, default=100, help="OIP gradient steps (default 100)")
-    parser.add_argument("--single", type=int, default=4, help="maps optimized one at a time for the comparison (0: skip)")
-    parser.add_argument("--threads", type=int, default=0,
-                        help="torch CPU threads (0: the CNN engine's choice, fewer when other processes keep cores busy)")
+    parser.add_argument(
+        "--single", type=int, default=4, help="maps optimized one at a time for the comparison (0: skip)"
+    )
+    parser.add_argument(
+        "--threads", type=int, default=0,
+        help="torch CPU threads (0: the CNN engine's choice, fewer when other processes keep cores busy)",
+    )
     parser.add_argument("--json", type=Path, help="also write the numbers here")
     args = parser.parse_args(argv)
 
@@ -73,15 +85,19 @@ def main(argv=None) -> int:
     import os
 
     load = os.getloadavg()[0]
-    print(f"CPU ({os.cpu_count()} cores, load average {load:.1f} at the start: other processes slow every number), "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads; medians of {args.repeats}")
+    print(
+        f"CPU ({os.cpu_count()} cores, load average {load:.1f} at the start: other processes slow every "
+        f"number), torch {torch.__version__}, {torch.get_num_threads()} threads; medians of {args.repeats}"
+    )
     report["load_start"] = load
 
     # 1. Activations of every layer, whole test set.
     model = load_model(seed_run)
     compute_activations(model, images[:500])  # warm-up
     times, out_times = [], []
-    for _ in range(args.repeats):  # alternate with the output alone: the same forward passes, no 1.4 GB to keep
+    for _ in range(
+        args.repeats
+    ):  # alternate with the output alone: the same forward passes, no 1.4 GB to keep
         t0 = time.perf_counter()
         acts = compute_activations(model, images)
         times.append(time.perf_counter() - t0)
@@ -92,10 +108,15 @@ def main(argv=None) -> int:
         compute_activations(model, images, ["output"])
         out_times.append(time.perf_counter() - t0)
     med = statistics.median(times)
-    print(f"\n[activations] seed CNN ({seed_run}, test accuracy {acc:.4f}), {len(images)} images, every layer "
-          f"({', '.join(model.layer_names())}; {mb:.0f} MiB): median {med:.2f} s  (runs: {', '.join(f'{t:.2f}' for t in times)})"
-          f"  target < 5 s: {'PASS' if med < 5 else 'FAIL'}")
-    print(f"      the output layer alone (the same forward passes, nothing kept): median {statistics.median(out_times):.2f} s")
+    print(
+        f"\n[activations] seed CNN ({seed_run}, test accuracy {acc:.4f}), {len(images)} images, every "
+        f"layer ({', '.join(model.layer_names())}; {mb:.0f} MiB): median {med:.2f} s  (runs: "
+        f"{', '.join(f'{t:.2f}' for t in times)})  target < 5 s: {'PASS' if med < 5 else 'FAIL'}"
+    )
+    print(
+        "      the output layer alone (the same forward passes, nothing kept): median "
+        f"{statistics.median(out_times):.2f} s"
+    )
     report["activations_s"] = med
     report["output_only_s"] = statistics.median(out_times)
     report["activations_runs_s"] = times
@@ -118,20 +139,31 @@ def main(argv=None) -> int:
     silent_on_data = compute_activations(vi, images, ["conv3"])["conv3"].max(axis=(0, 2, 3)) <= 0
     dead_units = [int(u) for u in result.units[dead]]
     dead_everywhere = [u for u in dead_units if silent_on_data[u]]
-    below = [(int(u), float(g)) for u, g, r, d in zip(result.units, result.gain(), reached, dead) if not r and not d]
+    below = [
+        (int(u), float(g))
+        for u, g, r, d in zip(result.units, result.gain(), reached, dead)
+        if not r and not d
+    ]
     ok = med < 10 and not below
-    print(f"\n[oip] seed-vi conv3 ({vi_run}): 128 maps as one batch, {args.steps} steps: median {med:.2f} s "
-          f"(runs: {', '.join(f'{t:.2f}' for t in batch_times)})  target < 10 s: {'PASS' if med < 10 else 'FAIL'}")
+    print(
+        f"\n[oip] seed-vi conv3 ({vi_run}): 128 maps as one batch, {args.steps} steps: median {med:.2f} s "
+        f"(runs: {', '.join(f'{t:.2f}' for t in batch_times)})  target < 10 s: "
+        f"{'PASS' if med < 10 else 'FAIL'}"
+    )
     print(f"      {int(reached.sum())} maps reached >= 10x their start (median gain "
           f"{np.nanmedian(result.gain()[reached]):.0f}x); {len(dead_units)} dead: {dead_units}")
-    print(f"      of the dead, silent for all 10,000 test images too: {len(dead_everywhere)} {dead_everywhere}")
+    print(
+        f"      of the dead, silent for all 10,000 test images too: {len(dead_everywhere)} {dead_everywhere}"
+    )
     if below:
         print("      below 10x: " + ", ".join(f"{u} ({g:.1f}x)" for u, g in below))
     print(f"      every map >= 10x or dead: {'PASS' if not below else 'FAIL'}")
     if single_times:
         per_map = statistics.median(single_times)
-        print(f"      one map at a time (the seed's way): {per_map:.2f} s per map, {128 * per_map:.1f} s for 128 "
-              f"(extrapolated from {args.single}); the batch is {128 * per_map / med:.0f}x faster")
+        print(
+            f"      one map at a time (the seed's way): {per_map:.2f} s per map, {128 * per_map:.1f} s for "
+            f"128 (extrapolated from {args.single}); the batch is {128 * per_map / med:.0f}x faster"
+        )
         report["oip_single_per_map_s"] = per_map
     report.update({"oip_batch_s": med, "oip_batch_runs_s": batch_times, "oip_reached_10x": int(reached.sum()),
                    "oip_dead": dead_units, "oip_dead_on_data_too": dead_everywhere, "oip_below_10x": below,

@@ -7,11 +7,12 @@ Every training runs in its own process (a fresh interpreter, nothing shared or w
 engines alternate within each round (the order rotates every round), and each configuration is
 run ``--runs`` times; the table shows medians. What is timed is the training call alone: data
 loading and preprocessing happen before the clock starts (mnistlab: it preprocesses the raw
-training and test images chunk by chunk inside its timed loop), all engines get the same float32 inputs, the same initial weights (scikit-learn: its own init), the same
-hyperparameters and the same thread count. Every engine measures the test accuracy after each
-epoch and keeps a running training loss and accuracy, as mnistlab's history does (scikit-learn:
-loss only, test accuracy at the end). Where a library lacks an option, the nearest one is used and
-the table's note column says so.
+training and test images chunk by chunk inside its timed loop), all engines get the same float32
+inputs, the same initial weights (scikit-learn: its own init), the same hyperparameters and the
+same thread count. Every engine measures the test accuracy after each epoch and keeps a running
+training loss and accuracy, as mnistlab's history does (scikit-learn: loss only, test accuracy at
+the end). Where a library lacks an option, the nearest one is used and the table's note column
+says so.
 """
 
 from __future__ import annotations
@@ -59,7 +60,11 @@ def _blas_info() -> str:
     try:
         from threadpoolctl import threadpool_info
 
-        infos = [f"{i.get('internal_api')} {i.get('version')} {i.get('architecture')} x{i.get('num_threads')}" for i in threadpool_info() if i.get("user_api") == "blas"]
+        infos = [
+            f"{i.get('internal_api')} {i.get('version')} {i.get('architecture')} x{i.get('num_threads')}"
+            for i in threadpool_info()
+            if i.get("user_api") == "blas"
+        ]
         return "; ".join(infos)
     except ImportError:
         return "threadpoolctl missing"
@@ -164,7 +169,9 @@ def work_keras(cfg, data, threads, raw=None, pre=None):
     layers = [keras.Input((cfg.input_size,))]
     for i, w in enumerate(init.weights):
         last = i == len(init.weights) - 1
-        layers.append(keras.layers.Dense(w.shape[1], activation=(cfg.output if last else act), kernel_regularizer=reg))
+        layers.append(
+            keras.layers.Dense(w.shape[1], activation=(cfg.output if last else act), kernel_regularizer=reg)
+        )
     model = keras.Sequential(layers)
     model.set_weights([a for w, b in zip(init.weights, init.biases) for a in (w, b)])
     opt = keras.optimizers.SGD(learning_rate=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
@@ -266,8 +273,14 @@ def worker(args) -> None:
     data, raw, pre = _mnist(cfg)
     fn = globals()[f"work_{args.worker}"]
     (seconds, cpu), acc, note, *layout = fn(cfg, data, args.threads, raw, pre)
-    print(json.dumps({"seconds": seconds, "cpu": cpu, "test_accuracy": acc, "note": note, "blas": _blas_info(),
-                      "layout": layout[0] if layout else None}))
+    print(
+        json.dumps(
+            {
+                "seconds": seconds, "cpu": cpu, "test_accuracy": acc, "note": note, "blas": _blas_info(),
+                "layout": layout[0] if layout else None,
+            }
+        )
+    )
 
 
 # ----------------------------------------------------------------------------- driver
@@ -319,8 +332,11 @@ def driver(args) -> int:
     batches = [int(b) for b in args.batches.split(",") if b]
     threads = args.threads
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"bench-mlp: {args.runs} runs x engines {', '.join(engines)}, {args.epochs} epochs, {threads} thread(s), "
-          f"cpu count {os.cpu_count()}, load average {load:.1f} at the start", flush=True)
+    print(
+        f"bench-mlp: {args.runs} runs x engines {', '.join(engines)}, {args.epochs} epochs, {threads} "
+        f"thread(s), cpu count {os.cpu_count()}, load average {load:.1f} at the start",
+        flush=True,
+    )
     peaks = []
     results: dict[tuple, list[dict]] = {}
     blas = ""
@@ -334,10 +350,20 @@ def driver(args) -> int:
             for batch in batches:
                 order = engines[r % len(engines):] + engines[: r % len(engines)]
                 for engine in order:
-                    res = _spawn(["--worker", engine, "--config", config, "--batch", str(batch), "--epochs", str(args.epochs)],
-                                 threads, args.timeout)
+                    res = _spawn(
+                        [
+                            "--worker", engine, "--config", config, "--batch", str(batch), "--epochs",
+                            str(args.epochs),
+                        ],
+                        threads,
+                        args.timeout,
+                    )
                     results.setdefault((config, batch, engine), []).append(res)
-                    shown = f"{res['seconds']:.2f} s, acc {res['test_accuracy']:.4f}" if "seconds" in res else res["error"]
+                    shown = (
+                        f"{res['seconds']:.2f} s, acc {res['test_accuracy']:.4f}"
+                        if "seconds" in res
+                        else res["error"]
+                    )
                     print(f"  run {r + 1} {config:8s} batch {batch:6d} {engine:9s} {shown}", flush=True)
     print(f"(finished in {time.time() - started:.0f} s)\n")
     print(report(results, configs, batches, engines, peaks, blas, args.epochs, threads))
@@ -351,7 +377,8 @@ def report(results, configs, batches, engines, peaks, blas, epochs, threads) -> 
     lines = [
         f"float32 GEMM peak (NumPy, {threads} thread(s), 3072^3): {peak:.0f} GFLOP/s; BLAS: {blas}",
         "",
-        "| config | batch | engine | median s | runs (s) | mnistlab / engine | median CPU s | mnistlab / engine (CPU) | test acc | note |",
+        "| config | batch | engine | median s | runs (s) | mnistlab / engine | median CPU s | mnistlab / "
+        "engine (CPU) | test acc | note |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     summaries = []
@@ -375,19 +402,25 @@ def report(results, configs, batches, engines, peaks, blas, epochs, threads) -> 
                 ratio = "-" if mine else (f"{ours / med:.2f}x" if ours else "n/a")
                 ratio_cpu = "-" if mine else (f"{ours_cpu / cpu:.2f}x" if ours_cpu else "n/a")
                 times = ", ".join(f"{r['seconds']:.2f}" for r in ok)
-                lines.append(f"| {config} | {batch} | {engine} | {med:.2f} | {times} | {ratio} | {cpu:.2f} | {ratio_cpu} "
-                             f"| {100 * acc:.2f}% | {note} |")
+                lines.append(
+                    f"| {config} | {batch} | {engine} | {med:.2f} | {times} | {ratio} | {cpu:.2f} | "
+                    f"{ratio_cpu} | {100 * acc:.2f}% | {note} |"
+                )
             if ours:
                 cfg = _config(config, batch, epochs)
                 nominal = training_flops(cfg)
-                layout = next((r["layout"] for r in results.get((config, batch, "mnistlab"), []) if r.get("layout")), None)
+                layout = next(
+                    (r["layout"] for r in results.get((config, batch, "mnistlab"), []) if r.get("layout")),
+                    None,
+                )
                 executed = training_flops(cfg, layout=layout)
                 summaries.append(
-                    f"mnistlab {config} batch {batch}: {nominal / 1e9:.0f} GFLOP of matrix products over all 784 inputs, "
-                    f"{executed / 1e9:.0f} GFLOP executed ({describe_layout(layout or {})}); "
-                    f"{executed / ours / 1e9:.0f} GFLOP/s executed in {ours:.2f} s wall = {100 * executed / ours / 1e9 / peak:.0f}% "
-                    f"of the GEMM peak ({executed / ours_cpu / 1e9:.0f} GFLOP/s per CPU second); "
-                    f"nominal rate {nominal / ours / 1e9:.0f} GFLOP/s"
+                    f"mnistlab {config} batch {batch}: {nominal / 1e9:.0f} GFLOP of matrix products over "
+                    f"all 784 inputs, {executed / 1e9:.0f} GFLOP executed "
+                    f"({describe_layout(layout or {})}); {executed / ours / 1e9:.0f} GFLOP/s executed in "
+                    f"{ours:.2f} s wall = {100 * executed / ours / 1e9 / peak:.0f}% of the GEMM peak "
+                    f"({executed / ours_cpu / 1e9:.0f} GFLOP/s per CPU second); nominal rate "
+                    f"{nominal / ours / 1e9:.0f} GFLOP/s"
                 )
     return "\n".join(lines + [""] + summaries)
 
@@ -401,12 +434,16 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--epochs", type=int, default=35)
-    p.add_argument("--threads", default="auto",
-                   help="threads for every engine (default auto: the cores the load average leaves idle, decided once)")
+    p.add_argument(
+        "--threads", default="auto",
+        help="threads for every engine (default auto: the cores the load average leaves idle, decided once)",
+    )
     p.add_argument("--engines", default=",".join(ENGINES))
     p.add_argument("--configs", default=",".join(CONFIGS))
     p.add_argument("--batches", default="500,20000")
-    p.add_argument("--timeout", type=float, default=900, help="seconds per training before it counts as failed")
+    p.add_argument(
+        "--timeout", type=float, default=900, help="seconds per training before it counts as failed"
+    )
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--config", help=argparse.SUPPRESS)
     p.add_argument("--batch", type=int, help=argparse.SUPPRESS)

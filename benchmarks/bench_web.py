@@ -6,7 +6,7 @@ hooks on every layer, and encodes all activations. Measured through the real app
 TestClient: everything but the socket), on CPU, for the seed CNN (conv 32-64-64, dense 70;
 96,844 parameters). Target: median < 100 ms.
 
-    python benchmarks/bench_web.py                 # an untrained seed CNN (latency does not depend on training)
+    python benchmarks/bench_web.py                 # an untrained seed CNN (latency does not need training)
     python benchmarks/bench_web.py --run runs/cnn  # any run directory, MLP or CNN
 
 Reports the median and 90th percentile of the whole request (as the client sees it, minus the
@@ -38,7 +38,9 @@ def seed_cnn_run(directory: Path) -> Path:
     from mnistlab.runs import make_manifest, write_run
 
     net = build_net("seed", seed=0)
-    pre = Preprocessor.fit("standard", np.random.default_rng(0).integers(0, 256, (256, 28, 28)).astype(np.uint8))
+    pre = Preprocessor.fit(
+        "standard", np.random.default_rng(0).integers(0, 256, (256, 28, 28)).astype(np.uint8)
+    )
     manifest = make_manifest("cnn", {"spec": "seed"}, dataset="mnist", note="untrained, for bench_web")
     return write_run(directory / "seed-cnn", manifest, state_to_numpy(net), pre.to_arrays(), [])
 
@@ -64,7 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", type=Path, help="run directory (default: an untrained seed CNN)")
     parser.add_argument("--repeats", type=int, default=300, help="updates to time (default 300)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads, as `mnistlab serve --threads` (default 1)")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads, as `mnistlab serve --threads` (default 1)"
+    )
     args = parser.parse_args(argv)
 
     with warnings.catch_warnings():
@@ -83,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     client = TestClient(create_app(runs_dir, torch_threads=args.threads))
     pads = drawings(32)
     bodies = [
-        {"data": base64.b64encode(p.tobytes()).decode(), "width": PAD, "height": PAD, "drawing": True} for p in pads
+        {"data": base64.b64encode(p.tobytes()).decode(), "width": PAD, "height": PAD, "drawing": True}
+        for p in pads
     ]
 
     info = client.get("/api/run", params={"run": name}).json()
@@ -110,7 +115,9 @@ def main(argv: list[str] | None = None) -> int:
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(args.threads)
     names = model.layer_names()
-    steps: dict[str, list[float]] = {"normalize drawing": [], "forward, all layers": [], "encode activations": []}
+    steps: dict[str, list[float]] = {
+        "normalize drawing": [], "forward, all layers": [], "encode activations": [],
+    }
     for i in range(args.repeats):
         pad = pads[i % len(pads)]
         t0 = time.perf_counter()
@@ -128,13 +135,26 @@ def main(argv: list[str] | None = None) -> int:
         return float(np.percentile(values, p))
 
     size = len(r.content)
-    threads = f"torch threads {args.threads} (as `mnistlab serve --threads {args.threads}`), " if "torch" in sys.modules else ""
+    threads = (
+        f"torch threads {args.threads} (as `mnistlab serve --threads {args.threads}`), "
+        if "torch" in sys.modules
+        else ""
+    )
     print(f"run: {run_dir} ({info['kind']}, layers: {', '.join(l['name'] for l in layers)})")
     print(f"{threads}OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}")
     print(f"{args.repeats} draw updates of a {PAD}x{PAD} pad; answer {size / 1024:.0f} KiB of JSON")
-    print(f"request (TestClient, all but the socket): median {statistics.median(total):6.2f} ms   p90 {q(total, 90):6.2f} ms")
-    print(f"handler (server_ms):                      median {statistics.median(handler):6.2f} ms   p90 {q(handler, 90):6.2f} ms")
-    print(f"over a socket (uvicorn + httpx):          median {statistics.median(socket_ms):6.2f} ms   p90 {q(socket_ms, 90):6.2f} ms")
+    print(
+        f"request (TestClient, all but the socket): median {statistics.median(total):6.2f} ms   p90 "
+        f"{q(total, 90):6.2f} ms"
+    )
+    print(
+        f"handler (server_ms):                      median {statistics.median(handler):6.2f} ms   p90 "
+        f"{q(handler, 90):6.2f} ms"
+    )
+    print(
+        f"over a socket (uvicorn + httpx):          median {statistics.median(socket_ms):6.2f} ms   p90 "
+        f"{q(socket_ms, 90):6.2f} ms"
+    )
     for step, values in steps.items():
         print(f"  {step:<22} median {statistics.median(values):6.2f} ms")
     target = 100.0

@@ -9,7 +9,7 @@ $ml data show --dataset mnist --split test --first 64 --out out/mnist-test-first
 
 # The seed's two networks trained on CPU with the seed's recipes (the CNN's 5 epochs reach ~99%),
 # then one self-contained HTML report for each: curves, confusions, 4 vs 9, ambiguous images,
-# OIPs. About 2 minutes on a quiet 2-core machine, 4-5 when it is busy.
+# OIPs. How long it takes: docs/performance.md.
 runs=${RUNS:-runs}
 $ml train mlp --preset seed --out "$runs/demo-mlp-seed" --overwrite
 $ml train cnn --spec seed --device cpu --out "$runs/demo-cnn-seed" --overwrite

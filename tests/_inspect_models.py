@@ -48,14 +48,21 @@ class TinyConvNet(InspectableModel):
         return ["conv1", "pool1", "flatten", "dense1", "output"]
 
     def layer_roles(self):
-        return {"conv1": "map", "pool1": "pass-through", "flatten": "pass-through", "dense1": "vector", "output": "vector"}
+        return {
+            "conv1": "map", "pool1": "pass-through", "flatten": "pass-through", "dense1": "vector",
+            "output": "vector",
+        }
 
     # ----- forward with caches -----
     def _forward(self, x):
         x = np.asarray(x, np.float64)
         n = len(x)
-        patches = np.stack([x[:, dy : dy + 26, dx : dx + 26] for dy in range(3) for dx in range(3)], axis=1)  # (N, 9, 26, 26)
-        z1 = np.einsum("nkhw,ck->nchw", patches, self.k.reshape(len(self.k), 9)) + self.kb[None, :, None, None]
+        patches = np.stack(
+            [x[:, dy : dy + 26, dx : dx + 26] for dy in range(3) for dx in range(3)], axis=1
+        )  # (N, 9, 26, 26)
+        z1 = (
+            np.einsum("nkhw,ck->nchw", patches, self.k.reshape(len(self.k), 9)) + self.kb[None, :, None, None]
+        )
         a1 = np.maximum(z1, 0)
         windows = a1.reshape(n, -1, 13, 2, 13, 2).transpose(0, 1, 2, 4, 3, 5).reshape(n, -1, 13, 13, 4)
         arg = windows.argmax(axis=-1)
@@ -151,7 +158,9 @@ class TinyMLP(InspectableModel):
 
 # ----- the planted story -----
 
-def planted_arrays(n_per_class: int = 12, seed: int = 0, n_test_per_class: int | None = None) -> dict[str, np.ndarray]:
+def planted_arrays(
+    n_per_class: int = 12, seed: int = 0, n_test_per_class: int | None = None
+) -> dict[str, np.ndarray]:
     """Train/test arrays in the layout of mnistlab.data (uint8 images, uint8 labels)."""
     rng = np.random.default_rng(seed)
 
@@ -160,7 +169,9 @@ def planted_arrays(n_per_class: int = 12, seed: int = 0, n_test_per_class: int |
         for label in range(10):
             for i in range(n):
                 img = rng.integers(0, 40, (28, 28)).astype(np.float64)  # dim background texture
-                img[22:26, 2 + 2 * label : 4 + 2 * label] = 120  # a dim class tag, below the detector's threshold
+                img[22:26, 2 + 2 * label : 4 + 2 * label] = (
+                    120  # a dim class tag, below the detector's threshold
+                )
                 if label == 4:
                     img[CORNER] = 255
                     img[MIDDLE] = 255
@@ -211,7 +222,9 @@ def planted_mlp(hidden: int = 8, seed: int = 0) -> TinyMLP:
     return TinyMLP(w1, b1, w2, np.zeros(10))
 
 
-def numeric_gradient(model: InspectableModel, inputs: np.ndarray, layer: str, units, eps: float = 1e-4) -> np.ndarray:
+def numeric_gradient(
+    model: InspectableModel, inputs: np.ndarray, layer: str, units, eps: float = 1e-4
+) -> np.ndarray:
     """Central differences of the input_gradient objective, for checking it (float64 forward)."""
     x = np.asarray(inputs, np.float64)
     grads = np.zeros_like(x)

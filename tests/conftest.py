@@ -45,6 +45,23 @@ def synthetic_dataset(tmp_path, monkeypatch):
     arrays = synthetic_arrays()
     directory = tmp_path / "idx"
     write_idx_dir(directory, arrays)
-    info = sources.DatasetInfo("mnist", sources.DATASETS["mnist"].class_names, sources.array_checksums(arrays), ())
+    info = sources.DatasetInfo(
+        "mnist", sources.DATASETS["mnist"].class_names, sources.array_checksums(arrays), ()
+    )
     monkeypatch.setitem(sources.DATASETS, "mnist", info)
     return directory, arrays
+
+
+@pytest.fixture(scope="session")
+def mnist_test_images():
+    """The real MNIST test images from the user's cache (fetched once per machine), loaded once."""
+    import os
+
+    from mnistlab.data import load_dataset
+
+    saved = os.environ.pop("MNISTLAB_HOME", None)  # session scope: no monkeypatch; put back below
+    try:
+        return load_dataset("mnist", progress=False).test_images
+    finally:
+        if saved is not None:
+            os.environ["MNISTLAB_HOME"] = saved

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from _inspect_models import CORNER, planted_arrays, planted_mlp
 
+from _inspect_models import CORNER, planted_arrays, planted_mlp
 from mnistlab.data import Preprocessor
 from mnistlab.errors import ConfigError
 from mnistlab.inspect.attribution import (
@@ -63,7 +63,9 @@ def test_mlp_gradient_equals_finite_differences(mlp, images, target):
         numeric = _numeric_pixel_gradient(mlp, images[i], result.target.take(slice(i, i + 1)))
         assert np.abs(numeric).max() > 1e-6
         np.testing.assert_allclose(result.maps[i], numeric, rtol=1e-3, atol=1e-4 * np.abs(numeric).max())
-    np.testing.assert_allclose(attribute(mlp, images[:2], target, "gradient-x-input").maps, images[:2] * result.maps, rtol=1e-6)
+    np.testing.assert_allclose(
+        attribute(mlp, images[:2], target, "gradient-x-input").maps, images[:2] * result.maps, rtol=1e-6
+    )
 
 
 @pytest.mark.parametrize("target", [4, "4,9"])
@@ -71,8 +73,12 @@ def test_mlp_integrated_gradients_are_complete(mlp, images, target):
     result = attribute(mlp, images, target, "ig", steps=50)
     gap = result.objective - result.baseline_objective
     assert np.abs(gap).min() > 1e-3  # a real difference to account for
-    np.testing.assert_allclose(result.completeness_error, result.maps.sum(axis=(1, 2), dtype=np.float64) - gap, atol=1e-5)
-    assert result.relative_completeness_error().max() < IG_RELATIVE_ERROR, result.relative_completeness_error()
+    np.testing.assert_allclose(
+        result.completeness_error, result.maps.sum(axis=(1, 2), dtype=np.float64) - gap, atol=1e-5
+    )
+    assert result.relative_completeness_error().max() < IG_RELATIVE_ERROR, (
+        result.relative_completeness_error()
+    )
     # more points, smaller error: the quadrature converges
     coarse = attribute(mlp, images, target, "ig", steps=4)
     assert np.abs(result.completeness_error).mean() < np.abs(coarse.completeness_error).mean()
@@ -108,7 +114,9 @@ def test_occlusion_by_hand(images):
         for c in starts:
             hidden = images[0].copy()
             hidden[r : r + 6, c : c + 6] = 0
-            total[r : r + 6, c : c + 6] += full - objective_values(model, hidden[None], Target(np.array([4])))[0]
+            total[r : r + 6, c : c + 6] += (
+                full - objective_values(model, hidden[None], Target(np.array([4])))[0]
+            )
             count[r : r + 6, c : c + 6] += 1
     np.testing.assert_allclose(result.maps[0], total / count, rtol=1e-5, atol=1e-9)
     # the planted 4-detector looks at the corner square: hiding it costs p(4) most
@@ -120,7 +128,9 @@ def test_smoothgrad_is_the_mean_gradient_of_noisy_copies(mlp, images):
     noisy = images[0] + 20.0 * np.random.default_rng(3).standard_normal((1, 8, 28, 28))
     expected = attribute(mlp, noisy[0], 2, "gradient").maps.mean(axis=0)
     np.testing.assert_allclose(result.maps[0], expected, rtol=1e-5, atol=1e-9)
-    np.testing.assert_array_equal(result.maps, attribute(mlp, images[:1], 2, "smoothgrad", samples=8, noise=20.0, seed=3).maps)
+    np.testing.assert_array_equal(
+        result.maps, attribute(mlp, images[:1], 2, "smoothgrad", samples=8, noise=20.0, seed=3).maps
+    )
 
 
 def test_each_class_and_predicted_target(mlp, images):
@@ -140,8 +150,14 @@ def test_gradcam_needs_map_layers(mlp, images):
 @pytest.mark.parametrize(
     "call, message",
     [
-        (lambda m, x: attribute(m, x, 4, "saliency"), "unknown attribution method 'saliency'; choose one of: gradient"),
-        (lambda m, x: attribute(m, x, 4, "ig", window=3), "ig has no option 'window'; its options: baseline, steps"),
+        (
+            lambda m, x: attribute(m, x, 4, "saliency"),
+            "unknown attribution method 'saliency'; choose one of: gradient",
+        ),
+        (
+            lambda m, x: attribute(m, x, 4, "ig", window=3),
+            "ig has no option 'window'; its options: baseline, steps",
+        ),
         (lambda m, x: attribute(m, x, 4, "ig", steps=0), "steps must be a positive whole number"),
         (lambda m, x: attribute(m, x, "4,4"), "names one class twice"),
         (lambda m, x: attribute(m, x, "4,x"), "give e.g. 4 or 4,9"),

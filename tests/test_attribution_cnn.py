@@ -69,7 +69,9 @@ def test_saliency_ig_occlusion_gradcam_equal_captum(setup, target):
 
     ours = attribute(model, images, target, "ig", steps=40)
     theirs, delta = captum_attr.IntegratedGradients(forward).attribute(
-        x, baselines=torch.zeros_like(x), target=captum_target, n_steps=40, method="gausslegendre", return_convergence_delta=True)
+        x, baselines=torch.zeros_like(x), target=captum_target, n_steps=40, method="gausslegendre",
+        return_convergence_delta=True,
+    )
     _close(ours.maps, theirs)
     np.testing.assert_allclose(ours.completeness_error, delta.detach().numpy(), atol=1e-5)
 
@@ -88,7 +90,9 @@ def test_saliency_ig_occlusion_gradcam_equal_captum(setup, target):
 
 def test_gradcam_upsampling_is_torch_bilinear():
     maps = np.random.default_rng(0).random((2, 5, 7))
-    theirs = torch.nn.functional.interpolate(torch.from_numpy(maps)[:, None], size=(28, 28), mode="bilinear", align_corners=False)
+    theirs = torch.nn.functional.interpolate(
+        torch.from_numpy(maps)[:, None], size=(28, 28), mode="bilinear", align_corners=False
+    )
     np.testing.assert_allclose(upsample_bilinear(maps), theirs.numpy()[:, 0], atol=1e-12)
 
 
@@ -116,11 +120,15 @@ def test_cnn_layer_gradient_equals_captums_layer_gradient(setup):
         if wrt == "output":
             np.testing.assert_allclose(grads, np.eye(10)[[4, 4, 4]])
             continue
-        theirs = captum_attr.LayerGradientXActivation(probabilities, model.net._modules[wrt], multiply_by_inputs=False)
+        theirs = captum_attr.LayerGradientXActivation(
+            probabilities, model.net._modules[wrt], multiply_by_inputs=False
+        )
         _close(grads, theirs.attribute(x, target=4).detach().numpy())
     # a map layer's unit is the mean of its map, as in input_gradient
     values, _, _ = model.layer_gradient(inputs, "conv2", np.array([0, 3, 7]), "conv1")
-    np.testing.assert_allclose(values, model.input_gradient(inputs, "conv2", np.array([0, 3, 7]))[0], rtol=1e-6)
+    np.testing.assert_allclose(
+        values, model.input_gradient(inputs, "conv2", np.array([0, 3, 7]))[0], rtol=1e-6
+    )
     with pytest.raises(Exception, match="comes after"):
         model.layer_gradient(inputs, "conv1", np.array([0, 0, 0]), "dense1")
 

@@ -40,8 +40,10 @@ def cnn(mnist, tmp_path_factory):
     pytest.importorskip("torch")
     from mnistlab.cnn import train
 
-    result = train(mnist, out=tmp_path_factory.mktemp("sanity") / "cnn", progress=False, device="cpu", threads=1,
-                   spec="conv:8:3,pool:2,conv:16:3,pool:2,flatten,dense:32,output:10", epochs=2, batch_size=64)
+    result = train(
+        mnist, out=tmp_path_factory.mktemp("sanity") / "cnn", progress=False, device="cpu", threads=1,
+        spec="conv:8:3,pool:2,conv:16:3,pool:2,flatten,dense:32,output:10", epochs=2, batch_size=64,
+    )
     assert float((result.model.predict(mnist.test_images) == mnist.test_labels).mean()) > 0.9
     return result.model
 

@@ -1,4 +1,3 @@
-import numpy as np
 import pytest
 
 from mnistlab.cli import main
@@ -36,7 +35,12 @@ def test_errors_are_one_line_exit_1(synthetic_dataset, capsys, tmp_path):
     assert main(["data", "verify"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "mnistlab data fetch" in err[0]
-    assert main(["data", "show", "--data-dir", str(directory), "--index", "999", "--out", str(tmp_path / "x.png")]) == 1
+    assert (
+        main(
+            ["data", "show", "--data-dir", str(directory), "--index", "999", "--out", str(tmp_path / "x.png")]
+        )
+        == 1
+    )
     assert "index 999 is outside the test split (0..39)" in capsys.readouterr().err
     assert main(["evaluate", str(tmp_path / "missing-run")]) == 1
     assert "no such run directory" in capsys.readouterr().err
@@ -56,7 +60,15 @@ def test_train_commands_read_a_data_dir(synthetic_dataset, tmp_path, capsys):
     assert main(["train", "mlp", "--data-dir", str(directory), "--epochs", "1", "--batch-size", "20",
                  "--layers", "8", "--out", str(tmp_path / "mlp"), "--no-progress"]) == 0
     assert "served from IDX files" in capsys.readouterr().err
-    assert main(["train", "cnn", "--data-dir", str(directory), "--spec", "conv:4:3,pool:2,flatten,output:10",
-                 "--epochs", "1", "--batch-size", "32", "--threads", "1", "--out", str(tmp_path / "cnn"), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "train", "cnn", "--data-dir", str(directory), "--spec", "conv:4:3,pool:2,flatten,output:10",
+                "--epochs", "1", "--batch-size", "32", "--threads", "1", "--out", str(tmp_path / "cnn"),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert (tmp_path / "cnn" / "weights.npz").is_file() and (tmp_path / "mlp" / "weights.npz").is_file()
     assert main(["train", "mlp", "--dataset", "kmnist"]) == 2  # unknown names are refused by the parser

@@ -19,13 +19,12 @@ import pytest
 torch = pytest.importorskip("torch")
 torch.set_num_threads(1)  # pytest -n 2 on 2 cores: more threads per worker only oversubscribe
 
-from test_cnn_train import synthetic  # noqa: E402
-
 from mnistlab.cli import main  # noqa: E402
 from mnistlab.cnn import distributed, train  # noqa: E402
 from mnistlab.cnn.distributed import GlobalBatchNorm, Ranks  # noqa: E402
 from mnistlab.errors import ConfigError  # noqa: E402
 from mnistlab.runs import load_npz, read_manifest  # noqa: E402
+from test_cnn_train import synthetic  # noqa: E402
 
 TESTS = Path(__file__).parent
 CLI = str(TESTS / "ddp_cli.py")

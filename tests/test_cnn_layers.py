@@ -86,11 +86,12 @@ def test_bad_avgpool_and_gap_name_the_layer_and_the_reason(text, fragment):
 
 
 def test_the_activation_table_is_the_spec_vocabulary():
-    assert set(HIDDEN_ACTIVATIONS) == {"relu", "sigmoid", "elu", "tanh", "linear"}
+    assert set(HIDDEN_ACTIVATIONS) == {"relu", "sigmoid", "elu", "tanh", "linear", "leaky_relu"}
     for name in HIDDEN_ACTIVATIONS:
         assert parse_spec(f"conv:4:3:act={name},flatten,output:10").layers[0].act == name
     with pytest.raises(
-        ConfigError, match="unknown activation 'gelu'; choose one of: relu, sigmoid, elu, tanh, linear"
+        ConfigError,
+        match="unknown activation 'gelu'; choose one of: relu, sigmoid, elu, tanh, linear, leaky_relu",
     ):
         parse_spec("conv:4:3:act=gelu,flatten,output:10")
 
@@ -192,10 +193,9 @@ def test_inspection_asks_the_roles_not_the_names():
     ],
 )
 def test_nets_with_avgpool_and_gap_train_save_and_reload(tmp_path, spec, learns):
-    from test_cnn_train import synthetic
-
     from mnistlab.cnn import Trainer, resolve_config
     from mnistlab.models import load_model
+    from test_cnn_train import synthetic
 
     ds = synthetic(384, 128)
     config = resolve_config(

@@ -33,17 +33,15 @@ def test_building_a_trainer_changes_nothing_in_the_process_and_run_restores_it(t
 
 def test_settings_are_restored_when_the_block_fails():
     before = torch.get_num_threads()
-    with pytest.raises(RuntimeError):
-        with torch_threads(before + 1):
-            assert torch.get_num_threads() == before + 1
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError), torch_threads(before + 1):
+        assert torch.get_num_threads() == before + 1
+        raise RuntimeError("boom")
     assert torch.get_num_threads() == before
     from mnistlab.cnn.levers import Levers
 
     levers = Levers("cuda", None, False, False, False, threads=before)
     cudnn = torch.backends.cudnn.benchmark
-    with pytest.raises(RuntimeError):
-        with process_settings(levers):
-            assert torch.backends.cudnn.benchmark is True
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError), process_settings(levers):
+        assert torch.backends.cudnn.benchmark is True
+        raise RuntimeError("boom")
     assert torch.backends.cudnn.benchmark == cudnn and torch.get_num_threads() == before

@@ -77,7 +77,9 @@ def test_activations_have_documented_shapes_and_meaning():
     c2 = model.net.conv2
     ref = torch.tanh(c2.bn(c2.conv(torch.from_numpy(acts["pool1"])))).detach().numpy()
     np.testing.assert_allclose(acts["conv2"], ref, atol=1e-5)
-    np.testing.assert_allclose(acts["pool1"], acts["conv1"].reshape(5, 4, 13, 2, 13, 2).max((3, 5)), atol=1e-6)
+    np.testing.assert_allclose(
+        acts["pool1"], acts["conv1"].reshape(5, 4, 13, 2, 13, 2).max((3, 5)), atol=1e-6
+    )
     np.testing.assert_array_equal(model.predict(images), acts["output"].argmax(1))
     with pytest.raises(ConfigError, match="valid layers: conv1, pool1"):
         model.activations(images, ["conv9"])
@@ -88,7 +90,9 @@ def test_input_gradient_is_batched_and_matches_finite_differences():
     model.net.double()
     model._as_tensor = lambda a: torch.from_numpy(np.asarray(a, np.float64).reshape(-1, 28, 28))  # exact FD
     inputs = model.to_inputs(rng.integers(0, 256, (3, 28, 28)).astype(np.uint8)).astype(np.float64)
-    for layer, units in [("conv2", [0, 3, 5]), ("dense1", [1, 2, 11]), ("output", [7, 0, 9]), ("pool1", [0, 1, 2])]:
+    for layer, units in [
+        ("conv2", [0, 3, 5]), ("dense1", [1, 2, 11]), ("output", [7, 0, 9]), ("pool1", [0, 1, 2]),
+    ]:
         values, grads = model.input_gradient(inputs, layer, units)
         assert values.shape == (3,) and grads.shape == (3, 28, 28)
         acts = model.activations_from_inputs(inputs, [layer])[layer]
@@ -100,7 +104,10 @@ def test_input_gradient_is_batched_and_matches_finite_differences():
         for (r, c) in [(10, 12), (14, 14), (20, 7)]:
             bump = np.zeros_like(inputs)
             bump[0, r, c] = 1e-6
-            plus, minus = _objective(model, inputs + bump, layer, units[0]), _objective(model, inputs - bump, layer, units[0])
+            plus, minus = (
+                _objective(model, inputs + bump, layer, units[0]),
+                _objective(model, inputs - bump, layer, units[0]),
+            )
             assert (plus - minus) / 2e-6 == pytest.approx(grads[0, r, c], rel=1e-4, abs=1e-8)
     with pytest.raises(ConfigError, match="out of range"):
         model.input_gradient(inputs, "dense1", [0, 1, 12])
@@ -135,10 +142,15 @@ def _run(params, opt_step, steps=6):
 @pytest.mark.parametrize(
     "kind, kwargs, reference",
     [
-        ("sgd", {"momentum": 0.0, "weight_decay": 0.01}, lambda ps: torch.optim.SGD(ps, lr=0.01, weight_decay=0.01)),
+        (
+            "sgd", {"momentum": 0.0, "weight_decay": 0.01},
+            lambda ps: torch.optim.SGD(ps, lr=0.01, weight_decay=0.01),
+        ),
         ("sgd", {"momentum": 0.9}, lambda ps: torch.optim.SGD(ps, lr=0.01, momentum=0.9)),
-        ("sgd", {"momentum": 0.9, "nesterov": True, "weight_decay": 1e-3},
-         lambda ps: torch.optim.SGD(ps, lr=0.01, momentum=0.9, nesterov=True, weight_decay=1e-3)),
+        (
+            "sgd", {"momentum": 0.9, "nesterov": True, "weight_decay": 1e-3},
+            lambda ps: torch.optim.SGD(ps, lr=0.01, momentum=0.9, nesterov=True, weight_decay=1e-3),
+        ),
         ("adam", {"weight_decay": 0.01}, lambda ps: torch.optim.Adam(ps, lr=0.01, weight_decay=0.01)),
         ("adamw", {"weight_decay": 0.05}, lambda ps: torch.optim.AdamW(ps, lr=0.01, weight_decay=0.05)),
     ],
@@ -189,7 +201,11 @@ def test_schedules():
     assert lrs[0] == pytest.approx(1 / 25) and max(lrs) == pytest.approx(1.0, rel=1e-3)
     assert lrs[-1] == pytest.approx(1 / 25 / 1e4, rel=1e-3) and int(np.argmax(lrs)) in range(28, 31)
     cos = Schedule.parse("cosine", 2.0, 1, 10)
-    assert cos.lr_at(0) == 2.0 and cos.lr_at(10) == pytest.approx(0.0, abs=1e-12) and cos.lr_at(5) == pytest.approx(1.0)
+    assert (
+        cos.lr_at(0) == 2.0
+        and cos.lr_at(10) == pytest.approx(0.0, abs=1e-12)
+        and cos.lr_at(5) == pytest.approx(1.0)
+    )
     step = Schedule.parse("step:2:0.5", 1.0, 6, 10)
     assert [step.lr_at(e * 10) for e in range(6)] == [1, 1, 0.5, 0.5, 0.25, 0.25]
     assert Schedule.parse("exponential:0.5", 1.0, 3, 10).lr_at(25) == 0.25

@@ -19,9 +19,12 @@ def test_seed_presets_have_the_articles_parameter_counts():
 
 def test_layer_names_and_shapes_of_the_seed():
     infos = infer_shapes(parse_spec("seed"))
-    assert [i.name for i in infos] == ["conv1", "pool1", "conv2", "pool2", "conv3", "flatten", "dense1", "output"]
-    assert [i.output_shape for i in infos] == [(32, 26, 26), (32, 13, 13), (64, 11, 11), (64, 5, 5), (64, 3, 3),
-                                                (576,), (70,), (10,)]
+    assert [i.name for i in infos] == [
+        "conv1", "pool1", "conv2", "pool2", "conv3", "flatten", "dense1", "output",
+    ]
+    assert [i.output_shape for i in infos] == [
+        (32, 26, 26), (32, 13, 13), (64, 11, 11), (64, 5, 5), (64, 3, 3), (576,), (70,), (10,),
+    ]
     assert [i.params for i in infos] == [320, 0, 18_496, 0, 36_928, 0, 40_390, 710]
 
 
@@ -31,9 +34,11 @@ def test_one_line_dict_list_json_and_toml_forms_agree(tmp_path):
     assert parse_spec(one_line.to_dict()) == one_line
     assert parse_spec(one_line.to_string()) == one_line
     assert parse_spec(SEED.replace(",", "  ")) == one_line
-    as_list = [{"type": "conv", "filters": 32, "kernel": 3}, {"type": "maxpool", "size": 2},
-               ["conv", 64, 3], "pool:2", {"type": "conv", "filters": 64, "kernel_size": 3, "activation": "relu"},
-               "flatten", {"type": "dense", "units": 70}, {"type": "dense", "units": 10, "activation": "softmax"}]
+    as_list = [
+        {"type": "conv", "filters": 32, "kernel": 3}, {"type": "maxpool", "size": 2}, ["conv", 64, 3],
+        "pool:2", {"type": "conv", "filters": 64, "kernel_size": 3, "activation": "relu"}, "flatten",
+        {"type": "dense", "units": 70}, {"type": "dense", "units": 10, "activation": "softmax"},
+    ]
     assert parse_spec(as_list) == one_line
     (tmp_path / "s.json").write_text(json.dumps(one_line.to_dict()))
     assert parse_spec(str(tmp_path / "s.json")) == one_line
@@ -46,9 +51,13 @@ def test_one_line_dict_list_json_and_toml_forms_agree(tmp_path):
 
 
 def test_options_padding_stride_activations_bn_dropout():
-    spec = parse_spec("conv:8:5:pad=same:act=elu,bn,conv:8:3:stride=2:act=tanh,dropout:0.25,flatten,dense:16:act=sigmoid,bn,output:3:sigmoid")
+    spec = parse_spec(
+        "conv:8:5:pad=same:act=elu,bn,conv:8:3:stride=2:act=tanh,dropout:0.25,flatten,dense:16:act=sigmoid,bn,output:3:sigmoid"
+    )
     infos = infer_shapes(spec)
-    assert [i.name for i in infos] == ["conv1", "conv1_bn", "conv2", "conv2_dropout", "flatten", "dense1", "dense1_bn", "output"]
+    assert [i.name for i in infos] == [
+        "conv1", "conv1_bn", "conv2", "conv2_dropout", "flatten", "dense1", "dense1_bn", "output",
+    ]
     assert infos[0].output_shape == (8, 28, 28)
     assert infos[2].output_shape == (8, 13, 13)
     assert spec.output_activation == "sigmoid" and spec.num_classes == 3
@@ -59,7 +68,10 @@ def test_options_padding_stride_activations_bn_dropout():
     "text, fragment",
     [
         ("seeed", "unknown spec or preset"),
-        ("conv:32:3,pool:2,conv:64:3,pool:2,conv:64:3,pool:2,conv:64:3,flatten,output:10", "layer 7 (conv:64:3): the 1x1 map is smaller than the 3x3 kernel"),
+        (
+            "conv:32:3,pool:2,conv:64:3,pool:2,conv:64:3,pool:2,conv:64:3,flatten,output:10",
+            "layer 7 (conv:64:3): the 1x1 map is smaller than the 3x3 kernel",
+        ),
         ("conv:8:3,blah:3,flatten,output:10", "layer 2: unknown layer type 'blah'"),
         ("conv:0:3,flatten,output:10", "layer 1 (conv): filters='0' must be a positive integer"),
         ("conv:8:x,flatten,output:10", "layer 1 (conv): kernel='x'"),
@@ -71,7 +83,10 @@ def test_options_padding_stride_activations_bn_dropout():
         ("conv:8:3", "the last layer must be output"),
         ("bn,conv:8:3,flatten,output:10", "layer 1 (bn): batch norm must directly follow"),
         ("conv:8:3,dropout:1.0,flatten,output:10", "layer 2 (dropout): dropout rate"),
-        ("conv:8:3,pool:30,flatten,output:10", "layer 2 (pool:30): the 26x26 map is smaller than the 30x30 pool window"),
+        (
+            "conv:8:3,pool:30,flatten,output:10",
+            "layer 2 (pool:30): the 26x26 map is smaller than the 30x30 pool window",
+        ),
         ("conv:8:3:9:valid:relu:7,flatten,output:10", "too many arguments"),
         ("conv:8:3:foo=1,flatten,output:10", "unknown argument 'foo'"),
         ("", "empty spec"),
@@ -106,5 +121,8 @@ def test_summary_table_matches_keras_totals():
 def test_presets_are_valid_and_importing_the_spec_needs_no_torch():
     for name in PRESETS:
         assert count_params(parse_spec(name)) > 0
-    code = "import sys, mnistlab, mnistlab.cnn, mnistlab.cnn.spec; mnistlab.cnn.parse_spec('seed'); assert 'torch' not in sys.modules"
+    code = (
+        "import sys, mnistlab, mnistlab.cnn, mnistlab.cnn.spec; mnistlab.cnn.parse_spec('seed'); "
+        "assert 'torch' not in sys.modules"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -48,11 +48,18 @@ def test_training_learns_writes_and_reloads(tmp_path):
     assert result.history[-1]["test_accuracy"] > 0.6
     manifest = read_manifest(tmp_path / "run")
     assert manifest["kind"] == "cnn" and manifest["state"] == "complete" and manifest["epochs_done"] == 2
-    assert manifest["config"]["spec"]["layers"][0] == {"type": "conv", "filters": 4, "kernel": 3, "stride": 1, "pad": "valid", "act": "relu"}
-    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["epoch-001.npz", "epoch-002.npz"]
+    assert manifest["config"]["spec"]["layers"][0] == {
+        "type": "conv", "filters": 4, "kernel": 3, "stride": 1, "pad": "valid", "act": "relu",
+    }
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == [
+        "epoch-001.npz",
+        "epoch-002.npz",
+    ]
     model = load_model(tmp_path / "run")
     assert model.kind == "cnn" and model.layer_names() == result.model.layer_names()
-    np.testing.assert_allclose(model.predict_proba(ds.test_images), result.model.predict_proba(ds.test_images), atol=1e-6)
+    np.testing.assert_allclose(
+        model.predict_proba(ds.test_images), result.model.predict_proba(ds.test_images), atol=1e-6
+    )
     acc = (model.predict(ds.test_images) == ds.test_labels).mean()
     assert acc == pytest.approx(result.history[-1]["test_accuracy"], abs=1e-9)
     for key in ("loss", "train_accuracy", "test_loss", "test_accuracy", "lr", "train_seconds"):
@@ -122,8 +129,10 @@ def test_nan_loss_stops_and_keeps_the_last_good_epoch(tmp_path):
               **{**FAST, "epochs": 3})
     weights = load_npz(tmp_path / "nan" / "weights.npz")
     assert all(np.isfinite(w).all() for w in weights.values())
-    np.testing.assert_array_equal(weights["conv1.conv.weight"],
-                                  load_npz(tmp_path / "nan" / "checkpoints" / "epoch-001.npz")["conv1.conv.weight"])
+    np.testing.assert_array_equal(
+        weights["conv1.conv.weight"],
+        load_npz(tmp_path / "nan" / "checkpoints" / "epoch-001.npz")["conv1.conv.weight"],
+    )
 
 
 def _poison_after(step):
@@ -168,9 +177,11 @@ def fake_mnist(monkeypatch):
 
 def test_cli_train_summary_and_errors(tmp_path, fake_mnist, capsys):
     out = tmp_path / "cli"
-    argv = ["train", "cnn", "--spec", TINY, "--epochs", "1", "--batch-size", "64", "--optimizer", "adam",
-            "--lr", "0.003", "--schedule", "onecycle", "--weight-decay", "1e-4", "--amp", "off", "--out", str(out),
-            "--no-progress"]
+    argv = [
+        "train", "cnn", "--spec", TINY, "--epochs", "1", "--batch-size", "64", "--optimizer", "adam", "--lr",
+        "0.003", "--schedule", "onecycle", "--weight-decay", "1e-4", "--amp", "off", "--out", str(out),
+        "--no-progress",
+    ]
     assert main(argv) == 0
     assert "test accuracy" in capsys.readouterr().out
     assert main(["summary", str(out)]) == 0
@@ -180,7 +191,9 @@ def test_cli_train_summary_and_errors(tmp_path, fake_mnist, capsys):
     assert "Total params: 96,844" in capsys.readouterr().out
     assert main(argv) == 1
     assert "already exists" in capsys.readouterr().err
-    assert main(["train", "cnn", "--resume", str(out), "--spec", "seed", "--epochs", "2", "--no-progress"]) == 1
+    assert (
+        main(["train", "cnn", "--resume", str(out), "--spec", "seed", "--epochs", "2", "--no-progress"]) == 1
+    )
     assert "different spec" in capsys.readouterr().err
     assert main(["train", "cnn", "--resume", str(out), "--epochs", "2", "--no-progress"]) == 0
     assert json.loads((out / "run.json").read_text())["epochs_done"] == 2
@@ -202,7 +215,9 @@ def test_run_restores_torch_thread_count(tmp_path):
     """torch's thread count is process-wide: a run with its batch split across threads (one torch
     thread per part) sets it only while it runs, so later work in the process keeps all its threads."""
     spec = "conv:4:3,pool:2,conv:8:3,pool:2,flatten,dense:16,output:10"
-    cfg = resolve_config(threads=2, spec=spec, epochs=1, batch_size=48, lr=1e-3, amp="off", seed=5, preprocess="unit")
+    cfg = resolve_config(
+        threads=2, spec=spec, epochs=1, batch_size=48, lr=1e-3, amp="off", seed=5, preprocess="unit"
+    )
     try:
         torch.set_num_threads(2)
         trainer = Trainer(cfg, synthetic(96, 48), tmp_path / "run", progress=False)
@@ -227,18 +242,24 @@ def test_batches_split_across_threads_train_like_one_batch(tmp_path):
     runs = []
     try:
         for threads in (1, 3, 3):
-            trainer = Trainer(resolve_config(threads=threads, **common), ds, tmp_path / f"t{len(runs)}", progress=False)
+            trainer = Trainer(
+                resolve_config(threads=threads, **common), ds, tmp_path / f"t{len(runs)}", progress=False
+            )
             assert trainer.levers.data_parallel == threads  # 48 images: parts of 16
             trainer.run()
             runs.append((state_to_numpy(trainer.net), trainer.history[0]))
-        assert not any(t.name.startswith("mnistlab-part") for t in threading.enumerate())  # shut down after run()
+        assert not any(
+            t.name.startswith("mnistlab-part") for t in threading.enumerate()
+        )  # shut down after run()
         (single, h1), (split, h3), (again, _) = runs
         for key, value in single.items():
             np.testing.assert_allclose(split[key], value, rtol=1e-4, atol=1e-6, err_msg=key)
             np.testing.assert_array_equal(again[key], split[key], err_msg=key)
         assert h3["loss"] == pytest.approx(h1["loss"], rel=1e-5)
         assert h3["train_accuracy"] == h1["train_accuracy"]
-        plain = Trainer(resolve_config(threads=2, **dict(common, spec=TINY)), ds, tmp_path / "bn", progress=False)
+        plain = Trainer(
+            resolve_config(threads=2, **dict(common, spec=TINY)), ds, tmp_path / "bn", progress=False
+        )
         assert plain.levers.data_parallel == 1
     finally:
         torch.set_num_threads(1)

@@ -1,6 +1,5 @@
 import gzip
 import hashlib
-import io
 import os
 import pickle
 import zipfile
@@ -8,12 +7,11 @@ import zipfile
 import numpy as np
 import pytest
 
+from conftest import synthetic_arrays, write_idx_dir
 from mnistlab.data import load_dataset, sources
 from mnistlab.data.idx import write_idx
 from mnistlab.data.safe_pickle import load_numpy_pickle
 from mnistlab.errors import ConfigError, DataError
-
-from conftest import synthetic_arrays, write_idx_dir
 
 
 def test_idx_directory_serves_and_fills_the_cache(synthetic_dataset):
@@ -44,7 +42,9 @@ def test_raw_idx_files_are_accepted(tmp_path, monkeypatch):
     write_idx_dir(tmp_path / "raw", arrays, gz=False)
     info = sources.DatasetInfo("mnist", tuple("0123456789"), sources.array_checksums(arrays), ())
     monkeypatch.setitem(sources.DATASETS, "mnist", info)
-    np.testing.assert_array_equal(load_dataset("mnist", data_dir=tmp_path / "raw").test_labels, arrays["test_labels"])
+    np.testing.assert_array_equal(
+        load_dataset("mnist", data_dir=tmp_path / "raw").test_labels, arrays["test_labels"]
+    )
 
 
 def test_checksum_mismatch_is_refused_and_not_cached(tmp_path):
@@ -211,7 +211,9 @@ def test_real_mnist():
 @pytest.mark.slow
 @pytest.mark.usefixtures("real_home")
 def test_real_fashion_mnist():
-    if not sources.cache_path("fashion-mnist").exists() and not os.path.isdir(sources.DATASETS["fashion-mnist"].system_dir):
+    if not sources.cache_path("fashion-mnist").exists() and not os.path.isdir(
+        sources.DATASETS["fashion-mnist"].system_dir
+    ):
         pytest.skip("Fashion-MNIST needs Debian's dataset-fashion-mnist (make test installs it as root)")
     ds = load_dataset("fashion-mnist", progress=False)
     assert len(ds.train_images) == 60000 and len(ds.test_images) == 10000

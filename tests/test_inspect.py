@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 from _inspect_models import CORNER, MIDDLE, numeric_gradient, planted_convnet, planted_dataset, planted_mlp
-
 from mnistlab.errors import ConfigError
 from mnistlab.inspect import (
     auc_scores,
@@ -24,7 +23,12 @@ from mnistlab.inspect import (
     select_images,
     standardized_mean_difference,
 )
-from mnistlab.inspect.activations import default_layers, last_conv_layer, last_hidden_dense_layer, layer_shapes
+from mnistlab.inspect.activations import (
+    default_layers,
+    last_conv_layer,
+    last_hidden_dense_layer,
+    layer_shapes,
+)
 from mnistlab.inspect.oip import parse_units
 
 
@@ -45,7 +49,9 @@ def ds():
 
 # ----- the test models themselves -----
 
-@pytest.mark.parametrize("layer,units", [("conv1", [0, 1, 2]), ("pool1", [3, 0, 2]), ("dense1", [0, 1, 5]), ("output", [4, 9, 0])])
+@pytest.mark.parametrize(
+    "layer,units", [("conv1", [0, 1, 2]), ("pool1", [3, 0, 2]), ("dense1", [0, 1, 5]), ("output", [4, 9, 0])]
+)
 def test_fixture_convnet_gradient_is_exact(net, layer, units):
     x = np.random.default_rng(1).uniform(0, 1, (3, 28, 28))  # continuous values: no max-pool ties
     values, grads = net.input_gradient(x, layer, units)
@@ -134,7 +140,9 @@ def test_layer_helpers(net, mlp):
 # ----- compare -----
 
 def test_compare_recovers_the_planted_unit(net, ds):
-    comparison = compare_classes(net, ds, 4, 9, n=4)  # the first four 9s: two with the middle square, two without
+    comparison = compare_classes(
+        net, ds, 4, 9, n=4
+    )  # the first four 9s: two with the middle square, two without
     conv = comparison.contrasts["conv1"]
     # Conv output (i, j) sees pixels i..i+2, j..j+2: the positions that can see a square.
     near_corner = (slice(CORNER[0].start - 2, CORNER[0].stop), slice(CORNER[1].start - 2, CORNER[1].stop))
@@ -208,7 +216,11 @@ def test_ambiguous_orders_by_margin_and_explains_with_class_means(net, ds):
     case = result.cases[0]
     w, l = case.winner, 9 if case.winner == 4 else 4
     var = np.maximum(result.class_std**2, 1e-6 * max(float(np.max(result.class_std**2)), 1e-12))
-    expected_pull = (result.class_means[w] - result.class_means[l]) * (case.activation - (result.class_means[w] + result.class_means[l]) / 2) / var
+    expected_pull = (
+        (result.class_means[w] - result.class_means[l])
+        * (case.activation - (result.class_means[w] + result.class_means[l]) / 2)
+        / var
+    )
     np.testing.assert_allclose(case.pull, expected_pull, rtol=1e-5)
     # Every 4 has the corner square, so node 0 (the corner reader) pulls toward "4" whenever 4 wins.
     for c in result.cases:

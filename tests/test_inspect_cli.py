@@ -6,10 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from _inspect_models import planted_convnet, planted_dataset, planted_mlp
-
 import mnistlab.data
 import mnistlab.models
+from _inspect_models import planted_convnet, planted_dataset, planted_mlp
 from mnistlab.cli import main
 from mnistlab.runs import make_manifest, write_run
 
@@ -18,8 +17,10 @@ from mnistlab.runs import make_manifest, write_run
 def run(request, tmp_path, monkeypatch):
     model = planted_convnet() if request.param == "cnn" else planted_mlp()
     dataset = planted_dataset(8)
-    run_dir = write_run(tmp_path / "run", make_manifest(request.param, {"epochs": 1}, dataset="mnist"), {"w": np.zeros(1)},
-                        model.preprocess.to_arrays(), [{"epoch": 1, "loss": 0.5, "train_accuracy": 0.8}])
+    run_dir = write_run(
+        tmp_path / "run", make_manifest(request.param, {"epochs": 1}, dataset="mnist"), {"w": np.zeros(1)},
+        model.preprocess.to_arrays(), [{"epoch": 1, "loss": 0.5, "train_accuracy": 0.8}],
+    )
     monkeypatch.setattr(mnistlab.models, "load_model", lambda path: model)
     monkeypatch.setattr(mnistlab.data, "load_dataset", lambda name, **kw: dataset)
     return run_dir, model
@@ -28,12 +29,28 @@ def run(request, tmp_path, monkeypatch):
 def test_show_activations(run, capsys):
     run_dir, model = run
     layer = model.layer_names()[0]
-    assert main(["show-activations", str(run_dir), "--layer", layer, "--index", "32", "--index", "72,73", "--standardize"]) == 0
+    assert (
+        main(
+            [
+                "show-activations", str(run_dir), "--layer", layer, "--index", "32", "--index", "72,73",
+                "--standardize",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr()
     assert "#32 (4)" in out.out and "#73 (9)" in out.out
     assert (run_dir / "figures" / f"activations-{layer}.png").stat().st_size > 1000
     target = run_dir / "mine.png"
-    assert main(["show-activations", str(run_dir), "--label", "4", "--n", "2", "--out", str(target), "--cmap", "gray"]) == 0
+    assert (
+        main(
+            [
+                "show-activations", str(run_dir), "--label", "4", "--n", "2", "--out", str(target), "--cmap",
+                "gray",
+            ]
+        )
+        == 0
+    )
     # One PNG per layer: the name gets the layer appended when there are several.
     assert target.exists() if len(model.layer_names()) == 2 else (run_dir / f"mine-{layer}.png").exists()
 
@@ -57,7 +74,15 @@ def test_compare(run, capsys):
     first_layer = model.layer_names()[0]
     assert f"compare-4-9-{first_layer}.png" in {p.name for p in (run_dir / "figures").iterdir()}
     assert (run_dir / "figures" / "compare-4-9-ranking.png").exists()
-    assert main(["compare", str(run_dir), "--a", "label=4", "--b", "label=9", "--a-indices", "32,33", "--b-indices", "72"]) == 0
+    assert (
+        main(
+            [
+                "compare", str(run_dir), "--a", "label=4", "--b", "label=9", "--a-indices", "32,33",
+                "--b-indices", "72",
+            ]
+        )
+        == 0
+    )
     assert main(["compare", str(run_dir), "--a", "nonsense", "--b", "label=9"]) == 1
 
 
@@ -70,7 +95,9 @@ def test_ambiguous_confusions_oip(run, capsys):
 
     assert main(["confusions", str(run_dir), "--top", "3"]) == 0
     assert "accuracy" in capsys.readouterr().out
-    assert (run_dir / "figures" / "confusion.png").exists() and (run_dir / "figures" / "confused-pairs.png").exists()
+    assert (run_dir / "figures" / "confusion.png").exists() and (
+        run_dir / "figures" / "confused-pairs.png"
+    ).exists()
 
     assert main(["oip", str(run_dir), "--maps", "0-2", "--steps", "5", "--seed", "3"]) == 0
     out = capsys.readouterr().out

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 
 from _inspect_models import planted_arrays
-
 from mnistlab.cli import main
 from mnistlab.data import Dataset, sources
 from mnistlab.inspect import compute_activations, optimize_inputs
@@ -17,8 +16,10 @@ pytest.importorskip("torch")
 
 
 def _dataset(arrays) -> Dataset:
-    return Dataset("mnist", arrays["train_images"], arrays["train_labels"], arrays["test_images"], arrays["test_labels"],
-                   sources.DATASETS["mnist"].class_names, "synthetic")
+    return Dataset(
+        "mnist", arrays["train_images"], arrays["train_labels"], arrays["test_images"], arrays["test_labels"],
+        sources.DATASETS["mnist"].class_names, "synthetic",
+    )
 
 
 @pytest.fixture(scope="module")
@@ -33,9 +34,14 @@ def runs(arrays, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("engine-runs")
     ds = _dataset(arrays)
-    cnn = train_cnn(ds, out=root / "cnn", progress=False, spec="conv:6:3,pool:2,conv:8:3,pool:2,flatten,dense:12,output:10",
-                    epochs=2, batch_size=32, device="cpu", threads=1).run_dir
-    mlp = train_on_dataset(MLPConfig(hidden=(16,), epochs=3, batch_size=50, lr=0.05), ds, out=root / "mlp").run_dir
+    cnn = train_cnn(
+        ds, out=root / "cnn", progress=False,
+        spec="conv:6:3,pool:2,conv:8:3,pool:2,flatten,dense:12,output:10", epochs=2, batch_size=32,
+        device="cpu", threads=1,
+    ).run_dir
+    mlp = train_on_dataset(
+        MLPConfig(hidden=(16,), epochs=3, batch_size=50, lr=0.05), ds, out=root / "mlp"
+    ).run_dir
     return {"cnn": cnn, "mlp": mlp}
 
 
@@ -46,7 +52,9 @@ def data_dir(arrays, tmp_path, monkeypatch):
 
     directory = tmp_path / "idx"
     write_idx_dir(directory, arrays)
-    info = sources.DatasetInfo("mnist", sources.DATASETS["mnist"].class_names, sources.array_checksums(arrays), ())
+    info = sources.DatasetInfo(
+        "mnist", sources.DATASETS["mnist"].class_names, sources.array_checksums(arrays), ()
+    )
     monkeypatch.setitem(sources.DATASETS, "mnist", info)
     monkeypatch.setenv("MNISTLAB_DATA_DIR", str(directory))
     return directory
@@ -64,20 +72,34 @@ def test_cli_on_trained_engines(engine, runs, data_dir, capsys, tmp_path):
     assert main(["ambiguous", run, "--pair", "4,9", "--n", "2", "--out", str(out / "amb.png")]) == 0
     assert main(["confusions", run, "--out", str(out)]) == 0
     assert main(["oip", run, "--steps", "5", "--maps", "0-3", "--out", str(out / "oip.png")]) == 0
-    assert main(["attribute", run, "--index", "32", "--method", "ig", "--target", "4,9", "--steps", "8", "--sanity",
-                 "--out", str(out / "attr.png")]) == 0
+    assert (
+        main(
+            [
+                "attribute", run, "--index", "32", "--method", "ig", "--target", "4,9", "--steps", "8",
+                "--sanity", "--out", str(out / "attr.png"),
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "completeness: sum of map" in printed and "cascading randomization" in printed
-    assert main(["attribute", run, "--index", "32", "--method", "gradcam", "--out", str(out / "cam.png")]) == (0 if engine == "cnn" else 1)
+    assert main(
+        ["attribute", run, "--index", "32", "--method", "gradcam", "--out", str(out / "cam.png")]
+    ) == (0 if engine == "cnn" else 1)
     if engine == "mlp":
         assert "mnistlab: error: gradcam needs a layer of maps" in capsys.readouterr().err
     assert main(["report", run, "--oip-steps", "5", "--out", str(out / "report.html")]) == 0
     names = {p.name for p in out.iterdir()}
-    assert {"amb.png", "confusion.png", "confused-pairs.png", "oip.png", "oip.npz", "report.html", "attr.png"} <= names
+    assert {
+        "amb.png", "confusion.png", "confused-pairs.png", "oip.png", "oip.npz", "report.html", "attr.png",
+    } <= names
     assert any(n.startswith("acts-") for n in names) or "acts.png" in names
     assert f"compare-4-9-{first}.png" in names
     text = (out / "report.html").read_text()
-    assert all(f'<section id="{k}">' in text for k in ("summary", "training", "confusions", "compare", "ambiguous", "attribution", "oip"))
+    assert all(
+        f'<section id="{k}">' in text
+        for k in ("summary", "training", "confusions", "compare", "ambiguous", "attribution", "oip")
+    )
     assert "could not be built" not in text
     assert ("Grad-CAM of" in text) == (engine == "cnn") and "completeness error" in text
 

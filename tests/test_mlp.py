@@ -36,7 +36,9 @@ def test_gradients_match_finite_differences_float64(activation, output):
     cfg = MLPConfig(input_size=12, hidden=(6, 5), n_classes=4, activation=activation, output=output,
                     l1=0.003, l2=0.01, dtype="float64", seed=1)
     model = MLP(cfg)
-    model.params[model.n_weights:] = np.random.default_rng(2).normal(0, 0.2, len(model.params) - model.n_weights)
+    model.params[model.n_weights :] = np.random.default_rng(2).normal(
+        0, 0.2, len(model.params) - model.n_weights
+    )
     x, y = _toy(9)
     trainer = Trainer(model)
     _, _, grads = trainer.loss_and_gradients(x, y)
@@ -94,7 +96,8 @@ def test_worked_example_nesterov():
         fit.optimizer.grad.flat[:] = 0.1
         fit.optimizer.step(0.1)
     fit.write_model()
-    # bias 0.25, g = 1: step 1: v = 1, b -= 0.1 (1 + 0.5*1) -> 0.10; step 2: v = 1.5, b -= 0.1 (1 + 0.75) -> -0.075
+    # bias 0.25, g = 1: step 1: v = 1, b -= 0.1 (1 + 0.5*1) -> 0.10;
+    # step 2: v = 1.5, b -= 0.1 (1 + 0.75) -> -0.075
     assert model.params[3] == pytest.approx(-0.075)
 
 
@@ -119,9 +122,9 @@ def test_learning_rate_schedules():
     step = MLPConfig(lr=0.8, schedule="step", step_size=2, gamma=0.5)
     assert [learning_rate(step, e) for e in range(5)] == pytest.approx([0.8, 0.8, 0.4, 0.4, 0.2])
     cos = MLPConfig(lr=1.0, schedule="cosine", epochs=4, lr_min=0.2)
-    assert [learning_rate(cos, e) for e in range(4)] == pytest.approx(
-        [1.0, 0.2 + 0.8 * (1 + math.cos(math.pi / 4)) / 2, 0.6, 0.2 + 0.8 * (1 + math.cos(3 * math.pi / 4)) / 2]
-    )
+    cosine = [1.0, 0.2 + 0.8 * (1 + math.cos(math.pi / 4)) / 2, 0.6,
+              0.2 + 0.8 * (1 + math.cos(3 * math.pi / 4)) / 2]
+    assert [learning_rate(cos, e) for e in range(4)] == pytest.approx(cosine)
     assert learning_rate(MLPConfig(lr=0.3, schedule="constant"), 7) == 0.3
 
 
@@ -181,7 +184,9 @@ def test_raw_images_train_like_preprocessed_inputs():
         if kind == "standard":
             assert raw.input_scale == 1
             np.testing.assert_array_equal(a.params, b.params)
-            assert ha == [dict(r, seconds=ra["seconds"], train_seconds=ra["train_seconds"]) for r, ra in zip(hb, ha)]
+            assert ha == [
+                dict(r, seconds=ra["seconds"], train_seconds=ra["train_seconds"]) for r, ra in zip(hb, ha)
+            ]
         else:
             assert raw.input_scale == 255
             np.testing.assert_allclose(a.params, b.params, rtol=1e-4, atol=2e-6)
@@ -195,7 +200,9 @@ def test_raw_images_train_like_preprocessed_inputs():
 
 def test_early_stopping_restores_best_weights():
     x, y = _toy(300)
-    cfg = MLPConfig(input_size=12, hidden=(8,), n_classes=4, epochs=30, batch_size=20, lr=0.5, val=50, patience=2)
+    cfg = MLPConfig(
+        input_size=12, hidden=(8,), n_classes=4, epochs=30, batch_size=20, lr=0.5, val=50, patience=2
+    )
     model = MLP(cfg)
     trainer = Trainer(model)
     best = {}
@@ -211,7 +218,10 @@ def test_early_stopping_restores_best_weights():
 
 def test_divergence_raises_and_keeps_last_good_weights():
     x, y = _toy(200)
-    cfg = MLPConfig(input_size=12, hidden=(8,), n_classes=4, epochs=3, batch_size=20, lr=1e30, momentum=0.0, nesterov=False)
+    cfg = MLPConfig(
+        input_size=12, hidden=(8,), n_classes=4, epochs=3, batch_size=20, lr=1e30, momentum=0.0,
+        nesterov=False,
+    )
     model = MLP(cfg)
     start = model.params.copy()
     with pytest.raises(TrainingDiverged, match="diverged in epoch 1.*lower the learning rate"):
@@ -228,7 +238,9 @@ def test_layer_names_activations_and_proba():
     assert model.layer_names() == ["hidden1", "hidden2", "hidden3", "output"]
     images = np.random.default_rng(0).integers(0, 256, (6, 28, 28)).astype(np.uint8)
     acts = model.activations(images)
-    assert {k: v.shape for k, v in acts.items()} == {"hidden1": (6, 5), "hidden2": (6, 4), "hidden3": (6, 3), "output": (6, 10)}
+    assert {k: v.shape for k, v in acts.items()} == {
+        "hidden1": (6, 5), "hidden2": (6, 4), "hidden3": (6, 3), "output": (6, 10),
+    }
     assert all(v.dtype == np.float32 for v in acts.values())
     proba = model.predict_proba(images)
     np.testing.assert_allclose(proba.sum(axis=1), 1, rtol=1e-5)
@@ -259,7 +271,9 @@ def _tiny_dataset(n_train=600, n_test=200, seed=0):
         noise = rng.normal(0, 60, (len(labels), 28, 28))
         return np.clip(protos[labels] + noise, 0, 255).astype(np.uint8)
 
-    return Dataset("mnist", draw(ytr), ytr.astype(np.uint8), draw(yte), yte.astype(np.uint8), tuple("0123456789"))
+    return Dataset(
+        "mnist", draw(ytr), ytr.astype(np.uint8), draw(yte), yte.astype(np.uint8), tuple("0123456789")
+    )
 
 
 @pytest.fixture
@@ -294,14 +308,16 @@ def test_cli_train_writes_a_run_that_reloads(tiny, tmp_path, capsys):
 
 
 def test_cli_preset_seed_and_overrides(tiny, tmp_path):
-    from mnistlab.cli.mlp_cmd import config_from_args
     from mnistlab.cli import build_parser
+    from mnistlab.cli.mlp_cmd import config_from_args
 
     args = build_parser().parse_args(["train", "mlp", "--preset", "seed", "--epochs", "2"])
     cfg = config_from_args(args)
-    assert (cfg.activation, cfg.output, cfg.momentum_form, cfg.schedule, cfg.epochs) == ("sigmoid", "sigmoid", "seed", "seed", 2)
+    chosen = (cfg.activation, cfg.output, cfg.momentum_form, cfg.schedule, cfg.epochs)
+    assert chosen == ("sigmoid", "sigmoid", "seed", "seed", 2)
     assert cfg.sizes == (784, 70, 30, 10)
-    assert main(["train", "mlp", "--preset", "seed", "--epochs", "2", "--out", str(tmp_path / "s"), "--no-progress"]) == 0
+    out = str(tmp_path / "s")
+    assert main(["train", "mlp", "--preset", "seed", "--epochs", "2", "--out", out, "--no-progress"]) == 0
     assert load_model(tmp_path / "s").config.output == "sigmoid"
 
 
@@ -326,7 +342,9 @@ def test_divergence_in_the_cli_saves_last_good_weights(tiny, tmp_path, capsys):
     rc = main(["train", "mlp", "--epochs", "6", "--lr", "1e12", "--batch-size", "600", "--momentum", "0",
                "--no-nesterov", "--out", str(out), "--no-progress"])
     err = capsys.readouterr().err
-    assert rc == 1 and "training diverged in epoch" in err and f"saved in {out}" in err and err.count("\n") == 1
+    assert (
+        rc == 1 and "training diverged in epoch" in err and f"saved in {out}" in err and err.count("\n") == 1
+    )
     manifest = json.loads((out / "run.json").read_text())
     assert manifest["status"] == "diverged" and manifest["metrics"]["epochs_trained"] >= 1
     assert np.isfinite(load_model(out).params).all()
@@ -494,6 +512,9 @@ def test_training_with_two_threads_records_its_choice_and_restores_the_limit():
 
 
 def test_mlp_package_never_imports_torch():
-    code = "import sys, mnistlab.mlp, mnistlab.cli.mlp_cmd; from mnistlab.models import load_model; print('torch' in sys.modules)"
+    code = (
+        "import sys, mnistlab.mlp, mnistlab.cli.mlp_cmd; from mnistlab.models import load_model; "
+        "print('torch' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"

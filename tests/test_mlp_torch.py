@@ -74,7 +74,12 @@ def _torch_loss(model, ws, logits, y):
     return data, reg
 
 
-COMBOS = list(itertools.product(("relu", "sigmoid", "tanh"), ("softmax", "sigmoid"), ((0.0, 0.0), (0.01, 0.0), (0.0, 0.02), (0.01, 0.02))))
+COMBOS = list(
+    itertools.product(
+        ("relu", "sigmoid", "tanh"), ("softmax", "sigmoid"),
+        ((0.0, 0.0), (0.01, 0.0), (0.0, 0.02), (0.01, 0.02)),
+    )
+)
 
 
 @pytest.mark.parametrize("activation,output,reg", COMBOS)
@@ -98,7 +103,9 @@ def test_forward_loss_and_every_gradient_match_autograd(activation, output, reg,
     for chunk in (1000, 5):
         cost, reg_cost, grads = Trainer(model, chunk=chunk).loss_and_gradients(x, y)
         assert math.isclose(cost, data.item(), rel_tol=tol["rtol"] * 10, abs_tol=tol["atol"] * 10)
-        assert math.isclose(reg_cost, regc.item() if torch.is_tensor(regc) else regc, rel_tol=1e-5, abs_tol=1e-9)
+        assert math.isclose(
+            reg_cost, regc.item() if torch.is_tensor(regc) else regc, rel_tol=1e-5, abs_tol=1e-9
+        )
         for i, (w, b) in enumerate(zip(ws, bs), start=1):
             np.testing.assert_allclose(grads[f"W{i}"], w.grad.numpy(), **tol, err_msg=f"W{i} chunk {chunk}")
             np.testing.assert_allclose(grads[f"b{i}"], b.grad.numpy(), **tol, err_msg=f"b{i} chunk {chunk}")
@@ -129,8 +136,12 @@ def test_tail_columns_give_autograd_gradients(activation, output):
         assert trainer.layout == {"core": 7, "tail": 4, "tail_rows": 3 / 40, "blank": 1}
         assert math.isclose(cost, data.item(), rel_tol=1e-10)
         for i, (w, b) in enumerate(zip(ws, bs), start=1):
-            np.testing.assert_allclose(grads[f"W{i}"], w.grad.numpy(), rtol=1e-9, atol=1e-12, err_msg=f"W{i} chunk {chunk}")
-            np.testing.assert_allclose(grads[f"b{i}"], b.grad.numpy(), rtol=1e-9, atol=1e-12, err_msg=f"b{i} chunk {chunk}")
+            np.testing.assert_allclose(
+                grads[f"W{i}"], w.grad.numpy(), rtol=1e-9, atol=1e-12, err_msg=f"W{i} chunk {chunk}"
+            )
+            np.testing.assert_allclose(
+                grads[f"b{i}"], b.grad.numpy(), rtol=1e-9, atol=1e-12, err_msg=f"b{i} chunk {chunk}"
+            )
 
 
 def test_raw_unit_images_give_autograd_gradients():
@@ -162,8 +173,12 @@ def test_raw_unit_images_give_autograd_gradients():
         assert math.isclose(cost, data.item(), rel_tol=1e-5)
         assert math.isclose(reg, regc.item(), rel_tol=1e-5)
         for i, (w, b) in enumerate(zip(ws, bs), start=1):
-            np.testing.assert_allclose(grads[f"W{i}"], w.grad.numpy(), rtol=1e-4, atol=1e-6, err_msg=f"W{i} chunk {chunk}")
-            np.testing.assert_allclose(grads[f"b{i}"], b.grad.numpy(), rtol=1e-4, atol=1e-6, err_msg=f"b{i} chunk {chunk}")
+            np.testing.assert_allclose(
+                grads[f"W{i}"], w.grad.numpy(), rtol=1e-4, atol=1e-6, err_msg=f"W{i} chunk {chunk}"
+            )
+            np.testing.assert_allclose(
+                grads[f"b{i}"], b.grad.numpy(), rtol=1e-4, atol=1e-6, err_msg=f"b{i} chunk {chunk}"
+            )
 
 
 def test_split_must_be_auto_none_or_a_fraction():
@@ -173,7 +188,9 @@ def test_split_must_be_auto_none_or_a_fraction():
             Trainer(model, split=bad)
 
 
-@pytest.mark.parametrize("activation,output", list(itertools.product(("relu", "sigmoid", "tanh"), ("softmax", "sigmoid"))))
+@pytest.mark.parametrize(
+    "activation,output", list(itertools.product(("relu", "sigmoid", "tanh"), ("softmax", "sigmoid")))
+)
 def test_input_gradient_matches_autograd(activation, output):
     model = _model(activation, output)
     x, _ = _data()
@@ -246,7 +263,9 @@ def test_sgd_steps_match_torch_optim(opts, blank):
     cfg = model.config
     x, y = _sparse_data(n=13) if blank == "tail" else _data(blank=blank)
     ws, bs = _torch_params(model)
-    opt = torch.optim.SGD(_torch_groups(ws, bs, cfg.l2), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
+    opt = torch.optim.SGD(
+        _torch_groups(ws, bs, cfg.l2), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov
+    )
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: learning_rate(cfg, e) / cfg.lr)
     _torch_epochs(model, ws, bs, x, y, opt, sched)
 

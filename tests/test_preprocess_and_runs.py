@@ -38,7 +38,9 @@ def test_unit_and_none_and_inversion():
 
 
 def test_preprocessor_survives_a_save_and_load(tmp_path):
-    pre = Preprocessor.fit("standard", np.random.default_rng(1).integers(0, 256, (50, 28, 28)).astype(np.uint8))
+    pre = Preprocessor.fit(
+        "standard", np.random.default_rng(1).integers(0, 256, (50, 28, 28)).astype(np.uint8)
+    )
     runs.atomic_save_npz(tmp_path / "p.npz", pre.to_arrays())
     back = Preprocessor.from_arrays(runs.load_npz(tmp_path / "p.npz"))
     assert back.kind == "standard"
@@ -65,7 +67,10 @@ def test_validation_split_last_and_seeded():
 
 def _write(tmp_path, name="run", **kw):
     manifest = runs.make_manifest("mlp", {"layers": [3]}, dataset="mnist")
-    return runs.write_run(tmp_path / name, manifest, {"w": np.ones(3)}, {"kind": np.array("unit")}, [{"epoch": 1, "loss": 0.5}], **kw)
+    return runs.write_run(
+        tmp_path / name, manifest, {"w": np.ones(3)}, {"kind": np.array("unit")}, [{"epoch": 1, "loss": 0.5}],
+        **kw,
+    )
 
 
 def test_old_history_keys_are_read_in_todays_vocabulary(tmp_path):
@@ -124,9 +129,15 @@ def test_rewriting_a_run_links_unchanged_extra_files(tmp_path):
 
     path = write({"checkpoints/epoch-001.npz": b"a" * 1000, "checkpoint.npz": b"state 1"})
     inode = (path / "checkpoints/epoch-001.npz").stat().st_ino
-    path = write({"checkpoints/epoch-002.npz": b"b" * 1000, "checkpoint.npz": b"state 2"}, carry=["checkpoints/epoch-001.npz"])
+    path = write(
+        {"checkpoints/epoch-002.npz": b"b" * 1000, "checkpoint.npz": b"state 2"},
+        carry=["checkpoints/epoch-001.npz"],
+    )
     assert (path / "checkpoints/epoch-001.npz").stat().st_ino == inode
-    second = {"checkpoints/epoch-001.npz": b"a" * 1000, "checkpoints/epoch-002.npz": b"b" * 1000, "checkpoint.npz": b"state 2"}
+    second = {
+        "checkpoints/epoch-001.npz": b"a" * 1000, "checkpoints/epoch-002.npz": b"b" * 1000,
+        "checkpoint.npz": b"state 2",
+    }
     for name, data in second.items():
         assert (path / name).read_bytes() == data
     path = write(dict(second, **{"checkpoints/epoch-001.npz": b"c" * 1000}))  # same size, other bytes

@@ -11,10 +11,23 @@ import pytest
 from matplotlib.figure import Figure
 
 from _inspect_models import planted_convnet, planted_dataset, planted_mlp
-
-from mnistlab.inspect import compare_classes, compute_activations, confusions, find_ambiguous, optimize_inputs, select_images
+from mnistlab.inspect import (
+    compare_classes,
+    compute_activations,
+    confusions,
+    find_ambiguous,
+    optimize_inputs,
+    select_images,
+)
 from mnistlab.inspect.report import SECTIONS, build_report
-from mnistlab.viz.activations import Marks, cell_origin, dense_columns, mosaic, plot_activations, standardize_maps
+from mnistlab.viz.activations import (
+    Marks,
+    cell_origin,
+    dense_columns,
+    mosaic,
+    plot_activations,
+    standardize_maps,
+)
 from mnistlab.viz.ambiguous import plot_ambiguous
 from mnistlab.viz.compare import plot_contrast, plot_ranking
 from mnistlab.viz.gallery import plot_confusion_gallery, plot_oip_gallery
@@ -40,7 +53,10 @@ def _no_windows():
 def test_mosaic_puts_every_map_in_its_cell():
     maps = np.arange(10 * 3 * 4, dtype=np.float32).reshape(10, 3, 4)
     grid = mosaic(maps, ncols=4)
-    assert grid.shape == (3 * 4 - 1, 4 * 5 - 1)  # 3 rows of 3-pixel maps, 4 columns of 4-pixel maps, 1-pixel gaps
+    assert grid.shape == (
+        3 * 4 - 1,
+        4 * 5 - 1,
+    )  # 3 rows of 3-pixel maps, 4 columns of 4-pixel maps, 1-pixel gaps
     for k in range(10):
         r, c = cell_origin(k, 4, 3, 4)
         assert (r, c) == ((k // 4) * 4, (k % 4) * 5)
@@ -78,12 +94,25 @@ def test_plot_activations_layout(net, ds):
     inputs = [ax for ax in fig.axes if ax.images and ax.images[0].get_array().shape == (28, 28)]
     assert len(grids) == 3 and len(inputs) == 3
     for k, ax in enumerate(grids):
-        np.testing.assert_array_equal(np.ma.filled(ax.images[0].get_array(), np.nan), mosaic(acts["conv1"][k], 8))
+        np.testing.assert_array_equal(
+            np.ma.filled(ax.images[0].get_array(), np.nan), mosaic(acts["conv1"][k], 8)
+        )
     # One colour scale for all images by default: brighter means more active, across images.
     assert len({ax.images[0].get_clim() for ax in grids}) == 1
     separate = plot_activations(chosen.images, acts["conv1"], shared_scale=False)
-    assert len({ax.images[0].get_clim() for ax in separate.axes if ax.images and ax.images[0].get_array().shape != (28, 28)}) > 1
-    dense = plot_activations(chosen.images[:1], acts["dense1"][:1], layer="dense1", standardize=True, cmap="magma")
+    assert (
+        len(
+            {
+                ax.images[0].get_clim()
+                for ax in separate.axes
+                if ax.images and ax.images[0].get_array().shape != (28, 28)
+            }
+        )
+        > 1
+    )
+    dense = plot_activations(
+        chosen.images[:1], acts["dense1"][:1], layer="dense1", standardize=True, cmap="magma"
+    )
     (grid,) = [ax for ax in dense.axes if ax.images and ax.images[0].get_array().shape != (28, 28)]
     assert grid.images[0].get_array().shape == (1, 6)
     assert grid.images[0].get_cmap().name.startswith("magma")
@@ -132,9 +161,14 @@ def test_ambiguous_confusion_and_oip_figures(net, ds):
 
 
 def _report(model, ds, **kwargs):
-    manifest = {"format": 1, "kind": model.kind, "dataset": "mnist", "created": "now", "config": {"lr": 0.1, "epochs": 2},
-                "versions": {"numpy": np.__version__}}
-    history = [{"epoch": 1, "loss": 1.0, "train_accuracy": 0.5}, {"epoch": 2, "loss": 0.5, "train_accuracy": 0.7}]
+    manifest = {
+        "format": 1, "kind": model.kind, "dataset": "mnist", "created": "now",
+        "config": {"lr": 0.1, "epochs": 2}, "versions": {"numpy": np.__version__},
+    }
+    history = [
+        {"epoch": 1, "loss": 1.0, "train_accuracy": 0.5},
+        {"epoch": 2, "loss": 0.5, "train_accuracy": 0.7},
+    ]
     return build_report(model, ds, manifest, history, oip_steps=5, **kwargs)
 
 

@@ -16,7 +16,9 @@ pytest.importorskip("httpx")
 import warnings  # noqa: E402
 
 with warnings.catch_warnings():
-    warnings.filterwarnings("ignore", message=".*httpx2")  # starlette's note; httpx is what the dev extra installs
+    warnings.filterwarnings(
+        "ignore", message=".*httpx2"
+    )  # starlette's note; httpx is what the dev extra installs
     from fastapi.testclient import TestClient  # noqa: E402
 
 from test_web_helpers import TinyModel, tiny_app, tiny_dataset, write_tiny_run  # noqa: E402
@@ -47,7 +49,10 @@ def _seven(size: int = 280) -> np.ndarray:
 
 
 def _b64_body(img: np.ndarray, **extra) -> dict:
-    return {"data": base64.b64encode(img.tobytes()).decode(), "width": img.shape[1], "height": img.shape[0], **extra}
+    return {
+        "data": base64.b64encode(img.tobytes()).decode(), "width": img.shape[1], "height": img.shape[0],
+        **extra,
+    }
 
 
 def _decode(b64: str) -> np.ndarray:
@@ -141,20 +146,26 @@ def test_predict_a_drawing_matches_the_library(client, runs):
 
 def test_predict_accepts_pixel_rows_and_exact_28x28_images(client):
     img = tiny_dataset().test_images[3]
-    a = client.post("/api/predict", params={"run": "tiny"}, json={"pixels": img.tolist(), "drawing": False}).json()
+    a = client.post(
+        "/api/predict", params={"run": "tiny"}, json={"pixels": img.tolist(), "drawing": False}
+    ).json()
     b = client.get("/api/test-image", params={"run": "tiny", "index": 3}).json()
     assert a["probabilities"] == pytest.approx(b["probabilities"])
     np.testing.assert_array_equal(_decode(a["image"]).reshape(28, 28), img)
 
 
 def test_predict_selected_layers_only(client):
-    res = client.post("/api/predict", params={"run": "tiny"}, json=_b64_body(_seven(), layers=["dense1"])).json()
+    res = client.post(
+        "/api/predict", params={"run": "tiny"}, json=_b64_body(_seven(), layers=["dense1"])
+    ).json()
     assert [layer["name"] for layer in res["layers"]] == ["dense1"]
     assert len(res["probabilities"]) == 10
 
 
 def test_blank_drawing_is_flagged(client):
-    res = client.post("/api/predict", params={"run": "tiny"}, json=_b64_body(np.zeros((100, 100), np.uint8))).json()
+    res = client.post(
+        "/api/predict", params={"run": "tiny"}, json=_b64_body(np.zeros((100, 100), np.uint8))
+    ).json()
     assert res["blank"] is True and not _decode(res["image"]).any()
 
 
@@ -236,9 +247,13 @@ def test_bad_predict_bodies(client, body, status, fragment):
     assert client.get("/api/health").status_code == 200
 
 
-@pytest.mark.parametrize("raw", [b"{not json", b"\xff\xfe", b'{"pixels": [[NaN]]}', b'{"pixels": [[Infinity]]}'])
+@pytest.mark.parametrize(
+    "raw", [b"{not json", b"\xff\xfe", b'{"pixels": [[NaN]]}', b'{"pixels": [[Infinity]]}']
+)
 def test_malformed_json_and_non_finite_numbers(client, raw):
-    r = client.post("/api/predict", params={"run": "tiny"}, content=raw, headers={"content-type": "application/json"})
+    r = client.post(
+        "/api/predict", params={"run": "tiny"}, content=raw, headers={"content-type": "application/json"}
+    )
     assert 400 <= r.status_code < 500 and "error" in r.json()
 
 
@@ -251,7 +266,10 @@ def test_oversized_payloads_are_refused(runs):
             for _ in range(20):
                 yield b" " * 1000
 
-        r = c.post("/api/predict", params={"run": "tiny"}, content=chunks(), headers={"content-type": "application/json"})
+        r = c.post(
+            "/api/predict", params={"run": "tiny"}, content=chunks(),
+            headers={"content-type": "application/json"},
+        )
         assert r.status_code == 413
         small = _b64_body(np.zeros((20, 20), np.uint8))
         assert c.post("/api/predict", params={"run": "tiny"}, json=small).status_code == 200
@@ -316,7 +334,9 @@ def test_bad_query_values(client):
     _error(client.get("/api/test-image", params={"run": "tiny"}), 422)
     _error(client.get("/api/misclassified", params={"run": "tiny", "limit": 10_000}), 422)
     _error(client.get("/api/misclassified", params={"run": "tiny", "offset": -3}), 422)
-    assert "not a class" in _error(client.get("/api/confusion-cell", params={"run": "tiny", "true": 10, "pred": 0}), 400)
+    assert "not a class" in _error(
+        client.get("/api/confusion-cell", params={"run": "tiny", "true": 10, "pred": 0}), 400
+    )
     _error(client.get("/api/confusion-cell", params={"run": "tiny", "true": 1}), 422)
 
 
@@ -338,7 +358,9 @@ def test_a_rewritten_run_is_reloaded(client, runs):
     model = TinyModel.from_run_dir(runs / "tiny")
     from mnistlab.data.drawing import normalize_drawing
 
-    np.testing.assert_allclose(after, model.predict_proba(normalize_drawing(_seven())[None])[0], rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(
+        after, model.predict_proba(normalize_drawing(_seven())[None])[0], rtol=1e-5, atol=1e-7
+    )
     # Results cached per run (the test-split evaluation) are recomputed too.
     ds, proba = _reference_predictions(runs)
     cm = np.array(client.get("/api/confusion", params={"run": "tiny"}).json()["matrix"])

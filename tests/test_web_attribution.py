@@ -16,15 +16,14 @@ with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message=".*httpx2")
     from fastapi.testclient import TestClient  # noqa: E402
 
-from test_web_browser import browser  # noqa: E402,F401  (the shared Chromium fixture)
-from test_web_helpers import tiny_dataset  # noqa: E402
-
 from mnistlab.data import Preprocessor  # noqa: E402
 from mnistlab.data.drawing import normalize_drawing  # noqa: E402
 from mnistlab.inspect.attribution import attribute  # noqa: E402
 from mnistlab.models import load_model  # noqa: E402
 from mnistlab.runs import make_manifest, write_run  # noqa: E402
 from mnistlab.web.app import create_app  # noqa: E402
+from test_web_browser import browser  # noqa: E402,F401  (the shared Chromium fixture)
+from test_web_helpers import tiny_dataset  # noqa: E402
 
 SPEC = "conv:6:3,pool:2,conv:8:3,pool:2,flatten,dense:16,output:10"
 
@@ -57,7 +56,10 @@ def _pad(shift: int = 0) -> np.ndarray:
 
 
 def _body(img: np.ndarray, **extra) -> dict:
-    return {"data": base64.b64encode(img.tobytes()).decode(), "width": img.shape[1], "height": img.shape[0], **extra}
+    return {
+        "data": base64.b64encode(img.tobytes()).decode(), "width": img.shape[1], "height": img.shape[0],
+        **extra,
+    }
 
 
 def _decoded(answer: dict) -> np.ndarray:
@@ -80,15 +82,19 @@ def test_predict_returns_the_librarys_map(client, runs, run, method, target):
 
 
 def test_test_image_with_a_map_and_errors_that_keep_the_update(client):
-    res = client.get("/api/test-image", params={"run": "cnn", "index": 4, "attribution": "occlusion", "target": "4"}).json()
+    res = client.get(
+        "/api/test-image", params={"run": "cnn", "index": 4, "attribution": "occlusion", "target": "4"}
+    ).json()
     assert res["attribution"]["target"] == "p(4)" and res["probabilities"]
     plain = client.get("/api/test-image", params={"run": "cnn", "index": 4}).json()
     assert "attribution" not in plain
     for run, method, target, fragment in [("mlp", "gradcam", None, "gradcam needs a layer of maps"),
                                           ("cnn", "gradient", "4,4", "names one class twice"),
                                           ("cnn", "lime", None, "unknown attribution method 'lime'")]:
-        res = client.post("/api/predict", params={"run": run}, json=_body(_pad(), attribution=method,
-                                                                           **({"target": target} if target else {})))
+        res = client.post(
+            "/api/predict", params={"run": run},
+            json=_body(_pad(), attribution=method, **({"target": target} if target else {})),
+        )
         assert res.status_code == 200
         assert fragment in res.json()["attribution"]["error"]
         assert len(res.json()["probabilities"]) == 10

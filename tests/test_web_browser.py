@@ -35,10 +35,14 @@ ROOT = Path(__file__).resolve().parents[1]
 def _chromium() -> str:
     """Debian's Chromium, installed by scripts/system-deps.sh (as root, with apt-get) when missing."""
     if not os.access(CHROMIUM, os.X_OK):
-        subprocess.run(["bash", str(ROOT / "scripts" / "system-deps.sh"), "--browser"], check=False, timeout=900)
+        subprocess.run(
+            ["bash", str(ROOT / "scripts" / "system-deps.sh"), "--browser"], check=False, timeout=900
+        )
     if not os.access(CHROMIUM, os.X_OK):
         why = "not root" if os.geteuid() != 0 else "apt-get could not install it"
-        pytest.skip(f"{CHROMIUM} is missing and could not be installed ({why}); run: sudo apt-get install chromium")
+        pytest.skip(
+            f"{CHROMIUM} is missing and could not be installed ({why}); run: sudo apt-get install chromium"
+        )
     return CHROMIUM
 
 
@@ -86,7 +90,8 @@ def _canvas_ink(page, selector: str) -> int:
     return page.eval_on_selector(
         selector,
         """c => { const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data; let n = 0;
-                  for (let i = 0; i < d.length; i += 4) if (d[i] !== d[0] || d[i+1] !== d[1] || d[i+2] !== d[2]) n++;
+                  for (let i = 0; i < d.length; i += 4)
+                    if (d[i] !== d[0] || d[i+1] !== d[1] || d[i+2] !== d[2]) n++;
                   return n; }""",
     )
 
@@ -132,7 +137,9 @@ def test_draw_a_digit_and_see_every_layer(server, browser, tmp_path):
     page.click("button[data-tab=confusion]")
     page.wait_for_selector("table.confusion td[data-true='3'][data-pred='3']")
     page.click("table.confusion td[data-true='0'][data-pred='0']")
-    page.wait_for_function("document.getElementById('cell-title').textContent.startsWith('True 0, predicted 0')")
+    page.wait_for_function(
+        "document.getElementById('cell-title').textContent.startsWith('True 0, predicted 0')"
+    )
 
     page.click("button[data-tab=training]")
     page.wait_for_selector("#curves svg polyline")

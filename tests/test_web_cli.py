@@ -90,9 +90,8 @@ def test_threads_must_be_positive(capsys):
 def test_torch_threads_are_set_once_a_model_brought_torch(tmp_path, monkeypatch):
     import types
 
-    from test_web_helpers import TinyModel, write_tiny_run
-
     from mnistlab.web.app import _with_torch_threads
+    from test_web_helpers import TinyModel, write_tiny_run
 
     calls = []
     fake = types.SimpleNamespace(get_num_threads=lambda: 4, set_num_threads=calls.append)

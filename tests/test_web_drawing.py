@@ -1,4 +1,4 @@
-"""MNIST-style normalization of drawings: a digit drawn anywhere, at any size, comes back as MNIST shows it."""
+"""MNIST-style normalization of drawings: a digit drawn anywhere, at any size, comes back as in MNIST."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from mnistlab.errors import ConfigError
 
 
 def _ring_digit() -> np.ndarray:
-    """A synthetic '0' laid out as MNIST would (20 px box, centre of mass at 14): an ellipse drawn large, normalized."""
+    """A synthetic '0' laid out as MNIST would (20 px box, centre of mass at 14): big ellipse, normalized."""
     yy, xx = np.mgrid[0:200, 0:200]
     r = np.sqrt(((yy - 100) / 90.0) ** 2 + ((xx - 100) / 60.0) ** 2)
     big = np.clip(1 - np.abs(r - 0.85) / 0.15, 0, 1) * 255
@@ -51,7 +51,9 @@ def test_output_is_mnist_sized_boxed_and_centred():
     assert out.max() == pytest.approx(255.0)
 
 
-@pytest.mark.parametrize("factor, top, left", [(5, 37, 101), (3.7, 3, 90), (10, 0, 0), (2.2, 180, 250), (1, 290, 300)])
+@pytest.mark.parametrize(
+    "factor, top, left", [(5, 37, 101), (3.7, 3, 90), (10, 0, 0), (2.2, 180, 250), (1, 290, 300)]
+)
 def test_an_enlarged_shifted_digit_comes_back_near_its_original(factor, top, left):
     original = _ring_digit()
     drawing = _place(_enlarge(original, factor), (330, 340), top, left)

@@ -1,4 +1,4 @@
-"""The web app over real engines: a tiny NumPy MLP trained here and a tiny PyTorch CNN, loaded by load_model."""
+"""The web app over real engines: a tiny NumPy MLP trained here and a tiny PyTorch CNN, via load_model."""
 
 from __future__ import annotations
 
@@ -14,13 +14,12 @@ with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message=".*httpx2")
     from fastapi.testclient import TestClient  # noqa: E402
 
-from test_web_helpers import tiny_dataset  # noqa: E402
-
 from mnistlab.data import Preprocessor  # noqa: E402
 from mnistlab.data.drawing import normalize_drawing  # noqa: E402
 from mnistlab.models import load_model  # noqa: E402
 from mnistlab.runs import make_manifest, write_run  # noqa: E402
 from mnistlab.web.app import create_app  # noqa: E402
+from test_web_helpers import tiny_dataset  # noqa: E402
 
 
 def _drawing() -> np.ndarray:
@@ -46,7 +45,9 @@ def _check_run(runs, name):
             assert layer["shape"] == list(expected[layer["name"]].shape[1:])
             assert layer["hi"] == pytest.approx(float(expected[layer["name"]][0].max()), rel=1e-4, abs=1e-6)
         test = c.get("/api/test-image", params={"run": name, "index": 5}).json()
-        assert test["probabilities"] == pytest.approx(model.predict_proba(tiny_dataset().test_images[5:6])[0].tolist(), rel=1e-4, abs=1e-6)
+        assert test["probabilities"] == pytest.approx(
+            model.predict_proba(tiny_dataset().test_images[5:6])[0].tolist(), rel=1e-4, abs=1e-6
+        )
         cm = np.array(c.get("/api/confusion", params={"run": name}).json()["matrix"])
         assert cm.sum() == len(tiny_dataset().test_labels)
 

@@ -25,16 +25,31 @@ numbers = st.one_of(
     st.sampled_from([0, 255, 255.0, 1e308, -1e-9, 255.0000001]),
 )
 rows = st.lists(st.lists(numbers, min_size=0, max_size=40), min_size=0, max_size=40)
-json_leaf = st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(allow_nan=False), st.text(max_size=20))
-anything = st.recursive(json_leaf, lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=8), inner, max_size=5), max_leaves=20)
+json_leaf = st.one_of(
+    st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(allow_nan=False), st.text(max_size=20)
+)
+anything = st.recursive(
+    json_leaf,
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=8), inner, max_size=5),
+    max_leaves=20,
+)
 b64 = st.binary(max_size=3000).map(lambda b: base64.b64encode(b).decode())
 bodies = st.one_of(
-    st.fixed_dictionaries({"pixels": rows}, optional={"drawing": st.booleans(), "layers": st.lists(st.sampled_from(["conv1", "dense1", "output", "x"]), max_size=3)}),
+    st.fixed_dictionaries(
+        {"pixels": rows},
+        optional={
+            "drawing": st.booleans(),
+            "layers": st.lists(st.sampled_from(["conv1", "dense1", "output", "x"]), max_size=3),
+        },
+    ),
     st.fixed_dictionaries(
         {"data": st.one_of(b64, st.text(max_size=50))},
         optional={"width": st.integers(-5, 3000), "height": st.integers(-5, 3000), "drawing": st.booleans()},
     ),
-    st.dictionaries(st.sampled_from(["pixels", "data", "width", "height", "drawing", "layers", "extra"]), anything, max_size=5),
+    st.dictionaries(
+        st.sampled_from(["pixels", "data", "width", "height", "drawing", "layers", "extra"]), anything,
+        max_size=5,
+    ),
     anything,
 )
 
@@ -47,10 +62,16 @@ def client(tmp_path_factory):
         yield c
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(
+    max_examples=150, deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 @given(body=bodies)
 def test_predict_never_crashes(client, body):
-    r = client.post("/api/predict", params={"run": "tiny"}, content=json.dumps(body), headers={"content-type": "application/json"})
+    r = client.post(
+        "/api/predict", params={"run": "tiny"}, content=json.dumps(body),
+        headers={"content-type": "application/json"},
+    )
     assert r.status_code in (200, 400, 404, 413, 422), r.text
     answer = r.json()
     if r.status_code == 200:

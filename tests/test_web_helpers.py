@@ -26,7 +26,7 @@ class TinyModel(InspectableModel):
         self.preprocess = preprocess
 
     @classmethod
-    def from_run_dir(cls, run_dir: Path) -> "TinyModel":
+    def from_run_dir(cls, run_dir: Path) -> TinyModel:
         record = read_run(run_dir)
         return cls(record.weights, Preprocessor.from_arrays(record.preprocess))
 
@@ -61,7 +61,13 @@ def tiny_weights(seed: int = 0) -> dict[str, np.ndarray]:
 def write_tiny_run(run_dir: Path, seed: int = 0, *, overwrite: bool = False) -> Path:
     images = tiny_dataset().train_images
     pre = Preprocessor.fit("unit", images)
-    history = [{"epoch": e, "loss": 2.0 / e, "accuracy": 0.5 + 0.1 * e, "val_loss": 2.2 / e, "val_accuracy": 0.45 + 0.1 * e} for e in (1, 2, 3)]
+    history = [
+        {
+            "epoch": e, "loss": 2.0 / e, "accuracy": 0.5 + 0.1 * e, "val_loss": 2.2 / e,
+            "val_accuracy": 0.45 + 0.1 * e,
+        }
+        for e in (1, 2, 3)
+    ]
     manifest = make_manifest("mlp", {"hidden": [16]}, dataset="mnist", metrics={"test_accuracy": 0.5})
     return write_run(run_dir, manifest, tiny_weights(seed), pre.to_arrays(), history, overwrite=overwrite)
 

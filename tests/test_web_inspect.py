@@ -17,7 +17,7 @@ with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message=".*httpx2")
     from fastapi.testclient import TestClient  # noqa: E402
 
-from test_web_helpers import TinyModel, tiny_app, tiny_dataset, write_tiny_run  # noqa: E402
+from test_web_helpers import TinyModel, tiny_dataset, write_tiny_run  # noqa: E402
 
 
 class GradModel(TinyModel):
@@ -51,7 +51,9 @@ def client(tmp_path):
     write_tiny_run(tmp_path / "tiny")
     from mnistlab.web.app import create_app
 
-    with TestClient(create_app(tmp_path, model_loader=GradModel.from_run_dir, dataset_loader=tiny_dataset)) as c:
+    with TestClient(
+        create_app(tmp_path, model_loader=GradModel.from_run_dir, dataset_loader=tiny_dataset)
+    ) as c:
         yield c
 
 
@@ -65,11 +67,15 @@ def test_compare_matches_the_library(client, tmp_path):
     res = client.get("/api/compare", params={"run": "tiny", "a": 4, "b": 9, "n": 2})
     assert res.status_code == 200, res.text
     body = res.json()
-    expected = inspect_lib.compare_classes(GradModel.from_run_dir(tmp_path / "tiny"), tiny_dataset(), 4, 9, n=2)
+    expected = inspect_lib.compare_classes(
+        GradModel.from_run_dir(tmp_path / "tiny"), tiny_dataset(), 4, 9, n=2
+    )
     assert body["layers"] == list(expected.layers)
     assert body["a_images"] == expected.a.names() and body["b_images"] == expected.b.names()
     summary, ranking = body["tables"]
-    assert [row[:3] for row in summary["rows"]] == [[r["layer"], r["red"], r["yellow"]] for r in expected.summary()]
+    assert [row[:3] for row in summary["rows"]] == [
+        [r["layer"], r["red"], r["yellow"]] for r in expected.summary()
+    ]
     top = expected.table(15)
     assert [row[:3] for row in ranking["rows"]] == [[r["layer"], r["kind"], r["unit"]] for r in top]
     assert ranking["rows"][0][3] == pytest.approx(top[0]["auc"])

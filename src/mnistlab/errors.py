@@ -22,3 +22,7 @@ class RunError(MnistlabError):
 
 class TrainingDiverged(MnistlabError):
     """Training produced NaN or inf; the last good weights were kept."""
+
+
+class ModelFileError(MnistlabError):
+    """A model file to import is unreadable, unsafe, or uses what mnistlab cannot express."""

@@ -9,7 +9,9 @@ def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int = 10
     """Counts (n_classes, n_classes): row = true class, column = predicted class."""
     y_true = np.asarray(y_true, np.int64)
     y_pred = np.asarray(y_pred, np.int64)
-    return np.bincount(y_true * n_classes + y_pred, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
+    return np.bincount(y_true * n_classes + y_pred, minlength=n_classes * n_classes).reshape(
+        n_classes, n_classes
+    )
 
 
 def confused_pairs(cm: np.ndarray, top: int = 10) -> list[tuple[int, int, int]]:

@@ -17,7 +17,7 @@ Conventions (both engines, same names, shapes and meaning):
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -57,16 +57,22 @@ class InspectableModel(ABC):
         """Like ``input_gradient``, but with respect to the activations of layer ``wrt`` (at or below
         ``layer``): objective values (N,), the activations of ``wrt`` and d objective / d those
         activations, both shaped as ``activations`` returns them ((N, C, H, W) or (N, units))."""
-        raise ConfigError(f"{type(self).__name__} gives no gradients with respect to a layer; Grad-CAM needs them")
+        raise ConfigError(
+            f"{type(self).__name__} gives no gradients with respect to a layer; Grad-CAM needs them"
+        )
 
     def layers_with_weights(self) -> list[str]:
         """The layers that own parameters, input to output (the steps of a cascading randomization)."""
-        raise ConfigError(f"{type(self).__name__} cannot list its weighted layers; the sanity check needs them")
+        raise ConfigError(
+            f"{type(self).__name__} cannot list its weighted layers; the sanity check needs them"
+        )
 
-    def with_random_weights(self, layers: Iterable[str], seed: int = 0) -> "InspectableModel":
+    def with_random_weights(self, layers: Iterable[str], seed: int = 0) -> InspectableModel:
         """A copy whose named layers hold freshly initialized weights (the engine's own initializer,
         drawn from ``seed``); the other layers keep this model's weights, and this model is untouched."""
-        raise ConfigError(f"{type(self).__name__} cannot re-initialize its weights; the sanity check needs that")
+        raise ConfigError(
+            f"{type(self).__name__} cannot re-initialize its weights; the sanity check needs that"
+        )
 
     # ----- shared behaviour built on the methods above -----
 
@@ -76,7 +82,9 @@ class InspectableModel(ABC):
         This default reads the role off each activation's shape (one blank image), which is right
         for models without pass-through layers (the MLP); models that have them say so themselves.
         """
-        probe = self.activations_from_inputs(self.to_inputs(np.zeros((1, 28, 28), np.uint8)), self.layer_names())
+        probe = self.activations_from_inputs(
+            self.to_inputs(np.zeros((1, 28, 28), np.uint8)), self.layer_names()
+        )
         return {name: "map" if np.ndim(values) == 4 else "vector" for name, values in probe.items()}
 
     def check_layers(self, layers: Iterable[str] | str | None) -> list[str]:
@@ -100,7 +108,9 @@ class InspectableModel(ABC):
             return self.preprocess(images)
         raise ConfigError(f"expected images of shape (N, 28, 28), got {images.shape}")
 
-    def activations(self, images: np.ndarray, layers: Iterable[str] | str | None = None) -> dict[str, np.ndarray]:
+    def activations(
+        self, images: np.ndarray, layers: Iterable[str] | str | None = None
+    ) -> dict[str, np.ndarray]:
         """Activations of the named layers (all when None) for raw images (N, 28, 28)."""
         names = self.check_layers(layers)
         return self.activations_from_inputs(self.to_inputs(images), names)

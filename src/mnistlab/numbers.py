@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 from .errors import ConfigError
 
@@ -22,5 +22,7 @@ def parse_number_list(parts: Iterable[str], what: str = "index", example: str = 
                 else:
                     out.append(int(part))
             except ValueError:
-                raise ConfigError(f"bad {what} {part!r}; use numbers, lists (1,2,3) or ranges ({example})") from None
+                raise ConfigError(
+                    f"bad {what} {part!r}; use numbers, lists (1,2,3) or ranges ({example})"
+                ) from None
     return out

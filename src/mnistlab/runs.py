@@ -24,10 +24,11 @@ import platform
 import shutil
 import tempfile
 import zipfile
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -84,7 +85,9 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n").encode())
+    atomic_write_bytes(
+        path, (json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n").encode()
+    )
 
 
 def npz_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
@@ -107,7 +110,9 @@ def load_npz(path: Path) -> dict[str, np.ndarray]:
     except FileNotFoundError:
         raise RunError(f"{path}: missing; the run is incomplete (train it again)") from None
     except (ValueError, zipfile.BadZipFile) as exc:
-        raise RunError(f"{path}: unreadable ({exc}); the file is corrupt or not written by mnistlab") from None
+        raise RunError(
+            f"{path}: unreadable ({exc}); the file is corrupt or not written by mnistlab"
+        ) from None
     except OSError as exc:
         raise RunError(f"{path}: unreadable ({exc}); the file is corrupt or truncated") from None
 
@@ -161,7 +166,9 @@ def _carry_over(existing: Path, target: Path) -> None:
     try:
         os.link(existing, target)
     except FileNotFoundError:
-        raise RunError(f"{existing}: missing from the run being rewritten; it was deleted while training ran") from None
+        raise RunError(
+            f"{existing}: missing from the run being rewritten; it was deleted while training ran"
+        ) from None
     except OSError:
         shutil.copyfile(existing, target)
 
@@ -192,7 +199,9 @@ def write_run(
         tmp = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}.", suffix=".partial", dir=parent))
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; a run directory gets the usual permissions
     except OSError as exc:
-        raise RunError(f"{parent}: cannot create the run directory ({exc.strerror}); choose a writable --out") from None
+        raise RunError(
+            f"{parent}: cannot create the run directory ({exc.strerror}); choose a writable --out"
+        ) from None
     try:
         atomic_save_npz(tmp / WEIGHTS, weights)
         atomic_save_npz(tmp / PREPROCESS, preprocess)
@@ -242,10 +251,16 @@ def read_manifest(run_dir: Path) -> dict[str, Any]:
     try:
         manifest = json.loads(path.read_text())
     except FileNotFoundError:
-        raise RunError(f"{run_dir}: incomplete run (no {MANIFEST}); it was interrupted, train it again") from None
+        raise RunError(
+            f"{run_dir}: incomplete run (no {MANIFEST}); it was interrupted, train it again"
+        ) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise RunError(f"{path}: corrupt manifest ({exc}); train the run again") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != RUN_FORMAT or manifest.get("kind") not in KINDS:
+    if (
+        not isinstance(manifest, dict)
+        or manifest.get("format") != RUN_FORMAT
+        or manifest.get("kind") not in KINDS
+    ):
         found = manifest.get("format") if isinstance(manifest, dict) else None
         raise RunError(
             f"{run_dir}: run format {found!r} is not supported by mnistlab {__version__} (expects format "

@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from .. import __version__
 from ..errors import MnistlabError
 
 # Each module adds its subcommands with register(subparsers); `train` engines register into the
 # `train` group with register_train(train_subparsers). Keep one module per area to keep merges easy.
-COMMAND_MODULES = ("data_cmd", "mlp_cmd", "cnn_cmd", "run_cmd", "inspect_cmd", "attribute_cmd", "web_cmd")
+COMMAND_MODULES = ("data_cmd", "mlp_cmd", "cnn_cmd", "run_cmd", "inspect_cmd", "attribute_cmd", "web_cmd",
+                   "import_cmd")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -30,7 +31,9 @@ class _UsageError(Exception):
 def build_parser() -> argparse.ArgumentParser:
     import importlib
 
-    parser = _Parser(prog="mnistlab", description="Train small networks on MNIST-style images and look inside them.")
+    parser = _Parser(
+        prog="mnistlab", description="Train small networks on MNIST-style images and look inside them."
+    )
     parser.add_argument("--version", action="version", version=f"mnistlab {__version__}")
     parser.add_argument("--debug", action="store_true", help="show a full traceback on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -82,5 +85,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # an unexpected error: still one line unless --debug
         if debug:
             raise
-        print(f"mnistlab: internal error: {type(exc).__name__}: {exc} (rerun with --debug for a traceback)", file=sys.stderr)
+        print(
+            f"mnistlab: internal error: {type(exc).__name__}: {exc} (rerun with --debug for a traceback)",
+            file=sys.stderr,
+        )
         return 1

@@ -17,8 +17,9 @@ from .common import add_dataset_options, info
 
 # CLI option -> TrainConfig field (None values mean "not given": the preset or stored run decides).
 _FIELDS = (
-    "optimizer", "lr", "momentum", "nesterov", "weight_decay", "schedule", "epochs", "batch_size", "seed", "val",
-    "augment", "label_smoothing", "init", "preprocess", "device", "amp", "channels_last", "compile", "cuda_graphs",
+    "optimizer", "lr", "momentum", "nesterov", "weight_decay", "schedule", "epochs", "batch_size", "seed",
+    "val", "augment", "label_smoothing", "init", "preprocess", "device", "amp", "channels_last", "compile",
+    "cuda_graphs",
     "threads",
 )
 
@@ -29,23 +30,42 @@ def register_train(train_sub: argparse._SubParsersAction) -> None:
     p = train_sub.add_parser(
         "cnn",
         help="train the PyTorch CNN from a layer spec",
-        description="Train a CNN built from a spec or preset and write a run directory (a checkpoint every epoch; "
-        "Ctrl-C saves and can be resumed). Options given explicitly override the preset's recipe. "
+        description="Train a CNN built from a spec or preset and write a run directory "
+        "(a checkpoint every epoch; Ctrl-C saves and can be resumed). "
+        "Options given explicitly override the preset's recipe. "
         f"Presets: {'; '.join(f'{k}: {v.about}' for k, v in PRESETS.items())}.",
     )
-    p.add_argument("--spec", help="preset name, one-line layers (conv:32:3,pool:2,...,output:10) or a .toml/.json file (default seed)")
+    p.add_argument(
+        "--spec",
+        help="preset name, one-line layers (conv:32:3,pool:2,...,output:10) or a .toml/.json file "
+        "(default seed)",
+    )
     add_dataset_options(p, default=None)
     p.add_argument("--out", type=Path, help="run directory to write (default runs/cnn-DATASET-TIMESTAMP)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
-    p.add_argument("--resume", type=Path, metavar="RUN", help="continue an interrupted run (or extend it with a larger --epochs)")
-    p.add_argument("--reset", action="store_true", help="with --resume RUN: restart RUN from its saved initial weights (new settings allowed; --out DIR to branch)")
+    p.add_argument(
+        "--resume", type=Path, metavar="RUN",
+        help="continue an interrupted run (or extend it with a larger --epochs)",
+    )
+    p.add_argument(
+        "--reset",
+        action="store_true",
+        help="with --resume RUN: restart RUN from its saved initial weights "
+        "(new settings allowed; --out DIR to branch)",
+    )
     t = p.add_argument_group("training")
     t.add_argument("--optimizer", help="rmsprop (Keras settings: rho 0.9, eps 1e-7), sgd, adam, adamw")
     t.add_argument("--lr", type=float, help="(peak) learning rate")
     t.add_argument("--momentum", type=float, help="momentum for sgd or rmsprop")
-    t.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=None, help="Nesterov momentum (sgd)")
+    t.add_argument(
+        "--nesterov", action=argparse.BooleanOptionalAction, default=None, help="Nesterov momentum (sgd)"
+    )
     t.add_argument("--weight-decay", type=float, help="L2 penalty (decoupled weight decay for adamw)")
-    t.add_argument("--schedule", help="constant, step[:EVERY[:GAMMA]], exponential[:GAMMA], cosine, onecycle, plateau[:PATIENCE[:FACTOR]]")
+    t.add_argument(
+        "--schedule",
+        help="constant, step[:EVERY[:GAMMA]], exponential[:GAMMA], cosine, onecycle, "
+        "plateau[:PATIENCE[:FACTOR]]",
+    )
     t.add_argument("--epochs", type=int)
     t.add_argument("--batch-size", type=int)
     t.add_argument("--seed", type=int, help="seed for initialization, shuffling, dropout and augmentation")
@@ -58,9 +78,11 @@ def register_train(train_sub: argparse._SubParsersAction) -> None:
     h.add_argument("--device", help="auto, cpu, cuda or mps (default auto)")
     h.add_argument("--amp", help="mixed precision: auto (bf16 on GPU, and on CPUs with native bf16), on, off")
     h.add_argument("--channels-last", help="channels-last memory format: auto (with amp), on, off")
-    h.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None, help="torch.compile the network")
+    h.add_argument(
+        "--compile", action=argparse.BooleanOptionalAction, default=None, help="torch.compile the network"
+    )
     h.add_argument("--cuda-graphs", help="capture the training step as a CUDA graph: auto, on, off")
-    h.add_argument("--threads", type=int, help="CPU threads (0: torch's default; per rank in a distributed job)")
+    h.add_argument("--threads", type=int, help="CPU threads (0: torch's default; per rank with --nproc)")
     h.add_argument("--nproc", type=int, metavar="N",
                    help="train as N processes on this machine (DDP through torch's elastic launcher; "
                    "--batch-size stays the global batch; needs --out). Many machines: docs/distributed.md")
@@ -72,10 +94,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "summary",
         help="Keras-style table of a CNN's layers (a run or a spec)",
-        description="Print name, type, output shape and parameters of each layer of a CNN run or spec, with totals.",
+        description="Print name, type, output shape and parameters of each layer of a CNN run or spec, "
+        "with totals.",
     )
     p.add_argument("run", nargs="?", type=Path, help="a CNN run directory")
-    p.add_argument("--spec", help="a preset name, one-line layers or a .toml/.json spec file instead of a run")
+    p.add_argument(
+        "--spec", help="a preset name, one-line layers or a .toml/.json spec file instead of a run"
+    )
     p.set_defaults(func=run_summary)
 
 
@@ -91,10 +116,16 @@ def run_summary(args: argparse.Namespace) -> int:
 
     manifest = read_manifest(args.run)
     if manifest["kind"] != "cnn" or "spec" not in manifest.get("config", {}):
-        raise RunError(f"{args.run}: a {manifest['kind']} run; summary covers CNN runs (for any run: mnistlab layers RUN)")
+        raise RunError(
+            f"{args.run}: a {manifest['kind']} run; summary covers CNN runs "
+            "(for any run: mnistlab layers RUN)"
+        )
+    from ..importers import original_names
+
     spec = parse_spec(manifest["config"]["spec"])
-    print(summary_table(spec, f"run: {args.run} ({manifest['config'].get('spec_name', '')}, {manifest.get('state', '?')}, "
-                              f"{manifest.get('epochs_done', '?')} epochs)"))
+    title = (f"run: {args.run} ({manifest['config'].get('spec_name', '')}, {manifest.get('state', '?')}, "
+             f"{manifest.get('epochs_done', '?')} epochs)")
+    print(summary_table(spec, title, sources=original_names(manifest)))
     acc = manifest.get("metrics", {}).get("test_accuracy")
     if acc is not None:
         print(f"Test accuracy: {100 * acc:.2f}%")
@@ -128,17 +159,22 @@ def run_train(args: argparse.Namespace) -> int:
         if _under_torchrun():
             raise ConfigError("--nproc inside torchrun: torchrun already started the processes; drop --nproc")
         if args.out is None:
-            raise ConfigError("--nproc needs --out DIR (every rank, and a rerun that resumes, must name the same run)")
+            raise ConfigError(
+                "--nproc needs --out DIR (every rank, and a rerun that resumes, must name the same run)"
+            )
         from ..cnn.launch import launch
 
         return launch(args.nproc, _without_nproc(list(args.argv)))
     if not _under_torchrun():
         return _train(args, is_main=True)
+    if args.out is None and args.resume is None:
+        raise ConfigError(
+            "a distributed run needs --out DIR (every rank, and a restart that resumes, must name the "
+            "same run)"
+        )
     from ..cnn import distributed
 
     ranks = distributed.join()
-    if args.out is None and args.resume is None:
-        raise ConfigError("a distributed run needs --out DIR (every rank, and a restart that resumes, must name the same run)")
     try:
         with distributed.lost_ranks():
             return _train(args, is_main=ranks.is_main)
@@ -209,20 +245,31 @@ def _train(args: argparse.Namespace, *, is_main: bool) -> int:
         trainer = Trainer(config, dataset, out, progress=progress, overwrite=args.overwrite)
         levers = trainer.levers
         ranks = f"{levers.world_size} ranks x " if levers.world_size > 1 else ""
-        note(f"training {config.spec} on {dataset_name} ({trainer.levers.device}, amp {trainer.levers.amp_dtype or 'off'}, "
-             f"channels_last {'on' if trainer.levers.channels_last else 'off'}, "
-             + (f"batches split across {trainer.levers.data_parallel} threads"
-                if trainer.levers.data_parallel > 1 else f"{ranks}{trainer.levers.threads} thread(s)")
-             + f") -> {out}")
+        note(
+            f"training {config.spec} on {dataset_name} ({levers.device}, amp "
+            f"{levers.amp_dtype or 'off'}, channels_last "
+            f"{'on' if levers.channels_last else 'off'}, "
+            + (
+                f"batches split across {levers.data_parallel} threads"
+                if levers.data_parallel > 1
+                else f"{ranks}{levers.threads} thread(s)"
+            )
+            + f") -> {out}"
+        )
         result = trainer.run()
     seconds = time.perf_counter() - t0
     if result.state == "interrupted":
-        again = "rerun the same command" if _under_torchrun() else f"mnistlab train cnn --resume {result.run_dir}"
+        again = f"mnistlab train cnn --resume {result.run_dir}"
+        if _under_torchrun():
+            again = "rerun the same command"
         note(f"mnistlab: interrupted; progress saved in {result.run_dir}; continue with: {again}")
         return 130
     if not is_main:
         return 0
     last = result.history[-1]
-    print(f"test accuracy {100 * last['test_accuracy']:.2f}% after {len(result.history)} epochs "
-          f"({sum(h['train_seconds'] for h in result.history):.1f} s training, {seconds:.1f} s total); run saved in {result.run_dir}")
+    print(
+        f"test accuracy {100 * last['test_accuracy']:.2f}% after {len(result.history)} epochs "
+        f"({sum(h['train_seconds'] for h in result.history):.1f} s training, {seconds:.1f} s total); run "
+        f"saved in {result.run_dir}"
+    )
     return 0

@@ -11,14 +11,17 @@ from ..numbers import parse_number_list
 
 
 def add_dataset_options(
-    parser: argparse.ArgumentParser, default: str | None = "mnist", help: str = "dataset name (default: mnist)"
+    parser: argparse.ArgumentParser, default: str | None = "mnist",
+    help: str = "dataset name (default: mnist)",
 ) -> None:
     """--dataset and --data-dir. ``default=None`` leaves --dataset unset when not given (a resumed
     run then uses the dataset it was trained on)."""
     from ..data import DATASETS
 
     parser.add_argument("--dataset", default=default, choices=sorted(DATASETS), help=help)
-    parser.add_argument("--data-dir", metavar="DIR", help="a directory with the four IDX files (or set MNISTLAB_DATA_DIR)")
+    parser.add_argument(
+        "--data-dir", metavar="DIR", help="a directory with the four IDX files (or set MNISTLAB_DATA_DIR)"
+    )
 
 
 def load_dataset_from_args(args: argparse.Namespace, *, force: bool = False):
@@ -38,7 +41,9 @@ def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=dpi, bbox_inches="tight")
     except OSError as exc:
-        raise MnistlabError(f"{path}: cannot write the figure ({exc.strerror}); choose a writable --out") from None
+        raise MnistlabError(
+            f"{path}: cannot write the figure ({exc.strerror}); choose a writable --out"
+        ) from None
     return path
 
 

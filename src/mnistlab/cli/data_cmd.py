@@ -21,7 +21,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     fetch.add_argument("--force", action="store_true", help="ignore the cache and fetch again")
     fetch.set_defaults(func=cmd_fetch)
 
-    show_info = data_sub.add_parser("info", help="counts, class histogram, source, cache path, checksum status")
+    show_info = data_sub.add_parser(
+        "info", help="counts, class histogram, source, cache path, checksum status"
+    )
     add_dataset_options(show_info)
     show_info.set_defaults(func=cmd_info)
 
@@ -42,7 +44,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 def cmd_fetch(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     ds = load_dataset_from_args(args, force=args.force)
-    info(f"{ds.name}: {len(ds.train_images)} train + {len(ds.test_images)} test images ready in {time.perf_counter() - start:.1f} s")
+    info(
+        f"{ds.name}: {len(ds.train_images)} train + {len(ds.test_images)} test images ready in "
+        f"{time.perf_counter() - start:.1f} s"
+    )
     return 0
 
 
@@ -88,7 +93,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
     path = cache_path(args.dataset)
     if not path.exists():
-        raise ConfigError(f"{path}: no cached copy of {args.dataset}; run `mnistlab data fetch --dataset {args.dataset}` first")
+        raise ConfigError(
+            f"{path}: no cached copy of {args.dataset}; run `mnistlab data fetch --dataset {args.dataset}` "
+            "first"
+        )
     read_cache(path, dataset_info(args.dataset))  # raises with the reason on any mismatch
     print(f"{path}: ok, all four arrays match the pinned SHA-256 checksums")
     return 0

@@ -15,7 +15,14 @@ from .common import add_dataset_options, load_dataset_from_args
 
 def register_train(train_sub: argparse._SubParsersAction) -> None:
     from ..mlp.config import (
-        ACTIVATIONS, INITS, MOMENTUM_FORMS, OPTIMIZERS, OUTPUTS, PREPROCESSING, PRESETS, SCHEDULES,
+        ACTIVATIONS,
+        INITS,
+        MOMENTUM_FORMS,
+        OPTIMIZERS,
+        OUTPUTS,
+        PREPROCESSING,
+        PRESETS,
+        SCHEDULES,
     )
 
     p = train_sub.add_parser(
@@ -24,14 +31,19 @@ def register_train(train_sub: argparse._SubParsersAction) -> None:
         description="Train the NumPy MLP (784-70-30-10 tanh/softmax by default) and write a run directory. "
         "Options given explicitly override the preset.",
     )
-    p.add_argument("--preset", choices=tuple(PRESETS), default="default", help="starting configuration (seed: the seed's sigmoid/log-loss setup)")
+    p.add_argument(
+        "--preset", choices=tuple(PRESETS), default="default",
+        help="starting configuration (seed: the seed's sigmoid/log-loss setup)",
+    )
     add_dataset_options(p)
     p.add_argument("--out", type=Path, help="run directory to write (default runs/mlp-DATASET-TIMESTAMP)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     g = p.add_argument_group("network")
     g.add_argument("--layers", type=_sizes, help="hidden layer sizes, e.g. 70,30")
     g.add_argument("--activation", help=f"hidden activation: {', '.join(ACTIVATIONS)}")
-    g.add_argument("--output", help=f"output layer: {', '.join(OUTPUTS)} (softmax: cross-entropy; sigmoid: log-loss)")
+    g.add_argument(
+        "--output", help=f"output layer: {', '.join(OUTPUTS)} (softmax: cross-entropy; sigmoid: log-loss)"
+    )
     g.add_argument("--init", help=f"weight initialization: {', '.join(INITS)}")
     g.add_argument("--dtype", help="float32 (default) or float64")
     g.add_argument("--seed", type=int, help="seed for initialization and shuffling")
@@ -39,11 +51,15 @@ def register_train(train_sub: argparse._SubParsersAction) -> None:
     t = p.add_argument_group("training")
     t.add_argument("--epochs", type=int)
     t.add_argument("--batch-size", type=int)
-    t.add_argument("--optimizer", help=f"update rule: {', '.join(OPTIMIZERS)} (the momentum options apply to sgd)")
+    t.add_argument(
+        "--optimizer", help=f"update rule: {', '.join(OPTIMIZERS)} (the momentum options apply to sgd)"
+    )
     t.add_argument("--lr", type=float, help="(initial) learning rate")
     t.add_argument("--momentum", type=float)
     t.add_argument("--momentum-form", help=f"momentum arithmetic: {', '.join(MOMENTUM_FORMS)}")
-    t.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=None, help="Nesterov momentum")
+    t.add_argument(
+        "--nesterov", action=argparse.BooleanOptionalAction, default=None, help="Nesterov momentum"
+    )
     t.add_argument("--l1", type=float, help="L1 penalty on the weights (never the biases)")
     t.add_argument("--l2", type=float, help="L2 penalty on the weights (never the biases)")
     t.add_argument("--schedule", help=f"learning-rate schedule: {', '.join(SCHEDULES)}")
@@ -52,10 +68,14 @@ def register_train(train_sub: argparse._SubParsersAction) -> None:
     t.add_argument("--gamma", type=float, help="step schedule: factor per step")
     t.add_argument("--lr-min", type=float, help="cosine schedule: final learning rate")
     t.add_argument("--val", type=int, help="hold out the last N training images for validation")
-    t.add_argument("--patience", type=int, help="early stop after N epochs without a better validation accuracy")
+    t.add_argument(
+        "--patience", type=int, help="early stop after N epochs without a better validation accuracy"
+    )
     t.add_argument("--profile", action="store_true", help="report the time per phase of the batch loop")
-    t.add_argument("--threads", type=_threads, default="auto",
-                   help="BLAS threads for the matrix products (default auto: the cores other processes leave idle)")
+    t.add_argument(
+        "--threads", type=_threads, default="auto",
+        help="BLAS threads for the matrix products (default auto: the cores other processes leave idle)",
+    )
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run_train)
 
@@ -64,9 +84,9 @@ def register_train(train_sub: argparse._SubParsersAction) -> None:
 _FIELDS = {"layers": "hidden"} | {
     name: name
     for name in (
-        "activation", "output", "init", "dtype", "seed", "preprocess", "epochs", "batch_size", "optimizer", "lr",
-        "momentum", "momentum_form", "nesterov", "l1", "l2", "schedule", "decay", "step_size", "gamma", "lr_min",
-        "val", "patience",
+        "activation", "output", "init", "dtype", "seed", "preprocess", "epochs", "batch_size", "optimizer",
+        "lr", "momentum", "momentum_form", "nesterov", "l1", "l2", "schedule", "decay", "step_size", "gamma",
+        "lr_min", "val", "patience",
     )
 }
 
@@ -87,7 +107,9 @@ def _sizes(text: str) -> tuple[int, ...]:
     try:
         sizes = tuple(int(part) for part in text.split(",") if part.strip())
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of sizes, e.g. 70,30") from None
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a comma-separated list of sizes, e.g. 70,30"
+        ) from None
     if not sizes:
         raise argparse.ArgumentTypeError("give at least one hidden layer size, e.g. 70,30")
     return sizes
@@ -107,8 +129,8 @@ def config_from_args(args: argparse.Namespace):
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from ..mlp.run import train_on_dataset
     from ..mlp.layout import describe_layout
+    from ..mlp.run import train_on_dataset
 
     config = config_from_args(args)
     out = args.out or Path("runs") / f"mlp-{args.dataset}-{datetime.now():%Y%m%d-%H%M%S}"
@@ -141,9 +163,15 @@ def run_train(args: argparse.Namespace) -> int:
         print(profile_table(result.history))
         print(describe_layout(result.input_layout))
         for epoch, threads, many, one in result.thread_choices:
-            print(f"BLAS threads from epoch {epoch + 1}: {threads} ({many:.2f} us per image with all, {one:.2f} with one)")
+            print(
+                f"BLAS threads from epoch {epoch + 1}: {threads} ({many:.2f} us per image with all, "
+                f"{one:.2f} with one)"
+            )
     epochs = len(result.history)
-    print(f"test accuracy {100 * result.test_accuracy:.2f}% after {epochs} epochs ({seconds:.1f} s); run saved in {result.run_dir}")
+    print(
+        f"test accuracy {100 * result.test_accuracy:.2f}% after {epochs} epochs ({seconds:.1f} s); run "
+        f"saved in {result.run_dir}"
+    )
     return 0
 
 

@@ -21,7 +21,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     predict = sub.add_parser("predict", help="class probabilities for chosen images")
     predict.add_argument("run", help="run directory")
-    predict.add_argument("--index", action="append", required=True, metavar="I", help="image index (repeatable; 1,2 or 3-5)")
+    predict.add_argument(
+        "--index", action="append", required=True, metavar="I", help="image index (repeatable; 1,2 or 3-5)"
+    )
     predict.add_argument("--split", default="test", choices=["train", "test"])
     predict.set_defaults(func=cmd_predict)
 
@@ -45,9 +47,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print(confusion_text(result.matrix, names))
     pairs = result.pairs(5)
     if pairs:
-        print("most confused (true -> predicted: count): " + ", ".join(f"{names[t]}->{names[p]}: {c}" for t, p, c in pairs))
+        print(
+            "most confused (true -> predicted: count): "
+            + ", ".join(f"{names[t]}->{names[p]}: {c}" for t, p, c in pairs)
+        )
     out = Path(args.out) if args.out else Path(args.run) / "figures"
-    cm_path = save_figure(plot_confusion(result.matrix, names, title=f"{args.split} accuracy {result.accuracy:.2%}"), out / "confusion.png")
+    cm_path = save_figure(
+        plot_confusion(result.matrix, names, title=f"{args.split} accuracy {result.accuracy:.2%}"),
+        out / "confusion.png",
+    )
     history = read_history(Path(args.run))
     written = [cm_path]
     if history:
@@ -70,15 +78,22 @@ def cmd_predict(args: argparse.Namespace) -> int:
     header = "index  label  pred   " + " ".join(f"{str(n)[:6]:>6}" for n in names)
     print(header)
     for i, p in zip(indices, probabilities):
-        print(f"{i:<6} {str(names[labels[i]])[:6]:<6} {str(names[int(np.argmax(p))])[:6]:<6} " + " ".join(f"{v:6.3f}" for v in p))
+        print(
+            f"{i:<6} {str(names[labels[i]])[:6]:<6} {str(names[int(np.argmax(p))])[:6]:<6} "
+            + " ".join(f"{v:6.3f}" for v in p)
+        )
     return 0
 
 
 def cmd_layers(args: argparse.Namespace) -> int:
+    from ..importers import original_names
     from ..models import load_model
+    from ..runs import read_manifest
 
     model = load_model(args.run)
+    sources = original_names(read_manifest(Path(args.run)))
     probe = model.activations(np.zeros((1, 28, 28), np.uint8))
     for name in model.layer_names():
-        print(f"{name:<10} {tuple(probe[name].shape[1:])}")
+        shape = str(tuple(probe[name].shape[1:]))
+        print(f"{name:<10} {shape:<16} {sources.get(name, '')}".rstrip())
     return 0

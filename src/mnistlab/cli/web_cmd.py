@@ -17,8 +17,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Serve the runs under --runs on a local web page. Bound to 127.0.0.1 unless --host says "
         "otherwise: the page has no authentication, so only open it to a network you trust.",
     )
-    p.add_argument("--runs", default="runs", metavar="DIR", help="directory holding run directories (default: runs)")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
+    p.add_argument(
+        "--runs", default="runs", metavar="DIR", help="directory holding run directories (default: runs)"
+    )
+    p.add_argument(
+        "--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)"
+    )
     p.add_argument("--port", type=int, default=8000, help="port (default: 8000; 0 picks a free one)")
     p.add_argument(
         "--threads",
@@ -30,9 +34,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def serve(args: argparse.Namespace) -> int:
-    # Before torch (and its OpenMP runtime) loads: idle OpenMP threads sleep instead of spinning.
-    # With spinning threads, a 1 ms forward pass took ~130 ms whenever other processes (a training
-    # run, say) kept this 2-core machine's cores busy; passive waiting and 1 thread both fix it.
+    # Before torch (and its OpenMP runtime) loads: idle OpenMP threads sleep instead of spinning, which
+    # stalls each forward pass while other processes keep the cores busy (docs/performance.md).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
         import uvicorn
@@ -48,7 +51,10 @@ def serve(args: argparse.Namespace) -> int:
         raise ConfigError(f"--threads {args.threads} must be at least 1")
     runs = Path(args.runs)
     if not runs.is_dir():
-        print(f"mnistlab: note: {runs} does not exist yet; runs trained into it will appear on the page", file=sys.stderr)
+        print(
+            f"mnistlab: note: {runs} does not exist yet; runs trained into it will appear on the page",
+            file=sys.stderr,
+        )
     app = create_app(runs, torch_threads=args.threads)
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning")
     server = uvicorn.Server(config)
@@ -68,6 +74,10 @@ def _announce_url(server, host: str) -> None:
         port = server.servers[0].sockets[0].getsockname()[1] if server.servers else server.config.port
         shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
         shown = f"[{shown}]" if ":" in shown else shown
-        print(f"mnistlab: serving {server.config.app.state.store.runs_dir} at http://{shown}:{port}/ (Ctrl+C to stop)", flush=True)
+        print(
+            f"mnistlab: serving {server.config.app.state.store.runs_dir} at http://{shown}:{port}/ (Ctrl+C "
+            "to stop)",
+            flush=True,
+        )
 
     server.startup = startup_and_print

@@ -24,7 +24,7 @@ class Activation:
     hidden: bool = True  # after a hidden conv or dense layer
     output: bool = False  # on the output layer: turns logits into probabilities
 
-    def module(self) -> "nn.Module":
+    def module(self) -> nn.Module:
         from torch import nn
 
         return getattr(nn, self.torch_class)(**dict(self.torch_kwargs))
@@ -40,6 +40,8 @@ ACTIVATIONS: dict[str, Activation] = {
         Activation("elu", "ELU"),
         Activation("tanh", "Tanh"),
         Activation("linear", "Identity"),
+        # torch's and ONNX's default slope
+        Activation("leaky_relu", "LeakyReLU", (("negative_slope", 0.01),)),
         Activation("softmax", "Softmax", (("dim", 1),), hidden=False, output=True),
     )
 }

@@ -10,9 +10,10 @@ permutation is derived from (seed, epoch), so a resumed run draws the same batch
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -57,7 +58,7 @@ def _rng_state(device: torch.device) -> dict[str, np.ndarray]:
     return state
 
 
-def checkpoint_bytes(trainer: "Trainer", weights: dict[str, np.ndarray]) -> bytes:
+def checkpoint_bytes(trainer: Trainer, weights: dict[str, np.ndarray]) -> bytes:
     arrays: dict[str, np.ndarray] = {f"model.{k}": v for k, v in weights.items()}
     arrays.update({f"optim.{k}": v for k, v in trainer.optimizer.state_arrays().items()})
     arrays.update(_rng_state(trainer.device))
@@ -73,7 +74,7 @@ def checkpoint_bytes(trainer: "Trainer", weights: dict[str, np.ndarray]) -> byte
     return npz_bytes(arrays)
 
 
-def load_checkpoint(trainer: "Trainer", arrays: dict[str, np.ndarray]) -> None:
+def load_checkpoint(trainer: Trainer, arrays: dict[str, np.ndarray]) -> None:
     """Put the trainer where ``checkpoint_bytes`` left it: weights, optimizer, RNG, position, history."""
     meta = json.loads(str(arrays["meta"]))
     load_numpy_state(
@@ -93,7 +94,7 @@ def load_checkpoint(trainer: "Trainer", arrays: dict[str, np.ndarray]) -> None:
 
 
 def save_run(
-    trainer: "Trainer",
+    trainer: Trainer,
     state: str,
     metrics: dict[str, Any] | None = None,
     weights: dict[str, np.ndarray] | None = None,
@@ -141,9 +142,9 @@ def resume(
     reset: bool = False,
     out: Path | str | None = None,
     progress: bool = True,
-    step_callback: Callable[["Trainer", int], None] | None = None,
+    step_callback: Callable[[Trainer, int], None] | None = None,
     **overrides: Any,
-) -> "TrainResult":
+) -> TrainResult:
     """Continue an interrupted (or extend a finished) run; with ``reset`` restart it from its initial weights.
 
     On resume only ``epochs`` and the how-options (device, amp, threads, ...) may change; a
@@ -156,6 +157,11 @@ def resume(
     record = distributed.from_main(read_run, run_dir)  # the run lives on rank 0's machine
     if record.kind != "cnn":
         raise RunError(f"{run_dir}: a {record.kind} run; --resume here continues CNN runs only")
+    if record.manifest.get("imported"):
+        raise RunError(
+            f"{run_dir}: imported from {record.manifest['imported'].get('file')}, not trained here, "
+            "so it has no training state to resume; train its spec afresh with --spec (see mnistlab summary)"
+        )
     config = config_from_manifest(record.manifest)
     stored_spec = parse_spec(record.config["spec"])
     new_spec = overrides.pop("spec", None)

@@ -11,7 +11,7 @@ import logging
 import os
 import signal
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from ..errors import ConfigError, RunError
 from .distributed import LAUNCHER_REPORTS

@@ -18,9 +18,11 @@ A kind owns everything about itself, and every caller asks it rather than switch
 
 Adding a kind: subclass ``LayerKind``, set those attributes, write ``infer`` and ``build`` (and
 ``attach`` for an attached kind), decorate it with ``@register``. Nothing else changes. Adding an
-option to a kind (conv dilation or bias, pool padding) is one more ``Arg`` with a default; give it
-``stored_at_default=False`` so manifests of runs that do not use it stay as they were and older
-mnistlab versions still read them. See docs/adding-a-layer-kind.md for a worked example.
+option to a kind (as conv ``dilation`` and ``bias`` were, for imported models) is one more ``Arg``
+(``layer_args.py``) with a default; give it ``stored_at_default=False`` so manifests of runs that
+do not use it stay as they were and older mnistlab versions still read them, and
+``positional=False`` so specs written positionally keep their meaning. See
+docs/adding-a-layer-kind.md for a worked example.
 
 Activations live in one table, ``activations.ACTIVATIONS``, used by the spec (which names are
 valid where) and the model (which torch module or probability function to build).
@@ -28,11 +30,23 @@ valid where) and the model (which torch module or probability function to build)
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..errors import ConfigError
 from .activations import ACTIVATIONS, HIDDEN_ACTIVATIONS, OUTPUT_ACTIVATIONS
+from .layer_args import (  # noqa: F401 - the converters and Arg belong to the registry's vocabulary
+    PADDINGS,
+    REQUIRED,
+    Arg,
+    activation,
+    boolean,
+    dropout_rate,
+    padding,
+    positive_float,
+    positive_int,
+)
 
 if TYPE_CHECKING:  # the torch types only; importing this module never imports torch
     from torch import nn
@@ -40,72 +54,6 @@ if TYPE_CHECKING:  # the torch types only; importing this module never imports t
     from .spec import LayerInfo
 
 MAP, VECTOR, PASS_THROUGH, ATTACHED = "map", "vector", "pass-through", "attached"
-
-
-# ----------------------------------------------------------------------------------------------
-# Arguments: converters raise one ConfigError naming the layer, the argument and the fix
-
-
-def positive_int(value: Any, where: str, key: str) -> int:
-    try:
-        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-            raise ValueError
-        number = int(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{where}: {key}={value!r} is not a positive integer") from None
-    if number < 1:
-        raise ConfigError(f"{where}: {key}={value!r} must be a positive integer")
-    return number
-
-
-def dropout_rate(value: Any, where: str, key: str) -> float:
-    try:
-        rate = float(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{where}: {key}={value!r} is not a number") from None
-    if not 0.0 <= rate < 1.0:
-        raise ConfigError(f"{where}: dropout rate {value!r} must be in [0, 1)")
-    return rate
-
-
-def padding(value: Any, where: str, key: str) -> str | int:
-    text = str(value).lower()
-    if text in ("valid", "same"):
-        return text
-    try:
-        number = int(text)
-    except ValueError:
-        number = -1
-    if number < 0:
-        raise ConfigError(f"{where}: {key}={value!r} is not valid, same or a non-negative integer")
-    return number
-
-
-def activation(allowed: tuple[str, ...]) -> Callable[[Any, str, str], str]:
-    def convert(value: Any, where: str, key: str) -> str:
-        text = str(value).lower()
-        if text not in allowed:
-            raise ConfigError(f"{where}: unknown activation {value!r}; choose one of: {', '.join(allowed)}")
-        return text
-
-    return convert
-
-
-REQUIRED = object()
-
-
-@dataclass(frozen=True)
-class Arg:
-    """One argument of a kind. ``default`` may be a function of the other arguments (pool stride = size)."""
-
-    name: str
-    convert: Callable[[Any, str, str], Any]
-    default: Any = REQUIRED
-    aliases: tuple[str, ...] = ()
-    stored_at_default: bool = True  # False for options added later: manifests leave them out at their default
-
-    def default_for(self, values: Mapping[str, Any]) -> Any:
-        return self.default(values) if callable(self.default) else self.default
 
 
 # ----------------------------------------------------------------------------------------------
@@ -133,7 +81,7 @@ class Layer:
         return dict(self.args).get(name, default)
 
     @property
-    def kind(self) -> "LayerKind":
+    def kind(self) -> LayerKind:
         return KINDS[self.type]
 
     def to_dict(self) -> dict[str, Any]:
@@ -208,7 +156,7 @@ class LayerKind:
 
     # ----- the dry pass and the summary
     def infer(
-        self, layer: Layer, shape: tuple[int, ...], where: str, previous: "LayerInfo | None"
+        self, layer: Layer, shape: tuple[int, ...], where: str, previous: LayerInfo | None
     ) -> tuple[tuple[int, ...], int]:
         """(output shape, trainable parameters) for an input of ``shape`` (no batch dimension)."""
         raise NotImplementedError
@@ -222,16 +170,16 @@ class LayerKind:
         return f" {act}" if act else ""
 
     # ----- torch
-    def build(self, info: "LayerInfo") -> "nn.Sequential":
+    def build(self, info: LayerInfo) -> nn.Sequential:
         """The block of a named layer: torch modules whose names are part of the weights' keys."""
         raise NotImplementedError
 
-    def attach(self, block: "nn.Sequential", info: "LayerInfo") -> None:
+    def attach(self, block: nn.Sequential, info: LayerInfo) -> None:
         """An attached kind adds its module to the block of the layer it follows."""
         raise NotImplementedError
 
 
-def _block(**modules: "nn.Module") -> "nn.Sequential":
+def _block(**modules: nn.Module) -> nn.Sequential:
     """A block from named modules; the names are part of the weights' keys (``conv1.conv.weight``)."""
     from collections import OrderedDict
 
@@ -271,15 +219,23 @@ def _map_input(shape: tuple[int, ...], where: str) -> tuple[int, int, int]:
 
 
 def _window(
-    shape: tuple[int, ...], k: int, stride: int, pad: int, where: str, what: str, fix: str
+    shape: tuple[int, ...],
+    k: int,
+    stride: int,
+    pad: int | tuple[int, int, int, int],
+    where: str,
+    what: str,
+    fix: str,
 ) -> tuple[int, int]:
-    """Output height and width of a k x k window sliding with ``stride`` over a map padded by ``pad``."""
+    """Output height and width of a k x k window sliding with ``stride`` over a map padded by ``pad``
+    (one amount on every side, or (left, right, top, bottom))."""
     _, h, w = _map_input(shape, where)
-    if h + 2 * pad < k or w + 2 * pad < k:
+    left, right, top, bottom = (pad,) * 4 if isinstance(pad, int) else pad
+    if h + top + bottom < k or w + left + right < k:
         raise ConfigError(
             f"{where}: the {h}x{w} map is smaller than the {k}x{k} {what}; remove a layer or {fix}"
         )
-    return (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
+    return (h + top + bottom - k) // stride + 1, (w + left + right - k) // stride + 1
 
 
 @register
@@ -291,32 +247,57 @@ class Conv(LayerKind):
         Arg("stride", positive_int, 1),
         Arg("pad", padding, "valid", aliases=("padding",)),
         Arg("act", activation(HIDDEN_ACTIVATIONS), "relu", aliases=("activation",)),
+        # options added for imported models; left out of manifests at their defaults
+        Arg("dilation", positive_int, 1, stored_at_default=False, positional=False),
+        Arg("bias", boolean, True, stored_at_default=False, positional=False),
     )
     role, keras_name = MAP, "Conv2D"
 
     @staticmethod
-    def pad_amount(layer: Layer) -> int:
-        if layer.pad == "same":
-            return (layer.kernel - 1) // 2
-        return 0 if layer.pad == "valid" else int(layer.pad)
+    def span(layer: Layer) -> int:
+        """The kernel's extent on the input, dilation included."""
+        return layer.get("dilation", 1) * (layer.kernel - 1) + 1
+
+    @classmethod
+    def pads(cls, layer: Layer, shape: tuple[int, ...]) -> tuple[int, int, int, int]:
+        """(left, right, top, bottom). ``same`` pads (span - 1) // 2 on every side; ``tf_same`` is
+        TensorFlow's rule: output ceil(size / stride), an odd extra pixel at the bottom and right."""
+        if layer.pad == "tf_same":
+
+            def split(size: int) -> tuple[int, int]:
+                total = max((-(-size // layer.stride) - 1) * layer.stride + cls.span(layer) - size, 0)
+                return total // 2, total - total // 2
+
+            (top, bottom), (left, right) = split(shape[1]), split(shape[2])
+            return left, right, top, bottom
+        if layer.pad in ("same", "valid"):
+            return ((cls.span(layer) - 1) // 2 if layer.pad == "same" else 0,) * 4
+        return (int(layer.pad),) * 4
 
     def infer(self, layer, shape, where, previous):
-        if layer.pad == "same" and layer.kernel % 2 == 0:
-            raise ConfigError(f"{where}: pad=same needs an odd kernel; use an odd kernel or an integer pad")
-        pad = self.pad_amount(layer)
-        oh, ow = _window(shape, layer.kernel, layer.stride, pad, where, "kernel", "use pad=same")
-        return (layer.filters, oh, ow), layer.filters * shape[0] * layer.kernel**2 + layer.filters
+        if layer.pad == "same" and self.span(layer) % 2 == 0:
+            raise ConfigError(
+                f"{where}: pad=same needs an odd kernel; use an odd kernel, pad=tf_same or an integer pad"
+            )
+        pads = self.pads(layer, _map_input(shape, where))
+        oh, ow = _window(shape, self.span(layer), layer.stride, pads, where, "kernel", "use pad=same")
+        bias = layer.filters if layer.get("bias", True) else 0
+        return (layer.filters, oh, ow), layer.filters * shape[0] * layer.kernel**2 + bias
 
     def build(self, info):
         from torch import nn
 
         layer = info.layer
-        return _block(
-            conv=nn.Conv2d(
-                info.input_shape[0], layer.filters, layer.kernel, layer.stride, self.pad_amount(layer)
-            ),
-            act=ACTIVATIONS[layer.act].module(),
-        )
+        left, right, top, bottom = self.pads(layer, info.input_shape)
+        symmetric = left == right == top == bottom
+        conv = nn.Conv2d(
+            info.input_shape[0], layer.filters, layer.kernel, layer.stride,
+            left if symmetric else 0, dilation=layer.dilation, bias=layer.bias,
+        )  # fmt: skip
+        act = ACTIVATIONS[layer.act].module()
+        if symmetric:
+            return _block(conv=conv, act=act)
+        return _block(pad=nn.ZeroPad2d((left, right, top, bottom)), conv=conv, act=act)
 
 
 class _Pooling(LayerKind):
@@ -400,17 +381,19 @@ class Dense(LayerKind):
     args = (
         Arg("units", positive_int),
         Arg("act", activation(tuple(ACTIVATIONS)), "relu", aliases=("activation",)),
+        Arg("bias", boolean, True, stored_at_default=False, positional=False),
     )
     role, keras_name = VECTOR, "Dense"
 
     def infer(self, layer, shape, where, previous):
-        return (layer.units,), _flat_input(shape, where) * layer.units + layer.units
+        return (layer.units,), _flat_input(shape, where) * layer.units + (layer.units if layer.bias else 0)
 
     def build(self, info):
         from torch import nn
 
         return _block(
-            linear=nn.Linear(info.input_shape[0], info.layer.units), act=ACTIVATIONS[info.layer.act].module()
+            linear=nn.Linear(info.input_shape[0], info.layer.units, bias=info.layer.bias),
+            act=ACTIVATIONS[info.layer.act].module(),
         )
 
 
@@ -442,6 +425,12 @@ class _Attached(LayerKind):
 @register
 class BatchNorm(_Attached):
     name, aliases, keras_name = "bn", ("batchnorm", "batch_norm", "batchnormalization"), "BatchNorm"
+    # eps: Keras's default is 1e-3, torch's 1e-5; after_act: normalize the activation's output
+    # (Keras models often put BatchNormalization after Conv2D(activation="relu"))
+    args = (
+        Arg("eps", positive_float, 1e-5, stored_at_default=False, positional=False),
+        Arg("after_act", boolean, False, stored_at_default=False, positional=False),
+    )
     batch_split_exact = False  # statistics per part of a split batch differ from the whole batch's
 
     def infer(self, layer, shape, where, previous):
@@ -456,10 +445,13 @@ class BatchNorm(_Attached):
         from torch import nn
 
         channels = info.output_shape[0]
+        norm = nn.BatchNorm2d if len(info.output_shape) == 3 else nn.BatchNorm1d
+        if info.layer.after_act:
+            block.add_module("bn", norm(channels, eps=info.layer.eps))
+            return
         # between the linear part and the nonlinearity
         act = block._modules.pop("act")
-        norm = nn.BatchNorm2d if len(info.output_shape) == 3 else nn.BatchNorm1d
-        block.add_module("bn", norm(channels))
+        block.add_module("bn", norm(channels, eps=info.layer.eps))
         block.add_module("act", act)
 
 

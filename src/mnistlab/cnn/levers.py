@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import contextlib
 import platform
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 

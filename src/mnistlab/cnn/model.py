@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -122,7 +123,9 @@ def load_numpy_state(net: nn.Module, arrays: dict[str, np.ndarray], where: str =
         raise RunError(f"{where}: lacks {missing[0]!r} for this spec; the weights belong to another network")
     for key, value in expected.items():
         if tuple(arrays[key].shape) != tuple(value.shape):
-            raise RunError(f"{where}: {key} has shape {arrays[key].shape}, the spec needs {tuple(value.shape)}")
+            raise RunError(
+                f"{where}: {key} has shape {arrays[key].shape}, the spec needs {tuple(value.shape)}"
+            )
     net.load_state_dict({k: torch.from_numpy(np.array(arrays[k])) for k in expected}, strict=True)
 
 
@@ -135,7 +138,9 @@ class CNN(InspectableModel):
 
     kind = "cnn"
 
-    def __init__(self, spec: Spec | str, preprocess: Preprocessor, net: Net | None = None, device: str = "cpu"):
+    def __init__(
+        self, spec: Spec | str, preprocess: Preprocessor, net: Net | None = None, device: str = "cpu"
+    ):
         self.spec = parse_spec(spec)
         self.preprocess = preprocess
         self.net = (net if net is not None else Net(self.spec)).to(device).eval()
@@ -144,7 +149,7 @@ class CNN(InspectableModel):
         self.batch_size = 256
 
     @classmethod
-    def from_run(cls, record: Any) -> "CNN":
+    def from_run(cls, record: Any) -> CNN:
         config = record.config
         if "spec" not in config:
             raise RunError(f"{record.path}: the manifest has no CNN spec; the run is not a CNN run")
@@ -171,7 +176,9 @@ class CNN(InspectableModel):
             inputs = inputs[None]
         expected = tuple(self.spec.input_shape[1:])
         if inputs.ndim != 3 or inputs.shape[1:] != expected:
-            raise ConfigError(f"expected inputs of shape (N, {expected[0]}, {expected[1]}), got {inputs.shape}")
+            raise ConfigError(
+                f"expected inputs of shape (N, {expected[0]}, {expected[1]}), got {inputs.shape}"
+            )
         return torch.from_numpy(np.ascontiguousarray(inputs)).to(self.device)
 
     def activations_from_inputs(self, inputs: np.ndarray, layers: Sequence[str]) -> dict[str, np.ndarray]:
@@ -183,7 +190,9 @@ class CNN(InspectableModel):
         results = {name: np.empty((len(x_all), *self._shape(name)), np.float32) for name in layers}
         captured: dict[str, torch.Tensor] = {}
         handles = [
-            self.net._modules[name].register_forward_hook(lambda _m, _i, out, name=name: captured.__setitem__(name, out))
+            self.net._modules[name].register_forward_hook(
+                lambda _m, _i, out, name=name: captured.__setitem__(name, out)
+            )
             for name in wanted
         ]
         self.net.eval()
@@ -219,9 +228,14 @@ class CNN(InspectableModel):
             raise ConfigError(f"got {len(units_arr)} units for {len(x)} inputs; give one unit per input")
         width = self._shape(layer)[0]
         if len(units_arr) and (units_arr.min() < 0 or units_arr.max() >= width):
-            raise ConfigError(f"unit {int(units_arr.max() if units_arr.max() >= width else units_arr.min())} is out of range for {layer} (0..{width - 1})")
+            raise ConfigError(
+                f"unit {int(units_arr.max() if units_arr.max() >= width else units_arr.min())} is out of "
+                f"range for {layer} (0..{width - 1})"
+            )
         captured: dict[str, torch.Tensor] = {}
-        handle = self.net._modules[layer].register_forward_hook(lambda _m, _i, out: captured.__setitem__("out", out))
+        handle = self.net._modules[layer].register_forward_hook(
+            lambda _m, _i, out: captured.__setitem__("out", out)
+        )
         self.net.eval()
         try:
             with torch.enable_grad():
@@ -236,7 +250,9 @@ class CNN(InspectableModel):
                 (grad,) = torch.autograd.grad(values.sum(), x)
         finally:
             handle.remove()
-        return values.detach().cpu().numpy().astype(np.float32, copy=False), grad.detach().cpu().numpy().astype(np.float32, copy=False)
+        return values.detach().cpu().numpy().astype(
+            np.float32, copy=False
+        ), grad.detach().cpu().numpy().astype(np.float32, copy=False)
 
     def layer_gradient(
         self, inputs: np.ndarray, layer: str, units: Sequence[int] | np.ndarray, wrt: str
@@ -246,33 +262,50 @@ class CNN(InspectableModel):
         for maps, (N, units) for dense layers."""
         layer, wrt = self.check_layers([layer, wrt])
         if self.net.names.index(wrt) > self.net.names.index(layer):
-            raise ConfigError(f"layer {wrt!r} comes after {layer!r}; the gradient needs a layer at or below it")
+            raise ConfigError(
+                f"layer {wrt!r} comes after {layer!r}; the gradient needs a layer at or below it"
+            )
         units_arr = np.asarray(units, dtype=np.int64).reshape(-1)
         x = self._as_tensor(inputs).clone().requires_grad_(True)  # a graph even if the weights are frozen
         width = self._shape(layer)[0]
-        if len(units_arr) != len(x) or (len(units_arr) and not 0 <= units_arr.min() <= units_arr.max() < width):
-            raise ConfigError(f"give one unit per input, each in 0..{width - 1} for {layer}; got {len(units_arr)} for {len(x)}")
+        if len(units_arr) != len(x) or (
+            len(units_arr) and not 0 <= units_arr.min() <= units_arr.max() < width
+        ):
+            raise ConfigError(
+                f"give one unit per input, each in 0..{width - 1} for {layer}; got {len(units_arr)} for "
+                f"{len(x)}"
+            )
         captured: dict[str, torch.Tensor] = {}
-        handles = [self.net._modules[name].register_forward_hook(lambda _m, _i, out, name=name: captured.__setitem__(name, out))
-                   for name in {layer, wrt}]
+        handles = [
+            self.net._modules[name].register_forward_hook(
+                lambda _m, _i, out, name=name: captured.__setitem__(name, out)
+            )
+            for name in {layer, wrt}
+        ]
         self.net.eval()
         try:
             with torch.enable_grad():
                 self.net(x)
                 if "output" in captured:  # the output block gives logits; its activations are probabilities
                     captured["output"] = self.net.probabilities(captured["output"])
-                picked = captured[layer][torch.arange(len(x), device=x.device), torch.from_numpy(units_arr).to(x.device)]
-                values = picked.flatten(1).mean(1) if picked.dim() > 1 else picked  # a map's objective is its mean
+                picked = captured[layer][
+                    torch.arange(len(x), device=x.device), torch.from_numpy(units_arr).to(x.device)
+                ]
+                values = (
+                    picked.flatten(1).mean(1) if picked.dim() > 1 else picked
+                )  # a map's objective is its mean
                 (grad,) = torch.autograd.grad(values.sum(), captured[wrt])
         finally:
             for handle in handles:
                 handle.remove()
-        return tuple(t.detach().cpu().numpy().astype(np.float32, copy=False) for t in (values, captured[wrt], grad))
+        return tuple(
+            t.detach().cpu().numpy().astype(np.float32, copy=False) for t in (values, captured[wrt], grad)
+        )
 
     def layers_with_weights(self) -> list[str]:
         return [name for name in self.net.names if any(True for _ in self.net._modules[name].parameters())]
 
-    def with_random_weights(self, layers, seed: int = 0) -> "CNN":
+    def with_random_weights(self, layers, seed: int = 0) -> CNN:
         names = self.check_layers(list(layers))
         with torch.random.fork_rng(devices=[]):  # the caller's torch random stream stays where it was
             net = Net(self.spec)

@@ -10,8 +10,9 @@ SGD and Adam/AdamW follow torch.optim's update rules (tested against them).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import torch
@@ -167,7 +168,7 @@ class Schedule:
     bad_epochs: int = 0
 
     @classmethod
-    def parse(cls, text: str, base_lr: float, epochs: int, steps_per_epoch: int) -> "Schedule":
+    def parse(cls, text: str, base_lr: float, epochs: int, steps_per_epoch: int) -> Schedule:
         parts = str(text).split(":")
         kind = parts[0].lower()
         if kind in ("none", ""):
@@ -226,7 +227,10 @@ class Schedule:
                 self.bad_epochs = 0
 
     def state(self) -> dict[str, Any]:
-        return {"scale": self.scale, "best": self.best if math.isfinite(self.best) else None, "bad_epochs": self.bad_epochs}
+        return {
+            "scale": self.scale, "best": self.best if math.isfinite(self.best) else None,
+            "bad_epochs": self.bad_epochs,
+        }
 
     def load_state(self, state: dict[str, Any]) -> None:
         self.scale = float(state.get("scale", 1.0))

@@ -25,7 +25,8 @@ registry that parsing, shapes, the summary, the torch model and inspection all a
 
 As a dict / TOML / JSON: ``{"input": [1, 28, 28], "layers": [{"type": "conv", "filters": 32,
 "kernel": 3}, ...]}`` (or just the list). Layer names are derived, never given: ``conv1``,
-``pool1``, ``avgpool1``, ..., ``flatten`` (or ``gap``), ``dense1``, ..., ``output``; ``bn``/``dropout`` layers are named
+``pool1``, ``avgpool1``, ..., ``flatten`` (or ``gap``), ``dense1``, ..., ``output``;
+``bn``/``dropout`` layers are named
 after the layer they follow (``conv1_bn``, ``dense1_dropout``).
 """
 
@@ -33,9 +34,10 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 from ..errors import ConfigError
 from .activations import ACTIVATIONS, HIDDEN_ACTIVATIONS, OUTPUT_ACTIVATIONS
@@ -98,20 +100,28 @@ PRESETS: dict[str, Preset] = {
     # The article's network and recipe (Keras: RMSprop lr 1e-3, batch 64, 5 epochs, pixels / 255).
     "seed": Preset(
         "conv:32:3,pool:2,conv:64:3,pool:2,conv:64:3,flatten,dense:70,output:10",
-        {"optimizer": "rmsprop", "lr": 1e-3, "batch_size": 64, "epochs": 5, "preprocess": "unit", "init": "glorot"},
+        {
+            "optimizer": "rmsprop", "lr": 1e-3, "batch_size": 64, "epochs": 5, "preprocess": "unit",
+            "init": "glorot",
+        },
         "the seed article's CNN: 96,844 parameters, ~99.0-99.3% after 5 epochs",
     ),
     "seed-vi": Preset(
         "conv:32:3,pool:2,conv:64:3,pool:2,conv:128:3,flatten,dense:100,output:10",
-        {"optimizer": "rmsprop", "lr": 1e-3, "batch_size": 64, "epochs": 5, "preprocess": "unit", "init": "glorot"},
+        {
+            "optimizer": "rmsprop", "lr": 1e-3, "batch_size": 64, "epochs": 5, "preprocess": "unit",
+            "init": "glorot",
+        },
         "the seed's wider variant: 208,982 parameters",
     ),
     # Few FLOPs, batch norm and a one-cycle schedule at a large batch: what the GPU time-to-accuracy
     # target measures (how the recipe was chosen: docs/performance.md).
     "fast": Preset(
         "conv:24:5:pad=same,bn,pool:2,conv:48:5:pad=same,bn,pool:2,flatten,dense:128,output:10",
-        {"optimizer": "adamw", "lr": 8e-3, "weight_decay": 5e-4, "batch_size": 256, "epochs": 2,
-         "schedule": "onecycle", "preprocess": "standard", "init": "default"},
+        {
+            "optimizer": "adamw", "lr": 8e-3, "weight_decay": 5e-4, "batch_size": 256, "epochs": 2,
+            "schedule": "onecycle", "preprocess": "standard", "init": "default",
+        },
         "small BN net for time-to-99%: two epochs at batch 256 with a one-cycle schedule",
     ),
     # Batch norm, dropout, shift augmentation and a one-cycle schedule: >= 99.6% single model.
@@ -119,10 +129,13 @@ PRESETS: dict[str, Preset] = {
         "conv:32:3,bn,conv:32:3,bn,pool:2,dropout:0.1,"
         "conv:64:3,bn,conv:64:3,bn,pool:2,dropout:0.1,"
         "flatten,dense:128,bn,dropout:0.3,output:10",
-        {"optimizer": "adamw", "lr": 3e-3, "weight_decay": 5e-4, "batch_size": 128, "epochs": 15,
-         # pixels / 255, not per-pixel standardization: a shifted stroke lands on border pixels whose
-         # std is ~0, and standardized it becomes a huge input.
-         "schedule": "onecycle", "augment": 2, "label_smoothing": 0.05, "preprocess": "unit", "init": "default"},
+        {
+            "optimizer": "adamw", "lr": 3e-3, "weight_decay": 5e-4, "batch_size": 128, "epochs": 15,
+            # pixels / 255, not per-pixel standardization: a shifted stroke lands on border pixels whose
+            # std is ~0, and standardized it becomes a huge input.
+            "schedule": "onecycle", "augment": 2, "label_smoothing": 0.05, "preprocess": "unit",
+            "init": "default",
+        },
         "VGG-style BN net with shift augmentation: >= 99.6% as a single model",
     ),
 }
@@ -134,11 +147,15 @@ PRESETS: dict[str, Preset] = {
 def _make_layer(pos: int, ltype: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> Layer:
     kind = find_kind(ltype)
     if kind is None:
-        raise ConfigError(f"layer {pos}: unknown layer type {str(ltype).lower()!r}; choose one of: {', '.join(LAYER_TYPES)}")
+        raise ConfigError(
+            f"layer {pos}: unknown layer type {str(ltype).lower()!r}; choose one of: {', '.join(LAYER_TYPES)}"
+        )
     where = f"layer {pos} ({kind.name})"
-    names = [arg.name for arg in kind.args]
+    names = [arg.name for arg in kind.args if arg.positional]
     if len(args) > len(names):
-        raise ConfigError(f"{where}: too many arguments {list(args)!r}; it takes: {', '.join(names) or 'none'}")
+        raise ConfigError(
+            f"{where}: too many arguments {list(args)!r}; it takes: {', '.join(names) or 'none'}"
+        )
     values: dict[str, Any] = dict(zip(names, args))
     for key, value in kwargs.items():
         key = kind.canonical_key(key)
@@ -172,11 +189,14 @@ def _finish(layers: list[Layer], input_shape: Sequence[int] = INPUT_SHAPE) -> Sp
         layers[-1] = output.make({"units": layers[-1].units, "act": act}, f"layer {len(layers)} (output)")
     if layers[-1].type != "output":
         raise ConfigError(
-            f"layer {len(layers)} ({layers[-1].type}): the last layer must be output:CLASSES (or dense), e.g. output:10"
+            f"layer {len(layers)} ({layers[-1].type}): the last layer must be output:CLASSES (or dense), "
+            "e.g. output:10"
         )
     for pos, layer in enumerate(layers[:-1], start=1):
         if layer.type == "output":
-            raise ConfigError(f"layer {pos} (output): output must be the last layer; use dense:{layer.units} here")
+            raise ConfigError(
+                f"layer {pos} (output): output must be the last layer; use dense:{layer.units} here"
+            )
         act = layer.get("act")
         if act and not ACTIVATIONS[act].hidden:
             raise ConfigError(f"layer {pos} ({layer.type}): {act} is only for the last layer; "
@@ -184,15 +204,19 @@ def _finish(layers: list[Layer], input_shape: Sequence[int] = INPUT_SHAPE) -> Sp
     try:
         shape = tuple(int(v) for v in input_shape)
     except (TypeError, ValueError):
-        raise ConfigError(f"input shape {input_shape!r} must be three integers (channels, height, width)") from None
+        raise ConfigError(
+            f"input shape {input_shape!r} must be three integers (channels, height, width)"
+        ) from None
     if len(shape) != 3 or min(shape) < 1:
-        raise ConfigError(f"input shape {input_shape!r} must be three positive integers (channels, height, width)")
+        raise ConfigError(
+            f"input shape {input_shape!r} must be three positive integers (channels, height, width)"
+        )
     spec = Spec(tuple(layers), shape)  # type: ignore[arg-type]
     infer_shapes(spec)  # fail now, with the layer's position, rather than when building
     return spec
 
 
-def parse_spec(source: "str | Path | Mapping[str, Any] | Sequence[Any] | Spec") -> Spec:
+def parse_spec(source: str | Path | Mapping[str, Any] | Sequence[Any] | Spec) -> Spec:
     """A spec from a preset name, the one-line syntax, a .toml/.json path, a dict or a list of layers."""
     if isinstance(source, Spec):
         return source
@@ -211,7 +235,10 @@ def parse_spec(source: "str | Path | Mapping[str, Any] | Sequence[Any] | Spec") 
                 raise ConfigError(f"spec is not valid JSON ({exc.msg} at char {exc.pos})") from None
         tokens = [t for t in re.split(r"[,\s]+", text) if t]
         if not tokens:
-            raise ConfigError(f"empty spec; give a preset ({', '.join(PRESETS)}) or layers like conv:32:3,pool:2,flatten,output:10")
+            raise ConfigError(
+                f"empty spec; give a preset ({', '.join(PRESETS)}) or layers like "
+                "conv:32:3,pool:2,flatten,output:10"
+            )
         if len(tokens) == 1 and ":" not in tokens[0]:
             if find_kind(tokens[0]) is None:
                 raise ConfigError(
@@ -222,7 +249,9 @@ def parse_spec(source: "str | Path | Mapping[str, Any] | Sequence[Any] | Spec") 
     if isinstance(source, Mapping):
         unknown = set(source) - {"input", "layers", "name"}
         if unknown:
-            raise ConfigError(f"spec has unknown keys {sorted(unknown)}; expected 'layers' and optionally 'input'")
+            raise ConfigError(
+                f"spec has unknown keys {sorted(unknown)}; expected 'layers' and optionally 'input'"
+            )
         if "layers" not in source:
             raise ConfigError("spec dict needs a 'layers' list")
         layers = _layers_from_list(source["layers"])
@@ -248,7 +277,9 @@ def _layers_from_list(items: Iterable[Any]) -> list[Layer]:
         elif isinstance(item, (list, tuple)) and item:
             layers.append(_make_layer(pos, item[0], tuple(item[1:]), {}))
         else:
-            raise ConfigError(f"layer {pos}: {item!r} is not a layer (a dict with 'type', a string or a list)")
+            raise ConfigError(
+                f"layer {pos}: {item!r} is not a layer (a dict with 'type', a string or a list)"
+            )
     return layers
 
 
@@ -257,7 +288,9 @@ def load_spec_file(path: Path) -> Spec:
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
-        raise ConfigError(f"spec file {path} not found; give a preset ({', '.join(PRESETS)}), a layer string or a file") from None
+        raise ConfigError(
+            f"spec file {path} not found; give a preset ({', '.join(PRESETS)}), a layer string or a file"
+        ) from None
     except OSError as exc:
         raise ConfigError(f"spec file {path}: cannot read it ({exc.strerror})") from None
     if path.suffix.lower() == ".toml":
@@ -315,29 +348,33 @@ def count_params(spec: Spec) -> int:
     return sum(info.params for info in infer_shapes(spec))
 
 
-def summary_table(spec: Spec, title: str = "") -> str:
-    """A Keras-style summary: name, type, output shape, parameters, and the totals."""
+def summary_table(spec: Spec, title: str = "", sources: Mapping[str, str] | None = None) -> str:
+    """A Keras-style summary: name, type, output shape, parameters, and the totals; with ``sources``
+    (layer name -> the original model's layers, for imported runs) a column showing them."""
     infos = infer_shapes(spec)
-    rows = [("Layer (name)", "Type", "Output shape", "Param #")]
+    rows = [("Layer (name)", "Type", "Output shape", "Param #") + (("Original layers",) if sources else ())]
     running = 0
     for info in infos:
         fixed = info.kind.non_trainable_params(info.layer, info.output_shape)
         running += fixed
         shape = "(None, " + ", ".join(str(v) for v in info.output_shape) + ")"
         rows.append((info.name, info.kind.keras_name + info.kind.summary_note(info.layer), shape,
-                     f"{info.params + fixed:,}"))
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
-    rule = "=" * (sum(widths) + 3 * 3)
+                     f"{info.params + fixed:,}") + ((sources.get(info.name, ""),) if sources else ()))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    rule = "=" * (sum(widths) + 3 * (len(widths) - 1))
     out = [title] if title else []
     for i, row in enumerate(rows):
         if i < 2:
             out.append(rule)
-        out.append("   ".join(cell.ljust(w) if j < 3 else cell.rjust(w) for j, (cell, w) in enumerate(zip(row, widths))))
+        out.append("   ".join(cell.rjust(w) if j == 3 else cell.ljust(w)
+                              for j, (cell, w) in enumerate(zip(row, widths))).rstrip())
     out.append(rule)
     trainable = sum(info.params for info in infos)
     out.append(f"Total params: {trainable + running:,}")
     out.append(f"Trainable params: {trainable:,}")
-    out.append(f"Non-trainable params: {running:,}" + (" (batch-norm running mean and variance)" if running else ""))
+    out.append(
+        f"Non-trainable params: {running:,}" + (" (batch-norm running mean and variance)" if running else "")
+    )
     out.append(f"Input shape: (None, {', '.join(str(v) for v in spec.input_shape)})")
     return "\n".join(out)
 

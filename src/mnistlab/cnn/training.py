@@ -12,9 +12,10 @@ import math
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -98,7 +99,7 @@ class Trainer:
         progress: bool = True,
         overwrite: bool = False,
         initial_weights: dict[str, np.ndarray] | None = None,
-        step_callback: Callable[["Trainer", int], None] | None = None,
+        step_callback: Callable[[Trainer, int], None] | None = None,
     ):
         config.validate()
         self.config = config

@@ -28,7 +28,7 @@ class Dataset:
             return self.test_images, self.test_labels
         raise ConfigError(f"unknown split {split!r}; choose one of: {', '.join(SPLITS)}")
 
-    def subset(self, n_train: int | None = None, n_test: int | None = None) -> "Dataset":
+    def subset(self, n_train: int | None = None, n_test: int | None = None) -> Dataset:
         """The first n images of each split (for quick tests); order is kept."""
         return Dataset(
             self.name,
@@ -49,7 +49,9 @@ def validation_split(n_train: int, val: int, *, seed: int | None = None) -> tupl
     Test indices are never touched.
     """
     if not 0 <= val < n_train:
-        raise ConfigError(f"--val {val} must be between 0 and {n_train - 1} (the training split has {n_train} images)")
+        raise ConfigError(
+            f"--val {val} must be between 0 and {n_train - 1} (the training split has {n_train} images)"
+        )
     if seed is None:
         return np.arange(n_train - val), np.arange(n_train - val, n_train)
     order = np.random.default_rng(seed).permutation(n_train)

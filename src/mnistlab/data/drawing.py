@@ -59,7 +59,7 @@ def normalize_drawing(drawing: np.ndarray, *, box: int = BOX, field: int = FIELD
 
 
 def check_drawing(drawing: np.ndarray) -> np.ndarray:
-    """The drawing as float64 (H, W) after checking shape, size and the 0..255 range (ConfigError otherwise)."""
+    """The drawing as float64 (H, W) after checking shape, size and the 0..255 range (else ConfigError)."""
     image = np.asarray(drawing)
     if image.ndim != 2:
         raise ConfigError(f"a drawing must be a 2-D array (height, width), got shape {image.shape}")

@@ -38,10 +38,14 @@ def parse_idx(data: bytes, name: str = "<bytes>") -> np.ndarray:
         raise DataError(f"{name}: too short to be an IDX file ({len(data)} bytes); the file is truncated")
     zero, code, ndim = struct.unpack(">HBB", data[:4])
     if zero != 0:
-        raise DataError(f"{name}: wrong magic number 0x{data[:4].hex()} (an IDX file starts with two zero bytes); not an IDX file")
+        raise DataError(
+            f"{name}: wrong magic number 0x{data[:4].hex()} (an IDX file starts with two zero bytes); not "
+            "an IDX file"
+        )
     if code not in DTYPES:
         raise DataError(
-            f"{name}: unknown IDX dtype code 0x{code:02x} (valid: {', '.join(f'0x{c:02x}' for c in DTYPES)}); the file is corrupt"
+            f"{name}: unknown IDX dtype code 0x{code:02x} (valid: "
+            f"{', '.join(f'0x{c:02x}' for c in DTYPES)}); the file is corrupt"
         )
     if ndim == 0:
         raise DataError(f"{name}: IDX file declares 0 dimensions; the file is corrupt")
@@ -55,7 +59,8 @@ def parse_idx(data: bytes, name: str = "<bytes>") -> np.ndarray:
     if body != expected:
         what = "truncated" if body < expected else "has trailing bytes"
         raise DataError(
-            f"{name}: IDX file {what}: dimensions {dims} need {expected} bytes of data, found {body}; download the file again"
+            f"{name}: IDX file {what}: dimensions {dims} need {expected} bytes of data, found {body}; "
+            "download the file again"
         )
     array = np.frombuffer(data, dtype=dtype, offset=header).reshape(dims)
     return array.astype(dtype.newbyteorder("="))
@@ -75,7 +80,9 @@ def to_idx_bytes(array: np.ndarray) -> bytes:
     array = np.asarray(array)
     code = CODES.get(array.dtype.newbyteorder("="))
     if code is None:
-        raise DataError(f"cannot write dtype {array.dtype} as IDX; use one of {', '.join(str(d) for d in CODES)}")
+        raise DataError(
+            f"cannot write dtype {array.dtype} as IDX; use one of {', '.join(str(d) for d in CODES)}"
+        )
     if array.ndim == 0 or array.ndim > 255:
         raise DataError(f"cannot write an array with {array.ndim} dimensions as IDX")
     header = struct.pack(">HBB", 0, code, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)

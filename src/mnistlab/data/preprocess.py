@@ -14,6 +14,8 @@ import numpy as np
 from ..errors import ConfigError
 
 KINDS = ("standard", "unit", "none")
+# "affine": per-pixel mean and scale set by an imported model (its own rescaling folded in), never fitted
+LOADABLE_KINDS = KINDS + ("affine",)
 
 
 @dataclass(frozen=True)
@@ -23,7 +25,7 @@ class Preprocessor:
     scale: np.ndarray  # (28, 28) float32; inputs are (pixels - mean) / scale
 
     @classmethod
-    def fit(cls, kind: str, train_images: np.ndarray) -> "Preprocessor":
+    def fit(cls, kind: str, train_images: np.ndarray) -> Preprocessor:
         """Fit on the training images only: test statistics must never leak into the model."""
         if kind not in KINDS:
             raise ConfigError(f"unknown preprocessing {kind!r}; choose one of: {', '.join(KINDS)}")
@@ -57,12 +59,12 @@ class Preprocessor:
         return {"kind": np.array(self.kind), "mean": self.mean, "scale": self.scale}
 
     @classmethod
-    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> "Preprocessor":
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> Preprocessor:
         try:
             kind = str(arrays["kind"])
             mean, scale = arrays["mean"].astype(np.float32), arrays["scale"].astype(np.float32)
         except KeyError as exc:
             raise ConfigError(f"preprocessing parameters lack {exc}; the run is incomplete") from None
-        if kind not in KINDS or mean.shape != scale.shape:
+        if kind not in LOADABLE_KINDS or mean.shape != scale.shape:
             raise ConfigError(f"preprocessing parameters are invalid (kind {kind!r}); the run is corrupt")
         return cls(kind, mean, scale)

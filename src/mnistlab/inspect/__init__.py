@@ -45,7 +45,7 @@ __all__ = [
     "ATTRIBUTION_METHODS", "Attribution", "SanityResult", "attribute", "cascading_randomization",
     "AmbiguousCase", "AmbiguousResult", "Comparison", "Confusions", "ImageSet", "LayerContrast", "OIPResult",
     "UnitRanking", "auc_scores", "build_report", "compare_classes", "compare_sets", "compute_activations",
-    "confusions", "contrast_layer", "find_ambiguous", "image_set", "layer_shapes", "load_run", "multiscale_noise",
-    "optimize_inputs", "rank_units", "run_activations", "select_images", "standardized_mean_difference",
-    "unit_scores", "write_report",
+    "confusions", "contrast_layer", "find_ambiguous", "image_set", "layer_shapes", "load_run",
+    "multiscale_noise", "optimize_inputs", "rank_units", "run_activations", "select_images",
+    "standardized_mean_difference", "unit_scores", "write_report",
 ]

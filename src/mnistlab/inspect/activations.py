@@ -6,8 +6,8 @@ label (the first ``n`` of that class, in order, so a choice is reproducible), or
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -63,7 +63,9 @@ def select_images(
             raise ConfigError(f"index {int(bad[0])} is outside the {split} split (0..{len(images) - 1})")
     elif label is not None:
         if not 0 <= int(label) < len(dataset.class_names):
-            raise ConfigError(f"label {label} is not a class of {dataset.name} (0..{len(dataset.class_names) - 1})")
+            raise ConfigError(
+                f"label {label} is not a class of {dataset.name} (0..{len(dataset.class_names) - 1})"
+            )
         idx = np.flatnonzero(labels == int(label))
         skip = set(int(i) for i in exclude)
         if skip:
@@ -124,7 +126,7 @@ def compute_activations(
 
 
 def unit_scores(acts: np.ndarray) -> np.ndarray:
-    """One number per unit and image, (N, units): a conv/pool map's mean (the OIP objective), a node's value."""
+    """One number per unit and image, (N, units): a map's mean (the OIP objective), a node's value."""
     acts = np.asarray(acts)
     if acts.ndim == 4:
         return acts.mean(axis=(2, 3))
@@ -135,7 +137,9 @@ def unit_scores(acts: np.ndarray) -> np.ndarray:
 
 def layer_shapes(model: InspectableModel) -> dict[str, tuple[int, ...]]:
     """Each layer's activation shape without the batch dimension, from one blank image."""
-    probe = model.activations_from_inputs(model.to_inputs(np.zeros((1, 28, 28), np.uint8)), model.layer_names())
+    probe = model.activations_from_inputs(
+        model.to_inputs(np.zeros((1, 28, 28), np.uint8)), model.layer_names()
+    )
     return {name: tuple(np.asarray(v).shape[1:]) for name, v in probe.items()}
 
 
@@ -149,7 +153,8 @@ def _learned(model: InspectableModel, role: str) -> list[str]:
 
 
 def default_layers(model: InspectableModel) -> list[str]:
-    """The layers worth looking at by default: the learned ones (maps and vectors), not pass-through layers or the output."""
+    """The layers worth looking at by default: the learned ones (maps and vectors), not pass-through
+    layers or the output."""
     roles = model.layer_roles()
     keep = [n for n in model.layer_names() if n != "output" and roles[n] != "pass-through"]
     return keep or [n for n in model.layer_names() if n != "output"] or model.layer_names()
@@ -162,7 +167,7 @@ def last_conv_layer(model: InspectableModel) -> str | None:
 
 
 def last_hidden_dense_layer(model: InspectableModel) -> str | None:
-    """The learned vector layer just before the output (the seed's 70-node layer); None for a model without one."""
+    """The learned vector layer just before the output (the seed's 70-node layer); None if there is none."""
     vectors = _learned(model, "vector")
     return vectors[-1] if vectors else None
 

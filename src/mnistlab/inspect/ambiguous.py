@@ -15,8 +15,8 @@ same for both engines.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 
@@ -68,8 +68,13 @@ class AmbiguousResult:
 
     def table(self) -> list[dict]:
         a, b = self.pair
-        return [{"index": c.index, "label": c.label, "predicted": c.predicted, f"p{a}": float(c.proba[a]),
-                 f"p{b}": float(c.proba[b]), "margin": c.margin, "top_pull": c.top_pull(5)} for c in self.cases]
+        return [
+            {
+                "index": c.index, "label": c.label, "predicted": c.predicted, f"p{a}": float(c.proba[a]),
+                f"p{b}": float(c.proba[b]), "margin": c.margin, "top_pull": c.top_pull(5),
+            }
+            for c in self.cases
+        ]
 
 
 def find_ambiguous(
@@ -123,7 +128,11 @@ def find_ambiguous(
         var = np.concatenate([by_class[a] - means[a], by_class[b] - means[b]]).var(axis=0)
         std = np.sqrt(var)
         spread = np.maximum(std**2, 1e-6 * max(float(np.max(std**2)), 1e-12))
-        acts_chosen = compute_activations(model, images[chosen], [dense])[dense].reshape(len(chosen), -1) if chosen else None
+        acts_chosen = (
+            compute_activations(model, images[chosen], [dense])[dense].reshape(len(chosen), -1)
+            if chosen
+            else None
+        )
     cases = []
     for k, idx in enumerate(chosen):
         p = proba[idx]

@@ -24,8 +24,9 @@ made the network say 4 and not 9). Maps are in pixel space: the derivative with 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -55,11 +56,13 @@ class Target:
     positive: np.ndarray  # (N,) int
     negative: np.ndarray | None = None  # (N,) int
 
-    def repeat(self, k: int) -> "Target":
+    def repeat(self, k: int) -> Target:
         """Each image's target k times in a row, for a batch of k variants per image."""
-        return Target(np.repeat(self.positive, k), None if self.negative is None else np.repeat(self.negative, k))
+        return Target(
+            np.repeat(self.positive, k), None if self.negative is None else np.repeat(self.negative, k)
+        )
 
-    def take(self, rows: slice | np.ndarray) -> "Target":
+    def take(self, rows: slice | np.ndarray) -> Target:
         return Target(self.positive[rows], None if self.negative is None else self.negative[rows])
 
     def describe(self, i: int = 0, names: Sequence[str] | None = None) -> str:
@@ -77,8 +80,12 @@ class Attribution:
     objective: np.ndarray = field(repr=False)  # (N,) the objective at each image
     options: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
-    baseline_objective: np.ndarray | None = field(default=None, repr=False)  # ig: the objective at the baseline
-    completeness_error: np.ndarray | None = field(default=None, repr=False)  # ig: sum(map) - (f(x) - f(baseline))
+    baseline_objective: np.ndarray | None = field(
+        default=None, repr=False
+    )  # ig: the objective at the baseline
+    completeness_error: np.ndarray | None = field(
+        default=None, repr=False
+    )  # ig: sum(map) - (f(x) - f(baseline))
     layer: str | None = None  # gradcam: the layer it weighted
     layer_maps: np.ndarray | None = field(default=None, repr=False)  # gradcam: (N, h, w) before upsampling
 
@@ -101,14 +108,18 @@ def parse_target(target: Any, n_classes: int = 10) -> tuple[int, int | None] | N
         try:
             parts = [int(str(p).strip()) for p in items]
         except ValueError:
-            raise ConfigError(f"target {target!r} is not a class or a pair of classes; give e.g. 4 or 4,9") from None
+            raise ConfigError(
+                f"target {target!r} is not a class or a pair of classes; give e.g. 4 or 4,9"
+            ) from None
     if not 1 <= len(parts) <= 2:
         raise ConfigError(f"target {target!r} names {len(parts)} classes; give one class (4) or a pair (4,9)")
     bad = [c for c in parts if not 0 <= c < n_classes]
     if bad:
         raise ConfigError(f"target class {bad[0]} does not exist; classes are 0..{n_classes - 1}")
     if len(parts) == 2 and parts[0] == parts[1]:
-        raise ConfigError(f"target pair {parts[0]},{parts[1]} names one class twice; give two different classes")
+        raise ConfigError(
+            f"target pair {parts[0]},{parts[1]} names one class twice; give two different classes"
+        )
     return parts[0], (parts[1] if len(parts) == 2 else None)
 
 
@@ -159,7 +170,9 @@ def _for_classes(call, inputs: np.ndarray, target: Target):
     return tuple(o[:m] for o in out), tuple(o[m:] for o in out)
 
 
-def objective_gradient(model: InspectableModel, pixels: np.ndarray, target: Target) -> tuple[np.ndarray, np.ndarray]:
+def objective_gradient(
+    model: InspectableModel, pixels: np.ndarray, target: Target
+) -> tuple[np.ndarray, np.ndarray]:
     """The objective (N,) and its gradient with respect to the pixels (N, 28, 28), float64
     (a pair's: the difference of its two classes' gradients)."""
     scale = np.asarray(model.preprocess.scale, np.float64)
@@ -169,7 +182,9 @@ def objective_gradient(model: InspectableModel, pixels: np.ndarray, target: Targ
         if negative is not None:
             v, g = v - negative[0], g - negative[1]
         values.append(np.asarray(v, np.float64))
-        grads.append(np.asarray(g, np.float64).reshape(len(inputs), SIZE, SIZE) / scale)  # d/d pixel = d/d input / scale
+        grads.append(
+            np.asarray(g, np.float64).reshape(len(inputs), SIZE, SIZE) / scale
+        )  # d/d pixel = d/d input / scale
     return np.concatenate(values), np.concatenate(grads)
 
 
@@ -190,7 +205,9 @@ def _baseline_images(baseline: Any, images: np.ndarray) -> np.ndarray:
     base = np.asarray(baseline, np.float64)
     if base.ndim == 0 or base.shape in ((SIZE, SIZE), images.shape):
         return np.broadcast_to(base, images.shape)
-    raise ConfigError(f"baseline must be a pixel level or a 28x28 image (or one per image), got shape {base.shape}")
+    raise ConfigError(
+        f"baseline must be a pixel level or a 28x28 image (or one per image), got shape {base.shape}"
+    )
 
 
 def gauss_legendre(steps: int) -> tuple[np.ndarray, np.ndarray]:
@@ -208,12 +225,18 @@ def _integrated_gradients(model, images, target, *, baseline, steps):
     for start in range(0, len(images), per_block):
         x, b = images[start : start + per_block], base[start : start + per_block]
         path = b[:, None] + alphas[None, :, None, None] * (x - b)[:, None]  # (n, steps, 28, 28)
-        _, grads = objective_gradient(model, path.reshape(-1, SIZE, SIZE), target.take(slice(start, start + len(x))).repeat(steps))
-        maps[start : start + len(x)] = (x - b) * np.tensordot(grads.reshape(len(x), steps, SIZE, SIZE), weights, axes=([1], [0]))
+        _, grads = objective_gradient(
+            model, path.reshape(-1, SIZE, SIZE), target.take(slice(start, start + len(x))).repeat(steps)
+        )
+        maps[start : start + len(x)] = (x - b) * np.tensordot(
+            grads.reshape(len(x), steps, SIZE, SIZE), weights, axes=([1], [0])
+        )
     objective = objective_values(model, images, target)
     at_baseline = objective_values(model, np.ascontiguousarray(base), target)
     error = maps.sum(axis=(1, 2)) - (objective - at_baseline)
-    return {"maps": maps, "objective": objective, "baseline_objective": at_baseline, "completeness_error": error}
+    return {
+        "maps": maps, "objective": objective, "baseline_objective": at_baseline, "completeness_error": error,
+    }
 
 
 def _smoothgrad(model, images, target, *, samples, noise, seed):
@@ -226,7 +249,9 @@ def _smoothgrad(model, images, target, *, samples, noise, seed):
     for start in range(0, len(images), per_block):
         x = images[start : start + per_block]
         noisy = x[:, None] + float(noise) * rng.standard_normal((len(x), samples, SIZE, SIZE))
-        _, grads = objective_gradient(model, noisy.reshape(-1, SIZE, SIZE), target.take(slice(start, start + len(x))).repeat(samples))
+        _, grads = objective_gradient(
+            model, noisy.reshape(-1, SIZE, SIZE), target.take(slice(start, start + len(x))).repeat(samples)
+        )
         maps[start : start + len(x)] = grads.reshape(len(x), samples, SIZE, SIZE).mean(axis=1)
     return {"maps": maps, "objective": objective_values(model, images, target)}
 
@@ -235,7 +260,9 @@ def occlusion_windows(window: int, stride: int, size: int = SIZE) -> list[int]:
     """Start positions along one axis: every ``stride`` pixels, the last window cut at the border
     (Captum's Occlusion places its windows the same way)."""
     if not 1 <= window <= size or not 1 <= stride <= window:
-        raise ConfigError(f"occlusion needs 1 <= stride <= window <= {size}, got window {window}, stride {stride}")
+        raise ConfigError(
+            f"occlusion needs 1 <= stride <= window <= {size}, got window {window}, stride {stride}"
+        )
     count = int(np.ceil((size - window) / stride)) + 1
     return [i * stride for i in range(count)]
 
@@ -288,17 +315,26 @@ def _gradcam(model, images, target, *, layer):
                           f"{', '.join(model.layer_names())}: use gradient, ig, smoothgrad or occlusion")
     layer = layer or last_conv_layer(model) or candidates[-1]
     if layer not in candidates:
-        raise ConfigError(f"gradcam needs a layer of maps; {layer!r} is not one. Map layers: {', '.join(candidates)}")
+        raise ConfigError(
+            f"gradcam needs a layer of maps; {layer!r} is not one. Map layers: {', '.join(candidates)}"
+        )
     cams, values = [], []
     for inputs, t in _chunks(model, images, target):
-        (v, acts, grads), negative = _for_classes(lambda x, units: model.layer_gradient(x, "output", units, layer), inputs, t)
-        if negative is not None:  # the activations are the image's own; the objective and gradient are differences
+        (v, acts, grads), negative = _for_classes(
+            lambda x, units: model.layer_gradient(x, "output", units, layer), inputs, t
+        )
+        if (
+            negative is not None
+        ):  # the activations are the image's own; the objective and gradient are differences
             v, grads = v - negative[0], grads - negative[2]
         weights = np.asarray(grads, np.float64).mean(axis=(2, 3))  # (m, C): each map's importance
         cams.append(np.maximum(np.einsum("nc,nchw->nhw", weights, np.asarray(acts, np.float64)), 0))
         values.append(np.asarray(v, np.float64))
     layer_maps = np.concatenate(cams)
-    return {"maps": upsample_bilinear(layer_maps), "objective": np.concatenate(values), "layer": layer, "layer_maps": layer_maps}
+    return {
+        "maps": upsample_bilinear(layer_maps), "objective": np.concatenate(values), "layer": layer,
+        "layer_maps": layer_maps,
+    }
 
 
 _IMPLEMENTATIONS = {
@@ -355,8 +391,12 @@ def attribute(model: InspectableModel, images: np.ndarray, target: Any = None, m
 
 
 
-def attribute_each_class(model: InspectableModel, image: np.ndarray, method: str = "gradient", **options: Any) -> Attribution:
+def attribute_each_class(
+    model: InspectableModel, image: np.ndarray, method: str = "gradient", **options: Any
+) -> Attribution:
     """One image's map for every class: row k explains p(k)."""
     image = as_images(image)[:1]
     n_classes = model.predict_proba(image).shape[1]
-    return attribute_target(model, np.repeat(image, n_classes, axis=0), Target(np.arange(n_classes)), method, **options)
+    return attribute_target(
+        model, np.repeat(image, n_classes, axis=0), Target(np.arange(n_classes)), method, **options
+    )

@@ -17,8 +17,8 @@ Two views:
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -26,6 +26,7 @@ from ..data import Dataset
 from ..errors import ConfigError
 from ..model_api import InspectableModel
 from .activations import ImageSet, compute_activations, default_layers, select_images, unit_scores
+from .tables import Column, Table
 
 
 @dataclass
@@ -62,13 +63,20 @@ class LayerContrast:
         return [int(u) for u in order if counts[u] > 0]
 
 
-def contrast_layer(acts_a: np.ndarray, acts_b: np.ndarray, *, rel: float = 0.5, floor: float = 0.1, layer: str = "") -> LayerContrast:
+def contrast_layer(
+    acts_a: np.ndarray, acts_b: np.ndarray, *, rel: float = 0.5, floor: float = 0.1, layer: str = ""
+) -> LayerContrast:
     """Red/yellow masks for one layer from the activations of set A (n_a, ...) and set B (n_b, ...)."""
     acts_a, acts_b = np.asarray(acts_a, np.float32), np.asarray(acts_b, np.float32)
     if acts_a.shape[1:] != acts_b.shape[1:]:
-        raise ConfigError(f"layer {layer!r}: sets A and B have different activation shapes {acts_a.shape[1:]} and {acts_b.shape[1:]}")
+        raise ConfigError(
+            f"layer {layer!r}: sets A and B have different activation shapes {acts_a.shape[1:]} and "
+            f"{acts_b.shape[1:]}"
+        )
     if not 0 < rel <= 1:
-        raise ConfigError(f"rel={rel} must be in (0, 1]: the share of a map's peak that counts as strongly active")
+        raise ConfigError(
+            f"rel={rel} must be in (0, 1]: the share of a map's peak that counts as strongly active"
+        )
     both = np.concatenate([acts_a, acts_b])
     layer_peak = float(both.max()) if both.size else 0.0
     if both.ndim == 4:
@@ -139,9 +147,14 @@ class UnitRanking:
     def top(self, k: int = 10) -> list[dict]:
         rows = []
         for u in self.order()[:k]:
-            rows.append({"layer": self.layer, "kind": self.kind, "unit": int(u), "auc": float(self.auc[u]),
-                         "smd": float(self.smd[u]), "mean_a": float(self.mean_a[u]), "mean_b": float(self.mean_b[u]),
-                         "favours": "A" if self.auc[u] > 0.5 else "B" if self.auc[u] < 0.5 else "-"})
+            rows.append(
+                {
+                    "layer": self.layer, "kind": self.kind, "unit": int(u), "auc": float(self.auc[u]),
+                    "smd": float(self.smd[u]), "mean_a": float(self.mean_a[u]),
+                    "mean_b": float(self.mean_b[u]),
+                    "favours": "A" if self.auc[u] > 0.5 else "B" if self.auc[u] < 0.5 else "-",
+                }
+            )
         return rows
 
 
@@ -149,8 +162,10 @@ def rank_units(acts_a: np.ndarray, acts_b: np.ndarray, layer: str = "") -> UnitR
     """Rank a layer's maps (by mean activation) or nodes between two sets of images."""
     kind = "map" if np.asarray(acts_a).ndim == 4 else "node"
     a, b = unit_scores(acts_a), unit_scores(acts_b)
-    return UnitRanking(layer, auc_scores(a, b), standardized_mean_difference(a, b), a.mean(axis=0), b.mean(axis=0),
-                       len(a), len(b), kind)
+    return UnitRanking(
+        layer, auc_scores(a, b), standardized_mean_difference(a, b), a.mean(axis=0), b.mean(axis=0), len(a),
+        len(b), kind,
+    )
 
 
 # ----- the whole comparison -----
@@ -168,7 +183,7 @@ class Comparison:
     rankings: dict[str, UnitRanking] = field(default_factory=dict, repr=False)
 
     def table(self, k: int = 10) -> list[dict]:
-        """The k most discriminative units over all ranked layers, with the red/yellow counts of the chosen images."""
+        """The k most discriminative units of all ranked layers, with the chosen images' red/yellow counts."""
         rows = []
         for name, ranking in self.rankings.items():
             contrast = self.contrasts.get(name)
@@ -191,6 +206,53 @@ class Comparison:
                         "red_units": c.units_with(c.red), "yellow_units": c.units_with(c.yellow)})
         return out
 
+    # The two tables the CLI prints, the report embeds and the web page shows: defined here once.
+
+    def summary_table(self, max_units: int = 12) -> Table:
+        """Per layer: red and yellow counts, and the maps/nodes with red (most red first)."""
+        rows = []
+        for row in self.summary():
+            units = ", ".join(map(str, row["red_units"][:max_units]))
+            rows.append(
+                [
+                    row["layer"], row["red"], row["yellow"],
+                    units + (" ..." if len(row["red_units"]) > max_units else ""),
+                ]
+            )
+        columns = [
+            Column("layer"), Column("red"), Column("yellow"), Column("maps/nodes with red (most first)"),
+        ]
+        return Table(
+            f"Positions or nodes marked red and yellow: {self.a_name} (A) vs {self.b_name} (B)", columns,
+            rows,
+            note="red: strongly active in every A image and no B image; "
+            "yellow: in every A image and some B image",
+        )
+
+    def ranking_table(self, k: int = 10) -> Table:
+        """The k most discriminative maps and nodes (:meth:`table`), with class names for A and B."""
+        a, b = self.a_name, self.b_name
+        rows = [
+            [
+                r["layer"], r["kind"], r["unit"], r["auc"], r["smd"], r["mean_a"], r["mean_b"],
+                a if r["favours"] == "A" else b if r["favours"] == "B" else "-", r.get("red", ""),
+                r.get("yellow", ""),
+            ]
+            for r in self.table(k)
+        ]
+        columns = [
+            Column("layer"), Column("kind"), Column("unit"), Column("AUC", ".3f"), Column("d", "+.2f"),
+            Column(f"mean {a}", ".4f"), Column(f"mean {b}", ".4f"), Column("favours"), Column("red"),
+            Column("yellow"),
+        ]
+        sizes = next(iter(self.rankings.values()), None)
+        counted = f" over {sizes.n_a} images of {a} and {sizes.n_b} of {b}" if sizes is not None else ""
+        return Table(
+            f"Most discriminative maps and nodes{counted}", columns, rows,
+            note=f"AUC: the probability that a random {a} scores higher than a random {b} (a map by "
+            "its mean activation); d: standardized mean difference; red, yellow: the chosen images' count",
+        )
+
 
 def compare_sets(
     model: InspectableModel,
@@ -205,7 +267,8 @@ def compare_sets(
     rank_a: ImageSet | None = None,
     rank_b: ImageSet | None = None,
 ) -> Comparison:
-    """Red/yellow units of chosen images A vs B, and (given ``rank_a``/``rank_b``) the ranking over those larger sets."""
+    """Red/yellow units of chosen images A vs B, and (given ``rank_a``/``rank_b``) the ranking over
+    those larger sets."""
     names = model.check_layers(layers) if layers is not None else default_layers(model)
     acts_a, acts_b = compute_activations(model, a, names), compute_activations(model, b, names)
     contrasts = {n: contrast_layer(acts_a[n], acts_b[n], rel=rel, floor=floor, layer=n) for n in names}
@@ -234,8 +297,16 @@ def compare_classes(
     """The seed's 4s-versus-9s study: the first ``n`` images of each class (or chosen indices),
     and a ranking of maps and nodes over all images of the two classes in ``split``
     (at most ``rank_limit`` of each, first in order, for speed)."""
-    a = select_images(dataset, split, indices=a_indices) if a_indices else select_images(dataset, split, label=a_label, n=n)
-    b = select_images(dataset, split, indices=b_indices) if b_indices else select_images(dataset, split, label=b_label, n=n)
+    a = (
+        select_images(dataset, split, indices=a_indices)
+        if a_indices
+        else select_images(dataset, split, label=a_label, n=n)
+    )
+    b = (
+        select_images(dataset, split, indices=b_indices)
+        if b_indices
+        else select_images(dataset, split, label=b_label, n=n)
+    )
     rank_a = select_images(dataset, split, label=a_label, n=rank_limit)
     rank_b = select_images(dataset, split, label=b_label, n=rank_limit)
     names = dataset.class_names

@@ -39,9 +39,14 @@ class Confusions:
         return idx[:limit] if limit is not None else idx
 
 
-def confusions(model: InspectableModel, dataset: Dataset, split: str = "test", *, proba: np.ndarray | None = None) -> Confusions:
+def confusions(
+    model: InspectableModel, dataset: Dataset, split: str = "test", *, proba: np.ndarray | None = None
+) -> Confusions:
     images, labels = dataset.split(split)
     if proba is None:
         proba = compute_activations(model, images, ["output"])["output"]
     n = len(dataset.class_names)
-    return Confusions(confusion_matrix(labels, proba.argmax(axis=1), n), np.asarray(labels), proba, tuple(dataset.class_names), split)
+    return Confusions(
+        confusion_matrix(labels, proba.argmax(axis=1), n), np.asarray(labels), proba,
+        tuple(dataset.class_names), split,
+    )

@@ -20,8 +20,8 @@ too (a dead ReLU map).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 
@@ -60,7 +60,9 @@ class OIPResult:
 
     def reached(self, factor: float = 10.0) -> np.ndarray:
         """Units whose final activation is at least ``factor`` times the start (from zero: any rise)."""
-        return ~self.dead & ((self.final >= factor * self.start) | ((self.start <= 0) & (self.final > self.start)))
+        return ~self.dead & (
+            (self.final >= factor * self.start) | ((self.start <= 0) & (self.final > self.start))
+        )
 
     def table(self) -> list[dict]:
         gains = self.gain()
@@ -80,7 +82,9 @@ def _upsample_bilinear(grid: np.ndarray, size: int) -> np.ndarray:
     return rows[:, :, i0] * (1 - w)[:, None, :] + rows[:, :, i0 + 1] * w[:, None, :]
 
 
-def multiscale_noise(units: Sequence[int], scales: Sequence[float] = (1, 2, 4, 7), *, seed: int = 0, attempt: int = 0) -> np.ndarray:
+def multiscale_noise(
+    units: Sequence[int], scales: Sequence[float] = (1, 2, 4, 7), *, seed: int = 0, attempt: int = 0
+) -> np.ndarray:
     """Zero-mean, unit-std noise (N, 28, 28): a sum of equally weighted fields with features about
     ``s`` pixels wide for each ``s`` in ``scales``. Item k depends only on (seed, units[k], attempt)."""
     if not scales or any(s < 1 or s > SIZE for s in scales):

@@ -16,15 +16,23 @@ import html
 import io
 import json
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
 from ..data import Dataset
 from ..errors import MnistlabError
 from ..model_api import InspectableModel
-from .activations import compute_activations, default_oip_layer, last_conv_layer, last_hidden_dense_layer, layer_shapes
+from .activations import (
+    compute_activations,
+    default_oip_layer,
+    last_conv_layer,
+    last_hidden_dense_layer,
+    layer_shapes,
+)
+from .tables import Table
 
 SECTIONS = ("summary", "training", "confusions", "compare", "ambiguous", "attribution", "oip")
 
@@ -55,25 +63,7 @@ def _img(fig, caption: str = "", dpi: int = 90) -> str:
 
 
 def _table(rows: Sequence[dict], columns: Sequence[str] | None = None) -> str:
-    rows = list(rows)
-    if not rows:
-        return '<p class="muted">(none)</p>'
-    columns = list(columns or rows[0].keys())
-
-    def cell(v: Any) -> str:
-        if isinstance(v, (bool, np.bool_)):
-            return f"<td>{'yes' if v else 'no'}</td>"
-        if isinstance(v, float):
-            return f'<td class="num">{v:.4g}</td>'
-        if isinstance(v, (int, np.integer)):
-            return f'<td class="num">{int(v)}</td>'
-        if isinstance(v, (list, tuple)):
-            v = ", ".join(map(str, v))
-        return f"<td>{html.escape(str(v))}</td>"
-
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
-    body = "".join("<tr>" + "".join(cell(r.get(c, "")) for c in columns) + "</tr>" for r in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
+    return Table.from_records(rows, columns).to_html()
 
 
 def build_report(
@@ -121,49 +111,92 @@ def build_report(
             parts[key] = f'<p class="note">This section could not be built: {html.escape(str(exc))}</p>'
 
     def summary() -> str:
-        rows = [{"": "engine", "value": manifest.get("kind", model.kind)}, {"": "dataset", "value": manifest.get("dataset", dataset.name)},
-                {"": "created", "value": manifest.get("created", "")},
-                {"": f"{split} accuracy", "value": f"{conf.accuracy:.4f} ({int(np.trace(conf.matrix))}/{len(labels)})"}]
+        rows = [
+            {"": "engine", "value": manifest.get("kind", model.kind)},
+            {"": "dataset", "value": manifest.get("dataset", dataset.name)},
+            {"": "created", "value": manifest.get("created", "")},
+            {
+                "": f"{split} accuracy",
+                "value": f"{conf.accuracy:.4f} ({int(np.trace(conf.matrix))}/{len(labels)})",
+            },
+        ]
         for key, value in manifest.items():
-            if key not in ("config", "versions", "format", "kind", "dataset", "created") and not isinstance(value, (dict, list)):
+            if key not in ("config", "versions", "format", "kind", "dataset", "created") and not isinstance(
+                value, (dict, list)
+            ):
                 rows.append({"": key, "value": value})
         config = [{"parameter": k, "value": v if not isinstance(v, (dict, list)) else json.dumps(v)}
                   for k, v in manifest.get("config", {}).items()
-                  if not isinstance(v, (dict, list)) or len(json.dumps(v)) <= 120]  # a whole layer spec is in spec_string
-        layers = [{"layer": n, "shape": " x ".join(map(str, shapes[n])), "units": shapes[n][0]} for n in model.layer_names()]
+                  if not isinstance(v, (dict, list)) or len(json.dumps(v)) <= 120]  # specs: spec_string
+        from ..importers import original_names
+
+        sources = original_names(manifest)
+        imported = manifest.get("imported") or {}
+        if imported:
+            origin = f"{imported.get('file')} ({imported.get('format')})"
+            rows.insert(1, {"": "imported from", "value": origin})
+        layers = [{"layer": n, "shape": " x ".join(map(str, shapes[n])), "units": shapes[n][0],
+                   **({"original layers": sources.get(n, "")} if sources else {})}
+                  for n in model.layer_names()]
         versions = [{"library": k, "version": v} for k, v in manifest.get("versions", {}).items()]
         return (_table(rows) + "<h3>Parameters</h3>" + _table(config) + "<h3>Layers</h3>" + _table(layers)
                 + "<h3>Versions</h3>" + _table(versions))
 
     def training() -> str:
         if not history:
+            imported = manifest.get("imported") or {}
+            if imported:
+                return (f'<p class="muted">No training history: this model was imported from '
+                        f'{html.escape(str(imported.get("file")))}, not trained here.</p>')
             return '<p class="muted">No training history in this run.</p>'
         return _img(plot_history(list(history)), "loss and accuracy per epoch")
 
     def confusion_section() -> str:
         pairs = conf.pairs(5)
-        rows = [{"true": names[t], "predicted": names[p], "count": c, "share of true class": f"{c / max(1, int(conf.matrix[t].sum())):.2%}"}
-                for t, p, c in pairs]
-        return (_img(plot_confusion(conf.matrix, names, title=f"{split} accuracy {conf.accuracy:.2%}"), "confusion matrix: counts and row-normalized")
-                + "<h3>Most confused pairs</h3>" + _table(rows)
-                + _img(plot_confusion_gallery(conf, images, top=5, per_pair=8), "misclassified images of the most confused pairs"))
+        rows = [
+            {
+                "true": names[t], "predicted": names[p], "count": c,
+                "share of true class": f"{c / max(1, int(conf.matrix[t].sum())):.2%}",
+            }
+            for t, p, c in pairs
+        ]
+        return (
+            _img(
+                plot_confusion(conf.matrix, names, title=f"{split} accuracy {conf.accuracy:.2%}"),
+                "confusion matrix: counts and row-normalized",
+            )
+            + "<h3>Most confused pairs</h3>"
+            + _table(rows)
+            + _img(
+                plot_confusion_gallery(conf, images, top=5, per_pair=8),
+                "misclassified images of the most confused pairs",
+            )
+        )
 
     def compare_section() -> str:
         a, b = pair
         comparison = compare_classes(model, dataset, a, b, n=n_compare, split=split)
-        summary_rows = [{"layer": r["layer"], "red (all A, no B)": r["red"], "yellow (all A, some B)": r["yellow"],
-                         "maps/nodes with red": r["red_units"][:12]} for r in comparison.summary()]
-        top = comparison.table(15)
-        out = [f"<p>The first {n_compare} test images of {names[a]} (A) and of {names[b]} (B). A position or node is "
-               "<em>strongly active</em> at half its map's peak over these images. Red: strongly active in every A "
-               "and no B; yellow: every A and some B. The ranking uses all test images of the two classes: AUC is "
-               f"the chance that a random {names[a]} scores higher than a random {names[b]} (a map by its mean "
-               "activation), d the standardized mean difference.</p>", _table(summary_rows)]
-        shown = [l for l in (last_conv_layer(model), last_hidden_dense_layer(model)) if l in comparison.contrasts]
+        ranking = comparison.ranking_table(15)
+        out = [
+            f"<p>The first {n_compare} test images of {names[a]} (A) and of {names[b]} (B). A position or "
+            "node is <em>strongly active</em> at half its map's peak over these images. Red: strongly "
+            "active in every A and no B; yellow: every A and some B. The ranking uses all test images of "
+            f"the two classes: AUC is the chance that a random {names[a]} scores higher than a random "
+            f"{names[b]} (a map by its mean activation), d the standardized mean difference.</p>",
+            comparison.summary_table().to_html(),
+        ]
+        shown = [
+            l
+            for l in (last_conv_layer(model), last_hidden_dense_layer(model))
+            if l in comparison.contrasts
+        ]
         for layer in shown or comparison.layers[:1]:
             out.append(_img(plot_contrast(comparison, layer), f"{layer}: red and yellow units"))
-        out.append(_img(plot_ranking(top, a_name=names[a], b_name=names[b]), "most discriminative maps and nodes"))
-        out.append(_table(top, ["layer", "kind", "unit", "auc", "smd", "mean_a", "mean_b", "favours", "red", "yellow"]))
+        top = comparison.table(15)
+        out.append(
+            _img(plot_ranking(top, a_name=names[a], b_name=names[b]), "most discriminative maps and nodes")
+        )
+        out.append(ranking.to_html())
         return "".join(out)
 
     found: dict[str, Any] = {}
@@ -176,14 +209,24 @@ def build_report(
     def ambiguous_section() -> str:
         a, b = pair
         result = ambiguous_cases()
-        rows = [{"index": r["index"], "predicted": names[r["predicted"]], f"p({names[a]})": r[f"p{a}"],
-                 f"p({names[b]})": r[f"p{b}"], "margin": r["margin"], "nodes pulling toward the winner": r["top_pull"]}
-                for r in result.table()]
-        return (f"<p>The test images of {names[a]} with the smallest margin p({names[a]}) - p({names[b]}). Beside each: "
-                "its class probabilities and its activations in the last dense layer against the mean of each class; "
-                "the numbered nodes pulled it hardest toward the winning class (their value sits on the winner's "
-                "side of the two class means, weighted by how well they separate the classes).</p>"
-                + _table(rows) + _img(plot_ambiguous(result, names), f"{names[a]}s closest to {names[b]}"))
+        rows = [
+            {
+                "index": r["index"], "predicted": names[r["predicted"]], f"p({names[a]})": r[f"p{a}"],
+                f"p({names[b]})": r[f"p{b}"], "margin": r["margin"],
+                "nodes pulling toward the winner": r["top_pull"],
+            }
+            for r in result.table()
+        ]
+        return (
+            f"<p>The test images of {names[a]} with the smallest margin p({names[a]}) - p({names[b]}). "
+            "Beside each: "
+            "its class probabilities and its activations in the last dense layer against the mean of each "
+            "class; "
+            "the numbered nodes pulled it hardest toward the winning class (their value sits on the winner's "
+            "side of the two class means, weighted by how well they separate the classes).</p>"
+            + _table(rows)
+            + _img(plot_ambiguous(result, names), f"{names[a]}s closest to {names[b]}")
+        )
 
     def attribution_section() -> str:
         from ..viz.attribution import plot_attribution_rows
@@ -194,25 +237,43 @@ def build_report(
         if not cases.cases:
             return f'<p class="muted">No {split} image of {names[a]} to explain.</p>'
         images = np.stack([dataset.split(split)[0][c.index] for c in cases.cases])
-        captions = [f"#{c.index}: p({names[a]}) {c.proba[a]:.2f}, p({names[b]}) {c.proba[b]:.2f}" for c in cases.cases]
+        captions = [
+            f"#{c.index}: p({names[a]}) {c.proba[a]:.2f}, p({names[b]}) {c.proba[b]:.2f}" for c in cases.cases
+        ]
         ig = attribute(model, images, (a, b), "ig")
-        rows = [{"index": c.index, f"p({names[a]}) - p({names[b]})": float(ig.objective[i]),
-                 "at a black image": float(ig.baseline_objective[i]), "sum of the map": float(ig.maps[i].sum(dtype=np.float64)),
-                 "completeness error": float(ig.completeness_error[i])} for i, c in enumerate(cases.cases)]
-        out = [f"<p>The same {names[a]}s, each pixel coloured by how much it raised p({names[a]}) - p({names[b]}) (red) or "
-               f"lowered it (blue): integrated gradients from a black image, {ig.options['steps']} Gauss-Legendre points. "
-               "The map sums to the change of the objective from the black image to the digit, up to the completeness "
-               "error in the table. mnistlab attribute RUN --index I --method ig --target "
-               f"{a},{b} --sanity draws one image with every class and the sanity check.</p>",
-               _table(rows), _img(plot_attribution_rows(ig, names, captions), "integrated gradients")]
+        rows = [
+            {
+                "index": c.index, f"p({names[a]}) - p({names[b]})": float(ig.objective[i]),
+                "at a black image": float(ig.baseline_objective[i]),
+                "sum of the map": float(ig.maps[i].sum(dtype=np.float64)),
+                "completeness error": float(ig.completeness_error[i]),
+            }
+            for i, c in enumerate(cases.cases)
+        ]
+        out = [
+            f"<p>The same {names[a]}s, each pixel coloured by how much it raised p({names[a]}) - "
+            f"p({names[b]}) (red) or "
+            f"lowered it (blue): integrated gradients from a black image, {ig.options['steps']} "
+            "Gauss-Legendre points. "
+            "The map sums to the change of the objective from the black image to the digit, up to the "
+            "completeness "
+            "error in the table. mnistlab attribute RUN --index I --method ig --target "
+            f"{a},{b} --sanity draws one image with every class and the sanity check.</p>", _table(rows),
+            _img(plot_attribution_rows(ig, names, captions), "integrated gradients"),
+        ]
         if map_layers(model, shapes):
             try:
                 cam = attribute(model, images, (a, b), "gradcam")
             except MnistlabError as exc:  # a model without layer gradients still gets its IG maps
                 out.append(f'<p class="note">No Grad-CAM: {html.escape(str(exc))}</p>')
             else:
-                out.append(_img(plot_attribution_rows(cam, names, captions), f"Grad-CAM of {cam.layer}: where the maps "
-                                f"that favour {names[a]} over {names[b]} fire"))
+                out.append(
+                    _img(
+                        plot_attribution_rows(cam, names, captions),
+                        f"Grad-CAM of {cam.layer}: where the maps "
+                        f"that favour {names[a]} over {names[b]} fire",
+                    )
+                )
         return "".join(out)
 
     def oip_section() -> str:
@@ -222,15 +283,18 @@ def build_report(
         result = optimize_inputs(model, layer, units, steps=oip_steps, seed=seed)
         dead = [int(u) for u in result.units[result.dead]]
         below = [int(u) for u in result.units[~result.reached() & ~result.dead]]
-        return (f"<p>Gradient ascent on the input image for each of {len(units)} {'maps' if len(shapes[layer]) == 3 else 'nodes'} "
-                f"of <b>{layer}</b>{f' (the first {len(units)} of {count})' if len(units) < count else ''}, all optimized "
-                f"together as one batch: starting from noise at length scales 1, 2, 4 and 7 pixels, {oip_steps} "
-                f"normalized gradient steps, seed {seed}, {result.seconds:.1f} s. Dark = ink. Title: final "
-                "activation.</p>"
-                f"<p>{int(result.reached().sum())} of {len(units)} reached at least 10x their starting activation; "
-                f"dead (silent for every start): {', '.join(map(str, dead)) or 'none'}"
-                f"{'; below 10x: ' + ', '.join(map(str, below)) if below else ''}.</p>"
-                + _img(plot_oip_gallery(result), f"optimal input patterns of {layer}"))
+        return (
+            f"<p>Gradient ascent on the input image for each of {len(units)} "
+            f"{'maps' if len(shapes[layer]) == 3 else 'nodes'} of "
+            f"<b>{layer}</b>{f' (the first {len(units)} of {count})' if len(units) < count else ''}, all "
+            "optimized together as one batch: starting from noise at length scales 1, 2, 4 and 7 pixels, "
+            f"{oip_steps} normalized gradient steps, seed {seed}, {result.seconds:.1f} s. Dark = ink. "
+            f"Title: final activation.</p><p>{int(result.reached().sum())} of {len(units)} reached at "
+            "least 10x their starting activation; dead (silent for every start): "
+            f"{', '.join(map(str, dead)) or 'none'}"
+            f"{'; below 10x: ' + ', '.join(map(str, below)) if below else ''}.</p>"
+            + _img(plot_oip_gallery(result), f"optimal input patterns of {layer}")
+        )
 
     section("summary", summary)
     section("training", training)
@@ -241,30 +305,44 @@ def build_report(
     section("oip", oip_section)
 
     na, nb = (names[c] if 0 <= c < len(names) else str(c) for c in pair)
-    headings = {"summary": "Summary and parameters", "training": "Training curves", "confusions": "Confusions",
-                "compare": f"What separates {na} from {nb}", "ambiguous": f"Ambiguous images: {na}s that look like {nb}s",
-                "attribution": f"Which pixels say {na} and which say {nb}",
-                "oip": "Optimal input patterns"}
-    title = title or f"mnistlab report: {manifest.get('kind', model.kind)} on {manifest.get('dataset', dataset.name)}"
+    headings = {
+        "summary": "Summary and parameters", "training": "Training curves", "confusions": "Confusions",
+        "compare": f"What separates {na} from {nb}",
+        "ambiguous": f"Ambiguous images: {na}s that look like {nb}s",
+        "attribution": f"Which pixels say {na} and which say {nb}", "oip": "Optimal input patterns",
+    }
+    title = (
+        title
+        or f"mnistlab report: {manifest.get('kind', model.kind)} on {manifest.get('dataset', dataset.name)}"
+    )
     nav = " ".join(f'<a href="#{k}">{html.escape(headings[k])}</a>' for k in SECTIONS)
-    body = "".join(f'<section id="{k}"><h2>{html.escape(headings[k])}</h2>{parts[k]}</section>' for k in SECTIONS)
+    body = "".join(
+        f'<section id="{k}"><h2>{html.escape(headings[k])}</h2>{parts[k]}</section>' for k in SECTIONS
+    )
     footer = f'<p class="muted">Written by mnistlab in {time.perf_counter() - t0:.1f} s.</p>'
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
             f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1><nav>{nav}</nav>{body}{footer}</body></html>\n")
 
 
-def write_report(run_dir, out: str | Path | None = None, *, dataset: Dataset | str | None = None, data_dir=None, **kwargs) -> Path:
+def write_report(
+    run_dir, out: str | Path | None = None, *, dataset: Dataset | str | None = None, data_dir=None, **kwargs
+) -> Path:
     """Build the report of a run directory and write it (default RUN/report.html) atomically."""
     from ..runs import atomic_write_bytes, read_history
     from .activations import load_run
 
     model, ds, manifest = load_run(run_dir, dataset, data_dir=data_dir)
     history = read_history(Path(run_dir))
-    kwargs.setdefault("title", f"mnistlab report: {Path(run_dir).name} ({manifest.get('kind')} on {manifest.get('dataset')})")
+    kwargs.setdefault(
+        "title",
+        f"mnistlab report: {Path(run_dir).name} ({manifest.get('kind')} on {manifest.get('dataset')})",
+    )
     text = build_report(model, ds, manifest, history, **kwargs)
     path = Path(out) if out else Path(run_dir) / "report.html"
     try:
         atomic_write_bytes(path, text.encode("utf-8"))
     except OSError as exc:
-        raise MnistlabError(f"{path}: cannot write the report ({exc.strerror}); choose a writable --out") from None
+        raise MnistlabError(
+            f"{path}: cannot write the report ({exc.strerror}); choose a writable --out"
+        ) from None
     return path

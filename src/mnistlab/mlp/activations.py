@@ -6,7 +6,7 @@ reuses what the forward pass kept and never needs the pre-activations.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

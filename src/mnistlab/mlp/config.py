@@ -6,8 +6,9 @@ Every valid name lives in a tuple here; the error for a bad name lists them (sci
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from ..data.preprocess import KINDS as PREPROCESSING
 from ..errors import ConfigError
@@ -94,7 +95,9 @@ class MLPConfig:
         if not 0 <= self.momentum < 1:
             raise ConfigError(f"momentum must be in [0, 1), got {self.momentum}")
         if self.nesterov and self.momentum_form != "standard":
-            raise ConfigError("Nesterov momentum needs the standard momentum form; drop --nesterov or the seed form")
+            raise ConfigError(
+                "Nesterov momentum needs the standard momentum form; drop --nesterov or the seed form"
+            )
         if self.nesterov and self.momentum == 0:
             raise ConfigError("Nesterov momentum needs --momentum > 0")
         for name in ("l1", "l2", "decay", "lr_min"):
@@ -129,13 +132,14 @@ class MLPConfig:
         return out
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "MLPConfig":
+    def from_dict(cls, data: Mapping[str, Any]) -> MLPConfig:
         """Rebuild from a run manifest; unknown keys mean a run from another version."""
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
             raise ConfigError(
-                f"MLP config has unknown field(s) {', '.join(unknown)}; the run comes from another mnistlab version"
+                f"MLP config has unknown field(s) {', '.join(unknown)}; the run comes from another "
+                "mnistlab version"
             )
         values = dict(data)
         if "hidden" in values:
@@ -143,9 +147,11 @@ class MLPConfig:
         try:
             return cls(**values)
         except TypeError as exc:
-            raise ConfigError(f"MLP config is invalid ({exc}); the run is corrupt or from another version") from None
+            raise ConfigError(
+                f"MLP config is invalid ({exc}); the run is corrupt or from another version"
+            ) from None
 
-    def replace(self, **changes: Any) -> "MLPConfig":
+    def replace(self, **changes: Any) -> MLPConfig:
         return dataclasses.replace(self, **changes)
 
 

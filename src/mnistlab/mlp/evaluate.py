@@ -32,7 +32,7 @@ class SplitEval:
         self.outputs: list[np.ndarray] = []  # per layer, a block's outputs
 
     @classmethod
-    def make(cls, evalset: EvalSet, data: TrainData, model: MLP, block: int) -> "SplitEval | None":
+    def make(cls, evalset: EvalSet, data: TrainData, model: MLP, block: int) -> SplitEval | None:
         x = evalset.inputs
         if data.n_core == x.shape[1]:
             return None

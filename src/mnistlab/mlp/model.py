@@ -9,7 +9,7 @@ BLAS-friendly order for row-major batches, and no bias row is ever appended to t
 from __future__ import annotations
 
 import dataclasses
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -90,7 +90,9 @@ class MLP(InspectableModel):
         for i, (w, b) in enumerate(zip(self.weights, self.biases), start=1):
             for name, target in ((f"W{i}", w), (f"b{i}", b)):
                 if name not in params:
-                    raise RunError(f"MLP weights lack {name!r}; the run is incomplete or not an MLP of this shape")
+                    raise RunError(
+                        f"MLP weights lack {name!r}; the run is incomplete or not an MLP of this shape"
+                    )
                 value = np.asarray(params[name])
                 if value.shape != target.shape:
                     raise RunError(
@@ -100,7 +102,7 @@ class MLP(InspectableModel):
                 target[...] = value
 
     @classmethod
-    def from_run(cls, record) -> "MLP":
+    def from_run(cls, record) -> MLP:
         """Rebuild from a RunRecord (see mnistlab.runs.read_run)."""
         config = MLPConfig.from_dict(record.config)
         return cls(config, preprocess=Preprocessor.from_arrays(record.preprocess), params=record.weights)
@@ -142,7 +144,11 @@ class MLP(InspectableModel):
         for i in range(deepest + 1):
             z = a @ self.weights[i]
             z += self.biases[i]
-            a = act.FORWARD[self.config.activation](z) if i < last else act.OUTPUT_FORWARD[self.config.output](z)
+            a = (
+                act.FORWARD[self.config.activation](z)
+                if i < last
+                else act.OUTPUT_FORWARD[self.config.output](z)
+            )
             outs.append(a)
         return outs
 
@@ -201,7 +207,9 @@ class MLP(InspectableModel):
         names = self.layer_names()
         (wrt,) = self.check_layers([wrt])
         if names.index(wrt) > names.index(self.check_layers([layer])[0]):
-            raise ConfigError(f"layer {wrt!r} comes after {layer!r}; the gradient needs a layer at or below it")
+            raise ConfigError(
+                f"layer {wrt!r} comes after {layer!r}; the gradient needs a layer at or below it"
+            )
         values, grad, outs = self._backward(self.to_input_matrix(inputs), layer, units, stop=names.index(wrt))
         return values, outs[names.index(wrt)], grad
 
@@ -219,7 +227,11 @@ class MLP(InspectableModel):
             units = np.full(n, int(units[0]))
         if units.shape != (n,):
             raise ConfigError(f"units must give one unit per input ({n}), got {units.size}")
-        if not np.issubdtype(units.dtype, np.integer) or units.min(initial=0) < 0 or units.max(initial=0) >= width:
+        if (
+            not np.issubdtype(units.dtype, np.integer)
+            or units.min(initial=0) < 0
+            or units.max(initial=0) >= width
+        ):
             raise ConfigError(f"units must be integers in 0..{width - 1} for layer {layer!r}")
         outs = self._forward_to(x, depth)
         rows = np.arange(n)
@@ -249,7 +261,7 @@ class MLP(InspectableModel):
     def layers_with_weights(self) -> list[str]:
         return self.layer_names()
 
-    def with_random_weights(self, layers, seed: int = 0) -> "MLP":
+    def with_random_weights(self, layers, seed: int = 0) -> MLP:
         names = self.layer_names()
         fresh = MLP(dataclasses.replace(self.config, seed=seed))
         params = self.get_params()

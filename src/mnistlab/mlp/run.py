@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -87,7 +88,9 @@ def train_on_dataset(
             extra["metrics"]["best_epoch"] = trainer.best_epoch
             extra["metrics"]["stopped_early"] = trainer.stopped_early
         manifest = make_manifest("mlp", config.to_dict(), dataset=ds.name, **extra)
-        run_dir = write_run(Path(out), manifest, model.get_params(), pre.to_arrays(), history, overwrite=overwrite)
+        run_dir = write_run(
+            Path(out), manifest, model.get_params(), pre.to_arrays(), history, overwrite=overwrite
+        )
     if diverged is not None:
         where = f"; the last good weights are saved in {run_dir}" if run_dir else ""
         raise TrainingDiverged(f"{diverged}{where}")

@@ -8,8 +8,8 @@ arithmetic (:func:`cell_origin`) that tests and markers share.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -154,7 +154,9 @@ def plot_activations(
     try:
         cm = matplotlib.colormaps[cmap].with_extremes(bad="white")
     except KeyError:
-        raise ConfigError(f"unknown colormap {cmap!r}; try viridis, magma, gray, gray_r, RdBu_r (any matplotlib name)") from None
+        raise ConfigError(
+            f"unknown colormap {cmap!r}; try viridis, magma, gray, gray_r, RdBu_r (any matplotlib name)"
+        ) from None
     last_im = None
     for k in range(nrows * per_row):
         ax_img, ax_grid = axes[k // per_row, 2 * (k % per_row)], axes[k // per_row, 2 * (k % per_row) + 1]
@@ -179,11 +181,15 @@ def plot_activations(
                     size = 40 if not conv else max(8.0, 220.0 / max(acts.shape[2], 1))
                     ax_grid.scatter(xs, ys, s=size, facecolors="none", edgecolors=color, linewidths=1.2)
         if row_titles is not None and k % per_row == 0 and k // per_row < len(row_titles):
-            ax_img.set_ylabel(row_titles[k // per_row], fontsize=11, rotation=0, ha="right", va="center", labelpad=12)
+            ax_img.set_ylabel(
+                row_titles[k // per_row], fontsize=11, rotation=0, ha="right", va="center", labelpad=12
+            )
     what = "standardized per map" if standardize and conv else "standardized" if standardize else (
         "each map divided by its peak over these images" if per_map_peak and conv else
         "shared colour scale" if shared_scale and n > 1 else "")
-    fig.suptitle(f"{layer}: {units} {'maps' if conv else 'nodes'}" + (f" ({what})" if what else ""), fontsize=11)
+    fig.suptitle(
+        f"{layer}: {units} {'maps' if conv else 'nodes'}" + (f" ({what})" if what else ""), fontsize=11
+    )
     show_bar = colorbar and last_im is not None and (standardize or shared_scale or n == 1)
     right = 1 - 0.7 / fig.get_figwidth() if show_bar else 1
     fig.tight_layout(rect=(0, 0, right, 1))
@@ -193,11 +199,16 @@ def plot_activations(
     return fig
 
 
-def _label_grid(ax, units: int, ncols: int, shape: tuple[int, int], cell: tuple[int, int], gap: int, conv: bool) -> None:
+def _label_grid(
+    ax, units: int, ncols: int, shape: tuple[int, int], cell: tuple[int, int], gap: int, conv: bool
+) -> None:
     """Tick labels: the first unit index of each row on the left, the column offset on top."""
     h, w = cell
     nrows = -(-units // ncols)
-    ax.set_yticks([r * (h + gap) + (h - 1) / 2 for r in range(nrows)], [str(r * ncols) for r in range(nrows)], fontsize=6)
+    ax.set_yticks(
+        [r * (h + gap) + (h - 1) / 2 for r in range(nrows)], [str(r * ncols) for r in range(nrows)],
+        fontsize=6,
+    )
     ax.set_xticks([q * (w + gap) + (w - 1) / 2 for q in range(min(ncols, units))],
                   [f"+{q}" for q in range(min(ncols, units))], fontsize=6)
     ax.xaxis.tick_top()

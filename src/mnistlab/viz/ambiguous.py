@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -49,7 +49,9 @@ def plot_ambiguous(result, class_names: Sequence[str] | None = None, *, top: int
         colors[a], colors[b] = A_COLOR, B_COLOR
         ax.bar(range(len(case.proba)), case.proba, color=colors)
         ax.set_ylim(0, 1.05)
-        ax.set_xticks(range(len(case.proba)), names if max(map(len, names)) <= 2 else range(len(case.proba)), fontsize=7)
+        ax.set_xticks(
+            range(len(case.proba)), names if max(map(len, names)) <= 2 else range(len(case.proba)), fontsize=7
+        )
         ax.tick_params(axis="y", labelsize=7)
         ax.set_title(f"p({names[a]}) = {case.proba[a]:.3f}, p({names[b]}) = {case.proba[b]:.3f}", fontsize=8)
 
@@ -57,25 +59,39 @@ def plot_ambiguous(result, class_names: Sequence[str] | None = None, *, top: int
             ax = axes[r, 2]
             x = np.arange(len(order))
             ax.bar(x, case.activation[order], color="#555555", width=0.8, label=f"#{case.index}")
-            ax.plot(x, result.class_means[a][order], color=A_COLOR, linewidth=1.2, label=f"mean of {names[a]}s")
-            ax.plot(x, result.class_means[b][order], color=B_COLOR, linewidth=1.2, label=f"mean of {names[b]}s")
+            ax.plot(
+                x, result.class_means[a][order], color=A_COLOR, linewidth=1.2, label=f"mean of {names[a]}s"
+            )
+            ax.plot(
+                x, result.class_means[b][order], color=B_COLOR, linewidth=1.2, label=f"mean of {names[b]}s"
+            )
             where = {int(node): pos for pos, node in enumerate(order)}
             pulls = [node for node in case.top_pull(top) if node in where]
             peak = max(float(np.max(case.activation)) if case.activation.size else 1.0,
                        float(np.max(result.class_means[a])), float(np.max(result.class_means[b])), 1e-6)
             for node in pulls:
                 pos = where[node]
-                ax.annotate(str(node), (pos, case.activation[node]), xytext=(0, 6), textcoords="offset points",
-                            ha="center", fontsize=7, color=A_COLOR if case.winner == a else B_COLOR, fontweight="bold")
+                ax.annotate(
+                    str(node), (pos, case.activation[node]), xytext=(0, 6), textcoords="offset points",
+                    ha="center", fontsize=7, color=A_COLOR if case.winner == a else B_COLOR,
+                    fontweight="bold",
+                )
             ax.set_ylim(0, peak * 1.2)
             ax.set_xlim(-1, len(order))
             ax.set_xticks([])
             ax.tick_params(axis="y", labelsize=7)
             winner = names[case.winner]
-            ax.set_title(f"{result.layer}: {len(order)} active nodes, most '{names[a]}' left, most '{names[b]}' right; "
-                         f"numbered: top nodes pulling toward {winner} ({', '.join(map(str, pulls)) or 'none'})", fontsize=8)
+            ax.set_title(
+                f"{result.layer}: {len(order)} active nodes, most '{names[a]}' left, most '{names[b]}' "
+                f"right; numbered: top nodes pulling toward {winner} "
+                f"({', '.join(map(str, pulls)) or 'none'})",
+                fontsize=8,
+            )
             if r == 0:
                 ax.legend(fontsize=7, loc="upper center", ncols=3)
-    fig.suptitle(f"{names[a]}s closest to {names[b]} (smallest p({names[a]}) - p({names[b]}), {result.split} split)", fontsize=11)
+    fig.suptitle(
+        f"{names[a]}s closest to {names[b]} (smallest p({names[a]}) - p({names[b]}), {result.split} split)",
+        fontsize=11,
+    )
     fig.tight_layout()
     return fig

@@ -7,7 +7,7 @@ scale per panel set so the panels of a row compare.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -66,8 +66,10 @@ def plot_attribution(
     if proba is not None:
         ax = fig.add_subplot(grid[0, 6:])
         colors = ["#bbbbbb"] * n_classes
-        for cls, color in ((result.target.positive[index], "#c0392b"),
-                           (None if result.target.negative is None else result.target.negative[index], "#2c7fb8")):
+        for cls, color in (
+            (result.target.positive[index], "#c0392b"),
+            (None if result.target.negative is None else result.target.negative[index], "#2c7fb8"),
+        ):
             if cls is not None:
                 colors[int(cls)] = color
         ax.bar(range(n_classes), proba, color=colors)
@@ -92,9 +94,15 @@ def plot_attribution(
         row += 1
     if sanity is not None:
         maps = [sanity.trained.maps[index]] + [r.maps[index] for r in sanity.randomized]
-        titles = ["trained"] + [f"random to {layer}\nρ {sanity.rank_correlation[k, index]:.2f} / "
-                                f"{sanity.signed_rank_correlation[k, index]:.2f}" for k, layer in enumerate(sanity.layers)]
-        note.append("bottom row: weights randomized from the top down, ρ = Spearman with the trained map (|map| / signed)")
+        titles = ["trained"] + [
+            f"random to {layer}\nρ {sanity.rank_correlation[k, index]:.2f} / "
+            f"{sanity.signed_rank_correlation[k, index]:.2f}"
+            for k, layer in enumerate(sanity.layers)
+        ]
+        note.append(
+            "bottom row: weights randomized from the top down, ρ = Spearman with the trained map (|map| / "
+            "signed)"
+        )
         for k, (m, t) in enumerate(zip(maps, titles)):
             _show_map(fig.add_subplot(grid[row, k]), m, _limit(m), t)
     fig.suptitle((title or f"{result.method} attribution of {target}") + "\n" + "; ".join(note), fontsize=9)
@@ -102,7 +110,9 @@ def plot_attribution(
     return fig
 
 
-def plot_attribution_rows(result, class_names: Sequence[str] | None = None, captions: Sequence[str] | None = None) -> Figure:
+def plot_attribution_rows(
+    result, class_names: Sequence[str] | None = None, captions: Sequence[str] | None = None
+) -> Figure:
     """Several images, one row each: image, map, overlay (the report's ambiguous-pair section)."""
     n = len(result.maps)
     names = [str(c) for c in (class_names or range(10))]

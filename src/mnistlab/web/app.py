@@ -15,9 +15,10 @@ import functools
 import json
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from fastapi import FastAPI, Query, Request
@@ -44,21 +45,28 @@ MAX_GALLERY = 200
 
 
 class PredictBody(BaseModel):
-    """An image to classify: ``pixels`` as rows of numbers, or ``data`` (base64 bytes) with width and height."""
+    """An image to classify: ``pixels`` as rows of numbers, or ``data`` (base64 bytes) with its size."""
 
     model_config = ConfigDict(extra="forbid")
 
-    pixels: list[list[float]] | None = Field(default=None, description="rows of pixel values 0..255, ink high")
+    pixels: list[list[float]] | None = Field(
+        default=None, description="rows of pixel values 0..255, ink high"
+    )
     data: str | None = Field(default=None, description="base64 of height*width uint8 pixels, row-major")
     width: int | None = None
     height: int | None = None
     drawing: bool = Field(
         default=True,
-        description="true: a free drawing, normalized the way MNIST's digits were; false: an exact 28x28 image",
+        description="true: a free drawing, normalized the way MNIST's digits were; "
+        "false: an exact 28x28 image",
     )
     layers: list[str] | None = Field(default=None, description="layers to return (all when omitted)")
-    attribution: str | None = Field(default=None, description="also an attribution map by this method (gradient, ig, ...)")
-    target: str | None = Field(default=None, description="the map's target: a class (4) or a pair (4,9); default the predicted class")
+    attribution: str | None = Field(
+        default=None, description="also an attribution map by this method (gradient, ig, ...)"
+    )
+    target: str | None = Field(
+        default=None, description="the map's target: a class (4) or a pair (4,9); default the predicted class"
+    )
 
 
 def create_app(
@@ -80,16 +88,17 @@ def create_app(
     if dataset_loader is not None:
         kwargs["dataset_loader"] = dataset_loader
     store = RunStore(runs_dir, **kwargs)
-    # Every model call runs on one thread: the CNN's forward hooks are per model, not per call, so
-    # two requests at once would mix their captures; and one thread keeps one OpenMP team, where
-    # requests spread over a thread pool each start their own and the idle ones spin, which on a
-    # 2-core machine turned a 1 ms forward pass into ~90 ms.
+    # Every model call runs on one thread: the CNN's forward hooks are per model, not per call, so two
+    # requests at once would mix their captures; and one thread keeps one OpenMP team instead of one
+    # per pool thread with the idle ones spinning (docs/performance.md).
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mnistlab-model")
 
     def on_model_thread(func: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(func)
         async def run(*args: Any, **kwargs: Any) -> Any:
-            return await asyncio.get_running_loop().run_in_executor(executor, functools.partial(func, *args, **kwargs))
+            return await asyncio.get_running_loop().run_in_executor(
+                executor, functools.partial(func, *args, **kwargs)
+            )
 
         return run
 
@@ -129,8 +138,12 @@ def create_app(
     @on_model_thread
     def run_info(run: str | None = None) -> dict[str, Any]:
         """The run's manifest, layers with their shapes, class names and training history."""
+        from ..importers import original_names
+
         loaded = store.get(run)
         manifest = loaded.manifest
+        sources = original_names(manifest)
+        imported = manifest.get("imported") or {}
         return {
             "name": loaded.name,
             "kind": manifest.get("kind"),
@@ -139,7 +152,12 @@ def create_app(
             "config": manifest.get("config", {}),
             "metrics": manifest.get("metrics", {}),
             "class_names": _class_names(loaded),
-            "layers": [{"name": k, "shape": list(v)} for k, v in loaded.layer_shapes.items()],
+            # an imported model's layers carry the original model's layer names as "source"
+            "layers": [{"name": k, "shape": list(v), **({"source": sources[k]} if k in sources else {})}
+                       for k, v in loaded.layer_shapes.items()],
+            "imported": (
+                {"format": imported.get("format"), "file": imported.get("file")} if imported else None
+            ),
             "default_oip_layer": default_oip_layer(loaded.model),
             "history": loaded.history,
         }
@@ -162,7 +180,10 @@ def create_app(
             image = normalize_drawing(pixels)
         else:
             if pixels.shape != (28, 28):
-                raise ApiError(400, f"with drawing=false the image must be 28x28, got {pixels.shape[0]}x{pixels.shape[1]}")
+                raise ApiError(
+                    400,
+                    f"with drawing=false the image must be 28x28, got {pixels.shape[0]}x{pixels.shape[1]}",
+                )
             image = pixels.astype(np.float32)
         answer = _inspect(loaded, image, layers)
         if body.attribution:
@@ -184,7 +205,9 @@ def create_app(
         ds = _dataset(store, loaded)
         n = len(ds.test_images)
         if not 0 <= index < n:
-            raise ApiError(400, f"test index {index} is out of range; the test split has {n} images (0..{n - 1})")
+            raise ApiError(
+                400, f"test index {index} is out of range; the test split has {n} images (0..{n - 1})"
+            )
         image = ds.test_images[index].astype(np.float32)
         answer = _inspect(loaded, image, loaded.model.layer_names())
         if attribution:
@@ -238,7 +261,10 @@ def create_app(
         _check_classes(ds, true=true, pred=pred)
         ev = _evaluation(store, loaded)
         cell = ev.misclassified(true, pred)
-        return {"true": true, "pred": pred, "total": int(len(cell)), "items": _gallery(ds, ev.proba, cell[:limit])}
+        return {
+            "true": true, "pred": pred, "total": int(len(cell)),
+            "items": _gallery(ds, ev.proba, cell[:limit]),
+        }
 
     @app.get("/api/compare")
     @on_model_thread
@@ -256,20 +282,27 @@ def create_app(
         if a == b:
             raise ApiError(400, f"a and b are both {a}; choose two different classes")
         layers = _check_layers(loaded, [layer]) if layer else None
-        return _cached(loaded, ("compare", a, b, n, layer), lambda: _compare_answer(loaded.model, ds, a, b, n, layers))
+        return _cached(
+            loaded, ("compare", a, b, n, layer), lambda: _compare_answer(loaded.model, ds, a, b, n, layers)
+        )
 
     @app.get("/api/oip")
     @on_model_thread
     def oip(
         run: str | None = None,
-        layer: str | None = Query(None, description="layer (default: the last conv layer, or the first hidden layer)"),
+        layer: str | None = Query(
+            None, description="layer (default: the last conv layer, or the first hidden layer)"
+        ),
         steps: int = Query(100, ge=1, le=500, description="gradient steps"),
     ) -> dict[str, Any]:
         """Optimal input patterns of a layer's units (mnistlab.inspect.optimize_inputs, as `inspect oip`)."""
         loaded = store.get(run)
         if layer is not None:
             _check_layers(loaded, [layer])
-        return _cached(loaded, ("oip", layer, steps), lambda: _oip_answer(loaded.model, loaded.layer_shapes, layer, steps))
+        return _cached(
+            loaded, ("oip", layer, steps),
+            lambda: _oip_answer(loaded.model, loaded.layer_shapes, layer, steps),
+        )
 
     return app
 
@@ -301,7 +334,9 @@ def _inspect_module() -> Any:
 
         inspect_lib.compare_classes  # noqa: B018 - present once the inspect library is installed
     except (ImportError, AttributeError):
-        raise ApiError(501, "this mnistlab has no inspect library (mnistlab.inspect); update mnistlab") from None
+        raise ApiError(
+            501, "this mnistlab has no inspect library (mnistlab.inspect); update mnistlab"
+        ) from None
     return inspect_lib
 
 
@@ -339,22 +374,8 @@ def _compare_answer(
                 "png": _png(plot_ranking(top, a_name=a_name, b_name=b_name)),
             }
         )
-    summary = {
-        "title": "Per layer: positions or nodes marked red and yellow",
-        "columns": ["layer", "red", "yellow", "maps/nodes with red (most first)"],
-        "rows": [
-            [row["layer"], row["red"], row["yellow"], ", ".join(map(str, row["red_units"][:12]))]
-            for row in comparison.summary()
-        ],
-    }
-    ranking = {
-        "title": "Most discriminative units",
-        "columns": ["layer", "kind", "unit", "AUC", "d", f"mean {a_name}", f"mean {b_name}", "favours"],
-        "rows": [
-            [r["layer"], r["kind"], r["unit"], r["auc"], r["smd"], r["mean_a"], r["mean_b"], a_name if r["favours"] == "A" else b_name]
-            for r in top
-        ],
-    }
+    summary = comparison.summary_table().to_json()
+    ranking = comparison.ranking_table(15).to_json()
     return {
         "a": a,
         "b": b,
@@ -366,7 +387,9 @@ def _compare_answer(
     }
 
 
-def _oip_answer(model: InspectableModel, shapes: dict[str, tuple[int, ...]], layer: str | None, steps: int) -> dict[str, Any]:
+def _oip_answer(
+    model: InspectableModel, shapes: dict[str, tuple[int, ...]], layer: str | None, steps: int
+) -> dict[str, Any]:
     lib = _inspect_module()
     layer = layer or default_oip_layer(model)
     count = shapes[layer][0]
@@ -387,7 +410,8 @@ def _oip_answer(model: InspectableModel, shapes: dict[str, tuple[int, ...]], lay
                 "unit": int(unit),
                 "image": encode.image_u8(result.images[i]),
                 "caption": caption,
-                "title": f"{layer} unit {int(unit)}: activation {result.start[i]:.3g} -> {result.final[i]:.3g}",
+                "title": f"{layer} unit {int(unit)}: "
+                f"activation {result.start[i]:.3g} -> {result.final[i]:.3g}",
                 "dead": bool(result.dead[i]),
             }
         )
@@ -422,7 +446,9 @@ def _with_torch_threads(
 
 def _decode_pixels(body: PredictBody) -> np.ndarray:
     if (body.pixels is None) == (body.data is None):
-        raise ApiError(400, "give the image either as 'pixels' (rows of numbers) or as 'data' with 'width' and 'height'")
+        raise ApiError(
+            400, "give the image either as 'pixels' (rows of numbers) or as 'data' with 'width' and 'height'"
+        )
     if body.pixels is not None:
         rows = body.pixels
         if not rows or any(len(r) != len(rows[0]) for r in rows) or not rows[0]:
@@ -441,7 +467,9 @@ def _decode_pixels(body: PredictBody) -> np.ndarray:
             raise ApiError(400, "'data' is not valid base64") from None
         if len(raw) != body.width * body.height:
             raise ApiError(
-                400, f"'data' holds {len(raw)} bytes but width*height is {body.width * body.height} (one byte per pixel)"
+                400,
+                f"'data' holds {len(raw)} bytes but width*height is {body.width * body.height} (one byte "
+                "per pixel)",
             )
         array = np.frombuffer(raw, np.uint8).reshape(body.height, body.width)
     return check_drawing(array)
@@ -597,7 +625,10 @@ class _BodyLimit:
             {
                 "type": "http.response.start",
                 "status": 413,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
             }
         )
         await send({"type": "http.response.body", "body": body})

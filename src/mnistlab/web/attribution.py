@@ -16,7 +16,9 @@ from ..model_api import InspectableModel
 from .encode import b64_u8
 
 
-def attribution_answer(model: InspectableModel, image: np.ndarray, method: str, target: str | None) -> dict[str, Any]:
+def attribution_answer(
+    model: InspectableModel, image: np.ndarray, method: str, target: str | None
+) -> dict[str, Any]:
     """One image's map for ``method`` and ``target`` (None: the predicted class), ready to paint.
 
     A request the model cannot answer (a bad target, Grad-CAM without conv layers, a model without

@@ -32,5 +32,9 @@ def activation(name: str, values: np.ndarray) -> dict[str, Any]:
     lo = float(min(0.0, values[finite].min())) if finite.any() else 0.0
     hi = float(values[finite].max()) if finite.any() else 0.0
     span = hi - lo
-    scaled = np.zeros(values.shape, np.float32) if span <= 0 else (np.where(finite, values, lo) - lo) * (255.0 / span)
+    scaled = (
+        np.zeros(values.shape, np.float32)
+        if span <= 0
+        else (np.where(finite, values, lo) - lo) * (255.0 / span)
+    )
     return {"name": name, "shape": list(values.shape), "lo": lo, "hi": hi, "data": b64_u8(np.rint(scaled))}

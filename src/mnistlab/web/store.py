@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import re
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..data import Dataset, load_dataset
 from ..errors import MnistlabError, RunError
@@ -114,7 +115,11 @@ class RunStore:
             raise ApiError(400, f"invalid run name {name!r}: it points outside the runs directory")
         if not (path / MANIFEST).is_file():
             known = [r["name"] for r in self.list_runs()]
-            hint = f"available runs: {', '.join(known)}" if known else f"{self.runs_dir} holds no runs yet; train one"
+            hint = (
+                f"available runs: {', '.join(known)}"
+                if known
+                else f"{self.runs_dir} holds no runs yet; train one"
+            )
             raise ApiError(404, f"unknown run {name!r}; {hint}")
         return path
 
@@ -135,7 +140,9 @@ class RunStore:
                 shapes = layer_shapes(model)
             except FileNotFoundError:
                 self._runs.pop(name, None)
-                raise ApiError(404, f"run {name!r} disappeared while it was being read; reload the run list") from None
+                raise ApiError(
+                    404, f"run {name!r} disappeared while it was being read; reload the run list"
+                ) from None
             except MnistlabError as exc:
                 self._runs.pop(name, None)
                 raise ApiError(409, f"run {name!r} cannot be loaded: {exc}") from None
@@ -144,7 +151,9 @@ class RunStore:
                 # version: report it and keep serving; the next request tries again.
                 self._runs.pop(name, None)
                 raise ApiError(
-                    409, f"run {name!r} cannot be loaded ({type(exc).__name__}: {exc}); it may be being rewritten, retry"
+                    409,
+                    f"run {name!r} cannot be loaded ({type(exc).__name__}: {exc}); it may be being "
+                    "rewritten, retry",
                 ) from None
             loaded = LoadedRun(name, path, signature, model, manifest, history, shapes)
             self._runs[name] = loaded
@@ -177,9 +186,11 @@ def _summary(name: str, path: Path) -> dict[str, Any]:
     except (MnistlabError, OSError) as exc:
         return {"name": name, "error": str(exc)}
     metrics = manifest.get("metrics")
+    imported = manifest.get("imported")
     return {
         "name": name,
         "kind": manifest.get("kind"),
+        "imported": imported.get("file") if isinstance(imported, dict) else None,
         "dataset": manifest.get("dataset"),
         "created": manifest.get("created"),
         "metrics": metrics if isinstance(metrics, dict) else {},

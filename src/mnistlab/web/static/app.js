@@ -126,7 +126,8 @@ async function loadRuns() {
   select.innerHTML = "";
   const usable = data.runs.filter((r) => !r.error);
   for (const r of data.runs) {
-    const label = r.error ? `${r.name} (unreadable)` : `${r.name} · ${r.kind}`;
+    const label = r.error ? `${r.name} (unreadable)`
+      : `${r.name} · ${r.kind}${r.imported ? ` · imported from ${r.imported}` : ""}`;
     select.append(el("option", { value: r.name, text: label, ...(r.error ? { disabled: "" } : {}) }));
   }
   const empty = $("empty");
@@ -157,6 +158,7 @@ async function selectRun(name) {
   const info = state.info;
   const acc = info.metrics && (info.metrics.test_accuracy ?? info.metrics.accuracy);
   $("run-info").textContent = [info.kind && info.kind.toUpperCase(), info.dataset,
+    info.imported ? `imported from ${info.imported.file}` : null,
     acc != null ? `test accuracy ${(acc * 100).toFixed(2)}%` : null,
     `${info.layers.length} layers`].filter(Boolean).join(" · ");
   buildProbs();
@@ -191,8 +193,10 @@ function buildLayerSlots() {
   for (const layer of state.info.layers) {
     const shape = layer.shape.join("×");
     const canvas = el("canvas", { class: "pixelated", id: `layer-${layer.name}`, "data-layer": layer.name });
+    // an imported model's own layer names, under mnistlab's
+    const source = layer.source ? el("div", { class: "muted small source", text: layer.source }) : null;
     box.append(el("div", { class: "layer" },
-      el("div", { class: "title", text: layer.name }, el("span", { text: shape })), canvas,
+      el("div", { class: "title", text: layer.name }, el("span", { text: shape })), source, canvas,
       el("div", { class: "muted small", id: `range-${layer.name}` })));
   }
 }
@@ -564,7 +568,13 @@ function loadTraining() {
   const box = $("curves");
   box.innerHTML = "";
   const hist = (state.info && state.info.history) || [];
-  if (!hist.length) { box.innerHTML = '<p class="muted">This run has no training history.</p>'; return; }
+  if (!hist.length) {
+    const imported = state.info && state.info.imported;
+    box.replaceChildren(el("p", { class: "muted", text: imported
+      ? `No training history: this model was imported from ${imported.file}, not trained here.`
+      : "This run has no training history." }));
+    return;
+  }
   const keys = [...new Set(hist.flatMap((r) => Object.keys(r)))]
     .filter((k) => k !== "epoch" && hist.some((r) => typeof r[k] === "number" && isFinite(r[k])));
   const varies = (k) => new Set(hist.map((r) => r[k])).size > 1;
@@ -703,7 +713,8 @@ function renderFigures(out, res) {
     t.append(el("tr", {}, ...table.columns.map((c) => el("th", { text: c }))));
     const cell = (v) => (typeof v !== "number" ? v : Number.isInteger(v) ? String(v) : fmt(v));
     for (const row of table.rows) t.append(el("tr", {}, ...row.map((v) => el("td", { text: cell(v) }))));
-    out.append(el("div", { class: "figure" }, el("div", { class: "title", text: table.title || "" }), t));
+    out.append(el("div", { class: "figure" }, el("div", { class: "title", text: table.title || "" }), t,
+      table.note ? el("div", { class: "cap", text: table.note }) : null));
   }
 }
 
