@@ -6,6 +6,8 @@ STAMP  := $(VENV)/.installed
 # The CPU build of torch; a bare `torch` would pull a multi-GB CUDA build.
 TORCH  := torch==2.13.0
 RUNS   ?= runs
+# CPU class of the benchmarks: native, or avx2 to hold an AVX-512/AMX CPU to AVX2 (benchmarks/cpu_class.py)
+CPU_CLASS ?= native
 
 .PHONY: setup bench-venv demo lint test test-fast bench-mlp bench-cnn bench-ddp bench-inspect bench-web bench-attribution serve clean
 
@@ -36,7 +38,7 @@ test-fast: setup
 # Activations of every layer for the test set (seed CNN) and OIPs of all 128 seed-vi conv3 maps;
 # trains quick seed/seed-vi runs into runs/bench-inspect the first time (pass RUNS via ARGS to reuse yours).
 bench-inspect: setup
-	$(BIN)/python benchmarks/bench_inspect.py $(ARGS)
+	$(BIN)/python benchmarks/bench_inspect.py --cpu-class $(CPU_CLASS) $(ARGS)
 
 # Server time per draw update (probabilities + all activations, seed CNN, CPU); target median < 100 ms.
 bench-web: setup
@@ -63,16 +65,17 @@ $(BENCH_STAMP): benchmarks/requirements-bench.txt pyproject.toml
 	$(BENCH_VENV)/bin/python -m pip install -q -e .
 	@touch $(BENCH_STAMP)
 
+# Every benchmark takes CPU_CLASS=native|avx2, e.g. `make bench-cnn CPU_CLASS=avx2`.
 # NumPy MLP against PyTorch, Keras/TF and scikit-learn: 35 epochs, 3 runs each, several minutes.
 # BENCH_MLP_ARGS passes options, e.g. BENCH_MLP_ARGS="--threads 1 --runs 5".
 bench-mlp: bench-venv
-	$(BENCH_VENV)/bin/python benchmarks/bench_mlp.py $(BENCH_MLP_ARGS)
+	$(BENCH_VENV)/bin/python benchmarks/bench_mlp.py --cpu-class $(CPU_CLASS) $(BENCH_MLP_ARGS)
 
 # CPU: seed recipe, mnistlab vs the PyTorch DataLoader loop vs Keras/TF (5 epochs, minutes).
 # Shorter: make bench-cnn BENCH_CNN_ARGS="--epochs 2 --train-size 20000 --runs 3"
 BENCH_CNN_ARGS ?= --epochs 5 --runs 1
 bench-cnn: bench-venv
-	$(BENCH_VENV)/bin/python benchmarks/bench_cnn.py $(BENCH_CNN_ARGS)
+	$(BENCH_VENV)/bin/python benchmarks/bench_cnn.py --cpu-class $(CPU_CLASS) $(BENCH_CNN_ARGS)
 
 # CPU: seed recipe as 2 processes x 1 thread (DDP over gloo) vs one process with 1 thread, 2 threads and
 # the thread split; medians over interleaved rounds, all-reduce cost per step (minutes).

@@ -14,6 +14,10 @@ training times (evaluation excluded), test accuracy after the last epoch, and ra
 
     make bench-venv && .venv-bench/bin/python benchmarks/bench_cnn.py               # 5 epochs, 1 round
     .venv-bench/bin/python benchmarks/bench_cnn.py --epochs 1 --runs 3 --train-size 20000   # timing only
+    .venv-bench/bin/python benchmarks/bench_cnn.py --cpu-class avx2   # every contender held to AVX2
+
+``--cpu-class avx2`` holds every contender to AVX2 on a wider CPU (see cpu_class.py); the report
+starts with the CPU model, what it has, the class of the run, and what each library actually used.
 
 With ``--train-size N`` an epoch uses the first N training images and its time is scaled to
 60,000 images (seconds per full epoch), so short runs still compare per-epoch speed.
@@ -31,7 +35,12 @@ import time
 
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import cpu_class  # benchmarks/ is not a package
+
 CONTENDERS = ("mnistlab", "mnistlab-fp32", "torch", "keras")
+# also selectable with --contenders: single levers, for finding which pay on a CPU
+EXTRA = ("mnistlab-fp32-cl", "mnistlab-fp32-nchw", "mnistlab-compile")
 FULL = 60_000
 
 
@@ -43,7 +52,7 @@ def load(train_size: int):
 
 
 # ---------------------------------------------------------------------------------------- workers
-def worker_mnistlab(args, amp: str) -> dict:
+def worker_mnistlab(args, amp: str, **how) -> dict:
     import torch
 
     from mnistlab.cnn import Trainer, resolve_config
@@ -54,7 +63,9 @@ def worker_mnistlab(args, amp: str) -> dict:
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
-        config = resolve_config("seed", epochs=args.epochs, seed=args.seed, amp=amp, threads=args.threads)
+        config = resolve_config(
+            "seed", epochs=args.epochs, seed=args.seed, amp=amp, threads=args.threads, **how
+        )
         trainer = Trainer(config, ds, os.path.join(tmp, "run"), progress=False)
         result = trainer.run()
     return {
@@ -62,8 +73,19 @@ def worker_mnistlab(args, amp: str) -> dict:
         "epoch_cpu_s": [h["train_cpu_seconds"] for h in result.history],
         "test_acc": [h["test_accuracy"] for h in result.history],
         "threads": trainer.levers.threads,  # with batches split across threads, torch itself runs 1 per part
-        "levers": {"amp": trainer.levers.amp_dtype, "channels_last": trainer.levers.channels_last,
-                   "data_parallel": trainer.levers.data_parallel},
+        "threads_note": (
+            f"batch split across {trainer.levers.data_parallel} threads, "
+            f"{trainer.levers.step_threads} torch thread(s) each"
+        )
+        if trainer.levers.data_parallel > 1
+        else f"{trainer.levers.step_threads} torch thread(s)",
+        "levers": {
+            "amp": trainer.levers.amp_dtype,
+            "channels_last": trainer.levers.channels_last,
+            "data_parallel": trainer.levers.data_parallel,
+            "compile": trainer.levers.compile,
+            "measured": trainer.levers.measured,
+        },
     }
 
 
@@ -72,10 +94,18 @@ def seed_net():
     from torch import nn
 
     net = nn.Sequential(
-        nn.Conv2d(1, 32, 3), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(32, 64, 3), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(64, 64, 3), nn.ReLU(), nn.Flatten(),
-        nn.Linear(576, 70), nn.ReLU(), nn.Linear(70, 10),
+        nn.Conv2d(1, 32, 3),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 3),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(64, 64, 3),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(576, 70),
+        nn.ReLU(),
+        nn.Linear(70, 10),
     )
     for m in net.modules():  # Keras' Glorot-uniform kernels and zero biases
         if isinstance(m, (nn.Conv2d, nn.Linear)):
@@ -115,7 +145,13 @@ def worker_torch(args) -> dict:
         net.eval()
         with torch.no_grad():
             accs.append(float((net(xt).argmax(1) == yt).float().mean()))
-    return {"epoch_s": times, "epoch_cpu_s": cpus, "test_acc": accs, "threads": torch.get_num_threads()}
+    return {
+        "epoch_s": times,
+        "epoch_cpu_s": cpus,
+        "test_acc": accs,
+        "threads": torch.get_num_threads(),
+        "threads_note": f"{torch.get_num_threads()} torch thread(s)",
+    }
 
 
 def worker_keras(args) -> dict:
@@ -131,16 +167,25 @@ def worker_keras(args) -> dict:
     ds = load(args.train_size)
     x = (ds.train_images.astype("float32") / 255)[..., None]
     xt = (ds.test_images.astype("float32") / 255)[..., None]
-    model = keras.Sequential([
-        keras.Input((28, 28, 1)),
-        keras.layers.Conv2D(32, 3, activation="relu"), keras.layers.MaxPooling2D(2),
-        keras.layers.Conv2D(64, 3, activation="relu"), keras.layers.MaxPooling2D(2),
-        keras.layers.Conv2D(64, 3, activation="relu"), keras.layers.Flatten(),
-        keras.layers.Dense(70, activation="relu"), keras.layers.Dense(10, activation="softmax"),
-    ])
+    model = keras.Sequential(
+        [
+            keras.Input((28, 28, 1)),
+            keras.layers.Conv2D(32, 3, activation="relu"),
+            keras.layers.MaxPooling2D(2),
+            keras.layers.Conv2D(64, 3, activation="relu"),
+            keras.layers.MaxPooling2D(2),
+            keras.layers.Conv2D(64, 3, activation="relu"),
+            keras.layers.Flatten(),
+            keras.layers.Dense(70, activation="relu"),
+            keras.layers.Dense(10, activation="softmax"),
+        ]
+    )
     assert model.count_params() == 96_844
-    model.compile(optimizer=keras.optimizers.RMSprop(learning_rate=1e-3),
-                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.compile(
+        optimizer=keras.optimizers.RMSprop(learning_rate=1e-3),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
     times, cpus, accs = [], [], []
 
     class Clock(keras.callbacks.Callback):
@@ -157,17 +202,38 @@ def worker_keras(args) -> dict:
     model.fit(
         x, ds.train_labels.astype("int64"), batch_size=64, epochs=args.epochs, verbose=0, callbacks=[Clock()]
     )
+    intra = tf.config.threading.get_intra_op_parallelism_threads()
+    inter = tf.config.threading.get_inter_op_parallelism_threads()
     return {
-        "epoch_s": times, "epoch_cpu_s": cpus, "test_acc": accs, "threads": args.threads or os.cpu_count(),
+        "epoch_s": times,
+        "epoch_cpu_s": cpus,
+        "test_acc": accs,
+        "threads": intra or os.cpu_count(),
+        "threads_note": f"TF intra-op {intra or 'default'}, inter-op {inter or 'default'}, "
+        f"jit_compile={model.jit_compile}",
     }
 
 
 # ---------------------------------------------------------------------------------------- driver
 def run_worker(name: str, args) -> dict:
-    cmd = [sys.executable, __file__, "--worker", name, "--epochs", str(args.epochs), "--seed", str(args.seed),
-           "--train-size", str(args.train_size), "--threads", str(args.threads)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--worker",
+        name,
+        "--epochs",
+        str(args.epochs),
+        "--seed",
+        str(args.seed),
+        "--train-size",
+        str(args.train_size),
+        "--threads",
+        str(args.threads),
+    ]
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, env=cpu_class.class_env(args.cpu_class), check=False
+    )
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
         return {"error": " | ".join(tail), "wall_s": time.perf_counter() - t0}
@@ -186,11 +252,19 @@ def main() -> int:
         "--train-size", type=int, default=0, help="train on the first N images (0: all 60,000)"
     )
     parser.add_argument(
-        "--threads", type=int, default=os.cpu_count() or 1,
+        "--threads",
+        type=int,
+        default=os.cpu_count() or 1,
         help="threads for every contender (default: all cores; 0: each library's own default, which "
         "for mnistlab depends on the load average)",
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--cpu-class",
+        choices=cpu_class.CLASSES,
+        default="native",
+        help="native: what the CPU has; avx2: hold every contender to AVX2 (see cpu_class.py)",
+    )
     parser.add_argument("--contenders", default=",".join(CONTENDERS))
     parser.add_argument("--json", help="also write the raw results here")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -198,26 +272,34 @@ def main() -> int:
     if args.worker:
         fn = {
             "mnistlab": lambda a: worker_mnistlab(a, "auto"),
-            "mnistlab-fp32": lambda a: worker_mnistlab(a, "off"), "torch": worker_torch,
+            "mnistlab-fp32": lambda a: worker_mnistlab(a, "off"),
+            "mnistlab-fp32-cl": lambda a: worker_mnistlab(a, "off", channels_last="on"),
+            "mnistlab-fp32-nchw": lambda a: worker_mnistlab(a, "off", channels_last="off"),
+            "mnistlab-compile": lambda a: worker_mnistlab(a, "off", compile=True),
+            "torch": worker_torch,
             "keras": worker_keras,
         }[args.worker]
         print(json.dumps(fn(args)))
         return 0
 
     names = [n for n in args.contenders.split(",") if n]
-    unknown = set(names) - set(CONTENDERS)
+    unknown = set(names) - set(CONTENDERS) - set(EXTRA)
     if unknown:
-        parser.error(f"unknown contenders {sorted(unknown)}; choose from {', '.join(CONTENDERS)}")
+        parser.error(f"unknown contenders {sorted(unknown)}; choose from {', '.join(CONTENDERS + EXTRA)}")
     scale = FULL / (args.train_size or FULL)
     load(0)  # fetch/cache the data once, outside any timing
+    print(cpu_class.header(args.cpu_class))
+    for kind in sorted({"torch" if n != "keras" else "keras" for n in names}):
+        print(f"  {kind} uses: {cpu_class.probe(kind, args.cpu_class)}", flush=True)
     print(
         f"seed recipe, {args.epochs} epoch(s), {args.runs} round(s), train size {args.train_size or FULL}, "
-        f"threads {args.threads or 'default'}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}",
+        f"threads {args.threads or 'default'}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; "
+        "the machine may be shared: see CPU time",
         flush=True,
     )
     results: dict[str, list[dict]] = {n: [] for n in names}
     for r in range(args.runs):
-        order = names[r % len(names):] + names[: r % len(names)]
+        order = names[r % len(names) :] + names[: r % len(names)]
         for name in order:
             res = run_worker(name, args)
             results[name].append(res)
@@ -226,10 +308,12 @@ def main() -> int:
             else:
                 per_epoch = " ".join(f"{t * scale:.2f}" for t in res["epoch_s"])
                 cpu = " ".join(f"{t * scale:.2f}" for t in res.get("epoch_cpu_s", []))
+                levers = res.get("levers")
+                shown = f", levers {levers}" if levers else ""
                 print(
-                    f"  round {r + 1} {name:<14} wall s/epoch [{per_epoch}] CPU s/epoch [{cpu}]  test acc "
-                    f"{100 * res['test_acc'][-1]:.2f}%  (threads {res.get('threads')}, wall "
-                    f"{res['wall_s']:.0f} s)",
+                    f"  round {r + 1} {name:<14} wall s/epoch [{per_epoch}] CPU s/epoch [{cpu}]  "
+                    f"test acc {100 * res['test_acc'][-1]:.2f}%  "
+                    f"({res.get('threads_note', res.get('threads'))}{shown}, wall {res['wall_s']:.0f} s)",
                     flush=True,
                 )
     print()
@@ -238,6 +322,7 @@ def main() -> int:
         ok = [res for res in results[name] if "error" not in res]
         if not ok:
             continue
+
         # The first epoch carries one-off costs (Keras traces and XLA-compiles its step, oneDNN picks
         # kernels): medians are over the later epochs when there are any; the first epoch is shown apart.
         def later(key, ok=ok):
@@ -251,23 +336,34 @@ def main() -> int:
             else float("nan"),
             "first_epoch_s": statistics.median(res["epoch_s"][0] * scale for res in ok),
             "test_acc": statistics.median(res["test_acc"][-1] for res in ok),
+            "spread": (min(later("epoch_s")), max(later("epoch_s"))),
+            "threads": ok[-1].get("threads_note", ok[-1].get("threads")),
         }
     ref = summary.get("keras")
+    print(
+        f"\nCPU class: {args.cpu_class} ({'held to AVX2' if args.cpu_class == 'avx2' else 'native'}) on "
+        f"{cpu_class.cpu_model()} ({cpu_class.hardware_isa()})"
+    )
     print("Medians per full epoch. Wall time is what a user waits; CPU time (all threads of the process) is")
     print("what the work costs and hardly moves when other processes load the machine.")
     print(
         f"{'contender':<15}{'wall s/epoch':>13}{'CPU s/epoch':>12}{'1st epoch':>10}{'test acc':>10}"
-        f"{'wall vs keras':>15}{'CPU vs keras':>14}"
+        f"{'wall vs keras':>15}{'CPU vs keras':>14}  spread (wall)  threads"
     )
     for name, s in summary.items():
         wall = f"{s['s_per_epoch'] / ref['s_per_epoch']:.2f}x" if ref else "-"
         cpu = f"{s['cpu_s_per_epoch'] / ref['cpu_s_per_epoch']:.2f}x" if ref else "-"
-        print(f"{name:<15}{s['s_per_epoch']:>13.2f}{s['cpu_s_per_epoch']:>12.2f}{s['first_epoch_s']:>10.2f}"
-              f"{100 * s['test_acc']:>9.2f}%{wall:>15}{cpu:>14}")
+        print(
+            f"{name:<15}{s['s_per_epoch']:>13.2f}{s['cpu_s_per_epoch']:>12.2f}{s['first_epoch_s']:>10.2f}"
+            f"{100 * s['test_acc']:>9.2f}%{wall:>15}{cpu:>14}  "
+            f"{s['spread'][0]:.2f}-{s['spread'][1]:.2f}  {s['threads']}"
+        )
     if "mnistlab" in summary and "torch" in summary:
         m, t = summary["mnistlab"], summary["torch"]
-        print(f"mnistlab vs the tutorial loop: wall {m['s_per_epoch'] / t['s_per_epoch']:.2f}x, "
-              f"CPU {m['cpu_s_per_epoch'] / t['cpu_s_per_epoch']:.2f}x")
+        print(
+            f"mnistlab vs the tutorial loop: wall {m['s_per_epoch'] / t['s_per_epoch']:.2f}x, "
+            f"CPU {m['cpu_s_per_epoch'] / t['cpu_s_per_epoch']:.2f}x"
+        )
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"args": vars(args), "results": results, "summary": summary}, fh, indent=2)

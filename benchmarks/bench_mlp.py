@@ -2,6 +2,10 @@
 
     make bench-mlp                       # builds .venv-bench, runs everything (several minutes)
     .venv-bench/bin/python benchmarks/bench_mlp.py --runs 3 --threads 2
+    .venv-bench/bin/python benchmarks/bench_mlp.py --cpu-class avx2      # every engine held to AVX2
+    # mnistlab's default thread choice against PyTorch with 2 threads, each round after a busy minute:
+    .venv-bench/bin/python benchmarks/bench_mlp.py --engines mnistlab,torch --configs default --batches 500 \
+        --threads 2 --mnistlab-threads auto --busy-first 60 --runs 5
 
 Every training runs in its own process (a fresh interpreter, nothing shared or warmed), the
 engines alternate within each round (the order rotates every round), and each configuration is
@@ -25,6 +29,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import cpu_class  # benchmarks/ is not a package
 
 ENGINES = ("mnistlab", "torch", "keras", "sklearn")
 CONFIGS = ("default", "seed")
@@ -79,7 +86,11 @@ def work_mnistlab(cfg, data, threads, raw, pre):
     trainer = Trainer(model)
     with _Clock() as clock:
         hist = trainer.fit(raw_train, y, test=(raw_test, yt), threads=threads)
-    return clock.result, hist[-1]["test_accuracy"], "", trainer.layout
+    choices = trainer.thread_choice.log if trainer.thread_choice else []
+    used = f"BLAS threads {threads} -> limit {trainer.threads}"
+    if choices:
+        used += "; chose " + ", ".join(f"{n} from epoch {e + 1}" for e, n, _, _ in choices)
+    return clock.result, hist[-1]["test_accuracy"], "", trainer.layout, used
 
 
 def work_torch(cfg, data, threads, raw=None, pre=None):
@@ -106,7 +117,9 @@ def work_torch(cfg, data, threads, raw=None, pre=None):
     biases = [p for n, p in net.named_parameters() if n.endswith("bias")]
     opt = torch.optim.SGD(
         [{"params": weights, "weight_decay": cfg.l2}, {"params": biases, "weight_decay": 0.0}],
-        lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+        lr=cfg.lr,
+        momentum=cfg.momentum,
+        nesterov=cfg.nesterov,
     )
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: learning_rate(cfg, e) / cfg.lr)
     if cfg.output == "softmax":
@@ -145,7 +158,7 @@ def work_torch(cfg, data, threads, raw=None, pre=None):
     with _Clock() as clock:
         acc = fit()
     note = "standard momentum (no seed form)" if cfg.momentum_form == "seed" else ""
-    return clock.result, acc, note
+    return clock.result, acc, note, None, f"torch threads {torch.get_num_threads()}"
 
 
 def work_keras(cfg, data, threads, raw=None, pre=None):
@@ -189,8 +202,16 @@ def work_keras(cfg, data, threads, raw=None, pre=None):
     model.compile(optimizer=opt, loss=loss, metrics=[metric])
     schedule = keras.callbacks.LearningRateScheduler(lambda e, lr: learning_rate(cfg, e))
     with _Clock() as clock:
-        hist = model.fit(x, yk, batch_size=cfg.batch_size, epochs=cfg.epochs, shuffle=True, verbose=0,
-                         validation_data=(xt, ytk), callbacks=[schedule])
+        hist = model.fit(
+            x,
+            yk,
+            batch_size=cfg.batch_size,
+            epochs=cfg.epochs,
+            shuffle=True,
+            verbose=0,
+            validation_data=(xt, ytk),
+            callbacks=[schedule],
+        )
     acc = hist.history[f"val_{metric}"][-1]
     note = "standard momentum (no seed form)" if cfg.momentum_form == "seed" else ""
     return clock.result, acc, note
@@ -272,12 +293,19 @@ def worker(args) -> None:
     cfg = _config(args.config, args.batch, args.epochs)
     data, raw, pre = _mnist(cfg)
     fn = globals()[f"work_{args.worker}"]
-    (seconds, cpu), acc, note, *layout = fn(cfg, data, args.threads, raw, pre)
+    (seconds, cpu), acc, note, *extra = fn(cfg, data, _thread_arg(args.threads), raw, pre)
+    layout = extra[0] if extra else None
+    used = extra[1] if len(extra) > 1 else f"{args.threads} thread(s)"
     print(
         json.dumps(
             {
-                "seconds": seconds, "cpu": cpu, "test_accuracy": acc, "note": note, "blas": _blas_info(),
-                "layout": layout[0] if layout else None,
+                "seconds": seconds,
+                "cpu": cpu,
+                "test_accuracy": acc,
+                "note": note,
+                "blas": _blas_info(),
+                "layout": layout,
+                "threads_used": used,
             }
         )
     )
@@ -305,21 +333,32 @@ def training_flops(cfg, n_train=60000, n_test=10000, layout=None) -> float:
     return cfg.epochs * per_epoch
 
 
-def _env(threads: int) -> dict[str, str]:
-    env = dict(os.environ)
+def _thread_arg(text: str) -> int | str:
+    return text if text == "auto" else int(text)
+
+
+def _env(threads: int | str, cls: str) -> dict[str, str]:
+    env = cpu_class.class_env(cls)
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        env[var] = str(threads)
+        if threads == "auto":  # as a user's shell has it: no limit, the library decides
+            env.pop(var, None)
+        else:
+            env[var] = str(threads)
     # These slow a current OpenBLAS (see the machine notes); the benchmark runs without them and
     # reports the kernel it got.
-    env.pop("OPENBLAS_CORETYPE", None)
+    if cls == "native":
+        env.pop("OPENBLAS_CORETYPE", None)
     env.pop("OPENBLAS_L2_SIZE", None)
     env["TF_CPP_MIN_LOG_LEVEL"] = "2"
     return env
 
 
-def _spawn(argv: list[str], threads: int, timeout: float) -> dict:
+def _spawn(argv: list[str], threads: int | str, timeout: float, cls: str) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), *argv, "--threads", str(threads)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(threads), timeout=timeout)
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(threads, cls), timeout=timeout)
+    except subprocess.TimeoutExpired:  # a loaded machine can stretch one engine past any limit: keep the rest
+        return {"error": f"over the {timeout:.0f} s timeout (--timeout)"}
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
         return {"error": " | ".join(tail)}
@@ -331,10 +370,17 @@ def driver(args) -> int:
     configs = [c for c in args.configs.split(",") if c]
     batches = [int(b) for b in args.batches.split(",") if b]
     threads = args.threads
+    ours_threads = args.mnistlab_threads or threads
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(cpu_class.header(args.cpu_class))
+    for kind in ("numpy", "torch", "keras"):
+        if kind == "numpy" or kind in engines:
+            print(f"  {kind} uses: {cpu_class.probe(kind, args.cpu_class)}", flush=True)
     print(
-        f"bench-mlp: {args.runs} runs x engines {', '.join(engines)}, {args.epochs} epochs, {threads} "
-        f"thread(s), cpu count {os.cpu_count()}, load average {load:.1f} at the start",
+        f"bench-mlp: {args.runs} runs x engines {', '.join(engines)}, {args.epochs} epochs, "
+        f"{threads} thread(s) "
+        f"(mnistlab: {ours_threads}), cpu count {os.cpu_count()}, load average {load:.1f} at the start; "
+        "the machine may be shared",
         flush=True,
     )
     peaks = []
@@ -342,21 +388,31 @@ def driver(args) -> int:
     blas = ""
     started = time.time()
     for r in range(args.runs):
-        peak = _spawn(["--worker", "peak"], threads, 300)
+        peak = _spawn(["--worker", "peak"], threads, 300, args.cpu_class)
         if "gflops" in peak:
             peaks.append(peak["gflops"])
             blas = peak["blas"]
         for config in configs:
             for batch in batches:
-                order = engines[r % len(engines):] + engines[: r % len(engines)]
+                order = engines[r % len(engines) :] + engines[: r % len(engines)]
+                if args.busy_first:
+                    busy(args.busy_first)
                 for engine in order:
+                    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
                     res = _spawn(
                         [
-                            "--worker", engine, "--config", config, "--batch", str(batch), "--epochs",
+                            "--worker",
+                            engine,
+                            "--config",
+                            config,
+                            "--batch",
+                            str(batch),
+                            "--epochs",
                             str(args.epochs),
                         ],
-                        threads,
+                        ours_threads if engine == "mnistlab" else threads,
                         args.timeout,
+                        args.cpu_class,
                     )
                     results.setdefault((config, batch, engine), []).append(res)
                     shown = (
@@ -364,10 +420,29 @@ def driver(args) -> int:
                         if "seconds" in res
                         else res["error"]
                     )
-                    print(f"  run {r + 1} {config:8s} batch {batch:6d} {engine:9s} {shown}", flush=True)
+                    print(
+                        f"  run {r + 1} {config:8s} batch {batch:6d} {engine:9s} {shown}  "
+                        f"(load average {load:.1f} "
+                        f"at its start; {res.get('threads_used', '')})",
+                        flush=True,
+                    )
     print(f"(finished in {time.time() - started:.0f} s)\n")
+    print(
+        f"CPU class: {args.cpu_class} ({'held to AVX2' if args.cpu_class == 'avx2' else 'native'}) on "
+        f"{cpu_class.cpu_model()} ({cpu_class.hardware_isa()}); threads: {threads} for every engine, "
+        f"mnistlab {ours_threads}"
+        + (f"; every round after {args.busy_first:.0f} s of all cores busy" if args.busy_first else "")
+    )
     print(report(results, configs, batches, engines, peaks, blas, args.epochs, threads))
     return 0
+
+
+def busy(seconds: float) -> None:
+    """Keep every core busy for ``seconds`` (other work just before a training: the load average rises)."""
+    code = f"import time\nend = time.time() + {seconds}\nwhile time.time() < end: pass"
+    procs = [subprocess.Popen([sys.executable, "-c", code]) for _ in range(os.cpu_count() or 1)]
+    for proc in procs:
+        proc.wait()
 
 
 def report(results, configs, batches, engines, peaks, blas, epochs, threads) -> str:
@@ -435,8 +510,19 @@ def main(argv=None) -> int:
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--epochs", type=int, default=35)
     p.add_argument(
-        "--threads", default="auto",
-        help="threads for every engine (default auto: the cores the load average leaves idle, decided once)",
+        "--threads", default=str(os.cpu_count() or 1), help="threads for every engine (default: all cores)"
+    )
+    p.add_argument(
+        "--mnistlab-threads", help="mnistlab's --threads, if not the others' (auto: its default choice)"
+    )
+    p.add_argument(
+        "--busy-first", type=float, default=0, help="keep all cores busy this many seconds before each round"
+    )
+    p.add_argument(
+        "--cpu-class",
+        choices=cpu_class.CLASSES,
+        default="native",
+        help="native: what the CPU has; avx2: hold every engine to AVX2 (see cpu_class.py)",
     )
     p.add_argument("--engines", default=",".join(ENGINES))
     p.add_argument("--configs", default=",".join(CONFIGS))
@@ -448,11 +534,6 @@ def main(argv=None) -> int:
     p.add_argument("--config", help=argparse.SUPPRESS)
     p.add_argument("--batch", type=int, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    if args.threads == "auto":
-        from mnistlab.mlp.threads import auto_threads
-
-        args.threads = auto_threads()
-    args.threads = int(args.threads)
     if args.worker:
         worker(args)
         return 0

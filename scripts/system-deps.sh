@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the full test suite and demo use, when running as root and they
-# are missing: Fashion-MNIST's IDX files and Chromium for the browser test. Without root it says
+# are missing: Fashion-MNIST's IDX files, PostgreSQL for the shared-study sweep test (the test starts
+# its own server) and Chromium for the browser test. Without root it says
 # what is missing and carries on (the tests that need them skip with that reason).
 set -u
 want=()
 [ -d /usr/share/datasets/fashion-mnist ] || want+=(dataset-fashion-mnist)
+# --browser: also what only the test suite needs
+if [ "${1:-}" = "--browser" ] && ! ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1; then want+=(postgresql); fi
 if [ "${1:-}" = "--browser" ] && [ ! -x /usr/bin/chromium ]; then want+=(chromium); fi
 [ ${#want[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then

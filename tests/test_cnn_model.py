@@ -113,6 +113,32 @@ def test_input_gradient_is_batched_and_matches_finite_differences():
         model.input_gradient(inputs, "dense1", [0, 1, 12])
 
 
+def test_input_gradient_split_across_threads_matches_the_plain_network():
+    """On the CPU a batch of 32+ rows is split across threads (channels-last weights, the network
+    stopped at the layer): values and gradients are those of autograd through the whole network."""
+    model, rng = _model()
+    inputs = model.to_inputs(rng.integers(0, 256, (40, 28, 28)).astype(np.uint8))
+    units = rng.integers(0, 6, 40)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        values, grads = model.input_gradient(inputs, "conv2", units)
+        assert torch.get_num_threads() == 2  # restored after the parts ran one thread each
+    finally:
+        torch.set_num_threads(threads)
+    x = torch.from_numpy(inputs).requires_grad_(True)
+    seen = {}
+    handle = model.net.conv2.register_forward_hook(lambda _m, _i, out: seen.setdefault("out", out))
+    model.net.eval()
+    model.net(x)
+    handle.remove()
+    expected = seen["out"][torch.arange(40), torch.from_numpy(units)].flatten(1).mean(1)
+    (expected_grad,) = torch.autograd.grad(expected.sum(), x)
+    np.testing.assert_allclose(values, expected.detach().numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(grads, expected_grad.numpy(), rtol=1e-4, atol=1e-6)
+    assert all(p.grad is None for p in model.net.parameters())  # no weight gradients were made
+
+
 def _objective(model, inputs, layer, unit):
     """Item 0's objective in float64, straight from the network (no float32 round trip)."""
     seen = {}

@@ -439,7 +439,9 @@ def test_incomplete_or_incompatible_runs_are_one_line(tiny, tmp_path):
 def test_blas_thread_limit():
     from mnistlab.mlp.threads import resolve
 
-    assert 1 <= resolve("auto") <= (os.cpu_count() or 1)
+    # auto starts from every core the process may use, whatever ran in the last minute; then it times
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    assert resolve("auto") == cores
     assert resolve(None) is None and resolve(2) == 2
     with pytest.raises(ConfigError, match="threads must be a positive integer or 'auto'"):
         resolve(0)
@@ -459,9 +461,10 @@ class _FakeBlas:
 
 
 def test_thread_choice_probes_both_and_keeps_the_faster():
-    """ThreadChoice times batches with all allowed BLAS threads and with one, keeps the faster
-    (one only by a clear margin), probes again when the chosen setting drifts 25% slower, and
-    re-checks every few epochs while on one thread."""
+    """ThreadChoice times batches with one BLAS thread and with all allowed, keeps the faster (one
+    only by a clear margin), gives a many-thread probe up as soon as it is clearly slower, probes
+    again when the many-thread batches drift 25% slower, and re-checks while on one thread after
+    3 epochs, then twice as long each time one thread wins again."""
     from mnistlab.mlp.threads import ThreadChoice
 
     blas = _FakeBlas()
@@ -473,26 +476,44 @@ def test_thread_choice_probes_both_and_keeps_the_faster():
             choice.batch_done(seconds_with[blas.calls[-1]])
 
     choice.start_epoch(0)
-    assert blas.calls == [2]
-    run({2: 1.0, 1: 0.6}, 11)  # 3 skipped + 8 timed with two threads
-    assert blas.calls == [2, 1]
-    run({2: 1.0, 1: 0.6}, 11)
-    assert blas.calls[-1] == 1 and choice.chosen == 1
+    assert blas.calls == [1]  # one thread first: the reference
+    run({2: 1.0, 1: 0.6}, 11)  # 3 skipped + 8 timed with one thread
+    assert blas.calls == [1, 2]
+    run({2: 1.0, 1: 0.6}, 5)  # 3 skipped + 2 timed with two: clearly slower, the probe ends there
+    assert blas.calls[-1] == 1 and choice.chosen == 1 and not choice.steps
     assert choice.log == [(0, 1, 1000.0, 600.0)]
-    for epoch in (1, 2):  # still on one thread: no probe before every_one epochs
+    for epoch in (1, 2):  # on one thread: no probe before 3 epochs, and a slower batch is no reason
         choice.start_epoch(epoch)
-        run({2: 1.0, 1: 0.6}, 8)
-    assert blas.calls[-1] == 1
-    choice.start_epoch(3)  # the link may have recovered: probe again
-    assert blas.calls[-1] == 2
+        run({2: 1.0, 1: 2.0}, 8)
+    assert blas.calls[-1] == 1 and not choice.steps
+    choice.start_epoch(3)  # the neighbours may have finished: probe again
+    assert choice.steps and blas.calls[-1] == 1
     run({2: 0.5, 1: 0.6}, 22)
     assert choice.chosen == 2 and choice.log[-1] == (3, 2, 500.0, 600.0)
     run({2: 0.52, 1: 0.6}, 8)  # 4% slower: no drift
     assert blas.calls[-1] == 2 and not choice.steps
     run({2: 0.7, 1: 0.6}, 8)  # 40% slower than when chosen: probe
-    assert choice.steps and blas.calls[-1] == 2
+    assert choice.steps and blas.calls[-1] == 1
     run({2: 0.7, 1: 0.69}, 22)  # within 3%: the default stays
     assert choice.chosen == 2
+
+
+def test_thread_choice_backs_off_while_one_thread_keeps_winning():
+    from mnistlab.mlp.threads import ThreadChoice
+
+    blas = _FakeBlas()
+    choice = ThreadChoice(2, batch=1000, libs=[blas])
+    busy = {1: 0.6, 2: 10.0}  # a settling batch of two threads already far too slow: no timed ones
+    probes = []
+    for epoch in range(20):
+        choice.start_epoch(epoch)
+        if choice.steps:
+            probes.append(epoch)
+        for _ in range(14):
+            choice.batch_done(busy[blas.calls[-1]])
+    assert probes == [0, 3, 9]  # waits of 3, then 6, then 12 epochs
+    assert all(chosen == 1 for _, chosen, _, _ in choice.log)
+    assert blas.calls.count(2) == len(probes)  # each two-thread probe stopped after one settling batch
 
 
 def test_training_with_two_threads_records_its_choice_and_restores_the_limit():

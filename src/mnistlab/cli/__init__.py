@@ -15,8 +15,10 @@ from ..errors import MnistlabError
 
 # Each module adds its subcommands with register(subparsers); `train` engines register into the
 # `train` group with register_train(train_subparsers). Keep one module per area to keep merges easy.
-COMMAND_MODULES = ("data_cmd", "mlp_cmd", "cnn_cmd", "run_cmd", "inspect_cmd", "attribute_cmd", "web_cmd",
-                   "import_cmd")
+COMMAND_MODULES = (
+    "data_cmd", "mlp_cmd", "cnn_cmd", "run_cmd", "inspect_cmd", "attribute_cmd", "web_cmd", "import_cmd",
+    "sweep_cmd",
+)
 
 
 class _Parser(argparse.ArgumentParser):

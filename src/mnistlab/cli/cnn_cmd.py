@@ -53,6 +53,18 @@ def register_train(train_sub: argparse._SubParsersAction) -> None:
         help="with --resume RUN: restart RUN from its saved initial weights "
         "(new settings allowed; --out DIR to branch)",
     )
+    add_recipe_options(p)
+    p.add_argument_group("processes").add_argument(
+        "--nproc", type=int, metavar="N",
+        help="train as N processes on this machine (DDP through torch's elastic launcher; --batch-size "
+        "stays the global batch; needs --out). Many machines: docs/distributed.md",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run_train)
+
+
+def add_recipe_options(p: argparse.ArgumentParser) -> None:
+    """The options that set TrainConfig fields, shared with `mnistlab sweep cnn`."""
     t = p.add_argument_group("training")
     t.add_argument("--optimizer", help="rmsprop (Keras settings: rho 0.9, eps 1e-7), sgd, adam, adamw")
     t.add_argument("--lr", type=float, help="(peak) learning rate")
@@ -82,12 +94,7 @@ def register_train(train_sub: argparse._SubParsersAction) -> None:
         "--compile", action=argparse.BooleanOptionalAction, default=None, help="torch.compile the network"
     )
     h.add_argument("--cuda-graphs", help="capture the training step as a CUDA graph: auto, on, off")
-    h.add_argument("--threads", type=int, help="CPU threads (0: torch's default; per rank with --nproc)")
-    h.add_argument("--nproc", type=int, metavar="N",
-                   help="train as N processes on this machine (DDP through torch's elastic launcher; "
-                   "--batch-size stays the global batch; needs --out). Many machines: docs/distributed.md")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=run_train)
+    h.add_argument("--threads", type=int, help="CPU threads (0: torch's default; per process in a distributed job)")
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -14,16 +14,7 @@ from .common import add_dataset_options, load_dataset_from_args
 
 
 def register_train(train_sub: argparse._SubParsersAction) -> None:
-    from ..mlp.config import (
-        ACTIVATIONS,
-        INITS,
-        MOMENTUM_FORMS,
-        OPTIMIZERS,
-        OUTPUTS,
-        PREPROCESSING,
-        PRESETS,
-        SCHEDULES,
-    )
+    from ..mlp.config import PRESETS
 
     p = train_sub.add_parser(
         "mlp",
@@ -38,6 +29,17 @@ def register_train(train_sub: argparse._SubParsersAction) -> None:
     add_dataset_options(p)
     p.add_argument("--out", type=Path, help="run directory to write (default runs/mlp-DATASET-TIMESTAMP)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    t = add_config_options(p)
+    t.add_argument("--profile", action="store_true", help="report the time per phase of the batch loop")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run_train)
+
+
+def add_config_options(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """The options that set MLPConfig fields (and --threads), shared with `mnistlab sweep mlp`;
+    returns the training group for callers to add to."""
+    from ..mlp.config import ACTIVATIONS, INITS, MOMENTUM_FORMS, OPTIMIZERS, OUTPUTS, PREPROCESSING, SCHEDULES
+
     g = p.add_argument_group("network")
     g.add_argument("--layers", type=_sizes, help="hidden layer sizes, e.g. 70,30")
     g.add_argument("--activation", help=f"hidden activation: {', '.join(ACTIVATIONS)}")
@@ -71,13 +73,10 @@ def register_train(train_sub: argparse._SubParsersAction) -> None:
     t.add_argument(
         "--patience", type=int, help="early stop after N epochs without a better validation accuracy"
     )
-    t.add_argument("--profile", action="store_true", help="report the time per phase of the batch loop")
-    t.add_argument(
-        "--threads", type=_threads, default="auto",
-        help="BLAS threads for the matrix products (default auto: the cores other processes leave idle)",
-    )
-    t.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=run_train)
+    t.add_argument("--threads", type=_threads, default="auto",
+                   help="BLAS threads for the matrix products (default auto: all cores, one where timing "
+                        "shows that faster)")
+    return t
 
 
 # argparse dest -> MLPConfig field: the same name, except --layers

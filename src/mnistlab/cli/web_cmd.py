@@ -30,6 +30,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=1,
         help="torch threads for CNN runs (default 1: one image's forward pass gains nothing from more)",
     )
+    p.add_argument(
+        "--storage", metavar="URL", help="sweep storage of the Sweeps tab (default RUNS/sweeps.db if any)"
+    )
     p.set_defaults(func=serve)
 
 
@@ -55,7 +58,7 @@ def serve(args: argparse.Namespace) -> int:
             f"mnistlab: note: {runs} does not exist yet; runs trained into it will appear on the page",
             file=sys.stderr,
         )
-    app = create_app(runs, torch_threads=args.threads)
+    app = create_app(runs, torch_threads=args.threads, sweep_storage=args.storage)
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning")
     server = uvicorn.Server(config)
     _announce_url(server, args.host)

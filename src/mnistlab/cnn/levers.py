@@ -1,8 +1,9 @@
 """How a CNN run goes fast: the device, the speed levers chosen for it, and the process-wide
 settings a run changes.
 
-* ``choose_device`` and ``choose_levers`` decide (pure: they change nothing). ``Levers`` records
-  what was decided; the manifest stores it.
+* ``choose_device`` and ``choose_levers`` decide and change nothing; on the CPU, what 'auto' leaves
+  open is timed on a copy of the network (``cpu_probe``, torch's thread count and random stream
+  restored). ``Levers`` records what was decided and measured; the manifest stores it.
 * ``SplitBatch`` (CPU) and ``CudaGraphStep`` (GPU) are the levers that change how a step runs;
   the loop in training.py calls them.
 * ``process_settings`` is the one place where a run changes the process: every such setting is
@@ -20,7 +21,8 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError
-from ..mlp.threads import auto_threads as idle_cores
+from ..mlp.threads import auto_threads as all_cores
+from . import cpu_probe
 from .config import DEVICES, TrainConfig
 from .spec import Spec
 
@@ -29,23 +31,14 @@ from .spec import Spec
 
 
 def cpu_bf16_supported() -> bool:
-    """Native bf16 arithmetic (AVX512-BF16 or AMX). oneDNN's own check accepts any AVX-512 CPU, where
-    bf16 is emulated and slower than float32, so ask for the instructions themselves."""
-    try:
-        caps = torch._C._cpu._get_cpu_capability()
-        return bool(caps.get("avx512_bf16") or caps.get("amx_bf16"))
-    except (AttributeError, RuntimeError):
-        pass
-    try:
-        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
-    except (AttributeError, RuntimeError):
-        return False
+    """Native bf16 arithmetic (AVX512-BF16 or AMX) that oneDNN and ATen may use (cpu_probe.bf16_allowed)."""
+    return cpu_probe.bf16_allowed()
 
 
 def auto_threads() -> int:
-    """torch's default thread count, less the cores other processes keep busy (at least one):
-    OpenMP's barriers make an oversubscribed thread team far slower than fewer threads."""
-    return min(torch.get_num_threads(), idle_cores())
+    """torch's default thread count, within the cores this process may use. Whether they pay (other
+    processes may hold them: OpenMP's barriers then stall) is measured by cpu_probe, not guessed."""
+    return min(torch.get_num_threads(), all_cores())
 
 
 def choose_device(name: str) -> torch.device:
@@ -80,6 +73,7 @@ class Levers:
     threads: int
     reuse_freed_memory: bool = False
     data_parallel: int = 1  # CPU: each batch split across this many threads, one torch thread each
+    measured: str = ""  # CPU: what cpu_probe timed for the choices 'auto' left open
     world_size: int = 1  # processes training together (torchrun, DDP; cnn/distributed.py)
 
     @property
@@ -104,8 +98,9 @@ def choose_levers(config: TrainConfig, device: torch.device, spec: Spec) -> Leve
         # elsewhere it emulates them and is slower than float32, so 'auto' falls back.
         if config.amp == "on" or (config.amp == "auto" and cpu_bf16_supported()):
             amp = "bfloat16"
+    # CPU float32: channels-last first (it skips oneDNN's reorders), then measured against NCHW
     channels_last = config.channels_last == "on" or (
-        config.channels_last == "auto" and kind in ("cuda", "cpu") and amp is not None
+        config.channels_last == "auto" and (kind == "cpu" or (kind == "cuda" and amp is not None))
     )
     graphs = kind == "cuda" and config.cuda_graphs != "off" and not config.compile
     threads = config.threads or (auto_threads() if kind == "cpu" else torch.get_num_threads())
@@ -115,9 +110,40 @@ def choose_levers(config: TrainConfig, device: torch.device, spec: Spec) -> Leve
     if kind == "cpu" and threads > 1 and not config.compile:
         if all(layer.kind.batch_split_exact for layer in spec.layers):
             parallel = max(1, min(threads, config.batch_size // 16))  # parts under 16 images run slowly
+    measured = ""
+    if kind == "cpu" and not config.compile:
+        channels_last, threads, parallel, measured = _measure_cpu(
+            config, spec, amp, channels_last, threads, parallel
+        )
     return Levers(
-        kind, amp, channels_last, bool(config.compile), graphs, threads, kind == "cpu" and _glibc(), parallel
+        kind, amp, channels_last, bool(config.compile), graphs, threads, kind == "cpu" and _glibc(), parallel,
+        measured,
     )
+
+
+def _measure_cpu(config: TrainConfig, spec: Spec, amp: str | None, channels_last: bool, threads: int,
+                 parallel: int) -> tuple[bool, int, int, str]:
+    """What 'auto' leaves open on the CPU, timed on this network (cpu_probe): the float32 layout
+    (channels-last or NCHW: which wins depends on the CPU's oneDNN kernels) and, without --threads,
+    all cores against one thread (other processes may hold the cores). The default comes first and
+    keeps a near-tie."""
+    layouts = [channels_last]
+    if config.channels_last == "auto" and amp is None:
+        layouts = [True, False]
+    setups = [(threads, parallel)]
+    if not config.threads and threads > 1:
+        setups.append((1, 1))
+    candidates = [cpu_probe.Candidate(cl, t, p) for cl in layouts for t, p in setups]
+    if len(candidates) == 1:
+        return channels_last, threads, parallel, ""
+    from .model import Net
+
+    dtype = {"bfloat16": torch.bfloat16}.get(amp or "")
+    with torch.random.fork_rng(devices=[]):  # the probe's network must not draw from the run's random stream
+        net = Net(spec)
+    result = cpu_probe.probe(net, spec.input_shape, config.batch_size, candidates, autocast=dtype)
+    best = result.chosen
+    return best.channels_last, best.threads, best.parts, result.describe()
 
 
 # ----------------------------------------------------------------------------------------------

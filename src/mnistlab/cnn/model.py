@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -17,6 +18,7 @@ from .activations import ACTIVATIONS
 from .spec import LayerInfo, Spec, infer_shapes, parse_spec, summary_table
 
 INITS = ("glorot", "default")
+_MIN_PART = 16  # rows per thread below which splitting an input-gradient batch does not pay
 
 
 class Net(nn.Module):
@@ -58,7 +60,8 @@ class Net(nn.Module):
         }
         self.fuse_pooling = True
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, until: str | None = None) -> torch.Tensor:
+        """Logits; with ``until``, the output of that block, and no block after it runs."""
         if x.dim() == 3:
             x = x.unsqueeze(1)  # (N, 28, 28) -> (N, 1, 28, 28)
         modules = self._modules
@@ -67,7 +70,7 @@ class Net(nn.Module):
             if name == skip:
                 continue
             block = modules[name]
-            following = self.pool_first.get(name) if self.fuse_pooling else None
+            following = self.pool_first.get(name) if self.fuse_pooling and name != until else None
             # hooks (inspection) must see each block's own output, so hooked blocks run as written
             if following is not None and not (block._forward_hooks or modules[following]._forward_hooks):
                 before, pooling, act = self._fused[name]
@@ -77,8 +80,12 @@ class Net(nn.Module):
                     x = module(x)
                 x = act(x)
                 skip = following
+                if following == until:
+                    return x
             else:
                 x = block(x)
+            if name == until:
+                return x
         return x  # (N, classes) logits
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
@@ -212,6 +219,62 @@ class CNN(InspectableModel):
                 handle.remove()
         return results
 
+    def _detached_params(self, channels_last: bool) -> dict[str, torch.Tensor]:
+        """The weights without autograd (the input gradient needs none of theirs); on the CPU
+        in channels-last order, which runs oneDNN's convolutions without reorders and ATen's
+        vectorized pooling."""
+        params = {name: p.detach() for name, p in self.net.named_parameters()}
+        if channels_last:
+            params = {name: p.contiguous(memory_format=torch.channels_last) if p.dim() == 4 else p
+                      for name, p in params.items()}
+        params.update(dict(self.net.named_buffers()))
+        return params
+
+    def _unit_gradients(self, x: torch.Tensor, layer: str, rows: torch.Tensor, idx: torch.Tensor,
+                        params: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each row's unit value (a map's mean, or a node) and its gradient with respect to the row's
+        input."""
+        x = x.detach().unsqueeze(1).clone()  # (N, 1, 28, 28)
+        if x.device.type == "cpu":
+            x = x.contiguous(memory_format=torch.channels_last)
+        x.requires_grad_(True)
+        with torch.enable_grad():
+            # nothing after the layer runs
+            out = torch.func.functional_call(self.net, params, (x,), {"until": layer})
+            if layer == "output":
+                out = self.net.probabilities(out)
+            picked = out[rows, idx]  # (N,) for dense, (N, H, W) for maps
+            values = picked.flatten(1).mean(1) if picked.dim() > 1 else picked
+            (grad,) = torch.autograd.grad(values.sum(), x)
+        return values.detach(), grad[:, 0]
+
+    def _split_unit_gradients(self, x: torch.Tensor, layer: str, rows: torch.Tensor,
+                              idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """On the CPU the rows are independent: split them across threads, one torch thread each.
+        Small convolutions gain little from torch's own threads, whose barriers stall whenever
+        another process holds a core; a part per thread has no barriers at all."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        threads = torch.get_num_threads()
+        parts = max(1, min(threads, len(x) // _MIN_PART))
+        params = self._detached_params(channels_last=True)
+        if parts == 1:
+            return self._unit_gradients(x, layer, rows, idx, params)
+        bounds = np.linspace(0, len(x), parts + 1).astype(int)
+        jobs = [(slice(a, b), torch.arange(b - a)) for a, b in itertools.pairwise(bounds)]
+        torch.set_num_threads(1)
+        try:
+            with ThreadPoolExecutor(parts - 1, thread_name_prefix="mnistlab-oip") as pool:
+                others = [
+                    pool.submit(self._unit_gradients, x[sl], layer, r, idx[sl], params) for sl, r in jobs[1:]
+                ]
+                sl, r = jobs[0]
+                results = [self._unit_gradients(x[sl], layer, r, idx[sl], params)]
+                results += [f.result() for f in others]
+        finally:
+            torch.set_num_threads(threads)
+        return torch.cat([v for v, _ in results]), torch.cat([g for _, g in results])
+
     def _shape(self, name: str) -> tuple[int, ...]:
         for info in self.net.infos:
             if info.name == name:
@@ -222,7 +285,7 @@ class CNN(InspectableModel):
         self, inputs: np.ndarray, layer: str, units: Sequence[int] | np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
         (layer,) = self.check_layers([layer])
-        x = self._as_tensor(inputs).clone().requires_grad_(True)
+        x = self._as_tensor(inputs)
         units_arr = np.asarray(units, dtype=np.int64).reshape(-1)
         if len(units_arr) != len(x):
             raise ConfigError(f"got {len(units_arr)} units for {len(x)} inputs; give one unit per input")
@@ -232,27 +295,16 @@ class CNN(InspectableModel):
                 f"unit {int(units_arr.max() if units_arr.max() >= width else units_arr.min())} is out of "
                 f"range for {layer} (0..{width - 1})"
             )
-        captured: dict[str, torch.Tensor] = {}
-        handle = self.net._modules[layer].register_forward_hook(
-            lambda _m, _i, out: captured.__setitem__("out", out)
-        )
         self.net.eval()
-        try:
-            with torch.enable_grad():
-                self.net(x)
-                out = captured["out"]
-                if layer == "output":
-                    out = self.net.probabilities(out)
-                rows = torch.arange(len(x), device=x.device)
-                idx = torch.from_numpy(units_arr).to(x.device)
-                picked = out[rows, idx]  # (N,) for dense, (N, H, W) for maps
-                values = picked.flatten(1).mean(1) if picked.dim() > 1 else picked
-                (grad,) = torch.autograd.grad(values.sum(), x)
-        finally:
-            handle.remove()
-        return values.detach().cpu().numpy().astype(
-            np.float32, copy=False
-        ), grad.detach().cpu().numpy().astype(np.float32, copy=False)
+        rows = torch.arange(len(x), device=x.device)
+        idx = torch.from_numpy(units_arr).to(x.device)
+        if x.device.type != "cpu" or len(x) < 2 * _MIN_PART:
+            params = self._detached_params(x.device.type == "cpu")
+            values, grad = self._unit_gradients(x, layer, rows, idx, params)
+        else:
+            values, grad = self._split_unit_gradients(x, layer, rows, idx)
+        return (values.detach().cpu().numpy().astype(np.float32, copy=False),
+                grad.detach().cpu().numpy().astype(np.float32, copy=False))
 
     def layer_gradient(
         self, inputs: np.ndarray, layer: str, units: Sequence[int] | np.ndarray, wrt: str

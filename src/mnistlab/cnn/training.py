@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..callbacks import StopTraining
 from ..data import Dataset, Preprocessor, validation_split
 from ..errors import ConfigError, RunError, TrainingDiverged
 from . import distributed
@@ -100,7 +101,10 @@ class Trainer:
         overwrite: bool = False,
         initial_weights: dict[str, np.ndarray] | None = None,
         step_callback: Callable[[Trainer, int], None] | None = None,
+        epoch_callback: Callable[[dict[str, Any]], None] | None = None,
     ):
+        """``epoch_callback`` gets each epoch's history row; raising StopTraining there ends the run
+        after that epoch (saved as interrupted). A dataset with an empty test split is never tested."""
         config.validate()
         self.config = config
         self.dataset = dataset
@@ -109,6 +113,7 @@ class Trainer:
         distributed.check_batch(config.batch_size, self.ranks)
         self.progress = progress and self.ranks.is_main
         self.step_callback = step_callback
+        self.epoch_callback = epoch_callback
         if self.out.exists() and not overwrite and self.ranks.is_main:
             raise RunError(f"{self.out}: already exists; choose another --out, or --resume it")
         self.spec: Spec = parse_spec(config.spec)
@@ -439,6 +444,11 @@ class Trainer:
         self.files.add_epoch(self.epoch, weights)
         if self.epoch < cfg.epochs:  # after the last epoch, run() writes the finished run once
             self.write("partial", dict(self.history[-1]), weights)
+        if self.epoch_callback is not None:
+            try:
+                self.epoch_callback(dict(self.history[-1]))
+            except StopTraining:
+                self.stop.requested = True  # run() saves the run as interrupted and returns
         return "ok"
 
     def _epoch_row(self) -> dict[str, Any]:
@@ -452,7 +462,8 @@ class Trainer:
         }
         if len(self.val_idx):
             row["val_loss"], row["val_accuracy"] = self.evaluate(self.x_val, self.y_val)
-        row["test_loss"], row["test_accuracy"] = self.evaluate(self.x_test, self.y_test)
+        if len(self.y_test):
+            row["test_loss"], row["test_accuracy"] = self.evaluate(self.x_test, self.y_test)
         row["lr"] = float(self.optimizer.lr)
         row["train_seconds"] = round(self.partial["time_s"], 4)
         # CPU time of this process (all its threads): with a fixed thread count it barely moves when

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from ..callbacks import StopTraining
 from ..data import Dataset, Preprocessor, load_dataset, validation_split
 from ..errors import TrainingDiverged
 from ..runs import make_manifest, write_run
@@ -52,7 +53,7 @@ def train_on_dataset(
     model = MLP(config, preprocess=pre)
     y = ds.train_labels[train_idx] if config.val else ds.train_labels
     # raw uint8 images: the trainer applies the model's preprocessing chunk by chunk
-    test = (ds.test_images, ds.test_labels)
+    test = (ds.test_images, ds.test_labels) if len(ds.test_labels) else None
     val = (ds.train_images[val_idx], ds.train_labels[val_idx]) if config.val else None
     trainer = Trainer(model)  # the model carries the config
     history: list[dict[str, Any]] = []
@@ -63,11 +64,16 @@ def train_on_dataset(
             callback(row)
 
     diverged: TrainingDiverged | None = None
+    stopped = False
     try:
         trainer.fit(train_images, y, test=test, val=val, callback=on_epoch, profile=profile, threads=threads)
     except TrainingDiverged as exc:
         diverged = exc
-    if diverged is None and config.patience is None:
+    except StopTraining:
+        stopped = True  # the model holds the weights after the epoch whose callback asked
+    if test is None:
+        test_accuracy = None
+    elif diverged is None and config.patience is None and not stopped:
         test_accuracy = history[-1]["test_accuracy"]  # measured on the final weights after the last epoch
     else:  # the weights were rolled back (divergence) or restored (early stopping's best epoch)
         with np.errstate(over="ignore", invalid="ignore"):  # last good weights of a diverged run may be huge
@@ -77,7 +83,7 @@ def train_on_dataset(
     if out is not None and (diverged is None or history):
         extra: dict[str, Any] = {
             "metrics": {"test_accuracy": test_accuracy, "epochs_trained": len(history)},
-            "status": "diverged" if diverged else "complete",
+            "status": "diverged" if diverged else "stopped" if stopped else "complete",
             "blas_threads": trainer.threads,
             "blas_thread_choices": choices,
             "input_layout": trainer.layout,

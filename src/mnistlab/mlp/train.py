@@ -158,8 +158,8 @@ class Trainer:
     ) -> list[dict[str, Any]]:
         """Train for ``config.epochs`` epochs; returns one dict per epoch (nothing is printed).
 
-        ``threads`` limits NumPy's BLAS threads during the fit: an int, "auto" (the cores left
-        idle by other processes, see mnistlab.mlp.threads) or None (the BLAS default). Within a
+        ``threads`` limits NumPy's BLAS threads during the fit: an int, "auto" (every core,
+        see mnistlab.mlp.threads) or None (the BLAS default). Within a
         limit above one, the trainer uses one thread where that proves faster (``adapt_threads``,
         see mnistlab.mlp.threads.ThreadChoice; ``thread_choice.log`` says what it measured).
 

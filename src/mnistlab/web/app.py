@@ -38,6 +38,7 @@ from ..models import load_model
 from . import encode
 from .attribution import attribution_answer
 from .store import ApiError, LoadedRun, RunStore
+from .sweeps import sweep_router
 
 STATIC = Path(__file__).parent / "static"
 MAX_BODY = 2 * 1024 * 1024  # a 1024x1024 drawing in base64 is 1.4 MB; JSON lists of 512x512 fit too
@@ -76,11 +77,13 @@ def create_app(
     dataset_loader: Callable[[str], Dataset] | None = None,
     max_body: int = MAX_BODY,
     torch_threads: int | None = None,
+    sweep_storage: str | None = None,
 ) -> FastAPI:
     """The app serving the runs under ``runs_dir``; the loaders are replaceable for tests.
 
     ``torch_threads``: when given, torch's intra-op thread count is set to it once a model has
     imported torch (process-wide, so only `mnistlab serve` passes it; see there why 1).
+    ``sweep_storage``: the Optuna storage of the Sweeps tab (default RUNS/sweeps.db when it exists).
     """
     kwargs: dict[str, Any] = {}
     if model_loader is not None or torch_threads is not None:
@@ -124,6 +127,7 @@ def create_app(
         return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.include_router(sweep_router(store.runs_dir, sweep_storage))
 
     @app.get("/api/health")
     def health() -> dict[str, Any]:

@@ -485,7 +485,8 @@ function openTab(name) {
   for (const s of document.querySelectorAll(".tab")) s.classList.toggle("active", s.id === `tab-${name}`);
   if (!state.run || state.loaded[name]) return;
   state.loaded[name] = true;
-  const loaders = { misclassified: loadMisclassified, confusion: loadConfusion, training: loadTraining, oip: () => {}, compare: () => {} };
+  const loaders = { misclassified: loadMisclassified, confusion: loadConfusion, training: loadTraining, oip: () => {}, compare: () => {},
+    sweeps: () => window.loadSweeps() };  // sweeps.js
   if (loaders[name]) loaders[name]();
 }
 
@@ -591,6 +592,22 @@ function loadTraining() {
 
 const PALETTE = ["#3563e9", "#e8833a", "#1f9d55", "#d64545", "#8e5bd6", "#17a2b8"];
 
+// An SVG of W x H and add(tag, attrs, text) that appends an element to it (charts here and in sweeps.js).
+function svgCanvas(W, H) {
+  const svg = document.createElementNS(SVG_NS, "svg");
+  svg.setAttribute("width", W); svg.setAttribute("height", H); svg.setAttribute("viewBox", `0 0 ${W} ${H}`);
+  const add = (tag, attrs, text) => {
+    const n = document.createElementNS(SVG_NS, tag);
+    for (const [k, v] of Object.entries(attrs)) n.setAttribute(k, v);
+    if (text != null) n.textContent = text;
+    svg.append(n);
+    return n;
+  };
+  return [svg, add];
+}
+
+const SVG_NS = "http://www.w3.org/2000/svg";
+
 function chart(title, hist, keys) {
   const W = 420, H = 260, m = { l: 50, r: 14, t: 26, b: 34 };
   const xs = hist.map((r, i) => (typeof r.epoch === "number" ? r.epoch : i + 1));
@@ -601,16 +618,7 @@ function chart(title, hist, keys) {
   const x0 = Math.min(...xs), x1 = Math.max(...xs) === x0 ? x0 + 1 : Math.max(...xs);
   const X = (x) => m.l + ((x - x0) / (x1 - x0)) * (W - m.l - m.r);
   const Y = (y) => H - m.b - ((y - lo) / (hi - lo)) * (H - m.t - m.b);
-  const ns = "http://www.w3.org/2000/svg";
-  const svg = document.createElementNS(ns, "svg");
-  svg.setAttribute("width", W); svg.setAttribute("height", H); svg.setAttribute("viewBox", `0 0 ${W} ${H}`);
-  const add = (tag, attrs, text) => {
-    const n = document.createElementNS(ns, tag);
-    for (const [k, v] of Object.entries(attrs)) n.setAttribute(k, v);
-    if (text != null) n.textContent = text;
-    svg.append(n);
-    return n;
-  };
+  const [svg, add] = svgCanvas(W, H);
   add("text", { x: m.l, y: 16, "font-size": 13, "font-weight": 600, fill: "#1d2330" }, title);
   for (let i = 0; i <= 4; i++) {
     const v = lo + ((hi - lo) * i) / 4, y = Y(v);
@@ -629,7 +637,7 @@ function chart(title, hist, keys) {
     add("polyline", { points: pts.map(([x, y]) => `${X(x)},${Y(y)}`).join(" "), fill: "none", stroke: color, "stroke-width": 2 });
     for (const [x, y] of pts) {
       add("circle", { cx: X(x), cy: Y(y), r: 2.6, fill: color }).append(
-        Object.assign(document.createElementNS(ns, "title"), { textContent: `${k} @ ${x}: ${y}` }));
+        Object.assign(document.createElementNS(SVG_NS, "title"), { textContent: `${k} @ ${x}: ${y}` }));
     }
   });
   const legend = el("div", { class: "legend" });

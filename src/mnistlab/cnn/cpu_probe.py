@@ -1,0 +1,144 @@
+"""CPU levers decided by measurement: what the CPU may run, and which layout and thread setup is
+fastest for this network on it.
+
+* ``bf16_allowed`` reads what the CPU has *and* what oneDNN and ATen are allowed to use
+  (``ONEDNN_MAX_CPU_ISA`` / ``ATEN_CPU_CAPABILITY`` can hold an AVX-512 CPU to AVX2; bf16 is then
+  emulated, many times slower than float32).
+* ``probe`` times a few forward + backward passes of the network on synthetic data for each
+  candidate (memory layout; all cores with the batch split across them, or one thread) and returns
+  the fastest. On AVX2 float32 the channels-last layout avoids oneDNN's reorders and runs ATen's
+  vectorized pooling; a split batch pays on idle cores and loses when other processes hold them.
+  These depend on the CPU and on what else runs on it, so they are measured, not assumed. The
+  timings are interleaved and each candidate's median is kept, so one preempted pass decides nothing.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import statistics
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+# oneDNN ISA names (ONEDNN_MAX_CPU_ISA) whose instructions include native bf16 arithmetic
+_BF16_ISAS = ("BF16", "FP16", "AMX", "AVX10", "ALL")
+
+
+def bf16_allowed() -> bool:
+    """Native bf16 (AVX512-BF16 or AMX) on this CPU, and oneDNN and ATen allowed to use it."""
+    try:
+        caps = torch._C._cpu._get_cpu_capability()
+        has = bool(caps.get("avx512_bf16") or caps.get("amx_bf16"))
+    except (AttributeError, RuntimeError):
+        try:
+            has = bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+        except (AttributeError, RuntimeError):
+            has = False
+    if not has or torch.backends.cpu.get_cpu_capability() != "AVX512":
+        return False
+    limit = (os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "ALL").upper()
+    return any(name in limit for name in _BF16_ISAS)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    channels_last: bool
+    threads: int  # torch threads in all
+    parts: int  # the batch split across this many threads, one torch thread each (1: not split)
+
+    def describe(self) -> str:
+        layout = "channels-last" if self.channels_last else "NCHW"
+        how = f"batch split across {self.parts} threads" if self.parts > 1 else f"{self.threads} thread(s)"
+        return f"{layout}, {how}"
+
+
+@dataclass
+class ProbeResult:
+    chosen: Candidate
+    ms_per_step: dict[Candidate, float] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        return "; ".join(f"{c.describe()}: {ms:.1f} ms" for c, ms in self.ms_per_step.items())
+
+
+_cache: dict[tuple, ProbeResult] = {}
+
+
+def probe(
+    net: torch.nn.Module,
+    input_shape: Sequence[int],
+    batch: int,
+    candidates: Sequence[Candidate],
+    autocast: torch.dtype | None = None,
+    rounds: int = 3,
+    steps: int = 3,
+) -> ProbeResult:
+    """The fastest of ``candidates`` for a forward + backward pass of ``net`` at ``batch`` (a copy
+    of it: the run's network and random stream are untouched). Results are kept per process for
+    the same network shape, batch and candidates."""
+    candidates = list(dict.fromkeys(candidates))
+    if len(candidates) == 1:
+        return ProbeResult(candidates[0])
+    key = (
+        repr(net),
+        tuple(input_shape),
+        batch,
+        tuple(candidates),
+        autocast,
+        os.environ.get("ONEDNN_MAX_CPU_ISA"),
+        torch.backends.cpu.get_cpu_capability(),
+    )
+    if key in _cache:
+        return _cache[key]
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, *input_shape, generator=generator)
+    y = torch.randint(0, 2, (batch,), generator=generator)
+    nets = {}
+    for layout in {c.channels_last for c in candidates}:
+        clone = copy.deepcopy(net).train()
+        nets[layout] = clone.to(memory_format=torch.channels_last) if layout else clone
+    threads_before = torch.get_num_threads()
+    pool = ThreadPoolExecutor(max(c.parts for c in candidates) - 1 or 1, thread_name_prefix="mnistlab-probe")
+    times: dict[Candidate, list[float]] = {c: [] for c in candidates}
+    try:
+        for round_ in range(rounds + 1):  # the first round warms each candidate up, untimed
+            for cand in candidates:
+                torch.set_num_threads(1 if cand.parts > 1 else cand.threads)
+                xs = x.contiguous(memory_format=torch.channels_last) if cand.channels_last else x
+                for _ in range(steps):
+                    t0 = time.perf_counter()
+                    _pass(nets[cand.channels_last], xs, y, cand.parts, autocast, pool)
+                    if round_:
+                        times[cand].append(time.perf_counter() - t0)
+    finally:
+        torch.set_num_threads(threads_before)
+        pool.shutdown()
+    ms = {c: 1000 * statistics.median(t) for c, t in times.items()}
+    best = min(ms.values())
+    # near-ties go to the earlier candidate (the caller lists its default first)
+    chosen = next(c for c in candidates if ms[c] <= 1.03 * best)
+    result = ProbeResult(chosen, ms)
+    _cache[key] = result
+    return result
+
+
+def _pass(net, x, y, parts, autocast, pool) -> None:
+    def part(xp, yp):
+        with torch.autocast("cpu", dtype=autocast, enabled=autocast is not None):
+            logits = net(xp)
+        loss = F.cross_entropy(logits.float()[:, :2], yp)
+        torch.autograd.grad(loss, [p for p in net.parameters() if p.requires_grad])
+
+    if parts == 1:
+        part(x, y)
+        return
+    xs, ys = x.tensor_split(parts), y.tensor_split(parts)
+    others = [pool.submit(part, xs[k], ys[k]) for k in range(1, parts)]
+    part(xs[0], ys[0])
+    for f in others:
+        f.result()
