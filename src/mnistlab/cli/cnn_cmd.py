@@ -94,7 +94,7 @@ def add_recipe_options(p: argparse.ArgumentParser) -> None:
         "--compile", action=argparse.BooleanOptionalAction, default=None, help="torch.compile the network"
     )
     h.add_argument("--cuda-graphs", help="capture the training step as a CUDA graph: auto, on, off")
-    h.add_argument("--threads", type=int, help="CPU threads (0: torch's default; per process in a distributed job)")
+    h.add_argument("--threads", type=int, help="CPU threads (0: torch's default; per process with --nproc)")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
