@@ -129,4 +129,4 @@ def test_export_errors_are_one_line(tmp_path, capsys):
     run = mlp_run(tmp_path / "run")
     (tmp_path / "file").write_text("")
     assert main(["export", str(run), "--out", str(tmp_path / "file" / "m.onnx")]) == 1
-    assert "cannot write" in capsys.readouterr().err
+    assert "while writing the ONNX file" in capsys.readouterr().err

@@ -26,3 +26,13 @@ class TrainingDiverged(MnistlabError):
 
 class ModelFileError(MnistlabError):
     """A model file to import is unreadable, unsafe, or uses what mnistlab cannot express."""
+
+
+class MissingExtra(MnistlabError, ModuleNotFoundError):
+    """An optional module is not installed; the message names the extra that brings it (see mnistlab.extras).
+
+    Also a ModuleNotFoundError, so ``except ImportError`` around an optional feature keeps working."""
+
+
+class WriteError(MnistlabError):
+    """The disk refused a write (full, quota, permissions, read-only); the message says what was kept."""

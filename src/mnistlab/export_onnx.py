@@ -21,8 +21,9 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .errors import ConfigError, MnistlabError
-from .runs import atomic_write_bytes, read_run
+from .errors import ConfigError
+from .runs import read_run
+from .safe_write import atomic_write_bytes, guard
 
 OPSET = 17
 FORMATS = ("onnx",)
@@ -30,13 +31,9 @@ INPUT_NAME, OUTPUT_NAME = "pixels", "probabilities"
 
 
 def _onnx():
-    try:
-        import onnx
-    except ModuleNotFoundError:
-        raise MnistlabError(
-            "exporting to ONNX needs the onnx package: pip install 'mnistlab[import]'"
-        ) from None
-    return onnx
+    from .extras import require
+
+    return require("onnx", "exporting to ONNX")
 
 
 def export_run(run_dir: str | Path, out: str | Path, fmt: str = "onnx") -> Path:
@@ -68,10 +65,8 @@ def export_run(run_dir: str | Path, out: str | Path, fmt: str = "onnx") -> Path:
     model.producer_name, model.producer_version = "mnistlab", __version__
     onnx.checker.check_model(model)
     out = Path(out)
-    try:
+    with guard(out, "the ONNX file", "the run is unchanged", "another --out"):
         atomic_write_bytes(out, model.SerializeToString())
-    except OSError as exc:
-        raise MnistlabError(f"{out}: cannot write it ({exc.strerror}); choose a writable --out") from None
     return out
 
 

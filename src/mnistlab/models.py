@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .extras import needs_extras
 from .model_api import InspectableModel
 from .runs import read_run
 
@@ -15,6 +16,7 @@ def load_model(run_dir: str | Path) -> InspectableModel:
         from .mlp import MLP
 
         return MLP.from_run(record)
-    from .cnn import CNN
+    with needs_extras(f"the CNN run {run_dir}"):
+        from .cnn import CNN
 
     return CNN.from_run(record)

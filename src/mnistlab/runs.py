@@ -17,12 +17,12 @@ directory that looks complete. ``run.json`` is the completion marker: it is writ
 from __future__ import annotations
 
 import csv
+import glob
 import io
 import json
 import os
 import platform
 import shutil
-import tempfile
 import zipfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -34,6 +34,7 @@ import numpy as np
 
 from . import __version__
 from .errors import RunError
+from .safe_write import atomic_write_bytes, guard, link_or_copy, pid_alive, replace, temp_dir
 
 RUN_FORMAT = 1
 MANIFEST = "run.json"
@@ -58,30 +59,6 @@ def library_versions() -> dict[str, str]:
     if torch is not None:
         versions["torch"] = torch.__version__
     return versions
-
-
-def _umask() -> int:
-    """The process umask (reading it means setting it, so it is set straight back)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return umask
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write a file so that readers see either the old content or the new, never a partial file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp creates 0600; give what a plain open() would
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
@@ -162,15 +139,12 @@ def _carry_over(existing: Path, target: Path) -> None:
     """Take a file unchanged from the run being replaced: a hard link (a copy where the filesystem
     has none). A training run is rewritten whole after every epoch while its earlier epoch
     checkpoints stay as they are; carrying them keeps a long run's writes linear in its epochs."""
-    target.parent.mkdir(parents=True, exist_ok=True)
     try:
-        os.link(existing, target)
+        link_or_copy(existing, target)
     except FileNotFoundError:
         raise RunError(
             f"{existing}: missing from the run being rewritten; it was deleted while training ran"
         ) from None
-    except OSError:
-        shutil.copyfile(existing, target)
 
 
 def write_run(
@@ -191,37 +165,88 @@ def write_run(
     ``carry`` names files of the run being replaced that go over unchanged.
     """
     run_dir = Path(run_dir)
+    recover(run_dir)
     if run_dir.exists() and not overwrite:
         raise RunError(f"{run_dir}: already exists; choose another --out or delete it first")
     parent = run_dir.parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}.", suffix=".partial", dir=parent))
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; a run directory gets the usual permissions
-    except OSError as exc:
-        raise RunError(
-            f"{parent}: cannot create the run directory ({exc.strerror}); choose a writable --out"
-        ) from None
-    try:
-        atomic_save_npz(tmp / WEIGHTS, weights)
-        atomic_save_npz(tmp / PREPROCESS, preprocess)
-        write_history(tmp, history)
-        for name, data in (extra_files or {}).items():
-            atomic_write_bytes(tmp / name, data)
-        for name in carry:
-            _carry_over(run_dir / name, tmp / name)
-        atomic_write_json(tmp / MANIFEST, manifest)
-        old = None
-        if run_dir.exists():
-            old = parent / f".{run_dir.name}.old-{os.getpid()}"
-            os.replace(run_dir, old)
-        os.replace(tmp, run_dir)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with guard(run_dir, "the run", lambda: kept_after_failure(run_dir, manifest), "another --out"):
+        tmp = temp_dir(parent, f".{run_dir.name}.partial-{os.getpid()}-")
+        try:
+            atomic_save_npz(tmp / WEIGHTS, weights)
+            atomic_save_npz(tmp / PREPROCESS, preprocess)
+            write_history(tmp, history)
+            for name, data in (extra_files or {}).items():
+                atomic_write_bytes(tmp / name, data)
+            for name in carry:
+                _carry_over(run_dir / name, tmp / name)
+            atomic_write_json(tmp / MANIFEST, manifest)
+            _swap_into_place(tmp, run_dir)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     return run_dir
+
+
+def _swap_into_place(tmp: Path, run_dir: Path) -> None:
+    """Rename the finished ``tmp`` to ``run_dir``; the version it replaces is moved aside first and put
+    back if the second rename fails. A process killed between the two renames leaves it aside,
+    where ``recover`` finds it."""
+    old = None
+    if run_dir.exists():
+        old = run_dir.parent / f".{run_dir.name}.old-{os.getpid()}"
+        replace(run_dir, old)
+    try:
+        replace(tmp, run_dir)
+    except BaseException:
+        if old is not None:
+            os.replace(old, run_dir)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _leftovers(run_dir: Path, tag: str) -> list[Path]:
+    """Siblings ``.NAME.TAG-PID...`` left by writers that no longer run (killed mid-write)."""
+    found = []
+    for path in run_dir.parent.glob(f".{glob.escape(run_dir.name)}.{tag}-*"):
+        pid = path.name[len(run_dir.name) + len(tag) + 3:].partition("-")[0]
+        if pid.isdigit() and not pid_alive(int(pid)):
+            found.append(path)
+    return sorted(found, key=lambda p: p.stat().st_mtime)
+
+
+def recover(run_dir: Path) -> None:
+    """Undo what a writer killed mid-rewrite left: put the previous version back when the run is
+    missing, and delete half-written temporaries. Best effort: a read-only place is left as it is."""
+    run_dir = Path(run_dir)
+    try:
+        aside = _leftovers(run_dir, "old")
+        if aside and not run_dir.exists():
+            os.replace(aside.pop(), run_dir)
+        for path in aside + _leftovers(run_dir, "partial"):
+            shutil.rmtree(path, ignore_errors=True)
+    except OSError:
+        pass
+
+
+def kept_after_failure(run_dir: Path, attempted: Mapping[str, Any]) -> tuple[str, str | None]:
+    """(what is intact in ``run_dir``, the command that continues from it) after a failed rewrite."""
+    try:
+        kept = json.loads((Path(run_dir) / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return f"nothing was saved in {run_dir}", None
+    if not isinstance(kept, dict):
+        return f"{run_dir} is unchanged", None
+    same_run = attempted.get("epochs_done", 0) or attempted.get("step_in_epoch", 0)
+    if kept.get("kind") != "cnn" or not same_run:
+        return f"the previous run in {run_dir} is intact", None
+    epoch, step = kept.get("epochs_done", 0), kept.get("step_in_epoch", 0)
+    where = f"epoch {epoch}" + (f" and {step} steps of the next" if step else "")
+    command = f"resume with: mnistlab train cnn --resume {run_dir}"
+    target = attempted.get("config", {}).get("epochs")
+    if target and target != kept.get("config", {}).get("epochs"):
+        command += f" --epochs {target}"
+    return f"the last complete checkpoint, {where}, is intact in {run_dir}", command
 
 
 @dataclass
@@ -245,6 +270,7 @@ class RunRecord:
 
 def read_manifest(run_dir: Path) -> dict[str, Any]:
     run_dir = Path(run_dir)
+    recover(run_dir)
     if not run_dir.is_dir():
         raise RunError(f"{run_dir}: no such run directory; pass a directory written by `mnistlab train`")
     path = run_dir / MANIFEST
@@ -256,6 +282,8 @@ def read_manifest(run_dir: Path) -> dict[str, Any]:
         ) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise RunError(f"{path}: corrupt manifest ({exc}); train the run again") from None
+    except OSError as exc:
+        raise RunError(f"{path}: cannot read it ({exc.strerror}); check its permissions") from None
     if (
         not isinstance(manifest, dict)
         or manifest.get("format") != RUN_FORMAT
@@ -276,8 +304,10 @@ def read_history(run_dir: Path) -> list[dict[str, Any]]:
         history = json.loads(path.read_text())
     except FileNotFoundError:
         return []
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise RunError(f"{path}: corrupt ({exc}); train the run again") from None
+    except OSError as exc:
+        raise RunError(f"{path}: cannot read it ({exc.strerror}); check its permissions") from None
     if not isinstance(history, list) or not all(isinstance(row, dict) for row in history):
         raise RunError(f"{path}: not a list of per-epoch records; train the run again")
     return [{_OLD_HISTORY_KEYS.get(key, key): value for key, value in row.items()} for row in history]

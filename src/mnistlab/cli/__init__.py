@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from .. import __version__
 from ..errors import MnistlabError
+from ..extras import missing_extra, optional_module
 
 # Each module adds its subcommands with register(subparsers); `train` engines register into the
 # `train` group with register_train(train_subparsers). Keep one module per area to keep merges easy.
@@ -56,6 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _command_name(argv: list[str]) -> str:
+    words = [a for a in argv if not a.startswith("-")]
+    return " ".join(["mnistlab", *words[: 2 if words[:1] in (["train"], ["data"]) else 1]])
+
+
 def _missing_sub(parser: argparse.ArgumentParser, what: str) -> int:
     raise _UsageError(f"{parser.prog}: choose {what} (see --help)")
 
@@ -63,8 +69,8 @@ def _missing_sub(parser: argparse.ArgumentParser, what: str) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
-    parser = build_parser()
     try:
+        parser = build_parser()
         args = parser.parse_args(argv)
         args.argv = argv  # what `train cnn --nproc N` hands to each rank
         if getattr(args, "func", None) is None:
@@ -87,6 +93,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # an unexpected error: still one line unless --debug
         if debug:
             raise
+        module = optional_module(exc)
+        if module is not None:  # an optional module that no library entry point named: still the extra's line
+            print(f"mnistlab: error: {missing_extra(module, _command_name(argv))}", file=sys.stderr)
+            return 1
         print(
             f"mnistlab: internal error: {type(exc).__name__}: {exc} (rerun with --debug for a traceback)",
             file=sys.stderr,

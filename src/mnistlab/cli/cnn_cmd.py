@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, RunError
+from ..extras import needs_extras
 from .common import add_dataset_options, info
 
 # CLI option -> TrainConfig field (None values mean "not given": the preset or stored run decides).
@@ -143,6 +144,11 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {name: getattr(args, name) for name in _FIELDS if getattr(args, name, None) is not None}
 
 
+def run_train(args: argparse.Namespace) -> int:
+    with needs_extras("mnistlab train cnn"):
+        return _run_train(args)
+
+
 def _under_torchrun() -> bool:
     return all(name in os.environ for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
 
@@ -159,7 +165,7 @@ def _without_nproc(argv: list[str]) -> list[str]:
     return out
 
 
-def run_train(args: argparse.Namespace) -> int:
+def _run_train(args: argparse.Namespace) -> int:
     if args.reset and args.resume is None:
         raise ConfigError("--reset needs --resume RUN (the run whose initial weights to restart from)")
     if args.nproc is not None:

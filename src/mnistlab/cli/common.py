@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import io
 import sys
 from pathlib import Path
 
-from ..errors import MnistlabError
+from ..errors import ConfigError
 from ..numbers import parse_number_list
 
 
@@ -36,14 +37,17 @@ def info(line: str) -> None:
 
 
 def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
+    """Write a figure atomically; a refused write is one line that says the run is unchanged."""
+    from ..safe_write import atomic_write_bytes, guard
+
     path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=dpi, bbox_inches="tight")
-    except OSError as exc:
-        raise MnistlabError(
-            f"{path}: cannot write the figure ({exc.strerror}); choose a writable --out"
-        ) from None
+    kind = path.suffix[1:].lower() or "png"
+    if kind not in fig.canvas.get_supported_filetypes():
+        raise ConfigError(f"{path}: matplotlib cannot write .{kind} figures; use .png, .svg or .pdf")
+    buf = io.BytesIO()
+    fig.savefig(buf, format=kind, dpi=dpi, bbox_inches="tight")
+    with guard(path, "the figure", "the run and the figures already written are unchanged", "another --out"):
+        atomic_write_bytes(path, buf.getvalue())
     return path
 
 

@@ -355,6 +355,7 @@ def cmd_oip(args: argparse.Namespace) -> int:
     from ..inspect.oip import optimize_inputs, parse_units
     from ..models import load_model
     from ..runs import atomic_save_npz
+    from ..safe_write import guard
     from ..viz.gallery import plot_oip_gallery
 
     model = load_model(args.run)
@@ -387,7 +388,8 @@ def cmd_oip(args: argparse.Namespace) -> int:
         )
     path = Path(args.out) if args.out else Path(args.run) / "figures" / f"oip-{layer}.png"
     written = save_figure(plot_oip_gallery(result, ncols=args.cols), path)
-    try:
+    kept = f"the gallery {written} is written, the run is unchanged"
+    with guard(path.with_suffix(".npz"), "the patterns", kept, "another --out"):
         atomic_save_npz(
             path.with_suffix(".npz"),
             {
@@ -395,10 +397,6 @@ def cmd_oip(args: argparse.Namespace) -> int:
                 "trace": result.trace,
             },
         )
-    except OSError as exc:
-        raise ConfigError(
-            f"{path.with_suffix('.npz')}: cannot write ({exc.strerror}); choose a writable --out"
-        ) from None
     info(f"wrote {written} and {path.with_suffix('.npz')}")
     return 0
 

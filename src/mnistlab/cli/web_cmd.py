@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..extras import needs_extras
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -40,14 +41,10 @@ def serve(args: argparse.Namespace) -> int:
     # Before torch (and its OpenMP runtime) loads: idle OpenMP threads sleep instead of spinning, which
     # stalls each forward pass while other processes keep the cores busy (docs/performance.md).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    try:
+    with needs_extras("mnistlab serve"):
         import uvicorn
 
         from ..web.app import create_app
-    except ModuleNotFoundError as exc:
-        raise ConfigError(
-            f"the web page needs {exc.name}; install the web extra: pip install 'mnistlab[web]'"
-        ) from None
     if not 0 <= args.port <= 65535:
         raise ConfigError(f"--port {args.port} must be between 0 and 65535")
     if args.threads < 1:

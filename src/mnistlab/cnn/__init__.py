@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from ..extras import needs_extras
 from .layers import KINDS, LayerKind, register
 from .spec import PRESETS, Spec, count_params, infer_shapes, parse_spec, summary_table
 
@@ -38,7 +39,8 @@ _LAZY = {
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        with needs_extras(f"mnistlab.cnn.{name}"):
+            return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

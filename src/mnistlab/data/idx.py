@@ -91,6 +91,9 @@ def to_idx_bytes(array: np.ndarray) -> bytes:
 
 def write_idx(path: str | Path, array: np.ndarray) -> None:
     """Write an array as IDX; a path ending in .gz is gzip-compressed."""
+    from ..safe_write import atomic_write_bytes, guard
+
     path = Path(path)
     data = to_idx_bytes(array)
-    path.write_bytes(gzip.compress(data, mtime=0) if path.suffix == ".gz" else data)
+    with guard(path, "the IDX file", "nothing was written", "another path"):
+        atomic_write_bytes(path, gzip.compress(data, mtime=0) if path.suffix == ".gz" else data)

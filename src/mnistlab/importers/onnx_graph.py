@@ -58,13 +58,9 @@ _PIXEL_SHAPES = ((28, 28), (1, 28, 28), (784,), (28, 28, 1))
 
 
 def _onnx():
-    try:
-        import onnx
-    except ModuleNotFoundError:
-        raise ModelFileError(
-            "reading ONNX files needs the onnx package: pip install 'mnistlab[import]'"
-        ) from None
-    return onnx
+    from ..extras import require
+
+    return require("onnx", "reading ONNX files")
 
 
 def read_onnx(path: str | Path) -> Chain:

@@ -98,10 +98,9 @@ def read_zip_members(path: Path, data: bytes, wanted: tuple[str, ...]) -> dict[s
 
 def open_h5(path: Path, data: bytes):
     """An h5py File over bytes in memory (read-only); a damaged file is one clear error."""
-    try:
-        import h5py
-    except ModuleNotFoundError:
-        raise ModelFileError("reading Keras files needs h5py: pip install 'mnistlab[import]'") from None
+    from ..extras import require
+
+    h5py = require("h5py", "reading Keras files")
     try:
         return h5py.File(io.BytesIO(data), "r")
     except (OSError, ValueError) as exc:

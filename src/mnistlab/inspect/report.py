@@ -328,7 +328,8 @@ def write_report(
     run_dir, out: str | Path | None = None, *, dataset: Dataset | str | None = None, data_dir=None, **kwargs
 ) -> Path:
     """Build the report of a run directory and write it (default RUN/report.html) atomically."""
-    from ..runs import atomic_write_bytes, read_history
+    from ..runs import read_history
+    from ..safe_write import atomic_write_bytes, guard
     from .activations import load_run
 
     model, ds, manifest = load_run(run_dir, dataset, data_dir=data_dir)
@@ -339,10 +340,6 @@ def write_report(
     )
     text = build_report(model, ds, manifest, history, **kwargs)
     path = Path(out) if out else Path(run_dir) / "report.html"
-    try:
+    with guard(path, "the report", "the run is unchanged", "another --out"):
         atomic_write_bytes(path, text.encode("utf-8"))
-    except OSError as exc:
-        raise MnistlabError(
-            f"{path}: cannot write the report ({exc.strerror}); choose a writable --out"
-        ) from None
     return path

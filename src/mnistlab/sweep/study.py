@@ -110,10 +110,11 @@ def _open_storage(url: str, heartbeat: int | None) -> Any:
                 heartbeat_stale_trial_callback=retry,
             )
         except ModuleNotFoundError as exc:
-            raise ConfigError(
-                f"storage {shown!r} needs the {exc.name} module; install the sweep extra: "
-                "pip install 'mnistlab[sweep]'"
-            ) from None
+            from ..extras import missing_extra, optional_module
+
+            if optional_module(exc) is None:  # a driver the extras do not bring (mysql): name it
+                raise ConfigError(f"storage {shown!r} needs the {exc.name} module; pip install it") from None
+            raise missing_extra(exc.name, f"storage {shown!r}") from None
         except Exception as exc:  # noqa: BLE001  SQLAlchemy's errors: a bad URL, a refused connection, a bad password
             reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0][:300]
             attempt += 1
@@ -245,6 +246,7 @@ def _objective(sweep: Sweep, study: Any, trial: Any) -> float:
     import optuna
     from optuna.trial import TrialState
 
+    trial.set_user_attr("pid", os.getpid())  # which worker took it, a surplus trial included
     every = study.get_trials(deepcopy=False)
     counted = (TrialState.COMPLETE, TrialState.PRUNED)
     before = [
@@ -259,7 +261,6 @@ def _objective(sweep: Sweep, study: Any, trial: Any) -> float:
     name = run_name(sweep.study, trial.number)
     trial.set_user_attr("run", name)
     trial.set_user_attr("host", socket.gethostname())
-    trial.set_user_attr("pid", os.getpid())
     last_epoch = sweep.engine.epochs(config)
     pruned_at: list[int] = []
     accuracies: list[float] = []

@@ -7,7 +7,10 @@ from __future__ import annotations
 
 
 def create_app(*args, **kwargs):  # noqa: ANN002, ANN003 - keeps `import mnistlab.web` free of fastapi
-    from .app import create_app as _create_app
+    from ..extras import needs_extras
+
+    with needs_extras("the web page (mnistlab.web)"):
+        from .app import create_app as _create_app
 
     return _create_app(*args, **kwargs)
 
