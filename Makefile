@@ -9,7 +9,7 @@ RUNS   ?= runs
 # CPU class of the benchmarks: native, or avx2 to hold an AVX-512/AMX CPU to AVX2 (benchmarks/cpu_class.py)
 CPU_CLASS ?= native
 
-.PHONY: setup bench-venv demo lint test test-fast notebooks bench-mlp bench-cnn bench-inspect bench-web bench-attribution serve clean
+.PHONY: setup bench-venv demo lint test test-fast notebooks bench-mlp bench-cnn bench-ddp bench-inspect bench-web bench-attribution serve clean
 
 setup: $(STAMP)
 
@@ -81,6 +81,13 @@ bench-mlp: bench-venv
 BENCH_CNN_ARGS ?= --epochs 5 --runs 1
 bench-cnn: bench-venv
 	$(BENCH_VENV)/bin/python benchmarks/bench_cnn.py --cpu-class $(CPU_CLASS) $(BENCH_CNN_ARGS)
+
+# CPU: seed recipe as 2 processes x 1 thread (DDP over gloo) vs one process with 1 thread, 2 threads and
+# the thread split; medians over interleaved rounds, all-reduce cost per step (minutes).
+# Shorter: make bench-ddp BENCH_DDP_ARGS="--train-size 10000 --epochs 2 --rounds 2"
+BENCH_DDP_ARGS ?=
+bench-ddp: setup
+	$(BIN)/python benchmarks/bench_ddp.py $(BENCH_DDP_ARGS)
 
 clean:
 	rm -rf $(VENV) .venv-bench build dist src/*.egg-info .pytest_cache

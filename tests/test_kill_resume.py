@@ -121,3 +121,22 @@ def test_a_run_killed_between_its_two_renames_is_put_back(tmp_path):
     alive.mkdir()
     recover(tmp_path / "run")
     assert alive.exists(), "a live writer's temporary directory must be left alone"
+
+
+def test_a_killed_writer_not_yet_reaped_counts_as_gone():
+    """A zombie still has its process id; its leftovers are safe to clear (a forkserver child is reaped
+    by the forkserver, after the parent saw it die)."""
+    from mnistlab.safe_write import pid_alive
+
+    child = subprocess.Popen(["sleep", "0"])
+    deadline = time.monotonic() + 10
+    while pid_alive(child.pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert child.poll() is not None or not pid_alive(child.pid)
+    assert not pid_alive(child.pid)  # exited but unreaped until poll(): a zombie
+    running = subprocess.Popen(["sleep", "30"])
+    try:
+        assert pid_alive(running.pid)
+    finally:
+        running.kill()
+        running.wait()

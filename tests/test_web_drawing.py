@@ -128,3 +128,12 @@ def test_real_mnist_digits_survive_enlarging_and_moving(real_home):
     # the rest are one pixel off where the centre of mass rounds the other way.
     assert exact >= 0.95 * len(images)
     assert np.median(corr) > 0.98 and np.mean(np.array(corr) > 0.9) > 0.9
+
+
+def test_a_faint_drawing_is_stretched_without_overflow():
+    """Ink of a subnormal grey level (found by the fuzz test) stretches to 255 like any other."""
+    faint = np.zeros((50, 50))
+    faint[10:30, 20:25] = 2.2e-309
+    bold = np.zeros((50, 50))
+    bold[10:30, 20:25] = 200.0
+    np.testing.assert_array_equal(normalize_drawing(faint), normalize_drawing(bold))

@@ -132,5 +132,14 @@ def pid_alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     except OSError:
-        return True  # exists, owned by someone else
-    return True
+        pass  # exists, owned by someone else
+    return not _zombie(pid)
+
+
+def _zombie(pid: int) -> bool:
+    """A killed writer that its parent has not reaped yet still has an id, but writes nothing more."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rsplit(b")", 1)[1].split()[0] == b"Z"
+    except (OSError, IndexError):
+        return False  # no /proc (not Linux): trust the id

@@ -72,6 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
+        args.argv = argv  # what `train cnn --nproc N` hands to each rank
         if getattr(args, "func", None) is None:
             parser.print_help(sys.stderr)
             return 2

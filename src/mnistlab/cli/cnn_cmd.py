@@ -6,6 +6,7 @@ torch is imported only when training actually starts, so `mnistlab --help` and `
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from datetime import datetime
 from pathlib import Path
@@ -56,6 +57,11 @@ def register_train(train_sub: argparse._SubParsersAction) -> None:
     )
     add_tensorboard_option(p)
     add_recipe_options(p)
+    p.add_argument_group("processes").add_argument(
+        "--nproc", type=int, metavar="N",
+        help="train as N processes on this machine (DDP through torch's elastic launcher; --batch-size "
+        "stays the global batch; needs --out). Many machines: docs/distributed.md",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run_train)
 
@@ -91,7 +97,7 @@ def add_recipe_options(p: argparse.ArgumentParser) -> None:
         "--compile", action=argparse.BooleanOptionalAction, default=None, help="torch.compile the network"
     )
     h.add_argument("--cuda-graphs", help="capture the training step as a CUDA graph: auto, on, off")
-    h.add_argument("--threads", type=int, help="CPU threads (0: torch's default)")
+    h.add_argument("--threads", type=int, help="CPU threads (0: torch's default; per process with --nproc)")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -142,28 +148,99 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def run_train(args: argparse.Namespace) -> int:
     with needs_extras("mnistlab train cnn"):
-        return _train(args)
+        return _run_train(args)
 
 
-def _train(args: argparse.Namespace) -> int:
-    from ..data import load_dataset
+def _under_torchrun() -> bool:
+    return all(name in os.environ for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
 
+
+def _without_nproc(argv: list[str]) -> list[str]:
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            out.append(arg)
+    return out
+
+
+def _run_train(args: argparse.Namespace) -> int:
     if args.reset and args.resume is None:
         raise ConfigError("--reset needs --resume RUN (the run whose initial weights to restart from)")
+    if args.nproc is not None:
+        if _under_torchrun():
+            raise ConfigError("--nproc inside torchrun: torchrun already started the processes; drop --nproc")
+        if args.out is None:
+            raise ConfigError(
+                "--nproc needs --out DIR (every rank, and a rerun that resumes, must name the same run)"
+            )
+        from ..cnn.launch import launch
+
+        return launch(args.nproc, _without_nproc(list(args.argv)))
+    if not _under_torchrun():
+        return _train(args, is_main=True)
+    if args.out is None and args.resume is None:
+        raise ConfigError(
+            "a distributed run needs --out DIR (every rank, and a restart that resumes, must name the "
+            "same run)"
+        )
+    from ..cnn import distributed
+
+    ranks = distributed.join()
+    try:
+        with distributed.lost_ranks():
+            return _train(args, is_main=ranks.is_main)
+    finally:
+        distributed.leave()
+
+
+def _unfinished_run(out: Path) -> bool:
+    """Whether ``out`` holds a CNN run that stopped before its last epoch (read on rank 0)."""
+    from ..cnn import distributed
+    from ..runs import read_manifest
+
+    def state() -> str | None:
+        if not (out / "run.json").is_file():
+            return None
+        manifest = read_manifest(out)
+        return manifest.get("state") if manifest.get("kind") == "cnn" else None
+
+    return distributed.from_main(state) in ("partial", "interrupted")
+
+
+def _train(args: argparse.Namespace, *, is_main: bool) -> int:
+    from ..data import load_dataset
+
+    note = info if is_main else (lambda line: None)
     overrides = _overrides(args)
     progress = not args.no_progress
     t0 = time.perf_counter()
     if args.resume is not None and args.tensorboard is not None:
         raise ConfigError("--tensorboard logs fresh training runs; leave it out with --resume")
-    if args.resume is not None:
+    resume_run = args.resume
+    if resume_run is None and _under_torchrun() and args.out is not None:
+        # A distributed job reruns the same command after a failure (by hand, or torchrun's
+        # --max-restarts): an unfinished run at --out continues; --overwrite starts over only on
+        # the first attempt.
+        first_attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"
+        if not (args.overwrite and first_attempt) and _unfinished_run(args.out):
+            note(f"{args.out}: an unfinished run; continuing it")
+            resume_run = args.out
+    if resume_run is not None:
+        from ..cnn import distributed
         from ..runs import read_manifest
 
-        stored = read_manifest(args.resume)
+        stored = distributed.from_main(read_manifest, resume_run)
         dataset_name = args.dataset or stored.get("dataset", "mnist")
-        dataset = load_dataset(dataset_name, data_dir=args.data_dir, on_source=info)
+        dataset = distributed.local_main_first(
+            lambda: load_dataset(dataset_name, data_dir=args.data_dir, on_source=note))
         from ..cnn.training import resume
 
-        result = resume(args.resume, dataset, reset=args.reset, out=args.out, progress=progress,
+        out = None if resume_run == args.out and not args.reset else args.out
+        result = resume(resume_run, dataset, reset=args.reset, out=out, progress=progress,
                         spec=args.spec, **overrides)
     else:
         from ..cnn.spec import parse_spec
@@ -172,24 +249,28 @@ def _train(args: argparse.Namespace) -> int:
         parsed = parse_spec(spec)  # a bad spec fails before the data loads
         dataset_name = args.dataset or "mnist"
         out = args.out or Path("runs") / f"cnn-{dataset_name}-{datetime.now():%Y%m%d-%H%M%S}"
-        if out.exists() and not args.overwrite:
+        if is_main and out.exists() and not args.overwrite:
             raise ConfigError(f"{out}: already exists; choose another --out, add --overwrite, or --resume it")
-        tensorboard_dir = log_dir(args, out)
+        tensorboard_dir = log_dir(args, out) if is_main else None  # one log, by the main rank
+        from ..cnn import distributed
         from ..cnn.training import Trainer, resolve_config
 
         config = resolve_config(spec, dataset=dataset_name, **overrides)
-        dataset = load_dataset(dataset_name, data_dir=args.data_dir, on_source=info)
+        dataset = distributed.local_main_first(
+            lambda: load_dataset(dataset_name, data_dir=args.data_dir, on_source=note))
         if Path(spec).suffix.lower() in (".toml", ".json"):
             config.spec = parsed.to_string()  # the run must not depend on the file staying around
         trainer = Trainer(config, dataset, out, progress=progress, overwrite=args.overwrite)
-        info(
-            f"training {config.spec} on {dataset_name} ({trainer.levers.device}, amp "
-            f"{trainer.levers.amp_dtype or 'off'}, channels_last "
-            f"{'on' if trainer.levers.channels_last else 'off'}, "
+        levers = trainer.levers
+        ranks = f"{levers.world_size} ranks x " if levers.world_size > 1 else ""
+        note(
+            f"training {config.spec} on {dataset_name} ({levers.device}, amp "
+            f"{levers.amp_dtype or 'off'}, channels_last "
+            f"{'on' if levers.channels_last else 'off'}, "
             + (
-                f"batches split across {trainer.levers.data_parallel} threads"
-                if trainer.levers.data_parallel > 1
-                else f"{trainer.levers.threads} thread(s)"
+                f"batches split across {levers.data_parallel} threads"
+                if levers.data_parallel > 1
+                else f"{ranks}{levers.threads} thread(s)"
             )
             + f") -> {out}"
         )
@@ -201,11 +282,13 @@ def _train(args: argparse.Namespace) -> int:
             result = run_cnn_logged(trainer, tensorboard_dir)
     seconds = time.perf_counter() - t0
     if result.state == "interrupted":
-        info(
-            f"mnistlab: interrupted; progress saved in {result.run_dir}; continue with: mnistlab train cnn "
-            f"--resume {result.run_dir}"
-        )
+        again = f"mnistlab train cnn --resume {result.run_dir}"
+        if _under_torchrun():
+            again = "rerun the same command"
+        note(f"mnistlab: interrupted; progress saved in {result.run_dir}; continue with: {again}")
         return 130
+    if not is_main:
+        return 0
     last = result.history[-1]
     print(
         f"test accuracy {100 * last['test_accuracy']:.2f}% after {len(result.history)} epochs "

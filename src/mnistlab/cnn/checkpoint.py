@@ -150,10 +150,11 @@ def resume(
     On resume only ``epochs`` and the how-options (device, amp, threads, ...) may change; a
     different spec or recipe is refused. On reset the recipe may change, the spec may not.
     """
+    from . import distributed
     from .training import Trainer  # the loop imports this module to save its runs
 
     run_dir = Path(run_dir)
-    record = read_run(run_dir)
+    record = distributed.from_main(read_run, run_dir)  # the run lives on rank 0's machine
     if record.kind != "cnn":
         raise RunError(f"{run_dir}: a {record.kind} run; --resume here continues CNN runs only")
     if record.manifest.get("imported"):
@@ -185,7 +186,7 @@ def resume(
     config = TrainConfig(**{**asdict(config), **changed})
     config.validate()
     if reset:
-        initial = load_npz(run_dir / INITIAL)
+        initial = distributed.from_main(load_npz, run_dir / INITIAL)
         target = Path(out) if out is not None else run_dir
         trainer = Trainer(
             config,
@@ -205,7 +206,7 @@ def resume(
     trainer = Trainer(
         config, dataset, run_dir, progress=progress, overwrite=True, step_callback=step_callback
     )
-    load_checkpoint(trainer, load_npz(run_dir / CHECKPOINT))
+    load_checkpoint(trainer, distributed.from_main(load_npz, run_dir / CHECKPOINT))
     trainer.files.continue_in(run_dir)
     if trainer.epoch >= config.epochs and trainer.step_in_epoch == 0:
         raise ConfigError(

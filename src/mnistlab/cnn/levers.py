@@ -74,6 +74,7 @@ class Levers:
     reuse_freed_memory: bool = False
     data_parallel: int = 1  # CPU: each batch split across this many threads, one torch thread each
     measured: str = ""  # CPU: what cpu_probe timed for the choices 'auto' left open
+    world_size: int = 1  # processes training together (torchrun, DDP; cnn/distributed.py)
 
     @property
     def step_threads(self) -> int:

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from ..callbacks import StopTraining
 from ..data import Dataset, Preprocessor, validation_split
 from ..errors import ConfigError, RunError, TrainingDiverged
+from . import distributed
 from .checkpoint import CHECKPOINT, INITIAL, RunFiles, load_checkpoint, resume, save_run
 from .config import AMP_MODES, DEVICES, TrainConfig, resolve_config
 from .levers import (
@@ -56,16 +57,23 @@ class TrainResult:
 
 
 class _StopRequest:
-    """SIGINT/SIGTERM set a flag; the loop finishes its step, saves and returns."""
+    """SIGINT/SIGTERM set a flag; the loop finishes its step, saves and returns.
 
-    def __init__(self) -> None:
+    In a distributed job a signal only marks the stop ``pending``: the ranks agree on it at the
+    same step (distributed.agree), so no rank stops while the others wait for it.
+    """
+
+    def __init__(self, deferred: bool = False) -> None:
         self.requested = False
+        self.pending = False
+        self.deferred = deferred
         self.signal_name = ""
 
     def __call__(self, signum: int, _frame: Any) -> None:
-        if self.requested and signum == signal.SIGINT:
+        if (self.requested or self.pending) and signum == signal.SIGINT:
             raise KeyboardInterrupt  # a second Ctrl-C: stop now, without saving
-        self.requested = True
+        self.pending = True
+        self.requested = self.requested or not self.deferred
         self.signal_name = signal.Signals(signum).name
 
     @contextlib.contextmanager
@@ -106,15 +114,18 @@ class Trainer:
         self.config = config
         self.dataset = dataset
         self.out = Path(out)
-        self.progress = progress
+        self.ranks = distributed.current()
+        distributed.check_batch(config.batch_size, self.ranks)
+        self.progress = progress and self.ranks.is_main
         self.step_callback = step_callback
         self.epoch_callback = epoch_callback
-        if self.out.exists() and not overwrite:
+        if self.out.exists() and not overwrite and self.ranks.is_main:
             raise RunError(f"{self.out}: already exists; choose another --out, or --resume it")
         self.spec: Spec = parse_spec(config.spec)
-        self.device = choose_device(config.device)
-        self.levers: Levers = choose_levers(config, self.device, self.spec)
-        self.stop = _StopRequest()
+        self.device = distributed.device_for(choose_device(config.device), self.ranks)
+        levers = choose_levers(config, self.device, self.spec)
+        self.levers: Levers = distributed.levers_for(levers, config, self.ranks)
+        self.stop = _StopRequest(deferred=self.ranks.active)
 
         images, labels = dataset.train_images, dataset.train_labels
         if images.shape[1:] != tuple(self.spec.input_shape[1:]):
@@ -174,7 +185,8 @@ class Trainer:
                 1, self.n_train // config.batch_size
             )  # full batches only (static shapes)
         self.schedule = Schedule.parse(config.schedule, config.lr, config.epochs, self.steps_per_epoch)
-        self.train_module: Any = torch.compile(self.net) if self.levers.compile else self.net
+        module = distributed.data_parallel(self.net, dev, self.ranks)
+        self.train_module: Any = torch.compile(module) if self.levers.compile else module
         self.split = SplitBatch(self.levers.data_parallel) if self.levers.data_parallel > 1 else None
         self.graph = CudaGraphStep(dev) if self.levers.cuda_graphs else None
 
@@ -228,6 +240,8 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=dtype, cache_enabled=not self.levers.cuda_graphs)
 
     def _step(self, idx: torch.Tensor, acc: tuple[torch.Tensor, torch.Tensor]) -> None:
+        batch = len(idx)
+        idx = distributed.share(idx, self.ranks)  # this rank's part of the global batch
         x, y = self._batch(idx)
         if self.split is not None and len(y) >= 2 * self.split.parts:
             grads, parts = self.split.run(self._part_gradients, x, y)
@@ -242,8 +256,9 @@ class Trainer:
         with self._autocast():
             logits = self.train_module(x)
         logits = logits.float()
-        loss = self._loss(logits, y)
-        loss.backward()
+        # the last batch of an epoch may leave a rank no image: a zero loss keeps it in step
+        loss = self._loss(logits, y) if len(y) else logits.sum() * 0.0
+        (loss * distributed.loss_weight(len(y), batch, self.ranks) if self.ranks.active else loss).backward()
         self.optimizer.step()
         with torch.no_grad():
             acc[0].add_(loss.detach(), alpha=len(y))
@@ -290,6 +305,8 @@ class Trainer:
     def evaluate(self, x: torch.Tensor, y: torch.Tensor, batch: int = 2000) -> tuple[float, float]:
         if len(y) == 0:
             return math.nan, math.nan
+        count = len(y)
+        x, y = distributed.share(x, self.ranks), distributed.share(y, self.ranks)  # each image once
         # steps use a share of the threads per part; evaluation uses them all
         with torch_threads(self.levers.threads if self.split is not None else None):
             self.net.eval()
@@ -303,13 +320,14 @@ class Trainer:
                 loss_sum += self._loss(logits, yb) * len(yb)
                 correct += (logits.argmax(1) == yb).sum()
             self.net.train()
-        return float(loss_sum) / len(y), int(correct) / len(y)
+        distributed.sum_(loss_sum, correct)
+        return float(loss_sum) / count, int(correct) / count
 
     # ---------------------------------------------------------------- the loop
     def write(
         self, state: str, metrics: dict[str, Any] | None = None, weights: dict[str, np.ndarray] | None = None
     ) -> None:
-        save_run(self, state, metrics, weights)
+        distributed.main_writes(lambda: save_run(self, state, metrics, weights))
 
     def run(self) -> TrainResult:
         cfg = self.config
@@ -328,6 +346,7 @@ class Trainer:
                     leave=True,
                 )
             self.net.train()
+            distributed.seed_rank_stream(cfg.seed, self.global_step, self.ranks)
             try:
                 with self.stop.installed():
                     while self.epoch < cfg.epochs:
@@ -383,6 +402,12 @@ class Trainer:
             self.partial["seen"] += len(idx)
             if self.step_callback is not None:
                 self.step_callback(self, self.global_step)
+            if self.ranks.active and (  # a stop waits for at most AGREE_EVERY steps
+                self.step_in_epoch % distributed.agree_every(self.sync_every) == 0
+                or self.step_in_epoch == self.steps_per_epoch
+            ):
+                if distributed.agree(self.stop, acc[0]):
+                    return "diverged"
             if (
                 self.step_in_epoch % self.sync_every == 0
                 or self.step_in_epoch == self.steps_per_epoch
@@ -393,17 +418,20 @@ class Trainer:
                     return "diverged"
                 if bar is not None:
                     seen = self.partial["seen"]
-                    last_loss = (self.partial["loss_sum"] + loss_sum) / max(1, seen)
+                    # rank 0 sees its share of the sums until the epoch's end adds all ranks' up
+                    world = self.ranks.world_size
+                    last_loss = (self.partial["loss_sum"] + loss_sum * world) / max(1, seen)
                     bar.update(self.global_step - bar.n)
                     bar.set_postfix_str(
                         f"epoch {self.epoch + 1}/{cfg.epochs} loss {last_loss:.4f} "
-                        f"acc {(self.partial['correct'] + int(acc[1])) / max(1, seen):.4f}",
+                        f"acc {(self.partial['correct'] + int(acc[1]) * world) / max(1, seen):.4f}",
                         refresh=False,
                     )
             if self.stop.requested:
                 break
         if sync:
             torch.cuda.synchronize()
+        distributed.sum_(*acc)  # the epoch's sums over all ranks
         self.partial["loss_sum"] += float(acc[0])
         self.partial["correct"] += int(acc[1])
         self.partial["time_s"] += time.perf_counter() - t0

@@ -36,7 +36,8 @@ def normalize_drawing(drawing: np.ndarray, *, box: int = BOX, field: int = FIELD
     peak = float(image.max())
     if peak <= 0:
         return np.zeros((field, field), np.float32)
-    ink = image > INK_THRESHOLD * peak
+    image = image / peak  # darkest ink 1 first: a faint (even subnormal) drawing must not overflow below
+    ink = image > INK_THRESHOLD
     rows = np.flatnonzero(ink.any(axis=1))
     cols = np.flatnonzero(ink.any(axis=0))
     crop = image[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]

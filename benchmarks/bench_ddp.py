@@ -1,0 +1,223 @@
+"""CPU benchmark: data-parallel training over processes (DDP, gloo) against one process.
+
+Seed recipe (RMSprop, batch 64), epoch time of:
+
+* ``1 proc x 1 thread``   -- the reference;
+* ``1 proc x 2 threads``  -- torch's own intra-op threads, batch not split;
+* ``thread split``        -- the CPU lever that splits each batch across threads (levers.SplitBatch);
+* ``2 procs x 1 thread``  -- ``mnistlab train cnn --nproc 2``'s path: torch's elastic launcher, DDP over gloo.
+
+Each contender runs in fresh processes; rounds interleave the contenders (in a rotating order)
+so that a neighbour's load hits them alike; the table shows medians over rounds of each run's
+epochs after its first, and the ratio to the one-thread reference. The DDP worker also times its
+collectives: the gradient all-reduce (one flat buffer of all parameters; DDP overlaps it with the
+backward pass, so this is an upper bound of what it adds) and the per-step stop/NaN agreement.
+
+    make bench-ddp                                   # 20,000 images, 3 epochs, 3 rounds
+    python benchmarks/bench_ddp.py --train-size 60000 --epochs 2 --rounds 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from cpu_class import cpu_model  # benchmarks/ is on the path: this script's folder
+
+ROOT = Path(__file__).resolve().parents[1]
+SRC = str(ROOT / "src")
+
+CONTENDERS = {
+    "1 proc x 1 thread": ("plain", 1),
+    "1 proc x 2 threads": ("no-split", 2),
+    "thread split": ("split", 2),
+    "2 procs x 1 thread": ("ddp", 1),
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# Workers (one per contender and round; the DDP one on every rank)
+
+
+def worker(args) -> int:
+    sys.path.insert(0, SRC)
+    import torch
+
+    from mnistlab.cnn import Trainer, distributed, resolve_config
+    from mnistlab.data import load_dataset
+
+    ranks = distributed.current()
+    dataset = distributed.local_main_first(lambda: load_dataset("mnist")).subset(args.train_size, 1000)
+    config = resolve_config("seed", epochs=args.epochs, threads=args.threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = Trainer(config, dataset, Path(tmp) / "run", progress=False)
+        if args.mode == "no-split":  # the split lever has no off switch: turned off here, for the comparison
+            trainer.levers.data_parallel = 1
+            trainer.split = None
+        result = trainer.run()
+    record = {
+        "epoch_s": [h["train_seconds"] for h in result.history],
+        "epoch_cpu_s": [h["train_cpu_seconds"] for h in result.history],
+        "test_acc": result.history[-1]["test_accuracy"],
+        "steps": trainer.steps_per_epoch,
+        "threads": trainer.levers.threads,
+        "split": trainer.levers.data_parallel,
+        "world": trainer.levers.world_size,
+        "amp": trainer.levers.amp_dtype or "off",
+    }
+    if ranks.active:
+        record.update(collective_costs(trainer, torch))
+    if ranks.is_main:
+        print("RESULT " + json.dumps(record), flush=True)
+    distributed.leave()
+    return 0
+
+
+def collective_costs(trainer, torch) -> dict:
+    import torch.distributed as dist
+
+    params = sum(p.numel() for p in trainer.net.parameters())
+    flat = torch.zeros(params)
+    flags = torch.zeros(2)
+    timings: dict[str, list[float]] = {"grad": [], "agree": []}
+    for _ in range(20):
+        dist.all_reduce(flat)
+    for _ in range(200):
+        for name, tensor in (("grad", flat), ("agree", flags)):
+            t0 = time.perf_counter()
+            dist.all_reduce(tensor)
+            timings[name].append(time.perf_counter() - t0)
+    return {"params": params, **{f"{k}_ms": 1e3 * statistics.median(v) for k, v in timings.items()}}
+
+
+# ----------------------------------------------------------------------------------------------
+# The driver
+
+
+def run_contender(name: str, args) -> dict:
+    mode, threads = CONTENDERS[name]
+    own = [
+        __file__,
+        "--worker",
+        mode,
+        "--threads",
+        str(threads),
+        "--epochs",
+        str(args.epochs),
+        "--train-size",
+        str(args.train_size),
+    ]
+    if mode == "ddp":
+        command = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            *own,
+        ]
+    else:
+        command = [sys.executable, *own]
+    env = {
+        **os.environ,
+        "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        "OMP_NUM_THREADS": "1",
+    }
+    t0 = time.perf_counter()
+    proc = subprocess.run(command, env=env, capture_output=True, text=True)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        raise SystemExit(f"{name} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    result = json.loads(lines[-1][len("RESULT ") :])
+    result["wall_s"] = time.perf_counter() - t0
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--train-size", type=int, default=20000)
+    parser.add_argument(
+        "--epochs", type=int, default=3, help="epochs per run (the first is not counted when > 1)"
+    )
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--worker", choices=("plain", "no-split", "split", "ddp"), dest="mode", help=argparse.SUPPRESS
+    )
+    parser.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.mode:
+        return worker(args)
+
+    names = list(CONTENDERS)
+    print(
+        f"CPU: {cpu_model()}, {os.cpu_count()} CPUs, ISA cap {os.environ.get('ONEDNN_MAX_CPU_ISA', 'none')}; "
+        f"seed recipe, {args.train_size} images, {args.epochs} epoch(s) per run, {args.rounds} rounds, "
+        f"load average {os.getloadavg()[0]:.1f} at the start",
+        flush=True,
+    )
+    runs: dict[str, list[dict]] = {name: [] for name in names}
+    for r in range(args.rounds):
+        order = names[r % len(names) :] + names[: r % len(names)]
+        for name in order:
+            res = run_contender(name, args)
+            runs[name].append(res)
+            extra = (
+                f"  grad all-reduce {res['grad_ms']:.2f} ms, agree {res['agree_ms']:.3f} ms"
+                if "grad_ms" in res
+                else ""
+            )
+            print(
+                f"  round {r + 1} {name:20s} s/epoch {[round(s, 2) for s in res['epoch_s']]}  "
+                f"test acc {100 * res['test_acc']:.2f}%  (threads {res['threads']}, split {res['split']}, "
+                f"ranks {res['world']}, amp {res['amp']}, wall {res['wall_s']:.0f} s){extra}",
+                flush=True,
+            )
+
+    def counted(res: dict, key: str) -> list[float]:
+        return res[key][1:] if len(res[key]) > 1 else res[key]
+
+    medians = {
+        name: statistics.median([s for res in runs[name] for s in counted(res, "epoch_s")]) for name in names
+    }
+    cpu = {
+        name: statistics.median([s for res in runs[name] for s in counted(res, "epoch_cpu_s")])
+        for name in names
+    }
+    reference = medians[names[0]]
+    print(
+        f"\nMedians over rounds (the machine is shared: contenders interleaved; load average "
+        f"{os.getloadavg()[0]:.1f} at the end). Epoch = {args.train_size} images; "
+        "CPU time is rank 0's process."
+    )
+    print(f"{'contender':22s} {'wall s/epoch':>13s} {'vs 1 thread':>12s} {'CPU s/epoch':>12s}")
+    for name in names:
+        print(f"{name:22s} {medians[name]:13.2f} {medians[name] / reference:11.2f}x {cpu[name]:12.2f}")
+    ddp = runs["2 procs x 1 thread"]
+    steps = ddp[0]["steps"]
+    grad = statistics.median(res["grad_ms"] for res in ddp)
+    agree = statistics.median(res["agree_ms"] for res in ddp)
+    step_ms = 1e3 * medians["2 procs x 1 thread"] / steps
+    print(
+        f"\nDDP collectives per step ({steps} steps/epoch, {ddp[0]['params']:,} parameters): "
+        f"gradient all-reduce {grad:.2f} ms + stop/NaN agreement {agree:.3f} ms = {grad + agree:.2f} ms "
+        f"of a {step_ms:.1f} ms step ({100 * (grad + agree) / step_ms:.0f}%; "
+        "DDP overlaps the gradient all-reduce with the backward pass)"
+    )
+    goal = medians["2 procs x 1 thread"] / reference
+    print(
+        f"Goal 2 procs <= 0.65x one thread: {goal:.2f}x ({'met' if goal <= 0.65 else 'not met'}); "
+        f"against the thread split: {medians['2 procs x 1 thread'] / medians['thread split']:.2f}x"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
