@@ -37,8 +37,8 @@ def synthetic(n_train=384, n_test=128, seed=0):
     return Dataset("synthetic", tr[0], tr[1], te[0], te[1], tuple(str(d) for d in range(10)))
 
 
-FAST = dict(spec=TINY, epochs=2, batch_size=32, lr=3e-3, amp="off", optimizer="adam", augment=1, seed=3,
-            preprocess="unit", init="default")
+FAST = dict(spec=TINY, epochs=2, batch_size=32, lr=3e-3, amp="off", channels_last="off", optimizer="adam",
+            augment=1, seed=3, preprocess="unit", init="default")
 
 
 def test_training_learns_writes_and_reloads(tmp_path):

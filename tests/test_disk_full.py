@@ -40,7 +40,8 @@ def small_disk(tmp_path):
 
 
 def argv(out: Path, epochs: int = 12) -> list[str]:
-    options = "--batch-size 60 --optimizer adam --amp off --threads 1 --seed 2 --no-progress"
+    options = ("--batch-size 60 --optimizer adam --amp off --channels-last off --threads 1 --seed 2 "
+               "--no-progress")
     return ["train", "cnn", "--spec", SPEC, "--epochs", str(epochs), *options.split(), "--out", str(out)]
 
 

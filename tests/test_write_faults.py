@@ -97,7 +97,8 @@ def points(argv: list[str], capsys, monkeypatch) -> FailAt:
 
 
 def cnn_argv(out: Path, epochs: int = 2) -> list[str]:
-    options = "--batch-size 60 --optimizer adam --lr 0.003 --amp off --threads 1 --seed 1 --no-progress"
+    options = ("--batch-size 60 --optimizer adam --lr 0.003 --amp off --channels-last off --threads 1 "
+               "--seed 1 --no-progress")
     return ["train", "cnn", "--spec", TINY_CNN, "--epochs", str(epochs), *options.split(), "--out", str(out)]
 
 
