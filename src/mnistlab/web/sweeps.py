@@ -14,6 +14,7 @@ from typing import Any
 from fastapi import APIRouter
 
 from ..errors import MnistlabError
+from ..extras import needs_extras
 from .store import ApiError
 
 
@@ -32,14 +33,11 @@ def sweep_router(runs_dir: Path, storage_url: str | None = None) -> APIRouter:
         with lock:
             if url not in opened:
                 try:
-                    from ..sweep.study import open_storage
+                    with needs_extras("sweeps"):
+                        from ..sweep.study import open_storage
 
-                    opened[url] = open_storage(url, heartbeat=None)
-                except ModuleNotFoundError as exc:
-                    raise ApiError(
-                        503, f"sweeps need {exc.name}; install the sweep extra: pip install 'mnistlab[sweep]'"
-                    ) from None
-                except MnistlabError as exc:
+                        opened[url] = open_storage(url, heartbeat=None)
+                except MnistlabError as exc:  # a missing extra included
                     raise ApiError(503, str(exc)) from None
             return url, opened[url]
 
