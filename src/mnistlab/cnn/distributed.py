@@ -35,6 +35,9 @@ import torch.distributed as dist
 from torch import nn
 
 from ..errors import ConfigError, MnistlabError, RunError
+from .config import TrainConfig
+from .levers import Levers, choose_levers
+from .spec import Spec
 
 T = TypeVar("T")
 
@@ -149,13 +152,18 @@ def threads_per_rank(ranks: Ranks) -> int:
     return max(1, idle_cores() // ranks.local_world_size)
 
 
-def levers_for(levers: Any, config: Any, ranks: Ranks) -> Any:
-    """The levers of one rank: its share of the cores (``--threads`` when given), DDP in place of
-    the thread split, no CUDA graph (DDP's gradient hooks run outside a captured step)."""
+def levers_for(config: TrainConfig, device: torch.device, spec: Spec, ranks: Ranks) -> Levers:
+    """The levers of this process. Alone: ``choose_levers``. In a job, rank 0 alone chooses, for
+    one rank's share of the batch and threads, and every rank takes its choice (all ranks run the
+    same layout and precision, and the CPU probe runs once, not once per rank against the others);
+    each rank keeps its own share of its machine's cores (``--threads`` when given). DDP replaces
+    the thread split, and the CUDA graph (DDP's gradient hooks run outside a captured step)."""
     if not ranks.active:
-        return levers
-    threads = config.threads or (threads_per_rank(ranks) if levers.device == "cpu" else levers.threads)
-    return replace(levers, threads=threads, data_parallel=1, cuda_graphs=False, world_size=ranks.world_size)
+        return choose_levers(config, device, spec)
+    threads = config.threads or (threads_per_rank(ranks) if device.type == "cpu" else torch.get_num_threads())
+    one_rank = replace(config, threads=threads, batch_size=max(1, config.batch_size // ranks.world_size))
+    chosen = from_main(lambda: choose_levers(one_rank, device, spec, split_batch=False))
+    return replace(chosen, threads=threads, data_parallel=1, cuda_graphs=False, world_size=ranks.world_size)
 
 
 def check_batch(batch_size: int, ranks: Ranks) -> None:

@@ -86,7 +86,10 @@ class Levers:
         return {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(self.amp_dtype or "")
 
 
-def choose_levers(config: TrainConfig, device: torch.device, spec: Spec) -> Levers:
+def choose_levers(
+    config: TrainConfig, device: torch.device, spec: Spec, *, split_batch: bool = True
+) -> Levers:
+    """``split_batch=False``: no thread split (a rank of a distributed job: DDP splits the batch)."""
     kind = device.type
     amp: str | None = None
     if kind == "cuda":
@@ -107,7 +110,7 @@ def choose_levers(config: TrainConfig, device: torch.device, spec: Spec) -> Leve
     # At batch 64 torch's own threads barely pay on the CPU; splitting the batch does (SplitBatch,
     # docs/performance.md) where every kind gives the same result on a split batch.
     parallel = 1
-    if kind == "cpu" and threads > 1 and not config.compile:
+    if kind == "cpu" and threads > 1 and not config.compile and split_batch:
         if all(layer.kind.batch_split_exact for layer in spec.layers):
             parallel = max(1, min(threads, config.batch_size // 16))  # parts under 16 images run slowly
     measured = ""
@@ -247,7 +250,7 @@ def process_settings(levers: Levers) -> Iterator[None]:
       because glibc has no way to read back its adaptive thresholds to restore them.
 
     Two more belong to the loop rather than to speed, and are scoped there: the SIGINT/SIGTERM
-    handlers (``training._StopRequest``, restored when the loop ends) and torch's global random
+    handlers (``stop.StopRequest``, restored when the loop ends) and torch's global random
     generator, seeded by the Trainer (the run's random stream; checkpoints save and restore it).
     """
     if levers.reuse_freed_memory:

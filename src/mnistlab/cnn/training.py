@@ -2,15 +2,14 @@
 after another, evaluation, and a stop that finishes the current step.
 
 The rooms around it: config.py (what a run is), levers.py (how it goes fast, and every
-process-wide setting it changes), checkpoint.py (saving the run, resuming it).
+process-wide setting it changes), checkpoint.py (saving the run, resuming it), stop.py (Ctrl-C and
+SIGTERM: a clean stop), distributed.py (the same loop as one rank of many).
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-import signal
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -40,6 +39,7 @@ from .levers import (
 from .model import CNN, Net, init_weights, load_numpy_state, state_to_numpy
 from .optim import Optimizer, Schedule
 from .spec import Spec, parse_spec
+from .stop import StopRequest
 
 
 @dataclass
@@ -54,40 +54,6 @@ class TrainResult:
         from ..notebook import training_html
 
         return training_html("cnn", self.run_dir, self.history, state=self.state)
-
-
-class _StopRequest:
-    """SIGINT/SIGTERM set a flag; the loop finishes its step, saves and returns.
-
-    In a distributed job a signal only marks the stop ``pending``: the ranks agree on it at the
-    same step (distributed.agree), so no rank stops while the others wait for it.
-    """
-
-    def __init__(self, deferred: bool = False) -> None:
-        self.requested = False
-        self.pending = False
-        self.deferred = deferred
-        self.signal_name = ""
-
-    def __call__(self, signum: int, _frame: Any) -> None:
-        if (self.requested or self.pending) and signum == signal.SIGINT:
-            raise KeyboardInterrupt  # a second Ctrl-C: stop now, without saving
-        self.pending = True
-        self.requested = self.requested or not self.deferred
-        self.signal_name = signal.Signals(signum).name
-
-    @contextlib.contextmanager
-    def installed(self):
-        """The process's signal handlers, replaced while the loop runs and restored after it."""
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-        old = {sig: signal.signal(sig, self) for sig in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            yield
-        finally:
-            for sig, handler in old.items():
-                signal.signal(sig, handler)
 
 
 def _fresh_epoch() -> dict[str, Any]:
@@ -123,9 +89,8 @@ class Trainer:
             raise RunError(f"{self.out}: already exists; choose another --out, or --resume it")
         self.spec: Spec = parse_spec(config.spec)
         self.device = distributed.device_for(choose_device(config.device), self.ranks)
-        levers = choose_levers(config, self.device, self.spec)
-        self.levers: Levers = distributed.levers_for(levers, config, self.ranks)
-        self.stop = _StopRequest(deferred=self.ranks.active)
+        self.levers: Levers = distributed.levers_for(config, self.device, self.spec, self.ranks)
+        self.stop = StopRequest(deferred=self.ranks.active)
 
         images, labels = dataset.train_images, dataset.train_labels
         if images.shape[1:] != tuple(self.spec.input_shape[1:]):
