@@ -16,7 +16,8 @@ trainer then keeps every option's meaning:
 * Rank 0 alone reads and writes the run directory; the others wait at a barrier
   (``main_writes``, ``from_main``), so a run on rank 0's machine needs no shared filesystem.
 * A stop (Ctrl-C, SIGTERM) or a NaN loss on any rank is agreed on by all at the same step
-  (``agree``), so no rank waits in a collective for one that left.
+  (``StepAgreement``, inside the gradient all-reduce), so no rank waits in a collective for one
+  that left.
 
 One process outside torchrun never creates a process group; every helper here is then a no-op.
 """
@@ -179,11 +180,18 @@ def data_parallel(net: nn.Module, device: torch.device, ranks: Ranks) -> nn.Modu
     norms turned into global-batch ones."""
     if not ranks.active:
         return net
-    if device.type == "cuda":
-        _sync_batch_norms(net, nn.SyncBatchNorm)
-        return nn.parallel.DistributedDataParallel(net, device_ids=[device.index])
-    _sync_batch_norms(net, GlobalBatchNorm)
-    return nn.parallel.DistributedDataParallel(net)
+    _sync_batch_norms(net, nn.SyncBatchNorm if device.type == "cuda" else GlobalBatchNorm)
+    # Batch norms' running statistics come from the global batch, equal on every rank: DDP's
+    # broadcast of buffers before each forward would add a collective per step for nothing.
+    buffers_agree = all(
+        isinstance(module, nn.modules.batchnorm._BatchNorm) or not list(module.buffers(recurse=False))
+        for module in net.modules()
+    )
+    return nn.parallel.DistributedDataParallel(
+        net,
+        device_ids=[device.index] if device.type == "cuda" else None,
+        forward_sync_buffers=not buffers_agree,
+    )
 
 
 class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
@@ -282,14 +290,41 @@ def agree_every(sync_every: int) -> int:
     return min(sync_every, AGREE_EVERY)
 
 
-def agree(stop: Any, loss_sum: torch.Tensor) -> bool:
-    """At the same step on every rank: whether any rank was asked to stop (recorded in
-    ``stop.requested``) and whether any rank's loss is NaN/inf (returned). One small all-reduce."""
-    flags = torch.tensor([float(stop.pending), 0.0 if torch.isfinite(loss_sum).item() else 1.0])
-    dist.all_reduce(flags, op=dist.ReduceOp.MAX)
-    if flags[0] > 0:
-        stop.requested = True
-    return bool(flags[1] > 0)
+class StepAgreement:
+    """Whether any rank was asked to stop or saw a NaN/inf loss, agreed on by every rank at the same
+    step without a collective of its own: two flags ride along in the step's gradient all-reduce (a
+    DDP communication hook on the bucket reduced last, averaging gradients as DDP's own hook does).
+    A step is one collective, the rendezvous in which the ranks of a busy machine wait for each other."""
+
+    def __init__(self, ddp: nn.parallel.DistributedDataParallel, stop: Any, loss_sum: torch.Tensor):
+        self.stop = stop
+        self.loss_sum = loss_sum  # this rank's running loss, the step's own loss added before its backward
+        self.flags = torch.zeros(2, device=loss_sum.device)  # (stop asked, loss not finite) over ranks
+        self.world_size = dist.get_world_size()
+        ddp.register_comm_hook(None, self._all_reduce)
+
+    def _all_reduce(self, _state, bucket):  # type: ignore[no-untyped-def]  # DDP rejects string annotations
+        grads = bucket.buffer().div_(self.world_size)
+        if not bucket.is_last():
+            return dist.all_reduce(grads, async_op=True).get_future().then(lambda fut: fut.value()[0])
+        stop = torch.full((1,), float(self.stop.pending), dtype=grads.dtype, device=grads.device)
+        not_finite = torch.isfinite(self.loss_sum).logical_not().to(grads.dtype).reshape(1)
+        packed = torch.cat([grads, stop, not_finite])
+
+        def unpack(fut: Any) -> torch.Tensor:
+            total = fut.value()[0]
+            self.flags = total[-2:]
+            return total[:-2]
+
+        return dist.all_reduce(packed, async_op=True).get_future().then(unpack)
+
+    def diverged(self) -> bool:
+        """After a step: whether any rank's loss is NaN/inf; a stop any rank was asked for becomes
+        ``stop.requested`` on all of them."""
+        stop, not_finite = self.flags.tolist()
+        if stop > 0:
+            self.stop.requested = True
+        return not_finite > 0
 
 
 def seed_rank_stream(seed: int, global_step: int, ranks: Ranks) -> None:

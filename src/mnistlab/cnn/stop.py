@@ -13,7 +13,7 @@ class StopRequest:
     """SIGINT/SIGTERM set a flag; the loop finishes its step, saves and returns.
 
     In a distributed job a signal only marks the stop ``pending``: the ranks agree on it at the
-    same step (distributed.agree), so no rank stops while the others wait for it.
+    same step (distributed.StepAgreement), so no rank stops while the others wait for it.
     """
 
     def __init__(self, deferred: bool = False) -> None:

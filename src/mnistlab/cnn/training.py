@@ -150,7 +150,11 @@ class Trainer:
                 1, self.n_train // config.batch_size
             )  # full batches only (static shapes)
         self.schedule = Schedule.parse(config.schedule, config.lr, config.epochs, self.steps_per_epoch)
+        self._acc = (torch.zeros((), device=dev), torch.zeros((), device=dev, dtype=torch.long))
         module = distributed.data_parallel(self.net, dev, self.ranks)
+        self.agreement = (  # the ranks agree on a stop or a NaN inside each step's gradient all-reduce
+            distributed.StepAgreement(module, self.stop, self._acc[0]) if self.ranks.active else None
+        )
         self.train_module: Any = torch.compile(module) if self.levers.compile else module
         self.split = SplitBatch(self.levers.data_parallel) if self.levers.data_parallel > 1 else None
         self.graph = CudaGraphStep(dev) if self.levers.cuda_graphs else None
@@ -164,7 +168,6 @@ class Trainer:
         # Reading the running loss makes the host wait for the device: on CPU it costs nothing, on a
         # GPU it drains the launch queue, so it happens only as often as a progress bar needs.
         self.sync_every = 1 if dev.type == "cpu" else (50 if progress else 10**9)
-        self._acc = (torch.zeros((), device=dev), torch.zeros((), device=dev, dtype=torch.long))
 
     # ---------------------------------------------------------------- batches and steps
     def _prep(self, raw: torch.Tensor) -> torch.Tensor:
@@ -223,11 +226,11 @@ class Trainer:
         logits = logits.float()
         # the last batch of an epoch may leave a rank no image: a zero loss keeps it in step
         loss = self._loss(logits, y) if len(y) else logits.sum() * 0.0
-        (loss * distributed.loss_weight(len(y), batch, self.ranks) if self.ranks.active else loss).backward()
-        self.optimizer.step()
-        with torch.no_grad():
+        with torch.no_grad():  # before the backward, whose all-reduce carries the ranks' NaN check
             acc[0].add_(loss.detach(), alpha=len(y))
             acc[1].add_((logits.argmax(1) == y).sum())
+        (loss * distributed.loss_weight(len(y), batch, self.ranks) if self.ranks.active else loss).backward()
+        self.optimizer.step()
 
     def _part_gradients(
         self, x: torch.Tensor, y: torch.Tensor, batch: int
@@ -367,11 +370,11 @@ class Trainer:
             self.partial["seen"] += len(idx)
             if self.step_callback is not None:
                 self.step_callback(self, self.global_step)
-            if self.ranks.active and (  # a stop waits for at most AGREE_EVERY steps
+            if self.agreement is not None and (  # a stop waits for at most AGREE_EVERY steps
                 self.step_in_epoch % distributed.agree_every(self.sync_every) == 0
                 or self.step_in_epoch == self.steps_per_epoch
             ):
-                if distributed.agree(self.stop, acc[0]):
+                if self.agreement.diverged():
                     return "diverged"
             if (
                 self.step_in_epoch % self.sync_every == 0
