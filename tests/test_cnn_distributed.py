@@ -155,6 +155,36 @@ def test_global_batch_norm_is_batch_norm_in_a_group_of_one(tmp_path):
         dist.destroy_process_group()
 
 
+def test_step_agreement_averages_gradients_and_carries_stop_and_nan_flags(tmp_path):
+    """In a group of one, DDP with the agreement hook gives the plain network's gradients (any gap
+    is in the packing), and the flags say what this rank saw: a pending stop, a NaN loss."""
+    import torch.distributed as dist
+
+    from mnistlab.cnn.stop import StopRequest
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        torch.manual_seed(0)
+        net = torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.ReLU(), torch.nn.Linear(4, 3))
+        x, y = torch.randn(8, 5), torch.randint(0, 3, (8,))
+        torch.nn.functional.cross_entropy(net(x), y).backward()
+        plain = [p.grad.clone() for p in net.parameters()]
+        stop, loss_sum = StopRequest(deferred=True), torch.zeros(())
+        ddp = torch.nn.parallel.DistributedDataParallel(net)
+        agreement = distributed.StepAgreement(ddp, stop, loss_sum)
+        for pending, loss in ((False, 1.0), (True, float("nan"))):
+            net.zero_grad()
+            stop.pending = pending
+            loss_sum.fill_(loss)
+            torch.nn.functional.cross_entropy(ddp(x), y).backward()
+            for got, want in zip([p.grad for p in net.parameters()], plain):
+                torch.testing.assert_close(got, want, rtol=0, atol=0)
+            assert agreement.diverged() is (loss != loss)
+            assert stop.requested is pending
+    finally:
+        dist.destroy_process_group()
+
+
 def test_nproc_needs_out_and_cannot_run_inside_torchrun(monkeypatch, capsys):
     assert main(["train", "cnn", "--nproc", "2", "--epochs", "1"]) == 1
     assert "--nproc needs --out DIR" in capsys.readouterr().err
