@@ -314,7 +314,7 @@ class StepAgreement:
         def unpack(fut: Any) -> torch.Tensor:
             total = fut.value()[0]
             self.flags = total[-2:]
-            return total[:-2]
+            return grads.copy_(total[:-2])  # back into the bucket, where DDP reads the result
 
         return dist.all_reduce(packed, async_op=True).get_future().then(unpack)
 
