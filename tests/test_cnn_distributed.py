@@ -155,6 +155,22 @@ def test_global_batch_norm_is_batch_norm_in_a_group_of_one(tmp_path):
         dist.destroy_process_group()
 
 
+def test_a_rank_chooses_its_levers_for_its_share_of_the_batch_and_cores():
+    """A rank probes only what it uses: its share of the cores (no thread split, no one-thread
+    alternative that DDP would override) and both float32 layouts at its share of the batch."""
+    from mnistlab.cnn import resolve_config
+    from mnistlab.cnn.spec import parse_spec
+
+    rank = Ranks(1, 2, 1, 2, "gloo")
+    config = resolve_config(spec="conv:4:3,pool:2,flatten,output:10", batch_size=64, amp="off")
+    levers = distributed.levers_for(config, torch.device("cpu"), parse_spec(config.spec), rank)
+    threads = distributed.threads_per_rank(rank)
+    assert (levers.threads, levers.data_parallel, levers.world_size) == (threads, 1, 2)
+    assert "channels-last" in levers.measured and "NCHW" in levers.measured
+    assert "batch split" not in levers.measured
+    assert levers.measured.count(f"{threads} thread(s)") == 2  # the two layouts, nothing else
+
+
 def test_step_agreement_averages_gradients_and_carries_stop_and_nan_flags(tmp_path):
     """In a group of one, DDP with the agreement hook gives the plain network's gradients (any gap
     is in the packing), and the flags say what this rank saw: a pending stop, a NaN loss."""
