@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import base64
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -31,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
+import cpu_class  # noqa: E402
 from bench_web import PAD, drawings, seed_cnn_run  # noqa: E402
 
 
@@ -67,7 +67,7 @@ def time_updates(run_dir: Path, repeats: int, threads: int) -> None:
                 own[method].append(answer["attribution"]["ms"])
     kind = client.get("/api/run", params={"run": name}).json()["kind"]
     print(f"run: {run_dir} ({kind}); {repeats} updates per method, interleaved; torch threads {threads}")
-    print(f"CPU: {_cpu()}; ONEDNN_MAX_CPU_ISA={os.environ.get('ONEDNN_MAX_CPU_ISA', '(unset)')}")
+    print(cpu_class.header("native"))
     base = statistics.median(times[None])
     print(f"{'update with':<18} {'median ms':>10} {'p90 ms':>8} {'map alone':>10} {'x plain':>8}  target")
     for method in contenders:
@@ -129,16 +129,6 @@ def completeness_table(run_dir: Path, n_images: int) -> None:
             error, rel = np.abs(result.completeness_error), result.relative_completeness_error()
             print(f"{target or 'predicted':<10} {steps:>6} {np.median(error):15.2e} {error.max():12.2e} "
                   f"{np.median(rel):12.2%} {rel.max():10.2%}")
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return f"{line.split(':', 1)[1].strip()}, {os.cpu_count()} logical CPUs"
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def main(argv: list[str] | None = None) -> int:
