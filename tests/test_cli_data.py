@@ -78,8 +78,9 @@ def test_train_commands_read_a_data_dir(synthetic_dataset, tmp_path, capsys):
 @pytest.mark.parametrize("command", [["summary", "--spec", "seed"], ["data", "--help"]])
 def test_a_closed_output_pipe_ends_quietly(command, unbuffered):
     """`mnistlab summary RUN | head -1`: the reader goes away (here before the first write, so that
-    the test does not race it); the command ends without a word, with 141 as Unix tools that
-    SIGPIPE ended (128 + 13), whether Python buffers its output or not."""
+    the test does not race it); the command ends without a word, whether Python buffers its output
+    or not, with 141 as Unix tools that SIGPIPE ended (128 + 13). (argparse itself passes over a
+    failed write of --help, and ends with 0.)"""
     import os
     import subprocess
     import sys
@@ -94,7 +95,8 @@ def test_a_closed_output_pipe_ends_quietly(command, unbuffered):
     finally:
         os.close(write_end)
     assert proc.stderr == ""
-    assert proc.returncode == 141
+    if "--help" not in command:
+        assert proc.returncode == 141
 
 
 def test_only_a_closed_reader_counts_as_a_closed_output():
