@@ -17,9 +17,7 @@ occlusion (169 windows) run many more passes and are allowed to take longer; the
 
 from __future__ import annotations
 
-import argparse
 import base64
-import os
 import statistics
 import sys
 import tempfile
@@ -31,7 +29,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 import cpu_class  # noqa: E402
-from bench_web import PAD, drawings, seed_cnn_run  # noqa: E402
+from bench_web import PAD, drawings, seed_cnn_run, served_parser  # noqa: E402
 
 
 def time_updates(run_dir: Path, repeats: int, threads: int) -> None:
@@ -132,13 +130,7 @@ def completeness_table(run_dir: Path, n_images: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as `mnistlab serve` does, before torch loads
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--run", type=Path, help="run directory (default: an untrained seed CNN)")
-    parser.add_argument("--repeats", type=int, default=40, help="updates per method (default 40)")
-    parser.add_argument(
-        "--threads", type=int, default=1, help="torch threads, as `mnistlab serve --threads` (default 1)"
-    )
+    parser = served_parser(__doc__, 40, "updates per method")
     parser.add_argument(
         "--sanity", type=int, metavar="N", help="also the sanity table over the first N test images"
     )

@@ -266,23 +266,15 @@ def main() -> int:
         f"{rounds.load_average():.1f}; the machine may be shared: see CPU time",
         flush=True,
     )
-    results: dict[str, list[dict]] = {n: [] for n in names}
-    for r, name in rounds.interleaved(names, args.rounds):
-        res = run_worker(name, args)
-        results[name].append(res)
-        if "error" in res:
-            print(f"  round {r + 1} {name:<14} FAILED: {res['error']}", flush=True)
-            continue
+
+    def describe(res: dict) -> tuple[str, float, str]:
         per_epoch = " ".join(f"{t * scale:.2f}" for t in res["epoch_s"])
         cpu = " ".join(f"{t * scale:.2f}" for t in res.get("epoch_cpu_s", []))
-        levers = res.get("levers")
-        shown = f", levers {levers}" if levers else ""
-        print(
-            f"  round {r + 1} {name:<14} wall s/epoch [{per_epoch}] CPU s/epoch [{cpu}]  "
-            f"test acc {100 * res['test_acc'][-1]:.2f}%  "
-            f"({res.get('threads_note', res.get('threads'))}{shown}, wall {res['wall_s']:.0f} s)",
-            flush=True,
-        )
+        levers = f", levers {res['levers']}" if res.get("levers") else ""
+        threads = res.get("threads_note", res.get("threads"))
+        return f"wall s/epoch [{per_epoch}] CPU s/epoch [{cpu}]", res["test_acc"][-1], f"{threads}{levers}"
+
+    results = rounds.run_rounds(names, args.rounds, lambda name: run_worker(name, args), describe)
     print()
     summary = {}
     for name in names:

@@ -138,22 +138,14 @@ def main() -> int:
         f"seed recipe, {args.train_size} images, {args.epochs} epoch(s) per run, {args.rounds} rounds",
         flush=True,
     )
-    runs: dict[str, list[dict]] = {name: [] for name in names}
-    for r, name in rounds.interleaved(names, args.rounds):
-        res = run_contender(name, args)
-        runs[name].append(res)
-        extra = (
-            f"  grad all-reduce {res['grad_ms']:.2f} ms, agree {res['agree_ms']:.3f} ms"
-            if "grad_ms" in res
-            else ""
-        )
-        print(
-            f"  round {r + 1} {name:20s} s/epoch {[round(s, 2) for s in res['epoch_s']]}  "
-            f"test acc {100 * res['test_acc']:.2f}%  (threads {res['threads']}, split {res['split']}, "
-            f"ranks {res['world']}, amp {res['amp']}, wall {res['wall_s']:.0f} s){extra}",
-            flush=True,
-        )
 
+    def describe(res: dict) -> tuple[str, float, str]:
+        details = f"threads {res['threads']}, split {res['split']}, ranks {res['world']}, amp {res['amp']}"
+        if "grad_ms" in res:
+            details += f"; grad all-reduce {res['grad_ms']:.2f} ms, agree {res['agree_ms']:.3f} ms"
+        return f"s/epoch {[round(s, 2) for s in res['epoch_s']]}", res["test_acc"], details
+
+    runs = rounds.run_rounds(names, args.rounds, lambda name: run_contender(name, args), describe)
     medians = {name: rounds.epoch_median(runs[name], "epoch_s") for name in names}
     cpu = {name: rounds.epoch_median(runs[name], "epoch_cpu_s") for name in names}
     reference = medians[names[0]]

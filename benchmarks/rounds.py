@@ -15,7 +15,7 @@ import os
 import statistics
 import subprocess
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import cpu_class  # benchmarks/ is not a package: a benchmark puts its own folder on sys.path
 
@@ -57,11 +57,28 @@ def rotated(names: Sequence[str], round_index: int) -> list[str]:
     return [*names[k:], *names[:k]]
 
 
-def interleaved(names: Sequence[str], rounds: int) -> Iterator[tuple[int, str]]:
-    """(round, contender) for every round, each round in its rotated order."""
+def run_rounds(
+    names: Sequence[str],
+    rounds: int,
+    run: Callable[[str], dict],
+    describe: Callable[[dict], tuple[str, float, str]],
+) -> dict[str, list[dict]]:
+    """Every contender once per round, each round in its rotated order; ``run(name)`` measures (a
+    result with ``wall_s``, or ``error``). Each result gets its line as it comes: ``describe(result)``
+    gives what was measured, the test accuracy, and details (threads, levers). Results by contender."""
+    width = max(map(len, names), default=0)
+    results: dict[str, list[dict]] = {name: [] for name in names}
     for r in range(rounds):
         for name in rotated(names, r):
-            yield r, name
+            res = run(name)
+            results[name].append(res)
+            if "error" in res:
+                said = f"FAILED: {res['error']}"
+            else:
+                measured, accuracy, details = describe(res)
+                said = f"{measured}  test acc {100 * accuracy:.2f}%  ({details}, wall {res['wall_s']:.0f} s)"
+            print(f"  round {r + 1} {name:<{width}} {said}", flush=True)
+    return results
 
 
 def run_worker(

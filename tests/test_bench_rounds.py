@@ -16,7 +16,29 @@ def test_every_contender_takes_every_place_once_over_as_many_rounds():
     orders = [rounds.rotated(names, r) for r in range(3)]
     assert orders == [["a", "b", "c"], ["b", "c", "a"], ["c", "a", "b"]]
     assert rounds.rotated(names, 4) == orders[1]
-    assert list(rounds.interleaved(["a", "b"], 2)) == [(0, "a"), (0, "b"), (1, "b"), (1, "a")]
+
+
+def test_rounds_rotate_and_print_a_line_per_result(capsys):
+    measured = iter(range(4))
+
+    def run(name):
+        n = next(measured)
+        return {"error": "exit 1: boom"} if n == 3 else {"n": n, "acc": 0.5, "wall_s": 2.0}
+
+    def describe(res):
+        return f"measure {res['n']}", res["acc"], "1 thread"
+
+    results = rounds.run_rounds(["a", "bb"], 2, run, describe)
+    assert results == {
+        "a": [{"n": 0, "acc": 0.5, "wall_s": 2.0}, {"error": "exit 1: boom"}],
+        "bb": [{"n": 1, "acc": 0.5, "wall_s": 2.0}, {"n": 2, "acc": 0.5, "wall_s": 2.0}],
+    }
+    assert capsys.readouterr().out.splitlines() == [
+        "  round 1 a  measure 0  test acc 50.00%  (1 thread, wall 2 s)",
+        "  round 1 bb measure 1  test acc 50.00%  (1 thread, wall 2 s)",
+        "  round 2 bb measure 2  test acc 50.00%  (1 thread, wall 2 s)",
+        "  round 2 a  FAILED: exit 1: boom",
+    ]
 
 
 def test_the_common_options_take_both_spellings_of_rounds():
