@@ -30,7 +30,6 @@ def add_common_options(
     held: str = "every contender",
     rounds_aliases: tuple[str, ...] = (),
     rounds_help: str = "rounds; each runs every contender once, in a rotating order",
-    json_output: bool = True,
 ) -> None:
     """--rounds (alias --runs), --threads, --cpu-class and --json, with one meaning in every benchmark.
 
@@ -47,8 +46,7 @@ def add_common_options(
         "--cpu-class", choices=cpu_class.CLASSES, default="native",
         help=f"native: what the CPU has; avx2: hold {held} to AVX2 (see cpu_class.py)",
     )
-    if json_output:
-        parser.add_argument("--json", metavar="FILE", help="also write the raw results here")
+    parser.add_argument("--json", metavar="FILE", help="also write the raw results here")
 
 
 def rotated(names: Sequence[str], round_index: int) -> list[str]:
