@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import platform
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -75,6 +75,7 @@ class Levers:
     data_parallel: int = 1  # CPU: each batch split across this many threads, one torch thread each
     measured: str = ""  # CPU: what cpu_probe timed for the choices 'auto' left open
     world_size: int = 1  # processes training together (torchrun, DDP; cnn/distributed.py)
+    winograd: dict[str, int] = field(default_factory=dict)  # CPU: blocks run as Winograd F(m x m, 3 x 3)
 
     @property
     def step_threads(self) -> int:
@@ -86,7 +87,10 @@ class Levers:
         return {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(self.amp_dtype or "")
 
 
-def choose_levers(config: TrainConfig, device: torch.device, spec: Spec) -> Levers:
+def choose_levers(config: TrainConfig, device: torch.device, spec: Spec,
+                  recorded: dict[str, Any] | None = None) -> Levers:
+    """``recorded``: the levers a run recorded (its manifest's), when it resumes with the same
+    how-options: the choices that change the arithmetic are taken from it, not measured again."""
     kind = device.type
     amp: str | None = None
     if kind == "cuda":
@@ -110,40 +114,82 @@ def choose_levers(config: TrainConfig, device: torch.device, spec: Spec) -> Leve
     if kind == "cpu" and threads > 1 and not config.compile:
         if all(layer.kind.batch_split_exact for layer in spec.layers):
             parallel = max(1, min(threads, config.batch_size // 16))  # parts under 16 images run slowly
-    measured = ""
+    measured, fast = "", {}
+    if recorded is not None and (recorded.get("device"), recorded.get("amp_dtype")) != (kind, amp):
+        recorded = None  # recorded elsewhere (another device, or another arithmetic)
     if kind == "cpu" and not config.compile:
-        channels_last, threads, parallel, measured = _measure_cpu(
-            config, spec, amp, channels_last, threads, parallel
+        default = cpu_probe.Candidate(channels_last, threads, parallel)
+        setup = _measure_cpu(config, spec, amp, default, recorded)
+        channels_last, threads, parallel, fast, measured = (
+            setup.chosen.channels_last, setup.chosen.threads, setup.chosen.parts, dict(setup.chosen.winograd),
+            setup.note,
         )
     return Levers(
         kind, amp, channels_last, bool(config.compile), graphs, threads, kind == "cpu" and _glibc(), parallel,
-        measured,
+        measured, winograd=fast,
     )
 
 
-def _measure_cpu(config: TrainConfig, spec: Spec, amp: str | None, channels_last: bool, threads: int,
-                 parallel: int) -> tuple[bool, int, int, str]:
-    """What 'auto' leaves open on the CPU, timed on this network (cpu_probe): the float32 layout
-    (channels-last or NCHW: which wins depends on the CPU's oneDNN kernels) and, without --threads,
-    all cores against one thread (other processes may hold the cores). The default comes first and
-    keeps a near-tie."""
-    layouts = [channels_last]
-    if config.channels_last == "auto" and amp is None:
-        layouts = [True, False]
-    setups = [(threads, parallel)]
-    if not config.threads and threads > 1:
-        setups.append((1, 1))
-    candidates = [cpu_probe.Candidate(cl, t, p) for cl in layouts for t, p in setups]
-    if len(candidates) == 1:
-        return channels_last, threads, parallel, ""
+@dataclass
+class _Setup:
+    chosen: cpu_probe.Candidate
+    note: str = ""
+
+
+def _measure_cpu(config: TrainConfig, spec: Spec, amp: str | None, default: cpu_probe.Candidate,
+                 recorded: dict[str, Any] | None) -> _Setup:
+    """What 'auto' leaves open on the CPU, timed on this network (cpu_probe), in two parts.
+
+    * The arithmetic: in float32 the layout (channels-last or NCHW) and Winograd for the 3x3
+      convolutions; which wins depends on the CPU's kernels, and each rounds differently. Measured
+      once per machine, network and batch, and recorded (cpu_probe.record_choice), so the same
+      command with the same seed gives the same weights every time; a resumed run takes its own.
+    * Without --threads: the parts of the split batch on all cores against one after another on
+      one thread (other processes may hold the cores). The arithmetic is the same either way, so
+      this is measured afresh by every run.
+
+    The default comes first and keeps a near-tie."""
     from .model import Net
 
     dtype = {"bfloat16": torch.bfloat16}.get(amp or "")
     with torch.random.fork_rng(devices=[]):  # the probe's network must not draw from the run's random stream
         net = Net(spec)
-    result = cpu_probe.probe(net, spec.input_shape, config.batch_size, candidates, autocast=dtype)
-    best = result.chosen
-    return best.channels_last, best.threads, best.parts, result.describe()
+    plan = tuple(sorted(net.winograd_plan().items())) if amp is None and default.channels_last else ()
+    options = [(default.channels_last, ())] + ([(True, plan)] if plan else [])
+    if config.channels_last == "auto" and amp is None:
+        options.append((False, ()))
+    parts = default.parts
+    notes = []
+    if recorded is not None:
+        parts = int(recorded.get("data_parallel", parts))
+        options = [(bool(recorded["channels_last"]),
+                     tuple(sorted((str(k), int(v)) for k, v in recorded.get("winograd", {}).items())))]
+        notes.append("arithmetic as recorded by the run")
+    key = {"spec": spec.to_string(), "batch": config.batch_size, "parts": parts, "autocast": str(dtype),
+           "options": [cpu_probe.Candidate(cl, 1, 1, fast).describe() for cl, fast in options]}
+    choice = options[0]
+    stored = cpu_probe.recorded_choice(key) if len(options) > 1 else None
+    if stored is not None and [stored.get("channels_last"), stored.get("winograd")] in (
+        [cl, [list(pair) for pair in fast]] for cl, fast in options
+    ):
+        choice = (bool(stored["channels_last"]), tuple((str(k), int(m)) for k, m in stored["winograd"]))
+        notes.append(f"arithmetic as recorded on this machine ({cpu_probe.record_path()}): "
+                     f"{stored.get('measured', '')}")
+    elif len(options) > 1:
+        candidates = [cpu_probe.Candidate(cl, default.threads, parts, fast) for cl, fast in options]
+        result = cpu_probe.probe(net, spec.input_shape, config.batch_size, candidates, autocast=dtype)
+        choice = (result.chosen.channels_last, result.chosen.winograd)
+        cpu_probe.record_choice(key, {"channels_last": choice[0], "winograd": [list(p) for p in choice[1]],
+                                      "measured": result.describe()})
+        notes.append(result.describe())
+    chosen = cpu_probe.Candidate(choice[0], default.threads, parts, choice[1])
+    if not config.threads and default.threads > 1:
+        # one thread keeps the partition (serial parts) so that the arithmetic does not change
+        alone = cpu_probe.Candidate(choice[0], 1, parts if parts > 1 else 1, choice[1])
+        result = cpu_probe.probe(net, spec.input_shape, config.batch_size, [chosen, alone], autocast=dtype)
+        chosen = result.chosen
+        notes.append(result.describe())
+    return _Setup(chosen, "; ".join(notes))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -159,8 +205,10 @@ class SplitBatch:
     order, never in the order the threads finish, so a run is reproducible and resumable bit for bit.
     """
 
-    def __init__(self, parts: int):
+    def __init__(self, parts: int, threads: int | None = None):
         self.parts = parts
+        # with fewer threads than parts the parts run one after another: the same arithmetic
+        self.concurrent = threads is None or threads >= parts
         self._pool: Any = None  # created at the first step, shut down by close()
 
     def run(
@@ -171,12 +219,15 @@ class SplitBatch:
     ) -> tuple[list[torch.Tensor], list[tuple[torch.Tensor, torch.Tensor]]]:
         """The whole batch's gradients, and each part's (loss sum, correct count) in part order."""
         xs, ys = x.tensor_split(self.parts), y.tensor_split(self.parts)
-        if self._pool is None:
-            from concurrent.futures import ThreadPoolExecutor
+        if self.concurrent:
+            if self._pool is None:
+                from concurrent.futures import ThreadPoolExecutor
 
-            self._pool = ThreadPoolExecutor(len(xs) - 1, thread_name_prefix="mnistlab-part")
-        others = [self._pool.submit(part, xs[k], ys[k], len(y)) for k in range(1, len(xs))]
-        results = [part(xs[0], ys[0], len(y))] + [f.result() for f in others]
+                self._pool = ThreadPoolExecutor(len(xs) - 1, thread_name_prefix="mnistlab-part")
+            others = [self._pool.submit(part, xs[k], ys[k], len(y)) for k in range(1, len(xs))]
+            results = [part(xs[0], ys[0], len(y))] + [f.result() for f in others]
+        else:
+            results = [part(xp, yp, len(y)) for xp, yp in zip(xs, ys)]
         with torch.no_grad():
             grads = results[0][0]
             for more, _, _ in results[1:]:
