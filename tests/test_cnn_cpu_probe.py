@@ -77,7 +77,7 @@ def test_trainer_levers_record_what_was_measured(tmp_path):
     )
 
 
-SPEC = "conv:4:3,pool:2,conv:6:3,pool:2,flatten,output:10"
+SPEC = "conv:8:3,pool:2,conv:8:3,pool:2,conv:8:3,flatten,output:10"  # conv2, conv3: Winograd candidates
 
 
 def _dataset():

@@ -1,15 +1,19 @@
-"""CPU levers decided by measurement: what the CPU may run, and which layout and thread setup is
-fastest for this network on it.
+"""CPU levers decided by measurement: what the CPU may run, and which layout, convolution
+algorithm and thread setup is fastest for this network on it.
 
 * ``bf16_allowed`` reads what the CPU has *and* what oneDNN and ATen are allowed to use
   (``ONEDNN_MAX_CPU_ISA`` / ``ATEN_CPU_CAPABILITY`` can hold an AVX-512 CPU to AVX2; bf16 is then
   emulated, many times slower than float32).
 * ``probe`` times a few forward + backward passes of the network on synthetic data for each
-  candidate (memory layout; all cores with the batch split across them, or one thread) and returns
-  the fastest. On AVX2 float32 the channels-last layout avoids oneDNN's reorders and runs ATen's
-  vectorized pooling; a split batch pays on idle cores and loses when other processes hold them.
-  These depend on the CPU and on what else runs on it, so they are measured, not assumed. The
-  timings are interleaved and each candidate's median is kept, so one preempted pass decides nothing.
+  candidate (memory layout; Winograd for the 3x3 convolutions; the parts of a split batch on
+  threads of their own or one after another) and returns the fastest. On AVX2 float32 the
+  channels-last layout avoids oneDNN's reorders and runs ATen's vectorized pooling; a split batch
+  pays on idle cores and loses when other processes hold them. These depend on the CPU and on what
+  else runs on it, so they are measured, not assumed. The timings are interleaved and each
+  candidate's median is kept, so one preempted pass decides nothing.
+* ``recorded_choice`` / ``record_choice``: the choices that change the arithmetic (layout,
+  Winograd) are measured once per machine and kept in ``$MNISTLAB_HOME/cpu-probe.json``, so the
+  same command with the same seed trains the same weights on every run (docs/cnn.md).
 """
 
 from __future__ import annotations
@@ -173,8 +177,9 @@ RECORD = "cpu-probe.json"
 
 
 def machine() -> dict[str, str]:
-    """What a recorded choice depends on besides the network: the CPU, what oneDNN and ATen may use
-    on it (``ONEDNN_MAX_CPU_ISA`` / ``ATEN_CPU_CAPABILITY`` hold it), and the torch build."""
+    """What a recorded choice depends on besides the network: the CPU, what oneDNN, ATen and MKL may
+    use on it (``ONEDNN_MAX_CPU_ISA`` / ``ATEN_CPU_CAPABILITY`` / ``MKL_ENABLE_INSTRUCTIONS`` hold
+    it), and the torch build."""
     model = platform.processor()
     with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="utf-8", errors="replace") as info:
         model = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), model)
@@ -183,6 +188,7 @@ def machine() -> dict[str, str]:
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "onednn_max_isa": os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "",
         "aten_cpu_capability": os.environ.get("ATEN_CPU_CAPABILITY", ""),
+        "mkl_instructions": os.environ.get("MKL_ENABLE_INSTRUCTIONS", ""),  # the Winograd products' GEMMs
         "torch": torch.__version__,
     }
 

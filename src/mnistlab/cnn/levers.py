@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import platform
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -140,10 +140,9 @@ def _measure_cpu(config: TrainConfig, spec: Spec, amp: str | None, default: cpu_
                  recorded: dict[str, Any] | None) -> _Setup:
     """What 'auto' leaves open on the CPU, timed on this network (cpu_probe), in two parts.
 
-    * The arithmetic: in float32 the layout (channels-last or NCHW) and Winograd for the 3x3
-      convolutions; which wins depends on the CPU's kernels, and each rounds differently. Measured
-      once per machine, network and batch, and recorded (cpu_probe.record_choice), so the same
-      command with the same seed gives the same weights every time; a resumed run takes its own.
+    * The arithmetic (``_arithmetic``): in float32 the layout and Winograd for the 3x3
+      convolutions. Each rounds differently, so it is measured once per machine, network and batch
+      and recorded; a resumed run keeps its own.
     * Without --threads: the parts of the split batch on all cores against one after another on
       one thread (other processes may hold the cores). The arithmetic is the same either way, so
       this is measured afresh by every run.
@@ -154,42 +153,69 @@ def _measure_cpu(config: TrainConfig, spec: Spec, amp: str | None, default: cpu_
     dtype = {"bfloat16": torch.bfloat16}.get(amp or "")
     with torch.random.fork_rng(devices=[]):  # the probe's network must not draw from the run's random stream
         net = Net(spec)
-    plan = tuple(sorted(net.winograd_plan().items())) if amp is None and default.channels_last else ()
-    options = [(default.channels_last, ())] + ([(True, plan)] if plan else [])
-    if config.channels_last == "auto" and amp is None:
-        options.append((False, ()))
     parts = default.parts
-    notes = []
     if recorded is not None:
         parts = int(recorded.get("data_parallel", parts))
-        options = [(bool(recorded["channels_last"]),
-                     tuple(sorted((str(k), int(v)) for k, v in recorded.get("winograd", {}).items())))]
-        notes.append("arithmetic as recorded by the run")
-    key = {"spec": spec.to_string(), "batch": config.batch_size, "parts": parts, "autocast": str(dtype),
-           "options": [cpu_probe.Candidate(cl, 1, 1, fast).describe() for cl, fast in options]}
-    choice = options[0]
-    stored = cpu_probe.recorded_choice(key) if len(options) > 1 else None
-    if stored is not None and [stored.get("channels_last"), stored.get("winograd")] in (
-        [cl, [list(pair) for pair in fast]] for cl, fast in options
-    ):
-        choice = (bool(stored["channels_last"]), tuple((str(k), int(m)) for k, m in stored["winograd"]))
-        notes.append(f"arithmetic as recorded on this machine ({cpu_probe.record_path()}): "
-                     f"{stored.get('measured', '')}")
-    elif len(options) > 1:
-        candidates = [cpu_probe.Candidate(cl, default.threads, parts, fast) for cl, fast in options]
-        result = cpu_probe.probe(net, spec.input_shape, config.batch_size, candidates, autocast=dtype)
-        choice = (result.chosen.channels_last, result.chosen.winograd)
-        cpu_probe.record_choice(key, {"channels_last": choice[0], "winograd": [list(p) for p in choice[1]],
-                                      "measured": result.describe()})
-        notes.append(result.describe())
+        fast = tuple(sorted((str(k), int(v)) for k, v in recorded.get("winograd", {}).items()))
+        choice, notes = (bool(recorded["channels_last"]), fast), ["arithmetic as recorded by the run"]
+    else:
+        choice, notes = _arithmetic(config, spec, net, dtype, replace(default, parts=parts))
     chosen = cpu_probe.Candidate(choice[0], default.threads, parts, choice[1])
     if not config.threads and default.threads > 1:
         # one thread keeps the partition (serial parts) so that the arithmetic does not change
-        alone = cpu_probe.Candidate(choice[0], 1, parts if parts > 1 else 1, choice[1])
+        alone = cpu_probe.Candidate(choice[0], 1, parts, choice[1])
         result = cpu_probe.probe(net, spec.input_shape, config.batch_size, [chosen, alone], autocast=dtype)
         chosen = result.chosen
         notes.append(result.describe())
     return _Setup(chosen, "; ".join(notes))
+
+
+def _arithmetic(config: TrainConfig, spec: Spec, net: Any, dtype: torch.dtype | None,
+                default: cpu_probe.Candidate) -> tuple[tuple[bool, tuple], list[str]]:
+    """(channels-last?, Winograd blocks) for float32 on this CPU: recorded on this machine, or
+    measured and recorded. Winograd is first timed block by block (each alone in the network), then
+    the blocks that paid, together, against the plain network and NCHW."""
+    layouts = [default.channels_last] + ([False] if config.channels_last == "auto" and dtype is None else [])
+    plan = net.winograd_plan() if dtype is None and default.channels_last else {}
+    if len(layouts) == 1 and not plan:
+        return (default.channels_last, ()), []
+    key = {"spec": spec.to_string(), "batch": config.batch_size, "parts": default.parts,
+           "autocast": str(dtype), "layouts": layouts, "winograd": sorted(plan.items())}
+    stored = _stored_choice(cpu_probe.recorded_choice(key), layouts, plan)
+    if stored is not None:
+        where = f"arithmetic as recorded on this machine ({cpu_probe.record_path()})"
+        return stored[0], [f"{where}: {stored[1]}"]
+
+    def candidate(channels_last: bool, fast: tuple = ()) -> cpu_probe.Candidate:
+        return replace(default, channels_last=channels_last, winograd=fast)
+
+    def timed(candidates: list[cpu_probe.Candidate]) -> cpu_probe.ProbeResult:
+        return cpu_probe.probe(net, spec.input_shape, config.batch_size, candidates, autocast=dtype)
+
+    notes, fast = [], tuple(sorted(plan.items()))
+    if len(plan) > 1:
+        alone = timed([candidate(True)] + [candidate(True, (pair,)) for pair in fast])
+        plain = alone.ms_per_step[candidate(True)]
+        fast = tuple(pair for pair in fast if alone.ms_per_step[candidate(True, (pair,))] < 0.98 * plain)
+        notes.append("each block alone: " + alone.describe())
+    options = [candidate(default.channels_last)] + ([candidate(True, fast)] if fast else [])
+    result = timed(options + [candidate(False)] * (len(layouts) > 1))
+    choice = (result.chosen.channels_last, result.chosen.winograd)
+    notes.append(result.describe())
+    cpu_probe.record_choice(key, {"channels_last": choice[0], "winograd": [list(p) for p in choice[1]],
+                                  "measured": "; ".join(notes)})
+    return choice, notes
+
+
+def _stored_choice(stored: dict | None, layouts: list[bool], plan: dict[str, int]) -> tuple | None:
+    """A recorded choice that is still one of this run's options, as ((layout, Winograd), note)."""
+    pairs = stored.get("winograd") if stored is not None else None
+    if stored is None or stored.get("channels_last") not in layouts or not isinstance(pairs, list):
+        return None
+    if not all(isinstance(p, list) and len(p) == 2 and plan.get(p[0]) == p[1] for p in pairs):
+        return None
+    fast = tuple((str(name), int(m)) for name, m in pairs)
+    return (bool(stored["channels_last"]), fast), stored.get("measured", "")
 
 
 # ----------------------------------------------------------------------------------------------

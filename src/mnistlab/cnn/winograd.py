@@ -27,6 +27,9 @@ from torch import nn
 
 KERNEL = 3
 TILES = (2, 3, 4)  # output tile sizes m with well-conditioned transforms in float32
+# Below this many input channels the products have next to no depth and the transforms cost more
+# than they save (one input channel, measured on AVX2: docs/performance.md), so no candidate.
+THIN = 8
 # interpolation points of the Cook-Toom construction, the usual well-conditioned ones (then infinity)
 _POINTS = (0.0, 1.0, -1.0, 2.0, -2.0)
 
@@ -93,6 +96,28 @@ class _Tiles(torch.autograd.Function):
         return dx.permute(0, 3, 1, 2), None, None, None
 
 
+class _WindowMax(torch.autograd.Function):
+    """The max over the leading dimension (a pooling window's values), with max pooling's gradient:
+    all of it to the first maximum. (``max(0)`` does the same several times slower; ``amax``
+    would split ties, which all-zero input regions make common.)"""
+
+    @staticmethod
+    def forward(ctx, y: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        out = y.amax(0)
+        ctx.save_for_backward(y, out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        y, out = ctx.saved_tensors
+        first = y == out
+        taken = first[0].clone()
+        for k in range(1, len(first)):
+            first[k] &= ~taken
+            taken |= first[k]
+        return first.to(grad.dtype).mul_(grad)
+
+
 def conv2d(x: torch.Tensor, conv: nn.Conv2d, m: int, pool: bool = False) -> torch.Tensor:
     """``conv(x)`` for a 3x3, stride-1 convolution (with ``pool``: followed by a 2x2 max pooling of
     stride 2, m = 2), by Winograd F(m x m, 3 x 3). Returns an (N, O, H', W') channels-last tensor."""
@@ -114,20 +139,21 @@ def conv2d(x: torch.Tensor, conv: nn.Conv2d, m: int, pool: bool = False) -> torc
     u = (kbt @ d).view(a * a, -1, in_ch)
     y = kat @ torch.bmm(u, v).view(a * a, -1)  # (m * m, N * th * tw * O)
     if pool:
-        y = y.view(m * m, n, th, tw, out_ch).max(0).values
+        y = _WindowMax.apply(y.view(m * m, -1)).view(n, th, tw, out_ch)
     else:
         y = y.view(m, m, n, th, tw, out_ch).permute(2, 3, 0, 4, 1, 5).reshape(n, th * m, tw * m, out_ch)
-        if th * m != out_h or tw * m != out_w:
-            y = y[:, :out_h, :out_w].contiguous()
+        y = y[:, :out_h, :out_w].contiguous()  # (a reshape of single tiles may be a strided view)
     if conv.bias is not None:
         y = y + conv.bias
     return y.permute(0, 3, 1, 2)
 
 
 def eligible(conv: nn.Module) -> bool:
-    """A convolution this module computes: 3x3, stride 1, undilated, ungrouped, zero padding."""
+    """A convolution worth a candidate: 3x3, stride 1, undilated, ungrouped, zero padding, and
+    input channels enough for the products to have depth."""
     return (
         isinstance(conv, nn.Conv2d)
+        and conv.in_channels >= THIN
         and conv.kernel_size == (KERNEL, KERNEL)
         and conv.stride == (1, 1)
         and conv.dilation == (1, 1)
