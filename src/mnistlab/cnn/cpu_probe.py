@@ -82,8 +82,11 @@ class ProbeResult:
     chosen: Candidate
     ms_per_step: dict[Candidate, float] = field(default_factory=dict)
 
+    work: bool = False  # ms of CPU time (all threads), not of wall time
+
     def describe(self) -> str:
-        return "; ".join(f"{c.describe()}: {ms:.1f} ms" for c, ms in self.ms_per_step.items())
+        unit = "ms CPU" if self.work else "ms"
+        return "; ".join(f"{c.describe()}: {ms:.1f} {unit}" for c, ms in self.ms_per_step.items())
 
 
 _cache: dict[tuple, ProbeResult] = {}
@@ -97,10 +100,13 @@ def probe(
     autocast: torch.dtype | None = None,
     rounds: int = 3,
     steps: int = 3,
+    work: bool = False,
 ) -> ProbeResult:
     """The fastest of ``candidates`` for a forward + backward pass of ``net`` at ``batch`` (a copy
     of it: the run's network and random stream are untouched). Results are kept per process for
-    the same network shape, batch and candidates."""
+    the same network shape, batch and candidates. ``work``: compare the process's CPU time instead
+    of wall time, for candidates that differ only in the arithmetic (same threads), whose work
+    is what differs: CPU time hardly moves when other processes take turns on the cores."""
     candidates = list(dict.fromkeys(candidates))
     if len(candidates) == 1:
         return ProbeResult(candidates[0])
@@ -110,6 +116,7 @@ def probe(
         batch,
         tuple(candidates),
         autocast,
+        work,
         os.environ.get("ONEDNN_MAX_CPU_ISA"),
         torch.backends.cpu.get_cpu_capability(),
     )
@@ -122,6 +129,7 @@ def probe(
     for layout in {c.channels_last for c in candidates}:
         clone = copy.deepcopy(net).train()
         nets[layout] = clone.to(memory_format=torch.channels_last) if layout else clone
+    clock = time.process_time if work else time.perf_counter
     threads_before = torch.get_num_threads()
     pool = ThreadPoolExecutor(max(c.parts for c in candidates) - 1 or 1, thread_name_prefix="mnistlab-probe")
     times: dict[Candidate, list[float]] = {c: [] for c in candidates}
@@ -133,10 +141,10 @@ def probe(
                 clone = nets[cand.channels_last]
                 clone.winograd = dict(cand.winograd)
                 for _ in range(steps):
-                    t0 = time.perf_counter()
+                    t0 = clock()
                     _pass(clone, xs, y, cand.parts, autocast, pool if cand.concurrent else None)
                     if round_:
-                        times[cand].append(time.perf_counter() - t0)
+                        times[cand].append(clock() - t0)
     finally:
         torch.set_num_threads(threads_before)
         pool.shutdown()
@@ -144,7 +152,7 @@ def probe(
     best = min(ms.values())
     # near-ties go to the earlier candidate (the caller lists its default first)
     chosen = next(c for c in candidates if ms[c] <= 1.03 * best)
-    result = ProbeResult(chosen, ms)
+    result = ProbeResult(chosen, ms, work)
     _cache[key] = result
     return result
 

@@ -190,7 +190,9 @@ def _arithmetic(config: TrainConfig, spec: Spec, net: Any, dtype: torch.dtype | 
         return replace(default, channels_last=channels_last, winograd=fast)
 
     def timed(candidates: list[cpu_probe.Candidate]) -> cpu_probe.ProbeResult:
-        return cpu_probe.probe(net, spec.input_shape, config.batch_size, candidates, autocast=dtype)
+        # the same threads throughout: what differs is the work, so CPU time compares them
+        return cpu_probe.probe(net, spec.input_shape, config.batch_size, candidates, autocast=dtype,
+                               work=True)
 
     notes, fast = [], tuple(sorted(plan.items()))
     if len(plan) > 1:
