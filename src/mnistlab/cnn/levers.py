@@ -72,7 +72,9 @@ class Levers:
     cuda_graphs: bool
     threads: int
     reuse_freed_memory: bool = False
-    data_parallel: int = 1  # CPU: each batch split across this many threads, one torch thread each
+    # CPU: each batch split into this many parts, each on a thread of its own with one torch thread
+    # (with fewer threads than parts: one after another, the same arithmetic)
+    data_parallel: int = 1
     measured: str = ""  # CPU: what cpu_probe timed for the choices 'auto' left open
     world_size: int = 1  # processes training together (torchrun, DDP; cnn/distributed.py)
     winograd: dict[str, int] = field(default_factory=dict)  # CPU: blocks run as Winograd F(m x m, 3 x 3)
