@@ -163,7 +163,7 @@ def test_a_rank_chooses_its_levers_for_its_share_of_the_batch_and_cores():
 
     rank = Ranks(1, 2, 1, 2, "gloo")
     config = resolve_config(spec="conv:4:3,pool:2,flatten,output:10", batch_size=64, amp="off")
-    levers = distributed.levers_for(config, torch.device("cpu"), parse_spec(config.spec), rank)
+    levers = distributed.levers_for(config, torch.device("cpu"), parse_spec(config.spec), rank, None)
     threads = distributed.threads_per_rank(rank)
     assert (levers.threads, levers.data_parallel, levers.world_size) == (threads, 1, 2)
     assert "channels-last" in levers.measured and "NCHW" in levers.measured

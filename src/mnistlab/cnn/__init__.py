@@ -3,9 +3,9 @@
 Rooms: layers.py (the layer-kind and activation registry), spec.py (the spec language, shapes,
 summary), model.py (the torch network, the inspection interface), optim.py, config.py (what a run
 is), training.py (the loop), levers.py (speed levers, process-wide settings), checkpoint.py
-(saving and resuming), stop.py (a clean stop on Ctrl-C), distributed.py and launch.py (many
-ranks: torchrun, DDP). The spec part is pure Python; torch is imported the first time a model,
-optimizer or trainer is asked for.
+(saving and resuming), stop.py (a clean stop on Ctrl-C), progress.py (the bar), distributed.py
+and launch.py (many ranks: torchrun, DDP). The spec part is pure Python; torch is imported the
+first time a model, optimizer or trainer is asked for.
 
 >>> from mnistlab.cnn import train
 >>> result = train(load_dataset("mnist"), spec="seed", out="runs/seed")

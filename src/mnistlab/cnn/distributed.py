@@ -153,17 +153,20 @@ def threads_per_rank(ranks: Ranks) -> int:
     return max(1, idle_cores() // ranks.local_world_size)
 
 
-def levers_for(config: TrainConfig, device: torch.device, spec: Spec, ranks: Ranks) -> Levers:
-    """The levers of this process. Alone: ``choose_levers``. In a job, rank 0 alone chooses, for
-    one rank's share of the batch and threads, and every rank takes its choice (all ranks run the
-    same layout and precision, and the CPU probe runs once, not once per rank against the others);
+def levers_for(
+    config: TrainConfig, device: torch.device, spec: Spec, ranks: Ranks, recorded: dict[str, Any] | None
+) -> Levers:
+    """The levers of this process (``recorded``: a resumed run's, see choose_levers). Alone:
+    ``choose_levers``. In a job, rank 0 alone chooses, for one rank's share of the batch and
+    threads, and every rank takes its choice (all ranks run the same arithmetic: precision,
+    layout, Winograd; and the CPU probe runs once, not once per rank against the others);
     each rank keeps its own share of its machine's cores (``--threads`` when given). DDP replaces
     the thread split, and the CUDA graph (DDP's gradient hooks run outside a captured step)."""
     if not ranks.active:
-        return choose_levers(config, device, spec)
+        return choose_levers(config, device, spec, recorded)
     threads = config.threads or (threads_per_rank(ranks) if device.type == "cpu" else torch.get_num_threads())
     one_rank = replace(config, threads=threads, batch_size=max(1, config.batch_size // ranks.world_size))
-    chosen = from_main(lambda: choose_levers(one_rank, device, spec, split_batch=False))
+    chosen = from_main(lambda: choose_levers(one_rank, device, spec, recorded, split_batch=False))
     return replace(chosen, threads=threads, data_parallel=1, cuda_graphs=False, world_size=ranks.world_size)
 
 

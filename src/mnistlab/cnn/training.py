@@ -3,7 +3,7 @@ after another, evaluation, and a stop that finishes the current step.
 
 The rooms around it: config.py (what a run is), levers.py (how it goes fast, and every
 process-wide setting it changes), checkpoint.py (saving the run, resuming it), stop.py (Ctrl-C and
-SIGTERM: a clean stop), distributed.py (the same loop as one rank of many).
+SIGTERM: a clean stop), progress.py (the bar), distributed.py (the same loop as one rank of many).
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from .levers import (
 )
 from .model import CNN, Net, init_weights, load_numpy_state, state_to_numpy
 from .optim import Optimizer, Schedule
+from .progress import ProgressBar
 from .spec import Spec, parse_spec
 from .stop import StopRequest
 
@@ -73,9 +74,11 @@ class Trainer:
         initial_weights: dict[str, np.ndarray] | None = None,
         step_callback: Callable[[Trainer, int], None] | None = None,
         epoch_callback: Callable[[dict[str, Any]], None] | None = None,
+        recorded_levers: dict[str, Any] | None = None,
     ):
         """``epoch_callback`` gets each epoch's history row; raising StopTraining there ends the run
-        after that epoch (saved as interrupted). A dataset with an empty test split is never tested."""
+        after that epoch (saved as interrupted). A dataset with an empty test split is never tested.
+        ``recorded_levers``: a resumed run's own levers (choose_levers)."""
         config.validate()
         self.config = config
         self.dataset = dataset
@@ -89,7 +92,9 @@ class Trainer:
             raise RunError(f"{self.out}: already exists; choose another --out, or --resume it")
         self.spec: Spec = parse_spec(config.spec)
         self.device = distributed.device_for(choose_device(config.device), self.ranks)
-        self.levers: Levers = distributed.levers_for(config, self.device, self.spec, self.ranks)
+        self.levers: Levers = distributed.levers_for(
+            config, self.device, self.spec, self.ranks, recorded_levers
+        )
         self.stop = StopRequest(deferred=self.ranks.active)
 
         images, labels = dataset.train_images, dataset.train_labels
@@ -133,6 +138,7 @@ class Trainer:
             load_numpy_state(self.net, initial_weights, "initial weights")
         self.files = RunFiles(state_to_numpy(self.net))
         self.net.to(dev)
+        self.net.winograd = dict(self.levers.winograd)
         if self.levers.channels_last:
             self.net.to(memory_format=torch.channels_last)
         self._trainable = [p for p in self.net.parameters() if p.requires_grad]
@@ -156,7 +162,8 @@ class Trainer:
             distributed.StepAgreement(module, self.stop, self._acc[0]) if self.ranks.active else None
         )
         self.train_module: Any = torch.compile(module) if self.levers.compile else module
-        self.split = SplitBatch(self.levers.data_parallel) if self.levers.data_parallel > 1 else None
+        parts = self.levers.data_parallel
+        self.split = SplitBatch(parts, self.levers.threads) if parts > 1 else None
         self.graph = CudaGraphStep(dev) if self.levers.cuda_graphs else None
 
         self.history: list[dict[str, Any]] = []
@@ -304,15 +311,7 @@ class Trainer:
             if self.epoch == 0 and self.step_in_epoch == 0:
                 self.write("partial")
             if self.progress:
-                from tqdm.auto import tqdm
-
-                bar = tqdm(
-                    total=cfg.epochs * self.steps_per_epoch,
-                    initial=self.global_step,
-                    unit="step",
-                    dynamic_ncols=True,
-                    leave=True,
-                )
+                bar = ProgressBar(cfg.epochs * self.steps_per_epoch, self.global_step, cfg.epochs)
             self.net.train()
             distributed.seed_rank_stream(cfg.seed, self.global_step, self.ranks)
             try:
@@ -347,7 +346,7 @@ class Trainer:
         load_numpy_state(model.net, state_to_numpy(self.net))
         return TrainResult(self.out, model, self.history, state, metrics or {})
 
-    def _run_epoch(self, bar: Any) -> str:
+    def _run_epoch(self, bar: ProgressBar | None) -> str:
         cfg = self.config
         bs = cfg.batch_size
         order = np.random.default_rng([cfg.seed, self.epoch]).permutation(self.n_train)
@@ -385,16 +384,11 @@ class Trainer:
                 if not math.isfinite(loss_sum):
                     return "diverged"
                 if bar is not None:
-                    seen = self.partial["seen"]
                     # rank 0 sees its share of the sums until the epoch's end adds all ranks' up
-                    world = self.ranks.world_size
-                    last_loss = (self.partial["loss_sum"] + loss_sum * world) / max(1, seen)
-                    bar.update(self.global_step - bar.n)
-                    bar.set_postfix_str(
-                        f"epoch {self.epoch + 1}/{cfg.epochs} loss {last_loss:.4f} "
-                        f"acc {(self.partial['correct'] + int(acc[1]) * world) / max(1, seen):.4f}",
-                        refresh=False,
-                    )
+                    world, seen = self.ranks.world_size, max(1, self.partial["seen"])
+                    loss = (self.partial["loss_sum"] + loss_sum * world) / seen
+                    accuracy = (self.partial["correct"] + int(acc[1]) * world) / seen
+                    bar.show(self.global_step, self.epoch + 1, loss, accuracy)
             if self.stop.requested:
                 break
         if sync:
