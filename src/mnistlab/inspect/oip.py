@@ -257,7 +257,7 @@ def optimize_inputs(
         values[silent], grads[silent] = value_and_grad(x[silent], np.flatnonzero(silent))
     start = values.copy()
     trace = np.empty((steps + 1, n))
-    reach = np.ones((n, 1, 1))  # each unit's share of the step; halved each time a step silenced it
+    reach = np.ones((n, 1, 1))  # each unit's share of the step: halved after a step silenced it
     for step in tqdm(range(steps), desc=f"OIP {layer}", disable=not progress, leave=False):
         trace[step] = values
         g = _gaussian_blur(grads, blur)
@@ -275,10 +275,11 @@ def optimize_inputs(
         moved = np.clip(moved + size * g / np.maximum(rms, 1e-12), 0, 255)  # a zero gradient moves nothing
         new_values, new_grads = value_and_grad(moved, everyone)
         # A step that silences a responding unit (a faint start overshot) leaves it nothing to climb
-        # from: that unit stays where it was and tries half the step next time.
+        # from: that unit stays where it was and tries half the step next time, then grows back.
         lost = np.any(grads != 0, axis=(1, 2)) & ~np.any(new_grads != 0, axis=(1, 2))
-        reach[lost] /= 2
         kept = ~lost
+        reach[lost] /= 2
+        reach[kept] = np.minimum(1.0, 2 * reach[kept])
         x[kept], values[kept], grads[kept] = moved[kept], new_values[kept], new_grads[kept]
     trace[steps] = values
     return OIPResult(layer, units_arr, x.astype(np.float32), start, values, trace, seed, steps,
