@@ -13,10 +13,10 @@ noise comes from its own seed stream ``(seed, unit)``: the pattern of map 5 is t
 is optimized alone or with 127 others.
 
 A unit whose gradient is exactly zero at the start (a ReLU map silent for the noise) cannot climb;
-it gets up to ``restarts`` fresh starts of other kinds (pen strokes on black, like the parts of a
-digit; bright blobs on black; brighter noise), several at a time, keeps the one it responds to
-most, and stays listed in ``dead`` if none helps: often it is silent for every real image too (a
-dead ReLU map).
+it gets up to ``restarts`` fresh starts of other kinds (bright blobs on black or brighter noise,
+and faint pen strokes on black, like the parts of a digit), several at a time, keeps the faintest
+one it responds to, and stays listed in ``dead`` if none helps: often it is silent for every real
+image too (a dead ReLU map).
 
 The fade toward black (``decay``) shrinks with the step size, so the final small steps still climb.
 """
