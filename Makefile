@@ -70,15 +70,15 @@ $(BENCH_STAMP): benchmarks/requirements-bench.txt pyproject.toml
 	$(BENCH_VENV)/bin/python -m pip install -q -e .
 	@touch $(BENCH_STAMP)
 
-# Every benchmark takes CPU_CLASS=native|avx2, e.g. `make bench-cnn CPU_CLASS=avx2`.
+# The timing benchmarks (mlp, cnn, ddp, inspect) take CPU_CLASS=native|avx2, e.g. `make bench-cnn CPU_CLASS=avx2`.
 # NumPy MLP against PyTorch, Keras/TF and scikit-learn: 35 epochs, 3 runs each, several minutes.
-# BENCH_MLP_ARGS passes options, e.g. BENCH_MLP_ARGS="--threads 1 --runs 5".
+# BENCH_MLP_ARGS passes options, e.g. BENCH_MLP_ARGS="--threads 1 --rounds 5".
 bench-mlp: bench-venv
 	$(BENCH_VENV)/bin/python benchmarks/bench_mlp.py --cpu-class $(CPU_CLASS) $(BENCH_MLP_ARGS)
 
 # CPU: seed recipe, mnistlab vs the PyTorch DataLoader loop vs Keras/TF (5 epochs, minutes).
-# Shorter: make bench-cnn BENCH_CNN_ARGS="--epochs 2 --train-size 20000 --runs 3"
-BENCH_CNN_ARGS ?= --epochs 5 --runs 1
+# Shorter: make bench-cnn BENCH_CNN_ARGS="--epochs 2 --train-size 20000 --rounds 3"
+BENCH_CNN_ARGS ?= --epochs 5 --rounds 1
 bench-cnn: bench-venv
 	$(BENCH_VENV)/bin/python benchmarks/bench_cnn.py --cpu-class $(CPU_CLASS) $(BENCH_CNN_ARGS)
 
@@ -87,7 +87,7 @@ bench-cnn: bench-venv
 # Shorter: make bench-ddp BENCH_DDP_ARGS="--train-size 10000 --epochs 2 --rounds 2"
 BENCH_DDP_ARGS ?=
 bench-ddp: setup
-	$(BIN)/python benchmarks/bench_ddp.py $(BENCH_DDP_ARGS)
+	$(BIN)/python benchmarks/bench_ddp.py --cpu-class $(CPU_CLASS) $(BENCH_DDP_ARGS)
 
 clean:
 	rm -rf $(VENV) .venv-bench build dist src/*.egg-info .pytest_cache

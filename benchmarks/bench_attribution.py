@@ -17,10 +17,7 @@ occlusion (169 windows) run many more passes and are allowed to take longer; the
 
 from __future__ import annotations
 
-import argparse
 import base64
-import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -31,7 +28,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_web import PAD, drawings, seed_cnn_run  # noqa: E402
+import cpu_class  # noqa: E402
+from bench_web import PAD, drawings, seed_cnn_run, served_parser  # noqa: E402
 
 
 def time_updates(run_dir: Path, repeats: int, threads: int) -> None:
@@ -67,7 +65,7 @@ def time_updates(run_dir: Path, repeats: int, threads: int) -> None:
                 own[method].append(answer["attribution"]["ms"])
     kind = client.get("/api/run", params={"run": name}).json()["kind"]
     print(f"run: {run_dir} ({kind}); {repeats} updates per method, interleaved; torch threads {threads}")
-    print(f"CPU: {_cpu()}; ONEDNN_MAX_CPU_ISA={os.environ.get('ONEDNN_MAX_CPU_ISA', '(unset)')}")
+    print(cpu_class.header("native"))
     base = statistics.median(times[None])
     print(f"{'update with':<18} {'median ms':>10} {'p90 ms':>8} {'map alone':>10} {'x plain':>8}  target")
     for method in contenders:
@@ -131,24 +129,8 @@ def completeness_table(run_dir: Path, n_images: int) -> None:
                   f"{np.median(rel):12.2%} {rel.max():10.2%}")
 
 
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return f"{line.split(':', 1)[1].strip()}, {os.cpu_count()} logical CPUs"
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as `mnistlab serve` does, before torch loads
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--run", type=Path, help="run directory (default: an untrained seed CNN)")
-    parser.add_argument("--repeats", type=int, default=40, help="updates per method (default 40)")
-    parser.add_argument(
-        "--threads", type=int, default=1, help="torch threads, as `mnistlab serve --threads` (default 1)"
-    )
+    parser = served_parser(__doc__, 40, "updates per method")
     parser.add_argument(
         "--sanity", type=int, metavar="N", help="also the sanity table over the first N test images"
     )

@@ -13,7 +13,7 @@ Rounds alternate the contenders (rotating the order); the report gives medians o
 training times (evaluation excluded), test accuracy after the last epoch, and ratios to Keras.
 
     make bench-venv && .venv-bench/bin/python benchmarks/bench_cnn.py               # 5 epochs, 1 round
-    .venv-bench/bin/python benchmarks/bench_cnn.py --epochs 1 --runs 3 --train-size 20000   # timing only
+    .venv-bench/bin/python benchmarks/bench_cnn.py --epochs 1 --rounds 3 --train-size 20000   # timing only
     .venv-bench/bin/python benchmarks/bench_cnn.py --cpu-class avx2   # every contender held to AVX2
 
 ``--cpu-class avx2`` holds every contender to AVX2 on a wider CPU (see cpu_class.py); the report
@@ -29,7 +29,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 
@@ -37,6 +36,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import cpu_class  # benchmarks/ is not a package
+import rounds
 
 CONTENDERS = ("mnistlab", "mnistlab-fp32", "torch", "keras")
 # also selectable with --contenders: single levers, for finding which pay on a CPU
@@ -216,30 +216,20 @@ def worker_keras(args) -> dict:
 
 # ---------------------------------------------------------------------------------------- driver
 def run_worker(name: str, args) -> dict:
-    cmd = [
-        sys.executable,
-        __file__,
-        "--worker",
-        name,
-        "--epochs",
-        str(args.epochs),
-        "--seed",
-        str(args.seed),
-        "--train-size",
-        str(args.train_size),
-        "--threads",
-        str(args.threads),
-    ]
-    t0 = time.perf_counter()
-    proc = subprocess.run(
-        cmd, capture_output=True, text=True, env=cpu_class.class_env(args.cpu_class), check=False
-    )
-    if proc.returncode != 0:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-        return {"error": " | ".join(tail), "wall_s": time.perf_counter() - t0}
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
-    result["wall_s"] = time.perf_counter() - t0
-    return result
+    own = ["--worker", name, "--epochs", str(args.epochs), "--seed", str(args.seed)]
+    own += ["--train-size", str(args.train_size), "--threads", str(args.threads)]
+    return rounds.run_worker([sys.executable, __file__, *own], env=cpu_class.class_env(args.cpu_class))
+
+
+WORKERS = {
+    "mnistlab": lambda a: worker_mnistlab(a, "auto"),
+    "mnistlab-fp32": lambda a: worker_mnistlab(a, "off"),
+    "mnistlab-fp32-cl": lambda a: worker_mnistlab(a, "off", channels_last="on"),
+    "mnistlab-fp32-nchw": lambda a: worker_mnistlab(a, "off", channels_last="off"),
+    "mnistlab-compile": lambda a: worker_mnistlab(a, "off", compile=True),
+    "torch": worker_torch,
+    "keras": worker_keras,
+}
 
 
 def main() -> int:
@@ -247,39 +237,20 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--runs", type=int, default=1, help="rounds; each runs every contender once")
     parser.add_argument(
         "--train-size", type=int, default=0, help="train on the first N images (0: all 60,000)"
     )
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=os.cpu_count() or 1,
-        help="threads for every contender (default: all cores; 0: each library's own default, which "
-        "for mnistlab depends on the load average)",
+    rounds.add_common_options(
+        parser, rounds=1, threads=os.cpu_count() or 1,
+        threads_help="threads for every contender (default: all cores; 0: each library's own default, "
+        "which for mnistlab depends on the load average)",
     )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--cpu-class",
-        choices=cpu_class.CLASSES,
-        default="native",
-        help="native: what the CPU has; avx2: hold every contender to AVX2 (see cpu_class.py)",
-    )
     parser.add_argument("--contenders", default=",".join(CONTENDERS))
-    parser.add_argument("--json", help="also write the raw results here")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        fn = {
-            "mnistlab": lambda a: worker_mnistlab(a, "auto"),
-            "mnistlab-fp32": lambda a: worker_mnistlab(a, "off"),
-            "mnistlab-fp32-cl": lambda a: worker_mnistlab(a, "off", channels_last="on"),
-            "mnistlab-fp32-nchw": lambda a: worker_mnistlab(a, "off", channels_last="off"),
-            "mnistlab-compile": lambda a: worker_mnistlab(a, "off", compile=True),
-            "torch": worker_torch,
-            "keras": worker_keras,
-        }[args.worker]
-        print(json.dumps(fn(args)))
+        print(json.dumps(WORKERS[args.worker](args)))
         return 0
 
     names = [n for n in args.contenders.split(",") if n]
@@ -288,62 +259,41 @@ def main() -> int:
         parser.error(f"unknown contenders {sorted(unknown)}; choose from {', '.join(CONTENDERS + EXTRA)}")
     scale = FULL / (args.train_size or FULL)
     load(0)  # fetch/cache the data once, outside any timing
-    print(cpu_class.header(args.cpu_class))
-    for kind in sorted({"torch" if n != "keras" else "keras" for n in names}):
-        print(f"  {kind} uses: {cpu_class.probe(kind, args.cpu_class)}", flush=True)
+    rounds.print_header(args.cpu_class, sorted({"torch" if n != "keras" else "keras" for n in names}))
     print(
-        f"seed recipe, {args.epochs} epoch(s), {args.runs} round(s), train size {args.train_size or FULL}, "
-        f"threads {args.threads or 'default'}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; "
-        "the machine may be shared: see CPU time",
+        f"seed recipe, {args.epochs} epoch(s), {args.rounds} round(s), train size {args.train_size or FULL}, "
+        f"threads {args.threads or 'default'}, {os.cpu_count()} CPUs, load average "
+        f"{rounds.load_average():.1f}; the machine may be shared: see CPU time",
         flush=True,
     )
-    results: dict[str, list[dict]] = {n: [] for n in names}
-    for r in range(args.runs):
-        order = names[r % len(names) :] + names[: r % len(names)]
-        for name in order:
-            res = run_worker(name, args)
-            results[name].append(res)
-            if "error" in res:
-                print(f"  round {r + 1} {name:<14} FAILED: {res['error']}", flush=True)
-            else:
-                per_epoch = " ".join(f"{t * scale:.2f}" for t in res["epoch_s"])
-                cpu = " ".join(f"{t * scale:.2f}" for t in res.get("epoch_cpu_s", []))
-                levers = res.get("levers")
-                shown = f", levers {levers}" if levers else ""
-                print(
-                    f"  round {r + 1} {name:<14} wall s/epoch [{per_epoch}] CPU s/epoch [{cpu}]  "
-                    f"test acc {100 * res['test_acc'][-1]:.2f}%  "
-                    f"({res.get('threads_note', res.get('threads'))}{shown}, wall {res['wall_s']:.0f} s)",
-                    flush=True,
-                )
+
+    def describe(res: dict) -> tuple[str, float, str]:
+        per_epoch = " ".join(f"{t * scale:.2f}" for t in res["epoch_s"])
+        cpu = " ".join(f"{t * scale:.2f}" for t in res.get("epoch_cpu_s", []))
+        levers = f", levers {res['levers']}" if res.get("levers") else ""
+        threads = res.get("threads_note", res.get("threads"))
+        return f"wall s/epoch [{per_epoch}] CPU s/epoch [{cpu}]", res["test_acc"][-1], f"{threads}{levers}"
+
+    results = rounds.run_rounds(names, args.rounds, lambda name: run_worker(name, args), describe)
     print()
     summary = {}
     for name in names:
         ok = [res for res in results[name] if "error" not in res]
         if not ok:
             continue
-
         # The first epoch carries one-off costs (Keras traces and XLA-compiles its step, oneDNN picks
         # kernels): medians are over the later epochs when there are any; the first epoch is shown apart.
-        def later(key, ok=ok):
-            values = [t * scale for res in ok for t in res.get(key, [])[1:]]
-            return values or [t * scale for res in ok for t in res.get(key, [])]
-
+        walls = rounds.pooled_epochs(ok, "epoch_s", scale)
         summary[name] = {
-            "s_per_epoch": statistics.median(later("epoch_s")),
-            "cpu_s_per_epoch": statistics.median(later("epoch_cpu_s"))
-            if later("epoch_cpu_s")
-            else float("nan"),
+            "s_per_epoch": statistics.median(walls),
+            "cpu_s_per_epoch": rounds.epoch_median(ok, "epoch_cpu_s", scale),
             "first_epoch_s": statistics.median(res["epoch_s"][0] * scale for res in ok),
             "test_acc": statistics.median(res["test_acc"][-1] for res in ok),
-            "spread": (min(later("epoch_s")), max(later("epoch_s"))),
+            "spread": (min(walls), max(walls)),
             "threads": ok[-1].get("threads_note", ok[-1].get("threads")),
         }
     ref = summary.get("keras")
-    print(
-        f"\nCPU class: {args.cpu_class} ({'held to AVX2' if args.cpu_class == 'avx2' else 'native'}) on "
-        f"{cpu_class.cpu_model()} ({cpu_class.hardware_isa()})"
-    )
+    print("\n" + cpu_class.class_line(args.cpu_class))
     print("Medians per full epoch. Wall time is what a user waits; CPU time (all threads of the process) is")
     print("what the work costs and hardly moves when other processes load the machine.")
     print(
@@ -364,9 +314,7 @@ def main() -> int:
             f"mnistlab vs the tutorial loop: wall {m['s_per_epoch'] / t['s_per_epoch']:.2f}x, "
             f"CPU {m['cpu_s_per_epoch'] / t['cpu_s_per_epoch']:.2f}x"
         )
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump({"args": vars(args), "results": results, "summary": summary}, fh, indent=2)
+    rounds.write_json(args.json, {"args": vars(args), "results": results, "summary": summary})
     return 0
 
 

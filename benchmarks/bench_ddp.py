@@ -15,6 +15,7 @@ backward pass, so this is an upper bound of what it adds) and the per-step stop/
 
     make bench-ddp                                   # 20,000 images, 3 epochs, 3 rounds
     python benchmarks/bench_ddp.py --train-size 60000 --epochs 2 --rounds 5
+    python benchmarks/bench_ddp.py --cpu-class avx2  # every contender held to AVX2 (see cpu_class.py)
 """
 
 from __future__ import annotations
@@ -23,13 +24,13 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from cpu_class import cpu_model  # benchmarks/ is on the path: this script's folder
+import cpu_class  # benchmarks/ is on the path: this script's folder
+import rounds
 
 ROOT = Path(__file__).resolve().parents[1]
 SRC = str(ROOT / "src")
@@ -103,41 +104,17 @@ def collective_costs(trainer, torch) -> dict:
 
 def run_contender(name: str, args) -> dict:
     mode, threads = CONTENDERS[name]
-    own = [
-        __file__,
-        "--worker",
-        mode,
-        "--threads",
-        str(threads),
-        "--epochs",
-        str(args.epochs),
-        "--train-size",
-        str(args.train_size),
-    ]
+    own = [__file__, "--worker", mode, "--threads", str(threads)]
+    own += ["--epochs", str(args.epochs), "--train-size", str(args.train_size)]
+    launcher = [sys.executable]
     if mode == "ddp":
-        command = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc-per-node",
-            "2",
-            *own,
-        ]
-    else:
-        command = [sys.executable, *own]
-    env = {
-        **os.environ,
-        "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", ""),
-        "OMP_NUM_THREADS": "1",
-    }
-    t0 = time.perf_counter()
-    proc = subprocess.run(command, env=env, capture_output=True, text=True)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    if proc.returncode != 0 or not lines:
-        raise SystemExit(f"{name} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
-    result = json.loads(lines[-1][len("RESULT ") :])
-    result["wall_s"] = time.perf_counter() - t0
+        launcher += ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    env = cpu_class.class_env(args.cpu_class)
+    env["PYTHONPATH"] = SRC + os.pathsep + env.get("PYTHONPATH", "")
+    env["OMP_NUM_THREADS"] = "1"
+    result = rounds.run_worker([*launcher, *own], env=env, marker="RESULT ")
+    if "error" in result:  # the report needs every contender
+        raise SystemExit(f"{name} failed: {result['error']}")
     return result
 
 
@@ -147,54 +124,34 @@ def main() -> int:
     parser.add_argument(
         "--epochs", type=int, default=3, help="epochs per run (the first is not counted when > 1)"
     )
-    parser.add_argument("--rounds", type=int, default=3)
+    rounds.add_common_options(parser, rounds=3, threads=None, threads_help="")
     parser.add_argument(
         "--worker", choices=("plain", "no-split", "split", "ddp"), dest="mode", help=argparse.SUPPRESS
     )
-    parser.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.mode:
         return worker(args)
 
     names = list(CONTENDERS)
+    rounds.print_header(args.cpu_class, ["torch"])
     print(
-        f"CPU: {cpu_model()}, {os.cpu_count()} CPUs, ISA cap {os.environ.get('ONEDNN_MAX_CPU_ISA', 'none')}; "
-        f"seed recipe, {args.train_size} images, {args.epochs} epoch(s) per run, {args.rounds} rounds, "
-        f"load average {os.getloadavg()[0]:.1f} at the start",
+        f"seed recipe, {args.train_size} images, {args.epochs} epoch(s) per run, {args.rounds} rounds",
         flush=True,
     )
-    runs: dict[str, list[dict]] = {name: [] for name in names}
-    for r in range(args.rounds):
-        order = names[r % len(names) :] + names[: r % len(names)]
-        for name in order:
-            res = run_contender(name, args)
-            runs[name].append(res)
-            extra = (
-                f"  grad all-reduce {res['grad_ms']:.2f} ms, agree {res['agree_ms']:.3f} ms"
-                if "grad_ms" in res
-                else ""
-            )
-            print(
-                f"  round {r + 1} {name:20s} s/epoch {[round(s, 2) for s in res['epoch_s']]}  "
-                f"test acc {100 * res['test_acc']:.2f}%  (threads {res['threads']}, split {res['split']}, "
-                f"ranks {res['world']}, amp {res['amp']}, wall {res['wall_s']:.0f} s){extra}",
-                flush=True,
-            )
 
-    def counted(res: dict, key: str) -> list[float]:
-        return res[key][1:] if len(res[key]) > 1 else res[key]
+    def describe(res: dict) -> tuple[str, float, str]:
+        details = f"threads {res['threads']}, split {res['split']}, ranks {res['world']}, amp {res['amp']}"
+        if "grad_ms" in res:
+            details += f"; grad all-reduce {res['grad_ms']:.2f} ms, agree {res['agree_ms']:.3f} ms"
+        return f"s/epoch {[round(s, 2) for s in res['epoch_s']]}", res["test_acc"], details
 
-    medians = {
-        name: statistics.median([s for res in runs[name] for s in counted(res, "epoch_s")]) for name in names
-    }
-    cpu = {
-        name: statistics.median([s for res in runs[name] for s in counted(res, "epoch_cpu_s")])
-        for name in names
-    }
+    runs = rounds.run_rounds(names, args.rounds, lambda name: run_contender(name, args), describe)
+    medians = {name: rounds.epoch_median(runs[name], "epoch_s") for name in names}
+    cpu = {name: rounds.epoch_median(runs[name], "epoch_cpu_s") for name in names}
     reference = medians[names[0]]
     print(
         f"\nMedians over rounds (the machine is shared: contenders interleaved; load average "
-        f"{os.getloadavg()[0]:.1f} at the end). Epoch = {args.train_size} images; "
+        f"{rounds.load_average():.1f} at the end). Epoch = {args.train_size} images; "
         "CPU time is rank 0's process."
     )
     print(f"{'contender':22s} {'wall s/epoch':>13s} {'vs 1 thread':>12s} {'CPU s/epoch':>12s}")
@@ -216,6 +173,8 @@ def main() -> int:
         f"Goal 2 procs <= 0.65x one thread: {goal:.2f}x ({'met' if goal <= 0.65 else 'not met'}); "
         f"against the thread split: {medians['2 procs x 1 thread'] / medians['thread split']:.2f}x"
     )
+    print(cpu_class.class_line(args.cpu_class))
+    rounds.write_json(args.json, {"args": vars(args), "results": runs, "medians": medians, "cpu": cpu})
     return 0
 
 

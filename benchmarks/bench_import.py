@@ -20,18 +20,11 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from cpu_class import cpu_model  # noqa: E402  (benchmarks/ is not a package)
+
 FIXTURES = ROOT / "tests" / "fixtures" / "keras"
 FILES = ("seed.keras", "seed_keras3.h5", "seed_tf_keras.h5")
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def main() -> None:

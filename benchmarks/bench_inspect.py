@@ -22,7 +22,6 @@ the in-process timing.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -35,6 +34,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import cpu_class  # benchmarks/ is not a package
+import rounds
 
 _HELD = "MNISTLAB_BENCH_CPU_CLASS"  # set when this script re-ran itself in a class's environment
 
@@ -70,21 +70,15 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--train-size", type=int, default=None, help="train the quick runs on the first N images"
     )
-    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--steps", type=int, default=70, help="OIP steps (default 70, the command's)")
     parser.add_argument(
         "--single", type=int, default=4, help="maps optimized one at a time for the comparison (0: skip)"
     )
-    parser.add_argument(
-        "--threads", type=int, default=0, help="torch CPU threads (0: torch's default, all cores)"
+    rounds.add_common_options(
+        parser, rounds=3, rounds_aliases=("--repeats",), threads=0,
+        threads_help="torch CPU threads (0: torch's default, all cores)", held="torch and oneDNN",
+        rounds_help="rounds; each times every way once, in turn",
     )
-    parser.add_argument(
-        "--cpu-class",
-        choices=cpu_class.CLASSES,
-        default="native",
-        help="native: what the CPU has; avx2: hold torch and oneDNN to AVX2 (see cpu_class.py)",
-    )
-    parser.add_argument("--json", type=Path, help="also write the numbers here")
     args = parser.parse_args(argv)
     if (
         os.environ.get(_HELD) != args.cpu_class
@@ -115,14 +109,13 @@ def main(argv=None) -> int:
         "cpu_class": args.cpu_class,
         "cpu": cpu_class.cpu_model(),
     }
-    load = os.getloadavg()[0]
-    print(cpu_class.header(args.cpu_class))
-    print(f"  torch uses: {cpu_class.probe('torch', args.cpu_class)}")
+    load = rounds.load_average()
+    rounds.print_header(args.cpu_class, ["torch"])
     print(
         f"load average {load:.1f} at the start (the machine may be shared: other processes slow every "
         f"number), torch {torch.__version__}, {torch.get_num_threads()} threads (OIP: the batch split "
         "across them, one each); "
-        f"medians of {args.repeats}"
+        f"medians of {args.rounds}"
     )
     report["load_start"] = load
 
@@ -130,9 +123,7 @@ def main(argv=None) -> int:
     model = load_model(seed_run)
     compute_activations(model, images[:500])  # warm-up
     times, out_times = [], []
-    for _ in range(
-        args.repeats
-    ):  # alternate with the output alone: the same forward passes, no 1.4 GB to keep
+    for _ in range(args.rounds):  # alternate with the output alone: the same passes, no 1.4 GB kept
         t0 = time.perf_counter()
         acts = compute_activations(model, images)
         times.append(time.perf_counter() - t0)
@@ -177,7 +168,7 @@ def main(argv=None) -> int:
             "from mnistlab.cli import main; sys.exit(main(sys.argv[1:]))"
         )
         command = [sys.executable, "-c", code, *command[3:]]
-    for _ in range(args.repeats):  # alternate the ways so machine noise hits them alike
+    for _ in range(args.rounds):  # alternate the ways so machine noise hits them alike
         t0, c0 = time.perf_counter(), time.process_time()
         result = optimize_inputs(vi, "conv3", steps=args.steps, seed=0)
         batch_times.append(time.perf_counter() - t0)
@@ -247,10 +238,9 @@ def main(argv=None) -> int:
             "oip_pass": ok,
         }
     )
-    report["load_end"] = os.getloadavg()[0]
+    report["load_end"] = rounds.load_average()
     print(f"\nload average at the end: {report['load_end']:.1f}")
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    rounds.write_json(args.json, report)
     return 0
 
 

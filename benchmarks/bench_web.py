@@ -61,15 +61,21 @@ def drawings(n: int, seed: int = 0) -> list[np.ndarray]:
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as `mnistlab serve` does, before torch loads
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def served_parser(description: str, repeats: int, repeats_help: str) -> argparse.ArgumentParser:
+    """The options of the benchmarks of the server (this one and bench_attribution.py): --run,
+    --repeats, --threads; and the server's OpenMP wait policy, set before torch loads."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as `mnistlab serve` does
+    parser = argparse.ArgumentParser(description=description.split("\n\n")[0])
     parser.add_argument("--run", type=Path, help="run directory (default: an untrained seed CNN)")
-    parser.add_argument("--repeats", type=int, default=300, help="updates to time (default 300)")
+    parser.add_argument("--repeats", type=int, default=repeats, help=f"{repeats_help} (default {repeats})")
     parser.add_argument(
         "--threads", type=int, default=1, help="torch threads, as `mnistlab serve --threads` (default 1)"
     )
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = served_parser(__doc__, 300, "updates to time").parse_args(argv)
 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*httpx2")

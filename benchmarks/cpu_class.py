@@ -93,14 +93,30 @@ def class_env(cpu_class: str, base: dict[str, str] | None = None) -> dict[str, s
     return env
 
 
+def allowed(cpu_class: str) -> str:
+    """What a run of ``cpu_class`` allows, in words; a cap set by hand in the environment is named."""
+    if cpu_class == "avx2":
+        return "held to AVX2"
+    capped = [f"{name}={os.environ[name]}" for name in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY")
+              if name in os.environ]
+    return f"native, but {' '.join(capped)} in the environment" if capped else "native"
+
+
 def header(cpu_class: str) -> str:
     """One line for the top of a report: CPU model, what it has, what this run allows."""
-    held = "held to AVX2 (--cpu-class avx2)" if cpu_class == "avx2" else "native (--cpu-class native)"
     try:
         load = f", load average {os.getloadavg()[0]:.1f}"
     except (AttributeError, OSError):
         load = ""
-    return f"CPU: {cpu_model()}, {os.cpu_count()} logical CPUs, has {hardware_isa()}; this run: {held}{load}"
+    return (
+        f"CPU: {cpu_model()}, {os.cpu_count()} logical CPUs, has {hardware_isa()}; "
+        f"this run: {allowed(cpu_class)}{load}"
+    )
+
+
+def class_line(cpu_class: str) -> str:
+    """One line for under a report's table: the class its numbers belong to."""
+    return f"CPU class: {cpu_class} ({allowed(cpu_class)}) on {cpu_model()} ({hardware_isa()})"
 
 
 # ----------------------------------------------------------------------------- what is actually used

@@ -72,3 +72,41 @@ def test_train_commands_read_a_data_dir(synthetic_dataset, tmp_path, capsys):
     )
     assert (tmp_path / "cnn" / "weights.npz").is_file() and (tmp_path / "mlp" / "weights.npz").is_file()
     assert main(["train", "mlp", "--dataset", "kmnist"]) == 2  # unknown names are refused by the parser
+
+
+@pytest.mark.parametrize("unbuffered", ["", "1"])
+@pytest.mark.parametrize("command", [["summary", "--spec", "seed"], ["data", "--help"]])
+def test_a_closed_output_pipe_ends_quietly(command, unbuffered):
+    """`mnistlab summary RUN | head -1`: the reader goes away (here before the first write, so that
+    the test does not race it); the command ends without a word, whether Python buffers its output
+    or not, with 141 as Unix tools that SIGPIPE ended (128 + 13). (argparse itself passes over a
+    failed write of --help, and ends with 0.)"""
+    import os
+    import subprocess
+    import sys
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "mnistlab", *command], stdout=write_end, stderr=subprocess.PIPE,
+            text=True, timeout=120, env={**os.environ, "PYTHONUNBUFFERED": unbuffered},
+        )
+    finally:
+        os.close(write_end)
+    assert proc.stderr == ""
+    if "--help" not in command:
+        assert proc.returncode == 141
+
+
+def test_only_a_closed_reader_counts_as_a_closed_output():
+    """A BrokenPipeError of some other pipe stays an error: only a gone reader of stdout/stderr is quiet."""
+    import os
+
+    from mnistlab.cli import _reader_gone
+
+    read_end, write_end = os.pipe()
+    with open(write_end, "w") as stream:
+        assert not _reader_gone(stream)
+        os.close(read_end)
+        assert _reader_gone(stream)

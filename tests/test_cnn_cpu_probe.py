@@ -50,6 +50,9 @@ def test_probe_times_every_candidate_and_leaves_the_network_and_process_alone():
     assert torch.equal(torch.get_rng_state(), rng) and torch.get_num_threads() == threads
     assert net.conv1.conv.weight.is_contiguous()  # the run's network keeps its layout
     assert cpu_probe.probe(net, (1, 28, 28), 32, candidates) is result  # measured once per process
+    by_work = cpu_probe.probe(net, (1, 28, 28), 32, candidates[1:], rounds=1, steps=1, work=True)
+    assert by_work.work and "ms CPU" in by_work.describe()
+    assert all(ms > 0 for ms in by_work.ms_per_step.values())
     single = cpu_probe.probe(net, (1, 28, 28), 32, candidates[:1])
     assert single.chosen == candidates[0] and not single.ms_per_step
 
@@ -68,8 +71,137 @@ def test_trainer_levers_record_what_was_measured(tmp_path):
     assert "channels-last" in levers.measured and "NCHW" in levers.measured
     if torch.get_num_threads() > 1:
         assert "1 thread(s)" in levers.measured
-    chosen = cpu_probe.Candidate(levers.channels_last, levers.threads, levers.data_parallel)
+    chosen = cpu_probe.Candidate(
+        levers.channels_last, levers.threads, levers.data_parallel, tuple(sorted(levers.winograd.items()))
+    )
     assert chosen.describe() in levers.measured
     assert trainer.net.conv1.conv.weight.is_contiguous(
         memory_format=torch.channels_last if levers.channels_last else torch.contiguous_format
     )
+
+
+SPEC = "conv:8:3,pool:2,conv:8:3,pool:2,conv:8:3,flatten,output:10"  # conv2, conv3: Winograd candidates
+
+
+def _dataset():
+    from conftest import synthetic_arrays
+    from mnistlab.data import Dataset
+
+    return Dataset("synthetic", class_names=tuple("0123456789"), **synthetic_arrays(96, 16))
+
+
+def _config(**how):
+    from mnistlab.cnn import resolve_config
+
+    # the layout and Winograd are left to the probe (nothing pinned); RMSprop, whose update
+    # magnifies rounding differences in near-zero gradients into whole steps
+    return resolve_config(spec=SPEC, epochs=2, batch_size=32, amp="off", threads=1, seed=2, **how)
+
+
+def _weights(run):
+    from mnistlab.runs import load_npz
+
+    return load_npz(run / "weights.npz")
+
+
+def test_same_command_same_seed_same_weights_through_the_machine_record(tmp_path, isolated_home):
+    """The layout and Winograd choice is timed once per machine and recorded under the mnistlab
+    home; later runs (here: the in-process cache emptied, as in a new process) reuse it, so two
+    runs of one command give identical weights however the timings of the second would have come out."""
+    import json
+
+    import numpy as np
+
+    from mnistlab.cnn import Trainer
+
+    first = Trainer(_config(), _dataset(), tmp_path / "a", progress=False)
+    first.run()
+    record = isolated_home / cpu_probe.RECORD
+    entries = json.loads(record.read_text())
+    (key, choice), = entries.items()
+    assert json.loads(key)["cpu"] == cpu_probe.machine()["cpu"] and SPEC in key
+    assert choice["channels_last"] == first.levers.channels_last
+    assert dict(map(tuple, choice["winograd"])) == first.levers.winograd
+    assert "channels-last" in first.levers.measured and "NCHW" in first.levers.measured
+    cpu_probe._cache.clear()
+    second = Trainer(_config(), _dataset(), tmp_path / "b", progress=False)
+    assert "recorded on this machine" in second.levers.measured
+    second.run()
+    a, b = _weights(tmp_path / "a"), _weights(tmp_path / "b")
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+    # the record decides, not a new measurement: flip it and a new run follows it
+    choice["channels_last"] = not choice["channels_last"]
+    choice["winograd"] = []
+    record.write_text(json.dumps({key: choice}))
+    cpu_probe._cache.clear()
+    third = Trainer(_config(), _dataset(), tmp_path / "c", progress=False)
+    assert third.levers.channels_last == choice["channels_last"] and not third.levers.winograd
+    record.write_text("not json")  # an unreadable record is measured afresh and rewritten
+    cpu_probe._cache.clear()
+    Trainer(_config(), _dataset(), tmp_path / "d", progress=False)
+    assert json.loads(record.read_text())
+
+
+def test_resume_keeps_the_levers_the_run_recorded(tmp_path, isolated_home):
+    """A resumed run takes its arithmetic from its own manifest, not from the machine's record
+    (which may have changed since), and ends at the weights of the undisturbed run."""
+    import json
+
+    import numpy as np
+
+    from mnistlab.callbacks import StopTraining
+    from mnistlab.cnn import Trainer, resume
+    from mnistlab.runs import read_manifest
+
+    whole = Trainer(_config(), _dataset(), tmp_path / "whole", progress=False)
+    whole.run()
+
+    def stop(_row):
+        raise StopTraining
+
+    Trainer(_config(), _dataset(), tmp_path / "cut", progress=False, epoch_callback=stop).run()
+    record = isolated_home / cpu_probe.RECORD
+    entries = json.loads(record.read_text())
+    for choice in entries.values():
+        choice["channels_last"] = not choice["channels_last"]
+        choice["winograd"] = []
+    record.write_text(json.dumps(entries))
+    cpu_probe._cache.clear()
+    result = resume(tmp_path / "cut", _dataset(), progress=False)
+    assert result.state == "complete" and len(result.history) == 2
+    manifest = read_manifest(tmp_path / "cut")
+    assert manifest["levers"]["channels_last"] == whole.levers.channels_last
+    assert manifest["levers"]["winograd"] == whole.levers.winograd
+    a, b = _weights(tmp_path / "whole"), _weights(tmp_path / "cut")
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+
+def test_split_parts_give_the_same_gradients_on_one_thread_or_several():
+    """The batch's partition fixes the arithmetic; whether its parts run on threads of their own
+    or one after another (the probe's choice under load) changes nothing, bit for bit."""
+    import torch.nn.functional as F
+
+    from mnistlab.cnn.levers import SplitBatch
+
+    net = build_net(SPEC, init="glorot", seed=0)
+    params = list(net.parameters())
+    x = torch.rand(32, 1, 28, 28)
+    y = torch.arange(32) % 10
+
+    def part(xp, yp, batch):
+        logits = net(xp)
+        loss = F.cross_entropy(logits, yp) * (len(yp) / batch)
+        return list(torch.autograd.grad(loss, params)), loss.detach(), (logits.argmax(1) == yp).sum()
+
+    splits = [SplitBatch(2, threads=2), SplitBatch(2, threads=1)]
+    assert [split.concurrent for split in splits] == [True, False]
+    results = []
+    for split in splits:
+        results.append(split.run(part, x, y))
+        split.close()
+    (grads_a, parts_a), (grads_b, parts_b) = results
+    for a, b in zip(grads_a, grads_b):
+        assert torch.equal(a, b)
+    assert all(torch.equal(p, q) for pa, pb in zip(parts_a, parts_b) for p, q in zip(pa, pb))

@@ -46,6 +46,12 @@ def no_test_split(monkeypatch):
     return ds
 
 
+def sweep(engine: str, study: str, trials: int, epochs: int, *options: str) -> list[str]:
+    """`mnistlab sweep ENGINE`'s arguments as these tests give them: 200 validation images, one thread."""
+    counts = ["--trials", str(trials), "--epochs", str(epochs), "--val", "200", "--threads", "1"]
+    return ["sweep", engine, "--study", study, *counts, *options]
+
+
 def study_of(tmp_path, name):
     return optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path}/runs/sweeps.db")
 
@@ -62,28 +68,8 @@ def test_mlp_sweep_never_reads_the_test_split_and_prunes_a_hopeless_trial(
     study = optuna.create_study(study_name="p", storage=storage, direction="maximize")
     for lr in (0.3, 0.4, 0.35, 0.3, 1e-6):
         study.enqueue_trial({"lr": lr})
-    args = [
-        "sweep",
-        "mlp",
-        "--study",
-        "p",
-        "--trials",
-        "5",
-        "--val",
-        "200",
-        "--epochs",
-        "6",
-        "--layers",
-        "16",
-        "--batch-size",
-        "50",
-        "--space",
-        "lr=log:1e-6:1",
-        "--heartbeat",
-        "1",
-        "--threads",
-        "1",
-    ]
+    args = sweep("mlp", "p", 5, 6, "--layers", "16", "--batch-size", "50", "--space", "lr=log:1e-6:1",
+                 "--heartbeat", "1")
     assert main(args) == 0
 
     study = study_of(tmp_path, "p")
@@ -112,27 +98,10 @@ def test_mlp_sweep_never_reads_the_test_split_and_prunes_a_hopeless_trial(
 
 def test_a_worker_with_another_recipe_is_refused_in_one_line(tmp_path, no_test_split, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    args = [
-        "sweep",
-        "mlp",
-        "--study",
-        "r",
-        "--trials",
-        "1",
-        "--val",
-        "200",
-        "--epochs",
-        "1",
-        "--layers",
-        "8",
-        "--space",
-        "lr=log:0.1:1",
-        "--threads",
-        "1",
-    ]
+    args = sweep("mlp", "r", 1, 1, "--layers", "8", "--space", "lr=log:0.1:1")
     assert main(args) == 0
     capsys.readouterr()
-    assert main([*args[:-4], "--space", "lr=log:0.01:1", "--threads", "1"]) == 1
+    assert main([*args[:-2], "--space", "lr=log:0.01:1"]) == 1
     err = capsys.readouterr().err.strip().splitlines()[-1]  # after the line announcing the sweep
     assert err.startswith("mnistlab: error: study 'r' was started with another search space")
     assert main([*args, "--epochs", "2"]) == 1
@@ -146,29 +115,10 @@ def test_cnn_sweep_reports_each_epoch_and_never_reads_the_test_split(
     tmp_path, no_test_split, monkeypatch, capsys
 ):
     monkeypatch.chdir(tmp_path)
-    args = [
-        "sweep",
-        "cnn",
-        "--study",
-        "c",
-        "--trials",
-        "2",
-        "--val",
-        "200",
-        "--epochs",
-        "2",
-        "--spec",
-        "conv:4:3,pool:2,flatten,output:10",
-        "--batch-size",
-        "64",
-        "--threads",
-        "1",
-        "--amp",
-        "off",
-        "--space",
-        "lr=log:1e-3:1e-2 optimizer=choice:adam,rmsprop",
-        "--no-prune",
-    ]
+    args = sweep(
+        "cnn", "c", 2, 2, "--spec", "conv:4:3,pool:2,flatten,output:10", "--batch-size", "64", "--amp", "off",
+        "--space", "lr=log:1e-3:1e-2 optimizer=choice:adam,rmsprop", "--no-prune",
+    )
     assert main(args) == 0
     study = study_of(tmp_path, "c")
     assert sorted(t.state.name for t in study.trials) == ["COMPLETE", "COMPLETE"]
@@ -199,30 +149,7 @@ def test_show_prints_the_table_best_first_and_the_best_test_accuracy_once(tmp_pa
     loads = []
     monkeypatch.setattr("mnistlab.data.load_dataset", lambda name, **kw: loads.append(name) or ds)
     monkeypatch.chdir(tmp_path)
-    assert (
-        main(
-            [
-                "sweep",
-                "mlp",
-                "--study",
-                "s",
-                "--trials",
-                "3",
-                "--val",
-                "200",
-                "--epochs",
-                "3",
-                "--layers",
-                "8",
-                "--space",
-                "lr=log:0.01:1",
-                "--threads",
-                "1",
-                "--no-prune",
-            ]
-        )
-        == 0
-    )
+    assert main(sweep("mlp", "s", 3, 3, "--layers", "8", "--space", "lr=log:0.01:1", "--no-prune")) == 0
     capsys.readouterr()
     assert main(["sweep", "show", "s"]) == 0
     out = capsys.readouterr().out

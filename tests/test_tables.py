@@ -87,7 +87,7 @@ def test_cli_report_and_web_show_the_same_compare_tables(comparison_inputs, tmp_
     assert comparison.summary_table().to_html() in html
     assert comparison.ranking_table(15).to_html() in html
 
-    from mnistlab.web.app import _compare_answer
+    from mnistlab.web.analysis import compare_answer
 
-    answer = _compare_answer(model, ds, 4, 9, 3, None)
+    answer = compare_answer(model, ds, 4, 9, 3, None)
     assert answer["tables"] == [comparison.summary_table().to_json(), comparison.ranking_table(15).to_json()]

@@ -1,12 +1,16 @@
 """The `mnistlab` command: a thin shell over library calls.
 
-``main(argv) -> int``: 0 on success, 2 on a usage error, 1 on any other error. Known errors
-(MnistlabError) become one line on stderr; a traceback is shown only with ``--debug``.
+``main(argv) -> int``: 0 on success, 2 on a usage error, 1 on any other error, 130 when interrupted,
+141 (128 + SIGPIPE, as a shell reports a Unix tool that a closed pipe ended) when the reader of the
+output went away (``mnistlab summary RUN | head -1``), quietly. Known errors (MnistlabError) become
+one line on stderr; a traceback is shown only with ``--debug``.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import select
 import sys
 from collections.abc import Sequence
 
@@ -66,8 +70,34 @@ def _missing_sub(parser: argparse.ArgumentParser, what: str) -> int:
     raise _UsageError(f"{parser.prog}: choose {what} (see --help)")
 
 
+CLOSED_OUTPUT = 141
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        code = _run(argv)
+        sys.stdout.flush()  # a reader that went away shows here, not as a complaint at interpreter exit
+        return code
+    except BrokenPipeError:  # the reader of stdout or stderr went away: end quietly, as Unix tools do
+        for stream in (sys.stdout, sys.stderr):
+            if _reader_gone(stream):  # what is still buffered would fail again at exit: let it go nowhere
+                os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
+        return CLOSED_OUTPUT
+
+
+def _reader_gone(stream) -> bool:
+    """Whether ``stream`` writes to a pipe (or socket) whose reading end is closed."""
+    try:
+        fd = stream.fileno()
+    except (AttributeError, OSError, ValueError):  # not a file: an in-process caller's buffer
+        return False
+    poller = select.poll()
+    poller.register(fd, 0)  # POLLERR and POLLHUP are reported unasked
+    return any(event & (select.POLLERR | select.POLLHUP) for _, event in poller.poll(0))
+
+
+def _run(argv: list[str]) -> int:
     debug = "--debug" in argv
     try:
         parser = build_parser()
@@ -91,6 +121,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"mnistlab: error: {exc}", file=sys.stderr)
         return 1
     except Exception as exc:  # an unexpected error: still one line unless --debug
+        if isinstance(exc, BrokenPipeError) and (_reader_gone(sys.stdout) or _reader_gone(sys.stderr)):
+            raise  # not an error of mnistlab's: main ends quietly
         if debug:
             raise
         module = optional_module(exc)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import add_dataset_options, info, save_figure
+from .common import add_run_options, info, save_figure
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -19,9 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "attribute", help="attribution map of a test image: gradient, ig, smoothgrad, occlusion, gradcam"
     )
-    p.add_argument("run", help="run directory")
-    add_dataset_options(p, default=None, help="dataset (default: the one the run was trained on)")
-    p.add_argument("--split", default="test", choices=["train", "test"])
+    add_run_options(p)
     p.add_argument("--index", type=int, default=1302, help="image index in the split (default 1302)")
     p.add_argument(
         "--method", default="gradient", choices=list(METHODS), help="attribution method (default gradient)"

@@ -14,7 +14,7 @@ from typing import Any
 
 from ..errors import ConfigError, RunError
 from ..extras import needs_extras
-from .common import add_dataset_options, info
+from .common import add_dataset_options, add_new_run_options, info
 from .tensorboard_cmd import add_tensorboard_option, log_dir
 
 # CLI option -> TrainConfig field (None values mean "not given": the preset or stored run decides).
@@ -43,8 +43,7 @@ def register_train(train_sub: argparse._SubParsersAction) -> None:
         "(default seed)",
     )
     add_dataset_options(p, default=None)
-    p.add_argument("--out", type=Path, help="run directory to write (default runs/cnn-DATASET-TIMESTAMP)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    add_new_run_options(p, "cnn")
     p.add_argument(
         "--resume", type=Path, metavar="RUN",
         help="continue an interrupted run (or extend it with a larger --epochs)",

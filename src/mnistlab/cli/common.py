@@ -25,6 +25,26 @@ def add_dataset_options(
     )
 
 
+def add_split_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--split", default="test", choices=["train", "test"])
+
+
+def add_run_options(parser: argparse.ArgumentParser, *, split: bool = True) -> None:
+    """RUN, and where its images come from: --dataset/--data-dir (default: the run's own) and --split."""
+    parser.add_argument("run", help="run directory")
+    add_dataset_options(parser, default=None, help="dataset (default: the one the run was trained on)")
+    if split:
+        add_split_option(parser)
+
+
+def add_new_run_options(parser: argparse.ArgumentParser, engine: str) -> None:
+    """--out and --overwrite of the commands that train a new run."""
+    parser.add_argument(
+        "--out", type=Path, help=f"run directory to write (default runs/{engine}-DATASET-TIMESTAMP)"
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+
+
 def load_dataset_from_args(args: argparse.Namespace, *, force: bool = False):
     from ..data import load_dataset
 

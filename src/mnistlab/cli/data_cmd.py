@@ -8,7 +8,14 @@ import time
 import numpy as np
 
 from ..errors import ConfigError
-from .common import add_dataset_options, info, load_dataset_from_args, parse_indices, save_figure
+from .common import (
+    add_dataset_options,
+    add_split_option,
+    info,
+    load_dataset_from_args,
+    parse_indices,
+    save_figure,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -29,7 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     show = data_sub.add_parser("show", help="write one image or a labelled grid as PNG")
     add_dataset_options(show)
-    show.add_argument("--split", default="test", choices=["train", "test"])
+    add_split_option(show)
     show.add_argument("--index", action="append", metavar="I", help="image index; repeat, or 1,2,3 or 10-20")
     show.add_argument("--first", type=int, metavar="N", help="the first N images of the split")
     show.add_argument("--cols", type=int, default=8, help="images per row (default 8)")

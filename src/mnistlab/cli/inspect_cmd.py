@@ -12,14 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError
-from .common import add_dataset_options, info, parse_indices, save_figure
-
-
-def _common(parser: argparse.ArgumentParser, *, split: bool = True) -> None:
-    parser.add_argument("run", help="run directory")
-    add_dataset_options(parser, default=None, help="dataset (default: the one the run was trained on)")
-    if split:
-        parser.add_argument("--split", default="test", choices=["train", "test"])
+from .common import add_run_options, info, parse_indices, save_figure
 
 
 def _pair(text: str) -> tuple[int, int]:
@@ -34,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "show-activations", help="every map/node of a layer for chosen images, beside each image"
     )
-    _common(p)
+    add_run_options(p)
     p.add_argument(
         "--layer", action="append", metavar="NAME",
         help="layer name (repeatable; default: conv and dense layers)",
@@ -63,7 +56,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "compare", help="units active in all of set A and none of set B; most discriminative maps and nodes"
     )
-    _common(p)
+    add_run_options(p)
     p.add_argument("--a", required=True, metavar="SPEC", help="set A: label=4 (or index=1,2,3)")
     p.add_argument("--b", required=True, metavar="SPEC", help="set B: label=9 (or index=...)")
     p.add_argument("--n", type=int, default=3, help="images per set when chosen by label (default 3)")
@@ -82,7 +75,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("ambiguous", help="images of one class closest to another, and the nodes that decided")
-    _common(p)
+    add_run_options(p)
     p.add_argument(
         "--pair", type=_pair, default=(4, 9), metavar="A,B", help="true class A, rival class B (default 4,9)"
     )
@@ -93,7 +86,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_ambiguous)
 
     p = sub.add_parser("confusions", help="confusion matrix, most confused pairs, misclassified galleries")
-    _common(p)
+    add_run_options(p)
     p.add_argument("--top", type=int, default=5, help="how many confused pairs (default 5)")
     p.add_argument("--per-pair", type=int, default=8, help="images per pair in the gallery (default 8)")
     p.add_argument("--out", metavar="DIR", help="where to write the PNGs (default RUN/figures)")
@@ -102,7 +95,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "oip", help="optimal input patterns: gradient ascent from multi-scale noise, all maps in one batch"
     )
-    _common(p, split=False)
+    add_run_options(p, split=False)
     p.add_argument("--layer", help="layer (default: the last conv layer, or an MLP's first hidden layer)")
     p.add_argument(
         "--maps", "--units", dest="maps", metavar="LIST",
@@ -131,7 +124,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "report", help="one self-contained HTML page: summary, curves, confusions, 4 vs 9, ambiguous, OIPs"
     )
-    _common(p)
+    add_run_options(p)
     p.add_argument("--out", metavar="HTML", help="output file (default RUN/report.html)")
     p.add_argument(
         "--pair", type=_pair, default=(4, 9), metavar="A,B", help="classes to compare (default 4,9)"

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from .common import add_dataset_options, load_dataset_from_args
+from .common import add_dataset_options, add_new_run_options, load_dataset_from_args
 from .tensorboard_cmd import add_tensorboard_option, log_dir
 
 
@@ -29,8 +29,7 @@ def register_train(train_sub: argparse._SubParsersAction) -> None:
         help="starting configuration (seed: the seed's sigmoid/log-loss setup)",
     )
     add_dataset_options(p)
-    p.add_argument("--out", type=Path, help="run directory to write (default runs/mlp-DATASET-TIMESTAMP)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    add_new_run_options(p, "mlp")
     add_tensorboard_option(p)
     t = add_config_options(p)
     t.add_argument("--profile", action="store_true", help="report the time per phase of the batch loop")

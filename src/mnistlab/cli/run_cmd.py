@@ -9,14 +9,14 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError
-from .common import info, parse_indices, save_figure
+from .common import add_split_option, info, parse_indices, save_figure
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     evaluate = sub.add_parser("evaluate", help="test accuracy, confusion matrix and training curves of a run")
     evaluate.add_argument("run", help="run directory")
     evaluate.add_argument("--out", metavar="DIR", help="where to write the PNGs (default: RUN/figures)")
-    evaluate.add_argument("--split", default="test", choices=["train", "test"])
+    add_split_option(evaluate)
     evaluate.set_defaults(func=cmd_evaluate)
 
     predict = sub.add_parser("predict", help="class probabilities for chosen images")
@@ -24,7 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     predict.add_argument(
         "--index", action="append", required=True, metavar="I", help="image index (repeatable; 1,2 or 3-5)"
     )
-    predict.add_argument("--split", default="test", choices=["train", "test"])
+    add_split_option(predict)
     predict.set_defaults(func=cmd_predict)
 
     layers = sub.add_parser("layers", help="the layer names of a run, usable with --layer elsewhere")

@@ -60,16 +60,12 @@ def _usage(p: argparse.ArgumentParser) -> int:
 
 def _add_place_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--storage",
-        metavar="URL",
+        "--storage", metavar="URL",
         help="Optuna storage (default sqlite:///RUNS/sweeps.db; "
         "postgresql://USER:PASSWORD@HOST:PORT/DB to share a study across machines)",
     )
     p.add_argument(
-        "--runs",
-        type=Path,
-        default=Path("runs"),
-        metavar="DIR",
+        "--runs", type=Path, default=Path("runs"), metavar="DIR",
         help="runs directory; trials go to RUNS/sweeps/NAME/trial-NNNN (default runs)",
     )
 
@@ -82,29 +78,21 @@ def _add_worker_options(p: argparse.ArgumentParser) -> None:
         "--study", required=True, metavar="NAME", help="study name (workers with the same name share it)"
     )
     w.add_argument(
-        "--trials",
-        required=True,
-        type=int,
-        metavar="N",
+        "--trials", required=True, type=int, metavar="N",
         help="finished trials the study should hold, over all workers",
     )
     w.add_argument(
-        "--space",
-        metavar="SPEC",
+        "--space", metavar="SPEC",
         help="search space, e.g. 'lr=log:0.01:1 activation=choice:relu,tanh' (default: the engine's)",
     )
     w.add_argument(
-        "--space-file",
-        type=Path,
-        metavar="FILE",
+        "--space-file", type=Path, metavar="FILE",
         help="the search space from a file (one term per line, # comments)",
     )
     _add_place_options(p)
     w.add_argument("--timeout", type=float, metavar="S", help="start no trial after S seconds (this worker)")
     w.add_argument(
-        "--prune",
-        action=argparse.BooleanOptionalAction,
-        default=True,
+        "--prune", action=argparse.BooleanOptionalAction, default=True,
         help="stop unpromising trials early on their per-epoch validation accuracy (default on)",
     )
     w.add_argument("--pruner", choices=PRUNERS, default="median", help="Optuna pruner (default median)")
@@ -112,10 +100,7 @@ def _add_worker_options(p: argparse.ArgumentParser) -> None:
         "--train-size", type=int, metavar="N", help="use the first N training images (quick sweeps)"
     )
     w.add_argument(
-        "--heartbeat",
-        type=int,
-        default=HEARTBEAT_S,
-        metavar="S",
+        "--heartbeat", type=int, default=HEARTBEAT_S, metavar="S",
         help=f"seconds between a trial's heartbeats; a trial silent for twice that is failed and retried "
         f"(default {HEARTBEAT_S})",
     )

@@ -203,8 +203,11 @@ def resume(
             "--out cannot be combined with --resume (the run continues in place); "
             "use --reset --out DIR to branch"
         )
+    # the same how-options: the same levers, so that the resumed arithmetic is the interrupted one's
+    levers = record.manifest.get("levers") if not set(changed) - {"epochs"} else None
     trainer = Trainer(
-        config, dataset, run_dir, progress=progress, overwrite=True, step_callback=step_callback
+        config, dataset, run_dir, progress=progress, overwrite=True, step_callback=step_callback,
+        recorded_levers=levers if isinstance(levers, dict) else None,
     )
     load_checkpoint(trainer, distributed.from_main(load_npz, run_dir / CHECKPOINT))
     trainer.files.continue_in(run_dir)

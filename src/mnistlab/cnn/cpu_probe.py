@@ -1,26 +1,35 @@
-"""CPU levers decided by measurement: what the CPU may run, and which layout and thread setup is
-fastest for this network on it.
+"""CPU levers decided by measurement: what the CPU may run, and which layout, convolution
+algorithm and thread setup is fastest for this network on it.
 
 * ``bf16_allowed`` reads what the CPU has *and* what oneDNN and ATen are allowed to use
   (``ONEDNN_MAX_CPU_ISA`` / ``ATEN_CPU_CAPABILITY`` can hold an AVX-512 CPU to AVX2; bf16 is then
   emulated, many times slower than float32).
 * ``probe`` times a few forward + backward passes of the network on synthetic data for each
-  candidate (memory layout; all cores with the batch split across them, or one thread) and returns
-  the fastest. On AVX2 float32 the channels-last layout avoids oneDNN's reorders and runs ATen's
-  vectorized pooling; a split batch pays on idle cores and loses when other processes hold them.
-  These depend on the CPU and on what else runs on it, so they are measured, not assumed. The
-  timings are interleaved and each candidate's median is kept, so one preempted pass decides nothing.
+  candidate (memory layout; Winograd for the 3x3 convolutions; the parts of a split batch on
+  threads of their own or one after another) and returns the fastest. On AVX2 float32 the
+  channels-last layout avoids oneDNN's reorders and runs ATen's vectorized pooling; a split batch
+  pays on idle cores and loses when other processes hold them. These depend on the CPU and on what
+  else runs on it, so they are measured, not assumed. The timings are interleaved and each
+  candidate's median is kept, so one preempted pass decides nothing.
+* ``recorded_choice`` / ``record_choice``: the choices that change the arithmetic (layout,
+  Winograd) are measured once per machine and kept in ``$MNISTLAB_HOME/cpu-probe.json``, so the
+  same command with the same seed trains the same weights on every run (docs/cnn.md).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import json
 import os
+import platform
 import statistics
+import tempfile
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -49,12 +58,23 @@ def bf16_allowed() -> bool:
 class Candidate:
     channels_last: bool
     threads: int  # torch threads in all
-    parts: int  # the batch split across this many threads, one torch thread each (1: not split)
+    parts: int  # the batch split into this many parts (1: not split), each on its own thread if
+    # there are threads enough, else one after another on one thread (the same arithmetic)
+    winograd: tuple[tuple[str, int], ...] = ()  # blocks run as Winograd F(m x m, 3 x 3): (name, m)
+
+    @property
+    def concurrent(self) -> bool:
+        return self.threads >= self.parts
 
     def describe(self) -> str:
         layout = "channels-last" if self.channels_last else "NCHW"
-        how = f"batch split across {self.parts} threads" if self.parts > 1 else f"{self.threads} thread(s)"
-        return f"{layout}, {how}"
+        if self.parts > 1:
+            how = (f"batch split across {self.parts} threads" if self.concurrent
+                   else f"batch in {self.parts} parts on {self.threads} thread(s)")
+        else:
+            how = f"{self.threads} thread(s)"
+        fast = "".join(f", {name} Winograd F({m}x{m},3x3)" for name, m in self.winograd)
+        return f"{layout}{fast}, {how}"
 
 
 @dataclass
@@ -62,8 +82,11 @@ class ProbeResult:
     chosen: Candidate
     ms_per_step: dict[Candidate, float] = field(default_factory=dict)
 
+    work: bool = False  # ms of CPU time (all threads), not of wall time
+
     def describe(self) -> str:
-        return "; ".join(f"{c.describe()}: {ms:.1f} ms" for c, ms in self.ms_per_step.items())
+        unit = "ms CPU" if self.work else "ms"
+        return "; ".join(f"{c.describe()}: {ms:.1f} {unit}" for c, ms in self.ms_per_step.items())
 
 
 _cache: dict[tuple, ProbeResult] = {}
@@ -77,10 +100,13 @@ def probe(
     autocast: torch.dtype | None = None,
     rounds: int = 3,
     steps: int = 3,
+    work: bool = False,
 ) -> ProbeResult:
     """The fastest of ``candidates`` for a forward + backward pass of ``net`` at ``batch`` (a copy
     of it: the run's network and random stream are untouched). Results are kept per process for
-    the same network shape, batch and candidates."""
+    the same network shape, batch and candidates. ``work``: compare the process's CPU time instead
+    of wall time, for candidates that differ only in the arithmetic (same threads), whose work
+    is what differs: CPU time hardly moves when other processes take turns on the cores."""
     candidates = list(dict.fromkeys(candidates))
     if len(candidates) == 1:
         return ProbeResult(candidates[0])
@@ -90,6 +116,7 @@ def probe(
         batch,
         tuple(candidates),
         autocast,
+        work,
         os.environ.get("ONEDNN_MAX_CPU_ISA"),
         torch.backends.cpu.get_cpu_capability(),
     )
@@ -102,19 +129,22 @@ def probe(
     for layout in {c.channels_last for c in candidates}:
         clone = copy.deepcopy(net).train()
         nets[layout] = clone.to(memory_format=torch.channels_last) if layout else clone
+    clock = time.process_time if work else time.perf_counter
     threads_before = torch.get_num_threads()
     pool = ThreadPoolExecutor(max(c.parts for c in candidates) - 1 or 1, thread_name_prefix="mnistlab-probe")
     times: dict[Candidate, list[float]] = {c: [] for c in candidates}
     try:
         for round_ in range(rounds + 1):  # the first round warms each candidate up, untimed
             for cand in candidates:
-                torch.set_num_threads(1 if cand.parts > 1 else cand.threads)
+                torch.set_num_threads(max(1, cand.threads // cand.parts))
                 xs = x.contiguous(memory_format=torch.channels_last) if cand.channels_last else x
+                clone = nets[cand.channels_last]
+                clone.winograd = dict(cand.winograd)
                 for _ in range(steps):
-                    t0 = time.perf_counter()
-                    _pass(nets[cand.channels_last], xs, y, cand.parts, autocast, pool)
+                    t0 = clock()
+                    _pass(clone, xs, y, cand.parts, autocast, pool if cand.concurrent else None)
                     if round_:
-                        times[cand].append(time.perf_counter() - t0)
+                        times[cand].append(clock() - t0)
     finally:
         torch.set_num_threads(threads_before)
         pool.shutdown()
@@ -122,7 +152,7 @@ def probe(
     best = min(ms.values())
     # near-ties go to the earlier candidate (the caller lists its default first)
     chosen = next(c for c in candidates if ms[c] <= 1.03 * best)
-    result = ProbeResult(chosen, ms)
+    result = ProbeResult(chosen, ms, work)
     _cache[key] = result
     return result
 
@@ -138,7 +168,80 @@ def _pass(net, x, y, parts, autocast, pool) -> None:
         part(x, y)
         return
     xs, ys = x.tensor_split(parts), y.tensor_split(parts)
+    if pool is None:  # the parts one after another
+        for xp, yp in zip(xs, ys):
+            part(xp, yp)
+        return
     others = [pool.submit(part, xs[k], ys[k]) for k in range(1, parts)]
     part(xs[0], ys[0])
     for f in others:
         f.result()
+
+
+# ----------------------------------------------------------------------------------------------
+# The per-machine record of choices that change the arithmetic
+
+RECORD = "cpu-probe.json"
+
+
+def machine() -> dict[str, str]:
+    """What a recorded choice depends on besides the network: the CPU, what oneDNN, ATen and MKL may
+    use on it (``ONEDNN_MAX_CPU_ISA`` / ``ATEN_CPU_CAPABILITY`` / ``MKL_ENABLE_INSTRUCTIONS`` hold
+    it), and the torch build."""
+    model = platform.processor()
+    with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="utf-8", errors="replace") as info:
+        model = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), model)
+    return {
+        "cpu": model,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "onednn_max_isa": os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "",
+        "aten_cpu_capability": os.environ.get("ATEN_CPU_CAPABILITY", ""),
+        "mkl_instructions": os.environ.get("MKL_ENABLE_INSTRUCTIONS", ""),  # the Winograd products' GEMMs
+        "torch": torch.__version__,
+    }
+
+
+def record_path() -> Path:
+    from ..data.sources import home_dir
+
+    return home_dir() / RECORD
+
+
+def _read_record(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}  # absent or unreadable: measured afresh and rewritten
+    return data if isinstance(data, dict) else {}
+
+
+def recorded_choice(key: dict) -> dict | None:
+    """The choice recorded on this machine for ``key`` (with ``machine()``), or None."""
+    entry = _read_record(record_path()).get(_key_text(key))
+    return entry if isinstance(entry, dict) else None
+
+
+def record_choice(key: dict, choice: dict) -> bool:
+    """Add ``choice`` under ``key`` to this machine's record, atomically (a reader sees the old
+    file or the new one). Returns whether it was written; a cache that cannot be written is no error."""
+    path = record_path()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data = _read_record(path)
+        data[_key_text(key)] = choice
+        fd, temp = tempfile.mkstemp(prefix=f".{RECORD}.", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as out:
+                json.dump(data, out, indent=1, sort_keys=True)
+            os.replace(temp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temp)
+            raise
+    except OSError:
+        return False
+    return True
+
+
+def _key_text(key: dict) -> str:
+    return json.dumps({**machine(), **key}, sort_keys=True)

@@ -3,6 +3,7 @@ argument and the fix, and ``Arg``, one argument's name, converter, default and a
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -22,24 +23,27 @@ def positive_int(value: Any, where: str, key: str) -> int:
     return number
 
 
-def dropout_rate(value: Any, where: str, key: str) -> float:
-    try:
-        rate = float(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{where}: {key}={value!r} is not a number") from None
-    if not 0.0 <= rate < 1.0:
-        raise ConfigError(f"{where}: dropout rate {value!r} must be in [0, 1)")
-    return rate
+def real_number(
+    allowed: Callable[[float], bool], must: str, named: str = ""
+) -> Callable[[Any, str, str], float]:
+    """A converter to float: ``allowed`` says which numbers pass (nan never does), ``must`` says which
+    in the error, which names the value as ``named`` or else as key=value."""
+
+    def convert(value: Any, where: str, key: str) -> float:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = math.nan
+        if math.isnan(number) or not allowed(number):
+            subject = f"{named} {value!r}" if named else f"{key}={value!r}"
+            raise ConfigError(f"{where}: {subject} must be {must}")
+        return number
+
+    return convert
 
 
-def positive_float(value: Any, where: str, key: str) -> float:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        number = -1.0
-    if not number > 0:
-        raise ConfigError(f"{where}: {key}={value!r} must be a positive number")
-    return number
+dropout_rate = real_number(lambda rate: 0.0 <= rate < 1.0, "a number in [0, 1)", named="dropout rate")
+positive_float = real_number(lambda number: number > 0, "a positive number")
 
 
 def boolean(value: Any, where: str, key: str) -> bool:

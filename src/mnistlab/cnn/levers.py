@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import platform
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -72,9 +72,12 @@ class Levers:
     cuda_graphs: bool
     threads: int
     reuse_freed_memory: bool = False
-    data_parallel: int = 1  # CPU: each batch split across this many threads, one torch thread each
+    # CPU: each batch split into this many parts, each on a thread of its own with one torch thread
+    # (with fewer threads than parts: one after another, the same arithmetic)
+    data_parallel: int = 1
     measured: str = ""  # CPU: what cpu_probe timed for the choices 'auto' left open
     world_size: int = 1  # processes training together (torchrun, DDP; cnn/distributed.py)
+    winograd: dict[str, int] = field(default_factory=dict)  # CPU: blocks run as Winograd F(m x m, 3 x 3)
 
     @property
     def step_threads(self) -> int:
@@ -86,7 +89,10 @@ class Levers:
         return {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(self.amp_dtype or "")
 
 
-def choose_levers(config: TrainConfig, device: torch.device, spec: Spec) -> Levers:
+def choose_levers(config: TrainConfig, device: torch.device, spec: Spec,
+                  recorded: dict[str, Any] | None = None) -> Levers:
+    """``recorded``: the levers a run recorded (its manifest's), when it resumes with the same
+    how-options: the choices that change the arithmetic are taken from it, not measured again."""
     kind = device.type
     amp: str | None = None
     if kind == "cuda":
@@ -110,40 +116,110 @@ def choose_levers(config: TrainConfig, device: torch.device, spec: Spec) -> Leve
     if kind == "cpu" and threads > 1 and not config.compile:
         if all(layer.kind.batch_split_exact for layer in spec.layers):
             parallel = max(1, min(threads, config.batch_size // 16))  # parts under 16 images run slowly
-    measured = ""
+    measured, fast = "", {}
+    if recorded is not None and (recorded.get("device"), recorded.get("amp_dtype")) != (kind, amp):
+        recorded = None  # recorded elsewhere (another device, or another arithmetic)
     if kind == "cpu" and not config.compile:
-        channels_last, threads, parallel, measured = _measure_cpu(
-            config, spec, amp, channels_last, threads, parallel
+        default = cpu_probe.Candidate(channels_last, threads, parallel)
+        setup = _measure_cpu(config, spec, amp, default, recorded)
+        channels_last, threads, parallel, fast, measured = (
+            setup.chosen.channels_last, setup.chosen.threads, setup.chosen.parts, dict(setup.chosen.winograd),
+            setup.note,
         )
     return Levers(
         kind, amp, channels_last, bool(config.compile), graphs, threads, kind == "cpu" and _glibc(), parallel,
-        measured,
+        measured, winograd=fast,
     )
 
 
-def _measure_cpu(config: TrainConfig, spec: Spec, amp: str | None, channels_last: bool, threads: int,
-                 parallel: int) -> tuple[bool, int, int, str]:
-    """What 'auto' leaves open on the CPU, timed on this network (cpu_probe): the float32 layout
-    (channels-last or NCHW: which wins depends on the CPU's oneDNN kernels) and, without --threads,
-    all cores against one thread (other processes may hold the cores). The default comes first and
-    keeps a near-tie."""
-    layouts = [channels_last]
-    if config.channels_last == "auto" and amp is None:
-        layouts = [True, False]
-    setups = [(threads, parallel)]
-    if not config.threads and threads > 1:
-        setups.append((1, 1))
-    candidates = [cpu_probe.Candidate(cl, t, p) for cl in layouts for t, p in setups]
-    if len(candidates) == 1:
-        return channels_last, threads, parallel, ""
+@dataclass
+class _Setup:
+    chosen: cpu_probe.Candidate
+    note: str = ""
+
+
+def _measure_cpu(config: TrainConfig, spec: Spec, amp: str | None, default: cpu_probe.Candidate,
+                 recorded: dict[str, Any] | None) -> _Setup:
+    """What 'auto' leaves open on the CPU, timed on this network (cpu_probe), in two parts.
+
+    * The arithmetic (``_arithmetic``): in float32 the layout and Winograd for the 3x3
+      convolutions. Each rounds differently, so it is measured once per machine, network and batch
+      and recorded; a resumed run keeps its own.
+    * Without --threads: the parts of the split batch on all cores against one after another on
+      one thread (other processes may hold the cores). The arithmetic is the same either way, so
+      this is measured afresh by every run.
+
+    The default comes first and keeps a near-tie."""
     from .model import Net
 
     dtype = {"bfloat16": torch.bfloat16}.get(amp or "")
     with torch.random.fork_rng(devices=[]):  # the probe's network must not draw from the run's random stream
         net = Net(spec)
-    result = cpu_probe.probe(net, spec.input_shape, config.batch_size, candidates, autocast=dtype)
-    best = result.chosen
-    return best.channels_last, best.threads, best.parts, result.describe()
+    parts = default.parts
+    if recorded is not None:
+        parts = int(recorded.get("data_parallel", parts))
+        fast = tuple(sorted((str(k), int(v)) for k, v in recorded.get("winograd", {}).items()))
+        choice, notes = (bool(recorded["channels_last"]), fast), ["arithmetic as recorded by the run"]
+    else:
+        choice, notes = _arithmetic(config, spec, net, dtype, replace(default, parts=parts))
+    chosen = cpu_probe.Candidate(choice[0], default.threads, parts, choice[1])
+    if not config.threads and default.threads > 1:
+        # one thread keeps the partition (serial parts) so that the arithmetic does not change
+        alone = cpu_probe.Candidate(choice[0], 1, parts, choice[1])
+        result = cpu_probe.probe(net, spec.input_shape, config.batch_size, [chosen, alone], autocast=dtype)
+        chosen = result.chosen
+        notes.append(result.describe())
+    return _Setup(chosen, "; ".join(notes))
+
+
+def _arithmetic(config: TrainConfig, spec: Spec, net: Any, dtype: torch.dtype | None,
+                default: cpu_probe.Candidate) -> tuple[tuple[bool, tuple], list[str]]:
+    """(channels-last?, Winograd blocks) for float32 on this CPU: recorded on this machine, or
+    measured and recorded. Winograd is first timed block by block (each alone in the network), then
+    the blocks that paid, together, against the plain network and NCHW."""
+    layouts = [default.channels_last] + ([False] if config.channels_last == "auto" and dtype is None else [])
+    plan = net.winograd_plan() if dtype is None and default.channels_last else {}
+    if len(layouts) == 1 and not plan:
+        return (default.channels_last, ()), []
+    key = {"spec": spec.to_string(), "batch": config.batch_size, "parts": default.parts,
+           "autocast": str(dtype), "layouts": layouts, "winograd": sorted(plan.items())}
+    stored = _stored_choice(cpu_probe.recorded_choice(key), layouts, plan)
+    if stored is not None:
+        where = f"arithmetic as recorded on this machine ({cpu_probe.record_path()})"
+        return stored[0], [f"{where}: {stored[1]}"]
+
+    def candidate(channels_last: bool, fast: tuple = ()) -> cpu_probe.Candidate:
+        return replace(default, channels_last=channels_last, winograd=fast)
+
+    def timed(candidates: list[cpu_probe.Candidate]) -> cpu_probe.ProbeResult:
+        # the same threads throughout: what differs is the work, so CPU time compares them
+        return cpu_probe.probe(net, spec.input_shape, config.batch_size, candidates, autocast=dtype,
+                               work=True)
+
+    notes, fast = [], tuple(sorted(plan.items()))
+    if len(plan) > 1:
+        alone = timed([candidate(True)] + [candidate(True, (pair,)) for pair in fast])
+        plain = alone.ms_per_step[candidate(True)]
+        fast = tuple(pair for pair in fast if alone.ms_per_step[candidate(True, (pair,))] < 0.98 * plain)
+        notes.append("each block alone: " + alone.describe())
+    options = [candidate(default.channels_last)] + ([candidate(True, fast)] if fast else [])
+    result = timed(options + [candidate(False)] * (len(layouts) > 1))
+    choice = (result.chosen.channels_last, result.chosen.winograd)
+    notes.append(result.describe())
+    cpu_probe.record_choice(key, {"channels_last": choice[0], "winograd": [list(p) for p in choice[1]],
+                                  "measured": "; ".join(notes)})
+    return choice, notes
+
+
+def _stored_choice(stored: dict | None, layouts: list[bool], plan: dict[str, int]) -> tuple | None:
+    """A recorded choice that is still one of this run's options, as ((layout, Winograd), note)."""
+    pairs = stored.get("winograd") if stored is not None else None
+    if stored is None or stored.get("channels_last") not in layouts or not isinstance(pairs, list):
+        return None
+    if not all(isinstance(p, list) and len(p) == 2 and plan.get(p[0]) == p[1] for p in pairs):
+        return None
+    fast = tuple((str(name), int(m)) for name, m in pairs)
+    return (bool(stored["channels_last"]), fast), stored.get("measured", "")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -159,8 +235,10 @@ class SplitBatch:
     order, never in the order the threads finish, so a run is reproducible and resumable bit for bit.
     """
 
-    def __init__(self, parts: int):
+    def __init__(self, parts: int, threads: int | None = None):
         self.parts = parts
+        # with fewer threads than parts the parts run one after another: the same arithmetic
+        self.concurrent = threads is None or threads >= parts
         self._pool: Any = None  # created at the first step, shut down by close()
 
     def run(
@@ -171,12 +249,15 @@ class SplitBatch:
     ) -> tuple[list[torch.Tensor], list[tuple[torch.Tensor, torch.Tensor]]]:
         """The whole batch's gradients, and each part's (loss sum, correct count) in part order."""
         xs, ys = x.tensor_split(self.parts), y.tensor_split(self.parts)
-        if self._pool is None:
-            from concurrent.futures import ThreadPoolExecutor
+        if self.concurrent:
+            if self._pool is None:
+                from concurrent.futures import ThreadPoolExecutor
 
-            self._pool = ThreadPoolExecutor(len(xs) - 1, thread_name_prefix="mnistlab-part")
-        others = [self._pool.submit(part, xs[k], ys[k], len(y)) for k in range(1, len(xs))]
-        results = [part(xs[0], ys[0], len(y))] + [f.result() for f in others]
+                self._pool = ThreadPoolExecutor(len(xs) - 1, thread_name_prefix="mnistlab-part")
+            others = [self._pool.submit(part, xs[k], ys[k], len(y)) for k in range(1, len(xs))]
+            results = [part(xs[0], ys[0], len(y))] + [f.result() for f in others]
+        else:
+            results = [part(xp, yp, len(y)) for xp, yp in zip(xs, ys)]
         with torch.no_grad():
             grads = results[0][0]
             for more, _, _ in results[1:]:

@@ -14,6 +14,7 @@ from torch import nn
 from ..data.preprocess import Preprocessor
 from ..errors import ConfigError, RunError
 from ..model_api import InspectableModel
+from . import winograd
 from .activations import ACTIVATIONS
 from .spec import LayerInfo, Spec, infer_shapes, parse_spec, summary_table
 
@@ -69,6 +70,22 @@ class Net(nn.Module):
             for name, following in self.pool_first.items()
         }
         self.fuse_pooling = True
+        # blocks whose convolution runs as Winograd F(m x m, 3 x 3): name -> m (a CPU lever that
+        # cpu_probe times; empty: every convolution runs as torch's Conv2d)
+        self.winograd: dict[str, int] = {}
+
+    def winograd_plan(self) -> dict[str, int]:
+        """The blocks winograd.conv2d can run (a 3x3 conv and its activation, nothing else), each
+        with its tile size: 2 where a 2x2 max pooling follows (the tile is the pooling window)."""
+        plan = {}
+        for info in self.infos:
+            block = self._modules.get(info.name)
+            if block is None or list(block._modules) != ["conv", "act"] or not winograd.eligible(block.conv):
+                continue
+            following = self.pool_first.get(info.name)
+            pooled = following is not None and winograd.poolable(self._fused[info.name][1][0])
+            plan[info.name] = winograd.tile_for(*info.output_shape[1:], pooled)
+        return plan
 
     def forward(self, x: torch.Tensor, until: str | None = None) -> torch.Tensor:
         """Logits; with ``until``, the output of that block, and no block after it runs."""
@@ -81,17 +98,26 @@ class Net(nn.Module):
                 continue
             block = modules[name]
             following = self.pool_first.get(name) if self.fuse_pooling and name != until else None
+            tile = self.winograd.get(name) if not block._forward_hooks else None
             # hooks (inspection) must see each block's own output, so hooked blocks run as written
             if following is not None and not (block._forward_hooks or modules[following]._forward_hooks):
                 before, pooling, act = self._fused[name]
-                for module in before:
-                    x = module(x)
-                for module in pooling:
-                    x = module(x)
-                x = act(x)
+                if tile == 2 and winograd.poolable(pooling[0]):
+                    x = act(winograd.conv2d(x, before[0], tile, pool=True))
+                else:
+                    if tile:
+                        x = winograd.conv2d(x, before[0], tile)
+                    else:
+                        for module in before:
+                            x = module(x)
+                    for module in pooling:
+                        x = module(x)
+                    x = act(x)
                 skip = following
                 if following == until:
                     return x
+            elif tile:
+                x = block.act(winograd.conv2d(x, block.conv, tile))
             else:
                 x = block(x)
             if name == until:

@@ -107,9 +107,11 @@ class Trainer:
         initial_weights: dict[str, np.ndarray] | None = None,
         step_callback: Callable[[Trainer, int], None] | None = None,
         epoch_callback: Callable[[dict[str, Any]], None] | None = None,
+        recorded_levers: dict[str, Any] | None = None,
     ):
         """``epoch_callback`` gets each epoch's history row; raising StopTraining there ends the run
-        after that epoch (saved as interrupted). A dataset with an empty test split is never tested."""
+        after that epoch (saved as interrupted). A dataset with an empty test split is never tested.
+        ``recorded_levers``: a resumed run's own levers (choose_levers)."""
         config.validate()
         self.config = config
         self.dataset = dataset
@@ -123,7 +125,7 @@ class Trainer:
             raise RunError(f"{self.out}: already exists; choose another --out, or --resume it")
         self.spec: Spec = parse_spec(config.spec)
         self.device = distributed.device_for(choose_device(config.device), self.ranks)
-        levers = choose_levers(config, self.device, self.spec)
+        levers = choose_levers(config, self.device, self.spec, recorded_levers)
         self.levers: Levers = distributed.levers_for(levers, config, self.ranks)
         self.stop = _StopRequest(deferred=self.ranks.active)
 
@@ -168,6 +170,7 @@ class Trainer:
             load_numpy_state(self.net, initial_weights, "initial weights")
         self.files = RunFiles(state_to_numpy(self.net))
         self.net.to(dev)
+        self.net.winograd = dict(self.levers.winograd)
         if self.levers.channels_last:
             self.net.to(memory_format=torch.channels_last)
         self._trainable = [p for p in self.net.parameters() if p.requires_grad]
@@ -187,7 +190,8 @@ class Trainer:
         self.schedule = Schedule.parse(config.schedule, config.lr, config.epochs, self.steps_per_epoch)
         module = distributed.data_parallel(self.net, dev, self.ranks)
         self.train_module: Any = torch.compile(module) if self.levers.compile else module
-        self.split = SplitBatch(self.levers.data_parallel) if self.levers.data_parallel > 1 else None
+        parts = self.levers.data_parallel
+        self.split = SplitBatch(parts, self.levers.threads) if parts > 1 else None
         self.graph = CudaGraphStep(dev) if self.levers.cuda_graphs else None
 
         self.history: list[dict[str, Any]] = []

@@ -28,7 +28,25 @@ class TrialRun:
     run_dir: Path | None
 
 
-class MLPEngine:
+class _Engine:
+    """What both engines share: every plain scalar field of the config (ints, floats, strings) is a
+    name a sweep can search, checked by the engine's ``_checker``."""
+
+    def _scalar_params(self, base: Any, config_class: type, skip: set[str]) -> dict[str, Param]:
+        return {
+            field.name: Param(SCALARS[str(field.type)], self._checker(base, field.name))
+            for field in dataclasses.fields(config_class)
+            if field.name not in skip and str(field.type) in SCALARS
+        }
+
+    def _checker(self, base: Any, field: str) -> Callable[[Any], None]:
+        raise NotImplementedError
+
+    def epochs(self, config: Any) -> int:
+        return config.epochs
+
+
+class MLPEngine(_Engine):
     name = "mlp"
     default_space = (
         "lr=log:0.05:1 l2=log:1e-5:3e-3 batch_size=int:100:1000:100 activation=choice:relu,tanh "
@@ -41,21 +59,14 @@ class MLPEngine:
         from ..mlp.config import MLPConfig
 
         skip = {"input_size", "n_classes", "nesterov", "patience", "val", "seed", "dtype"}
-        out: dict[str, Param] = {"layers": Param(tuple, self._checker(base, "hidden"))}
-        for field in dataclasses.fields(MLPConfig):
-            kind = SCALARS.get(str(field.type))
-            if field.name not in skip and kind is not None:
-                out[field.name] = Param(kind, self._checker(base, field.name))
-        return out
+        layers = Param(tuple, self._checker(base, "hidden"))
+        return {"layers": layers, **self._scalar_params(base, MLPConfig, skip)}
 
     def _checker(self, base: Any, field: str) -> Callable[[Any], None]:
         return lambda value: base.replace(**{field: value})  # MLPConfig validates on construction
 
     def configure(self, base: Any, values: dict[str, Any]) -> Any:
         return base.replace(**{self.fields.get(k, k): v for k, v in values.items()})
-
-    def epochs(self, config: Any) -> int:
-        return config.epochs
 
     def recipe(self, config: Any) -> dict[str, Any]:
         return config.to_dict()
@@ -82,7 +93,7 @@ class MLPEngine:
         return TrialRun(result.history, status, result.run_dir)
 
 
-class CNNEngine:
+class CNNEngine(_Engine):
     name = "cnn"
     default_space = (
         "lr=log:1e-4:3e-3 batch_size=choice:32,64,128 weight_decay=log:1e-6:1e-3 "
@@ -94,12 +105,7 @@ class CNNEngine:
         from ..cnn.training import TrainConfig
 
         skip = set(TrainConfig.HOW) | {"dataset", "val", "seed", "nesterov"}
-        out: dict[str, Param] = {}
-        for field in dataclasses.fields(TrainConfig):
-            kind = SCALARS.get(str(field.type))
-            if field.name not in skip and kind is not None:
-                out[field.name] = Param(kind, self._checker(base, field.name))
-        return out
+        return self._scalar_params(base, TrainConfig, skip)
 
     def _checker(self, base: Any, field: str) -> Callable[[Any], None]:
         def check(value: Any) -> None:
@@ -121,9 +127,6 @@ class CNNEngine:
             recipe = {k: v for k, v in PRESETS[values["spec"]].recipe.items() if k not in values}
             config = dataclasses.replace(config, **recipe)
         return config
-
-    def epochs(self, config: Any) -> int:
-        return config.epochs
 
     def recipe(self, config: Any) -> dict[str, Any]:
         return config.recipe()

@@ -159,6 +159,10 @@ class RunStore:
             self._runs[name] = loaded
             return loaded
 
+    def dataset_of(self, loaded: LoadedRun) -> Dataset:
+        """The dataset the run was trained on (its manifest's; MNIST for runs that name none)."""
+        return self.dataset(str(loaded.manifest.get("dataset") or "mnist"))
+
     def dataset(self, name: str) -> Dataset:
         with self._lock:
             if name not in self._datasets:

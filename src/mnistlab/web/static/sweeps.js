@@ -1,9 +1,12 @@
 // The Sweeps tab: a study's trials as a chart and a table; a point or a row opens the trial's run.
-"use strict";
+
+import { $, api, el, onFirstOpen, openTab, showError } from "./app.js";
+import { SVG_NS, svgCanvas } from "./graphics.js";
+import { selectRun } from "./runs.js";
 
 const STATE_COLORS = { complete: "#3563e9", pruned: "#e8833a" };
 
-window.loadSweeps = async function loadSweeps() {
+async function loadSweeps() {
   const select = $("sweep-select");
   let data;
   try { data = await api("/api/sweeps"); } catch (err) { showError(err.message); return; }
@@ -21,7 +24,8 @@ window.loadSweeps = async function loadSweeps() {
   }
   select.value = data.studies.some((s) => s.name === previous) ? previous : data.studies[0].name;
   await showSweep(select.value);
-};
+}
+onFirstOpen("sweeps", loadSweeps);
 
 $("sweep-select").addEventListener("change", (ev) => showSweep(ev.target.value));
 
