@@ -70,7 +70,7 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--train-size", type=int, default=None, help="train the quick runs on the first N images"
     )
-    parser.add_argument("--steps", type=int, default=100, help="OIP gradient steps (default 100)")
+    parser.add_argument("--steps", type=int, default=70, help="OIP steps (default 70, the command's)")
     parser.add_argument(
         "--single", type=int, default=4, help="maps optimized one at a time for the comparison (0: skip)"
     )

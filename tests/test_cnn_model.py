@@ -242,3 +242,20 @@ def test_schedules():
     with pytest.raises(ConfigError, match="unknown schedule 'warp'"):
         Schedule.parse("warp", 1.0, 1, 1)
     assert math.isclose(Schedule.parse("constant", 0.3, 1, 1).lr_at(7), 0.3)
+
+
+def test_one_channel_inputs_get_channels_last_strides_for_the_input_gradient():
+    # contiguous(channels_last) leaves a one-channel batch's NCHW strides, so the first conv's output
+    # (and the pooling after it) stayed NCHW; the restrided view is the same memory, channels-last.
+    from mnistlab.cnn.model import channels_last_strides
+
+    x, weight = torch.randn(4, 1, 28, 28), torch.randn(8, 1, 3, 3)
+    plain = torch.nn.functional.conv2d(x.contiguous(memory_format=torch.channels_last), weight)
+    assert not plain.is_contiguous(memory_format=torch.channels_last)
+    restrided = channels_last_strides(x)
+    assert restrided.data_ptr() == x.data_ptr() and torch.equal(restrided, x)
+    out = torch.nn.functional.conv2d(restrided, weight)
+    torch.testing.assert_close(out, plain)
+    assert out.is_contiguous(memory_format=torch.channels_last) and not out.is_contiguous()
+    wide = torch.randn(2, 3, 5, 5)
+    assert channels_last_strides(wide).is_contiguous(memory_format=torch.channels_last)

@@ -29,7 +29,7 @@ from mnistlab.inspect.activations import (
     last_hidden_dense_layer,
     layer_shapes,
 )
-from mnistlab.inspect.oip import parse_units
+from mnistlab.inspect.oip import parse_units, pen_strokes
 
 
 @pytest.fixture(scope="module")
@@ -267,6 +267,15 @@ def test_multiscale_noise_is_standardized_and_per_unit():
         multiscale_noise([0], (0.5,))
 
 
+
+def test_pen_strokes_are_ink_lines_on_black_per_unit():
+    strokes = pen_strokes([0, 5], seed=3, attempt=2, variants=3)
+    assert strokes.shape == (6, 28, 28) and strokes.min() >= 0 and strokes.max() <= 255
+    inked = (strokes > 128).mean(axis=(1, 2))
+    assert np.all(inked > 0.005) and np.all(inked < 0.3)  # a few thin strokes, mostly black
+    np.testing.assert_array_equal(pen_strokes([5], seed=3, attempt=2, variants=3), strokes[3:])
+    assert not np.array_equal(strokes[0], strokes[1])  # variants differ
+
 def test_oip_raises_each_unit_well_above_its_start(net):
     result = optimize_inputs(net, "dense1", steps=40, seed=0)
     assert list(result.units) == list(range(6))
@@ -279,6 +288,13 @@ def test_oip_raises_each_unit_well_above_its_start(net):
     # The corner reader's best input lights the corner.
     assert result.images[0][CORNER].mean() > 200
 
+
+
+def test_oip_ends_at_its_best(net):
+    # The fade toward black shrinks with the steps: the last, small steps still climb instead of
+    # losing ground to a fixed fade.
+    result = optimize_inputs(net, "dense1", steps=40, seed=0)
+    np.testing.assert_allclose(result.final, result.trace.max(axis=0), rtol=1e-3)
 
 def test_oip_on_a_conv_map(net):
     # conv1 map 0 averages 3x3 pixels: its best input is a bright image, and each step can only

@@ -155,10 +155,33 @@ def test_ambiguous_confusion_and_oip_figures(net, ds):
     assert shown == sum(min(4, c) for _, _, c in conf.pairs(3))
     oip = optimize_inputs(net, "dense1", steps=5)
     fig = plot_oip_gallery(oip, ncols=4)
-    assert sum(1 for ax in fig.axes if ax.images) == 6
-    assert [ax.get_title().split(":")[0] for ax in fig.axes if ax.images] == [str(u) for u in range(6)]
+    (ax,) = fig.axes  # one tiled image, drawn once
+    (shown,) = ax.images
+    mosaic = np.ma.filled(shown.get_array(), np.nan)
+    labels = [t.get_text() for t in ax.texts]
+    assert [label.split(":")[0] for label in labels] == [str(u) for u in range(6)]
+    for k, text in enumerate(ax.texts):  # each pattern sits right under its label, in pixel values
+        x, y = text.get_position()
+        top, left = int(round(y + 1.5)), int(round(x - 14))
+        np.testing.assert_allclose(mosaic[top : top + 28, left : left + 28], oip.images[k])
+    assert np.isnan(mosaic).any() and np.nanmax(mosaic) <= 255  # gaps show the background
     _no_windows()
 
+
+
+def test_oip_gallery_greys_dead_units():
+    from mnistlab.inspect.oip import OIPResult
+
+    images = np.stack([np.full((28, 28), 200.0), np.full((28, 28), 100.0)]).astype(np.float32)
+    start, final = np.array([0.1, 0.0]), np.array([2.0, 0.0])  # unit 9 never moved from zero: dead
+    trace = np.stack([start, final])
+    result = OIPResult("conv2", np.array([4, 9]), images, start, final, trace, unit_kind="map")
+    (ax,) = plot_oip_gallery(result).axes
+    assert [t.get_text() for t in ax.texts] == ["4: 2.00", "9: dead"]
+    mosaic = np.ma.filled(ax.images[0].get_array(), np.nan)
+    # drawn at 35% strength, as a 65%-transparent tile over the white background would look
+    assert sorted(np.unique(mosaic[~np.isnan(mosaic)])) == [35.0, 200.0]
+    _no_windows()
 
 def _report(model, ds, **kwargs):
     manifest = {

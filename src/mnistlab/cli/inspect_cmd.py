@@ -101,9 +101,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--maps", "--units", dest="maps", metavar="LIST",
         help="maps or nodes, e.g. 0-127 or 3,5,9 (default all)",
     )
-    p.add_argument("--steps", type=int, default=100, help="gradient steps (default 100)")
+    p.add_argument("--steps", type=int, default=70, help="gradient steps (default 70)")
     p.add_argument(
-        "--step-size", type=float, default=6.0, help="pixel levels (0..255, rms) per step (default 6)"
+        "--step-size", type=float, default=9.0, help="pixel levels (0..255, rms) per step (default 9)"
     )
     p.add_argument("--scales", default="1,2,4,7", help="noise length scales in pixels (default 1,2,4,7)")
     p.add_argument(

@@ -22,6 +22,16 @@ INITS = ("glorot", "default")
 _MIN_PART = 16  # rows per thread below which splitting an input-gradient batch does not pay
 
 
+def channels_last_strides(x: torch.Tensor) -> torch.Tensor:
+    """``x`` (N, C, H, W) in channels-last order. With one channel, ``contiguous(channels_last)``
+    keeps the NCHW strides (both orders are the same memory), so oneDNN would give the first conv's
+    output, and the pooling after it, the slower NCHW layout; this restrides without copying."""
+    if x.shape[1] != 1:
+        return x.contiguous(memory_format=torch.channels_last)
+    n, c, h, w = x.shape
+    return x.contiguous().as_strided((n, c, h, w), (h * w, 1, w, 1))
+
+
 class Net(nn.Module):
     """A fold over named blocks; each block is one spec layer plus its batch norm, activation, dropout.
 
@@ -262,7 +272,7 @@ class CNN(InspectableModel):
         input."""
         x = x.detach().unsqueeze(1).clone()  # (N, 1, 28, 28)
         if x.device.type == "cpu":
-            x = x.contiguous(memory_format=torch.channels_last)
+            x = channels_last_strides(x)
         x.requires_grad_(True)
         with torch.enable_grad():
             # nothing after the layer runs

@@ -13,13 +13,17 @@ noise comes from its own seed stream ``(seed, unit)``: the pattern of map 5 is t
 is optimized alone or with 127 others.
 
 A unit whose gradient is exactly zero at the start (a ReLU map silent for the noise) cannot climb;
-it gets up to ``restarts`` fresh starts of another kind (bright blobs on black, like the strokes
-of a digit), and stays listed in ``dead`` if none helps: often it is silent for every real image
-too (a dead ReLU map).
+it gets up to ``restarts`` fresh starts of other kinds (bright blobs on black or brighter noise,
+and faint pen strokes on black, like the parts of a digit), several at a time, keeps the faintest
+one it responds to, and stays listed in ``dead`` if none helps: often it is silent for every real
+image too (a dead ReLU map).
+
+The fade toward black (``decay``) shrinks with the step size, so the final small steps still climb.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -31,6 +35,7 @@ from ..numbers import parse_number_list
 from .activations import layer_shapes
 
 SIZE = 28
+RESTART_VARIANTS = 8  # starts tried at once for each silent unit at each restart
 
 
 @dataclass
@@ -82,16 +87,23 @@ def _upsample_bilinear(grid: np.ndarray, size: int) -> np.ndarray:
     return rows[:, :, i0] * (1 - w)[:, None, :] + rows[:, :, i0 + 1] * w[:, None, :]
 
 
+def _stream(seed: int, unit: int, attempt: int, variant: int) -> np.random.Generator:
+    key = [int(seed), int(unit), int(attempt)] + ([int(variant)] if variant else [])
+    return np.random.default_rng(key)
+
+
 def multiscale_noise(
-    units: Sequence[int], scales: Sequence[float] = (1, 2, 4, 7), *, seed: int = 0, attempt: int = 0
+    units: Sequence[int], scales: Sequence[float] = (1, 2, 4, 7), *, seed: int = 0, attempt: int = 0,
+    variants: int = 1,
 ) -> np.ndarray:
-    """Zero-mean, unit-std noise (N, 28, 28): a sum of equally weighted fields with features about
-    ``s`` pixels wide for each ``s`` in ``scales``. Item k depends only on (seed, units[k], attempt)."""
+    """Zero-mean, unit-std noise (N * variants, 28, 28): a sum of equally weighted fields with
+    features about ``s`` pixels wide for each ``s`` in ``scales``; ``variants`` different fields per
+    unit, one unit's after another. Each depends only on (seed, unit, attempt, variant)."""
     if not scales or any(s < 1 or s > SIZE for s in scales):
         raise ConfigError(f"length scales must be between 1 and {SIZE} pixels, got {list(scales)}")
-    out = np.empty((len(units), SIZE, SIZE))
-    for k, unit in enumerate(units):
-        rng = np.random.default_rng([int(seed), int(unit), int(attempt)])
+    out = np.empty((len(units) * variants, SIZE, SIZE))
+    for k, (unit, variant) in enumerate(itertools.product(units, range(variants))):
+        rng = _stream(seed, unit, attempt, variant)
         field_sum = np.zeros((1, SIZE, SIZE))
         for s in scales:
             m = max(2, int(round(SIZE / s)) + 1) if s > 1 else SIZE
@@ -99,6 +111,24 @@ def multiscale_noise(
         field_sum -= field_sum.mean()
         out[k] = field_sum[0] / (field_sum.std() + 1e-12)
     return out
+
+
+def pen_strokes(units: Sequence[int], *, seed: int = 0, attempt: int = 0, variants: int = 1) -> np.ndarray:
+    """Pixel images (N * variants, 28, 28), 0..255: one to three straight pen strokes (about 3 pixels
+    wide, 6 to 20 long, at any angle) in ink on a black background, like the parts of a digit. Each
+    depends only on (seed, unit, attempt, variant)."""
+    rows, cols = np.mgrid[0:SIZE, 0:SIZE].astype(np.float64)
+    out = np.zeros((len(units) * variants, SIZE, SIZE))
+    for k, (unit, variant) in enumerate(itertools.product(units, range(variants))):
+        rng = _stream(seed, unit, attempt, variant)
+        for _ in range(rng.integers(1, 4)):
+            centre, angle, length = rng.uniform(4, SIZE - 4, 2), rng.uniform(0, np.pi), rng.uniform(6, 20)
+            direction = np.array([np.cos(angle), np.sin(angle)])
+            dx, dy = cols - centre[0], rows - centre[1]  # from the stroke's middle
+            along = np.clip(dx * direction[0] + dy * direction[1], -length / 2, length / 2)
+            distance = np.hypot(dx - along * direction[0], dy - along * direction[1])
+            out[k] = np.maximum(out[k], np.clip(1.5 - distance / 1.2, 0, 1))
+    return 255 * out
 
 
 def _gaussian_blur(x: np.ndarray, sigma: float) -> np.ndarray:
@@ -129,8 +159,8 @@ def optimize_inputs(
     layer: str,
     units: Sequence[int] | None = None,
     *,
-    steps: int = 100,
-    step_size: float = 6.0,
+    steps: int = 70,
+    step_size: float = 9.0,
     scales: Sequence[float] = (1, 2, 4, 7),
     base: float = 40.0,
     amplitude: float = 30.0,
@@ -181,17 +211,31 @@ def optimize_inputs(
 
     everyone = np.arange(n)
 
-    def start_pixels(attempt: int, which: np.ndarray) -> np.ndarray:
-        noise = multiscale_noise(units_arr[which], scales, seed=seed, attempt=attempt)
+    def start_pixels(attempt: int, which: np.ndarray, variants: int = 1) -> np.ndarray:
+        """``variants`` starts per unit of ``which``, one unit's after another: noise of the attempt's
+        kind, and from the second half of the variants on, pen strokes."""
+        noise_variants = max(1, variants // 2)
+        units_here = units_arr[which]
+        noise = multiscale_noise(units_here, scales, seed=seed, attempt=attempt, variants=noise_variants)
         if attempt == 0:
-            return np.clip(base + amplitude * noise, 0, 255)
-        if attempt % 2:
-            # Bright blobs on a black background, closer to the strokes of a digit: this wakes
-            # many maps that grey noise leaves silent.
-            return np.clip(-100 + 150 * noise, 0, 255)
-        # Brighter and brighter grey noise, for units that need much ink before they respond.
-        level = base + (230 - base) * attempt / max(2, restarts)
-        return np.clip(level + amplitude * noise, 0, 255)
+            starts = np.clip(base + amplitude * noise, 0, 255)
+        elif attempt % 2:
+            # Bright blobs on a black background: this wakes many maps that grey noise leaves silent.
+            starts = np.clip(-100 + 150 * noise, 0, 255)
+        else:
+            # Brighter and brighter grey noise, for units that need much ink before they respond.
+            level = base + (230 - base) * attempt / max(2, restarts)
+            starts = np.clip(level + amplitude * noise, 0, 255)
+        if variants == noise_variants:
+            return starts
+        # Faint pen strokes on black, the parts of a digit: they wake maps that want a stroke of one
+        # orientation on a clean background, which no noise offers. Faint, so that the climb, not
+        # the start, makes the pattern.
+        stroke_variants = variants - noise_variants
+        strokes = 0.5 * pen_strokes(units_here, seed=seed, attempt=attempt, variants=stroke_variants)
+        per_unit = [starts.reshape(len(which), noise_variants, SIZE, SIZE),
+                    strokes.reshape(len(which), stroke_variants, SIZE, SIZE)]
+        return np.concatenate(per_unit, axis=1).reshape(-1, SIZE, SIZE)
 
     x = start_pixels(0, everyone)
     values, grads = value_and_grad(x, everyone)
@@ -199,14 +243,21 @@ def optimize_inputs(
         silent = np.flatnonzero(~np.any(grads != 0, axis=(1, 2)))
         if silent.size == 0:
             break
-        x[silent] = start_pixels(attempt, silent)
-        values[silent], grads[silent] = value_and_grad(x[silent], silent)
+        # Several starts per silent unit in one batch (as cheap as a fraction of a step); the unit
+        # keeps the one it responds to least, but responds: the climb, not the start, makes the pattern.
+        tries = start_pixels(attempt, silent, RESTART_VARIANTS)
+        tried_values, tried_grads = value_and_grad(tries, np.repeat(silent, RESTART_VARIANTS))
+        responds = np.any(tried_grads != 0, axis=(1, 2)).reshape(silent.size, RESTART_VARIANTS)
+        faintest = np.where(responds, tried_values.reshape(silent.size, -1), np.inf).argmin(1)  # 0 if none
+        chosen = np.arange(silent.size) * RESTART_VARIANTS + faintest
+        x[silent], values[silent], grads[silent] = tries[chosen], tried_values[chosen], tried_grads[chosen]
     silent = ~np.any(grads != 0, axis=(1, 2))
     if silent.any() and restarts > 0:  # dead after every restart: show the first start, not the last try
         x[silent] = start_pixels(0, np.flatnonzero(silent))
         values[silent], grads[silent] = value_and_grad(x[silent], np.flatnonzero(silent))
     start = values.copy()
     trace = np.empty((steps + 1, n))
+    reach = np.ones((n, 1, 1))  # each unit's share of the step: halved after a step silenced it
     for step in tqdm(range(steps), desc=f"OIP {layer}", disable=not progress, leave=False):
         trace[step] = values
         g = _gaussian_blur(grads, blur)
@@ -215,11 +266,21 @@ def optimize_inputs(
         g[((x >= 255) & (g > 0)) | ((x <= 0) & (g < 0))] = 0
         rms = np.sqrt(np.mean(g * g, axis=(1, 2), keepdims=True))
         # Steps shrink linearly to a tenth: long strides early, fine adjustment at the end.
-        size = step_size * (1 - 0.9 * step / max(1, steps - 1))
+        size = step_size * (1 - 0.9 * step / max(1, steps - 1)) * reach
+        moved = x
         if decay:
-            x = x * (1 - decay)  # fades what the unit does not need toward the black background
-        x = np.clip(x + size * g / np.maximum(rms, 1e-12), 0, 255)  # a zero gradient moves nothing
-        values, grads = value_and_grad(x, everyone)
+            # Fades what the unit does not need toward the black background, in proportion to the
+            # step: a fixed fade outweighed the last, small steps and lowered most units' activation.
+            moved = moved * (1 - decay * size / step_size)
+        moved = np.clip(moved + size * g / np.maximum(rms, 1e-12), 0, 255)  # a zero gradient moves nothing
+        new_values, new_grads = value_and_grad(moved, everyone)
+        # A step that silences a responding unit (a faint start overshot) leaves it nothing to climb
+        # from: that unit stays where it was and tries half the step next time, then grows back.
+        lost = np.any(grads != 0, axis=(1, 2)) & ~np.any(new_grads != 0, axis=(1, 2))
+        kept = ~lost
+        reach[lost] /= 2
+        reach[kept] = np.minimum(1.0, 2 * reach[kept])
+        x[kept], values[kept], grads[kept] = moved[kept], new_values[kept], new_grads[kept]
     trace[steps] = values
     return OIPResult(layer, units_arr, x.astype(np.float32), start, values, trace, seed, steps,
                      time.perf_counter() - t0, "map" if len(shape) == 3 else "node")

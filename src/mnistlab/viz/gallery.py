@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+from matplotlib import colormaps
 from matplotlib.figure import Figure
 
 from . import matplotlib  # noqa: F401  (selects the Agg backend)
@@ -13,29 +14,40 @@ from . import matplotlib  # noqa: F401  (selects the Agg backend)
 def plot_oip_gallery(result, *, ncols: int = 16, cmap: str = "gray_r", cell_inches: float = 0.85) -> Figure:
     """Each unit's optimized input with ``unit: final activation`` above it; dead units are greyed.
 
-    Shown like every digit in mnistlab's figures: dark = ink (pixel value 255).
+    Shown like every digit in mnistlab's figures: dark = ink (pixel value 255). The patterns are
+    tiled into one image drawn once: a subplot per unit made the figure cost more than the
+    optimization itself for a 128-map layer (docs/performance.md, Inspection).
     """
-    images = np.asarray(result.images)
-    n = len(images)
+    images = np.asarray(result.images, dtype=np.float32)
+    n, height, width = images.shape
     ncols = max(1, min(ncols, n))
     nrows = -(-n // ncols)
-    fig = Figure(
-        figsize=(ncols * cell_inches, nrows * (cell_inches * 0.88 + 0.22) + 0.35)
-    )  # square images: no slack rows
-    axes = fig.subplots(nrows, ncols, squeeze=False)
-    dead = result.dead
+    dead = np.asarray(result.dead)
+    gap_x = round(width * 0.12)  # between columns
+    gap_y = round(height * 0.3)  # above each row: room for the labels
+    pitch_x, pitch_y = width + gap_x, height + gap_y
+    mosaic = np.full((nrows * pitch_y, ncols * pitch_x - gap_x), np.nan, np.float32)  # nan: background
+    # A dead unit's pattern at 35% strength: what drawing it 65% transparent over white shows.
+    shown = np.where(dead[:, None, None], 0.35 * images, images)
+    rows, cols = np.divmod(np.arange(n), ncols)
+    for k in range(n):
+        top, left = rows[k] * pitch_y + gap_y, cols[k] * pitch_x
+        mosaic[top : top + height, left : left + width] = shown[k]
+    cell_px = cell_inches / pitch_x  # inches per mosaic pixel
+    title_inches = 0.3
+    fig = Figure(figsize=(mosaic.shape[1] * cell_px + 0.1, mosaic.shape[0] * cell_px + title_inches))
+    ax = fig.add_axes((0.05 / fig.get_figwidth(), 0.02 / fig.get_figheight(),
+                       mosaic.shape[1] * cell_px / fig.get_figwidth(),
+                       mosaic.shape[0] * cell_px / fig.get_figheight()))
+    ax.set_axis_off()
+    palette = colormaps[cmap].with_extremes(bad="white")
+    ax.imshow(mosaic, cmap=palette, vmin=0, vmax=255, interpolation="nearest", aspect="equal")
     kind = result.unit_kind
-    for k, ax in enumerate(axes.flat):
-        ax.set_axis_off()
-        if k >= n:
-            continue
-        ax.imshow(
-            images[k], cmap=cmap, vmin=0, vmax=255, interpolation="nearest", alpha=0.35 if dead[k] else 1.0
-        )
-        label = (
-            f"{int(result.units[k])}: dead" if dead[k] else f"{int(result.units[k])}: {result.final[k]:.2f}"
-        )
-        ax.set_title(label, fontsize=7, pad=2, color="#999999" if dead[k] else "black")
+    for k in range(n):
+        unit = int(result.units[k])
+        label = f"{unit}: dead" if dead[k] else f"{unit}: {result.final[k]:.2f}"
+        ax.text(cols[k] * pitch_x + width / 2, rows[k] * pitch_y + gap_y - 1.5, label, fontsize=7,
+                ha="center", va="bottom", color="#999999" if dead[k] else "black")
     reached = int(result.reached().sum())
     fig.suptitle(
         f"optimal input patterns, {result.layer}: {n} {kind}s optimized together, {result.steps} steps, "
@@ -43,8 +55,6 @@ def plot_oip_gallery(result, *, ncols: int = 16, cmap: str = "gray_r", cell_inch
         f"(title: {kind}: final {'mean ' if kind == 'map' else ''}activation)", fontsize=10,
         y=1 - 0.05 / fig.get_figheight(), va="top",
     )
-    height = fig.get_figheight()
-    fig.subplots_adjust(left=0.005, right=0.995, bottom=0.01, top=1 - 0.4 / height, wspace=0.08, hspace=0.3)
     return fig
 
 
