@@ -34,6 +34,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from .model import channels_last_strides
+
 # oneDNN ISA names (ONEDNN_MAX_CPU_ISA) whose instructions include native bf16 arithmetic
 _BF16_ISAS = ("BF16", "FP16", "AMX", "AVX10", "ALL")
 
@@ -137,7 +139,7 @@ def probe(
         for round_ in range(rounds + 1):  # the first round warms each candidate up, untimed
             for cand in candidates:
                 torch.set_num_threads(max(1, cand.threads // cand.parts))
-                xs = x.contiguous(memory_format=torch.channels_last) if cand.channels_last else x
+                xs = channels_last_strides(x) if cand.channels_last else x
                 clone = nets[cand.channels_last]
                 clone.winograd = dict(cand.winograd)
                 for _ in range(steps):

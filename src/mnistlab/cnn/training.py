@@ -36,7 +36,7 @@ from .levers import (
     process_settings,
     torch_threads,
 )
-from .model import CNN, Net, init_weights, load_numpy_state, state_to_numpy
+from .model import CNN, Net, channels_last_strides, init_weights, load_numpy_state, state_to_numpy
 from .optim import Optimizer, Schedule
 from .progress import ProgressBar
 from .spec import Spec, parse_spec
@@ -179,9 +179,7 @@ class Trainer:
     # ---------------------------------------------------------------- batches and steps
     def _prep(self, raw: torch.Tensor) -> torch.Tensor:
         x = ((raw.float() - self.mean) / self.scale).unsqueeze(1)  # (B, 1, 28, 28)
-        if self.levers.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return x
+        return channels_last_strides(x) if self.levers.channels_last else x
 
     def _batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raw = self.x_train[idx]  # (B, 28, 28) uint8
