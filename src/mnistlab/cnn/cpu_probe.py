@@ -24,7 +24,6 @@ import json
 import os
 import platform
 import statistics
-import tempfile
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -34,6 +33,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ..safe_write import atomic_write_bytes
 from .model import channels_last_strides
 
 # oneDNN ISA names (ONEDNN_MAX_CPU_ISA) whose instructions include native bf16 arithmetic
@@ -228,18 +228,9 @@ def record_choice(key: dict, choice: dict) -> bool:
     file or the new one). Returns whether it was written; a cache that cannot be written is no error."""
     path = record_path()
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
         data = _read_record(path)
         data[_key_text(key)] = choice
-        fd, temp = tempfile.mkstemp(prefix=f".{RECORD}.", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as out:
-                json.dump(data, out, indent=1, sort_keys=True)
-            os.replace(temp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(temp)
-            raise
+        atomic_write_bytes(path, json.dumps(data, indent=1, sort_keys=True).encode("utf-8"))
     except OSError:
         return False
     return True
