@@ -9,12 +9,17 @@ delta, so the products deliver the scaled gradient with no extra pass over the p
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
 import numpy as np
 
 from . import activations as act
 from .layout import ParamViews, TrainData, WorkingLayout
 from .model import MLP
 from .profile import Phases
+from .threads import RowSplit
 
 # Softmax and cross-entropy are unchanged by a shift per row. One shift for a whole chunk is a
 # scalar subtraction; it is safe while every logit lies within this much of the top one (every
@@ -49,6 +54,18 @@ class Backprop:
         self.logits = np.empty((rows, sizes[-1]), dt)
         # the gradient of a batch's later chunks, added into the optimizer's
         self.part: ParamViews | None = working.views(np.zeros_like(model.params)) if summed else None
+        # the first layer's products on several cores, set by the trainer (None: one thread)
+        self.products: RowSplit | None = None
+
+    def _matmul(
+        self, a: np.ndarray, b: np.ndarray, out: np.ndarray, meanwhile: Callable[[], Any] | None
+    ) -> None:
+        if self.products is not None:
+            self.products.matmul(a, b, out, meanwhile)
+            return
+        np.matmul(a, b, out=out)
+        if meanwhile is not None:
+            meanwhile()
 
     def run(
         self,
@@ -82,9 +99,13 @@ class Backprop:
         a = xb
         for i in range(last):
             z = self.acts[i][:k]
-            np.matmul(a, weights[i], out=z)  # (k, out)
-            if i == 0 and n_touch:
-                z[:n_touch] += np.matmul(xt, params.tail, out=self.tail_z[:n_touch])
+            if i:
+                np.matmul(a, weights[i], out=z)  # (k, out)
+            else:  # the tail's share is multiplied while the other cores finish theirs
+                tail = partial(np.matmul, xt, params.tail, out=self.tail_z[:n_touch]) if n_touch else None
+                self._matmul(a, weights[0], z, tail)
+                if n_touch:
+                    z[:n_touch] += self.tail_z[:n_touch]
             z += biases[i]
             a = hidden(z)
         out = self.acts[last][:k]
@@ -105,12 +126,13 @@ class Backprop:
             np.matmul(self.ones[:k], delta, out=target.biases[i])
             if i == 0 and input_scale != 1:
                 delta *= 1.0 / input_scale**2  # inputs u = s x, weights W / s: gradient (u.T delta) / s**2
-            np.matmul(below.T, delta, out=target.weights[i])  # (in, out)
-            if i == 0 and self.working.n_tail:
-                if n_touch:
-                    np.matmul(xt.T, delta[:n_touch], out=target.tail)
-                else:
+            if i:
+                np.matmul(below.T, delta, out=target.weights[i])  # (in, out)
+            else:  # as in the forward pass, the tail's product overlaps the other cores' share
+                if self.working.n_tail and not n_touch:
                     target.tail.fill(0)
+                tail = partial(np.matmul, xt.T, delta[:n_touch], out=target.tail) if n_touch else None
+                self._matmul(below.T, delta, target.weights[0], tail)
             if i:
                 d_below = self.deltas[i - 1][:k]
                 np.matmul(delta, weights[i].T, out=d_below)  # (k, in)

@@ -12,9 +12,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import queue
 import statistics
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from typing import Any
+
+import numpy as np
 
 from ..errors import ConfigError
 
@@ -56,6 +60,134 @@ def blas_threads(threads: int | str | None) -> Iterator[tuple[int | None, list[A
         yield n, blas.lib_controllers
 
 
+@contextlib.contextmanager
+def product_threads(threads: int | str | None) -> Iterator[tuple[int | None, list[Any], RowSplit | None]]:
+    """``blas_threads``, plus a ``RowSplit`` over the threads allowed where there are several (None
+    otherwise): BLAS itself is then kept on one thread and the split spreads the products."""
+    with blas_threads(threads) as (used, libs):
+        if not used or used < 2 or not libs:
+            yield used, libs, None
+            return
+        for lib in libs:
+            lib.set_num_threads(1)
+        split = RowSplit(used)
+        try:
+            yield used, libs, split
+        finally:
+            split.close()
+
+
+class RowSplit:
+    """The batch loop's large products on ``parts`` cores: the rows of the output are cut into
+    ``parts`` blocks, one multiplied by the calling thread and the others by persistent worker
+    threads, each calling BLAS with one thread (NumPy releases the GIL inside matmul).
+
+    No sum is ever split, so each element is computed by the same kernel in the same order as by
+    one thread -- provided every cut lies on the BLAS kernel's row block (its edge kernels add in
+    another order). The cuts are therefore checked once per product shape on random data against
+    the whole product; a shape whose cuts do not reproduce it is multiplied whole. Training with
+    the split is thus bit-identical to training on one thread, whichever the thread choice picks.
+    OpenBLAS's own threads are not: they change the result's last bits (docs/performance.md).
+    """
+
+    MIN_ROWS = 96  # rows per part at least: below that a part's product is too small to be worth a thread
+    ROW_STEP = 8  # cuts are tried on multiples of this, nearest the even split first
+    TRIES = 8
+
+    def __init__(self, parts: int) -> None:
+        self.parts = max(1, parts)
+        self.active = self.parts > 1  # False: every product whole, in the calling thread
+        self._cuts: dict[tuple, tuple[int, ...]] = {}  # per product layout: the checked cuts (empty: whole)
+        self._done: queue.SimpleQueue = queue.SimpleQueue()
+        self._tasks: list[queue.SimpleQueue] = []
+        self._workers: list[threading.Thread] = []
+        for _ in range(self.parts - 1):
+            tasks: queue.SimpleQueue = queue.SimpleQueue()
+            worker = threading.Thread(target=self._serve, args=(tasks,), name="mnistlab-rows", daemon=True)
+            worker.start()
+            self._tasks.append(tasks)
+            self._workers.append(worker)
+
+    def _serve(self, tasks: queue.SimpleQueue) -> None:
+        # the trainer checks its results for NaN/inf itself, as in the calling thread's errstate
+        with np.errstate(all="ignore"):
+            while (job := tasks.get()) is not None:
+                a, b, out = job
+                try:
+                    np.matmul(a, b, out=out)
+                    self._done.put(None)
+                except BaseException as exc:  # handed to the caller, which raises it
+                    self._done.put(exc)
+
+    def close(self) -> None:
+        for tasks in self._tasks:
+            tasks.put(None)
+        for worker in self._workers:
+            worker.join()
+        self._tasks, self._workers = [], []
+        self.active = False
+
+    def matmul(
+        self, a: np.ndarray, b: np.ndarray, out: np.ndarray, meanwhile: Callable[[], Any] | None = None
+    ) -> np.ndarray:
+        """``out = a @ b`` for 2-D ``a``; ``meanwhile`` (independent work) runs in the calling thread
+        after its own block, while the workers finish theirs."""
+        cuts = self.cuts(a, b) if self.active else ()
+        if not cuts:
+            np.matmul(a, b, out=out)
+            if meanwhile is not None:
+                meanwhile()
+            return out
+        bounds = (0, *cuts, a.shape[0])
+        for tasks, lo, hi in zip(self._tasks, bounds[1:-1], bounds[2:]):
+            tasks.put((a[lo:hi], b, out[lo:hi]))
+        np.matmul(a[: cuts[0]], b, out=out[: cuts[0]])
+        if meanwhile is not None:
+            meanwhile()
+        errors = [self._done.get() for _ in cuts]
+        for exc in errors:
+            if exc is not None:
+                raise exc
+        return out
+
+    def cuts(self, a: np.ndarray, b: np.ndarray) -> tuple[int, ...]:
+        """Where ``a @ b`` is cut (empty: whole), found and checked once per layout."""
+        key = (a.shape, a.strides, b.shape, b.strides, a.dtype.str)
+        if key not in self._cuts:
+            self._cuts[key] = self._find_cuts(a, b)
+        return self._cuts[key]
+
+    def _find_cuts(self, a: np.ndarray, b: np.ndarray) -> tuple[int, ...]:
+        rows = a.shape[0]
+        parts = min(self.parts, rows // self.MIN_ROWS)
+        if parts < 2:
+            return ()
+        rng = np.random.default_rng(0)
+        a_like = _random_like(a, rng)
+        b_like = _random_like(b, rng)
+        whole = np.matmul(a_like, b_like)
+        step = self.ROW_STEP
+        nearest = sorted(range(step, rows - step + 1, step), key=lambda c: abs(c - rows / parts))
+        for first in nearest[: self.TRIES]:
+            # equal blocks after the first, each a multiple of it so they share its alignment
+            size = first
+            cuts = tuple(first + i * size for i in range(parts - 1))
+            if cuts[-1] >= rows:
+                continue
+            bounds = (0, *cuts, rows)
+            split = np.concatenate([np.matmul(a_like[lo:hi], b_like) for lo, hi in zip(bounds, bounds[1:])])
+            if np.array_equal(split, whole):
+                return cuts
+        return ()
+
+
+def _random_like(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A random array of ``x``'s shape, dtype and memory order (a transposed view stays one)."""
+    if x.flags.c_contiguous or not x.flags.f_contiguous:
+        return rng.standard_normal(x.shape).astype(x.dtype)
+    return rng.standard_normal(x.shape[::-1]).astype(x.dtype).T
+
+
 class ThreadChoice:
     """Within a limit of ``most`` BLAS threads, time training batches with all of them and with
     one, and keep the faster.
@@ -76,9 +208,13 @@ class ThreadChoice:
     TIMED_IMAGES = 8000
     SLOWER = 1.25
     GIVE_UP = 1.5  # a probe of many threads ends once its median batch is this much slower than one thread's
+    MOST_PATIENCE = 8  # slow windows in a row needed at most before a re-probe (see patience)
 
-    def __init__(self, most: int, batch: int, libs: list[Any], every_one: int = 3) -> None:
+    def __init__(
+        self, most: int, batch: int, libs: list[Any], every_one: int = 3, split: RowSplit | None = None
+    ) -> None:
         self.libs = libs  # threadpoolctl controllers of the BLAS libraries (see blas_threads)
+        self.split = split  # with a RowSplit, "threads" are its parts and BLAS keeps one thread
         self.most, self.batch, self.every_one = most, batch, every_one
         self.skip = max(1, -(-self.SKIP_IMAGES // batch))
         self.timed = max(2, -(-self.TIMED_IMAGES // batch))
@@ -90,9 +226,14 @@ class ThreadChoice:
         self.epoch = 0
         self.last_probe: int | None = None
         self.wait = every_one  # epochs on one thread before the next probe
+        self.patience = 1  # slow windows in a row that start a probe while on ``most`` threads
+        self.slow_windows = 0
         self.log: list[tuple[int, int, float, float]] = []
 
     def _set(self, n: int) -> None:
+        if self.split is not None:  # BLAS stays on one thread; the split spreads the products
+            self.split.active = n > 1
+            return
         for lib in self.libs:
             lib.set_num_threads(n)
 
@@ -115,9 +256,10 @@ class ThreadChoice:
                 return
             self.window.append(seconds)
             if len(self.window) == self.timed:
-                drifted = statistics.median_high(self.window) > self.SLOWER * self.reference
+                slow = statistics.median_high(self.window) > self.SLOWER * self.reference
                 self.window = []
-                if drifted:
+                self.slow_windows = self.slow_windows + 1 if slow else 0
+                if self.slow_windows >= self.patience:
                     self._probe()
             return
         step = self.steps[0]
@@ -144,8 +286,13 @@ class ThreadChoice:
         one = self.results[1]
         self.steps = []
         self.chosen = 1 if one < 0.97 * many else self.most  # a clear win only: one thread is the exception
-        one_again = self.chosen == 1 and self.log and self.log[-1][1] == 1
-        self.wait = 2 * self.wait if one_again else self.every_one
+        again = bool(self.log) and self.log[-1][1] == self.chosen
+        self.wait = 2 * self.wait if again and self.chosen == 1 else self.every_one
+        # a probe that kept ``most`` was a false alarm (noise, or the machine slower for both):
+        # ask for a longer slowdown before the next one
+        kept_most = again and self.chosen == self.most
+        self.patience = min(2 * self.patience, self.MOST_PATIENCE) if kept_most else 1
+        self.slow_windows = 0
         self.reference = one if self.chosen == 1 else many
         self._set(self.chosen)
         self.log.append((self.epoch, self.chosen, 1e6 * many / self.batch, 1e6 * one / self.batch))

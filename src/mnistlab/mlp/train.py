@@ -31,7 +31,7 @@ from .optimizers import Optimizer, make_optimizer
 from .penalty import penalty_loss
 from .profile import PHASES, Phases
 from .schedules import learning_rate
-from .threads import ThreadChoice, blas_threads
+from .threads import ThreadChoice, product_threads
 
 __all__ = ["CHUNK", "EVAL_BLOCK", "PHASES", "Trainer", "describe_layout", "learning_rate", "train"]
 
@@ -182,15 +182,18 @@ class Trainer:
         # Overflow only happens on the way to a NaN/inf loss, which is caught and reported.
         with (
             np.errstate(over="ignore", invalid="ignore", divide="ignore"),
-            blas_threads(threads) as (used, libs),
+            product_threads(threads) as (used, libs, split),
         ):
             self.threads = used
             adapt = used and used > 1 and libs and self.adapt_threads
-            chooser = ThreadChoice(used, min(cfg.batch_size, fit.data.n), libs) if adapt else None
+            batch = min(cfg.batch_size, fit.data.n)
+            chooser = ThreadChoice(used, batch, libs, split=split) if adapt else None
             self.thread_choice = chooser
+            fit.backprop.products = split
             try:
                 return self._epochs(fit, test_set, val_set, callback, Phases(profile), chooser)
             finally:
+                fit.backprop.products = None
                 fit.write_model()
 
     def _evaluator(
