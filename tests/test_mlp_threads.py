@@ -4,6 +4,8 @@ one thread and all (mnistlab.mlp.threads)."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -29,81 +31,174 @@ def test_blas_thread_limit():
     assert trainer.threads == 1
 
 
-class _FakeBlas:
-    def __init__(self):
-        self.calls = []
+@pytest.fixture
+def split():
+    """A real RowSplit with one worker thread, BLAS on one thread (as during training)."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    from mnistlab.mlp.threads import RowSplit
 
-    def set_num_threads(self, n):
-        self.calls.append(n)
+    with threadpoolctl.threadpool_limits(1, user_api="blas"):
+        rows = RowSplit(2)
+        yield rows
+        rows.close()
 
 
-def test_thread_choice_probes_both_and_keeps_the_faster():
-    """ThreadChoice times batches with one BLAS thread and with all allowed, keeps the faster (one
-    only by a clear margin), gives a many-thread probe up as soon as it is clearly slower, probes
-    again when the many-thread batches drift 25% slower, and re-checks while on one thread after
-    3 epochs, then twice as long each time one thread wins again."""
+@pytest.mark.parametrize("transposed", [False, True])
+def test_row_split_is_bit_identical_to_one_thread(split, transposed):
+    """The first layer's products at batch 500 (forward: inputs @ weights; backward: inputs.T @
+    delta), cut by output rows across two threads, equal the whole product on one thread bit for
+    bit, and the tail's product runs meanwhile."""
+    rng = np.random.default_rng(3)
+    x = rng.integers(0, 256, (500, 483)).astype(np.float32)
+    other = rng.standard_normal((500 if transposed else 483, 70)).astype(np.float32)
+    a = x.T if transposed else x
+    whole = np.matmul(a, other)
+    out = np.full_like(whole, np.nan)
+    ran = []
+    for _ in range(3):  # the cuts are found on the first call and reused
+        split.matmul(a, other, out, meanwhile=lambda: ran.append(1))
+        np.testing.assert_array_equal(out, whole)
+    (cuts,) = split.cut_at.values()
+    assert len(cuts) == 1 and 96 <= cuts[0] <= a.shape[0] - 96 and len(ran) == 3
+    split.active = False  # one thread: the product whole
+    out.fill(np.nan)
+    split.matmul(a, other, out)
+    np.testing.assert_array_equal(out, whole)
+
+
+def test_row_split_is_bit_identical_with_avx2_kernels():
+    """The same on OpenBLAS's AVX2 (Haswell) kernels, which AVX2-only CPUs get: their row block is
+    24, and a cut off it changes the last bits (the AVX-512 kernels here would not catch that)."""
+    pytest.importorskip("threadpoolctl")
+    code = (
+        "import numpy as np, threadpoolctl\n"
+        "from mnistlab.mlp.threads import RowSplit\n"
+        "assert threadpoolctl.threadpool_info()[0]['architecture'] == 'Haswell'\n"
+        "threadpoolctl.threadpool_limits(1, user_api='blas')\n"
+        "rng = np.random.default_rng(4)\n"
+        "x = rng.integers(0, 256, (500, 483)).astype(np.float32)\n"
+        "split = RowSplit(2)\n"
+        "for a, b in ((x, rng.standard_normal((483, 70))), (x.T, rng.standard_normal((500, 70)))):\n"
+        "    b = b.astype(np.float32)\n"
+        "    out = split.matmul(a, b, np.empty((a.shape[0], 70), np.float32))\n"
+        "    assert np.array_equal(out, a @ b), 'split differs'\n"
+        "print(*[c for cuts in split.cut_at.values() for c in cuts])\n"
+    )
+    env = {**os.environ, "OPENBLAS_CORETYPE": "Haswell", "PYTHONPATH": os.pathsep.join(sys.path)}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    cuts = [int(c) for c in done.stdout.split()]
+    assert cuts and all(c % 24 == 0 for c in cuts)
+
+
+def test_row_split_hands_a_workers_error_to_the_caller(split):
+    a = np.ones((400, 30), np.float32)
+    with pytest.raises(ValueError):
+        split.matmul(a, np.ones((30, 5), np.float32), np.empty((400, 6), np.float32))
+    out = np.empty((400, 5), np.float32)
+    split.matmul(a, np.ones((30, 5), np.float32), out)  # the worker still serves
+    np.testing.assert_array_equal(out, 30)
+
+
+def _feed(choice, seconds_with, batches):
+    """Report ``batches`` batches, each taking ``seconds_with[threads it ran with]``."""
+    for _ in range(batches):
+        choice.batch_done(seconds_with[choice.threads])
+
+
+def test_thread_choice_probes_both_and_keeps_the_faster(split):
+    """ThreadChoice times one thread and the split on alternating batches, keeps the faster (one
+    only by a clear margin), gives a probe up as soon as the split is clearly slower, probes again
+    when the split's batches drift 25% slower, and re-checks while on one thread after 3 epochs,
+    then twice as long each time one thread wins again."""
     from mnistlab.mlp.threads import ThreadChoice
 
-    blas = _FakeBlas()
-    choice = ThreadChoice(2, batch=1000, libs=[blas])  # skip 3 batches, time 8, per setting
-    assert (choice.skip, choice.timed) == (3, 8)
-
-    def run(seconds_with, batches):
-        for _ in range(batches):
-            choice.batch_done(seconds_with[blas.calls[-1]])
-
+    choice = ThreadChoice(split, batch=1000)  # 8 timed batches per setting
+    assert choice.timed == 8
     choice.start_epoch(0)
-    assert blas.calls == [1]  # one thread first: the reference
-    run({2: 1.0, 1: 0.6}, 11)  # 3 skipped + 8 timed with one thread
-    assert blas.calls == [1, 2]
-    run({2: 1.0, 1: 0.6}, 5)  # 3 skipped + 2 timed with two: clearly slower, the probe ends there
-    assert blas.calls[-1] == 1 and choice.chosen == 1 and not choice.steps
+    seen = []
+    for _ in range(4):
+        seen.append(choice.threads)
+        choice.batch_done({2: 1.0, 1: 0.6}[choice.threads])
+    assert seen == [1, 2, 1, 2] and choice.probe is None  # two batches of each: clearly slower, stop
+    assert choice.chosen == 1 and not split.active
     assert choice.log == [(0, 1, 1000.0, 600.0)]
     for epoch in (1, 2):  # on one thread: no probe before 3 epochs, and a slower batch is no reason
         choice.start_epoch(epoch)
-        run({2: 1.0, 1: 2.0}, 8)
-    assert blas.calls[-1] == 1 and not choice.steps
+        _feed(choice, {2: 1.0, 1: 2.0}, 8)
+    assert choice.threads == 1 and choice.probe is None
     choice.start_epoch(3)  # the neighbours may have finished: probe again
-    assert choice.steps and blas.calls[-1] == 1
-    run({2: 0.5, 1: 0.6}, 22)
-    assert choice.chosen == 2 and choice.log[-1] == (3, 2, 500.0, 600.0)
-    run({2: 0.52, 1: 0.6}, 8)  # 4% slower: no drift
-    assert blas.calls[-1] == 2 and not choice.steps
-    run({2: 0.7, 1: 0.6}, 8)  # 40% slower than when chosen: probe
-    assert choice.steps and blas.calls[-1] == 1
-    run({2: 0.7, 1: 0.69}, 22)  # within 3%: the default stays
-    assert choice.chosen == 2
+    assert choice.probe is not None and choice.threads == 1
+    _feed(choice, {2: 0.5, 1: 0.6}, 16)
+    assert choice.chosen == 2 and split.active and choice.log[-1] == (3, 2, 500.0, 600.0)
+    _feed(choice, {2: 0.52, 1: 0.6}, 8)  # 4% slower: no drift
+    assert choice.probe is None
+    _feed(choice, {2: 0.7, 1: 0.6}, 8)  # 40% slower than when chosen: probe
+    assert choice.probe is not None and choice.threads == 1
+    _feed(choice, {2: 0.7, 1: 0.69}, 16)  # within 3%: the split stays
+    assert choice.chosen == 2 and split.active
 
 
-def test_thread_choice_backs_off_while_one_thread_keeps_winning():
+def test_thread_choice_asks_longer_slowdowns_after_false_alarms(split):
+    """While on the split, a probe that keeps it doubles the slow windows in a row needed before
+    the next probe (up to 8); a window at the chosen speed starts the count again."""
     from mnistlab.mlp.threads import ThreadChoice
 
-    blas = _FakeBlas()
-    choice = ThreadChoice(2, batch=1000, libs=[blas])
-    busy = {1: 0.6, 2: 10.0}  # a settling batch of two threads already far too slow: no timed ones
-    probes = []
-    for epoch in range(20):
-        choice.start_epoch(epoch)
-        if choice.steps:
-            probes.append(epoch)
-        for _ in range(14):
-            choice.batch_done(busy[blas.calls[-1]])
-    assert probes == [0, 3, 9]  # waits of 3, then 6, then 12 epochs
-    assert all(chosen == 1 for _, chosen, _, _ in choice.log)
-    assert blas.calls.count(2) == len(probes)  # each two-thread probe stopped after one settling batch
+    choice = ThreadChoice(split, batch=1000)
+    choice.start_epoch(0)
+    _feed(choice, {2: 0.5, 1: 0.6}, 16)
+    assert choice.chosen == 2 and len(choice.log) == 1
+    slow = {2: 0.7, 1: 0.7}  # the machine got slower for both: re-probing only costs time
+    windows_before_probe = []
+    for _ in range(5):
+        windows = 0
+        while choice.probe is None:
+            _feed(choice, {2: 0.9, 1: 0.7}, 8)  # over 25% slower than the last probe's split batches
+            windows += 1
+            if windows == 3 and len(windows_before_probe) == 3:
+                _feed(choice, {2: 0.5, 1: 0.7}, 8)  # one window back at speed: the count restarts
+        _feed(choice, slow, 16)
+        assert choice.chosen == 2
+        windows_before_probe.append(windows)
+    assert windows_before_probe == [1, 2, 4, 8 + 3, 8]
 
 
-def test_training_with_two_threads_records_its_choice_and_restores_the_limit():
+def _inked_images(n, seed=0):
+    """uint8 images like MNIST's: a blank border, a dense centre and rare ink around it, so the
+    trainer's layout has inactive, core and tail columns."""
+    rng = np.random.default_rng(seed)
+    images = np.zeros((n, 28, 28), np.uint8)
+    centre = rng.integers(0, 256, (n, 16, 16)) * (rng.random((n, 16, 16)) < 0.4)
+    images[:, 6:22, 6:22] = centre
+    rare = rng.random((n, 28, 28)) < 0.001
+    rare[:, 6:22] = False
+    rare[:, :3] = rare[:, 25:] = False
+    images[rare] = 200
+    return images, rng.integers(0, 10, n)
+
+
+def test_training_on_two_threads_gives_the_weights_of_one_thread():
+    """The same weights, bit for bit, on one thread, on the split's two (first-layer products cut
+    by rows) and with the timed choice switching between them; the limit is restored after."""
     threadpoolctl = pytest.importorskip("threadpoolctl")
+    from mnistlab.data import Preprocessor
+
     before = [i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"]
-    x, y = _toy(12000)  # 24 batches of 500 an epoch; a probe takes 2 x (6 + 16)
-    model = MLP(MLPConfig(input_size=12, hidden=(8,), n_classes=4, epochs=2, batch_size=500))
-    trainer = Trainer(model)
-    trainer.fit(x, y, threads=2)
-    assert trainer.threads == 2 and len(trainer.thread_choice.log) >= 1
-    assert trainer.thread_choice.log[0][1] in (1, 2)
+    images, labels = _inked_images(3000)
+    cfg = MLPConfig(hidden=(70, 30), epochs=2, batch_size=500, seed=2)
+    pre = Preprocessor.fit(cfg.preprocess, images)
+    weights = {}
+    for threads, adapt in ((1, False), (2, False), (2, True)):
+        trainer = Trainer(MLP(cfg, preprocess=pre), adapt_threads=adapt)
+        trainer.fit(images, labels, threads=threads)
+        assert trainer.threads == threads
+        weights[threads, adapt] = trainer.model.params
+        if adapt:
+            assert trainer.thread_choice.log and trainer.thread_choice.log[0][1] in (1, 2)
+            assert any(trainer.thread_choice.split.cut_at.values())  # the products were cut
+        else:
+            assert trainer.thread_choice is None
+    assert trainer.layout["tail"] > 0 and trainer.layout["blank"] > 0
+    np.testing.assert_array_equal(weights[2, False], weights[1, False])
+    np.testing.assert_array_equal(weights[2, True], weights[1, False])
     assert [i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"] == before
-    off = Trainer(MLP(model.config), adapt_threads=False)
-    off.fit(x, y, threads=2)
-    assert off.thread_choice is None
-    np.testing.assert_array_equal(off.model.params, model.params)  # the thread count never changes results

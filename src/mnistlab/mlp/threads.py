@@ -1,11 +1,16 @@
-"""How many BLAS threads the MLP's matrix products use.
+"""How many threads the MLP's matrix products use.
+
+With more than one, the trainer keeps BLAS on one thread and cuts the first layer's products by
+output rows across its own threads (``RowSplit``): the same arithmetic as one thread, bit for bit,
+where OpenBLAS's own threads change the last bits and lose their time in waking and synchronizing
+helpers for products this small (docs/performance.md, "BLAS threads").
 
 ``"auto"`` (the default) starts from every core this process may run on and lets the trainer
-decide by timing (``ThreadChoice``): a second BLAS thread helps on an idle machine, but when other
-processes keep the cores busy, every product waits for a helper thread the OS has not scheduled
-and one thread is much faster. Which case holds is measured on the training batches themselves,
-at the start and again when the chosen setting slows down, never guessed from the load average
-(which still counts the work of the last minute after it has finished).
+decide by timing (``ThreadChoice``): a second thread helps on an idle machine, but when other
+processes keep the cores busy, every product waits for a worker the OS has not scheduled and one
+thread is much faster. Which case holds is measured on the training batches themselves, at the
+start and again when the chosen setting slows down, never guessed from the load average (which
+still counts the work of the last minute after it has finished).
 """
 
 from __future__ import annotations
@@ -45,7 +50,7 @@ def resolve(threads: int | str | None) -> int | None:
 def blas_threads(threads: int | str | None) -> Iterator[tuple[int | None, list[Any]]]:
     """Limit NumPy's BLAS to ``threads`` threads inside the block (None: leave it alone). Yields
     the limit applied (None if none) and the BLAS libraries' threadpoolctl controllers, through
-    which the count can change within the block (see ThreadChoice)."""
+    which the count can change within the block (see product_threads)."""
     n = resolve(threads)
     if n is None:
         yield None, []
@@ -61,18 +66,18 @@ def blas_threads(threads: int | str | None) -> Iterator[tuple[int | None, list[A
 
 
 @contextlib.contextmanager
-def product_threads(threads: int | str | None) -> Iterator[tuple[int | None, list[Any], RowSplit | None]]:
+def product_threads(threads: int | str | None) -> Iterator[tuple[int | None, RowSplit | None]]:
     """``blas_threads``, plus a ``RowSplit`` over the threads allowed where there are several (None
     otherwise): BLAS itself is then kept on one thread and the split spreads the products."""
     with blas_threads(threads) as (used, libs):
         if not used or used < 2 or not libs:
-            yield used, libs, None
+            yield used, None
             return
         for lib in libs:
             lib.set_num_threads(1)
         split = RowSplit(used)
         try:
-            yield used, libs, split
+            yield used, split
         finally:
             split.close()
 
@@ -97,7 +102,7 @@ class RowSplit:
     def __init__(self, parts: int) -> None:
         self.parts = max(1, parts)
         self.active = self.parts > 1  # False: every product whole, in the calling thread
-        self._cuts: dict[tuple, tuple[int, ...]] = {}  # per product layout: the checked cuts (empty: whole)
+        self.cut_at: dict[tuple, tuple[int, ...]] = {}  # per product layout: the checked cuts (empty: whole)
         self._done: queue.SimpleQueue = queue.SimpleQueue()
         self._tasks: list[queue.SimpleQueue] = []
         self._workers: list[threading.Thread] = []
@@ -141,21 +146,22 @@ class RowSplit:
         bounds = (0, *cuts, a.shape[0])
         for tasks, lo, hi in zip(self._tasks, bounds[1:-1], bounds[2:]):
             tasks.put((a[lo:hi], b, out[lo:hi]))
-        np.matmul(a[: cuts[0]], b, out=out[: cuts[0]])
-        if meanwhile is not None:
-            meanwhile()
-        errors = [self._done.get() for _ in cuts]
-        for exc in errors:
-            if exc is not None:
-                raise exc
+        try:
+            np.matmul(a[: cuts[0]], b, out=out[: cuts[0]])
+            if meanwhile is not None:
+                meanwhile()
+        finally:  # every worker's answer is taken, so none is left for the next call
+            errors = [exc for exc in (self._done.get() for _ in cuts) if exc is not None]
+        if errors:
+            raise errors[0]
         return out
 
     def cuts(self, a: np.ndarray, b: np.ndarray) -> tuple[int, ...]:
         """Where ``a @ b`` is cut (empty: whole), found and checked once per layout."""
         key = (a.shape, a.strides, b.shape, b.strides, a.dtype.str)
-        if key not in self._cuts:
-            self._cuts[key] = self._find_cuts(a, b)
-        return self._cuts[key]
+        if key not in self.cut_at:
+            self.cut_at[key] = self._find_cuts(a, b)
+        return self.cut_at[key]
 
     def _find_cuts(self, a: np.ndarray, b: np.ndarray) -> tuple[int, ...]:
         rows = a.shape[0]
@@ -189,69 +195,68 @@ def _random_like(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 class ThreadChoice:
-    """Within a limit of ``most`` BLAS threads, time training batches with all of them and with
-    one, and keep the faster.
+    """Whether the first layer's products run on the split's ``most`` threads or on one, decided by
+    timing training batches.
 
-    A second thread helps only while the cores are free and close: when other processes keep a
-    core busy, or a small virtual machine's second vCPU sits across a slow cache link (every buffer
-    both threads touch then crosses it each batch), one thread is faster (docs/performance.md has
-    the figures). So the trainer probes both at the start (one thread first, as the reference), again
-    when the batches of ``most`` threads get ``SLOWER`` times slower than when chosen, and, while on
-    one thread, after ``every_one`` epochs, then twice as long each time one thread wins again (the
-    neighbours may have finished). A probe of ``most`` threads stops as soon as its batches are
-    clearly slower than one thread's (``GIVE_UP``): on a busy machine a many-thread batch can take
-    ten times longer, and a full probe would cost more than it could save. ``log`` keeps (epoch,
-    threads chosen, microseconds per image with ``most`` threads, with one).
+    A second thread helps only while a second core is free: when other processes keep the cores
+    busy, each product waits for a worker the OS has not scheduled, and one thread is faster. So a
+    probe times the two settings on alternating batches (one thread first), so that both meet the
+    same neighbours, ``TIMED_IMAGES`` worth of each, and keeps one thread only when its median batch
+    is clearly faster. A probe ends early once the split's batches are ``GIVE_UP`` times slower (on a
+    busy machine they can take ten times longer). Probes run at the start; while on the split, again
+    when ``patience`` windows in a row of its batches are ``SLOWER`` than when chosen (after a probe
+    that kept the split, a longer slowdown is asked for next time: noise, or a machine slower for
+    both, should not keep re-probing); while on one thread, after ``every_one`` epochs, then twice as
+    long each time one thread wins again (the neighbours may have finished). The choice never changes
+    the arithmetic (see RowSplit). ``log`` keeps (epoch, threads chosen, microseconds per image with
+    ``most`` threads, with one).
     """
 
-    SKIP_IMAGES = 3000  # after a switch: caches and the idle thread settle
     TIMED_IMAGES = 8000
     SLOWER = 1.25
-    GIVE_UP = 1.5  # a probe of many threads ends once its median batch is this much slower than one thread's
-    MOST_PATIENCE = 8  # slow windows in a row needed at most before a re-probe (see patience)
+    GIVE_UP = 1.5
+    CLEAR_WIN = 0.97  # one thread is kept only below this fraction of the split's batch time
+    MOST_PATIENCE = 8
 
-    def __init__(
-        self, most: int, batch: int, libs: list[Any], every_one: int = 3, split: RowSplit | None = None
-    ) -> None:
-        self.libs = libs  # threadpoolctl controllers of the BLAS libraries (see blas_threads)
-        self.split = split  # with a RowSplit, "threads" are its parts and BLAS keeps one thread
-        self.most, self.batch, self.every_one = most, batch, every_one
-        self.skip = max(1, -(-self.SKIP_IMAGES // batch))
+    def __init__(self, split: RowSplit, batch: int, every_one: int = 3) -> None:
+        self.split = split
+        self.most, self.batch, self.every_one = split.parts, batch, every_one
         self.timed = max(2, -(-self.TIMED_IMAGES // batch))
-        self.steps: list[list] = []  # probe steps to go: [threads, batches left to skip, timings]
-        self.results: dict[int, float] = {}
-        self.chosen = most
+        self.probe: dict[int, list[float]] | None = None  # batch times per setting while probing
+        self.chosen = self.most
         self.reference = 0.0  # median seconds per batch of the chosen setting when it was chosen
         self.window: list[float] = []
         self.epoch = 0
         self.last_probe: int | None = None
         self.wait = every_one  # epochs on one thread before the next probe
-        self.patience = 1  # slow windows in a row that start a probe while on ``most`` threads
+        self.patience = 1  # slow windows in a row that start a probe while on the split
         self.slow_windows = 0
         self.log: list[tuple[int, int, float, float]] = []
 
+    @property
+    def threads(self) -> int:
+        """The setting the next batch runs with."""
+        return self.most if self.split.active else 1
+
     def _set(self, n: int) -> None:
-        if self.split is not None:  # BLAS stays on one thread; the split spreads the products
-            self.split.active = n > 1
-            return
-        for lib in self.libs:
-            lib.set_num_threads(n)
+        self.split.active = n > 1
 
     def _probe(self) -> None:
         self.last_probe = self.epoch
-        self.steps = [[1, self.skip, []], [self.most, self.skip, []]]
+        self.probe = {1: [], self.most: []}
         self.window = []
         self._set(1)
 
     def start_epoch(self, epoch: int) -> None:
         self.epoch = epoch
-        if self.steps:
+        if self.probe is not None:
             return
         if self.last_probe is None or (self.chosen == 1 and epoch - self.last_probe >= self.wait):
             self._probe()
 
     def batch_done(self, seconds: float) -> None:
-        if not self.steps:
+        """Record the batch just run (with ``threads``) and set up the next one."""
+        if self.probe is None:
             if self.chosen == 1:  # slower on one thread means busier cores: more threads would not help
                 return
             self.window.append(seconds)
@@ -262,34 +267,20 @@ class ThreadChoice:
                 if self.slow_windows >= self.patience:
                     self._probe()
             return
-        step = self.steps[0]
-        one = self.results.get(1) if step[0] != 1 else None
-        if step[1]:
-            step[1] -= 1
-            if one is not None and seconds > 4 * self.GIVE_UP * one:  # even settling, far too slow
-                self._finish(many=seconds)
-            return
-        step[2].append(seconds)
-        if one is not None and len(step[2]) >= 2 and statistics.median_high(step[2]) > self.GIVE_UP * one:
-            self._finish(many=statistics.median_high(step[2]))
-            return
-        if len(step[2]) < self.timed:
-            return
-        self.results[step[0]] = statistics.median_high(step[2])
-        self.steps.pop(0)
-        if self.steps:
-            self._set(self.steps[0][0])
-            return
-        self._finish(many=self.results[self.most])
+        ran = self.threads
+        self.probe[ran].append(seconds)
+        one, many = self.probe[1], self.probe[self.most]
+        gave_up = len(many) >= 2 and statistics.median_high(many) > self.GIVE_UP * statistics.median_high(one)
+        if gave_up or (len(one) >= self.timed and len(many) >= self.timed):
+            self._finish(statistics.median_high(one), statistics.median_high(many))
+        else:
+            self._set(self.most if ran == 1 else 1)
 
-    def _finish(self, many: float) -> None:
-        one = self.results[1]
-        self.steps = []
-        self.chosen = 1 if one < 0.97 * many else self.most  # a clear win only: one thread is the exception
+    def _finish(self, one: float, many: float) -> None:
+        self.probe = None
+        self.chosen = 1 if one < self.CLEAR_WIN * many else self.most
         again = bool(self.log) and self.log[-1][1] == self.chosen
         self.wait = 2 * self.wait if again and self.chosen == 1 else self.every_one
-        # a probe that kept ``most`` was a false alarm (noise, or the machine slower for both):
-        # ask for a longer slowdown before the next one
         kept_most = again and self.chosen == self.most
         self.patience = min(2 * self.patience, self.MOST_PATIENCE) if kept_most else 1
         self.slow_windows = 0

@@ -182,12 +182,11 @@ class Trainer:
         # Overflow only happens on the way to a NaN/inf loss, which is caught and reported.
         with (
             np.errstate(over="ignore", invalid="ignore", divide="ignore"),
-            product_threads(threads) as (used, libs, split),
+            product_threads(threads) as (used, split),
         ):
             self.threads = used
-            adapt = used and used > 1 and libs and self.adapt_threads
-            batch = min(cfg.batch_size, fit.data.n)
-            chooser = ThreadChoice(used, batch, libs, split=split) if adapt else None
+            adapt = split is not None and self.adapt_threads
+            chooser = ThreadChoice(split, min(cfg.batch_size, fit.data.n)) if adapt else None
             self.thread_choice = chooser
             fit.backprop.products = split
             try:
