@@ -171,7 +171,7 @@ def run_train(args: argparse.Namespace) -> int:
         print(describe_layout(result.input_layout))
         for epoch, threads, many, one in result.thread_choices:
             print(
-                f"BLAS threads from epoch {epoch + 1}: {threads} ({many:.2f} us per image with all, "
+                f"threads from epoch {epoch + 1}: {threads} ({many:.2f} us per image with all, "
                 f"{one:.2f} with one)"
             )
     epochs = len(result.history)
