@@ -113,14 +113,14 @@ def test_thread_choice_probes_both_and_keeps_the_faster(split):
     then twice as long each time one thread wins again."""
     from mnistlab.mlp.threads import ThreadChoice
 
-    choice = ThreadChoice(split, batch=1000)  # 8 timed batches per setting
+    choice = ThreadChoice(split, batch=1000)  # 8 timed batches per setting, after an untimed one
     assert choice.timed == 8
     choice.start_epoch(0)
     seen = []
-    for _ in range(4):
+    for i in range(8):
         seen.append(choice.threads)
-        choice.batch_done({2: 1.0, 1: 0.6}[choice.threads])
-    assert seen == [1, 2, 1, 2] and choice.probe is None  # two batches of each: clearly slower, stop
+        choice.batch_done(5.0 if i < 2 else {2: 1.0, 1: 0.6}[choice.threads])  # the first two: setup
+    assert seen == [1, 2] * 4 and choice.probe is None  # three timed split batches clearly slower: stop
     assert choice.chosen == 1 and not split.active
     assert choice.log == [(0, 1, 1000.0, 600.0)]
     for epoch in (1, 2):  # on one thread: no probe before 3 epochs, and a slower batch is no reason
@@ -129,13 +129,13 @@ def test_thread_choice_probes_both_and_keeps_the_faster(split):
     assert choice.threads == 1 and choice.probe is None
     choice.start_epoch(3)  # the neighbours may have finished: probe again
     assert choice.probe is not None and choice.threads == 1
-    _feed(choice, {2: 0.5, 1: 0.6}, 16)
+    _feed(choice, {2: 0.5, 1: 0.6}, 18)
     assert choice.chosen == 2 and split.active and choice.log[-1] == (3, 2, 500.0, 600.0)
     _feed(choice, {2: 0.52, 1: 0.6}, 8)  # 4% slower: no drift
     assert choice.probe is None
     _feed(choice, {2: 0.7, 1: 0.6}, 8)  # 40% slower than when chosen: probe
     assert choice.probe is not None and choice.threads == 1
-    _feed(choice, {2: 0.7, 1: 0.69}, 16)  # within 3%: the split stays
+    _feed(choice, {2: 0.7, 1: 0.69}, 18)  # within 3%: the split stays
     assert choice.chosen == 2 and split.active
 
 
@@ -146,7 +146,7 @@ def test_thread_choice_asks_longer_slowdowns_after_false_alarms(split):
 
     choice = ThreadChoice(split, batch=1000)
     choice.start_epoch(0)
-    _feed(choice, {2: 0.5, 1: 0.6}, 16)
+    _feed(choice, {2: 0.5, 1: 0.6}, 18)
     assert choice.chosen == 2 and len(choice.log) == 1
     slow = {2: 0.7, 1: 0.7}  # the machine got slower for both: re-probing only costs time
     windows_before_probe = []
@@ -157,8 +157,8 @@ def test_thread_choice_asks_longer_slowdowns_after_false_alarms(split):
             windows += 1
             if windows == 3 and len(windows_before_probe) == 3:
                 _feed(choice, {2: 0.5, 1: 0.7}, 8)  # one window back at speed: the count restarts
-        _feed(choice, slow, 16)
-        assert choice.chosen == 2
+        _feed(choice, slow, 18)
+        assert choice.chosen == 2 and choice.probe is None
         windows_before_probe.append(windows)
     assert windows_before_probe == [1, 2, 4, 8 + 3, 8]
 
@@ -185,7 +185,7 @@ def test_training_on_two_threads_gives_the_weights_of_one_thread():
 
     before = [i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"]
     images, labels = _inked_images(3000)
-    cfg = MLPConfig(hidden=(70, 30), epochs=2, batch_size=500, seed=2)
+    cfg = MLPConfig(hidden=(70, 30), epochs=6, batch_size=500, seed=2)  # 36 batches: a whole probe
     pre = Preprocessor.fit(cfg.preprocess, images)
     weights = {}
     for threads, adapt in ((1, False), (2, False), (2, True)):

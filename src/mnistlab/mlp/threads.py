@@ -201,15 +201,16 @@ class ThreadChoice:
     A second thread helps only while a second core is free: when other processes keep the cores
     busy, each product waits for a worker the OS has not scheduled, and one thread is faster. So a
     probe times the two settings on alternating batches (one thread first), so that both meet the
-    same neighbours, ``TIMED_IMAGES`` worth of each, and keeps one thread only when its median batch
-    is clearly faster. A probe ends early once the split's batches are ``GIVE_UP`` times slower (on a
-    busy machine they can take ten times longer). Probes run at the start; while on the split, again
-    when ``patience`` windows in a row of its batches are ``SLOWER`` than when chosen (after a probe
-    that kept the split, a longer slowdown is asked for next time: noise, or a machine slower for
-    both, should not keep re-probing); while on one thread, after ``every_one`` epochs, then twice as
-    long each time one thread wins again (the neighbours may have finished). The choice never changes
-    the arithmetic (see RowSplit). ``log`` keeps (epoch, threads chosen, microseconds per image with
-    ``most`` threads, with one).
+    same neighbours: one untimed batch of each, then ``TIMED_IMAGES`` worth of each. It keeps one
+    thread only when its median batch is clearly faster, and ends early once the split's batches
+    (three at least) are ``GIVE_UP`` times slower (on a busy machine they can take ten times
+    longer). Probes run at the start; while on the split, again when ``patience`` windows in a row
+    of its batches are ``SLOWER`` than when chosen (after a probe that kept the split, a longer
+    slowdown is asked for next time: noise, or a machine slower for both, should not keep
+    re-probing); while on one thread, after ``every_one`` epochs, then twice as long each time one
+    thread wins again (the neighbours may have finished). The choice never changes the arithmetic
+    (see RowSplit). ``log`` keeps (epoch, threads chosen, microseconds per image with ``most``
+    threads, with one).
     """
 
     TIMED_IMAGES = 8000
@@ -223,6 +224,9 @@ class ThreadChoice:
         self.most, self.batch, self.every_one = split.parts, batch, every_one
         self.timed = max(2, -(-self.TIMED_IMAGES // batch))
         self.probe: dict[int, list[float]] | None = None  # batch times per setting while probing
+        # a probe's first batch of each setting is not timed: the split's first one also checks its
+        # cuts, and a switch leaves the caches to the other setting
+        self.untimed: dict[int, int] = {}
         self.chosen = self.most
         self.reference = 0.0  # median seconds per batch of the chosen setting when it was chosen
         self.window: list[float] = []
@@ -244,6 +248,7 @@ class ThreadChoice:
     def _probe(self) -> None:
         self.last_probe = self.epoch
         self.probe = {1: [], self.most: []}
+        self.untimed = {1: 1, self.most: 1}
         self.window = []
         self._set(1)
 
@@ -268,9 +273,15 @@ class ThreadChoice:
                     self._probe()
             return
         ran = self.threads
-        self.probe[ran].append(seconds)
+        if self.untimed[ran]:
+            self.untimed[ran] -= 1
+        else:
+            self.probe[ran].append(seconds)
         one, many = self.probe[1], self.probe[self.most]
-        gave_up = len(many) >= 2 and statistics.median_high(many) > self.GIVE_UP * statistics.median_high(one)
+        gave_up = (
+            len(many) >= 3 and len(one) >= 1
+            and statistics.median_high(many) > self.GIVE_UP * statistics.median_high(one)
+        )
         if gave_up or (len(one) >= self.timed and len(many) >= self.timed):
             self._finish(statistics.median_high(one), statistics.median_high(many))
         else:
