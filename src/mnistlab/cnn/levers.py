@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import platform
+import statistics
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -234,12 +236,17 @@ class SplitBatch:
     ``part`` returns (gradients, loss sum, correct count) for one part with its loss scaled by its
     share of the batch, so the summed gradients are the whole batch's. They are summed in part
     order, never in the order the threads finish, so a run is reproducible and resumable bit for bit.
+
+    Whether the parts run together or one after another on the calling thread changes nothing in
+    the arithmetic, so with threads enough ``PartsTogether`` decides it step by step from the
+    steps' own times: on idle cores together, while other processes hold a core one after another.
     """
 
     def __init__(self, parts: int, threads: int | None = None):
         self.parts = parts
         # with fewer threads than parts the parts run one after another: the same arithmetic
         self.concurrent = threads is None or threads >= parts
+        self.choice = PartsTogether() if self.concurrent else None  # None: always as ``concurrent`` says
         self._pool: Any = None  # created at the first step, shut down by close()
 
     def run(
@@ -250,7 +257,9 @@ class SplitBatch:
     ) -> tuple[list[torch.Tensor], list[tuple[torch.Tensor, torch.Tensor]]]:
         """The whole batch's gradients, and each part's (loss sum, correct count) in part order."""
         xs, ys = x.tensor_split(self.parts), y.tensor_split(self.parts)
-        if self.concurrent:
+        together = self.concurrent if self.choice is None else self.choice.together()
+        start = time.perf_counter()
+        if together:
             if self._pool is None:
                 from concurrent.futures import ThreadPoolExecutor
 
@@ -259,6 +268,8 @@ class SplitBatch:
             results = [part(xs[0], ys[0], len(y))] + [f.result() for f in others]
         else:
             results = [part(xp, yp, len(y)) for xp, yp in zip(xs, ys)]
+        if self.choice is not None:
+            self.choice.record(time.perf_counter() - start)
         with torch.no_grad():
             grads = results[0][0]
             for more, _, _ in results[1:]:
@@ -270,6 +281,63 @@ class SplitBatch:
         if self._pool is not None:
             self._pool.shutdown()
             self._pool = None
+
+
+class PartsTogether:
+    """Whether a split batch's parts run together on their threads or one after another, decided by
+    the wall time of the steps themselves. A part's thread needs a core of its own: on a machine
+    where another process holds one, the scheduler puts both parts on the other core, and together
+    they take longer than one after another (docs/performance.md). The parts start together; every
+    ``interval`` steps a short trial of the other way is compared with the recent steps (medians),
+    and the faster way is kept. A trial that loses by far doubles the interval (up to
+    ``LONGEST``), so on idle cores the trials cost little; a switch shortens it again."""
+
+    FIRST = 256  # steps before the first trial
+    SHORTEST, LONGEST = 64, 1024
+    TRIAL = 4  # steps of a trial
+    RECENT = 16  # steps of the current way a trial is compared with
+    SWITCH = 0.95  # the other way must take at most this share of the current way's time
+    FAR = 1.3  # a trial slower by this factor is lost by far
+
+    def __init__(self) -> None:
+        self.current = True  # parts together
+        self.recent: list[float] = []
+        self.trial: list[float] = []
+        self.trying = False
+        self.interval = self.FIRST
+        self.until_trial = self.FIRST
+        self.steps = {True: 0, False: 0}  # steps run each way (together, one after another)
+        self.switches = 0
+
+    def together(self) -> bool:
+        """How the next step runs."""
+        return self.current != self.trying
+
+    def record(self, seconds: float) -> None:
+        """The wall time of the step just run the way ``together()`` said."""
+        self.steps[self.together()] += 1
+        if self.trying:
+            self.trial.append(seconds)
+            if len(self.trial) >= self.TRIAL:
+                self._decide()
+            return
+        self.recent = (self.recent + [seconds])[-self.RECENT:]
+        self.until_trial -= 1
+        if self.until_trial <= 0 and len(self.recent) >= self.TRIAL:
+            self.trying, self.trial = True, []
+
+    def _decide(self) -> None:
+        other, current = statistics.median(self.trial), statistics.median(self.recent)
+        if other <= self.SWITCH * current:
+            self.current, self.recent = not self.current, list(self.trial)
+            self.interval = self.SHORTEST
+            self.switches += 1
+        elif other >= self.FAR * current:
+            self.interval = min(2 * self.interval, self.LONGEST)
+        else:
+            self.interval = self.SHORTEST
+        self.trying, self.trial = False, []
+        self.until_trial = self.interval
 
 
 class CudaGraphStep:
