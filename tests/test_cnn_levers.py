@@ -1,6 +1,7 @@
 """The trainer's process-wide settings happen only while run() runs, and are undone after it."""
 
 import platform
+import threading
 
 import pytest
 
@@ -89,3 +90,26 @@ def test_a_noisy_trial_of_similar_times_does_not_switch():
     choice = PartsTogether()
     _drive(choice, 0.0100, 0.0098, 2000)  # within 5%: not worth a switch
     assert choice.switches == 0 and choice.current is True
+
+
+def test_parts_started_one_after_another_go_together_once_the_cores_are_free():
+    """Under --threads auto a run starts the way the CPU probe chose: one after another while
+    other processes held the cores; the steps' own times bring the parts together later."""
+    from mnistlab.cnn.levers import PartsTogether, SplitBatch
+
+    split = SplitBatch(2, threads=2, together=False)
+    x, y = torch.zeros(4, 3), torch.arange(4)
+    seen = []
+
+    def part(xp, yp, batch):
+        seen.append(threading.current_thread() is threading.main_thread())
+        return [xp.sum(0)], xp.sum(), yp.sum()
+
+    grads, _ = split.run(part, x, y)
+    assert seen == [True, True] and split._pool is None  # both parts on the calling thread
+    assert torch.equal(grads[0], x.sum(0))
+    choice = split.choice
+    ways = _drive(choice, 0.0065, 0.0115, PartsTogether.FIRST + PartsTogether.TRIAL)
+    assert ways[-PartsTogether.TRIAL:] == [True] * PartsTogether.TRIAL
+    assert choice.current is True and choice.switches == 1
+    split.close()

@@ -242,11 +242,13 @@ class SplitBatch:
     steps' own times: on idle cores together, while other processes hold a core one after another.
     """
 
-    def __init__(self, parts: int, threads: int | None = None):
+    def __init__(self, parts: int, threads: int | None = None, *, together: bool = True):
+        """``threads``: the threads the parts may use; ``together``: how the first steps run."""
         self.parts = parts
         # with fewer threads than parts the parts run one after another: the same arithmetic
         self.concurrent = threads is None or threads >= parts
-        self.choice = PartsTogether() if self.concurrent else None  # None: always as ``concurrent`` says
+        # None: always as ``concurrent`` says
+        self.choice = PartsTogether(together) if self.concurrent else None
         self._pool: Any = None  # created at the first step, shut down by close()
 
     def run(
@@ -287,7 +289,8 @@ class PartsTogether:
     """Whether a split batch's parts run together on their threads or one after another, decided by
     the wall time of the steps themselves. A part's thread needs a core of its own: on a machine
     where another process holds one, the scheduler puts both parts on the other core, and together
-    they take longer than one after another (docs/performance.md). The parts start together; every
+    they take longer than one after another (docs/performance.md). The steps start the way the
+    caller says (the CPU probe's choice under ``--threads auto``, else together); every
     ``interval`` steps a short trial of the other way is compared with the recent steps (medians),
     and the faster way is kept. A trial that loses by far doubles the interval (up to
     ``LONGEST``), so on idle cores the trials cost little; a switch shortens it again."""
@@ -299,8 +302,8 @@ class PartsTogether:
     SWITCH = 0.95  # the other way must take at most this share of the current way's time
     FAR = 1.3  # a trial slower by this factor is lost by far
 
-    def __init__(self) -> None:
-        self.current = True  # parts together
+    def __init__(self, together: bool = True) -> None:
+        self.current = together  # the way the steps run between trials: the parts together or not
         self.recent: list[float] = []
         self.trial: list[float] = []
         self.trying = False

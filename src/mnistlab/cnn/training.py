@@ -163,7 +163,12 @@ class Trainer:
         )
         self.train_module: Any = torch.compile(module) if self.levers.compile else module
         parts = self.levers.data_parallel
-        self.split = SplitBatch(parts, self.levers.threads) if parts > 1 else None
+        self.split = None
+        if parts > 1:
+            # under --threads auto the probe's choice (parts on all cores or one after another) is
+            # where the steps start: the cores stay theirs, and the steps' own times may change it
+            cores = self.levers.threads if config.threads else max(self.levers.threads, auto_threads())
+            self.split = SplitBatch(parts, cores, together=self.levers.threads >= parts)
         self.graph = CudaGraphStep(dev) if self.levers.cuda_graphs else None
 
         self.history: list[dict[str, Any]] = []
