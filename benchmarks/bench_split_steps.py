@@ -14,6 +14,11 @@ the run, the CPU time other processes took (``/proc/stat``), the load this measu
 
     python benchmarks/bench_split_steps.py --steps 300
     python benchmarks/bench_split_steps.py --ways together,whole --steps 600
+    python benchmarks/bench_split_steps.py --steps 30 --choice-blocks 20   # also: PartsTogether's blocks
+
+``--choice-blocks N`` then runs N blocks of ``--block-steps`` steps, alternating between the parts
+always together and ``levers.PartsTogether`` choosing (its first trial brought forward), and
+prints the mean step of each block and the ratio of neighbouring blocks.
 """
 
 from __future__ import annotations
@@ -61,6 +66,8 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=300, help="measured steps (after 10 warm-up steps)")
     parser.add_argument("--ways", default=",".join(WAYS), help=f"taken in turn, from: {', '.join(WAYS)}")
     parser.add_argument("--train-size", type=int, default=20000)
+    parser.add_argument("--choice-blocks", type=int, default=0, help="blocks against PartsTogether")
+    parser.add_argument("--block-steps", type=int, default=60)
     args = parser.parse_args()
     ways = args.ways.split(",")
     if not set(ways) <= set(WAYS):
@@ -70,7 +77,7 @@ def main() -> int:
     import torch
 
     from mnistlab.cnn import Trainer, resolve_config
-    from mnistlab.cnn.levers import process_settings
+    from mnistlab.cnn.levers import SplitBatch, process_settings
     from mnistlab.data import load_dataset
 
     dataset = load_dataset("mnist").subset(args.train_size, 1000)
@@ -109,7 +116,21 @@ def main() -> int:
                 rows.append({"way": way, "wall": 1e3 * (time.perf_counter() - t0),
                              "cpu": 1e3 * (time.process_time() - c0), "parts": parts[first:]})
         others = (busy_seconds() - busy0 - (time.process_time() - mine0)) / (time.perf_counter() - wall0)
+        split.concurrent, trainer.split = True, split
+        chosen = SplitBatch(split.parts, 2)
+        chosen.choice.until_trial = 8  # its first trial early, as a run reaches it after a few hundred steps
+        blocks: dict[str, list[float]] = {"always together": [], "PartsTogether": []}
+        for block in range(args.choice_blocks):
+            for name in sorted(blocks, reverse=block % 2 == 1):
+                trainer.split = split if name == "always together" else chosen
+                t0 = time.perf_counter()
+                for step in range(args.block_steps):
+                    start = ((block * args.block_steps + step) * 64) % (trainer.n_train - 64)
+                    trainer._train_step(order[start : start + 64], trainer._acc)
+                    float(trainer._acc[0])
+                blocks[name].append(1e3 * (time.perf_counter() - t0) / args.block_steps)
     split.close()
+    chosen.close()
 
     print(f"seed recipe, batch 64 (parts of 32), levers: amp {trainer.levers.amp_dtype}, channels-last "
           f"{trainer.levers.channels_last}; {args.steps} steps taken in turn {ways}; other processes took "
@@ -128,6 +149,17 @@ def main() -> int:
         if way == "together":
             shared = sum(1 for r in mine if len({e["core"] for _, _, e in r["parts"]}) == 1)
             print(f"    both parts ended on one core in {shared} of {len(mine)} steps")
+    if args.choice_blocks:
+        print(f"{args.choice_blocks} blocks of {args.block_steps} steps each way, in turn (ms per step):")
+        for name, means in blocks.items():
+            listed = " ".join(f"{m:.1f}" for m in means)
+            print(f"{name:16s} median {statistics.median(means):6.2f}  {listed}")
+        ratios = [b / a for a, b in zip(blocks["always together"], blocks["PartsTogether"])]
+        choice = chosen.choice
+        print(f"PartsTogether / always together, per pair of blocks: median {statistics.median(ratios):.2f} "
+              f"[{min(ratios):.2f}-{max(ratios):.2f}]; its steps together {choice.steps[True]}, one after "
+              f"another {choice.steps[False]}, switches {choice.switches} "
+              f"(load average {os.getloadavg()[0]:.1f})")
     return 0
 
 
