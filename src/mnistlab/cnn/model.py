@@ -32,6 +32,15 @@ def channels_last_strides(x: torch.Tensor) -> torch.Tensor:
     return x.contiguous().as_strided((n, c, h, w), (h * w, 1, w, 1))
 
 
+def _crop(x: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+    """The top-left rows x cols of each map, in ``x``'s layout (stride 1 between channels:
+    channels-last, also for one channel), as a dense tensor for oneDNN."""
+    part = x[:, :, :rows, :cols]
+    if x.stride(1) == 1:
+        return channels_last_strides(part)
+    return part.contiguous()
+
+
 class Net(nn.Module):
     """A fold over named blocks; each block is one spec layer plus its batch norm, activation, dropout.
 
@@ -70,9 +79,36 @@ class Net(nn.Module):
             for name, following in self.pool_first.items()
         }
         self.fuse_pooling = True
+        # block -> (rows, cols) of its input that the logits depend on; the rest is cut off first
+        self.crops = self._crops(blocks)
+        self.crop = True  # off: every block computes all of its output (export, comparisons)
         # blocks whose convolution runs as Winograd F(m x m, 3 x 3): name -> m (a CPU lever that
         # cpu_probe times; empty: every convolution runs as torch's Conv2d)
         self.winograd: dict[str, int] = {}
+
+    def _crops(self, blocks: dict[str, nn.Sequential]) -> dict[str, tuple[int, int]]:
+        """Where a floor-mode pooling or a valid convolution leaves the bottom rows or right
+        columns of its input unread (the seed's pool1 drops conv2's 11th output row and column, and
+        with it conv1's 25th and 26th), the blocks before it need not compute them: the blocks
+        whose input to cut, walking back from the output. A block with batch norm or dropout
+        computes all of its output (statistics and random draws would change): it is cut after."""
+        infos = {info.name: info for info in self.infos}
+        plan: dict[str, tuple[int, int]] = {}
+        need, later = None, None
+        for name in reversed(self.names):
+            info = infos[name]
+            extent = None
+            if len(info.output_shape) == 3 and all(key in ("pad", "conv", "act", "pool")
+                                                   for key in blocks[name]._modules):
+                rows, cols = need or info.output_shape[1:]
+                extent = info.kind.input_extent(info.layer, info, rows, cols)
+            if extent is None and need is not None:
+                plan[later] = need  # this block reads all its input: cut its output instead
+            need = extent if extent is not None and extent != tuple(info.input_shape[1:]) else None
+            later = name
+        if need is not None:
+            plan[later] = need
+        return plan
 
     def winograd_plan(self) -> dict[str, int]:
         """The blocks winograd.conv2d can run (a 3x3 conv and its activation, nothing else), each
@@ -93,9 +129,12 @@ class Net(nn.Module):
             x = x.unsqueeze(1)  # (N, 28, 28) -> (N, 1, 28, 28)
         modules = self._modules
         skip = None
+        crops = self.crops if self.crop and until is None and not self._hooked() else {}
         for name in self.names:
             if name == skip:
                 continue
+            if name in crops:
+                x = _crop(x, *crops[name])
             block = modules[name]
             following = self.pool_first.get(name) if self.fuse_pooling and name != until else None
             tile = self.winograd.get(name) if not block._forward_hooks else None
@@ -110,6 +149,8 @@ class Net(nn.Module):
                     else:
                         for module in before:
                             x = module(x)
+                    if following in crops:
+                        x = _crop(x, *crops[following])
                     for module in pooling:
                         x = module(x)
                     x = act(x)
@@ -123,6 +164,10 @@ class Net(nn.Module):
             if name == until:
                 return x
         return x  # (N, classes) logits
+
+    def _hooked(self) -> bool:
+        """Whether any block has a forward hook (inspection), which must see whole maps."""
+        return any(self._modules[name]._forward_hooks for name in self.names)
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         return ACTIVATIONS[self.spec.output_activation].module()(logits)
