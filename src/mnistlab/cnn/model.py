@@ -14,7 +14,7 @@ from torch import nn
 from ..data.preprocess import Preprocessor
 from ..errors import ConfigError, RunError
 from ..model_api import InspectableModel
-from . import winograd
+from . import pooled_conv, winograd
 from .activations import ACTIVATIONS
 from .spec import LayerInfo, Spec, infer_shapes, parse_spec, summary_table
 
@@ -85,6 +85,9 @@ class Net(nn.Module):
         # blocks whose convolution runs as Winograd F(m x m, 3 x 3): name -> m (a CPU lever that
         # cpu_probe times; empty: every convolution runs as torch's Conv2d)
         self.winograd: dict[str, int] = {}
+        # blocks whose conv, pooling and ReLU run as one C kernel (pooled_conv: a CPU lever, timed
+        # by cpu_probe like Winograd)
+        self.pooled_conv: set[str] = set()
 
     def _crops(self, blocks: dict[str, nn.Sequential]) -> dict[str, tuple[int, int]]:
         """Where a floor-mode pooling or a valid convolution leaves the bottom rows or right
@@ -123,6 +126,14 @@ class Net(nn.Module):
             plan[info.name] = winograd.tile_for(*info.output_shape[1:], pooled)
         return plan
 
+    def pooled_conv_plan(self) -> list[str]:
+        """The blocks pooled_conv can run (a one-channel conv, its ReLU and the max pooling run
+        before it), where the kernel can be built on this machine."""
+        plan = [name for name, (before, pooling, act) in self._fused.items()
+                if list(self._modules[name]._modules) == ["conv", "act"]
+                and pooled_conv.eligible(before[0], pooling[0], act)]
+        return plan if plan and pooled_conv.library() is not None else []
+
     def forward(self, x: torch.Tensor, until: str | None = None) -> torch.Tensor:
         """Logits; with ``until``, the output of that block, and no block after it runs."""
         if x.dim() == 3:
@@ -141,7 +152,9 @@ class Net(nn.Module):
             # hooks (inspection) must see each block's own output, so hooked blocks run as written
             if following is not None and not (block._forward_hooks or modules[following]._forward_hooks):
                 before, pooling, act = self._fused[name]
-                if tile == 2 and winograd.poolable(pooling[0]):
+                if name in self.pooled_conv and pooled_conv.usable(x):
+                    x = pooled_conv.conv_pool_relu(x, before[0])
+                elif tile == 2 and winograd.poolable(pooling[0]):
                     x = act(winograd.conv2d(x, before[0], tile, pool=True))
                 else:
                     if tile:
