@@ -8,74 +8,28 @@ the weight gradient. The kernel keeps each pooling window's four sums in registe
 the pooled output and which position won, and forms the weight gradient from the pooled gradient
 (docs/performance.md, "AVX2 class").
 
-It is compiled on first use with the system's C compiler (``$CC``, else ``cc``) for the vector
-ISA torch itself runs at (``ATEN_CPU_CAPABILITY`` holds it), and cached under
-``$MNISTLAB_HOME/kernels``; without a compiler it is simply not offered. Like Winograd, it is a
-candidate that ``cpu_probe`` times on the run's network and that ``Net.pooled_conv`` switches on.
-The input gets no gradient (the image's), so blocks whose input needs one run as written.
+Compiled on first use (native.py); like Winograd, it is a candidate that ``cpu_probe`` times on
+the run's network and that ``Net.pooled_conv`` switches on. The input gets no gradient (the
+image's), so blocks whose input needs one run as written.
 """
 
 from __future__ import annotations
 
 import ctypes
-import functools
-import hashlib
-import os
-import shutil
-import subprocess
-import tempfile
-from pathlib import Path
 
 import torch
 from torch import nn
 
-SOURCE = Path(__file__).with_name("pooled_conv.c")
-LANES, MAX_TAPS = 8, 49  # channels per vector block, and taps per kernel (pooled_conv.c)
-_FLAGS = {"AVX2": ["-mavx2", "-mfma"], "AVX512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx2", "-mfma"]}
+from . import native
+
+MAX_TAPS = 49  # taps per kernel (pooled_conv.c)
 
 
-def _compiler() -> str | None:
-    return shutil.which(os.environ.get("CC") or "cc")
-
-
-@functools.cache
 def library() -> ctypes.CDLL | None:
-    """The compiled kernel for the ISA torch runs at (compiled and cached on first use), or None
-    when it cannot be built here."""
-    compiler = _compiler()
-    if compiler is None or not SOURCE.exists():
-        return None
-    isa = _FLAGS.get(torch.backends.cpu.get_cpu_capability(), [])
-    flags = ["-O3", "-fPIC", "-shared", "-fno-fast-math", *isa]
-    try:
-        version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
-    except (OSError, subprocess.SubprocessError):
-        return None
-    digest = hashlib.sha256("\0".join([SOURCE.read_text(), version, *flags]).encode()).hexdigest()[:16]
-    from ..data.sources import home_dir
-
-    target = home_dir() / "kernels" / f"pooled_conv-{digest}.so"
-    if not target.exists():
-        try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".pooled_conv.", suffix=".so", dir=target.parent)
-            os.close(fd)
-            command = [compiler, *flags, str(SOURCE), "-o", tmp]
-            done = subprocess.run(command, capture_output=True, timeout=120)
-            if done.returncode != 0:
-                Path(tmp).unlink(missing_ok=True)
-                return None
-            os.replace(tmp, target)  # another process building the same file: either copy will do
-        except (OSError, subprocess.SubprocessError):
-            return None
-    try:
-        lib = ctypes.CDLL(str(target))
-    except OSError:
-        return None
-    pointer, size = ctypes.c_void_p, ctypes.c_int64
-    lib.pooled_conv_forward.argtypes = [pointer] * 5 + [size] * 7
-    lib.pooled_conv_backward.argtypes = [pointer] * 6 + [size] * 7
-    lib.pooled_conv_forward.restype = lib.pooled_conv_backward.restype = None
+    lib = native.library("pooled_conv")
+    if lib is not None:
+        native.declare(lib, "pooled_conv_forward", 5, 7)
+        native.declare(lib, "pooled_conv_backward", 6, 7)
     return lib
 
 
@@ -124,7 +78,7 @@ def eligible(conv: nn.Module, pooling: nn.Module, act: nn.Module) -> bool:
     return (
         isinstance(conv, nn.Conv2d)
         and conv.in_channels == 1
-        and conv.out_channels % LANES == 0
+        and conv.out_channels % native.LANES == 0
         and conv.kernel_size[0] == conv.kernel_size[1]
         and conv.kernel_size[0] ** 2 <= MAX_TAPS
         and conv.stride == (1, 1)
