@@ -22,7 +22,7 @@ import torch
 
 from ..errors import ConfigError
 from ..mlp.threads import auto_threads as all_cores
-from . import cpu_probe
+from . import cpu_probe, native
 from .config import DEVICES, TrainConfig
 from .spec import Spec
 
@@ -192,6 +192,8 @@ def _arithmetic(config: TrainConfig, spec: Spec, net: Any, dtype: torch.dtype | 
            "autocast": str(dtype), "layouts": layouts, "winograd": sorted(plan.items())}
     if pooled:
         key["pooled_conv"] = pooled
+    if plan or pooled:  # a choice measured with other kernels (or none) is measured again
+        key["kernels"] = native.built()
     stored = _stored_choice(cpu_probe.recorded_choice(key), layouts, plan, pooled)
     if stored is not None:
         where = f"arithmetic as recorded on this machine ({cpu_probe.record_path()})"

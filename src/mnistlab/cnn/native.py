@@ -67,3 +67,17 @@ def declare(lib: ctypes.CDLL, function: str, pointers: int, sizes: int) -> None:
     fn = getattr(lib, function)
     fn.argtypes = [ctypes.c_void_p] * pointers + [ctypes.c_int64] * sizes
     fn.restype = None
+
+
+KERNELS = ("pooled_conv", "winograd")
+
+
+def built() -> list[str]:
+    """The kernels built here, each as its file's name (the source, compiler and flags hashed):
+    what a recorded choice of levers was measured with."""
+    names = []
+    for name in KERNELS:
+        lib = library(name)
+        if lib is not None:
+            names.append(Path(lib._name).stem)
+    return names
