@@ -79,3 +79,20 @@ def test_network_with_the_kernel_matches_the_plain_network():
     x.requires_grad_(True)  # an input that wants its gradient (inspection) runs as written
     (grad,) = torch.autograd.grad(net(x).sum(), [x])
     assert grad.abs().sum() > 0
+
+
+def test_without_a_compiler_the_kernel_levers_are_not_offered(monkeypatch):
+    from mnistlab.cnn import native, winograd
+
+    monkeypatch.setenv("CC", "/nonexistent/cc")
+    native.library.cache_clear()
+    try:
+        assert native.library() is None and native.built() == ""
+        assert build_net("seed").pooled_conv_plan() == []
+        conv = nn.Conv2d(8, 8, 3)
+        assert not winograd._native(torch.zeros(1, 8, 6, 6), conv, 2, True)
+        torch.testing.assert_close(winograd.conv2d(torch.ones(1, 8, 6, 6), conv, 2),
+                                   conv(torch.ones(1, 8, 6, 6)), rtol=1e-5, atol=1e-5)  # torch's transforms
+    finally:
+        monkeypatch.undo()
+        native.library.cache_clear()

@@ -123,7 +123,7 @@ def test_only_plain_3x3_convolutions_are_planned():
 @pytest.mark.parametrize(("m", "size", "pool"), [(2, 12, True), (2, 13, True), (2, 9, False), (3, 5, False),
                                                   (3, 10, False), (4, 11, False)])
 def test_c_transforms_match_conv2d_in_float32(m, size, pool):
-    """float32 with channel counts in blocks of 8 takes the C transforms (winograd.c): values and
+    """float32 with channel counts in blocks of 8 takes the C transforms (kernels.c): values and
     gradients against torch's convolution (and max pooling), to float32 rounding."""
     torch.manual_seed(size)
     conv = nn.Conv2d(8, 16, 3).to(memory_format=torch.channels_last)

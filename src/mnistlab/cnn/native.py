@@ -1,6 +1,7 @@
-"""Small C kernels of the CNN's CPU levers (``pooled_conv.c``, ``winograd.c`` next to this file),
-compiled on first use with the system's C compiler (``$CC``, else ``cc``) for the vector ISA torch
-itself runs at (``ATEN_CPU_CAPABILITY`` holds it), and cached under ``$MNISTLAB_HOME/kernels``.
+"""Small C kernels of the CNN's CPU levers (``kernels.c`` next to this file: the one-pass first
+block of pooled_conv.py, the Winograd transforms of winograd.py), compiled on first use with the
+system's C compiler (``$CC``, else ``cc``) for the vector ISA torch itself runs at
+(``ATEN_CPU_CAPABILITY`` holds it), and cached under ``$MNISTLAB_HOME/kernels``.
 
 Where they pay is measured (cpu_probe), never assumed; without a compiler ``library`` returns None
 and the levers that need a kernel are simply not offered. Kernels run on one thread, in a fixed
@@ -25,11 +26,19 @@ LANES = 8  # channels per vector block in the kernels: channel counts must be mu
 _FLAGS = {"AVX2": ["-mavx2", "-mfma"], "AVX512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx2", "-mfma"]}
 
 
+SOURCE = Path(__file__).with_name("kernels.c")
+_DECLARED = {  # function: (data pointers, int64 sizes)
+    "pooled_conv_forward": (5, 7), "pooled_conv_backward": (6, 7),
+    "winograd_input": (3, 7), "winograd_input_backward": (3, 7),
+    "winograd_output": (5, 8), "winograd_output_backward": (4, 8),
+}
+
+
 @functools.cache
-def library(name: str) -> ctypes.CDLL | None:
-    """The kernel ``name``.c compiled for the ISA torch runs at (built and cached on first use),
-    or None when it cannot be built here."""
-    source = Path(__file__).with_name(f"{name}.c")
+def library() -> ctypes.CDLL | None:
+    """The kernels compiled for the ISA torch runs at (built and cached on first use), or None
+    when they cannot be built here."""
+    name, source = "kernels", SOURCE
     compiler = shutil.which(os.environ.get("CC") or "cc")
     if compiler is None or not source.exists():
         return None
@@ -57,27 +66,18 @@ def library(name: str) -> ctypes.CDLL | None:
         except (OSError, subprocess.SubprocessError):
             return None
     try:
-        return ctypes.CDLL(str(target))
+        lib = ctypes.CDLL(str(target))
     except OSError:
         return None
+    for function, (pointers, sizes) in _DECLARED.items():
+        kernel = getattr(lib, function)
+        kernel.argtypes = [ctypes.c_void_p] * pointers + [ctypes.c_int64] * sizes
+        kernel.restype = None
+    return lib
 
 
-def declare(lib: ctypes.CDLL, function: str, pointers: int, sizes: int) -> None:
-    """Argument types of a kernel: ``pointers`` data pointers, then ``sizes`` int64 sizes."""
-    fn = getattr(lib, function)
-    fn.argtypes = [ctypes.c_void_p] * pointers + [ctypes.c_int64] * sizes
-    fn.restype = None
-
-
-KERNELS = ("pooled_conv", "winograd")
-
-
-def built() -> list[str]:
-    """The kernels built here, each as its file's name (the source, compiler and flags hashed):
-    what a recorded choice of levers was measured with."""
-    names = []
-    for name in KERNELS:
-        lib = library(name)
-        if lib is not None:
-            names.append(Path(lib._name).stem)
-    return names
+def built() -> str:
+    """The kernels' file name here (the source, compiler and flags hashed), or "" where none can
+    be built: what a recorded choice of levers was measured with."""
+    lib = library()
+    return Path(lib._name).stem if lib is not None else ""

@@ -1,5 +1,5 @@
 """The first block of an MNIST CNN (a convolution of the one-channel image, a 2x2 max pooling and
-a ReLU) in one pass of a small C kernel, ``pooled_conv.c``.
+a ReLU) in one pass of a small C kernel (``pooled_conv_*`` in ``kernels.c``).
 
 A lever for float32 training on the CPU. With one input channel, oneDNN's convolution does next to
 no arithmetic per byte: conv1 writes a 24x24x32 map per image that the pooling reads back, and the
@@ -22,15 +22,11 @@ from torch import nn
 
 from . import native
 
-MAX_TAPS = 49  # taps per kernel (pooled_conv.c)
+MAX_TAPS = 49  # taps per kernel (kernels.c)
 
 
 def library() -> ctypes.CDLL | None:
-    lib = native.library("pooled_conv")
-    if lib is not None:
-        native.declare(lib, "pooled_conv_forward", 5, 7)
-        native.declare(lib, "pooled_conv_backward", 6, 7)
-    return lib
+    return native.library()
 
 
 class _PooledConv(torch.autograd.Function):

@@ -122,24 +122,18 @@ class _WindowMax(torch.autograd.Function):
 
 
 def _library() -> ctypes.CDLL | None:
-    lib = native.library("winograd")
-    if lib is not None:
-        native.declare(lib, "winograd_input", 3, 7)
-        native.declare(lib, "winograd_input_backward", 3, 7)
-        native.declare(lib, "winograd_output", 5, 8)
-        native.declare(lib, "winograd_output_backward", 4, 8)
-    return lib
+    return native.library()
 
 
 @functools.cache
 def _float_matrices(m: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(AT, BT) in float32 for the C kernels."""
+    """(AT, BT) in float32 for the C kernels (``winograd_*`` in kernels.c)."""
     at, _, bt = matrices(m)
     return torch.from_numpy(at).float().contiguous(), torch.from_numpy(bt).float().contiguous()
 
 
 class _NativeInput(torch.autograd.Function):
-    """BT d B of every tile (winograd.c), (a * a, N * th * tw, C) from an (N, C, H, W) map."""
+    """BT d B of every tile (a C kernel), (a * a, N * th * tw, C) from an (N, C, H, W) map."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, m: int, th: int, tw: int) -> torch.Tensor:  # type: ignore[override]
@@ -162,7 +156,7 @@ class _NativeInput(torch.autograd.Function):
 
 
 class _NativeOutput(torch.autograd.Function):
-    """AT M A of every tile plus the bias (winograd.c): with ``pool``, each tile's max, (N, th, tw,
+    """AT M A of every tile plus the bias (a C kernel): with ``pool``, each tile's max, (N, th, tw,
     O); without, the (N, oh, ow, O) map."""
 
     @staticmethod
