@@ -55,6 +55,7 @@ def worker(args) -> dict:
     if split is not None:
         variants[WHOLE] = VARIANTS["+ conv2 Winograd (all)"]
     times: dict[str, list[float]] = {name: [] for name in variants}
+    walls: dict[str, list[float]] = {name: [] for name in variants}
     with process_settings(trainer.levers):
         trainer.net.train()
         for round_ in range(args.rounds + 1):  # the first round warms every variant up, untimed
@@ -65,14 +66,16 @@ def worker(args) -> dict:
                 trainer.split = None if name == WHOLE else split
                 torch.set_num_threads(args.threads if name == WHOLE else trainer.levers.step_threads)
                 for step in range(args.steps):
-                    t0 = time.process_time()
+                    t0, w0 = time.process_time(), time.perf_counter()
                     trainer._train_step(order[step * 64 : (step + 1) * 64], trainer._acc)
                     float(trainer._acc[0])
                     if round_:
                         times[name].append(time.process_time() - t0)
+                        walls[name].append(time.perf_counter() - w0)
         parts, threads = trainer.levers.data_parallel, trainer.levers.threads
         how = f"batch split across {parts} threads" if parts > 1 else f"{threads} torch thread(s)"
-    return {"ms": {name: [1000 * t for t in values] for name, values in times.items()}, "how": how}
+    return {"ms": {name: [1000 * t for t in values] for name, values in times.items()},
+            "wall_ms": {name: [1000 * t for t in values] for name, values in walls.items()}, "how": how}
 
 
 def main() -> int:
@@ -97,12 +100,14 @@ def main() -> int:
         return 1
     print(f"seed recipe, float32, batch 64, {result['how']}, {args.rounds} rounds x {args.steps} steps, "
           f"load average {load:.1f} before, {rounds.load_average():.1f} after")
-    print(f"{'variant':<26}{'CPU ms/step':>12}{'p25-p75':>14}{'vs plain':>10}")
-    plain = statistics.median(result["ms"]["plain"])
+    print("CPU time: the process's, all threads (what the work costs); wall: what a step takes")
+    print(f"{'variant':<32}{'CPU ms/step':>12}{'p25-p75':>12}{'vs plain':>10}{'wall ms':>9}{'vs plain':>10}")
+    plain, plain_wall = (statistics.median(result[key]["plain"]) for key in ("ms", "wall_ms"))
     for name, values in result["ms"].items():
         q = statistics.quantiles(values, n=4)
-        median = statistics.median(values)
-        print(f"{name:<26}{median:>12.2f}{f'{q[0]:.1f}-{q[2]:.1f}':>14}{median / plain:>9.2f}x")
+        median, wall = statistics.median(values), statistics.median(result["wall_ms"][name])
+        print(f"{name:<32}{median:>12.2f}{f'{q[0]:.1f}-{q[2]:.1f}':>12}{median / plain:>9.2f}x"
+              f"{wall:>9.2f}{wall / plain_wall:>9.2f}x")
     rounds.write_json(args.json, {"args": vars(args), "result": result})
     return 0
 
