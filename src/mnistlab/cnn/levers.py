@@ -210,16 +210,18 @@ def _arithmetic(config: TrainConfig, spec: Spec, net: Any, dtype: torch.dtype | 
                                rounds=5, work=True)
 
     notes = []
-    fast = [("winograd", name, m) for name, m in sorted(plan.items())] + [("pooled", name) for name in pooled]
-    if len(fast) > 1:
-        alone = timed([candidate(True)] + [candidate(True, (item,)) for item in fast])
+    every = [("winograd", name, m) for name, m in sorted(plan.items())]
+    every += [("pooled", name) for name in pooled]
+    fast = every
+    if len(every) > 1:
+        alone = timed([candidate(True)] + [candidate(True, (item,)) for item in every])
         plain = alone.ms_per_step[candidate(True)]
-        fast = [item for item in fast if alone.ms_per_step[candidate(True, (item,))] < 0.98 * plain]
+        fast = [item for item in every if alone.ms_per_step[candidate(True, (item,))] < 0.98 * plain]
         notes.append("each block alone: " + alone.describe())
-    options = [candidate(default.channels_last)] + ([candidate(True, tuple(fast))] if fast else [])
-    if len(fast) > 1:
-        options += [candidate(True, (item,)) for item in fast]
-    result = timed(options + [candidate(False)] * (len(layouts) > 1))
+    # all of them again next to those that paid alone: one preempted timing must not drop a block
+    options = [candidate(default.channels_last)] + [candidate(True, tuple(every))] * bool(every)
+    options += [candidate(True, tuple(fast))] + [candidate(True, (item,)) for item in fast] * (len(fast) > 1)
+    result = timed(list(dict.fromkeys(options)) + [candidate(False)] * (len(layouts) > 1))
     chosen = result.chosen
     choice = (chosen.channels_last, chosen.winograd, chosen.pooled)
     notes.append(result.describe())
