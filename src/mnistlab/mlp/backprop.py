@@ -27,10 +27,11 @@ class Backprop:
         """Buffers for chunks of up to ``rows`` images; ``summed``: batches span several chunks,
         whose gradients are added up."""
         dt = model.dtype
-        sizes = model.config.sizes
+        sizes = working.sizes  # hidden widths padded (see layout)
         self.config = model.config
         self.working = working
         self.rows = rows
+        self.widths = model.config.sizes[1:]  # each layer's units without the working layout's pads
         # Two input buffers, used in turn: with two BLAS threads the other core may still hold the
         # lines of the one just multiplied, and writing the next chunk there makes them change hands.
         self.inputs = [np.empty((rows, data.n_core), dt) for _ in range(2)]
@@ -48,7 +49,7 @@ class Backprop:
         self.scratch = [np.empty((rows, s), dt) for s in sizes[1:]]
         self.logits = np.empty((rows, sizes[-1]), dt)
         # the gradient of a batch's later chunks, added into the optimizer's
-        self.part: ParamViews | None = working.views(np.zeros_like(model.params)) if summed else None
+        self.part: ParamViews | None = working.views(np.zeros(working.size, dt)) if summed else None
 
     def run(
         self,
@@ -101,8 +102,10 @@ class Backprop:
         delta = out
         for i in range(last, -1, -1):
             below = self.acts[i - 1][:k] if i else xb
-            # a BLAS product with a ones vector sums the rows faster than np.sum
-            np.matmul(self.ones[:k], delta, out=target.biases[i])
+            # a BLAS product with a ones vector sums the rows faster than np.sum; over the model's
+            # units only, so that each sum is the one an unpadded layer gets (pad entries stay zero)
+            width = self.widths[i]
+            np.matmul(self.ones[:k], delta[:, :width], out=target.biases[i][:width])
             if i == 0 and input_scale != 1:
                 delta *= 1.0 / input_scale**2  # inputs u = s x, weights W / s: gradient (u.T delta) / s**2
             np.matmul(below.T, delta, out=target.weights[i])  # (in, out)

@@ -32,7 +32,8 @@ class SplitEval:
         self.outputs: list[np.ndarray] = []  # per layer, a block's outputs
 
     @classmethod
-    def make(cls, evalset: EvalSet, data: TrainData, model: MLP, block: int) -> SplitEval | None:
+    def make(cls, evalset: EvalSet, data: TrainData, working: WorkingLayout, block: int) -> SplitEval | None:
+        model = working.model
         x = evalset.inputs
         if data.n_core == x.shape[1]:
             return None
@@ -53,7 +54,7 @@ class SplitEval:
             split.rows *= data.input_scale
         if evalset.raw:
             split.buffers = {w: np.empty((block, w), np.float32) for w in (data.n_core, x.shape[1])}
-        split.outputs = [np.empty((block, n_out), model.dtype) for _, n_out in model.shapes]
+        split.outputs = [np.empty((block, n_out), model.dtype) for _, n_out in working.shapes]
         return split
 
     def inputs(self, start: int, stop: int, width: int) -> np.ndarray:

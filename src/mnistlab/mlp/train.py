@@ -54,7 +54,7 @@ class FitState:
         self.optimizer: Optimizer = make_optimizer(model.config, self.working)
         self.chunk_rows = min(batch, chunk)
         self.backprop = Backprop(model, self.working, data, self.chunk_rows, summed=self.chunk_rows < batch)
-        self.scratch = np.empty_like(model.params)
+        self.scratch = np.empty(self.working.size, model.dtype)
 
     def chunk_pass(
         self, idx: np.ndarray, first: bool, scale: float, phases: Phases
@@ -200,7 +200,7 @@ class Trainer:
         where ``layout`` records the share of its images multiplied over all columns."""
         if evalset is None:
             return None
-        split = SplitEval.make(evalset, fit.data, self.model, EVAL_BLOCK)
+        split = SplitEval.make(evalset, fit.data, fit.working, EVAL_BLOCK)
         if split is not None:
             if layout_key:
                 self.layout[layout_key] = split.n_inked / len(split.labels)
