@@ -63,7 +63,12 @@ class Backprop:
         self.config = model.config
         self.working = working
         self.rows = rows
-        self.widths = model.config.sizes[1:]  # each layer's units without the working layout's pads
+        # Each layer's units without the working layout's pads, and the length of each layer's
+        # sums: its products add over the model's units of the layer below only (None: every input
+        # column). The pads would add exact zeros, but a longer sum may take another BLAS path
+        # and round differently.
+        self.widths = model.config.sizes[1:]
+        self.fan_in = [None, *self.widths[:-1]]
         # Two input buffers, used in turn: with two BLAS threads the other core may still hold the
         # lines of the one just multiplied, and writing the next chunk there makes them change hands.
         self.inputs = [np.empty((rows, data.n_core), dt) for _ in range(2)]
@@ -114,16 +119,17 @@ class Backprop:
         weights, biases = params.weights, params.biases
         last = len(weights) - 1
         hidden = act.FORWARD[cfg.activation]
+        fan_in = self.fan_in
         a = xb
         for i in range(last):
             z = self.acts[i][:k]
-            np.matmul(a, weights[i], out=z)  # (k, out)
+            np.matmul(a[:, : fan_in[i]], weights[i][: fan_in[i]], out=z)  # (k, out)
             if i == 0 and n_touch:
                 z[:n_touch] += np.matmul(xt, params.tail, out=self.tail_z[:n_touch])
             z += biases[i]
             a = hidden(z)
         out = self.acts[last][:k]
-        np.matmul(a, weights[last], out=out)  # (k, classes) logits
+        np.matmul(a[:, : fan_in[last]], weights[last][: fan_in[last]], out=out)  # (k, classes) logits
         out += biases[last]
         phases.lap("forward")
 
@@ -135,14 +141,14 @@ class Backprop:
         input_scale = self.working.input_scale
         delta = out
         for i in range(last, -1, -1):
-            below = self.acts[i - 1][:k] if i else xb
-            # a BLAS product with a ones vector sums the rows faster than np.sum; over the model's
-            # units only, so that each sum is the one an unpadded layer gets (pad entries stay zero)
+            # the pads' gradient entries are never written and stay zero
             width = self.widths[i]
+            below = (self.acts[i - 1][:k] if i else xb)[:, : fan_in[i]]
+            # a BLAS product with a ones vector sums the rows faster than np.sum
             np.matmul(self.ones[:k], delta[:, :width], out=target.biases[i][:width])
             if i == 0 and input_scale != 1:
                 delta *= 1.0 / input_scale**2  # inputs u = s x, weights W / s: gradient (u.T delta) / s**2
-            np.matmul(below.T, delta, out=target.weights[i])  # (in, out)
+            np.matmul(below.T, delta, out=target.weights[i][: fan_in[i]])  # (in, out)
             if i == 0 and self.working.n_tail:
                 if n_touch:
                     np.matmul(xt.T, delta[:n_touch], out=target.tail)
@@ -150,8 +156,8 @@ class Backprop:
                     target.tail.fill(0)
             if i:
                 d_below = self.deltas[i - 1][:k]
-                np.matmul(delta, weights[i].T, out=d_below)  # (k, in)
-                delta = backward(below, d_below, self.scratch[i - 1][:k])
+                np.matmul(delta[:, :width], weights[i][:, :width].T, out=d_below)  # (k, in); zero pads
+                delta = backward(self.acts[i - 1][:k], d_below, self.scratch[i - 1][:k])
         if not first:
             grad.flat += self.part.flat
         phases.lap("backward")
