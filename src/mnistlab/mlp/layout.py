@@ -10,7 +10,8 @@ Three ideas live here (docs/performance.md, "MLP internals", says what each one 
   images that touch them (put first, so those products read leading row blocks). The sums are the
   same; only their order (hence float rounding) differs.
 * The working layout (``WorkingLayout``). During a fit the parameters live in a copy whose
-  first-layer rows are ordered core, tail, inactive, so every product reads a contiguous slice.
+  first-layer rows are ordered core, tail, inactive, so every product reads a contiguous slice,
+  and whose hidden layers are padded to widths BLAS multiplies faster, with units that stay zero.
 * The unit-scaling fold. With one scale s for all columns and no centering (``preprocess="unit"``,
   s = 255), inputs are u / s for raw values u: the working first-layer weights, their velocity and
   their gradient are kept divided by s, so raw uint8 values are multiplied as they are and no
@@ -39,8 +40,8 @@ TAIL_OVERHEAD = 12_000
 FREQUENCY_SAMPLE = 4096
 # Images per block when finding which images touch the tail, so no whole-split temporary is made.
 SCAN_BLOCK = 8192
-# Working hidden widths are rounded up to a multiple of this (see WorkingLayout): OpenBLAS' float32
-# kernels run products 72 columns wide faster than 70 wide.
+# Working hidden widths are rounded up to a multiple of this (see WorkingLayout): BLAS kernels work
+# in blocks of columns, and OpenBLAS' float32 kernels run products 72 columns wide faster than 70.
 PAD_WIDTH = 8
 
 
