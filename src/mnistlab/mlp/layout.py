@@ -26,7 +26,7 @@ import numpy as np
 
 from . import activations as act
 from .inputs import check_data
-from .model import MLP
+from .model import MLP, layer_views
 
 # split="auto" tries these tail thresholds (fractions of images with the column nonzero) and prices
 # each with a cost model in units of one row x column of the dense product: a tail row x column costs
@@ -271,13 +271,7 @@ class WorkingLayout:
         return np.concatenate(at), np.concatenate(model_at)
 
     def views(self, flat: np.ndarray) -> ParamViews:
-        weights, biases, pos = [], [], 0
-        for n_in, n_out in self.shapes:
-            weights.append(flat[pos : pos + n_in * n_out].reshape(n_in, n_out))
-            pos += n_in * n_out
-        for _, n_out in self.shapes:
-            biases.append(flat[pos : pos + n_out])
-            pos += n_out
+        weights, biases = layer_views(flat, self.shapes)
         h1 = self.sizes[1]
         weights[0] = flat[: self.n_core * h1].reshape(self.n_core, h1)
         tail = flat[self.n_core * h1 : (self.n_core + self.n_tail) * h1].reshape(self.n_tail, h1)
