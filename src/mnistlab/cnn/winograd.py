@@ -1,10 +1,13 @@
-"""3x3 convolutions by Winograd's minimal filtering F(m x m, 3 x 3), written with torch operations.
+"""3x3 convolutions by Winograd's minimal filtering F(m x m, 3 x 3).
 
 A lever for float32 on CPUs whose oneDNN has no Winograd kernels of its own (AVX2: oneDNN's exist
 only for AVX-512): a 3x3 convolution becomes (m + 2)^2 batched matrix products over tiles of the
 input, which need 2.25x (m = 2) to 4x (m = 4) fewer multiplications than the direct convolution,
-plus cheap linear transforms before and after. All of it is matrix products that autograd already
-differentiates; only the gathering of overlapping input tiles has a backward of its own.
+plus linear transforms before and after. In float32, where the C kernels build (native.py), the
+transforms are one pass each over channels-last memory (``winograd_*`` in kernels.c: the tiles
+gathered and transformed at once, the pooled max and bias with the output transform); elsewhere
+they are torch matrix products that autograd differentiates, with a backward of their own only
+for the gathering of overlapping tiles. The batched products run in torch (MKL) either way.
 
 With m = 2 and a 2x2 max pooling after the convolution (``pool=True``), each output tile is one
 pooling window: the pooling is a max over the tile's four values, and outputs the pooling would
