@@ -139,6 +139,7 @@ class Trainer:
         self.files = RunFiles(state_to_numpy(self.net))
         self.net.to(dev)
         self.net.winograd = dict(self.levers.winograd)
+        self.net.pooled_conv = set(self.levers.pooled_conv)
         if self.levers.channels_last:
             self.net.to(memory_format=torch.channels_last)
         self._trainable = [p for p in self.net.parameters() if p.requires_grad]
