@@ -259,3 +259,36 @@ def test_one_channel_inputs_get_channels_last_strides_for_the_input_gradient():
     assert out.is_contiguous(memory_format=torch.channels_last) and not out.is_contiguous()
     wide = torch.randn(2, 3, 5, 5)
     assert channels_last_strides(wide).is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize(("spec", "crops"), [
+    ("seed", {"conv1": (26, 26)}),  # pool1 drops conv2's 11th row and column, and conv1's 25th and 26th
+    ("conv:4:3,bn,pool:2,conv:5:3,pool:3,flatten,output:10", {"pool1": (22, 22)}),  # bn: cut after it
+    ("conv:4:3,pool:2,conv:5:3:pad=same,pool:2,flatten,output:10", {"pool2": (12, 12)}),
+    ("conv:4:5:stride=2,avgpool:2,flatten,output:10", {"conv1": (27, 27)}),
+    ("conv:4:3,pool:2,gap,output:10", {}),
+])
+def test_unread_rows_are_cut_with_the_same_outputs_and_gradients(spec, crops):
+    """The rows and columns a floor-mode pooling drops are never computed: logits and every
+    gradient match the network that computes them (float64: the same up to summation order)."""
+    net = build_net(spec, init="glorot", seed=2).double()
+    assert net.crops == crops
+    x = torch.randn(6, 1, 28, 28, dtype=torch.float64)
+    for channels_last in (False, True):
+        if channels_last:
+            net = net.to(memory_format=torch.channels_last)
+            x = x.as_strided(x.shape, (784, 1, 28, 1))
+        results = []
+        for crop in (True, False):
+            net.crop = crop
+            net.zero_grad()
+            out = net(x)
+            out.square().sum().backward()
+            results.append([out.detach()] + [p.grad.clone() for p in net.parameters()])
+        for cut, whole in zip(*results):
+            torch.testing.assert_close(cut, whole, rtol=1e-12, atol=1e-12)
+    seen = {}
+    handle = net.conv1.register_forward_hook(lambda _m, _i, out: seen.setdefault("conv1", out))
+    net(x)
+    handle.remove()
+    assert seen["conv1"].shape[-2:] == net.infos[0].output_shape[1:]  # hooks see whole maps

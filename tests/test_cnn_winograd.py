@@ -117,3 +117,24 @@ def test_only_plain_3x3_convolutions_are_planned():
     # 28 -> 24 (5x5) -> 11 (stride 2) -> 9 (batch norm in the block) -> 5 (dilated) -> 3: one 3x3 tile
     assert net.winograd_plan() == {"conv5": 3}
     assert winograd.tile_for(11, 11, pool=False) == 4 and winograd.tile_for(11, 11, pool=True) == 2
+
+
+@pytest.mark.skipif(winograd._library() is None, reason="no C compiler to build the transforms")
+@pytest.mark.parametrize(("m", "size", "pool"), [(2, 12, True), (2, 13, True), (2, 9, False), (3, 5, False),
+                                                  (3, 10, False), (4, 11, False)])
+def test_c_transforms_match_conv2d_in_float32(m, size, pool):
+    """float32 with channel counts in blocks of 8 takes the C transforms (kernels.c): values and
+    gradients against torch's convolution (and max pooling), to float32 rounding."""
+    torch.manual_seed(size)
+    conv = nn.Conv2d(8, 16, 3).to(memory_format=torch.channels_last)
+    x = torch.rand(3, 8, size, size)
+    x[:, :, : size // 2] = 0
+    x = x.contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    assert winograd._native(x, conv, m, pool)
+    want = F.max_pool2d(conv(x), 2) if pool else conv(x)
+    got = winograd.conv2d(x, conv, m, pool=pool)
+    assert got.shape == want.shape and got.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    params = [x, conv.weight, conv.bias]
+    for g, w in zip(_grads(got, params), _grads(want, params)):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-4 * float(w.abs().max()))

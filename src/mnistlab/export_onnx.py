@@ -171,7 +171,8 @@ def _cnn_graph(onnx, record, pre):
             return self.net.probabilities(self.net(inputs.unsqueeze(1)))  # (N, classes)
 
     wrapper = WithPreprocessing().eval()
-    cnn.net.fuse_pooling = False  # export each block as written, so every layer keeps its own nodes
+    # export each block as written, so every layer keeps its own nodes and its whole maps
+    cnn.net.fuse_pooling = cnn.net.crop = False
     buffer = io.BytesIO()
     with torch.no_grad(), warnings.catch_warnings():
         # the TorchScript exporter warns that the dynamo one is the default now; that one needs onnxscript

@@ -63,6 +63,7 @@ class Candidate:
     parts: int  # the batch split into this many parts (1: not split), each on its own thread if
     # there are threads enough, else one after another on one thread (the same arithmetic)
     winograd: tuple[tuple[str, int], ...] = ()  # blocks run as Winograd F(m x m, 3 x 3): (name, m)
+    pooled: tuple[str, ...] = ()  # blocks run as one pooled_conv kernel
 
     @property
     def concurrent(self) -> bool:
@@ -76,6 +77,7 @@ class Candidate:
         else:
             how = f"{self.threads} thread(s)"
         fast = "".join(f", {name} Winograd F({m}x{m},3x3)" for name, m in self.winograd)
+        fast += "".join(f", {name} one-pass conv+pool" for name in self.pooled)
         return f"{layout}{fast}, {how}"
 
 
@@ -142,6 +144,7 @@ def probe(
                 xs = channels_last_strides(x) if cand.channels_last else x
                 clone = nets[cand.channels_last]
                 clone.winograd = dict(cand.winograd)
+                clone.pooled_conv = set(cand.pooled)
                 for _ in range(steps):
                     t0 = clock()
                     _pass(clone, xs, y, cand.parts, autocast, pool if cand.concurrent else None)

@@ -13,8 +13,9 @@ A kind owns everything about itself, and every caller asks it rather than switch
 * ``naming``: ``numbered`` (``conv1``, ``conv2``), ``single`` (``flatten``: at most one), or
   ``attached`` (``conv1_bn``);
 * what the trainer may do with it: ``commutes_with_relu`` (max pooling may run before the ReLU of
-  the block it follows) and ``batch_split_exact`` (a batch split across threads gives the same
-  result: false for batch norm and dropout).
+  the block it follows), ``batch_split_exact`` (a batch split across threads gives the same
+  result: false for batch norm and dropout) and ``input_extent`` (the rows and columns of its
+  input that the top-left part of its output reads, so the network skips what nothing reads).
 
 Adding a kind: subclass ``LayerKind``, set those attributes, write ``infer`` and ``build`` (and
 ``attach`` for an attached kind), decorate it with ``@register``. Nothing else changes. Adding an
@@ -164,6 +165,11 @@ class LayerKind:
     def non_trainable_params(self, layer: Layer, shape: tuple[int, ...]) -> int:
         return 0
 
+    def input_extent(self, layer: Layer, info: LayerInfo, rows: int, cols: int) -> tuple[int, int] | None:
+        """The top-left (rows, cols) of the input that the top-left (rows, cols) of the output reads
+        and nothing else does; None where the output may depend on all of it (the default)."""
+        return None
+
     def summary_note(self, layer: Layer) -> str:
         """What the summary's Type column adds after ``keras_name`` (the activation, the rate)."""
         act = layer.get("act")
@@ -284,6 +290,11 @@ class Conv(LayerKind):
         bias = layer.filters if layer.get("bias", True) else 0
         return (layer.filters, oh, ow), layer.filters * shape[0] * layer.kernel**2 + bias
 
+    def input_extent(self, layer, info, rows, cols):
+        if any(self.pads(layer, info.input_shape)):  # padding is added at the far edges too
+            return None
+        return (rows - 1) * layer.stride + self.span(layer), (cols - 1) * layer.stride + self.span(layer)
+
     def build(self, info):
         from torch import nn
 
@@ -311,6 +322,10 @@ class _Pooling(LayerKind):
     def infer(self, layer, shape, where, previous):
         oh, ow = _window(shape, layer.size, layer.stride, 0, where, "pool window", "use a smaller window")
         return (shape[0], oh, ow), 0
+
+    def input_extent(self, layer, info, rows, cols):
+        # floor mode: a window that does not fit is dropped, and the rows it would read with it
+        return (rows - 1) * layer.stride + layer.size, (cols - 1) * layer.stride + layer.size
 
 
 @register

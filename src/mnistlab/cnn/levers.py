@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import platform
+import statistics
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -22,7 +24,7 @@ import torch
 
 from ..errors import ConfigError
 from ..mlp.threads import auto_threads as all_cores
-from . import cpu_probe
+from . import cpu_probe, native
 from .config import DEVICES, TrainConfig
 from .spec import Spec
 
@@ -78,6 +80,7 @@ class Levers:
     measured: str = ""  # CPU: what cpu_probe timed for the choices 'auto' left open
     world_size: int = 1  # processes training together (torchrun, DDP; cnn/distributed.py)
     winograd: dict[str, int] = field(default_factory=dict)  # CPU: blocks run as Winograd F(m x m, 3 x 3)
+    pooled_conv: list[str] = field(default_factory=list)  # CPU: blocks run as one pooled_conv kernel
 
     @property
     def step_threads(self) -> int:
@@ -117,7 +120,7 @@ def choose_levers(config: TrainConfig, device: torch.device, spec: Spec,
     if kind == "cpu" and threads > 1 and not config.compile and split_batch:
         if all(layer.kind.batch_split_exact for layer in spec.layers):
             parallel = max(1, min(threads, config.batch_size // 16))  # parts under 16 images run slowly
-    measured, fast = "", {}
+    measured, fast, one_pass = "", {}, []
     if recorded is not None and (recorded.get("device"), recorded.get("amp_dtype")) != (kind, amp):
         recorded = None  # recorded elsewhere (another device, or another arithmetic)
     if kind == "cpu" and not config.compile:
@@ -127,9 +130,10 @@ def choose_levers(config: TrainConfig, device: torch.device, spec: Spec,
             setup.chosen.channels_last, setup.chosen.threads, setup.chosen.parts, dict(setup.chosen.winograd),
             setup.note,
         )
+        one_pass = list(setup.chosen.pooled)
     return Levers(
         kind, amp, channels_last, bool(config.compile), graphs, threads, kind == "cpu" and _glibc(), parallel,
-        measured, winograd=fast,
+        measured, winograd=fast, pooled_conv=one_pass,
     )
 
 
@@ -160,13 +164,15 @@ def _measure_cpu(config: TrainConfig, spec: Spec, amp: str | None, default: cpu_
     if recorded is not None:
         parts = int(recorded.get("data_parallel", parts))
         fast = tuple(sorted((str(k), int(v)) for k, v in recorded.get("winograd", {}).items()))
-        choice, notes = (bool(recorded["channels_last"]), fast), ["arithmetic as recorded by the run"]
+        one_pass = tuple(sorted(str(name) for name in recorded.get("pooled_conv", [])))
+        choice = (bool(recorded["channels_last"]), fast, one_pass)
+        notes = ["arithmetic as recorded by the run"]
     else:
         choice, notes = _arithmetic(config, spec, net, dtype, replace(default, parts=parts))
-    chosen = cpu_probe.Candidate(choice[0], default.threads, parts, choice[1])
+    chosen = cpu_probe.Candidate(choice[0], default.threads, parts, choice[1], choice[2])
     if not config.threads and default.threads > 1:
         # one thread keeps the partition (serial parts) so that the arithmetic does not change
-        alone = cpu_probe.Candidate(choice[0], 1, parts, choice[1])
+        alone = cpu_probe.Candidate(choice[0], 1, parts, choice[1], choice[2])
         result = cpu_probe.probe(net, spec.input_shape, config.batch_size, [chosen, alone], autocast=dtype)
         chosen = result.chosen
         notes.append(result.describe())
@@ -174,53 +180,73 @@ def _measure_cpu(config: TrainConfig, spec: Spec, amp: str | None, default: cpu_
 
 
 def _arithmetic(config: TrainConfig, spec: Spec, net: Any, dtype: torch.dtype | None,
-                default: cpu_probe.Candidate) -> tuple[tuple[bool, tuple], list[str]]:
-    """(channels-last?, Winograd blocks) for float32 on this CPU: recorded on this machine, or
-    measured and recorded. Winograd is first timed block by block (each alone in the network), then
-    the blocks that paid, together, against the plain network and NCHW."""
+                default: cpu_probe.Candidate) -> tuple[tuple[bool, tuple, tuple], list[str]]:
+    """(channels-last?, Winograd blocks, one-pass conv+pool blocks) for float32 on this CPU:
+    recorded on this machine, or measured and recorded. Each block's faster algorithm is first
+    timed alone in the network; those that paid are then timed together and one by one against
+    the plain network (and NCHW)."""
     layouts = [default.channels_last] + ([False] if config.channels_last == "auto" and dtype is None else [])
     plan = net.winograd_plan() if dtype is None and default.channels_last else {}
-    if len(layouts) == 1 and not plan:
-        return (default.channels_last, ()), []
+    pooled = net.pooled_conv_plan() if dtype is None and default.channels_last else []
+    if len(layouts) == 1 and not plan and not pooled:
+        return (default.channels_last, (), ()), []
     key = {"spec": spec.to_string(), "batch": config.batch_size, "parts": default.parts,
            "autocast": str(dtype), "layouts": layouts, "winograd": sorted(plan.items())}
-    stored = _stored_choice(cpu_probe.recorded_choice(key), layouts, plan)
+    if pooled:
+        key["pooled_conv"] = pooled
+    if plan or pooled:  # a choice measured with other kernels (or none) is measured again
+        key["kernels"] = native.built()
+    stored = _stored_choice(cpu_probe.recorded_choice(key), layouts, plan, pooled)
     if stored is not None:
         where = f"arithmetic as recorded on this machine ({cpu_probe.record_path()})"
         return stored[0], [f"{where}: {stored[1]}"]
 
-    def candidate(channels_last: bool, fast: tuple = ()) -> cpu_probe.Candidate:
-        return replace(default, channels_last=channels_last, winograd=fast)
+    def candidate(channels_last: bool, chosen: tuple = ()) -> cpu_probe.Candidate:
+        return replace(default, channels_last=channels_last,
+                       winograd=tuple(sorted(item[1:] for item in chosen if item[0] == "winograd")),
+                       pooled=tuple(sorted(item[1] for item in chosen if item[0] == "pooled")))
 
     def timed(candidates: list[cpu_probe.Candidate]) -> cpu_probe.ProbeResult:
         # the same threads throughout: what differs is the work, so CPU time compares them
         return cpu_probe.probe(net, spec.input_shape, config.batch_size, candidates, autocast=dtype,
-                               work=True)
+                               rounds=5, work=True)
 
-    notes, fast = [], tuple(sorted(plan.items()))
-    if len(plan) > 1:
-        alone = timed([candidate(True)] + [candidate(True, (pair,)) for pair in fast])
+    notes = []
+    every = [("winograd", name, m) for name, m in sorted(plan.items())]
+    every += [("pooled", name) for name in pooled]
+    fast = every
+    if len(every) > 1:
+        alone = timed([candidate(True)] + [candidate(True, (item,)) for item in every])
         plain = alone.ms_per_step[candidate(True)]
-        fast = tuple(pair for pair in fast if alone.ms_per_step[candidate(True, (pair,))] < 0.98 * plain)
+        fast = [item for item in every if alone.ms_per_step[candidate(True, (item,))] < 0.98 * plain]
         notes.append("each block alone: " + alone.describe())
-    options = [candidate(default.channels_last)] + ([candidate(True, fast)] if fast else [])
-    result = timed(options + [candidate(False)] * (len(layouts) > 1))
-    choice = (result.chosen.channels_last, result.chosen.winograd)
+    # all of them again next to those that paid alone: one preempted timing must not drop a block
+    options = [candidate(default.channels_last)] + [candidate(True, tuple(every))] * bool(every)
+    options += [candidate(True, tuple(fast))] + [candidate(True, (item,)) for item in fast] * (len(fast) > 1)
+    result = timed(list(dict.fromkeys(options)) + [candidate(False)] * (len(layouts) > 1))
+    chosen = result.chosen
+    choice = (chosen.channels_last, chosen.winograd, chosen.pooled)
     notes.append(result.describe())
     cpu_probe.record_choice(key, {"channels_last": choice[0], "winograd": [list(p) for p in choice[1]],
-                                  "measured": "; ".join(notes)})
+                                  "pooled_conv": list(choice[2]), "measured": "; ".join(notes)})
     return choice, notes
 
 
-def _stored_choice(stored: dict | None, layouts: list[bool], plan: dict[str, int]) -> tuple | None:
-    """A recorded choice that is still one of this run's options, as ((layout, Winograd), note)."""
+def _stored_choice(stored: dict | None, layouts: list[bool], plan: dict[str, int],
+                   pooled: list[str]) -> tuple | None:
+    """A recorded choice that is still one of this run's options, as ((layout, Winograd, one-pass
+    blocks), note)."""
     pairs = stored.get("winograd") if stored is not None else None
     if stored is None or stored.get("channels_last") not in layouts or not isinstance(pairs, list):
         return None
     if not all(isinstance(p, list) and len(p) == 2 and plan.get(p[0]) == p[1] for p in pairs):
         return None
+    names = stored.get("pooled_conv", [])
+    if not isinstance(names, list) or not set(names) <= set(pooled):
+        return None
     fast = tuple((str(name), int(m)) for name, m in pairs)
-    return (bool(stored["channels_last"]), fast), stored.get("measured", "")
+    choice = (bool(stored["channels_last"]), fast, tuple(str(name) for name in names))
+    return choice, stored.get("measured", "")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -234,12 +260,19 @@ class SplitBatch:
     ``part`` returns (gradients, loss sum, correct count) for one part with its loss scaled by its
     share of the batch, so the summed gradients are the whole batch's. They are summed in part
     order, never in the order the threads finish, so a run is reproducible and resumable bit for bit.
+
+    Whether the parts run together or one after another on the calling thread changes nothing in
+    the arithmetic, so with threads enough ``PartsTogether`` decides it step by step from the
+    steps' own times: on idle cores together, while other processes hold a core one after another.
     """
 
-    def __init__(self, parts: int, threads: int | None = None):
+    def __init__(self, parts: int, threads: int | None = None, *, together: bool = True):
+        """``threads``: the threads the parts may use; ``together``: how the first steps run."""
         self.parts = parts
         # with fewer threads than parts the parts run one after another: the same arithmetic
         self.concurrent = threads is None or threads >= parts
+        # None: always as ``concurrent`` says
+        self.choice = PartsTogether(together) if self.concurrent else None
         self._pool: Any = None  # created at the first step, shut down by close()
 
     def run(
@@ -250,7 +283,9 @@ class SplitBatch:
     ) -> tuple[list[torch.Tensor], list[tuple[torch.Tensor, torch.Tensor]]]:
         """The whole batch's gradients, and each part's (loss sum, correct count) in part order."""
         xs, ys = x.tensor_split(self.parts), y.tensor_split(self.parts)
-        if self.concurrent:
+        together = self.concurrent if self.choice is None else self.choice.together()
+        start = time.perf_counter()
+        if together:
             if self._pool is None:
                 from concurrent.futures import ThreadPoolExecutor
 
@@ -259,6 +294,8 @@ class SplitBatch:
             results = [part(xs[0], ys[0], len(y))] + [f.result() for f in others]
         else:
             results = [part(xp, yp, len(y)) for xp, yp in zip(xs, ys)]
+        if self.choice is not None:
+            self.choice.record(time.perf_counter() - start)
         with torch.no_grad():
             grads = results[0][0]
             for more, _, _ in results[1:]:
@@ -270,6 +307,64 @@ class SplitBatch:
         if self._pool is not None:
             self._pool.shutdown()
             self._pool = None
+
+
+class PartsTogether:
+    """Whether a split batch's parts run together on their threads or one after another, decided by
+    the wall time of the steps themselves. A part's thread needs a core of its own: on a machine
+    where another process holds one, the scheduler puts both parts on the other core, and together
+    they take longer than one after another (docs/performance.md). The steps start the way the
+    caller says (the CPU probe's choice under ``--threads auto``, else together); every
+    ``interval`` steps a short trial of the other way is compared with the recent steps (medians),
+    and the faster way is kept. A trial that loses by far doubles the interval (up to
+    ``LONGEST``), so on idle cores the trials cost little; a switch shortens it again."""
+
+    FIRST = 256  # steps before the first trial
+    SHORTEST, LONGEST = 64, 1024
+    TRIAL = 4  # steps of a trial
+    RECENT = 16  # steps of the current way a trial is compared with
+    SWITCH = 0.95  # the other way must take at most this share of the current way's time
+    FAR = 1.3  # a trial slower by this factor is lost by far
+
+    def __init__(self, together: bool = True) -> None:
+        self.current = together  # the way the steps run between trials: the parts together or not
+        self.recent: list[float] = []
+        self.trial: list[float] = []
+        self.trying = False
+        self.interval = self.FIRST
+        self.until_trial = self.FIRST
+        self.steps = {True: 0, False: 0}  # steps run each way (together, one after another)
+        self.switches = 0
+
+    def together(self) -> bool:
+        """How the next step runs."""
+        return self.current != self.trying
+
+    def record(self, seconds: float) -> None:
+        """The wall time of the step just run the way ``together()`` said."""
+        self.steps[self.together()] += 1
+        if self.trying:
+            self.trial.append(seconds)
+            if len(self.trial) >= self.TRIAL:
+                self._decide()
+            return
+        self.recent = (self.recent + [seconds])[-self.RECENT:]
+        self.until_trial -= 1
+        if self.until_trial <= 0 and len(self.recent) >= self.TRIAL:
+            self.trying, self.trial = True, []
+
+    def _decide(self) -> None:
+        other, current = statistics.median(self.trial), statistics.median(self.recent)
+        if other <= self.SWITCH * current:
+            self.current, self.recent = not self.current, list(self.trial)
+            self.interval = self.SHORTEST
+            self.switches += 1
+        elif other >= self.FAR * current:
+            self.interval = min(2 * self.interval, self.LONGEST)
+        else:
+            self.interval = self.SHORTEST
+        self.trying, self.trial = False, []
+        self.until_trial = self.interval
 
 
 class CudaGraphStep:

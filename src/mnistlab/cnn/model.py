@@ -14,7 +14,7 @@ from torch import nn
 from ..data.preprocess import Preprocessor
 from ..errors import ConfigError, RunError
 from ..model_api import InspectableModel
-from . import winograd
+from . import pooled_conv, winograd
 from .activations import ACTIVATIONS
 from .spec import LayerInfo, Spec, infer_shapes, parse_spec, summary_table
 
@@ -30,6 +30,15 @@ def channels_last_strides(x: torch.Tensor) -> torch.Tensor:
         return x.contiguous(memory_format=torch.channels_last)
     n, c, h, w = x.shape
     return x.contiguous().as_strided((n, c, h, w), (h * w, 1, w, 1))
+
+
+def _crop(x: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+    """The top-left rows x cols of each map, in ``x``'s layout (stride 1 between channels:
+    channels-last, also for one channel), as a dense tensor for oneDNN."""
+    part = x[:, :, :rows, :cols]
+    if x.stride(1) == 1:
+        return channels_last_strides(part)
+    return part.contiguous()
 
 
 class Net(nn.Module):
@@ -70,9 +79,39 @@ class Net(nn.Module):
             for name, following in self.pool_first.items()
         }
         self.fuse_pooling = True
+        # block -> (rows, cols) of its input that the logits depend on; the rest is cut off first
+        self.crops = self._crops(blocks)
+        self.crop = True  # off: every block computes all of its output (export, comparisons)
         # blocks whose convolution runs as Winograd F(m x m, 3 x 3): name -> m (a CPU lever that
         # cpu_probe times; empty: every convolution runs as torch's Conv2d)
         self.winograd: dict[str, int] = {}
+        # blocks whose conv, pooling and ReLU run as one C kernel (pooled_conv: a CPU lever, timed
+        # by cpu_probe like Winograd)
+        self.pooled_conv: set[str] = set()
+
+    def _crops(self, blocks: dict[str, nn.Sequential]) -> dict[str, tuple[int, int]]:
+        """Where a floor-mode pooling or a valid convolution leaves the bottom rows or right
+        columns of its input unread (the seed's pool1 drops conv2's 11th output row and column, and
+        with it conv1's 25th and 26th), the blocks before it need not compute them: the blocks
+        whose input to cut, walking back from the output. A block with batch norm or dropout
+        computes all of its output (statistics and random draws would change): it is cut after."""
+        infos = {info.name: info for info in self.infos}
+        plan: dict[str, tuple[int, int]] = {}
+        need, later = None, None
+        for name in reversed(self.names):
+            info = infos[name]
+            extent = None
+            if len(info.output_shape) == 3 and all(key in ("pad", "conv", "act", "pool")
+                                                   for key in blocks[name]._modules):
+                rows, cols = need or info.output_shape[1:]
+                extent = info.kind.input_extent(info.layer, info, rows, cols)
+            if extent is None and need is not None:
+                plan[later] = need  # this block reads all its input: cut its output instead
+            need = extent if extent is not None and extent != tuple(info.input_shape[1:]) else None
+            later = name
+        if need is not None:
+            plan[later] = need
+        return plan
 
     def winograd_plan(self) -> dict[str, int]:
         """The blocks winograd.conv2d can run (a 3x3 conv and its activation, nothing else), each
@@ -87,22 +126,35 @@ class Net(nn.Module):
             plan[info.name] = winograd.tile_for(*info.output_shape[1:], pooled)
         return plan
 
+    def pooled_conv_plan(self) -> list[str]:
+        """The blocks pooled_conv can run (a one-channel conv, its ReLU and the max pooling run
+        before it), where the kernel can be built on this machine."""
+        plan = [name for name, (before, pooling, act) in self._fused.items()
+                if list(self._modules[name]._modules) == ["conv", "act"]
+                and pooled_conv.eligible(before[0], pooling[0], act)]
+        return plan if plan and pooled_conv.library() is not None else []
+
     def forward(self, x: torch.Tensor, until: str | None = None) -> torch.Tensor:
         """Logits; with ``until``, the output of that block, and no block after it runs."""
         if x.dim() == 3:
             x = x.unsqueeze(1)  # (N, 28, 28) -> (N, 1, 28, 28)
         modules = self._modules
         skip = None
+        crops = self.crops if self.crop and until is None and not self._hooked() else {}
         for name in self.names:
             if name == skip:
                 continue
+            if name in crops:
+                x = _crop(x, *crops[name])
             block = modules[name]
             following = self.pool_first.get(name) if self.fuse_pooling and name != until else None
             tile = self.winograd.get(name) if not block._forward_hooks else None
             # hooks (inspection) must see each block's own output, so hooked blocks run as written
             if following is not None and not (block._forward_hooks or modules[following]._forward_hooks):
                 before, pooling, act = self._fused[name]
-                if tile == 2 and winograd.poolable(pooling[0]):
+                if name in self.pooled_conv and pooled_conv.usable(x):
+                    x = pooled_conv.conv_pool_relu(x, before[0])
+                elif tile == 2 and winograd.poolable(pooling[0]):
                     x = act(winograd.conv2d(x, before[0], tile, pool=True))
                 else:
                     if tile:
@@ -110,6 +162,8 @@ class Net(nn.Module):
                     else:
                         for module in before:
                             x = module(x)
+                    if following in crops:
+                        x = _crop(x, *crops[following])
                     for module in pooling:
                         x = module(x)
                     x = act(x)
@@ -123,6 +177,10 @@ class Net(nn.Module):
             if name == until:
                 return x
         return x  # (N, classes) logits
+
+    def _hooked(self) -> bool:
+        """Whether any block has a forward hook (inspection), which must see whole maps."""
+        return any(self._modules[name]._forward_hooks for name in self.names)
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         return ACTIVATIONS[self.spec.output_activation].module()(logits)

@@ -139,6 +139,7 @@ class Trainer:
         self.files = RunFiles(state_to_numpy(self.net))
         self.net.to(dev)
         self.net.winograd = dict(self.levers.winograd)
+        self.net.pooled_conv = set(self.levers.pooled_conv)
         if self.levers.channels_last:
             self.net.to(memory_format=torch.channels_last)
         self._trainable = [p for p in self.net.parameters() if p.requires_grad]
@@ -163,7 +164,12 @@ class Trainer:
         )
         self.train_module: Any = torch.compile(module) if self.levers.compile else module
         parts = self.levers.data_parallel
-        self.split = SplitBatch(parts, self.levers.threads) if parts > 1 else None
+        self.split = None
+        if parts > 1:
+            # under --threads auto the probe's choice (parts on all cores or one after another) is
+            # where the steps start: the cores stay theirs, and the steps' own times may change it
+            cores = self.levers.threads if config.threads else max(self.levers.threads, auto_threads())
+            self.split = SplitBatch(parts, cores, together=self.levers.threads >= parts)
         self.graph = CudaGraphStep(dev) if self.levers.cuda_graphs else None
 
         self.history: list[dict[str, Any]] = []

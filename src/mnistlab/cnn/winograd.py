@@ -1,10 +1,13 @@
-"""3x3 convolutions by Winograd's minimal filtering F(m x m, 3 x 3), written with torch operations.
+"""3x3 convolutions by Winograd's minimal filtering F(m x m, 3 x 3).
 
 A lever for float32 on CPUs whose oneDNN has no Winograd kernels of its own (AVX2: oneDNN's exist
 only for AVX-512): a 3x3 convolution becomes (m + 2)^2 batched matrix products over tiles of the
 input, which need 2.25x (m = 2) to 4x (m = 4) fewer multiplications than the direct convolution,
-plus cheap linear transforms before and after. All of it is matrix products that autograd already
-differentiates; only the gathering of overlapping input tiles has a backward of its own.
+plus linear transforms before and after. In float32, where the C kernels build (native.py), the
+transforms are one pass each over channels-last memory (``winograd_*`` in kernels.c: the tiles
+gathered and transformed at once, the pooled max and bias with the output transform); elsewhere
+they are torch matrix products that autograd differentiates, with a backward of their own only
+for the gathering of overlapping tiles. The batched products run in torch (MKL) either way.
 
 With m = 2 and a 2x2 max pooling after the convolution (``pool=True``), each output tile is one
 pooling window: the pooling is a max over the tile's four values, and outputs the pooling would
@@ -18,12 +21,15 @@ rounding only (tests compare values and gradients).
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import math
 
 import numpy as np
 import torch
 from torch import nn
+
+from . import native
 
 KERNEL = 3
 TILES = (2, 3, 4)  # output tile sizes m with well-conditioned transforms in float32
@@ -118,6 +124,78 @@ class _WindowMax(torch.autograd.Function):
         return first.to(grad.dtype).mul_(grad)
 
 
+def _library() -> ctypes.CDLL | None:
+    return native.library()
+
+
+@functools.cache
+def _float_matrices(m: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(AT, BT) in float32 for the C kernels (``winograd_*`` in kernels.c)."""
+    at, _, bt = matrices(m)
+    return torch.from_numpy(at).float().contiguous(), torch.from_numpy(bt).float().contiguous()
+
+
+class _NativeInput(torch.autograd.Function):
+    """BT d B of every tile (a C kernel), (a * a, N * th * tw, C) from an (N, C, H, W) map."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, m: int, th: int, tw: int) -> torch.Tensor:  # type: ignore[override]
+        n, c, h, w = x.shape
+        a = m + 2
+        pixels = x.permute(0, 2, 3, 1).contiguous()  # a view for a channels-last map
+        u = x.new_empty((a * a, n * th * tw, c))
+        _library().winograd_input(pixels.data_ptr(), _float_matrices(m)[1].data_ptr(), u.data_ptr(),
+                                  n, h, w, c, m, th, tw)
+        ctx.geometry = (n, c, h, w, m, th, tw)
+        return u
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        n, c, h, w, m, th, tw = ctx.geometry
+        dx = grad.new_empty((n, h, w, c))
+        _library().winograd_input_backward(grad.contiguous().data_ptr(), _float_matrices(m)[1].data_ptr(),
+                                           dx.data_ptr(), n, h, w, c, m, th, tw)
+        return dx.permute(0, 3, 1, 2), None, None, None
+
+
+class _NativeOutput(torch.autograd.Function):
+    """AT M A of every tile plus the bias (a C kernel): with ``pool``, each tile's max, (N, th, tw,
+    O); without, the (N, oh, ow, O) map."""
+
+    @staticmethod
+    def forward(ctx, products: torch.Tensor, bias: torch.Tensor, m: int, geometry: tuple,  # type: ignore[override]
+                pool: bool) -> torch.Tensor:
+        n, th, tw, oh, ow = geometry
+        o = products.shape[-1]
+        out = products.new_empty((n, th, tw, o) if pool else (n, oh, ow, o))
+        window = torch.empty(out.shape if pool else (0,), dtype=torch.uint8)
+        _library().winograd_output(products.data_ptr(), _float_matrices(m)[0].data_ptr(),
+                                   bias.detach().contiguous().data_ptr(), out.data_ptr(), window.data_ptr(),
+                                   n, o, m, th, tw, oh, ow, int(pool))
+        ctx.save_for_backward(window)
+        ctx.geometry, ctx.m, ctx.pool = geometry, m, pool
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        (window,) = ctx.saved_tensors
+        n, th, tw, oh, ow = ctx.geometry
+        m, a = ctx.m, ctx.m + 2
+        grad = grad.contiguous()
+        o = grad.shape[-1]
+        dproducts = grad.new_empty((a * a, n * th * tw, o))
+        at = _float_matrices(m)[0]
+        _library().winograd_output_backward(grad.data_ptr(), window.data_ptr(), at.data_ptr(),
+                                            dproducts.data_ptr(), n, o, m, th, tw, oh, ow, int(ctx.pool))
+        return dproducts, grad.view(-1, o).sum(0), None, None, None
+
+
+def _native(x: torch.Tensor, conv: nn.Conv2d, m: int, pool: bool) -> bool:
+    return (x.dtype == torch.float32 and x.device.type == "cpu" and m + 2 <= 6 and (m == 2 or not pool)
+            and conv.in_channels % native.LANES == 0 and conv.out_channels % native.LANES == 0
+            and not torch.is_autocast_enabled("cpu") and _library() is not None)
+
+
 def conv2d(x: torch.Tensor, conv: nn.Conv2d, m: int, pool: bool = False) -> torch.Tensor:
     """``conv(x)`` for a 3x3, stride-1 convolution (with ``pool``: followed by a 2x2 max pooling of
     stride 2, m = 2), by Winograd F(m x m, 3 x 3). Returns an (N, O, H', W') channels-last tensor."""
@@ -135,6 +213,11 @@ def conv2d(x: torch.Tensor, conv: nn.Conv2d, m: int, pool: bool = False) -> torc
     kat, kg, kbt = (t.to(weight.device) for t in _kron(m, weight.dtype))
     out_ch, in_ch = weight.shape[:2]
     v = (kg @ weight.permute(2, 3, 1, 0).reshape(KERNEL * KERNEL, in_ch * out_ch)).view(a * a, in_ch, out_ch)
+    if _native(x, conv, m, pool):  # the transforms as C kernels, one pass each
+        bias = conv.bias if conv.bias is not None else weight.new_zeros(out_ch)
+        y = _NativeOutput.apply(torch.bmm(_NativeInput.apply(x, m, th, tw), v), bias, m,
+                                (n, th, tw, out_h, out_w), pool)
+        return y.permute(0, 3, 1, 2)
     d = _Tiles.apply(x, m, th, tw).view(a * a, -1)
     u = (kbt @ d).view(a * a, -1, in_ch)
     y = kat @ torch.bmm(u, v).view(a * a, -1)  # (m * m, N * th * tw * O)

@@ -27,15 +27,53 @@ from .threads import RowSplit
 SHARED_SHIFT_RANGE = 60.0
 
 
+class Tally:
+    """What each chunk's loss step leaves for the epoch's accuracy and mean absolute error, counted
+    once per epoch rather than with a few small NumPy calls per chunk: each image's predicted and
+    true class and, for softmax outputs, its true class's shifted logit and its sum of exps (indexed
+    by position in the epoch's order). Sigmoid outputs keep one summed error per chunk."""
+
+    def __init__(self, n: int, dtype: np.dtype) -> None:
+        self.predicted = np.empty(n, np.intp)
+        self.labels = np.empty(n, np.intp)
+        self.label_logit = np.empty(n, dtype)
+        self.exp_sum = np.empty(n, dtype)
+        self.chunks: list[tuple[int, int]] = []  # (start, stop) of each chunk seen this epoch
+        self.errors: list[float] = []  # sigmoid outputs: each chunk's summed |p - onehot|
+
+    def take(self, softmax: bool) -> tuple[int, float]:
+        """The number of correct predictions and the summed |p - onehot| of the chunks seen since
+        the last call, each chunk's error summed as the chunk would have summed it."""
+        stop = self.chunks[-1][1] if self.chunks else 0
+        start = self.chunks[0][0] if self.chunks else 0
+        correct = int(np.count_nonzero(self.predicted[start:stop] == self.labels[start:stop]))
+        errors = self.errors
+        if softmax:
+            # |p - onehot| sums to 2 (1 - p_label) per row, since p sums to 1
+            p_label = np.exp(self.label_logit[start:stop]) / self.exp_sum[start:stop]
+            errors = [2.0 * (b - a - float(p_label[a - start : b - start].sum())) for a, b in self.chunks]
+        abs_err = 0.0
+        for err in errors:
+            abs_err += err
+        self.chunks, self.errors = [], []
+        return correct, abs_err
+
+
 class Backprop:
     def __init__(self, model: MLP, working: WorkingLayout, data: TrainData, rows: int, summed: bool) -> None:
         """Buffers for chunks of up to ``rows`` images; ``summed``: batches span several chunks,
         whose gradients are added up."""
         dt = model.dtype
-        sizes = model.config.sizes
+        sizes = working.sizes  # hidden widths padded (see layout)
         self.config = model.config
         self.working = working
         self.rows = rows
+        # Each layer's units without the working layout's pads, and the length of each layer's
+        # sums: its products add over the model's units of the layer below only (None: every input
+        # column). The pads would add exact zeros, but a longer sum may take another BLAS path
+        # and round differently.
+        self.widths = model.config.sizes[1:]
+        self.fan_in = [None, *self.widths[:-1]]
         # Two input buffers, used in turn: with two BLAS threads the other core may still hold the
         # lines of the one just multiplied, and writing the next chunk there makes them change hands.
         self.inputs = [np.empty((rows, data.n_core), dt) for _ in range(2)]
@@ -44,7 +82,7 @@ class Backprop:
         self.tail_inputs = np.empty((rows, data.n_tail), dt)
         self.raw_tail = np.empty((rows, data.n_tail), np.uint8) if data.raw else None
         self.tail_z = np.empty((rows, sizes[1]), dt)  # the tail columns' share of the first layer's z
-        self.labels = np.empty(rows, np.intp)
+        self.tally = Tally(data.n, dt)
         self.row_starts = np.arange(rows) * sizes[-1]
         self.label_at = np.empty(rows, np.intp)  # flat index of each row's true class in the outputs
         self.ones = np.ones(max(rows, sizes[-1]), dt)
@@ -53,7 +91,7 @@ class Backprop:
         self.scratch = [np.empty((rows, s), dt) for s in sizes[1:]]
         self.logits = np.empty((rows, sizes[-1]), dt)
         # the gradient of a batch's later chunks, added into the optimizer's
-        self.part: ParamViews | None = working.views(np.zeros_like(model.params)) if summed else None
+        self.part: ParamViews | None = working.views(np.zeros(working.size, dt)) if summed else None
         # the first layer's products on several cores, set by the trainer (None: one thread)
         self.products: RowSplit | None = None
 
@@ -71,22 +109,24 @@ class Backprop:
         self,
         data: TrainData,
         idx: np.ndarray,
+        at: int,
         params: ParamViews,
         grad: ParamViews,
         first: bool,
         scale: float,
         phases: Phases,
-    ) -> tuple[float, int, float]:
-        """Forward and backward for the images ``idx``: the gradient times ``scale`` goes into
-        ``grad`` (``first``: the batch's first chunk) or is added to it. Returns the chunk's summed
-        data loss, its number of correct predictions and its summed absolute output error."""
+    ) -> float:
+        """Forward and backward for the images ``idx``, which sit at ``at`` in the epoch's order:
+        the gradient times ``scale`` goes into ``grad`` (``first``: the batch's first chunk) or is
+        added to it. Returns the chunk's summed data loss; ``tally`` keeps what the epoch's
+        accuracy and error need."""
         cfg = self.config
         k = len(idx)
         idx, n_touch = data.arrange(idx)  # the images with ink in the tail columns first
         self.flip ^= 1
         raw = None if self.raw_inputs is None else self.raw_inputs[:k]
         xb = data.gather(idx, self.inputs[self.flip][:k], raw)  # (k, core columns)
-        yb = np.take(data.labels, idx, out=self.labels[:k], mode="clip")
+        yb = np.take(data.labels, idx, out=self.tally.labels[at : at + k], mode="clip")
         if n_touch:
             raw_tail = None if self.raw_tail is None else self.raw_tail[:n_touch]
             # (n_touch, tail columns)
@@ -96,11 +136,12 @@ class Backprop:
         weights, biases = params.weights, params.biases
         last = len(weights) - 1
         hidden = act.FORWARD[cfg.activation]
+        fan_in = self.fan_in
         a = xb
         for i in range(last):
             z = self.acts[i][:k]
             if i:
-                np.matmul(a, weights[i], out=z)  # (k, out)
+                np.matmul(a[:, : fan_in[i]], weights[i][: fan_in[i]], out=z)  # (k, out)
             else:  # the tail's share is multiplied while the other cores finish theirs
                 tail = partial(np.matmul, xt, params.tail, out=self.tail_z[:n_touch]) if n_touch else None
                 self._matmul(a, weights[0], z, tail)
@@ -109,11 +150,11 @@ class Backprop:
             z += biases[i]
             a = hidden(z)
         out = self.acts[last][:k]
-        np.matmul(a, weights[last], out=out)  # (k, classes) logits
+        np.matmul(a[:, : fan_in[last]], weights[last][: fan_in[last]], out=out)  # (k, classes) logits
         out += biases[last]
         phases.lap("forward")
 
-        loss, correct, abs_err = self._loss_and_output_delta(out, yb, scale)
+        loss = self._loss_and_output_delta(out, yb, at, scale)
         phases.lap("loss")
 
         target = grad if first else self.part
@@ -121,13 +162,15 @@ class Backprop:
         input_scale = self.working.input_scale
         delta = out
         for i in range(last, -1, -1):
-            below = self.acts[i - 1][:k] if i else xb
+            # the pads' gradient entries are never written and stay zero
+            width = self.widths[i]
+            below = (self.acts[i - 1][:k] if i else xb)[:, : fan_in[i]]
             # a BLAS product with a ones vector sums the rows faster than np.sum
-            np.matmul(self.ones[:k], delta, out=target.biases[i])
+            np.matmul(self.ones[:k], delta[:, :width], out=target.biases[i][:width])
             if i == 0 and input_scale != 1:
                 delta *= 1.0 / input_scale**2  # inputs u = s x, weights W / s: gradient (u.T delta) / s**2
             if i:
-                np.matmul(below.T, delta, out=target.weights[i])  # (in, out)
+                np.matmul(below.T, delta, out=target.weights[i][: fan_in[i]])  # (in, out)
             else:  # as in the forward pass, the tail's product overlaps the other cores' share
                 if self.working.n_tail and not n_touch:
                     target.tail.fill(0)
@@ -135,34 +178,32 @@ class Backprop:
                 self._matmul(below.T, delta, target.weights[0], tail)
             if i:
                 d_below = self.deltas[i - 1][:k]
-                np.matmul(delta, weights[i].T, out=d_below)  # (k, in)
-                delta = backward(below, d_below, self.scratch[i - 1][:k])
+                np.matmul(delta[:, :width], weights[i][:, :width].T, out=d_below)  # (k, in); zero pads
+                delta = backward(self.acts[i - 1][:k], d_below, self.scratch[i - 1][:k])
         if not first:
             grad.flat += self.part.flat
         phases.lap("backward")
-        return loss, correct, abs_err
+        return loss
 
-    def _loss_and_output_delta(
-        self, out: np.ndarray, yb: np.ndarray, scale: float
-    ) -> tuple[float, int, float]:
+    def _loss_and_output_delta(self, out: np.ndarray, yb: np.ndarray, at: int, scale: float) -> float:
         """Turn the logits ``out`` into ``scale`` * d loss / d logits in place; returns the summed
-        loss, the correct predictions and the summed |prediction - one-hot|."""
+        loss and leaves the predictions (and what the error needs) in ``tally``."""
         k, n_out = out.shape
+        tally = self.tally
+        tally.chunks.append((at, at + k))
         label_at = np.add(self.row_starts[:k], yb, out=self.label_at[:k])
         flat_out = out.reshape(-1)
-        correct = int(np.count_nonzero(out.argmax(axis=1) == yb))
+        np.argmax(out, axis=1, out=tally.predicted[at : at + k])
         if self.config.output == "softmax":
             top = float(out.max())
             if top - float(out.min()) <= SHARED_SHIFT_RANGE:
                 out -= top
             else:
                 out -= out.max(axis=1, keepdims=True)
-            zy = np.take(flat_out, label_at)
+            zy = np.take(flat_out, label_at, out=tally.label_logit[at : at + k])
             np.exp(out, out=out)
-            total = np.matmul(out, self.ones[:n_out])
+            total = np.matmul(out, self.ones[:n_out], out=tally.exp_sum[at : at + k])
             loss = float(np.log(total).sum() - zy.sum())
-            # |p - onehot| sums to 2 (1 - p_label) per row, since p sums to 1
-            abs_err = 2.0 * (k - float((np.exp(zy) / total).sum()))
             out *= (scale / total)[:, None]
             flat_out[label_at] -= scale  # scale * (p - onehot)
         else:
@@ -172,6 +213,6 @@ class Backprop:
             # log-loss from the logits: sum softplus(z) - z[label], stable for any |z|
             loss = float(np.logaddexp(0, logits).sum() - np.take(logits.reshape(-1), label_at).sum())
             flat_out[label_at] -= 1  # d loss / d logits = p - onehot
-            abs_err = float(np.abs(out, out=self.scratch[-1][:k]).sum())
+            tally.errors.append(float(np.abs(out, out=self.scratch[-1][:k]).sum()))
             out *= scale
-        return loss, correct, abs_err
+        return loss

@@ -32,7 +32,8 @@ class SplitEval:
         self.outputs: list[np.ndarray] = []  # per layer, a block's outputs
 
     @classmethod
-    def make(cls, evalset: EvalSet, data: TrainData, model: MLP, block: int) -> SplitEval | None:
+    def make(cls, evalset: EvalSet, data: TrainData, working: WorkingLayout, block: int) -> SplitEval | None:
+        model = working.model
         x = evalset.inputs
         if data.n_core == x.shape[1]:
             return None
@@ -53,7 +54,7 @@ class SplitEval:
             split.rows *= data.input_scale
         if evalset.raw:
             split.buffers = {w: np.empty((block, w), np.float32) for w in (data.n_core, x.shape[1])}
-        split.outputs = [np.empty((block, n_out), model.dtype) for _, n_out in model.shapes]
+        split.outputs = [np.empty((block, n_out), model.dtype) for _, n_out in working.shapes]
         return split
 
     def inputs(self, start: int, stop: int, width: int) -> np.ndarray:
@@ -76,6 +77,12 @@ class SplitEval:
             x = self.inputs(start, stop, n_in if full else working.n_core)
             z = np.matmul(x, w_all if full else weights[0], out=self.outputs[0][: stop - start])
             z += biases[0]
-            logits = model.logits_from(hidden(z), weights, biases, start=1, bufs=self.outputs)
+            a = hidden(z)
+            # as the training pass multiplies: over the model's units of the layer below only
+            for i, fan_in in enumerate(model.config.sizes[1:-1], start=1):
+                z = np.matmul(a[:, :fan_in], weights[i][:fan_in], out=self.outputs[i][: stop - start])
+                z += biases[i]
+                a = hidden(z) if i < len(weights) - 1 else z
+            logits = a
             correct += int(np.count_nonzero(logits.argmax(axis=1) == self.labels[start:stop]))
         return correct / len(self.labels)

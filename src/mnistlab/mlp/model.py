@@ -23,6 +23,21 @@ from .config import MLPConfig
 INFER_CHUNK = 2048
 
 
+def layer_views(
+    flat: np.ndarray, shapes: Sequence[tuple[int, int]]
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Weight (in, out) and bias (out,) views of each layer of ``shapes`` in a flat buffer that holds
+    all weights first, then all biases."""
+    weights, biases, pos = [], [], 0
+    for n_in, n_out in shapes:
+        weights.append(flat[pos : pos + n_in * n_out].reshape(n_in, n_out))
+        pos += n_in * n_out
+    for _, n_out in shapes:
+        biases.append(flat[pos : pos + n_out])
+        pos += n_out
+    return weights, biases
+
+
 class MLP(InspectableModel):
     """784-70-30-10 by default; layers ``hidden1`` .. ``hiddenK``, ``output``."""
 
@@ -54,14 +69,7 @@ class MLP(InspectableModel):
 
     def _views(self, flat: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """Per-layer weight (in, out) and bias (out,) views into a flat buffer of this layout."""
-        weights, biases, pos = [], [], 0
-        for n_in, n_out in self.shapes:
-            weights.append(flat[pos : pos + n_in * n_out].reshape(n_in, n_out))
-            pos += n_in * n_out
-        for _, n_out in self.shapes:
-            biases.append(flat[pos : pos + n_out])
-            pos += n_out
-        return weights, biases
+        return layer_views(flat, self.shapes)
 
     def initialize(self, seed: int) -> None:
         """He-normal for relu layers, Xavier-uniform (Glorot) for sigmoid/tanh; biases zero."""

@@ -25,7 +25,7 @@ class Optimizer:
     def __init__(self, config: MLPConfig, working: WorkingLayout) -> None:
         self.config = config
         self.working = working
-        self.size = len(working.model.params)
+        self.size = working.size
         self.dtype = working.model.dtype
         self.params: ParamViews = working.views(working.from_model(np.empty(self.size, self.dtype)))
         self.grad: ParamViews = working.views(np.zeros(self.size, self.dtype))

@@ -21,9 +21,8 @@ def penalty_loss(config: MLPConfig, working: WorkingLayout, params: np.ndarray, 
     w1, s = w[: working.n_first], working.input_scale
     loss = 0.0
     if config.l2:
-        squares = float(np.dot(w, w))
-        if s != 1:
-            squares += (s * s - 1) * float(np.dot(w1, w1))
+        rest = w[working.n_first :]  # one pass over the weights: runs every batch
+        squares = s * s * float(np.dot(w1, w1)) + float(np.dot(rest, rest))
         loss += 0.5 * config.l2 * squares
     if config.l1:
         size = float(np.abs(w, out=scratch[: len(w)]).sum())

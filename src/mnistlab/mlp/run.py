@@ -25,7 +25,7 @@ class TrainResult:
     run_dir: Path | None
     test_accuracy: float | None
     input_layout: dict[str, float] = field(default_factory=dict)  # Trainer.layout: how the inputs were split
-    # ThreadChoice.log: (epoch, BLAS threads chosen, microseconds per image with all, with one)
+    # ThreadChoice.log: (epoch, threads chosen, microseconds per image with all, with one)
     thread_choices: list[tuple[int, int, float, float]] = field(default_factory=list)
 
     def _repr_html_(self) -> str:  # Jupyter: a summary table and the curves

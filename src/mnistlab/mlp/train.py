@@ -54,13 +54,17 @@ class FitState:
         self.optimizer: Optimizer = make_optimizer(model.config, self.working)
         self.chunk_rows = min(batch, chunk)
         self.backprop = Backprop(model, self.working, data, self.chunk_rows, summed=self.chunk_rows < batch)
-        self.scratch = np.empty_like(model.params)
+        self.scratch = np.empty(self.working.size, model.dtype)
 
-    def chunk_pass(
-        self, idx: np.ndarray, first: bool, scale: float, phases: Phases
-    ) -> tuple[float, int, float]:
+    def chunk_pass(self, idx: np.ndarray, at: int, first: bool, scale: float, phases: Phases) -> float:
+        """One chunk's forward and backward (``idx`` sits at ``at`` in the epoch's order); returns its
+        summed data loss."""
         opt = self.optimizer
-        return self.backprop.run(self.data, idx, opt.params, opt.grad, first, scale, phases)
+        return self.backprop.run(self.data, idx, at, opt.params, opt.grad, first, scale, phases)
+
+    def epoch_counts(self) -> tuple[int, float]:
+        """Correct predictions and summed |p - onehot| of the chunks passed since the last call."""
+        return self.backprop.tally.take(self.backprop.config.output == "softmax")
 
     def penalty(self) -> float:
         return penalty_loss(self.optimizer.config, self.working, self.optimizer.params.flat, self.scratch)
@@ -128,8 +132,9 @@ class Trainer:
         phases = Phases(False)
         for start in range(0, n, fit.chunk_rows):
             loss += fit.chunk_pass(
-                np.arange(start, min(start + fit.chunk_rows, n)), start == 0, 1.0 / n, phases
-            )[0]
+                np.arange(start, min(start + fit.chunk_rows, n)), start, start == 0, 1.0 / n, phases
+            )
+        fit.epoch_counts()
         penalty = fit.penalty()
         cfg, working, opt = self.config, fit.working, fit.optimizer
         nw = working.n_weights
@@ -202,7 +207,7 @@ class Trainer:
         where ``layout`` records the share of its images multiplied over all columns."""
         if evalset is None:
             return None
-        split = SplitEval.make(evalset, fit.data, self.model, EVAL_BLOCK)
+        split = SplitEval.make(evalset, fit.data, fit.working, EVAL_BLOCK)
         if split is not None:
             if layout_key:
                 self.layout[layout_key] = split.n_inked / len(split.labels)
@@ -239,8 +244,7 @@ class Trainer:
             if chooser is not None:
                 chooser.start_epoch(epoch)
             order = rng.permutation(n)
-            loss_sum = penalty_sum = err_sum = 0.0
-            correct = 0
+            loss_sum = penalty_sum = 0.0
             for start in range(0, n, batch):
                 stop = min(start + batch, n)
                 size = stop - start
@@ -248,12 +252,9 @@ class Trainer:
                 started = time.perf_counter()
                 phases.start()
                 for cs in range(start, stop, fit.chunk_rows):
-                    chunk_loss, chunk_correct, chunk_err = fit.chunk_pass(
-                        order[cs : min(cs + fit.chunk_rows, stop)], cs == start, grad_scale / size, phases
+                    batch_loss += fit.chunk_pass(
+                        order[cs : min(cs + fit.chunk_rows, stop)], cs, cs == start, grad_scale / size, phases
                     )
-                    batch_loss += chunk_loss
-                    correct += chunk_correct
-                    err_sum += chunk_err
                 penalty = fit.penalty() if (cfg.l1 or cfg.l2) else 0.0
                 if not math.isfinite(batch_loss + penalty):
                     np.copyto(opt.params.flat, good)
@@ -269,6 +270,7 @@ class Trainer:
                 phases.lap("update")
                 if chooser is not None:
                     chooser.batch_done(time.perf_counter() - started)
+            correct, err_sum = fit.epoch_counts()
             if not np.isfinite(opt.params.flat).all():
                 np.copyto(opt.params.flat, good)
                 raise TrainingDiverged(

@@ -1,0 +1,93 @@
+"""Old against new MLP trainer code in one process: CPU time per epoch of fits that alternate.
+
+    git worktree add --detach /tmp/mlp-old main
+    OPENBLAS_NUM_THREADS=1 PYTHONPATH=src python benchmarks/mlp_interleaved.py old=/tmp/mlp-old/src new=src
+
+Each SRC's ``mnistlab`` package is copied under another name (``mnistlab_old``, ...) so that both load
+side by side (the package imports itself relatively); the fits alternate, the order reversing every
+round, on the same MNIST arrays, with the benchmark's setup (default preset, batch 500, raw images,
+the per-epoch test pass, one BLAS thread). Fits in one process share its memory placement, which
+on the project's small VMs varies more between processes than the code changes being compared.
+Prints per-round medians, then each variant's median CPU ms per epoch (the first epoch, which
+holds the setup, left out), its ratio to the first variant, and its parameter hashes (the same hash
+means bit-identical training).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+
+def load_variants(specs: list[str], root: str) -> dict:
+    variants = {}
+    for spec in specs:
+        name, src = spec.split("=", 1)
+        shutil.copytree(os.path.join(src, "mnistlab"), os.path.join(root, name, f"mnistlab_{name}"))
+        sys.path.insert(0, os.path.join(root, name))
+        package = importlib.import_module(f"mnistlab_{name}")
+        for sub in ("mlp", "data"):
+            importlib.import_module(f"mnistlab_{name}.{sub}")
+        variants[name] = package
+    return variants
+
+
+def fit(package, images, epochs: int, preset: str) -> tuple[list[float], str]:
+    train_x, train_y, test_x, test_y = images
+    cfg = package.mlp.preset(preset, batch_size=500, epochs=epochs)
+    model = package.mlp.MLP(cfg, preprocess=package.data.Preprocessor.fit(cfg.preprocess, train_x))
+    cpu, last = [], [time.process_time()]
+
+    def lap(_row) -> None:
+        now = time.process_time()
+        cpu.append(now - last[0])
+        last[0] = now
+
+    package.mlp.Trainer(model).fit(train_x, train_y, test=(test_x, test_y), threads=1, callback=lap)
+    return [1000 * c for c in cpu[1:]], hashlib.sha1(model.params.tobytes()).hexdigest()[:12]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("variants", nargs="+", help="NAME=SRC, SRC holding a mnistlab/ package")
+    p.add_argument("--rounds", type=int, default=10)
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--preset", default="default")
+    args = p.parse_args()
+    with tempfile.TemporaryDirectory() as root:
+        variants = load_variants(args.variants, root)
+        ds = next(iter(variants.values())).data.load_dataset("mnist", progress=False)
+        labels = ds.train_labels.astype(np.int64), ds.test_labels.astype(np.int64)
+        images = (ds.train_images, labels[0], ds.test_images, labels[1])
+        names = list(variants)
+        per_epoch = {n: [] for n in names}
+        hashes = {n: set() for n in names}
+        for r in range(args.rounds):
+            for name in names if r % 2 == 0 else names[::-1]:
+                ms, digest = fit(variants[name], images, args.epochs, args.preset)
+                per_epoch[name] += ms
+                hashes[name].add(digest)
+            last = args.epochs - 1
+            medians = "  ".join(f"{n} {statistics.median(per_epoch[n][-last:]):.0f}" for n in names)
+            print(f"round {r + 1}: {medians} ms | load average {os.getloadavg()[0]:.1f}", flush=True)
+    first = statistics.median(per_epoch[names[0]])
+    for name in names:
+        ms = sorted(per_epoch[name])
+        print(
+            f"{name}: CPU per epoch median {statistics.median(ms):.1f} ms (quartiles {ms[len(ms) // 4]:.0f}-"
+            f"{ms[3 * len(ms) // 4]:.0f}, {len(ms)} epochs), {statistics.median(ms) / first:.3f}x "
+            f"{names[0]}; parameter hashes {sorted(hashes[name])}"
+        )
+
+
+if __name__ == "__main__":
+    main()

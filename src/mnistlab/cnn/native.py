@@ -1,0 +1,83 @@
+"""Small C kernels of the CNN's CPU levers (``kernels.c`` next to this file: the one-pass first
+block of pooled_conv.py, the Winograd transforms of winograd.py), compiled on first use with the
+system's C compiler (``$CC``, else ``cc``) for the vector ISA torch itself runs at
+(``ATEN_CPU_CAPABILITY`` holds it), and cached under ``$MNISTLAB_HOME/kernels``.
+
+Where they pay is measured (cpu_probe), never assumed; without a compiler ``library`` returns None
+and the levers that need a kernel are simply not offered. Kernels run on one thread, in a fixed
+order of sums, so results repeat bit for bit; ctypes releases the GIL while they run, so the
+parts of a split batch run them side by side.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+
+LANES = 8  # channels per vector block in the kernels: channel counts must be multiples of it
+_FLAGS = {"AVX2": ["-mavx2", "-mfma"], "AVX512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx2", "-mfma"]}
+
+
+SOURCE = Path(__file__).with_name("kernels.c")
+_DECLARED = {  # function: (data pointers, int64 sizes)
+    "pooled_conv_forward": (5, 7), "pooled_conv_backward": (6, 7),
+    "winograd_input": (3, 7), "winograd_input_backward": (3, 7),
+    "winograd_output": (5, 8), "winograd_output_backward": (4, 8),
+}
+
+
+@functools.cache
+def library() -> ctypes.CDLL | None:
+    """The kernels compiled for the ISA torch runs at (built and cached on first use), or None
+    when they cannot be built here."""
+    name, source = "kernels", SOURCE
+    compiler = shutil.which(os.environ.get("CC") or "cc")
+    if compiler is None or not source.exists():
+        return None
+    isa = _FLAGS.get(torch.backends.cpu.get_cpu_capability(), [])
+    flags = ["-O3", "-fPIC", "-shared", "-fno-fast-math", *isa]
+    try:
+        version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    digest = hashlib.sha256("\0".join([source.read_text(), version, *flags]).encode()).hexdigest()[:16]
+    from ..data.sources import home_dir
+
+    target = home_dir() / "kernels" / f"{name}-{digest}.so"
+    if not target.exists():
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".so", dir=target.parent)
+            os.close(fd)
+            command = [compiler, *flags, str(source), "-o", tmp]
+            done = subprocess.run(command, capture_output=True, timeout=120)
+            if done.returncode != 0:
+                Path(tmp).unlink(missing_ok=True)
+                return None
+            os.replace(tmp, target)  # another process building the same file: either copy will do
+        except (OSError, subprocess.SubprocessError):
+            return None
+    try:
+        lib = ctypes.CDLL(str(target))
+    except OSError:
+        return None
+    for function, (pointers, sizes) in _DECLARED.items():
+        kernel = getattr(lib, function)
+        kernel.argtypes = [ctypes.c_void_p] * pointers + [ctypes.c_int64] * sizes
+        kernel.restype = None
+    return lib
+
+
+def built() -> str:
+    """The kernels' file name here (the source, compiler and flags hashed), or "" where none can
+    be built: what a recorded choice of levers was measured with."""
+    lib = library()
+    return Path(lib._name).stem if lib is not None else ""

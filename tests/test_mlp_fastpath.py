@@ -1,0 +1,74 @@
+"""The fast trainer's speed measures change nothing but speed: padded hidden widths (mlp/layout.py)
+and the per-epoch count of accuracy and error (mlp/backprop.py's Tally)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mnistlab.mlp import MLP, MLPConfig, Trainer, layout
+
+
+def _data(n=300, width=20, classes=4, seed=5):
+    """Dense columns plus rarely nonzero ones, so the tail block engages too."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, width)).astype(np.float32)
+    x[:, :4] *= rng.random((n, 4)) < 0.05
+    y = (x[:, 4:8] + 0.5 * rng.standard_normal((n, 4))).argmax(axis=1) % classes
+    return x, y
+
+
+@pytest.mark.parametrize(
+    "activation, hidden, padded, chunk",
+    [
+        ("tanh", (12, 7), (16, 8), 25),
+        ("relu", (12, 7), (16, 8), 25),
+        ("sigmoid", (12, 7), (12, 7), 25),
+        ("tanh", (70, 30), (72, 32), 500),  # the default widths: BLAS takes other paths for these
+    ],
+)
+def test_padded_hidden_units_stay_zero_and_change_no_bit(activation, hidden, padded, chunk, monkeypatch):
+    x, y = _data(n=1000)
+    cfg = MLPConfig(
+        input_size=20, hidden=hidden, n_classes=4, epochs=2, batch_size=500, lr=0.2, l1=1e-4, l2=1e-3,
+        activation=activation, seed=2,
+    )
+    fast, plain = MLP(cfg), MLP(cfg)
+    trainer = Trainer(fast, chunk=chunk, split=0.1, adapt_threads=False)
+    history = trainer.fit(x, y, test=(x[:50], y[:50]))
+    working = trainer.fit_state.working
+    # sigmoid maps 0 to 1/2: a pad unit would not stay silent, so those layers are not padded
+    assert working.sizes == (20, *padded, 4) and trainer.layout["tail"] > 0
+    params = trainer.fit_state.optimizer.params
+    (h1, h2) = hidden
+    assert not params.weights[0][:, h1:].any() and not params.tail[:, h1:].any()
+    assert not params.biases[0][h1:].any() and not params.biases[1][h2:].any()
+    assert not params.weights[1][h1:].any() and not params.weights[1][:, h2:].any()
+    assert not params.weights[2][h2:].any()
+
+    monkeypatch.setattr(layout, "PAD_WIDTH", 1)
+    plain_trainer = Trainer(plain, chunk=chunk, split=0.1, adapt_threads=False)
+    plain_history = plain_trainer.fit(x, y, test=(x[:50], y[:50]))
+    np.testing.assert_array_equal(fast.params, plain.params)
+    for row, plain_row in zip(history, plain_history):
+        for key in ("train_accuracy", "mean_abs_error", "test_accuracy"):
+            assert row[key] == plain_row[key], key
+        # the L2 penalty's dot product also sums the pads' zeros, so its last bits may differ
+        assert row["loss"] == pytest.approx(plain_row["loss"], rel=1e-6)
+
+
+@pytest.mark.parametrize("output", ["softmax", "sigmoid"])
+def test_epoch_tally_counts_what_the_batch_saw(output):
+    """One batch per epoch in several chunks: the epoch's accuracy and error are those of the initial
+    weights on the whole set, counted from every chunk's predictions."""
+    x, y = _data(n=130)
+    cfg = MLPConfig(
+        input_size=20, hidden=(9,), n_classes=4, epochs=1, batch_size=130, output=output, dtype="float64"
+    )
+    model = MLP(cfg)
+    proba = model.activations_from_inputs(x, ["output"])["output"]
+    logits = model.logits_from(model.to_input_matrix(x), model.weights, model.biases)
+    (row,) = Trainer(model, chunk=40, adapt_threads=False).fit(x, y)
+    onehot = np.eye(4)[y]
+    assert row["train_accuracy"] == np.mean(logits.argmax(axis=1) == y)
+    assert row["mean_abs_error"] == pytest.approx(np.abs(proba - onehot).mean(), rel=1e-12)
