@@ -229,6 +229,8 @@ def test_tensorboard_server_serves_the_scalars(mlp_logs):
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait()
+    with socket.socket() as probe:  # stopping the command stops TensorBoard: nothing left serving
+        assert probe.connect_ex(("127.0.0.1", port)) != 0, "TensorBoard outlived `mnistlab tensorboard`"
 
 
 @pytest.mark.slow

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import subprocess
+import os
 import sys
 from pathlib import Path
 
@@ -50,7 +50,9 @@ def run_tensorboard(args: argparse.Namespace) -> int:
         raise MnistlabError(f"--port {args.port} must be between 0 and 65535")
     command = [sys.executable, "-m", "tensorboard.main", "--logdir", str(args.logdir),
                "--host", args.host, "--port", str(args.port)]  # fmt: skip
-    try:
-        return subprocess.call(command)
-    except KeyboardInterrupt:
-        return 0
+    # Replace this process rather than start a child: a SIGTERM to `mnistlab tensorboard` then stops
+    # TensorBoard itself instead of leaving it serving, orphaned, after its parent is gone.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, command)
+    return 0  # not reached: execv only returns by raising
