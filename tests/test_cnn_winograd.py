@@ -138,3 +138,38 @@ def test_c_transforms_match_conv2d_in_float32(m, size, pool):
     params = [x, conv.weight, conv.bias]
     for g, w in zip(_grads(got, params), _grads(want, params)):
         torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-4 * float(w.abs().max()))
+
+
+@pytest.mark.skipif(winograd._library() is None, reason="no C compiler to build the transforms")
+def test_c_transforms_give_the_same_results_when_threads_first_call_them_together():
+    """A split batch's parts call the C transforms from two threads at once, often on a cold cache
+    of the transform matrices: every call must still give the one-thread results bit for bit
+    (a kernel once read a matrix that only the other thread's cache entry kept alive)."""
+    import threading
+
+    torch.manual_seed(0)
+    conv = nn.Conv2d(8, 16, 3).to(memory_format=torch.channels_last)
+    x = torch.rand(4, 8, 12, 12).contiguous(memory_format=torch.channels_last)
+
+    def step() -> list[torch.Tensor]:
+        xs = x.clone().requires_grad_(True)
+        y = winograd.conv2d(xs, conv, 2, pool=True)
+        return [y.detach(), *torch.autograd.grad(y.square().sum(), [xs, conv.weight])]
+
+    want = step()
+    for _ in range(40):
+        winograd._float_matrices.cache_clear()
+        barrier, results = threading.Barrier(4), []
+
+        def worker(barrier: threading.Barrier, results: list) -> None:
+            barrier.wait()
+            results.append(step())
+
+        threads = [threading.Thread(target=worker, args=(barrier, results)) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for got in results:
+            for g, w in zip(got, want):
+                assert torch.equal(g, w)

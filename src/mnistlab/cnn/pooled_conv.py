@@ -40,7 +40,8 @@ class _PooledConv(torch.autograd.Function):
         taps = weight.detach().reshape(o, k * k).t().contiguous()
         out = x.new_empty((n, ph, pw, o))
         window = torch.empty((n, ph, pw, o), dtype=torch.uint8)
-        lib.pooled_conv_forward(image.data_ptr(), taps.data_ptr(), bias.detach().contiguous().data_ptr(),
+        bias = bias.detach().contiguous()  # in a name: a temporary could be freed before the kernel reads it
+        lib.pooled_conv_forward(image.data_ptr(), taps.data_ptr(), bias.data_ptr(),
                                 out.data_ptr(), window.data_ptr(), n, h, w, k, o, ph, pw)
         ctx.save_for_backward(image, out, window)
         ctx.kernel = k

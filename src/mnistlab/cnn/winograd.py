@@ -130,7 +130,9 @@ def _library() -> ctypes.CDLL | None:
 
 @functools.cache
 def _float_matrices(m: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(AT, BT) in float32 for the C kernels (``winograd_*`` in kernels.c)."""
+    """(AT, BT) in float32 for the C kernels (``winograd_*`` in kernels.c). Callers hold the tensors in
+    a name while a kernel runs: when a split batch's parts call this at once, only one result is cached
+    and a bare ``_float_matrices(m)[0].data_ptr()`` would point into memory freed before the call."""
     at, _, bt = matrices(m)
     return torch.from_numpy(at).float().contiguous(), torch.from_numpy(bt).float().contiguous()
 
@@ -144,7 +146,8 @@ class _NativeInput(torch.autograd.Function):
         a = m + 2
         pixels = x.permute(0, 2, 3, 1).contiguous()  # a view for a channels-last map
         u = x.new_empty((a * a, n * th * tw, c))
-        _library().winograd_input(pixels.data_ptr(), _float_matrices(m)[1].data_ptr(), u.data_ptr(),
+        bt = _float_matrices(m)[1]
+        _library().winograd_input(pixels.data_ptr(), bt.data_ptr(), u.data_ptr(),
                                   n, h, w, c, m, th, tw)
         ctx.geometry = (n, c, h, w, m, th, tw)
         return u
@@ -152,8 +155,9 @@ class _NativeInput(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
         n, c, h, w, m, th, tw = ctx.geometry
+        grad, bt = grad.contiguous(), _float_matrices(m)[1]
         dx = grad.new_empty((n, h, w, c))
-        _library().winograd_input_backward(grad.contiguous().data_ptr(), _float_matrices(m)[1].data_ptr(),
+        _library().winograd_input_backward(grad.data_ptr(), bt.data_ptr(),
                                            dx.data_ptr(), n, h, w, c, m, th, tw)
         return dx.permute(0, 3, 1, 2), None, None, None
 
@@ -169,8 +173,9 @@ class _NativeOutput(torch.autograd.Function):
         o = products.shape[-1]
         out = products.new_empty((n, th, tw, o) if pool else (n, oh, ow, o))
         window = torch.empty(out.shape if pool else (0,), dtype=torch.uint8)
-        _library().winograd_output(products.data_ptr(), _float_matrices(m)[0].data_ptr(),
-                                   bias.detach().contiguous().data_ptr(), out.data_ptr(), window.data_ptr(),
+        at, bias = _float_matrices(m)[0], bias.detach().contiguous()
+        _library().winograd_output(products.data_ptr(), at.data_ptr(),
+                                   bias.data_ptr(), out.data_ptr(), window.data_ptr(),
                                    n, o, m, th, tw, oh, ow, int(pool))
         ctx.save_for_backward(window)
         ctx.geometry, ctx.m, ctx.pool = geometry, m, pool
