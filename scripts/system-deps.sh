@@ -6,6 +6,8 @@
 set -u
 want=()
 [ -d /usr/share/datasets/fashion-mnist ] || want+=(dataset-fashion-mnist)
+# the CNN's float32 C kernels (cnn/kernels.c) are built on first use; without a compiler they are not offered
+command -v cc >/dev/null || want+=(gcc)
 # --browser: also what only the test suite needs
 if [ "${1:-}" = "--browser" ] && ! ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1; then want+=(postgresql); fi
 if [ "${1:-}" = "--browser" ] && [ ! -x /usr/bin/chromium ]; then want+=(chromium); fi
