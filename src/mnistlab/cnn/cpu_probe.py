@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import json
 import os
 import platform
@@ -193,17 +194,23 @@ def machine() -> dict[str, str]:
     """What a recorded choice depends on besides the network: the CPU, what oneDNN, ATen and MKL may
     use on it (``ONEDNN_MAX_CPU_ISA`` / ``ATEN_CPU_CAPABILITY`` / ``MKL_ENABLE_INSTRUCTIONS`` hold
     it), and the torch build."""
-    model = platform.processor()
-    with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="utf-8", errors="replace") as info:
-        model = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), model)
     return {
-        "cpu": model,
+        "cpu": _cpu_model(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "onednn_max_isa": os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "",
         "aten_cpu_capability": os.environ.get("ATEN_CPU_CAPABILITY", ""),
         "mkl_instructions": os.environ.get("MKL_ENABLE_INSTRUCTIONS", ""),  # the Winograd products' GEMMs
         "torch": torch.__version__,
     }
+
+
+@functools.cache
+def _cpu_model() -> str:
+    """The CPU's model name; it cannot change while the process runs, so it is read once."""
+    model = platform.processor()
+    with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="utf-8", errors="replace") as info:
+        model = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), model)
+    return model
 
 
 def record_path() -> Path:

@@ -158,8 +158,12 @@ def _measure_cpu(config: TrainConfig, spec: Spec, amp: str | None, default: cpu_
     from .model import Net
 
     dtype = {"bfloat16": torch.bfloat16}.get(amp or "")
-    with torch.random.fork_rng(devices=[]):  # the probe's network must not draw from the run's random stream
-        net = Net(spec)
+    split_timed = not config.threads and default.threads > 1
+    net = None
+    if recorded is None or split_timed:  # a recorded arithmetic with --threads times nothing
+        # the probe's network must not draw from the run's random stream
+        with torch.random.fork_rng(devices=[]):
+            net = Net(spec)
     parts = default.parts
     if recorded is not None:
         parts = int(recorded.get("data_parallel", parts))
@@ -170,7 +174,7 @@ def _measure_cpu(config: TrainConfig, spec: Spec, amp: str | None, default: cpu_
     else:
         choice, notes = _arithmetic(config, spec, net, dtype, replace(default, parts=parts))
     chosen = cpu_probe.Candidate(choice[0], default.threads, parts, choice[1], choice[2])
-    if not config.threads and default.threads > 1:
+    if split_timed:
         # one thread keeps the partition (serial parts) so that the arithmetic does not change
         alone = cpu_probe.Candidate(choice[0], 1, parts, choice[1], choice[2])
         result = cpu_probe.probe(net, spec.input_shape, config.batch_size, [chosen, alone], autocast=dtype)
