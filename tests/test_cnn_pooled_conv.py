@@ -7,10 +7,10 @@ torch = pytest.importorskip("torch")
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
-from mnistlab.cnn import pooled_conv  # noqa: E402
+from mnistlab.cnn import native, pooled_conv  # noqa: E402
 from mnistlab.cnn.model import build_net, channels_last_strides  # noqa: E402
 
-pytestmark = pytest.mark.skipif(pooled_conv.library() is None, reason="no C compiler to build the kernel")
+pytestmark = pytest.mark.skipif(native.library() is None, reason="no C compiler to build the kernel")
 
 
 def _reference(x, conv):
@@ -82,7 +82,7 @@ def test_network_with_the_kernel_matches_the_plain_network():
 
 
 def test_without_a_compiler_the_kernel_levers_are_not_offered(monkeypatch):
-    from mnistlab.cnn import native, winograd
+    from mnistlab.cnn import winograd
 
     monkeypatch.setenv("CC", "/nonexistent/cc")
     native.library.cache_clear()

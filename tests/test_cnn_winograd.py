@@ -8,7 +8,7 @@ torch = pytest.importorskip("torch")
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
-from mnistlab.cnn import winograd  # noqa: E402
+from mnistlab.cnn import native, winograd  # noqa: E402
 from mnistlab.cnn.model import build_net  # noqa: E402
 
 
@@ -119,7 +119,7 @@ def test_only_plain_3x3_convolutions_are_planned():
     assert winograd.tile_for(11, 11, pool=False) == 4 and winograd.tile_for(11, 11, pool=True) == 2
 
 
-@pytest.mark.skipif(winograd._library() is None, reason="no C compiler to build the transforms")
+@pytest.mark.skipif(native.library() is None, reason="no C compiler to build the transforms")
 @pytest.mark.parametrize(("m", "size", "pool"), [(2, 12, True), (2, 13, True), (2, 9, False), (3, 5, False),
                                                   (3, 10, False), (4, 11, False)])
 def test_c_transforms_match_conv2d_in_float32(m, size, pool):
@@ -140,7 +140,7 @@ def test_c_transforms_match_conv2d_in_float32(m, size, pool):
         torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-4 * float(w.abs().max()))
 
 
-@pytest.mark.skipif(winograd._library() is None, reason="no C compiler to build the transforms")
+@pytest.mark.skipif(native.library() is None, reason="no C compiler to build the transforms")
 def test_c_transforms_give_the_same_results_when_threads_first_call_them_together():
     """A split batch's parts call the C transforms from two threads at once, often on a cold cache
     of the transform matrices: every call must still give the one-thread results bit for bit

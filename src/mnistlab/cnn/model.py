@@ -14,7 +14,7 @@ from torch import nn
 from ..data.preprocess import Preprocessor
 from ..errors import ConfigError, RunError
 from ..model_api import InspectableModel
-from . import pooled_conv, winograd
+from . import native, pooled_conv, winograd
 from .activations import ACTIVATIONS
 from .spec import LayerInfo, Spec, infer_shapes, parse_spec, summary_table
 
@@ -132,7 +132,7 @@ class Net(nn.Module):
         plan = [name for name, (before, pooling, act) in self._fused.items()
                 if list(self._modules[name]._modules) == ["conv", "act"]
                 and pooled_conv.eligible(before[0], pooling[0], act)]
-        return plan if plan and pooled_conv.library() is not None else []
+        return plan if plan and native.library() is not None else []
 
     def forward(self, x: torch.Tensor, until: str | None = None) -> torch.Tensor:
         """Logits; with ``until``, the output of that block, and no block after it runs."""

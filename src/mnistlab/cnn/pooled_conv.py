@@ -15,8 +15,6 @@ image's), so blocks whose input needs one run as written.
 
 from __future__ import annotations
 
-import ctypes
-
 import torch
 from torch import nn
 
@@ -25,14 +23,10 @@ from . import native
 MAX_TAPS = 49  # taps per kernel (kernels.c)
 
 
-def library() -> ctypes.CDLL | None:
-    return native.library()
-
-
 class _PooledConv(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        lib = library()
+        lib = native.library()
         n, _, h, w = x.shape
         o, k = weight.shape[0], weight.shape[-1]
         ph, pw = (h - k + 1) // 2, (w - k + 1) // 2
@@ -56,8 +50,9 @@ class _PooledConv(torch.autograd.Function):
         grad = grad.permute(0, 2, 3, 1).contiguous()  # a view when it is channels-last already
         taps_grad = grad.new_empty((k * k, o))
         bias_grad = grad.new_empty(o)
-        library().pooled_conv_backward(image.data_ptr(), grad.data_ptr(), out.data_ptr(), window.data_ptr(),
-                                       taps_grad.data_ptr(), bias_grad.data_ptr(), n, h, w, k, o, ph, pw)
+        native.library().pooled_conv_backward(image.data_ptr(), grad.data_ptr(), out.data_ptr(),
+                                              window.data_ptr(), taps_grad.data_ptr(), bias_grad.data_ptr(),
+                                              n, h, w, k, o, ph, pw)
         return None, taps_grad.t().reshape(o, 1, k, k), bias_grad
 
 

@@ -21,7 +21,6 @@ rounding only (tests compare values and gradients).
 
 from __future__ import annotations
 
-import ctypes
 import functools
 import math
 
@@ -124,10 +123,6 @@ class _WindowMax(torch.autograd.Function):
         return first.to(grad.dtype).mul_(grad)
 
 
-def _library() -> ctypes.CDLL | None:
-    return native.library()
-
-
 @functools.cache
 def _float_matrices(m: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(AT, BT) in float32 for the C kernels (``winograd_*`` in kernels.c). Callers hold the tensors in
@@ -147,8 +142,8 @@ class _NativeInput(torch.autograd.Function):
         pixels = x.permute(0, 2, 3, 1).contiguous()  # a view for a channels-last map
         u = x.new_empty((a * a, n * th * tw, c))
         bt = _float_matrices(m)[1]
-        _library().winograd_input(pixels.data_ptr(), bt.data_ptr(), u.data_ptr(),
-                                  n, h, w, c, m, th, tw)
+        native.library().winograd_input(pixels.data_ptr(), bt.data_ptr(), u.data_ptr(),
+                                        n, h, w, c, m, th, tw)
         ctx.geometry = (n, c, h, w, m, th, tw)
         return u
 
@@ -157,8 +152,8 @@ class _NativeInput(torch.autograd.Function):
         n, c, h, w, m, th, tw = ctx.geometry
         grad, bt = grad.contiguous(), _float_matrices(m)[1]
         dx = grad.new_empty((n, h, w, c))
-        _library().winograd_input_backward(grad.data_ptr(), bt.data_ptr(),
-                                           dx.data_ptr(), n, h, w, c, m, th, tw)
+        native.library().winograd_input_backward(grad.data_ptr(), bt.data_ptr(),
+                                                 dx.data_ptr(), n, h, w, c, m, th, tw)
         return dx.permute(0, 3, 1, 2), None, None, None
 
 
@@ -174,9 +169,9 @@ class _NativeOutput(torch.autograd.Function):
         out = products.new_empty((n, th, tw, o) if pool else (n, oh, ow, o))
         window = torch.empty(out.shape if pool else (0,), dtype=torch.uint8)
         at, bias = _float_matrices(m)[0], bias.detach().contiguous()
-        _library().winograd_output(products.data_ptr(), at.data_ptr(),
-                                   bias.data_ptr(), out.data_ptr(), window.data_ptr(),
-                                   n, o, m, th, tw, oh, ow, int(pool))
+        native.library().winograd_output(products.data_ptr(), at.data_ptr(),
+                                         bias.data_ptr(), out.data_ptr(), window.data_ptr(),
+                                         n, o, m, th, tw, oh, ow, int(pool))
         ctx.save_for_backward(window)
         ctx.geometry, ctx.m, ctx.pool = geometry, m, pool
         return out
@@ -190,15 +185,16 @@ class _NativeOutput(torch.autograd.Function):
         o = grad.shape[-1]
         dproducts = grad.new_empty((a * a, n * th * tw, o))
         at = _float_matrices(m)[0]
-        _library().winograd_output_backward(grad.data_ptr(), window.data_ptr(), at.data_ptr(),
-                                            dproducts.data_ptr(), n, o, m, th, tw, oh, ow, int(ctx.pool))
+        native.library().winograd_output_backward(grad.data_ptr(), window.data_ptr(), at.data_ptr(),
+                                                  dproducts.data_ptr(), n, o, m, th, tw, oh, ow,
+                                                  int(ctx.pool))
         return dproducts, grad.view(-1, o).sum(0), None, None, None
 
 
 def _native(x: torch.Tensor, conv: nn.Conv2d, m: int, pool: bool) -> bool:
     return (x.dtype == torch.float32 and x.device.type == "cpu" and m + 2 <= 6 and (m == 2 or not pool)
             and conv.in_channels % native.LANES == 0 and conv.out_channels % native.LANES == 0
-            and not torch.is_autocast_enabled("cpu") and _library() is not None)
+            and not torch.is_autocast_enabled("cpu") and native.library() is not None)
 
 
 def conv2d(x: torch.Tensor, conv: nn.Conv2d, m: int, pool: bool = False) -> torch.Tensor:
