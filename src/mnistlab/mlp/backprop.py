@@ -52,7 +52,7 @@ class Tally:
             # |p - onehot| sums to 2 (1 - p_label) per row, since p sums to 1
             p_label = np.exp(self.label_logit[start:stop]) / self.exp_sum[start:stop]
             errors = [2.0 * (b - a - float(p_label[a - start : b - start].sum())) for a, b in self.chunks]
-        abs_err = 0.0
+        abs_err = 0.0  # added in turn, as the chunks were: sum() compensates from Python 3.12 on
         for err in errors:
             abs_err += err
         self.chunks, self.errors = [], []
