@@ -32,6 +32,8 @@ import threading
 import time
 from pathlib import Path
 
+import rounds  # benchmarks/ is not a package: run as a script, its folder is on sys.path
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 WAYS = ("together", "apart", "whole")
@@ -134,7 +136,7 @@ def main() -> int:
 
     print(f"seed recipe, batch 64 (parts of 32), levers: amp {trainer.levers.amp_dtype}, channels-last "
           f"{trainer.levers.channels_last}; {args.steps} steps taken in turn {ways}; other processes took "
-          f"{others:.2f} cores meanwhile (load average {os.getloadavg()[0]:.1f})")
+          f"{others:.2f} cores meanwhile (load average {rounds.load_average():.1f})")
     print("ms per step: median [10th, 90th percentile]")
     for way in ways:
         mine = [r for r in rows if r["way"] == way]
@@ -159,7 +161,7 @@ def main() -> int:
         print(f"PartsTogether / always together, per pair of blocks: median {statistics.median(ratios):.2f} "
               f"[{min(ratios):.2f}-{max(ratios):.2f}]; its steps together {choice.steps[True]}, one after "
               f"another {choice.steps[False]}, switches {choice.switches} "
-              f"(load average {os.getloadavg()[0]:.1f})")
+              f"(load average {rounds.load_average():.1f})")
     return 0
 
 

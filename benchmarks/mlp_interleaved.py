@@ -4,10 +4,11 @@
     OPENBLAS_NUM_THREADS=1 PYTHONPATH=src python benchmarks/mlp_interleaved.py old=/tmp/mlp-old/src new=src
 
 Each SRC's ``mnistlab`` package is copied under another name (``mnistlab_old``, ...) so that both load
-side by side (the package imports itself relatively); the fits alternate, the order reversing every
-round, on the same MNIST arrays, with the benchmark's setup (default preset, batch 500, raw images,
-the per-epoch test pass, one BLAS thread). Fits in one process share its memory placement, which
-on the project's small VMs varies more between processes than the code changes being compared.
+side by side (the package imports itself relatively); the fits alternate, the order rotating every
+round (rounds.rotated), on the same MNIST arrays, with the benchmark's setup (default preset, batch
+500, raw images, the per-epoch test pass, one BLAS thread). Fits in one process share its memory
+placement, which on the project's small VMs varies more between processes than the code changes
+being compared.
 Prints per-round medians, then each variant's median CPU ms per epoch (the first epoch, which
 holds the setup, left out), its ratio to the first variant, and its parameter hashes (the same hash
 means bit-identical training).
@@ -26,6 +27,7 @@ import tempfile
 import time
 
 import numpy as np
+import rounds  # benchmarks/ is not a package: run as a script, its folder is on sys.path
 
 
 def load_variants(specs: list[str], root: str) -> dict:
@@ -72,13 +74,13 @@ def main() -> None:
         per_epoch = {n: [] for n in names}
         hashes = {n: set() for n in names}
         for r in range(args.rounds):
-            for name in names if r % 2 == 0 else names[::-1]:
+            for name in rounds.rotated(names, r):
                 ms, digest = fit(variants[name], images, args.epochs, args.preset)
                 per_epoch[name] += ms
                 hashes[name].add(digest)
             last = args.epochs - 1
             medians = "  ".join(f"{n} {statistics.median(per_epoch[n][-last:]):.0f}" for n in names)
-            print(f"round {r + 1}: {medians} ms | load average {os.getloadavg()[0]:.1f}", flush=True)
+            print(f"round {r + 1}: {medians} ms | load average {rounds.load_average():.1f}", flush=True)
     first = statistics.median(per_epoch[names[0]])
     for name in names:
         ms = sorted(per_epoch[name])

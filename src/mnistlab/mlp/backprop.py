@@ -52,7 +52,7 @@ class Tally:
             # |p - onehot| sums to 2 (1 - p_label) per row, since p sums to 1
             p_label = np.exp(self.label_logit[start:stop]) / self.exp_sum[start:stop]
             errors = [2.0 * (b - a - float(p_label[a - start : b - start].sum())) for a, b in self.chunks]
-        abs_err = 0.0
+        abs_err = 0.0  # added in turn, as the chunks were: sum() compensates from Python 3.12 on
         for err in errors:
             abs_err += err
         self.chunks, self.errors = [], []
@@ -169,14 +169,13 @@ class Backprop:
             np.matmul(self.ones[:k], delta[:, :width], out=target.biases[i][:width])
             if i == 0 and input_scale != 1:
                 delta *= 1.0 / input_scale**2  # inputs u = s x, weights W / s: gradient (u.T delta) / s**2
-            if i:
-                np.matmul(below.T, delta, out=target.weights[i][: fan_in[i]])  # (in, out)
-            else:  # as in the forward pass, the tail's product overlaps the other cores' share
+            if not i:  # as in the forward pass, the tail's product overlaps the other cores' share
                 if self.working.n_tail and not n_touch:
                     target.tail.fill(0)
                 tail = partial(np.matmul, xt.T, delta[:n_touch], out=target.tail) if n_touch else None
                 self._matmul(below.T, delta, target.weights[0], tail)
-            if i:
+            else:
+                np.matmul(below.T, delta, out=target.weights[i][: fan_in[i]])  # (in, out)
                 d_below = self.deltas[i - 1][:k]
                 np.matmul(delta[:, :width], weights[i][:, :width].T, out=d_below)  # (k, in); zero pads
                 delta = backward(self.acts[i - 1][:k], d_below, self.scratch[i - 1][:k])

@@ -77,12 +77,6 @@ class SplitEval:
             x = self.inputs(start, stop, n_in if full else working.n_core)
             z = np.matmul(x, w_all if full else weights[0], out=self.outputs[0][: stop - start])
             z += biases[0]
-            a = hidden(z)
-            # as the training pass multiplies: over the model's units of the layer below only
-            for i, fan_in in enumerate(model.config.sizes[1:-1], start=1):
-                z = np.matmul(a[:, :fan_in], weights[i][:fan_in], out=self.outputs[i][: stop - start])
-                z += biases[i]
-                a = hidden(z) if i < len(weights) - 1 else z
-            logits = a
+            logits = model.logits_from(hidden(z), weights, biases, start=1, bufs=self.outputs)
             correct += int(np.count_nonzero(logits.argmax(axis=1) == self.labels[start:stop]))
         return correct / len(self.labels)

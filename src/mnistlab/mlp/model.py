@@ -182,11 +182,15 @@ class MLP(InspectableModel):
     ) -> np.ndarray:
         """Logits of the layers ``start``.. given layer ``start``'s input ``a``: hidden activations
         in place, the last layer left raw. ``weights``/``biases`` may be another layout's views
-        (the trainer's working copy); ``bufs``, one per layer, saves the allocations."""
+        (the trainer's working copy, whose padded widths hold zeros); each product sums over the
+        model's units of the layer below only, as training does, so both give the same bits.
+        ``bufs``, one per layer, saves the allocations."""
         hidden = act.FORWARD[self.config.activation]
+        fan_in = self.config.sizes
         last = len(weights) - 1
         for i in range(start, last + 1):
-            z = np.matmul(a, weights[i], out=None if bufs is None else bufs[i][: len(a)])
+            n = fan_in[i]
+            z = np.matmul(a[:, :n], weights[i][:n], out=None if bufs is None else bufs[i][: len(a)])
             z += biases[i]
             a = hidden(z) if i < last else z
         return a

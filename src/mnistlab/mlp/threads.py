@@ -175,9 +175,8 @@ class RowSplit:
         step = self.ROW_STEP
         nearest = sorted(range(step, rows - step + 1, step), key=lambda c: abs(c - rows / parts))
         for first in nearest[: self.TRIES]:
-            # equal blocks after the first, each a multiple of it so they share its alignment
-            size = first
-            cuts = tuple(first + i * size for i in range(parts - 1))
+            # equal blocks, each as long as the first, so every cut shares its alignment
+            cuts = tuple(first * i for i in range(1, parts))
             if cuts[-1] >= rows:
                 continue
             bounds = (0, *cuts, rows)

@@ -23,12 +23,6 @@ MAX_GALLERY = 200
 def evaluation_router(store: RunStore, on_model_thread: ModelThread) -> APIRouter:
     router = APIRouter()
 
-    def evaluation(loaded: LoadedRun) -> Confusions:
-        with loaded.lock:
-            if "evaluation" not in loaded.cache:
-                loaded.cache["evaluation"] = confusions(loaded.model, store.dataset_of(loaded), "test")
-            return loaded.cache["evaluation"]
-
     @router.get("/api/misclassified")
     @on_model_thread
     def misclassified(
@@ -39,7 +33,7 @@ def evaluation_router(store: RunStore, on_model_thread: ModelThread) -> APIRoute
         """Test images the model gets wrong, in test-split order, with thumbnails."""
         loaded = store.get(run)
         ds = store.dataset_of(loaded)
-        ev = evaluation(loaded)
+        ev = _evaluation(loaded, ds)
         wrong = np.flatnonzero(ev.predictions != ev.labels)
         return {
             "total": int(len(wrong)),
@@ -53,7 +47,7 @@ def evaluation_router(store: RunStore, on_model_thread: ModelThread) -> APIRoute
         """The test-split confusion matrix: rows are true labels, columns predictions."""
         loaded = store.get(run)
         ds = store.dataset_of(loaded)
-        ev = evaluation(loaded)
+        ev = _evaluation(loaded, ds)
         return {
             "class_names": list(ds.class_names),
             "matrix": ev.matrix.tolist(),
@@ -73,7 +67,7 @@ def evaluation_router(store: RunStore, on_model_thread: ModelThread) -> APIRoute
         loaded = store.get(run)
         ds = store.dataset_of(loaded)
         check_classes(ds, true=true, pred=pred)
-        ev = evaluation(loaded)
+        ev = _evaluation(loaded, ds)
         cell = ev.misclassified(true, pred)
         return {
             "true": true, "pred": pred, "total": int(len(cell)),
@@ -81,6 +75,13 @@ def evaluation_router(store: RunStore, on_model_thread: ModelThread) -> APIRoute
         }
 
     return router
+
+
+def _evaluation(loaded: LoadedRun, ds: Dataset) -> Confusions:
+    with loaded.lock:
+        if "evaluation" not in loaded.cache:
+            loaded.cache["evaluation"] = confusions(loaded.model, ds, "test")
+        return loaded.cache["evaluation"]
 
 
 def _gallery(ds: Dataset, proba: np.ndarray, indices: np.ndarray) -> list[dict[str, Any]]:

@@ -67,9 +67,7 @@ def predict_router(store: RunStore, on_model_thread: ModelThread) -> APIRouter:
                     f"with drawing=false the image must be 28x28, got {pixels.shape[0]}x{pixels.shape[1]}",
                 )
             image = pixels.astype(np.float32)
-        answer = _image_answer(loaded, image, layers)
-        if body.attribution:
-            answer["attribution"] = attribution_answer(loaded.model, image, body.attribution, body.target)
+        answer = _image_answer(loaded, image, layers, body.attribution, body.target)
         answer["blank"] = bool(image.max() <= 0)
         answer["server_ms"] = round((time.perf_counter() - start) * 1000, 2)
         return answer
@@ -91,26 +89,30 @@ def predict_router(store: RunStore, on_model_thread: ModelThread) -> APIRouter:
                 400, f"test index {index} is out of range; the test split has {n} images (0..{n - 1})"
             )
         image = ds.test_images[index].astype(np.float32)
-        answer = _image_answer(loaded, image, loaded.model.layer_names())
-        if attribution:
-            answer["attribution"] = attribution_answer(loaded.model, image, attribution, target)
+        answer = _image_answer(loaded, image, loaded.model.layer_names(), attribution, target)
         answer.update(index=index, label=int(ds.test_labels[index]))
         return answer
 
     return router
 
 
-def _image_answer(loaded: LoadedRun, image: np.ndarray, layers: list[str]) -> dict[str, Any]:
-    """What the page shows for one image: probabilities and activations, one forward pass."""
+def _image_answer(
+    loaded: LoadedRun, image: np.ndarray, layers: list[str], attribution: str | None, target: str | None
+) -> dict[str, Any]:
+    """What the page shows for one image: probabilities and activations from one forward pass, and
+    the attribution map when a method is asked for."""
     wanted = list(dict.fromkeys([*layers, "output"]))
     acts = loaded.model.activations(image[None], wanted)
     proba = acts["output"][0]
-    return {
+    answer = {
         "image": encode.image_u8(image),
         "probabilities": [float(p) for p in proba],
         "predicted": int(np.argmax(proba)),
         "layers": [encode.activation(name, acts[name][0]) for name in layers],
     }
+    if attribution:
+        answer["attribution"] = attribution_answer(loaded.model, image, attribution, target)
+    return answer
 
 
 def _decode_pixels(body: PredictBody) -> np.ndarray:
