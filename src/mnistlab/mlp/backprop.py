@@ -29,12 +29,14 @@ SHARED_SHIFT_RANGE = 60.0
 
 class Tally:
     """What each chunk's loss step leaves for the epoch's accuracy and mean absolute error, counted
-    once per epoch rather than with a few small NumPy calls per chunk: each image's predicted and
-    true class and, for softmax outputs, its true class's shifted logit and its sum of exps (indexed
-    by position in the epoch's order). Sigmoid outputs keep one summed error per chunk."""
+    once per epoch rather than with a few small NumPy calls per chunk: each image's logits (one row
+    per class, so that the epoch's maxima are a few passes over long rows, where an argmax per
+    chunk loops over rows of a few classes), its true class and, for softmax outputs, its true
+    class's shifted logit and its sum of exps (indexed by position in the epoch's order). Sigmoid
+    outputs keep one summed error per chunk."""
 
-    def __init__(self, n: int, dtype: np.dtype) -> None:
-        self.predicted = np.empty(n, np.intp)
+    def __init__(self, n: int, n_out: int, dtype: np.dtype) -> None:
+        self.logits = np.empty((n_out, n), dtype)
         self.labels = np.empty(n, np.intp)
         self.label_logit = np.empty(n, dtype)
         self.exp_sum = np.empty(n, dtype)
@@ -46,7 +48,7 @@ class Tally:
         the last call, each chunk's error summed as the chunk would have summed it."""
         stop = self.chunks[-1][1] if self.chunks else 0
         start = self.chunks[0][0] if self.chunks else 0
-        correct = int(np.count_nonzero(self.predicted[start:stop] == self.labels[start:stop]))
+        correct = self.correct(start, stop)
         errors = self.errors
         if softmax:
             # |p - onehot| sums to 2 (1 - p_label) per row, since p sums to 1
@@ -58,11 +60,26 @@ class Tally:
         self.chunks, self.errors = [], []
         return correct, abs_err
 
+    def correct(self, start: int, stop: int) -> int:
+        """How many images in ``start:stop`` have their true class as the argmax of their logits
+        (the first class of the highest logit, as np.argmax picks it)."""
+        logits = self.logits[:, start:stop]
+        labels = self.labels[start:stop]
+        top = logits.max(axis=0)
+        flat_at = labels * self.logits.shape[1] + np.arange(start, stop)
+        hit = np.take(self.logits, flat_at) == top
+        tied = np.count_nonzero(logits == top, axis=0) > 1
+        unsure = np.flatnonzero(hit & tied)  # another class shares the top logit: argmax decides
+        misses = np.count_nonzero(logits[:, unsure].argmax(axis=0) != labels[unsure]) if len(unsure) else 0
+        return int(np.count_nonzero(hit)) - int(misses)
+
 
 class Backprop:
-    def __init__(self, model: MLP, working: WorkingLayout, data: TrainData, rows: int, summed: bool) -> None:
-        """Buffers for chunks of up to ``rows`` images; ``summed``: batches span several chunks,
-        whose gradients are added up."""
+    def __init__(
+        self, model: MLP, working: WorkingLayout, data: TrainData, rows: int, summed: bool, starts: np.ndarray
+    ) -> None:
+        """Buffers for chunks of up to ``rows`` images, which begin at ``starts`` in every epoch's
+        order; ``summed``: batches span several chunks, whose gradients are added up."""
         dt = model.dtype
         sizes = working.sizes  # hidden widths padded (see layout)
         self.config = model.config
@@ -82,9 +99,12 @@ class Backprop:
         self.tail_inputs = np.empty((rows, data.n_tail), dt)
         self.raw_tail = np.empty((rows, data.n_tail), np.uint8) if data.raw else None
         self.tail_z = np.empty((rows, sizes[1]), dt)  # the tail columns' share of the first layer's z
-        self.tally = Tally(data.n, dt)
-        self.row_starts = np.arange(rows) * sizes[-1]
-        self.label_at = np.empty(rows, np.intp)  # flat index of each row's true class in the outputs
+        self.tally = Tally(data.n, sizes[-1], dt)
+        # per position in the epoch's order: where its chunk's output row starts in the flat outputs,
+        # then (``start_epoch``) where its true class is
+        chunk_lengths = np.diff(np.append(starts, data.n))
+        self.row_offsets = (np.arange(data.n) - np.repeat(starts, chunk_lengths)) * sizes[-1]
+        self.label_at = self.row_offsets.copy()
         self.ones = np.ones(max(rows, sizes[-1]), dt)
         self.acts = [np.empty((rows, s), dt) for s in sizes[1:]]  # layer outputs, computed in place
         self.deltas = [np.empty((rows, s), dt) for s in sizes[1:-1]]  # d loss / d z of hidden layers
@@ -105,10 +125,16 @@ class Backprop:
         if meanwhile is not None:
             meanwhile()
 
+    def start_epoch(self, data: TrainData, order: np.ndarray) -> None:
+        """Take the labels of the epoch's ``order`` (as arranged, see TrainData.arrange) at once."""
+        labels = np.take(data.labels, order, out=self.tally.labels, mode="clip")
+        np.add(self.row_offsets, labels, out=self.label_at)
+
     def run(
         self,
         data: TrainData,
         idx: np.ndarray,
+        n_touch: int,
         at: int,
         params: ParamViews,
         grad: ParamViews,
@@ -116,17 +142,17 @@ class Backprop:
         scale: float,
         phases: Phases,
     ) -> float:
-        """Forward and backward for the images ``idx``, which sit at ``at`` in the epoch's order:
-        the gradient times ``scale`` goes into ``grad`` (``first``: the batch's first chunk) or is
-        added to it. Returns the chunk's summed data loss; ``tally`` keeps what the epoch's
-        accuracy and error need."""
+        """Forward and backward for the images ``idx``, which sit at ``at`` in the epoch's arranged
+        order (the ``n_touch`` with ink in the tail columns first; ``start_epoch`` took their
+        labels): the gradient times ``scale`` goes into ``grad`` (``first``: the batch's first
+        chunk) or is added to it. Returns the chunk's summed data loss; ``tally`` keeps what the
+        epoch's accuracy and error need."""
         cfg = self.config
         k = len(idx)
-        idx, n_touch = data.arrange(idx)  # the images with ink in the tail columns first
-        self.flip ^= 1
+        if self.products is not None:
+            self.flip ^= 1
         raw = None if self.raw_inputs is None else self.raw_inputs[:k]
         xb = data.gather(idx, self.inputs[self.flip][:k], raw)  # (k, core columns)
-        yb = np.take(data.labels, idx, out=self.tally.labels[at : at + k], mode="clip")
         if n_touch:
             raw_tail = None if self.raw_tail is None else self.raw_tail[:n_touch]
             # (n_touch, tail columns)
@@ -154,7 +180,7 @@ class Backprop:
         out += biases[last]
         phases.lap("forward")
 
-        loss = self._loss_and_output_delta(out, yb, at, scale)
+        loss = self._loss_and_output_delta(out, at, scale)
         phases.lap("loss")
 
         target = grad if first else self.part
@@ -184,15 +210,15 @@ class Backprop:
         phases.lap("backward")
         return loss
 
-    def _loss_and_output_delta(self, out: np.ndarray, yb: np.ndarray, at: int, scale: float) -> float:
-        """Turn the logits ``out`` into ``scale`` * d loss / d logits in place; returns the summed
-        loss and leaves the predictions (and what the error needs) in ``tally``."""
+    def _loss_and_output_delta(self, out: np.ndarray, at: int, scale: float) -> float:
+        """Turn the logits ``out`` of the chunk at ``at`` into ``scale`` * d loss / d logits in
+        place; returns the summed loss and leaves the logits (and what the error needs) in ``tally``."""
         k, n_out = out.shape
         tally = self.tally
         tally.chunks.append((at, at + k))
-        label_at = np.add(self.row_starts[:k], yb, out=self.label_at[:k])
+        label_at = self.label_at[at : at + k]
         flat_out = out.reshape(-1)
-        np.argmax(out, axis=1, out=tally.predicted[at : at + k])
+        np.copyto(tally.logits[:, at : at + k], out.T)
         if self.config.output == "softmax":
             top = float(out.max())
             if top - float(out.min()) <= SHARED_SHIFT_RANGE:

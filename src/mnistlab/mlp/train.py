@@ -25,7 +25,7 @@ from ..errors import ConfigError, TrainingDiverged
 from .backprop import Backprop
 from .evaluate import SplitEval
 from .inputs import EvalSet, check_data
-from .layout import TrainData, WorkingLayout, describe_layout
+from .layout import TrainData, WorkingLayout, chunk_keys, describe_layout
 from .model import MLP
 from .optimizers import Optimizer, make_optimizer
 from .penalty import penalty_loss
@@ -53,14 +53,30 @@ class FitState:
         self.working = WorkingLayout(model, data)
         self.optimizer: Optimizer = make_optimizer(model.config, self.working)
         self.chunk_rows = min(batch, chunk)
-        self.backprop = Backprop(model, self.working, data, self.chunk_rows, summed=self.chunk_rows < batch)
+        # where each chunk begins in an epoch's order: batches of ``batch``, each cut into chunks
+        n, rows = data.n, self.chunk_rows
+        self.starts = np.concatenate([np.arange(b, min(b + batch, n), rows) for b in range(0, n, batch)])
+        self.chunk_keys = chunk_keys(data.n, self.starts)
+        self.backprop = Backprop(
+            model, self.working, data, self.chunk_rows, summed=self.chunk_rows < batch, starts=self.starts
+        )
         self.scratch = np.empty(self.working.size, model.dtype)
+        self.order = np.arange(data.n)  # the epoch's order, arranged (see TrainData.arrange)
+        self.n_touch: dict[int, int] = {}  # per chunk start: its images with ink in the tail columns
 
-    def chunk_pass(self, idx: np.ndarray, at: int, first: bool, scale: float, phases: Phases) -> float:
-        """One chunk's forward and backward (``idx`` sits at ``at`` in the epoch's order); returns its
-        summed data loss."""
+    def start_epoch(self, order: np.ndarray) -> None:
+        """Arrange the epoch's ``order`` chunk by chunk and take its labels."""
+        self.order, counts = self.data.arrange(order, self.starts, self.chunk_keys)
+        self.n_touch = dict(zip(self.starts.tolist(), counts))
+        self.backprop.start_epoch(self.data, self.order)
+
+    def chunk_pass(self, at: int, stop: int, first: bool, scale: float, phases: Phases) -> float:
+        """Forward and backward of the chunk ``at:stop`` of the epoch's order; returns its summed
+        data loss."""
         opt = self.optimizer
-        return self.backprop.run(self.data, idx, at, opt.params, opt.grad, first, scale, phases)
+        return self.backprop.run(
+            self.data, self.order[at:stop], self.n_touch[at], at, opt.params, opt.grad, first, scale, phases
+        )
 
     def epoch_counts(self) -> tuple[int, float]:
         """Correct predictions and summed |p - onehot| of the chunks passed since the last call."""
@@ -130,10 +146,9 @@ class Trainer:
         n = fit.data.n
         loss = 0.0
         phases = Phases(False)
+        fit.start_epoch(np.arange(n))
         for start in range(0, n, fit.chunk_rows):
-            loss += fit.chunk_pass(
-                np.arange(start, min(start + fit.chunk_rows, n)), start, start == 0, 1.0 / n, phases
-            )
+            loss += fit.chunk_pass(start, min(start + fit.chunk_rows, n), start == 0, 1.0 / n, phases)
         fit.epoch_counts()
         penalty = fit.penalty()
         cfg, working, opt = self.config, fit.working, fit.optimizer
@@ -243,7 +258,7 @@ class Trainer:
             np.copyto(good, opt.params.flat)
             if chooser is not None:
                 chooser.start_epoch(epoch)
-            order = rng.permutation(n)
+            fit.start_epoch(rng.permutation(n))
             loss_sum = penalty_sum = 0.0
             for start in range(0, n, batch):
                 stop = min(start + batch, n)
@@ -253,7 +268,7 @@ class Trainer:
                 phases.start()
                 for cs in range(start, stop, fit.chunk_rows):
                     batch_loss += fit.chunk_pass(
-                        order[cs : min(cs + fit.chunk_rows, stop)], cs, cs == start, grad_scale / size, phases
+                        cs, min(cs + fit.chunk_rows, stop), cs == start, grad_scale / size, phases
                     )
                 penalty = fit.penalty() if (cfg.l1 or cfg.l2) else 0.0
                 if not math.isfinite(batch_loss + penalty):
