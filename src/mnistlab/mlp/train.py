@@ -39,9 +39,9 @@ __all__ = ["CHUNK", "EVAL_BLOCK", "PHASES", "Trainer", "describe_layout", "learn
 # products, small enough for a chunk's buffers to stay in cache (picked by timing, see docs).
 CHUNK = 500
 
-# Images per block of the per-epoch evaluation: fewer NumPy calls than training chunks, buffers
-# that still fit in cache.
-EVAL_BLOCK = 1024
+# Images per block of the per-epoch evaluation: a block's float inputs, all 784 columns, stay within
+# a core's L2 cache (docs/performance.md); a multiple of the BLAS kernels' row blocks (16 and 24).
+EVAL_BLOCK = 384
 
 
 class FitState:
