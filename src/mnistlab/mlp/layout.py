@@ -155,8 +155,9 @@ class TrainData:
         """The tail columns of the images ``idx`` (all of which touch the tail), preprocessed."""
         rows = self.tail_row_of[idx]
         if not self.raw:
-            return np.take(self.tail_rows, rows, axis=0, out=out)
-        return preprocess_into(out, np.take(self.tail_rows, rows, axis=0, out=raw_buf), None, self.tail_scale)
+            return np.take(self.tail_rows, rows, axis=0, out=out, mode="clip")
+        raw = np.take(self.tail_rows, rows, axis=0, out=raw_buf, mode="clip")
+        return preprocess_into(out, raw, None, self.tail_scale)
 
     def summary(self) -> dict[str, float]:
         """How the columns were split (``Trainer.layout``, shown by ``describe_layout``)."""

@@ -250,6 +250,10 @@ class Trainer:
         good = opt.params.flat.copy()  # the weights at the start of the epoch, kept for divergence
         best_acc, best_params, waited = -1.0, None, 0
         n_out = self.model.config.n_classes
+        regularized = bool(cfg.l1 or cfg.l2)
+        # the penalty of the weights the next batch uses, computed right after the step that made
+        # them, while they are still in cache
+        penalty = fit.penalty() if regularized else 0.0
         for epoch in range(cfg.epochs):
             t0 = time.perf_counter()
             lr = learning_rate(cfg, epoch)
@@ -270,7 +274,6 @@ class Trainer:
                     batch_loss += fit.chunk_pass(
                         cs, min(cs + fit.chunk_rows, stop), cs == start, grad_scale / size, phases
                     )
-                penalty = fit.penalty() if (cfg.l1 or cfg.l2) else 0.0
                 if not math.isfinite(batch_loss + penalty):
                     np.copyto(opt.params.flat, good)
                     raise TrainingDiverged(
@@ -282,6 +285,8 @@ class Trainer:
                 penalty_sum += penalty * size
                 phases.lap("loss")
                 opt.step(lr)
+                if regularized:
+                    penalty = fit.penalty()
                 phases.lap("update")
                 if chooser is not None:
                     chooser.batch_done(time.perf_counter() - started)
