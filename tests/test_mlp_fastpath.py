@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mnistlab.mlp import MLP, MLPConfig, Trainer, layout
+from mnistlab.mlp import MLP, MLPConfig, Trainer, backprop, layout
 
 
 def _data(n=300, width=20, classes=4, seed=5):
@@ -72,3 +72,32 @@ def test_epoch_tally_counts_what_the_batch_saw(output):
     onehot = np.eye(4)[y]
     assert row["train_accuracy"] == np.mean(logits.argmax(axis=1) == y)
     assert row["mean_abs_error"] == pytest.approx(np.abs(proba - onehot).mean(), rel=1e-12)
+
+
+def test_epoch_arrangement_puts_each_chunks_tail_images_first_in_order():
+    """TrainData.arrange, once per epoch, equals partitioning every chunk on its own: the images with
+    ink in the tail columns first, each group in the epoch's order."""
+    x, y = _data(n=1000)
+    model = MLP(MLPConfig(input_size=20, hidden=(6,), n_classes=4))
+    data = layout.TrainData(model, x, y, 0.1, 500)
+    assert data.n_tail and 0 < data.touch_fraction < 1
+    order = np.random.default_rng(3).permutation(1000)
+    starts = np.array([0, 300, 500, 800, 950])  # uneven chunks, as batches of 500 in chunks of 300 give
+    arranged, counts = data.arrange(order, starts, layout.chunk_keys(1000, starts))
+    for lo, hi, count in zip(starts, [*starts[1:], 1000], counts):
+        chunk = order[lo:hi]
+        touch = data.touches[chunk]
+        np.testing.assert_array_equal(arranged[lo:hi], np.concatenate([chunk[touch], chunk[~touch]]))
+        assert count == touch.sum()
+
+
+def test_tally_counts_argmax_hits_with_ties_as_argmax_breaks_them():
+    """Correct predictions counted from the epoch's logits match np.argmax, which takes the first
+    of tied top classes."""
+    rng = np.random.default_rng(0)
+    logits = rng.integers(0, 3, (200, 4)).astype(np.float32)  # many ties
+    labels = rng.integers(0, 4, 200)
+    tally = backprop.Tally(200, 4, np.float32)
+    tally.logits[:] = logits.T
+    tally.labels[:] = labels
+    assert tally.correct(20, 180) == np.count_nonzero(logits[20:180].argmax(axis=1) == labels[20:180])
