@@ -83,8 +83,9 @@ bench-cnn: bench-venv
 	$(BENCH_VENV)/bin/python benchmarks/bench_cnn.py --cpu-class $(CPU_CLASS) $(BENCH_CNN_ARGS)
 
 # CPU: seed recipe as 2 processes x 1 thread (DDP over gloo) vs one process with 1 thread, 2 threads and
-# the thread split; medians over interleaved rounds, all-reduce cost per step (minutes).
-# Shorter: make bench-ddp BENCH_DDP_ARGS="--train-size 10000 --epochs 2 --rounds 2"
+# the thread split; medians over interleaved rounds (epochs and the loop's steps), all-reduce cost per step
+# (minutes). Shorter: make bench-ddp BENCH_DDP_ARGS="--train-size 10000 --epochs 2 --rounds 2"; on a shared
+# machine BENCH_DDP_ARGS="--lock FILE" holds a timing lock one round at a time.
 BENCH_DDP_ARGS ?=
 bench-ddp: setup
 	$(BIN)/python benchmarks/bench_ddp.py --cpu-class $(CPU_CLASS) $(BENCH_DDP_ARGS)

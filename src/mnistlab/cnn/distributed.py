@@ -179,9 +179,10 @@ def check_batch(batch_size: int, ranks: Ranks) -> None:
         )
 
 
-def data_parallel(net: nn.Module, device: torch.device, ranks: Ranks) -> nn.Module:
+def data_parallel(net: nn.Module, device: torch.device, ranks: Ranks, **options: Any) -> nn.Module:
     """The network as the training steps call it: itself alone, or wrapped in DDP with its batch
-    norms turned into global-batch ones."""
+    norms turned into global-batch ones. ``options``: more DistributedDataParallel arguments
+    (benchmarks/bench_ddp_steps.py measures them)."""
     if not ranks.active:
         return net
     _sync_batch_norms(net, nn.SyncBatchNorm if device.type == "cuda" else GlobalBatchNorm)
@@ -203,6 +204,7 @@ def data_parallel(net: nn.Module, device: torch.device, ranks: Ranks) -> nn.Modu
         net,
         device_ids=[device.index] if device.type == "cuda" else None,
         **{sync_name: not buffers_agree},
+        **options,
     )
 
 
