@@ -25,6 +25,8 @@ from .threads import RowSplit
 # scalar subtraction; it is safe while every logit lies within this much of the top one (every
 # exp stays a normal float32), else each row is shifted by its own max.
 SHARED_SHIFT_RANGE = 60.0
+import os
+_T = {k: (float(v) if v else None) for k, v in (("fshare", os.environ.get("T_FSHARE")), ("bshare", os.environ.get("T_BSHARE")), ("bwdsplit", os.environ.get("T_BWDSPLIT")))}
 
 
 class Tally:
@@ -57,6 +59,31 @@ class Tally:
             abs_err += err
         self.chunks, self.errors = [], []
         return correct, abs_err
+
+
+Product = Callable[[np.ndarray, np.ndarray, np.ndarray, "Callable[[], Any] | None"], None]
+
+
+def _whole(a: np.ndarray, b: np.ndarray, out: np.ndarray, meanwhile: Callable[[], Any] | None) -> None:
+    np.matmul(a, b, out=out)
+    if meanwhile is not None:
+        meanwhile()
+
+
+def _in_turn(jobs: list[Callable[[], Any]]) -> None:
+    for job in jobs:
+        job()
+
+
+class Chunk:
+    """The chunk a ``Backprop.run`` is working on: its images (tail-touching ones first), their
+    gathered inputs and the parameters they are multiplied with."""
+
+    def __init__(
+        self, data: TrainData, idx: np.ndarray, n_touch: int, xb: np.ndarray, params: ParamViews
+    ) -> None:
+        self.data, self.idx, self.n_touch, self.xb, self.params = data, idx, n_touch, xb, params
+        self.xt = xb[:0]  # the tail columns of the first n_touch images, once gathered
 
 
 class Backprop:
@@ -92,18 +119,26 @@ class Backprop:
         self.logits = np.empty((rows, sizes[-1]), dt)
         # the gradient of a batch's later chunks, added into the optimizer's
         self.part: ParamViews | None = working.views(np.zeros(working.size, dt)) if summed else None
-        # the first layer's products on several cores, set by the trainer (None: one thread)
+        # several cores, set by the trainer (None: one thread): each runs a block of the chunk's
+        # rows through the forward pass and the hidden deltas; the first layer's weight gradient is
+        # cut by its rows (the input columns)
         self.products: RowSplit | None = None
+        self.chunk: Chunk | None = None
 
-    def _matmul(
-        self, a: np.ndarray, b: np.ndarray, out: np.ndarray, meanwhile: Callable[[], Any] | None
+    def _product(
+        self,
+        a: np.ndarray,
+        b: np.ndarray,
+        out: np.ndarray,
+        meanwhile: Callable[[], Any] | None,
+        share: float | None = None,
     ) -> None:
+        """``out = a @ b`` cut by rows over the split's threads where there is one (then
+        ``meanwhile`` runs while the workers finish)."""
         if self.products is not None:
-            self.products.matmul(a, b, out, meanwhile)
+            self.products.matmul(a, b, out, meanwhile, share)
             return
-        np.matmul(a, b, out=out)
-        if meanwhile is not None:
-            meanwhile()
+        _whole(a, b, out, meanwhile)
 
     def run(
         self,
@@ -120,69 +155,148 @@ class Backprop:
         the gradient times ``scale`` goes into ``grad`` (``first``: the batch's first chunk) or is
         added to it. Returns the chunk's summed data loss; ``tally`` keeps what the epoch's
         accuracy and error need."""
-        cfg = self.config
         k = len(idx)
         idx, n_touch = data.arrange(idx)  # the images with ink in the tail columns first
         self.flip ^= 1
-        raw = None if self.raw_inputs is None else self.raw_inputs[:k]
-        xb = data.gather(idx, self.inputs[self.flip][:k], raw)  # (k, core columns)
+        self.chunk = Chunk(data, idx, n_touch, self.inputs[self.flip][:k], params)
         yb = np.take(data.labels, idx, out=self.tally.labels[at : at + k], mode="clip")
-        if n_touch:
-            raw_tail = None if self.raw_tail is None else self.raw_tail[:n_touch]
-            # (n_touch, tail columns)
-            xt = data.gather_tail(idx[:n_touch], self.tail_inputs[:n_touch], raw_tail)
-        phases.lap("gather")
-
-        weights, biases = params.weights, params.biases
-        last = len(weights) - 1
-        hidden = act.FORWARD[cfg.activation]
-        fan_in = self.fan_in
-        a = xb
-        for i in range(last):
-            z = self.acts[i][:k]
-            if i:
-                np.matmul(a[:, : fan_in[i]], weights[i][: fan_in[i]], out=z)  # (k, out)
-            else:  # the tail's share is multiplied while the other cores finish theirs
-                tail = partial(np.matmul, xt, params.tail, out=self.tail_z[:n_touch]) if n_touch else None
-                self._matmul(a, weights[0], z, tail)
-                if n_touch:
-                    z[:n_touch] += self.tail_z[:n_touch]
-            z += biases[i]
-            a = hidden(z)
-        out = self.acts[last][:k]
-        np.matmul(a[:, : fan_in[last]], weights[last][: fan_in[last]], out=out)  # (k, classes) logits
-        out += biases[last]
+        blocks = self._row_blocks(k, n_touch)
+        if blocks:
+            # each thread gathers and multiplies its own rows; the calling thread, which also has the
+            # tail, then takes its rows through the other layers while the workers finish
+            (lo, hi), *others = blocks
+            mine = [partial(self._first_layer_rows, lo, hi, _whole), partial(self._forward_rows, lo, hi)]
+            self.products.spread(
+                [partial(_in_turn, mine)] + [partial(self._first_layer_rows, a, b, _whole) for a, b in others]
+            )
+            for a, b in others:
+                self._forward_rows(a, b)
+        else:
+            self._first_layer_rows(0, k, self._product, phases)
+            self._forward_rows(0, k)
         phases.lap("forward")
 
-        loss = self._loss_and_output_delta(out, yb, at, scale)
+        loss = self._loss_and_output_delta(self.acts[-1][:k], yb, at, scale)
         phases.lap("loss")
 
         target = grad if first else self.part
-        backward = act.BACKWARD[cfg.activation]
-        input_scale = self.working.input_scale
-        delta = out
-        for i in range(last, -1, -1):
-            # the pads' gradient entries are never written and stay zero
-            width = self.widths[i]
-            below = (self.acts[i - 1][:k] if i else xb)[:, : fan_in[i]]
-            # a BLAS product with a ones vector sums the rows faster than np.sum
-            np.matmul(self.ones[:k], delta[:, :width], out=target.biases[i][:width])
-            if i == 0 and input_scale != 1:
-                delta *= 1.0 / input_scale**2  # inputs u = s x, weights W / s: gradient (u.T delta) / s**2
-            if not i:  # as in the forward pass, the tail's product overlaps the other cores' share
-                if self.working.n_tail and not n_touch:
-                    target.tail.fill(0)
-                tail = partial(np.matmul, xt.T, delta[:n_touch], out=target.tail) if n_touch else None
-                self._matmul(below.T, delta, target.weights[0], tail)
-            else:
-                np.matmul(below.T, delta, out=target.weights[i][: fan_in[i]])  # (in, out)
-                d_below = self.deltas[i - 1][:k]
-                np.matmul(delta[:, :width], weights[i][:, :width].T, out=d_below)  # (k, in); zero pads
-                delta = backward(self.acts[i - 1][:k], d_below, self.scratch[i - 1][:k])
+        if blocks and _T.get("bwdsplit"):
+            self.products.spread([partial(self._backward_rows, lo, hi) for lo, hi in blocks])
+        else:
+            self._backward_rows(0, k)
+        self._weight_gradients(target)
         if not first:
             grad.flat += self.part.flat
         phases.lap("backward")
         return loss
+
+    def _row_blocks(self, k: int, n_touch: int) -> list[tuple[int, int]]:
+        """The row blocks each thread runs the chunk's forward pass and hidden deltas on (empty:
+        one thread, only the first layer's products cut). A row cut changes no sum, but every
+        product cut there must reproduce its whole product (see RowSplit), and the tail's rows
+        must lie in the first block."""
+        split = self.products
+        if split is None or not split.active:
+            return []
+        chunk = self.chunk
+        weights = chunk.params.weights
+        cuts = split.cuts(chunk.xb, weights[0], share=_T.get("fshare"))
+        if not cuts or n_touch > cuts[0]:
+            return []
+        bounds = (0, *cuts, k)
+        fan_in, last = self.fan_in, len(weights) - 1
+        for i in range(1, last + 1):  # the forward products of the deeper layers, then their deltas' products
+            width = self.widths[i]
+            below = self.acts[i - 1][:k, : fan_in[i]]
+            if not split.reproduces(below, weights[i][: fan_in[i]], bounds):
+                return []
+            if not split.reproduces(self.acts[i][:k, :width], weights[i][:, :width].T, bounds):
+                return []
+        return list(zip(bounds, bounds[1:]))
+
+    def _first_layer_rows(self, lo: int, hi: int, product: Product, phases: Phases | None = None) -> None:
+        """Rows ``lo:hi`` of the chunk gathered and multiplied by the first layer's weights (the tail
+        columns' share added where ``lo`` is 0: the tail's rows must all lie in the first block)."""
+        chunk = self.chunk
+        data, idx = chunk.data, chunk.idx
+        rows = slice(lo, hi)
+        raw = None if self.raw_inputs is None else self.raw_inputs[rows]
+        xb = data.gather(idx[rows], chunk.xb[rows], raw)  # (rows, core columns)
+        n_touch = chunk.n_touch if lo == 0 else 0
+        if n_touch:
+            raw_tail = None if self.raw_tail is None else self.raw_tail[:n_touch]
+            # (n_touch, tail columns)
+            chunk.xt = data.gather_tail(idx[:n_touch], self.tail_inputs[:n_touch], raw_tail)
+        if phases is not None:
+            phases.lap("gather")
+        z = self.acts[0][rows]
+        tail_z = self.tail_z[:n_touch]
+        # the tail's share is multiplied while the other cores finish theirs
+        tail = partial(np.matmul, chunk.xt, chunk.params.tail, out=tail_z) if n_touch else None
+        product(xb, chunk.params.weights[0], z, tail)
+        if n_touch:
+            z[:n_touch] += tail_z
+
+    def _forward_rows(self, lo: int, hi: int) -> None:
+        """Rows ``lo:hi`` from the first layer's products through every layer to the logits (in
+        ``acts[-1]``)."""
+        weights, biases = self.chunk.params.weights, self.chunk.params.biases
+        last = len(weights) - 1
+        hidden = act.FORWARD[self.config.activation]
+        fan_in = self.fan_in
+        rows = slice(lo, hi)
+        for i in range(last):
+            z = self.acts[i][rows]
+            if i:
+                np.matmul(a[:, : fan_in[i]], weights[i][: fan_in[i]], out=z)  # (rows, out)
+            z += biases[i]
+            a = hidden(z)
+        out = self.acts[last][rows]
+        np.matmul(a[:, : fan_in[last]], weights[last][: fan_in[last]], out=out)  # (rows, classes) logits
+        out += biases[last]
+
+    def _backward_rows(self, lo: int, hi: int) -> None:
+        """Rows ``lo:hi`` of every hidden layer's delta, from the output delta in ``acts[-1]``."""
+        weights = self.chunk.params.weights
+        backward = act.BACKWARD[self.config.activation]
+        rows = slice(lo, hi)
+        delta = self.acts[-1][rows]
+        for i in range(len(weights) - 1, 0, -1):
+            width = self.widths[i]
+            d_below = self.deltas[i - 1][rows]
+            np.matmul(delta[:, :width], weights[i][:, :width].T, out=d_below)  # (rows, in); zero pads
+            delta = backward(self.acts[i - 1][rows], d_below, self.scratch[i - 1][rows])
+
+    def _weight_gradients(self, target: ParamViews) -> None:
+        """Every layer's weight and bias gradient into ``target``, from the deltas. The deeper
+        layers' are multiplied while the other cores finish their share of the first layer's."""
+        chunk = self.chunk
+        k, n_touch = len(chunk.idx), chunk.n_touch
+        # the pads' gradient entries are never written and stay zero
+        delta = self.deltas[0][:k]  # (config: at least one hidden layer)
+        # a BLAS product with a ones vector sums the rows faster than np.sum
+        np.matmul(self.ones[:k], delta[:, : self.widths[0]], out=target.biases[0][: self.widths[0]])
+        input_scale = self.working.input_scale
+        if input_scale != 1:
+            delta *= 1.0 / input_scale**2  # inputs u = s x, weights W / s: gradient (u.T delta) / s**2
+        if self.working.n_tail and not n_touch:
+            target.tail.fill(0)
+
+        def meanwhile() -> None:
+            if n_touch:
+                np.matmul(chunk.xt.T, delta[:n_touch], out=target.tail)
+            self._deeper_gradients(target)
+
+        self._product(chunk.xb.T, delta, target.weights[0], meanwhile, _T.get("bshare"))
+
+    def _deeper_gradients(self, target: ParamViews) -> None:
+        k = len(self.chunk.idx)
+        last = len(self.widths) - 1
+        for i in range(last, 0, -1):
+            width, fan_in = self.widths[i], self.fan_in[i]
+            delta = self.acts[-1][:k] if i == last else self.deltas[i][:k]
+            np.matmul(self.ones[:k], delta[:, :width], out=target.biases[i][:width])
+            np.matmul(self.acts[i - 1][:k, :fan_in].T, delta, out=target.weights[i][:fan_in])  # (in, out)
 
     def _loss_and_output_delta(self, out: np.ndarray, yb: np.ndarray, at: int, scale: float) -> float:
         """Turn the logits ``out`` into ``scale`` * d loss / d logits in place; returns the summed

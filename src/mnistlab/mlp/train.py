@@ -193,11 +193,11 @@ class Trainer:
             adapt = split is not None and self.adapt_threads
             chooser = ThreadChoice(split, min(cfg.batch_size, fit.data.n)) if adapt else None
             self.thread_choice = chooser
-            fit.backprop.products = split
+            fit.backprop.products = fit.optimizer.threads = split
             try:
                 return self._epochs(fit, test_set, val_set, callback, Phases(profile), chooser)
             finally:
-                fit.backprop.products = None
+                fit.backprop.products = fit.optimizer.threads = None
                 fit.write_model()
 
     def _evaluator(
@@ -211,7 +211,10 @@ class Trainer:
         if split is not None:
             if layout_key:
                 self.layout[layout_key] = split.n_inked / len(split.labels)
-            return lambda: split.accuracy(self.model, fit.working, fit.optimizer.params)
+            # on the trainer's threads, as long as the thread choice keeps them
+            return lambda: split.accuracy(
+                self.model, fit.working, fit.optimizer.params, fit.backprop.products
+            )
         if evalset.raw:
             evalset.inputs, evalset.raw = evalset.preprocessed(self.model), False  # for model.accuracy
         return lambda: self.model.accuracy(evalset.inputs, evalset.labels)
