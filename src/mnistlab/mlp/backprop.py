@@ -25,8 +25,14 @@ from .threads import RowSplit
 # scalar subtraction; it is safe while every logit lies within this much of the top one (every
 # exp stays a normal float32), else each row is shifted by its own max.
 SHARED_SHIFT_RANGE = 60.0
-import os
-_T = {k: (float(v) if v else None) for k, v in (("fshare", os.environ.get("T_FSHARE")), ("bshare", os.environ.get("T_BSHARE")), ("bwdsplit", os.environ.get("T_BWDSPLIT")))}
+
+# With several threads, the calling thread's share of the rows of the first layer's products: it
+# also gathers and multiplies the tail columns, and meanwhile takes its rows through the deeper
+# layers (forward) or multiplies the deeper layers' gradients (backward). Picked by timing the
+# default network on MNIST (docs/performance.md).
+FORWARD_SHARE = 0.4
+BACKWARD_SHARE = 0.35
+
 
 
 class Tally:
@@ -180,10 +186,7 @@ class Backprop:
         phases.lap("loss")
 
         target = grad if first else self.part
-        if blocks and _T.get("bwdsplit"):
-            self.products.spread([partial(self._backward_rows, lo, hi) for lo, hi in blocks])
-        else:
-            self._backward_rows(0, k)
+        self._hidden_deltas(k)
         self._weight_gradients(target)
         if not first:
             grad.flat += self.part.flat
@@ -191,26 +194,22 @@ class Backprop:
         return loss
 
     def _row_blocks(self, k: int, n_touch: int) -> list[tuple[int, int]]:
-        """The row blocks each thread runs the chunk's forward pass and hidden deltas on (empty:
-        one thread, only the first layer's products cut). A row cut changes no sum, but every
-        product cut there must reproduce its whole product (see RowSplit), and the tail's rows
-        must lie in the first block."""
+        """The blocks of the chunk's rows each thread gathers and multiplies by the first layer's
+        weights (empty: one thread). A row cut changes no sum, but every product cut there must
+        reproduce its whole product (see RowSplit), and the tail's rows must lie in the first block
+        (the calling thread's)."""
         split = self.products
         if split is None or not split.active:
             return []
         chunk = self.chunk
         weights = chunk.params.weights
-        cuts = split.cuts(chunk.xb, weights[0], share=_T.get("fshare"))
+        cuts = split.cuts(chunk.xb, weights[0], share=FORWARD_SHARE)
         if not cuts or n_touch > cuts[0]:
             return []
         bounds = (0, *cuts, k)
-        fan_in, last = self.fan_in, len(weights) - 1
-        for i in range(1, last + 1):  # the forward products of the deeper layers, then their deltas' products
-            width = self.widths[i]
-            below = self.acts[i - 1][:k, : fan_in[i]]
-            if not split.reproduces(below, weights[i][: fan_in[i]], bounds):
-                return []
-            if not split.reproduces(self.acts[i][:k, :width], weights[i][:, :width].T, bounds):
+        fan_in = self.fan_in
+        for i in range(1, len(weights)):  # the deeper layers' forward products, run block by block
+            if not split.reproduces(self.acts[i - 1][:k, : fan_in[i]], weights[i][: fan_in[i]], bounds):
                 return []
         return list(zip(bounds, bounds[1:]))
 
@@ -245,6 +244,7 @@ class Backprop:
         hidden = act.FORWARD[self.config.activation]
         fan_in = self.fan_in
         rows = slice(lo, hi)
+        a = self.acts[0][rows]  # the first layer's products, no bias added yet
         for i in range(last):
             z = self.acts[i][rows]
             if i:
@@ -255,11 +255,13 @@ class Backprop:
         np.matmul(a[:, : fan_in[last]], weights[last][: fan_in[last]], out=out)  # (rows, classes) logits
         out += biases[last]
 
-    def _backward_rows(self, lo: int, hi: int) -> None:
-        """Rows ``lo:hi`` of every hidden layer's delta, from the output delta in ``acts[-1]``."""
+    def _hidden_deltas(self, k: int) -> None:
+        """Every hidden layer's delta (in ``deltas``), from the output delta in ``acts[-1]``. Small
+        products and elementwise passes: cut across threads, the hand-overs of the interpreter
+        lock cost more than they save."""
         weights = self.chunk.params.weights
         backward = act.BACKWARD[self.config.activation]
-        rows = slice(lo, hi)
+        rows = slice(0, k)
         delta = self.acts[-1][rows]
         for i in range(len(weights) - 1, 0, -1):
             width = self.widths[i]
@@ -287,7 +289,7 @@ class Backprop:
                 np.matmul(chunk.xt.T, delta[:n_touch], out=target.tail)
             self._deeper_gradients(target)
 
-        self._product(chunk.xb.T, delta, target.weights[0], meanwhile, _T.get("bshare"))
+        self._product(chunk.xb.T, delta, target.weights[0], meanwhile, BACKWARD_SHARE)
 
     def _deeper_gradients(self, target: ParamViews) -> None:
         k = len(self.chunk.idx)

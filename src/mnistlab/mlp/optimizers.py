@@ -8,7 +8,6 @@ then calls ``step(lr)``. docs/adding-an-optimizer.md walks through adding one.
 
 from __future__ import annotations
 
-from functools import partial
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -18,7 +17,6 @@ from .penalty import add_l1_gradient
 if TYPE_CHECKING:  # config validates names against OPTIMIZERS, so this module imports none of them
     from .config import MLPConfig
     from .layout import ParamViews, WorkingLayout
-    from .threads import RowSplit
 
 
 class Optimizer:
@@ -32,7 +30,6 @@ class Optimizer:
         self.params: ParamViews = working.views(working.from_model(np.empty(self.size, self.dtype)))
         self.grad: ParamViews = working.views(np.zeros(self.size, self.dtype))
         self.scratch = np.empty(self.size, self.dtype)
-        self.threads: RowSplit | None = None  # set by the trainer: the cores a step may spread over
 
     def gradient_scale(self, lr: float) -> float:
         """What the gradient handed to ``step`` is multiplied by (its mean over the batch is 1x)."""
@@ -99,12 +96,8 @@ class SGD(Optimizer):
             add_l1_gradient(self.config, self.working, self.params.flat, self.grad.flat, lr, self.scratch)
         weights, biases = self.update_matrices(lr)
         src, dst = self.stacks[self.current], self.stacks[1 - self.current]
-        bias_step = partial(np.matmul, biases, src[:, nw:], out=dst[:2, nw:])
-        if self.threads is not None and self.threads.active:  # each column is its own sum: cut by columns
-            self.threads.matmul_columns(weights, src[:, :nw], dst[:2, :nw], also=bias_step)
-        else:
-            np.matmul(weights, src[:, :nw], out=dst[:2, :nw])
-            bias_step()
+        np.matmul(weights, src[:, :nw], out=dst[:2, :nw])
+        np.matmul(biases, src[:, nw:], out=dst[:2, nw:])
         if self.config.l1:
             # no product writes the blank rows: the next gradient must find zeros there
             self.grad.flat[self.working.blank] = 0

@@ -174,28 +174,12 @@ class RowSplit:
         self.spread([first, *jobs])
         return out
 
-    def matmul_columns(self, a: np.ndarray, b: np.ndarray, out: np.ndarray, also: Callable[[], Any]) -> None:
-        """``out = a @ b`` cut by the output's columns (checked like rows), with ``also``
-        (independent work) run by the calling thread after its own block."""
-        cuts = self.cuts(a, b, axis=1) if self.active else ()
-        bounds = (0, *cuts, b.shape[1])
-
-        def first() -> None:
-            np.matmul(a, b[:, : bounds[1]], out=out[:, : bounds[1]])
-            also()
-
-        jobs = [
-            partial(np.matmul, a, b[:, lo:hi], out=out[:, lo:hi]) for lo, hi in zip(bounds[1:], bounds[2:])
-        ]
-        self.spread([first, *jobs])
-
-    def cuts(self, a: np.ndarray, b: np.ndarray, axis: int = 0, share: float | None = None) -> tuple[int, ...]:
-        """Where ``a @ b`` is cut, by output rows (``axis`` 0) or columns (1), the calling thread's
-        block about ``share`` of them (None: an equal part); empty: whole. Found and checked once
-        per layout."""
-        key = (axis, share, a.shape, a.strides, b.shape, b.strides, a.dtype.str)
+    def cuts(self, a: np.ndarray, b: np.ndarray, share: float | None = None) -> tuple[int, ...]:
+        """Where ``a @ b`` is cut by output rows, the calling thread's block about ``share`` of them
+        (None: an equal part); empty: whole. Found and checked once per layout."""
+        key = (share, a.shape, a.strides, b.shape, b.strides, a.dtype.str)
         if key not in self.cut_at:
-            self.cut_at[key] = self._find_cuts(a, b, axis, share)
+            self.cut_at[key] = self._find_cuts(a, b, share)
         return self.cut_at[key]
 
     def reproduces(self, a: np.ndarray, b: np.ndarray, bounds: tuple[int, ...]) -> bool:
@@ -205,11 +189,11 @@ class RowSplit:
         if key not in self.kept:
             rng = np.random.default_rng(0)
             a_like, b_like = _random_like(a, rng), _random_like(b, rng)
-            self.kept[key] = _cut_reproduces(a_like, b_like, np.matmul(a_like, b_like), bounds, 0)
+            self.kept[key] = _cut_reproduces(a_like, b_like, np.matmul(a_like, b_like), bounds)
         return self.kept[key]
 
-    def _find_cuts(self, a: np.ndarray, b: np.ndarray, axis: int, share: float | None) -> tuple[int, ...]:
-        size = a.shape[0] if axis == 0 else b.shape[1]
+    def _find_cuts(self, a: np.ndarray, b: np.ndarray, share: float | None) -> tuple[int, ...]:
+        size = a.shape[0]
         parts = min(self.parts, size // self.MIN_ROWS)
         if parts < 2:
             return ()
@@ -226,19 +210,14 @@ class RowSplit:
             cuts = tuple(first + width * i for i in range(parts - 1))
             if cuts[-1] >= size:
                 continue
-            if _cut_reproduces(a_like, b_like, whole, (0, *cuts, size), axis):
+            if _cut_reproduces(a_like, b_like, whole, (0, *cuts, size)):
                 return cuts
         return ()
 
 
-def _cut_reproduces(
-    a: np.ndarray, b: np.ndarray, whole: np.ndarray, bounds: tuple[int, ...], axis: int
-) -> bool:
-    if axis == 0:
-        blocks = [np.matmul(a[lo:hi], b) for lo, hi in zip(bounds, bounds[1:])]
-    else:
-        blocks = [np.matmul(a, b[:, lo:hi]) for lo, hi in zip(bounds, bounds[1:])]
-    return np.array_equal(np.concatenate(blocks, axis=axis), whole)
+def _cut_reproduces(a: np.ndarray, b: np.ndarray, whole: np.ndarray, bounds: tuple[int, ...]) -> bool:
+    blocks = [np.matmul(a[lo:hi], b) for lo, hi in zip(bounds, bounds[1:])]
+    return np.array_equal(np.concatenate(blocks), whole)
 
 
 def _random_like(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:

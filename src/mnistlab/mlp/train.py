@@ -193,11 +193,11 @@ class Trainer:
             adapt = split is not None and self.adapt_threads
             chooser = ThreadChoice(split, min(cfg.batch_size, fit.data.n)) if adapt else None
             self.thread_choice = chooser
-            fit.backprop.products = fit.optimizer.threads = split
+            fit.backprop.products = split
             try:
                 return self._epochs(fit, test_set, val_set, callback, Phases(profile), chooser)
             finally:
-                fit.backprop.products = fit.optimizer.threads = None
+                fit.backprop.products = None
                 fit.write_model()
 
     def _evaluator(
