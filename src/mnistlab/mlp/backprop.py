@@ -130,6 +130,9 @@ class Backprop:
         # cut by its rows (the input columns)
         self.products: RowSplit | None = None
         self.chunk: Chunk | None = None
+        # (where, images arranged, how many touch the tail, first row gathered) of the next chunk,
+        # gathered ahead by a worker into the input buffer it will use
+        self.ahead: tuple[int, np.ndarray, int, int] | None = None
 
     def _product(
         self,
@@ -156,13 +159,20 @@ class Backprop:
         first: bool,
         scale: float,
         phases: Phases,
+        following: tuple[int, np.ndarray] | None = None,
     ) -> float:
         """Forward and backward for the images ``idx``, which sit at ``at`` in the epoch's order:
         the gradient times ``scale`` goes into ``grad`` (``first``: the batch's first chunk) or is
         added to it. Returns the chunk's summed data loss; ``tally`` keeps what the epoch's
-        accuracy and error need."""
+        accuracy and error need. ``following``: where the next chunk sits and its images, which a
+        worker thread may gather ahead while this thread computes the loss and the deltas."""
         k = len(idx)
-        idx, n_touch = data.arrange(idx)  # the images with ink in the tail columns first
+        ahead, self.ahead = self.ahead, None
+        if ahead is not None and ahead[0] == at and len(ahead[1]) == k:
+            _, idx, n_touch, gathered = ahead
+        else:
+            idx, n_touch = data.arrange(idx)  # the images with ink in the tail columns first
+            gathered = k  # the first row a worker has gathered ahead
         self.flip ^= 1
         self.chunk = Chunk(data, idx, n_touch, self.inputs[self.flip][:k], params)
         yb = np.take(data.labels, idx, out=self.tally.labels[at : at + k], mode="clip")
@@ -172,9 +182,10 @@ class Backprop:
             # tail, then takes its rows through the other layers while the workers finish
             (lo, hi), *others = blocks
             mine = [partial(self._first_layer_rows, lo, hi, _whole), partial(self._forward_rows, lo, hi)]
-            self.products.spread(
-                [partial(_in_turn, mine)] + [partial(self._first_layer_rows, a, b, _whole) for a, b in others]
-            )
+            theirs = [
+                partial(self._first_layer_rows, a, b, _whole, gathered=a >= gathered) for a, b in others
+            ]
+            self.products.spread([partial(_in_turn, mine), *theirs])
             for a, b in others:
                 self._forward_rows(a, b)
         else:
@@ -182,11 +193,19 @@ class Backprop:
             self._forward_rows(0, k)
         phases.lap("forward")
 
-        loss = self._loss_and_output_delta(self.acts[-1][:k], yb, at, scale)
-        phases.lap("loss")
+        losses = []
 
+        def deltas() -> None:
+            losses.append(self._loss_and_output_delta(self.acts[-1][:k], yb, at, scale))
+            phases.lap("loss")
+            self._hidden_deltas(k)
+
+        if blocks and following is not None:
+            self.products.spread([deltas, partial(self._gather_ahead, data, *following)])
+        else:
+            deltas()
+        (loss,) = losses
         target = grad if first else self.part
-        self._hidden_deltas(k)
         self._weight_gradients(target)
         if not first:
             grad.flat += self.part.flat
@@ -213,14 +232,32 @@ class Backprop:
                 return []
         return list(zip(bounds, bounds[1:]))
 
-    def _first_layer_rows(self, lo: int, hi: int, product: Product, phases: Phases | None = None) -> None:
-        """Rows ``lo:hi`` of the chunk gathered and multiplied by the first layer's weights (the tail
-        columns' share added where ``lo`` is 0: the tail's rows must all lie in the first block)."""
+    def _gather_ahead(self, data: TrainData, at: int, idx: np.ndarray) -> None:
+        """Arrange the next chunk (at ``at``) and gather the rows the workers will multiply into the
+        input buffer it will use."""
+        k = len(idx)
+        idx, n_touch = data.arrange(idx)
+        xb = self.inputs[self.flip ^ 1][:k]
+        cuts = self.products.cuts(xb, self.chunk.params.weights[0], share=FORWARD_SHARE)
+        lo = cuts[0] if cuts and n_touch <= cuts[0] else k
+        raw = None if self.raw_inputs is None else self.raw_inputs[lo:k]
+        data.gather(idx[lo:k], xb[lo:k], raw)
+        self.ahead = (at, idx, n_touch, lo)
+
+    def _first_layer_rows(
+        self, lo: int, hi: int, product: Product, phases: Phases | None = None, gathered: bool = False
+    ) -> None:
+        """Rows ``lo:hi`` of the chunk gathered (unless ``gathered`` ahead) and multiplied by the
+        first layer's weights (the tail columns' share added where ``lo`` is 0: the tail's rows
+        must all lie in the first block)."""
         chunk = self.chunk
         data, idx = chunk.data, chunk.idx
         rows = slice(lo, hi)
-        raw = None if self.raw_inputs is None else self.raw_inputs[rows]
-        xb = data.gather(idx[rows], chunk.xb[rows], raw)  # (rows, core columns)
+        if gathered:
+            xb = chunk.xb[rows]
+        else:
+            raw = None if self.raw_inputs is None else self.raw_inputs[rows]
+            xb = data.gather(idx[rows], chunk.xb[rows], raw)  # (rows, core columns)
         n_touch = chunk.n_touch if lo == 0 else 0
         if n_touch:
             raw_tail = None if self.raw_tail is None else self.raw_tail[:n_touch]

@@ -56,11 +56,20 @@ class FitState:
         self.backprop = Backprop(model, self.working, data, self.chunk_rows, summed=self.chunk_rows < batch)
         self.scratch = np.empty(self.working.size, model.dtype)
 
-    def chunk_pass(self, idx: np.ndarray, at: int, first: bool, scale: float, phases: Phases) -> float:
-        """One chunk's forward and backward (``idx`` sits at ``at`` in the epoch's order); returns its
-        summed data loss."""
+    def chunk_pass(
+        self,
+        idx: np.ndarray,
+        at: int,
+        first: bool,
+        scale: float,
+        phases: Phases,
+        following: tuple[int, np.ndarray] | None = None,
+    ) -> float:
+        """One chunk's forward and backward (``idx`` sits at ``at`` in the epoch's order; the next
+        chunk's place and images in ``following``, None at the epoch's end); returns its summed
+        data loss."""
         opt = self.optimizer
-        return self.backprop.run(self.data, idx, at, opt.params, opt.grad, first, scale, phases)
+        return self.backprop.run(self.data, idx, at, opt.params, opt.grad, first, scale, phases, following)
 
     def epoch_counts(self) -> tuple[int, float]:
         """Correct predictions and summed |p - onehot| of the chunks passed since the last call."""
@@ -255,8 +264,12 @@ class Trainer:
                 started = time.perf_counter()
                 phases.start()
                 for cs in range(start, stop, fit.chunk_rows):
+                    cs_stop = min(cs + fit.chunk_rows, stop)
+                    # chunks never span batches, which start at multiples of ``batch``
+                    next_stop = min(cs_stop + fit.chunk_rows, (cs_stop // batch + 1) * batch, n)
+                    following = (cs_stop, order[cs_stop:next_stop]) if cs_stop < n else None
                     batch_loss += fit.chunk_pass(
-                        order[cs : min(cs + fit.chunk_rows, stop)], cs, cs == start, grad_scale / size, phases
+                        order[cs:cs_stop], cs, cs == start, grad_scale / size, phases, following
                     )
                 penalty = fit.penalty() if (cfg.l1 or cfg.l2) else 0.0
                 if not math.isfinite(batch_loss + penalty):
