@@ -25,6 +25,7 @@ One process outside torchrun never creates a process group; every helper here is
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
@@ -190,10 +191,18 @@ def data_parallel(net: nn.Module, device: torch.device, ranks: Ranks) -> nn.Modu
         isinstance(module, nn.modules.batchnorm._BatchNorm) or not list(module.buffers(recurse=False))
         for module in net.modules()
     )
-    return nn.parallel.DistributedDataParallel(
+    ddp = nn.parallel.DistributedDataParallel
+    # torch 2.13 renamed broadcast_buffers (now deprecated, with a warning) to forward_sync_buffers;
+    # the cnn extra accepts older torch, which knows only the old name
+    sync_name = (
+        "forward_sync_buffers"
+        if "forward_sync_buffers" in inspect.signature(ddp.__init__).parameters
+        else "broadcast_buffers"
+    )
+    return ddp(
         net,
         device_ids=[device.index] if device.type == "cuda" else None,
-        forward_sync_buffers=not buffers_agree,
+        **{sync_name: not buffers_agree},
     )
 
 
