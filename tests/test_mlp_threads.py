@@ -66,6 +66,15 @@ def test_row_split_is_bit_identical_to_one_thread(split, transposed):
     np.testing.assert_array_equal(out, whole)
 
 
+def _with_avx2_kernels(code: str, timeout: float = 120) -> str:
+    """The output of ``code`` run by a fresh interpreter whose OpenBLAS uses its AVX2 (Haswell)
+    kernels, which AVX2-only CPUs get."""
+    env = {**os.environ, "OPENBLAS_CORETYPE": "Haswell", "PYTHONPATH": os.pathsep.join(sys.path)}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
 def test_row_split_is_bit_identical_with_avx2_kernels():
     """The same on OpenBLAS's AVX2 (Haswell) kernels, which AVX2-only CPUs get: their row block is
     24, and a cut off it changes the last bits (the AVX-512 kernels here would not catch that)."""
@@ -84,10 +93,7 @@ def test_row_split_is_bit_identical_with_avx2_kernels():
         "    assert np.array_equal(out, a @ b), 'split differs'\n"
         "print(*[c for cuts in split.cut_at.values() for c in cuts])\n"
     )
-    env = {**os.environ, "OPENBLAS_CORETYPE": "Haswell", "PYTHONPATH": os.pathsep.join(sys.path)}
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    cuts = [int(c) for c in done.stdout.split()]
+    cuts = [int(c) for c in _with_avx2_kernels(code).split()]
     assert cuts and all(c % 24 == 0 for c in cuts)
 
 
@@ -110,10 +116,7 @@ def test_row_split_checks_every_cut_against_the_avx2_kernels():
         "cut = np.concatenate([x[:100] @ w, x[100:] @ w])\n"
         "print(on, off, np.array_equal(cut, whole), *split.cuts(x, w, share=0.4))\n"
     )
-    env = {**os.environ, "OPENBLAS_CORETYPE": "Haswell", "PYTHONPATH": os.pathsep.join(sys.path)}
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    on, off, off_equal, cut = done.stdout.split()
+    on, off, off_equal, cut = _with_avx2_kernels(code).split()
     assert (on, off, off_equal) == ("True", "False", "False")
     assert int(cut) % 24 == 0 and abs(int(cut) - 200) <= 24
 
@@ -282,8 +285,5 @@ def test_training_on_two_threads_is_bit_identical_with_avx2_kernels():
     the rows cut between threads and gathered ahead, for one and for two chunks per batch."""
     pytest.importorskip("threadpoolctl")
     code = _PIPELINE_RUN.format(tests=os.path.dirname(os.path.abspath(__file__)))
-    env = {**os.environ, "OPENBLAS_CORETYPE": "Haswell", "PYTHONPATH": os.pathsep.join(sys.path)}
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    blocks, ahead = map(int, done.stdout.split())
+    blocks, ahead = map(int, _with_avx2_kernels(code, timeout=300).split())
     assert blocks >= 10 and ahead >= 8  # 10 chunks per epoch cut across threads, most gathered ahead

@@ -5,6 +5,9 @@ views); biases are added by broadcasting; activations are computed in place and 
 taken from the kept outputs; the gradient with respect to the network's inputs is never computed.
 The caller's factor (the learning rate over the batch size, for SGD) is folded into the output
 delta, so the products deliver the scaled gradient with no extra pass over the parameters.
+With several threads (``products``) the large first-layer products and the gathering are cut by
+rows; the many small NumPy calls stay on the calling thread, where they overlap the workers' long
+products: cut across threads, each would hand the interpreter lock back and forth.
 """
 
 from __future__ import annotations

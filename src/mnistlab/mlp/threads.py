@@ -1,9 +1,11 @@
 """How many threads the MLP's matrix products use.
 
-With more than one, the trainer keeps BLAS on one thread and cuts the first layer's products by
-output rows across its own threads (``RowSplit``): the same arithmetic as one thread, bit for bit,
-where OpenBLAS's own threads change the last bits and lose their time in waking and synchronizing
-helpers for products this small (docs/performance.md, "BLAS threads").
+With more than one, the trainer keeps BLAS on one thread and spreads the work over its own threads
+(``RowSplit``): each gathers and multiplies a block of a chunk's rows, a worker gathers the next
+chunk's rows while the calling thread computes the loss, the first layer's weight gradient is cut
+by its rows and the per-epoch test pass by blocks of images -- the same arithmetic as one thread,
+bit for bit, where OpenBLAS's own threads change the last bits and lose their time in waking and
+synchronizing helpers for products this small (docs/performance.md, "Threads").
 
 ``"auto"`` (the default) starts from every core this process may run on and lets the trainer
 decide by timing (``ThreadChoice``): a second thread helps on an idle machine, but when other
