@@ -70,7 +70,8 @@ def _with_avx2_kernels(code: str, timeout: float = 120) -> str:
     """The output of ``code`` run by a fresh interpreter whose OpenBLAS uses its AVX2 (Haswell)
     kernels, which AVX2-only CPUs get."""
     env = {**os.environ, "OPENBLAS_CORETYPE": "Haswell", "PYTHONPATH": os.pathsep.join(sys.path)}
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=timeout)
+    command = [sys.executable, "-c", code]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
     assert done.returncode == 0, done.stderr
     return done.stdout
 
