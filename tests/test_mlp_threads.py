@@ -66,6 +66,16 @@ def test_row_split_is_bit_identical_to_one_thread(split, transposed):
     np.testing.assert_array_equal(out, whole)
 
 
+def _with_avx2_kernels(code: str, timeout: float = 120) -> str:
+    """The output of ``code`` run by a fresh interpreter whose OpenBLAS uses its AVX2 (Haswell)
+    kernels, which AVX2-only CPUs get."""
+    env = {**os.environ, "OPENBLAS_CORETYPE": "Haswell", "PYTHONPATH": os.pathsep.join(sys.path)}
+    command = [sys.executable, "-c", code]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
 def test_row_split_is_bit_identical_with_avx2_kernels():
     """The same on OpenBLAS's AVX2 (Haswell) kernels, which AVX2-only CPUs get: their row block is
     24, and a cut off it changes the last bits (the AVX-512 kernels here would not catch that)."""
@@ -84,11 +94,32 @@ def test_row_split_is_bit_identical_with_avx2_kernels():
         "    assert np.array_equal(out, a @ b), 'split differs'\n"
         "print(*[c for cuts in split.cut_at.values() for c in cuts])\n"
     )
-    env = {**os.environ, "OPENBLAS_CORETYPE": "Haswell", "PYTHONPATH": os.pathsep.join(sys.path)}
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    cuts = [int(c) for c in done.stdout.split()]
+    cuts = [int(c) for c in _with_avx2_kernels(code).split()]
     assert cuts and all(c % 24 == 0 for c in cuts)
+
+
+def test_row_split_checks_every_cut_against_the_avx2_kernels():
+    """``reproduces`` (the check behind every row cut of the training step) tells a cut on the
+    AVX2 kernel's 24-row block from one off it, whose rows round differently; a cut asked for at
+    a share of the rows lands on a block near that share."""
+    pytest.importorskip("threadpoolctl")
+    code = (
+        "import numpy as np, threadpoolctl\n"
+        "from mnistlab.mlp.threads import RowSplit\n"
+        "threadpoolctl.threadpool_limits(1, user_api='blas')\n"
+        "rng = np.random.default_rng(5)\n"
+        "x = rng.integers(0, 256, (500, 483)).astype(np.float32)\n"
+        "w = rng.standard_normal((483, 70)).astype(np.float32)\n"
+        "split = RowSplit(2)\n"
+        "on = split.reproduces(x, w, (0, 240, 500))\n"
+        "off = split.reproduces(x, w, (0, 100, 500))\n"
+        "whole = x @ w\n"
+        "cut = np.concatenate([x[:100] @ w, x[100:] @ w])\n"
+        "print(on, off, np.array_equal(cut, whole), *split.cuts(x, w, share=0.4))\n"
+    )
+    on, off, off_equal, cut = _with_avx2_kernels(code).split()
+    assert (on, off, off_equal) == ("True", "False", "False")
+    assert int(cut) % 24 == 0 and abs(int(cut) - 200) <= 24
 
 
 def test_row_split_hands_a_workers_error_to_the_caller(split):
@@ -178,21 +209,28 @@ def _inked_images(n, seed=0):
 
 
 def test_training_on_two_threads_gives_the_weights_of_one_thread():
-    """The same weights, bit for bit, on one thread, on the split's two (first-layer products cut
-    by rows) and with the timed choice switching between them; the limit is restored after."""
+    """The same weights and history, bit for bit, on one thread, on the split's two (each thread
+    gathering and multiplying its block of a chunk's rows, the next chunk's gathered ahead, the
+    first layer's gradient cut by rows, the test pass by blocks) and with the timed choice
+    switching between them; the limit is restored after."""
     threadpoolctl = pytest.importorskip("threadpoolctl")
     from mnistlab.data import Preprocessor
 
     before = [i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"]
     images, labels = _inked_images(3000)
+    test_images, test_labels = _inked_images(2500, seed=1)
     cfg = MLPConfig(hidden=(70, 30), epochs=6, batch_size=500, seed=2)  # 36 batches: a whole probe
     pre = Preprocessor.fit(cfg.preprocess, images)
-    weights = {}
+    weights, histories = {}, {}
     for threads, adapt in ((1, False), (2, False), (2, True)):
         trainer = Trainer(MLP(cfg, preprocess=pre), adapt_threads=adapt)
-        trainer.fit(images, labels, threads=threads)
+        history = trainer.fit(images, labels, test=(test_images, test_labels), threads=threads)
         assert trainer.threads == threads
         weights[threads, adapt] = trainer.model.params
+        histories[threads, adapt] = [{k: v for k, v in row.items() if "seconds" not in k} for row in history]
+        if threads == 2 and not adapt:
+            backprop = trainer.fit_state.backprop
+            assert backprop.products is None and backprop.ahead is None  # the epoch's last chunk has no next
         if adapt:
             assert trainer.thread_choice.log and trainer.thread_choice.log[0][1] in (1, 2)
             assert any(trainer.thread_choice.split.cut_at.values())  # the products were cut
@@ -201,4 +239,52 @@ def test_training_on_two_threads_gives_the_weights_of_one_thread():
     assert trainer.layout["tail"] > 0 and trainer.layout["blank"] > 0
     np.testing.assert_array_equal(weights[2, False], weights[1, False])
     np.testing.assert_array_equal(weights[2, True], weights[1, False])
+    assert histories[2, False] == histories[1, False] == histories[2, True]
+    model = MLP(cfg, preprocess=pre)
+    model.params[:] = weights[1, False]
+    assert histories[1, False][-1]["test_accuracy"] == model.accuracy(pre(test_images), test_labels)
     assert [i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"] == before
+
+
+_PIPELINE_RUN = """
+import sys, numpy as np, threadpoolctl
+sys.path.insert(0, {tests!r})
+from test_mlp_threads import _inked_images
+from mnistlab.data import Preprocessor
+from mnistlab.mlp import MLP, MLPConfig, Trainer, backprop
+assert threadpoolctl.threadpool_info()[0]['architecture'] == 'Haswell'
+used = {{'blocks': 0, 'ahead': 0}}
+row_blocks, first_layer_rows = backprop.Backprop._row_blocks, backprop.Backprop._first_layer_rows
+def counted_blocks(self, k, n_touch):
+    blocks = row_blocks(self, k, n_touch)
+    used['blocks'] += bool(blocks)
+    return blocks
+def counted_rows(self, lo, hi, product, phases=None, gathered=False):
+    used['ahead'] += gathered
+    return first_layer_rows(self, lo, hi, product, phases, gathered)
+backprop.Backprop._row_blocks, backprop.Backprop._first_layer_rows = counted_blocks, counted_rows
+images, labels = _inked_images(2300)
+test = _inked_images(1500, seed=1)
+for batch in (500, 1000):  # one chunk per batch; two chunks, their gradients summed
+    cfg = MLPConfig(hidden=(70, 30), epochs=2, batch_size=batch, seed=3)
+    pre = Preprocessor.fit(cfg.preprocess, images)
+    runs = []
+    for threads in (1, 2):
+        trainer = Trainer(MLP(cfg, preprocess=pre), adapt_threads=False)
+        history = trainer.fit(images, labels, test=test, threads=threads)
+        kept = [(r['test_accuracy'], r['loss'], r['train_accuracy']) for r in history]
+        runs.append((trainer.model.params, kept))
+    assert np.array_equal(runs[0][0], runs[1][0]), 'weights differ'
+    assert runs[0][1] == runs[1][1], 'history differs'
+print(used['blocks'], used['ahead'])
+"""
+
+
+def test_training_on_two_threads_is_bit_identical_with_avx2_kernels():
+    """The whole training step on two threads with OpenBLAS's AVX2 (Haswell) kernels, whose row
+    block (24) differs from the AVX-512 kernels': the same weights and history as one thread, with
+    the rows cut between threads and gathered ahead, for one and for two chunks per batch."""
+    pytest.importorskip("threadpoolctl")
+    code = _PIPELINE_RUN.format(tests=os.path.dirname(os.path.abspath(__file__)))
+    blocks, ahead = map(int, _with_avx2_kernels(code, timeout=300).split())
+    assert blocks >= 10 and ahead >= 8  # 10 chunks per epoch cut across threads, most gathered ahead

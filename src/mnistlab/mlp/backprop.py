@@ -5,6 +5,9 @@ views); biases are added by broadcasting; activations are computed in place and 
 taken from the kept outputs; the gradient with respect to the network's inputs is never computed.
 The caller's factor (the learning rate over the batch size, for SGD) is folded into the output
 delta, so the products deliver the scaled gradient with no extra pass over the parameters.
+With several threads (``products``) the large first-layer products and the gathering are cut by
+rows; the many small NumPy calls stay on the calling thread, where they overlap the workers' long
+products: cut across threads, each would hand the interpreter lock back and forth.
 """
 
 from __future__ import annotations
@@ -25,6 +28,13 @@ from .threads import RowSplit
 # scalar subtraction; it is safe while every logit lies within this much of the top one (every
 # exp stays a normal float32), else each row is shifted by its own max.
 SHARED_SHIFT_RANGE = 60.0
+
+# With several threads, the calling thread's share of the rows of the first layer's products: it
+# also gathers and multiplies the tail columns, and meanwhile takes its rows through the deeper
+# layers (forward) or multiplies the deeper layers' gradients (backward). Picked by timing the
+# default network on MNIST (docs/performance.md).
+FORWARD_SHARE = 0.4
+BACKWARD_SHARE = 0.35
 
 
 class Tally:
@@ -74,6 +84,31 @@ class Tally:
         return int(np.count_nonzero(hit)) - int(misses)
 
 
+Product = Callable[[np.ndarray, np.ndarray, np.ndarray, "Callable[[], Any] | None"], None]
+
+
+def _whole(a: np.ndarray, b: np.ndarray, out: np.ndarray, meanwhile: Callable[[], Any] | None) -> None:
+    np.matmul(a, b, out=out)
+    if meanwhile is not None:
+        meanwhile()
+
+
+def _in_turn(jobs: list[Callable[[], Any]]) -> None:
+    for job in jobs:
+        job()
+
+
+class Chunk:
+    """The chunk a ``Backprop.run`` is working on: its images (tail-touching ones first), their
+    gathered inputs and the parameters they are multiplied with."""
+
+    def __init__(
+        self, data: TrainData, idx: np.ndarray, n_touch: int, xb: np.ndarray, params: ParamViews
+    ) -> None:
+        self.data, self.idx, self.n_touch, self.xb, self.params = data, idx, n_touch, xb, params
+        self.xt = xb[:0]  # the tail columns of the first n_touch images, once gathered
+
+
 class Backprop:
     def __init__(
         self, model: MLP, working: WorkingLayout, data: TrainData, rows: int, summed: bool, starts: np.ndarray
@@ -112,23 +147,35 @@ class Backprop:
         self.logits = np.empty((rows, sizes[-1]), dt)
         # the gradient of a batch's later chunks, added into the optimizer's
         self.part: ParamViews | None = working.views(np.zeros(working.size, dt)) if summed else None
-        # the first layer's products on several cores, set by the trainer (None: one thread)
+        # several cores, set by the trainer (None: one thread): each runs a block of the chunk's
+        # rows through the forward pass and the hidden deltas; the first layer's weight gradient is
+        # cut by its rows (the input columns)
         self.products: RowSplit | None = None
+        self.chunk: Chunk | None = None
+        # (where, first row gathered) of the next chunk, gathered ahead by a worker into the input
+        # buffer it will use
+        self.ahead: tuple[int, int] | None = None
 
-    def _matmul(
-        self, a: np.ndarray, b: np.ndarray, out: np.ndarray, meanwhile: Callable[[], Any] | None
+    def _product(
+        self,
+        a: np.ndarray,
+        b: np.ndarray,
+        out: np.ndarray,
+        meanwhile: Callable[[], Any] | None,
+        share: float | None = None,
     ) -> None:
+        """``out = a @ b`` cut by rows over the split's threads where there is one (then
+        ``meanwhile`` runs while the workers finish)."""
         if self.products is not None:
-            self.products.matmul(a, b, out, meanwhile)
+            self.products.matmul(a, b, out, meanwhile, share)
             return
-        np.matmul(a, b, out=out)
-        if meanwhile is not None:
-            meanwhile()
+        _whole(a, b, out, meanwhile)
 
     def start_epoch(self, data: TrainData, order: np.ndarray) -> None:
         """Take the labels of the epoch's ``order`` (as arranged, see TrainData.arrange) at once."""
         labels = np.take(data.labels, order, out=self.tally.labels, mode="clip")
         np.add(self.row_offsets, labels, out=self.label_at)
+        self.ahead = None  # gathered from another order
 
     def run(
         self,
@@ -141,74 +188,181 @@ class Backprop:
         first: bool,
         scale: float,
         phases: Phases,
+        following: tuple[int, np.ndarray, int] | None = None,
     ) -> float:
         """Forward and backward for the images ``idx``, which sit at ``at`` in the epoch's arranged
         order (the ``n_touch`` with ink in the tail columns first; ``start_epoch`` took their
         labels): the gradient times ``scale`` goes into ``grad`` (``first``: the batch's first
         chunk) or is added to it. Returns the chunk's summed data loss; ``tally`` keeps what the
-        epoch's accuracy and error need."""
-        cfg = self.config
+        epoch's accuracy and error need. ``following``: the next chunk's place, images (arranged)
+        and tail count, whose rows a worker may gather ahead while this thread computes the loss
+        and the deltas."""
         k = len(idx)
+        ahead, self.ahead = self.ahead, None
+        gathered = ahead[1] if ahead is not None and ahead[0] == at else k  # first row gathered ahead
         if self.products is not None:
             self.flip ^= 1
-        raw = None if self.raw_inputs is None else self.raw_inputs[:k]
-        xb = data.gather(idx, self.inputs[self.flip][:k], raw)  # (k, core columns)
-        if n_touch:
-            raw_tail = None if self.raw_tail is None else self.raw_tail[:n_touch]
-            # (n_touch, tail columns)
-            xt = data.gather_tail(idx[:n_touch], self.tail_inputs[:n_touch], raw_tail)
-        phases.lap("gather")
-
-        weights, biases = params.weights, params.biases
-        last = len(weights) - 1
-        hidden = act.FORWARD[cfg.activation]
-        fan_in = self.fan_in
-        a = xb
-        for i in range(last):
-            z = self.acts[i][:k]
-            if i:
-                np.matmul(a[:, : fan_in[i]], weights[i][: fan_in[i]], out=z)  # (k, out)
-            else:  # the tail's share is multiplied while the other cores finish theirs
-                tail = partial(np.matmul, xt, params.tail, out=self.tail_z[:n_touch]) if n_touch else None
-                self._matmul(a, weights[0], z, tail)
-                if n_touch:
-                    z[:n_touch] += self.tail_z[:n_touch]
-            z += biases[i]
-            a = hidden(z)
-        out = self.acts[last][:k]
-        np.matmul(a[:, : fan_in[last]], weights[last][: fan_in[last]], out=out)  # (k, classes) logits
-        out += biases[last]
+        self.chunk = Chunk(data, idx, n_touch, self.inputs[self.flip][:k], params)
+        blocks = self._row_blocks(k, n_touch)
+        if blocks:
+            # each thread gathers and multiplies its own rows; the calling thread, which also has the
+            # tail, then takes its rows through the other layers while the workers finish
+            (lo, hi), *others = blocks
+            mine = [partial(self._first_layer_rows, lo, hi, _whole), partial(self._forward_rows, lo, hi)]
+            theirs = [
+                partial(self._first_layer_rows, a, b, _whole, gathered=a >= gathered) for a, b in others
+            ]
+            self.products.spread([partial(_in_turn, mine), *theirs])
+            for a, b in others:
+                self._forward_rows(a, b)
+        else:
+            self._first_layer_rows(0, k, self._product, phases)
+            self._forward_rows(0, k)
         phases.lap("forward")
 
-        loss = self._loss_and_output_delta(out, at, scale)
-        phases.lap("loss")
+        losses = []
 
+        def deltas() -> None:
+            losses.append(self._loss_and_output_delta(self.acts[-1][:k], at, scale))
+            phases.lap("loss")
+            self._hidden_deltas(k)
+
+        if blocks and following is not None:
+            self.products.spread([deltas, partial(self._gather_ahead, data, *following)])
+        else:
+            deltas()
+        (loss,) = losses
         target = grad if first else self.part
-        backward = act.BACKWARD[cfg.activation]
-        input_scale = self.working.input_scale
-        delta = out
-        for i in range(last, -1, -1):
-            # the pads' gradient entries are never written and stay zero
-            width = self.widths[i]
-            below = (self.acts[i - 1][:k] if i else xb)[:, : fan_in[i]]
-            # a BLAS product with a ones vector sums the rows faster than np.sum
-            np.matmul(self.ones[:k], delta[:, :width], out=target.biases[i][:width])
-            if i == 0 and input_scale != 1:
-                delta *= 1.0 / input_scale**2  # inputs u = s x, weights W / s: gradient (u.T delta) / s**2
-            if not i:  # as in the forward pass, the tail's product overlaps the other cores' share
-                if self.working.n_tail and not n_touch:
-                    target.tail.fill(0)
-                tail = partial(np.matmul, xt.T, delta[:n_touch], out=target.tail) if n_touch else None
-                self._matmul(below.T, delta, target.weights[0], tail)
-            else:
-                np.matmul(below.T, delta, out=target.weights[i][: fan_in[i]])  # (in, out)
-                d_below = self.deltas[i - 1][:k]
-                np.matmul(delta[:, :width], weights[i][:, :width].T, out=d_below)  # (k, in); zero pads
-                delta = backward(self.acts[i - 1][:k], d_below, self.scratch[i - 1][:k])
+        self._weight_gradients(target)
         if not first:
             grad.flat += self.part.flat
         phases.lap("backward")
         return loss
+
+    def _row_blocks(self, k: int, n_touch: int) -> list[tuple[int, int]]:
+        """The blocks of the chunk's rows each thread gathers and multiplies by the first layer's
+        weights (empty: one thread). A row cut changes no sum, but every product cut there must
+        reproduce its whole product (see RowSplit), and the tail's rows must lie in the first block
+        (the calling thread's)."""
+        split = self.products
+        if split is None or not split.active:
+            return []
+        chunk = self.chunk
+        weights = chunk.params.weights
+        cuts = split.cuts(chunk.xb, weights[0], share=FORWARD_SHARE)
+        if not cuts or n_touch > cuts[0]:
+            return []
+        bounds = (0, *cuts, k)
+        fan_in = self.fan_in
+        for i in range(1, len(weights)):  # the deeper layers' forward products, run block by block
+            if not split.reproduces(self.acts[i - 1][:k, : fan_in[i]], weights[i][: fan_in[i]], bounds):
+                return []
+        return list(zip(bounds, bounds[1:]))
+
+    def _gather_ahead(self, data: TrainData, at: int, idx: np.ndarray, n_touch: int) -> None:
+        """Gather the rows of the next chunk (at ``at``, images ``idx`` arranged, ``n_touch`` of them
+        with ink in the tail columns) that the workers will multiply, into the input buffer it will
+        use."""
+        k = len(idx)
+        xb = self.inputs[self.flip ^ 1][:k]
+        cuts = self.products.cuts(xb, self.chunk.params.weights[0], share=FORWARD_SHARE)
+        lo = cuts[0] if cuts and n_touch <= cuts[0] else k
+        raw = None if self.raw_inputs is None else self.raw_inputs[lo:k]
+        data.gather(idx[lo:k], xb[lo:k], raw)
+        self.ahead = (at, lo)
+
+    def _first_layer_rows(
+        self, lo: int, hi: int, product: Product, phases: Phases | None = None, gathered: bool = False
+    ) -> None:
+        """Rows ``lo:hi`` of the chunk gathered (unless ``gathered`` ahead) and multiplied by the
+        first layer's weights (the tail columns' share added where ``lo`` is 0: the tail's rows
+        must all lie in the first block)."""
+        chunk = self.chunk
+        data, idx = chunk.data, chunk.idx
+        rows = slice(lo, hi)
+        if gathered:
+            xb = chunk.xb[rows]
+        else:
+            raw = None if self.raw_inputs is None else self.raw_inputs[rows]
+            xb = data.gather(idx[rows], chunk.xb[rows], raw)  # (rows, core columns)
+        n_touch = chunk.n_touch if lo == 0 else 0
+        if n_touch:
+            raw_tail = None if self.raw_tail is None else self.raw_tail[:n_touch]
+            # (n_touch, tail columns)
+            chunk.xt = data.gather_tail(idx[:n_touch], self.tail_inputs[:n_touch], raw_tail)
+        if phases is not None:
+            phases.lap("gather")
+        z = self.acts[0][rows]
+        tail_z = self.tail_z[:n_touch]
+        # the tail's share is multiplied while the other cores finish theirs
+        tail = partial(np.matmul, chunk.xt, chunk.params.tail, out=tail_z) if n_touch else None
+        product(xb, chunk.params.weights[0], z, tail)
+        if n_touch:
+            z[:n_touch] += tail_z
+
+    def _forward_rows(self, lo: int, hi: int) -> None:
+        """Rows ``lo:hi`` from the first layer's products through every layer to the logits (in
+        ``acts[-1]``)."""
+        weights, biases = self.chunk.params.weights, self.chunk.params.biases
+        last = len(weights) - 1
+        hidden = act.FORWARD[self.config.activation]
+        fan_in = self.fan_in
+        rows = slice(lo, hi)
+        a = self.acts[0][rows]  # the first layer's products, no bias added yet
+        for i in range(last):
+            z = self.acts[i][rows]
+            if i:
+                np.matmul(a[:, : fan_in[i]], weights[i][: fan_in[i]], out=z)  # (rows, out)
+            z += biases[i]
+            a = hidden(z)
+        out = self.acts[last][rows]
+        np.matmul(a[:, : fan_in[last]], weights[last][: fan_in[last]], out=out)  # (rows, classes) logits
+        out += biases[last]
+
+    def _hidden_deltas(self, k: int) -> None:
+        """Every hidden layer's delta (in ``deltas``), from the output delta in ``acts[-1]``. Small
+        products and elementwise passes: cut across threads, the hand-overs of the interpreter
+        lock cost more than they save."""
+        weights = self.chunk.params.weights
+        backward = act.BACKWARD[self.config.activation]
+        rows = slice(0, k)
+        delta = self.acts[-1][rows]
+        for i in range(len(weights) - 1, 0, -1):
+            width = self.widths[i]
+            d_below = self.deltas[i - 1][rows]
+            np.matmul(delta[:, :width], weights[i][:, :width].T, out=d_below)  # (rows, in); zero pads
+            delta = backward(self.acts[i - 1][rows], d_below, self.scratch[i - 1][rows])
+
+    def _weight_gradients(self, target: ParamViews) -> None:
+        """Every layer's weight and bias gradient into ``target``, from the deltas. The deeper
+        layers' are multiplied while the other cores finish their share of the first layer's."""
+        chunk = self.chunk
+        k, n_touch = len(chunk.idx), chunk.n_touch
+        # the pads' gradient entries are never written and stay zero
+        delta = self.deltas[0][:k]  # (config: at least one hidden layer)
+        # a BLAS product with a ones vector sums the rows faster than np.sum
+        np.matmul(self.ones[:k], delta[:, : self.widths[0]], out=target.biases[0][: self.widths[0]])
+        input_scale = self.working.input_scale
+        if input_scale != 1:
+            delta *= 1.0 / input_scale**2  # inputs u = s x, weights W / s: gradient (u.T delta) / s**2
+        if self.working.n_tail and not n_touch:
+            target.tail.fill(0)
+
+        def meanwhile() -> None:
+            if n_touch:
+                np.matmul(chunk.xt.T, delta[:n_touch], out=target.tail)
+            self._deeper_gradients(target)
+
+        self._product(chunk.xb.T, delta, target.weights[0], meanwhile, BACKWARD_SHARE)
+
+    def _deeper_gradients(self, target: ParamViews) -> None:
+        k = len(self.chunk.idx)
+        last = len(self.widths) - 1
+        for i in range(last, 0, -1):
+            width, fan_in = self.widths[i], self.fan_in[i]
+            delta = self.acts[-1][:k] if i == last else self.deltas[i][:k]
+            np.matmul(self.ones[:k], delta[:, :width], out=target.biases[i][:width])
+            np.matmul(self.acts[i - 1][:k, :fan_in].T, delta, out=target.weights[i][:fan_in])  # (in, out)
 
     def _loss_and_output_delta(self, out: np.ndarray, at: int, scale: float) -> float:
         """Turn the logits ``out`` of the chunk at ``at`` into ``scale`` * d loss / d logits in

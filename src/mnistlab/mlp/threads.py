@@ -1,9 +1,11 @@
 """How many threads the MLP's matrix products use.
 
-With more than one, the trainer keeps BLAS on one thread and cuts the first layer's products by
-output rows across its own threads (``RowSplit``): the same arithmetic as one thread, bit for bit,
-where OpenBLAS's own threads change the last bits and lose their time in waking and synchronizing
-helpers for products this small (docs/performance.md, "BLAS threads").
+With more than one, the trainer keeps BLAS on one thread and spreads the work over its own threads
+(``RowSplit``): each gathers and multiplies a block of a chunk's rows, a worker gathers the next
+chunk's rows while the calling thread computes the loss, the first layer's weight gradient is cut
+by its rows and the per-epoch test pass by blocks of images -- the same arithmetic as one thread,
+bit for bit, where OpenBLAS's own threads change the last bits and lose their time in waking and
+synchronizing helpers for products this small (docs/performance.md, "Threads").
 
 ``"auto"`` (the default) starts from every core this process may run on and lets the trainer
 decide by timing (``ThreadChoice``): a second thread helps on an idle machine, but when other
@@ -20,7 +22,8 @@ import os
 import queue
 import statistics
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -83,16 +86,17 @@ def product_threads(threads: int | str | None) -> Iterator[tuple[int | None, Row
 
 
 class RowSplit:
-    """The batch loop's large products on ``parts`` cores: the rows of the output are cut into
-    ``parts`` blocks, one multiplied by the calling thread and the others by persistent worker
-    threads, each calling BLAS with one thread (NumPy releases the GIL inside matmul).
+    """The batch loop's work on ``parts`` cores: one part run by the calling thread, the others by
+    persistent worker threads, each calling BLAS with one thread (NumPy releases the GIL inside
+    matmul and in ufuncs on large arrays).
 
-    No sum is ever split, so each element is computed by the same kernel in the same order as by
-    one thread -- provided every cut lies on the BLAS kernel's row block (its edge kernels add in
-    another order). The cuts are therefore checked once per product shape on random data against
-    the whole product; a shape whose cuts do not reproduce it is multiplied whole. Training with
-    the split is thus bit-identical to training on one thread, whichever the thread choice picks.
-    OpenBLAS's own threads are not: they change the result's last bits (docs/performance.md).
+    Products are cut by the rows of their output (or its columns): no sum is ever split, so each
+    element is computed by the same kernel in the same order as by one thread -- provided every cut
+    lies on the BLAS kernel's block (its edge kernels add in another order). Every cut is therefore
+    checked once per product layout on random data against the whole product; a layout whose cuts
+    do not reproduce it is multiplied whole. Training with the split is thus bit-identical to
+    training on one thread, whichever the thread choice picks. OpenBLAS's own threads are not: they
+    change the result's last bits (docs/performance.md).
     """
 
     MIN_ROWS = 96  # rows per part at least: below that a part's product is too small to be worth a thread
@@ -103,6 +107,7 @@ class RowSplit:
         self.parts = max(1, parts)
         self.active = self.parts > 1  # False: every product whole, in the calling thread
         self.cut_at: dict[tuple, tuple[int, ...]] = {}  # per product layout: the checked cuts (empty: whole)
+        self.kept: dict[tuple, bool] = {}  # per product layout and cuts: whether cutting reproduces it
         self._done: queue.SimpleQueue = queue.SimpleQueue()
         self._tasks: list[queue.SimpleQueue] = []
         self._workers: list[threading.Thread] = []
@@ -117,9 +122,8 @@ class RowSplit:
         # the trainer checks its results for NaN/inf itself, as in the calling thread's errstate
         with np.errstate(all="ignore"):
             while (job := tasks.get()) is not None:
-                a, b, out = job
                 try:
-                    np.matmul(a, b, out=out)
+                    job()
                     self._done.put(None)
                 except BaseException as exc:  # handed to the caller, which raises it
                     self._done.put(exc)
@@ -132,65 +136,100 @@ class RowSplit:
         self._tasks, self._workers = [], []
         self.active = False
 
+    def spread(self, jobs: Sequence[Callable[[], Any]]) -> None:
+        """Run ``jobs[0]`` in the calling thread and each of the others on a worker (at most
+        ``parts`` jobs, touching disjoint outputs); returns when all are done."""
+        for tasks, job in zip(self._tasks, jobs[1:]):
+            tasks.put(job)
+        try:
+            jobs[0]()
+        finally:  # every worker's answer is taken, so none is left for the next call
+            errors = [exc for exc in (self._done.get() for _ in jobs[1:]) if exc is not None]
+        if errors:
+            raise errors[0]
+
     def matmul(
-        self, a: np.ndarray, b: np.ndarray, out: np.ndarray, meanwhile: Callable[[], Any] | None = None
+        self,
+        a: np.ndarray,
+        b: np.ndarray,
+        out: np.ndarray,
+        meanwhile: Callable[[], Any] | None = None,
+        share: float | None = None,
     ) -> np.ndarray:
         """``out = a @ b`` for 2-D ``a``; ``meanwhile`` (independent work) runs in the calling thread
-        after its own block, while the workers finish theirs."""
-        cuts = self.cuts(a, b) if self.active else ()
+        after its own block (about ``share`` of the rows; None: an equal part), while the workers
+        finish theirs."""
+        cuts = self.cuts(a, b, share=share) if self.active else ()
         if not cuts:
             np.matmul(a, b, out=out)
             if meanwhile is not None:
                 meanwhile()
             return out
         bounds = (0, *cuts, a.shape[0])
-        for tasks, lo, hi in zip(self._tasks, bounds[1:-1], bounds[2:]):
-            tasks.put((a[lo:hi], b, out[lo:hi]))
-        try:
+
+        def first() -> None:
             np.matmul(a[: cuts[0]], b, out=out[: cuts[0]])
             if meanwhile is not None:
                 meanwhile()
-        finally:  # every worker's answer is taken, so none is left for the next call
-            errors = [exc for exc in (self._done.get() for _ in cuts) if exc is not None]
-        if errors:
-            raise errors[0]
+
+        jobs = [partial(np.matmul, a[lo:hi], b, out=out[lo:hi]) for lo, hi in zip(bounds[1:], bounds[2:])]
+        self.spread([first, *jobs])
         return out
 
-    def cuts(self, a: np.ndarray, b: np.ndarray) -> tuple[int, ...]:
-        """Where ``a @ b`` is cut (empty: whole), found and checked once per layout."""
-        key = (a.shape, a.strides, b.shape, b.strides, a.dtype.str)
+    def cuts(self, a: np.ndarray, b: np.ndarray, share: float | None = None) -> tuple[int, ...]:
+        """Where ``a @ b`` is cut by output rows, the calling thread's block about ``share`` of them
+        (None: an equal part); empty: whole. Found and checked once per layout."""
+        key = (share, a.shape, a.strides, b.shape, b.strides, a.dtype.str)
         if key not in self.cut_at:
-            self.cut_at[key] = self._find_cuts(a, b)
+            self.cut_at[key] = self._find_cuts(a, b, share)
         return self.cut_at[key]
 
-    def _find_cuts(self, a: np.ndarray, b: np.ndarray) -> tuple[int, ...]:
-        rows = a.shape[0]
-        parts = min(self.parts, rows // self.MIN_ROWS)
+    def reproduces(self, a: np.ndarray, b: np.ndarray, bounds: tuple[int, ...]) -> bool:
+        """Whether ``a @ b`` cut into the row blocks ``bounds`` equals the whole product (checked
+        once per layout)."""
+        key = (a.shape, a.strides, b.shape, b.strides, a.dtype.str, bounds)
+        if key not in self.kept:
+            rng = np.random.default_rng(0)
+            a_like, b_like = _random_like(a, rng), _random_like(b, rng)
+            self.kept[key] = _cut_reproduces(a_like, b_like, np.matmul(a_like, b_like), bounds)
+        return self.kept[key]
+
+    def _find_cuts(self, a: np.ndarray, b: np.ndarray, share: float | None) -> tuple[int, ...]:
+        size = a.shape[0]
+        parts = min(self.parts, size // self.MIN_ROWS)
         if parts < 2:
             return ()
+        own = size / parts if share is None else share * size  # the calling thread's rows
         rng = np.random.default_rng(0)
         a_like = _random_like(a, rng)
         b_like = _random_like(b, rng)
         whole = np.matmul(a_like, b_like)
         step = self.ROW_STEP
-        nearest = sorted(range(step, rows - step + 1, step), key=lambda c: abs(c - rows / parts))
+        nearest = sorted(range(step, size - step + 1, step), key=lambda c: abs(c - own))
         for first in nearest[: self.TRIES]:
-            # equal blocks, each as long as the first, so every cut shares its alignment
-            cuts = tuple(first * i for i in range(1, parts))
-            if cuts[-1] >= rows:
+            # the workers' blocks equal, on the first's alignment
+            width = max(step, round((size - first) / (parts - 1) / step) * step)
+            cuts = tuple(first + width * i for i in range(parts - 1))
+            if cuts[-1] >= size:
                 continue
-            bounds = (0, *cuts, rows)
-            split = np.concatenate([np.matmul(a_like[lo:hi], b_like) for lo, hi in zip(bounds, bounds[1:])])
-            if np.array_equal(split, whole):
+            if _cut_reproduces(a_like, b_like, whole, (0, *cuts, size)):
                 return cuts
         return ()
 
 
+def _cut_reproduces(a: np.ndarray, b: np.ndarray, whole: np.ndarray, bounds: tuple[int, ...]) -> bool:
+    blocks = [np.matmul(a[lo:hi], b) for lo, hi in zip(bounds, bounds[1:])]
+    return np.array_equal(np.concatenate(blocks), whole)
+
+
 def _random_like(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """A random array of ``x``'s shape, dtype and memory order (a transposed view stays one)."""
-    if x.flags.c_contiguous or not x.flags.f_contiguous:
+    """A random array of ``x``'s shape, dtype and strides (a transposed view or a slice of a
+    wider buffer stays one): a product's kernel may depend on its layout."""
+    if any(s < 0 for s in x.strides) or x.size == 0:
         return rng.standard_normal(x.shape).astype(x.dtype)
-    return rng.standard_normal(x.shape[::-1]).astype(x.dtype).T
+    span = sum((n - 1) * s for n, s in zip(x.shape, x.strides)) // x.itemsize + 1
+    flat = rng.standard_normal(span).astype(x.dtype)
+    return np.lib.stride_tricks.as_strided(flat, x.shape, x.strides)
 
 
 class ThreadChoice:

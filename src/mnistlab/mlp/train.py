@@ -57,6 +57,7 @@ class FitState:
         n, rows = data.n, self.chunk_rows
         self.starts = np.concatenate([np.arange(b, min(b + batch, n), rows) for b in range(0, n, batch)])
         self.chunk_keys = chunk_keys(data.n, self.starts)
+        self.chunk_stop = dict(zip(self.starts.tolist(), [*self.starts[1:].tolist(), n]))
         self.backprop = Backprop(
             model, self.working, data, self.chunk_rows, summed=self.chunk_rows < batch, starts=self.starts
         )
@@ -72,10 +73,11 @@ class FitState:
 
     def chunk_pass(self, at: int, stop: int, first: bool, scale: float, phases: Phases) -> float:
         """Forward and backward of the chunk ``at:stop`` of the epoch's order; returns its summed
-        data loss."""
-        opt = self.optimizer
+        data loss. The next chunk's rows may be gathered meanwhile (on two threads)."""
+        opt, order, n_touch = self.optimizer, self.order, self.n_touch
+        following = (stop, order[stop : self.chunk_stop[stop]], n_touch[stop]) if stop < self.data.n else None
         return self.backprop.run(
-            self.data, self.order[at:stop], self.n_touch[at], at, opt.params, opt.grad, first, scale, phases
+            self.data, order[at:stop], n_touch[at], at, opt.params, opt.grad, first, scale, phases, following
         )
 
     def epoch_counts(self) -> tuple[int, float]:
@@ -226,7 +228,10 @@ class Trainer:
         if split is not None:
             if layout_key:
                 self.layout[layout_key] = split.n_inked / len(split.labels)
-            return lambda: split.accuracy(self.model, fit.working, fit.optimizer.params)
+            # on the trainer's threads, as long as the thread choice keeps them
+            return lambda: split.accuracy(
+                self.model, fit.working, fit.optimizer.params, fit.backprop.products
+            )
         if evalset.raw:
             evalset.inputs, evalset.raw = evalset.preprocessed(self.model), False  # for model.accuracy
         return lambda: self.model.accuracy(evalset.inputs, evalset.labels)
