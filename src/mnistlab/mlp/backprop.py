@@ -353,7 +353,14 @@ class Backprop:
                 np.matmul(chunk.xt.T, delta[:n_touch], out=target.tail)
             self._deeper_gradients(target)
 
-        self._product(chunk.xb.T, delta, target.weights[0], meanwhile, BACKWARD_SHARE)
+        split = self.products
+        if split is None or not split.active:
+            # one thread: the deeper layers' gradients first, while their deltas are still in cache
+            # (the first layer's product streams the chunk's inputs through it)
+            meanwhile()
+            np.matmul(chunk.xb.T, delta, out=target.weights[0])
+            return
+        split.matmul(chunk.xb.T, delta, target.weights[0], meanwhile, BACKWARD_SHARE)
 
     def _deeper_gradients(self, target: ParamViews) -> None:
         k = len(self.chunk.idx)
