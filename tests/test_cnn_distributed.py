@@ -155,6 +155,34 @@ def test_global_batch_norm_is_batch_norm_in_a_group_of_one(tmp_path):
         dist.destroy_process_group()
 
 
+def test_ddp_gets_the_buffer_sync_flag_under_the_name_the_installed_torch_knows(tmp_path, monkeypatch):
+    """torch 2.13 renamed DDP's broadcast_buffers to forward_sync_buffers and the cnn extra allows
+    older torch (the GPU machine's 2.11 refused the new name): the real DDP of this torch takes the
+    flag, and a DDP with only the old name gets it under that name."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        ranks = Ranks(backend="gloo")
+        wrapped = distributed.data_parallel(torch.nn.Linear(3, 2), torch.device("cpu"), ranks)
+        assert isinstance(wrapped, torch.nn.parallel.DistributedDataParallel)
+
+        class OldDistributedDataParallel(torch.nn.Module):
+            def __init__(self, module, device_ids=None, broadcast_buffers=True):
+                super().__init__()
+                self.module, self.broadcast_buffers = module, broadcast_buffers
+
+        monkeypatch.setattr(torch.nn.parallel, "DistributedDataParallel", OldDistributedDataParallel)
+        # a module with a buffer that is not a batch norm's: ranks must keep syncing it
+        net = torch.nn.Sequential(torch.nn.Linear(3, 2))
+        net[0].register_buffer("counter", torch.zeros(1))
+        assert distributed.data_parallel(net, torch.device("cpu"), ranks).broadcast_buffers is True
+        plain = distributed.data_parallel(torch.nn.Linear(3, 2), torch.device("cpu"), ranks)
+        assert plain.broadcast_buffers is False
+    finally:
+        dist.destroy_process_group()
+
+
 def test_a_rank_chooses_its_levers_for_its_share_of_the_batch_and_cores():
     """A rank probes only what it uses: its share of the cores (no thread split, no one-thread
     alternative that DDP would override) and both float32 layouts at its share of the batch."""
