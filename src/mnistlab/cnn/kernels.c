@@ -19,6 +19,32 @@ static inline vf load(const float *p) { vf v; memcpy(&v, p, sizeof v); return v;
 static inline void store(float *p, vf v) { memcpy(p, &v, sizeof v); }
 static inline vf choose(vi mask, vf yes, vf no) { return (vf)(((vi)yes & mask) | ((vi)no & ~mask)); }
 
+/* The max of a 2x2 pooling window's values v (row-major) and, in *won, which of them won: the first
+ * maximum, and NaN wins, as max pooling takes it. Both pooling kernels share it so they agree. */
+static inline vf window_max(const vf v[4], vi *won)
+{
+    vf best = v[0];
+    *won = (vi){0};
+    for (int q = 1; q < 4; q++) {
+        const vi more = (v[q] > best) | (v[q] != v[q]);
+        best = choose(more, v[q], best);
+        *won = (vi)choose(more, (vf)(*won * 0 + q), (vf)*won);
+    }
+    return best;
+}
+static inline void store_window(uint8_t *p, vi won)
+{
+    for (int l = 0; l < LANES; l++)
+        p[l] = (uint8_t)won[l];
+}
+static inline vi load_window(const uint8_t *p)
+{
+    vi won;
+    for (int l = 0; l < LANES; l++)
+        won[l] = p[l];
+    return won;
+}
+
 /* A convolution of a one-channel map (valid, stride 1, k x k taps), its 2x2 max pooling (stride 2,
  * floor) and a ReLU, in one pass: the first block of an MNIST CNN. See
  * mnistlab/cnn/pooled_conv.py for why.
@@ -51,18 +77,11 @@ static inline __attribute__((always_inline)) void forward_block(
                         acc[2] += p[w] * tap;
                         acc[3] += p[w + 1] * tap;
                     }
-                vf best = acc[0];
-                vi won = {0};
-                for (int q = 1; q < 4; q++) {
-                    const vi more = (acc[q] > best) | (acc[q] != acc[q]); /* NaN wins, as in max pooling */
-                    best = choose(more, acc[q], best);
-                    won = (vi)choose(more, (vf)(won * 0 + q), (vf)won);
-                }
-                const vf zero = {0};
+                vi won;
+                const vf best = window_max(acc, &won), zero = {0};
                 const int64_t at = ((img * ph + py) * pw + px) * o + c0;
                 store(out + at, choose(best < zero, zero, best));
-                for (int l = 0; l < LANES; l++)
-                    window[at + l] = (uint8_t)won[l];
+                store_window(window + at, won);
             }
         }
     }
@@ -95,9 +114,7 @@ static inline __attribute__((always_inline)) void backward_block(
             for (int64_t px = 0; px < pw; px++) {
                 const int64_t at = ((img * ph + py) * pw + px) * o + c0;
                 const vf passed = choose(load(out + at) > zero, load(grad + at), zero);
-                vi won;
-                for (int l = 0; l < LANES; l++)
-                    won[l] = window[at + l];
+                const vi won = load_window(window + at);
                 bg += passed;
                 vf routed[4];
                 for (int q = 0; q < 4; q++)
@@ -256,18 +273,10 @@ static inline __attribute__((always_inline)) void winograd_output_body(const flo
             outputs_of(products, at, a, m, tiles, o, p, o0, y);
             const vf b = load(bias + o0);
             if (pool && m == 2) { /* winograd.py pools m = 2 tiles only */
-                vf best = y[0][0];
-                vi won = {0};
-                for (int q = 1; q < 4; q++) {
-                    const vf v = y[q >> 1][q & 1];
-                    const vi more = (v > best) | (v != v); /* NaN wins, as in max pooling */
-                    const vi code = won * 0 + q;
-                    best = choose(more, v, best);
-                    won = (vi)choose(more, (vf)code, (vf)won);
-                }
-                store(out + p * o + o0, best + b);
-                for (int l = 0; l < LANES; l++)
-                    window[p * o + o0 + l] = (uint8_t)won[l];
+                const vf outputs[4] = {y[0][0], y[0][1], y[1][0], y[1][1]};
+                vi won;
+                store(out + p * o + o0, window_max(outputs, &won) + b);
+                store_window(window + p * o + o0, won);
                 continue;
             }
             for (int64_t r = 0; r < m && m * ty + r < oh; r++)
@@ -301,9 +310,7 @@ static inline __attribute__((always_inline)) void winograd_output_backward_body(
             vf gy[MAX_A][MAX_A], rows[MAX_A][MAX_A];
             if (pool && m == 2) { /* winograd.py pools m = 2 tiles only */
                 const vf g = load(grad + p * o + o0);
-                vi won;
-                for (int l = 0; l < LANES; l++)
-                    won[l] = window[p * o + o0 + l];
+                const vi won = load_window(window + p * o + o0);
                 for (int q = 0; q < 4; q++)
                     gy[q >> 1][q & 1] = choose(won == q, g, zero);
             } else {
