@@ -76,6 +76,13 @@ def library() -> ctypes.CDLL | None:
     return lib
 
 
+def call(kernel: str, *args: torch.Tensor | int) -> None:
+    """Run ``kernel`` with each tensor passed as its data pointer. ``args`` references the tensors
+    until the kernel returns: a temporary's pointer taken alone (``t.contiguous().data_ptr()``) can
+    point into memory already freed when the kernel reads it."""
+    getattr(library(), kernel)(*(a.data_ptr() if isinstance(a, torch.Tensor) else a for a in args))
+
+
 def built() -> str:
     """The kernels' file name here (the source, compiler and flags hashed), or "" where none can
     be built: what a recorded choice of levers was measured with."""

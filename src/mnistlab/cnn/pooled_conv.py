@@ -26,7 +26,6 @@ MAX_TAPS = 49  # taps per kernel (kernels.c)
 class _PooledConv(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        lib = native.library()
         n, _, h, w = x.shape
         o, k = weight.shape[0], weight.shape[-1]
         ph, pw = (h - k + 1) // 2, (w - k + 1) // 2
@@ -34,9 +33,8 @@ class _PooledConv(torch.autograd.Function):
         taps = weight.detach().reshape(o, k * k).t().contiguous()
         out = x.new_empty((n, ph, pw, o))
         window = torch.empty((n, ph, pw, o), dtype=torch.uint8)
-        bias = bias.detach().contiguous()  # in a name: a temporary could be freed before the kernel reads it
-        lib.pooled_conv_forward(image.data_ptr(), taps.data_ptr(), bias.data_ptr(),
-                                out.data_ptr(), window.data_ptr(), n, h, w, k, o, ph, pw)
+        native.call("pooled_conv_forward", image, taps, bias.detach().contiguous(), out, window,
+                    n, h, w, k, o, ph, pw)
         ctx.save_for_backward(image, out, window)
         ctx.kernel = k
         return out.permute(0, 3, 1, 2)  # (N, O, PH, PW), channels-last memory
@@ -50,9 +48,8 @@ class _PooledConv(torch.autograd.Function):
         grad = grad.permute(0, 2, 3, 1).contiguous()  # a view when it is channels-last already
         taps_grad = grad.new_empty((k * k, o))
         bias_grad = grad.new_empty(o)
-        native.library().pooled_conv_backward(image.data_ptr(), grad.data_ptr(), out.data_ptr(),
-                                              window.data_ptr(), taps_grad.data_ptr(), bias_grad.data_ptr(),
-                                              n, h, w, k, o, ph, pw)
+        native.call("pooled_conv_backward", image, grad, out, window, taps_grad, bias_grad,
+                    n, h, w, k, o, ph, pw)
         return None, taps_grad.t().reshape(o, 1, k, k), bias_grad
 
 

@@ -125,9 +125,9 @@ class _WindowMax(torch.autograd.Function):
 
 @functools.cache
 def _float_matrices(m: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(AT, BT) in float32 for the C kernels (``winograd_*`` in kernels.c). Callers hold the tensors in
-    a name while a kernel runs: when a split batch's parts call this at once, only one result is cached
-    and a bare ``_float_matrices(m)[0].data_ptr()`` would point into memory freed before the call."""
+    """(AT, BT) in float32 for the C kernels (``winograd_*`` in kernels.c). Pass them through
+    ``native.call``: when a split batch's parts call this at once, only one result is cached, and a
+    bare ``_float_matrices(m)[0].data_ptr()`` could point into memory freed before the kernel runs."""
     at, _, bt = matrices(m)
     return torch.from_numpy(at).float().contiguous(), torch.from_numpy(bt).float().contiguous()
 
@@ -141,19 +141,16 @@ class _NativeInput(torch.autograd.Function):
         a = m + 2
         pixels = x.permute(0, 2, 3, 1).contiguous()  # a view for a channels-last map
         u = x.new_empty((a * a, n * th * tw, c))
-        bt = _float_matrices(m)[1]
-        native.library().winograd_input(pixels.data_ptr(), bt.data_ptr(), u.data_ptr(),
-                                        n, h, w, c, m, th, tw)
+        native.call("winograd_input", pixels, _float_matrices(m)[1], u, n, h, w, c, m, th, tw)
         ctx.geometry = (n, c, h, w, m, th, tw)
         return u
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
         n, c, h, w, m, th, tw = ctx.geometry
-        grad, bt = grad.contiguous(), _float_matrices(m)[1]
         dx = grad.new_empty((n, h, w, c))
-        native.library().winograd_input_backward(grad.data_ptr(), bt.data_ptr(),
-                                                 dx.data_ptr(), n, h, w, c, m, th, tw)
+        native.call("winograd_input_backward", grad.contiguous(), _float_matrices(m)[1], dx,
+                    n, h, w, c, m, th, tw)
         return dx.permute(0, 3, 1, 2), None, None, None
 
 
@@ -168,10 +165,8 @@ class _NativeOutput(torch.autograd.Function):
         o = products.shape[-1]
         out = products.new_empty((n, th, tw, o) if pool else (n, oh, ow, o))
         window = torch.empty(out.shape if pool else (0,), dtype=torch.uint8)
-        at, bias = _float_matrices(m)[0], bias.detach().contiguous()
-        native.library().winograd_output(products.data_ptr(), at.data_ptr(),
-                                         bias.data_ptr(), out.data_ptr(), window.data_ptr(),
-                                         n, o, m, th, tw, oh, ow, int(pool))
+        native.call("winograd_output", products, _float_matrices(m)[0], bias.detach().contiguous(),
+                    out, window, n, o, m, th, tw, oh, ow, int(pool))
         ctx.save_for_backward(window)
         ctx.geometry, ctx.m, ctx.pool = geometry, m, pool
         return out
@@ -184,10 +179,8 @@ class _NativeOutput(torch.autograd.Function):
         grad = grad.contiguous()
         o = grad.shape[-1]
         dproducts = grad.new_empty((a * a, n * th * tw, o))
-        at = _float_matrices(m)[0]
-        native.library().winograd_output_backward(grad.data_ptr(), window.data_ptr(), at.data_ptr(),
-                                                  dproducts.data_ptr(), n, o, m, th, tw, oh, ow,
-                                                  int(ctx.pool))
+        native.call("winograd_output_backward", grad, window, _float_matrices(m)[0], dproducts,
+                    n, o, m, th, tw, oh, ow, int(ctx.pool))
         return dproducts, grad.view(-1, o).sum(0), None, None, None
 
 
