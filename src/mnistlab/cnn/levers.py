@@ -12,6 +12,7 @@ settings a run changes.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import platform
 import statistics
@@ -332,7 +333,7 @@ class PartsTogether:
 
     def __init__(self, together: bool = True) -> None:
         self.current = together  # the way the steps run between trials: the parts together or not
-        self.recent: list[float] = []
+        self.recent: collections.deque[float] = collections.deque(maxlen=self.RECENT)
         self.trial: list[float] = []
         self.trying = False
         self.interval = self.FIRST
@@ -352,7 +353,7 @@ class PartsTogether:
             if len(self.trial) >= self.TRIAL:
                 self._decide()
             return
-        self.recent = (self.recent + [seconds])[-self.RECENT:]
+        self.recent.append(seconds)
         self.until_trial -= 1
         if self.until_trial <= 0 and len(self.recent) >= self.TRIAL:
             self.trying, self.trial = True, []
@@ -360,7 +361,8 @@ class PartsTogether:
     def _decide(self) -> None:
         other, current = statistics.median(self.trial), statistics.median(self.recent)
         if other <= self.SWITCH * current:
-            self.current, self.recent = not self.current, list(self.trial)
+            self.current = not self.current
+            self.recent = collections.deque(self.trial, maxlen=self.RECENT)
             self.interval = self.SHORTEST
             self.switches += 1
         elif other >= self.FAR * current:
