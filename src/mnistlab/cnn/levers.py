@@ -225,10 +225,15 @@ def _arithmetic(config: TrainConfig, spec: Spec, net: Any, dtype: torch.dtype | 
         plain = alone.ms_per_step[candidate(True)]
         fast = [item for item in every if alone.ms_per_step[candidate(True, (item,))] < 0.98 * plain]
         notes.append("each block alone: " + alone.describe())
-    # all of them again next to those that paid alone: one preempted timing must not drop a block
-    options = [candidate(default.channels_last)] + [candidate(True, tuple(every))] * bool(every)
-    options += [candidate(True, tuple(fast))] + [candidate(True, (item,)) for item in fast] * (len(fast) > 1)
-    result = timed(list(dict.fromkeys(options)) + [candidate(False)] * (len(layouts) > 1))
+    options = [candidate(default.channels_last)]
+    if every:
+        # all of them again next to those that paid alone: one preempted timing must not drop a block
+        options += [candidate(True, tuple(every)), candidate(True, tuple(fast))]
+        if len(fast) > 1:
+            options += [candidate(True, (item,)) for item in fast]
+    if len(layouts) > 1:
+        options.append(candidate(False))
+    result = timed(list(dict.fromkeys(options)))
     chosen = result.chosen
     choice = (chosen.channels_last, chosen.winograd, chosen.pooled)
     notes.append(result.describe())
