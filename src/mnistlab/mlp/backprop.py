@@ -106,7 +106,6 @@ class Chunk:
         self, data: TrainData, idx: np.ndarray, n_touch: int, xb: np.ndarray, params: ParamViews
     ) -> None:
         self.data, self.idx, self.n_touch, self.xb, self.params = data, idx, n_touch, xb, params
-        self.xt = xb[:0]  # the tail columns of the first n_touch images, once gathered
 
 
 class Backprop:
@@ -119,15 +118,14 @@ class Backprop:
         sizes = working.sizes  # hidden widths padded (see layout)
         self.config = model.config
         self.working = working
-        self.rows = rows
         # Each layer's units without the working layout's pads, and the length of each layer's
         # sums: its products add over the model's units of the layer below only (None: every input
         # column). The pads would add exact zeros, but a longer sum may take another BLAS path
         # and round differently.
         self.widths = model.config.sizes[1:]
         self.fan_in = [None, *self.widths[:-1]]
-        # Two input buffers, used in turn: with two BLAS threads the other core may still hold the
-        # lines of the one just multiplied, and writing the next chunk there makes them change hands.
+        # Two input buffers, used in turn with several threads: a worker gathers the next chunk
+        # into one while the other still holds the inputs of this chunk's weight gradient.
         self.inputs = [np.empty((rows, data.n_core), dt) for _ in range(2)]
         self.flip = 0
         self.raw_inputs = np.empty((rows, data.n_core), np.uint8) if data.raw else None
@@ -147,8 +145,8 @@ class Backprop:
         self.logits = np.empty((rows, sizes[-1]), dt)
         # the gradient of a batch's later chunks, added into the optimizer's
         self.part: ParamViews | None = working.views(np.zeros(working.size, dt)) if summed else None
-        # several cores, set by the trainer (None: one thread): each runs a block of the chunk's
-        # rows through the forward pass and the hidden deltas; the first layer's weight gradient is
+        # several cores, set by the trainer (None: one thread): each gathers a block of the chunk's
+        # rows and multiplies it by the first layer's weights; the first layer's weight gradient is
         # cut by its rows (the input columns)
         self.products: RowSplit | None = None
         self.chunk: Chunk | None = None
@@ -289,13 +287,13 @@ class Backprop:
         if n_touch:
             raw_tail = None if self.raw_tail is None else self.raw_tail[:n_touch]
             # (n_touch, tail columns)
-            chunk.xt = data.gather_tail(idx[:n_touch], self.tail_inputs[:n_touch], raw_tail)
+            xt = data.gather_tail(idx[:n_touch], self.tail_inputs[:n_touch], raw_tail)
         if phases is not None:
             phases.lap("gather")
         z = self.acts[0][rows]
         tail_z = self.tail_z[:n_touch]
         # the tail's share is multiplied while the other cores finish theirs
-        tail = partial(np.matmul, chunk.xt, chunk.params.tail, out=tail_z) if n_touch else None
+        tail = partial(np.matmul, xt, chunk.params.tail, out=tail_z) if n_touch else None
         product(xb, chunk.params.weights[0], z, tail)
         if n_touch:
             z[:n_touch] += tail_z
@@ -350,7 +348,7 @@ class Backprop:
 
         def meanwhile() -> None:
             if n_touch:
-                np.matmul(chunk.xt.T, delta[:n_touch], out=target.tail)
+                np.matmul(self.tail_inputs[:n_touch].T, delta[:n_touch], out=target.tail)
             self._deeper_gradients(target)
 
         split = self.products
