@@ -154,21 +154,6 @@ class Backprop:
         # buffer it will use
         self.ahead: tuple[int, int] | None = None
 
-    def _product(
-        self,
-        a: np.ndarray,
-        b: np.ndarray,
-        out: np.ndarray,
-        meanwhile: Callable[[], Any] | None,
-        share: float | None = None,
-    ) -> None:
-        """``out = a @ b`` cut by rows over the split's threads where there is one (then
-        ``meanwhile`` runs while the workers finish)."""
-        if self.products is not None:
-            self.products.matmul(a, b, out, meanwhile, share)
-            return
-        _whole(a, b, out, meanwhile)
-
     def start_epoch(self, data: TrainData, order: np.ndarray) -> None:
         """Take the labels of the epoch's ``order`` (as arranged, see TrainData.arrange) at once."""
         labels = np.take(data.labels, order, out=self.tally.labels, mode="clip")
@@ -214,7 +199,9 @@ class Backprop:
             for a, b in others:
                 self._forward_rows(a, b)
         else:
-            self._first_layer_rows(0, k, self._product, phases)
+            # a split whose rows could not be cut for the whole forward pass still cuts this product
+            product = _whole if self.products is None else self.products.matmul
+            self._first_layer_rows(0, k, product, phases)
             self._forward_rows(0, k)
         phases.lap("forward")
 
