@@ -153,6 +153,8 @@ class Backprop:
         # (where, first row gathered) of the next chunk, gathered ahead by a worker into the input
         # buffer it will use
         self.ahead: tuple[int, int] | None = None
+        # per (threads, chunk length): where the chunk's rows are cut between the threads (see _cuts)
+        self.row_cuts: dict[tuple[int, int], tuple[int, ...]] = {}
 
     def start_epoch(self, data: TrainData, order: np.ndarray) -> None:
         """Take the labels of the epoch's ``order`` (as arranged, see TrainData.arrange) at once."""
@@ -232,17 +234,29 @@ class Backprop:
         split = self.products
         if split is None or not split.active:
             return []
-        chunk = self.chunk
-        weights = chunk.params.weights
-        cuts = split.cuts(chunk.xb, weights[0], share=FORWARD_SHARE)
+        cuts = self._cuts(k)
         if not cuts or n_touch > cuts[0]:
             return []
         bounds = (0, *cuts, k)
-        fan_in = self.fan_in
-        for i in range(1, len(weights)):  # the deeper layers' forward products, run block by block
-            if not split.reproduces(self.acts[i - 1][:k, : fan_in[i]], weights[i][: fan_in[i]], bounds):
-                return []
         return list(zip(bounds, bounds[1:]))
+
+    def _cuts(self, k: int) -> tuple[int, ...]:
+        """Where the rows of a chunk of ``k`` images are cut between the split's threads (empty:
+        not cut), found once per chunk length: the buffers and the parameters keep their layout
+        through a fit."""
+        split = self.products
+        key = (split.parts, k)
+        if key not in self.row_cuts:
+            weights = self.chunk.params.weights
+            cuts = split.cuts(self.inputs[0][:k], weights[0], share=FORWARD_SHARE)
+            bounds, fan_in = (0, *cuts, k), self.fan_in
+            # the deeper layers' forward products, run block by block
+            deeper = (
+                split.reproduces(self.acts[i - 1][:k, : fan_in[i]], weights[i][: fan_in[i]], bounds)
+                for i in range(1, len(weights))
+            )
+            self.row_cuts[key] = cuts if cuts and all(deeper) else ()
+        return self.row_cuts[key]
 
     def _gather_ahead(self, data: TrainData, at: int, idx: np.ndarray, n_touch: int) -> None:
         """Gather the rows of the next chunk (at ``at``, images ``idx`` arranged, ``n_touch`` of them
@@ -250,7 +264,7 @@ class Backprop:
         use."""
         k = len(idx)
         xb = self.inputs[self.flip ^ 1][:k]
-        cuts = self.products.cuts(xb, self.chunk.params.weights[0], share=FORWARD_SHARE)
+        cuts = self._cuts(k)  # as _row_blocks will cut it
         lo = cuts[0] if cuts and n_touch <= cuts[0] else k
         raw = None if self.raw_inputs is None else self.raw_inputs[lo:k]
         data.gather(idx[lo:k], xb[lo:k], raw)
