@@ -26,14 +26,12 @@ upper bound of what it adds).
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
 import os
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import cpu_class  # benchmarks/ is on the path: this script's folder
@@ -142,27 +140,6 @@ def run_contender(name: str, args) -> dict:
     return result
 
 
-class RoundLock:
-    """An flock on ``path`` from a round's first contender to its last (none without a path): a
-    shared machine's timing lock, held one round at a time so that others can time in between."""
-
-    def __init__(self, path: str | None, contenders: int):
-        self.path, self.contenders, self.started = path, contenders, 0
-        self.fd: int | None = None
-
-    def run(self, measure: Callable[[], dict]) -> dict:
-        if self.path and self.fd is None:
-            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
-            fcntl.flock(self.fd, fcntl.LOCK_EX)  # released when the descriptor closes
-        self.started += 1
-        try:
-            return measure()
-        finally:
-            if self.fd is not None and self.started % self.contenders == 0:
-                os.close(self.fd)
-                self.fd = None
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--train-size", type=int, default=20000)
@@ -194,10 +171,7 @@ def main() -> int:
             measured += f", step {res['step_ms']:.1f} ms (CPU {res['step_cpu_ms']:.1f})"
         return measured, res["test_acc"], details
 
-    lock = RoundLock(args.lock, len(names))
-    runs = rounds.run_rounds(
-        names, args.rounds, lambda name: lock.run(lambda: run_contender(name, args)), describe
-    )
+    runs = rounds.run_rounds(names, args.rounds, lambda name: run_contender(name, args), describe, args.lock)
     medians = {name: rounds.epoch_median(runs[name], "epoch_s") for name in names}
     cpu = {name: rounds.epoch_median(runs[name], "epoch_cpu_s") for name in names}
     steps_ms = {name: median_of(runs[name], "step_ms") for name in names}

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import fcntl
 import functools
 import json
 import os
@@ -164,9 +163,7 @@ def main() -> int:
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                __file__, "--worker", "--ways", args.ways, "--rounds", str(args.rounds),
                "--block", str(args.block), "--train-size", str(args.train_size)]
-    with open(args.lock or os.devnull) as fh:
-        if args.lock:
-            fcntl.flock(fh, fcntl.LOCK_EX)
+    with rounds.timing_lock(args.lock):
         result = rounds.run_worker(command, env=env, marker="RESULT ", timeout=600)
     if "error" in result:
         raise SystemExit(f"the job failed: {result['error']}")

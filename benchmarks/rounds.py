@@ -10,12 +10,14 @@ another's threads, allocator or caches; the process prints its result as one JSO
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import json
 import os
 import statistics
 import subprocess
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import cpu_class  # benchmarks/ is not a package: a benchmark puts its own folder on sys.path
 
@@ -55,27 +57,43 @@ def rotated(names: Sequence[str], round_index: int) -> list[str]:
     return [*names[k:], *names[:k]]
 
 
+@contextlib.contextmanager
+def timing_lock(path: str | None) -> Iterator[None]:
+    """An exclusive flock on ``path`` while the block runs (nothing without a path): a shared
+    machine's timing lock, so that two people never time on the same cores at once."""
+    if not path:
+        yield
+        return
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)  # released when the file closes
+        yield
+
+
 def run_rounds(
     names: Sequence[str],
     rounds: int,
     run: Callable[[str], dict],
     describe: Callable[[dict], tuple[str, float, str]],
+    lock: str | None = None,
 ) -> dict[str, list[dict]]:
     """Every contender once per round, each round in its rotated order; ``run(name)`` measures (a
     result with ``wall_s``, or ``error``). Each result gets its line as it comes: ``describe(result)``
-    gives what was measured, the test accuracy, and details (threads, levers). Results by contender."""
+    gives what was measured, the test accuracy, and details (threads, levers). ``lock``: a timing
+    lock file held for each round and let go between rounds. Results by contender."""
     width = max(map(len, names), default=0)
     results: dict[str, list[dict]] = {name: [] for name in names}
     for r in range(rounds):
-        for name in rotated(names, r):
-            res = run(name)
-            results[name].append(res)
-            if "error" in res:
-                said = f"FAILED: {res['error']}"
-            else:
-                measured, accuracy, details = describe(res)
-                said = f"{measured}  test acc {100 * accuracy:.2f}%  ({details}, wall {res['wall_s']:.0f} s)"
-            print(f"  round {r + 1} {name:<{width}} {said}", flush=True)
+        with timing_lock(lock):
+            for name in rotated(names, r):
+                res = run(name)
+                results[name].append(res)
+                if "error" in res:
+                    said = f"FAILED: {res['error']}"
+                else:
+                    measured, accuracy, details = describe(res)
+                    said = (f"{measured}  test acc {100 * accuracy:.2f}%  "
+                            f"({details}, wall {res['wall_s']:.0f} s)")
+                print(f"  round {r + 1} {name:<{width}} {said}", flush=True)
     return results
 
 
