@@ -66,7 +66,8 @@ def fit(package, images, epochs: int, preset: str, threads: int) -> tuple[list[f
     trainer = package.mlp.Trainer(model, adapt_threads=False)
     trainer.fit(train_x, train_y, test=(test_x, test_y), threads=threads, callback=lap)
     digest = hashlib.sha1(model.params.tobytes()).hexdigest()[:12]
-    return [1000 * c for c in cpu[1:]], [1000 * w for w in wall[1:]], digest
+    counted = rounds.counted_epochs
+    return [1000 * c for c in counted(cpu)], [1000 * w for w in counted(wall)], digest
 
 
 def main() -> None:
@@ -92,7 +93,7 @@ def main() -> None:
                 per_epoch[name] += ms
                 wall[name] += wall_ms
                 hashes[name].add(digest)
-            last = args.epochs - 1
+            last = len(rounds.counted_epochs(range(args.epochs)))  # this round's epochs
             medians = "  ".join(
                 f"{n} {statistics.median(per_epoch[n][-last:]):.0f}/{statistics.median(wall[n][-last:]):.0f}"
                 for n in names

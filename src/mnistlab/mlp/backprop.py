@@ -106,7 +106,6 @@ class Chunk:
         self, data: TrainData, idx: np.ndarray, n_touch: int, xb: np.ndarray, params: ParamViews
     ) -> None:
         self.data, self.idx, self.n_touch, self.xb, self.params = data, idx, n_touch, xb, params
-        self.xt = xb[:0]  # the tail columns of the first n_touch images, once gathered
 
 
 class Backprop:
@@ -119,15 +118,14 @@ class Backprop:
         sizes = working.sizes  # hidden widths padded (see layout)
         self.config = model.config
         self.working = working
-        self.rows = rows
         # Each layer's units without the working layout's pads, and the length of each layer's
         # sums: its products add over the model's units of the layer below only (None: every input
         # column). The pads would add exact zeros, but a longer sum may take another BLAS path
         # and round differently.
         self.widths = model.config.sizes[1:]
         self.fan_in = [None, *self.widths[:-1]]
-        # Two input buffers, used in turn: with two BLAS threads the other core may still hold the
-        # lines of the one just multiplied, and writing the next chunk there makes them change hands.
+        # Two input buffers, used in turn with several threads: a worker gathers the next chunk
+        # into one while the other still holds the inputs of this chunk's weight gradient.
         self.inputs = [np.empty((rows, data.n_core), dt) for _ in range(2)]
         self.flip = 0
         self.raw_inputs = np.empty((rows, data.n_core), np.uint8) if data.raw else None
@@ -147,29 +145,16 @@ class Backprop:
         self.logits = np.empty((rows, sizes[-1]), dt)
         # the gradient of a batch's later chunks, added into the optimizer's
         self.part: ParamViews | None = working.views(np.zeros(working.size, dt)) if summed else None
-        # several cores, set by the trainer (None: one thread): each runs a block of the chunk's
-        # rows through the forward pass and the hidden deltas; the first layer's weight gradient is
+        # several cores, set by the trainer (None: one thread): each gathers a block of the chunk's
+        # rows and multiplies it by the first layer's weights; the first layer's weight gradient is
         # cut by its rows (the input columns)
         self.products: RowSplit | None = None
         self.chunk: Chunk | None = None
         # (where, first row gathered) of the next chunk, gathered ahead by a worker into the input
         # buffer it will use
         self.ahead: tuple[int, int] | None = None
-
-    def _product(
-        self,
-        a: np.ndarray,
-        b: np.ndarray,
-        out: np.ndarray,
-        meanwhile: Callable[[], Any] | None,
-        share: float | None = None,
-    ) -> None:
-        """``out = a @ b`` cut by rows over the split's threads where there is one (then
-        ``meanwhile`` runs while the workers finish)."""
-        if self.products is not None:
-            self.products.matmul(a, b, out, meanwhile, share)
-            return
-        _whole(a, b, out, meanwhile)
+        # per (threads, chunk length): where the chunk's rows are cut between the threads (see _cuts)
+        self.row_cuts: dict[tuple[int, int], tuple[int, ...]] = {}
 
     def start_epoch(self, data: TrainData, order: np.ndarray) -> None:
         """Take the labels of the epoch's ``order`` (as arranged, see TrainData.arrange) at once."""
@@ -216,7 +201,9 @@ class Backprop:
             for a, b in others:
                 self._forward_rows(a, b)
         else:
-            self._first_layer_rows(0, k, self._product, phases)
+            # a split whose rows could not be cut for the whole forward pass still cuts this product
+            product = _whole if self.products is None else self.products.matmul
+            self._first_layer_rows(0, k, product, phases)
             self._forward_rows(0, k)
         phases.lap("forward")
 
@@ -247,17 +234,29 @@ class Backprop:
         split = self.products
         if split is None or not split.active:
             return []
-        chunk = self.chunk
-        weights = chunk.params.weights
-        cuts = split.cuts(chunk.xb, weights[0], share=FORWARD_SHARE)
+        cuts = self._cuts(k)
         if not cuts or n_touch > cuts[0]:
             return []
         bounds = (0, *cuts, k)
-        fan_in = self.fan_in
-        for i in range(1, len(weights)):  # the deeper layers' forward products, run block by block
-            if not split.reproduces(self.acts[i - 1][:k, : fan_in[i]], weights[i][: fan_in[i]], bounds):
-                return []
         return list(zip(bounds, bounds[1:]))
+
+    def _cuts(self, k: int) -> tuple[int, ...]:
+        """Where the rows of a chunk of ``k`` images are cut between the split's threads (empty:
+        not cut), found once per chunk length: the buffers and the parameters keep their layout
+        through a fit."""
+        split = self.products
+        key = (split.parts, k)
+        if key not in self.row_cuts:
+            weights = self.chunk.params.weights
+            cuts = split.cuts(self.inputs[0][:k], weights[0], share=FORWARD_SHARE)
+            bounds, fan_in = (0, *cuts, k), self.fan_in
+            # the deeper layers' forward products, run block by block
+            deeper = (
+                split.reproduces(self.acts[i - 1][:k, : fan_in[i]], weights[i][: fan_in[i]], bounds)
+                for i in range(1, len(weights))
+            )
+            self.row_cuts[key] = cuts if cuts and all(deeper) else ()
+        return self.row_cuts[key]
 
     def _gather_ahead(self, data: TrainData, at: int, idx: np.ndarray, n_touch: int) -> None:
         """Gather the rows of the next chunk (at ``at``, images ``idx`` arranged, ``n_touch`` of them
@@ -265,7 +264,7 @@ class Backprop:
         use."""
         k = len(idx)
         xb = self.inputs[self.flip ^ 1][:k]
-        cuts = self.products.cuts(xb, self.chunk.params.weights[0], share=FORWARD_SHARE)
+        cuts = self._cuts(k)  # as _row_blocks will cut it
         lo = cuts[0] if cuts and n_touch <= cuts[0] else k
         raw = None if self.raw_inputs is None else self.raw_inputs[lo:k]
         data.gather(idx[lo:k], xb[lo:k], raw)
@@ -289,13 +288,13 @@ class Backprop:
         if n_touch:
             raw_tail = None if self.raw_tail is None else self.raw_tail[:n_touch]
             # (n_touch, tail columns)
-            chunk.xt = data.gather_tail(idx[:n_touch], self.tail_inputs[:n_touch], raw_tail)
+            xt = data.gather_tail(idx[:n_touch], self.tail_inputs[:n_touch], raw_tail)
         if phases is not None:
             phases.lap("gather")
         z = self.acts[0][rows]
         tail_z = self.tail_z[:n_touch]
         # the tail's share is multiplied while the other cores finish theirs
-        tail = partial(np.matmul, chunk.xt, chunk.params.tail, out=tail_z) if n_touch else None
+        tail = partial(np.matmul, xt, chunk.params.tail, out=tail_z) if n_touch else None
         product(xb, chunk.params.weights[0], z, tail)
         if n_touch:
             z[:n_touch] += tail_z
@@ -350,7 +349,7 @@ class Backprop:
 
         def meanwhile() -> None:
             if n_touch:
-                np.matmul(chunk.xt.T, delta[:n_touch], out=target.tail)
+                np.matmul(self.tail_inputs[:n_touch].T, delta[:n_touch], out=target.tail)
             self._deeper_gradients(target)
 
         split = self.products

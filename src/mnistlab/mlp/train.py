@@ -180,10 +180,11 @@ class Trainer:
     ) -> list[dict[str, Any]]:
         """Train for ``config.epochs`` epochs; returns one dict per epoch (nothing is printed).
 
-        ``threads`` limits NumPy's BLAS threads during the fit: an int, "auto" (every core,
-        see mnistlab.mlp.threads) or None (the BLAS default). Within a
-        limit above one, the trainer uses one thread where that proves faster (``adapt_threads``,
-        see mnistlab.mlp.threads.ThreadChoice; ``thread_choice.log`` says what it measured).
+        ``threads``: how many threads the fit's products use: an int, "auto" (every core, see
+        mnistlab.mlp.threads) or None (the BLAS default). Above one, BLAS runs on one thread and
+        the trainer spreads the work over its own (mnistlab.mlp.threads.RowSplit, bit-identical to
+        one thread), falling back to one thread where that proves faster (``adapt_threads``, see
+        ThreadChoice; ``thread_choice.log`` says what it measured).
 
         ``inputs`` are preprocessed (N, 28, 28) or (N, input_size) arrays, or raw uint8 images
         (N, 28, 28) that the model's ``preprocess`` is applied to (less memory, faster); the same
