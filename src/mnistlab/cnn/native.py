@@ -38,9 +38,8 @@ _DECLARED = {  # function: (data pointers, int64 sizes)
 def library() -> ctypes.CDLL | None:
     """The kernels compiled for the ISA torch runs at (built and cached on first use), or None
     when they cannot be built here."""
-    name, source = "kernels", SOURCE
     compiler = shutil.which(os.environ.get("CC") or "cc")
-    if compiler is None or not source.exists():
+    if compiler is None or not SOURCE.exists():
         return None
     isa = _FLAGS.get(torch.backends.cpu.get_cpu_capability(), [])
     flags = ["-O3", "-fPIC", "-shared", "-fno-fast-math", *isa]
@@ -48,16 +47,16 @@ def library() -> ctypes.CDLL | None:
         version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
     except (OSError, subprocess.SubprocessError):
         return None
-    digest = hashlib.sha256("\0".join([source.read_text(), version, *flags]).encode()).hexdigest()[:16]
+    digest = hashlib.sha256("\0".join([SOURCE.read_text(), version, *flags]).encode()).hexdigest()[:16]
     from ..data.sources import home_dir
 
-    target = home_dir() / "kernels" / f"{name}-{digest}.so"
+    target = home_dir() / "kernels" / f"kernels-{digest}.so"
     if not target.exists():
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".so", dir=target.parent)
+            fd, tmp = tempfile.mkstemp(prefix=".kernels.", suffix=".so", dir=target.parent)
             os.close(fd)
-            command = [compiler, *flags, str(source), "-o", tmp]
+            command = [compiler, *flags, str(SOURCE), "-o", tmp]
             done = subprocess.run(command, capture_output=True, timeout=120)
             if done.returncode != 0:
                 Path(tmp).unlink(missing_ok=True)
