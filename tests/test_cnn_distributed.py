@@ -517,3 +517,21 @@ def test_torchrun_max_restarts_restarts_and_resumes_by_itself(tmp_path):
     manifest = read_manifest(run)
     assert manifest["state"] == "complete" and manifest["levers"]["world_size"] == 2
     assert [h["epoch"] for h in json.loads((run / "history.json").read_text())] == [1, 2, 3]
+
+
+def test_the_launcher_names_the_killed_rank_when_a_survivor_aborted_first():
+    """A survivor can abort inside gloo (SIGABRT) on losing its peer before torchrun's agent sees
+    the peer's death; the one line names the rank killed from outside, not the survivor."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
+
+    from mnistlab.cnn.launch import root_failure
+
+    aborted = ProcessFailure(local_rank=0, pid=11, exitcode=-int(signal.SIGABRT), error_file="<N/A>")
+    killed = ProcessFailure(local_rank=1, pid=12, exitcode=-int(signal.SIGKILL), error_file="<N/A>")
+    aborted.timestamp, killed.timestamp = 100, 101  # the agent saw the abort first
+    rank, failure = root_failure(ChildFailedError("job", {0: aborted, 1: killed}))
+    assert (rank, failure.signal_name()) == (1, "SIGKILL")
+    # an abort alone is the cause; so is a kill seen first
+    assert root_failure(ChildFailedError("job", {0: aborted}))[0] == 0
+    killed.timestamp = 99
+    assert root_failure(ChildFailedError("job", {0: killed, 1: aborted}))[0] == 0

@@ -12,6 +12,7 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from ..errors import ConfigError, RunError
 from .distributed import LAUNCHER_REPORTS
@@ -60,7 +61,7 @@ def launch(nproc: int, argv: Sequence[str], *, max_restarts: int = 0) -> int:
             return 130
         raise RunError(f"the job stopped on {exc.sigval.name}") from None
     except ChildFailedError as exc:
-        rank, failure = exc.get_first_failure()
+        rank, failure = root_failure(exc)
         if failure.exitcode > 0:
             return failure.exitcode  # the rank said why itself (a bad option, a Ctrl-C: 130)
         how = (
@@ -75,3 +76,21 @@ def launch(nproc: int, argv: Sequence[str], *, max_restarts: int = 0) -> int:
     finally:
         os.environ.pop(LAUNCHER_REPORTS, None)
     return 0
+
+
+def root_failure(exc: Any) -> tuple[int, Any]:
+    """The rank whose end stopped the job (``exc``: torchrun's ChildFailedError) and its failure:
+    the first the agent saw, except that a survivor can abort inside gloo (SIGABRT) on losing its
+    peer before the agent sees the peer's death; then the rank killed from outside is the cause."""
+    rank, failure = exc.get_first_failure()
+    if failure.signal_name() != "SIGABRT":
+        return rank, failure
+    killed = [
+        (other.timestamp, r, other)
+        for r, other in exc.failures.items()
+        if other.exitcode < 0 and other.signal_name() != "SIGABRT"
+    ]
+    if not killed:
+        return rank, failure
+    _, rank, failure = min(killed, key=lambda item: item[:2])
+    return rank, failure
