@@ -93,6 +93,12 @@ def _whole(a: np.ndarray, b: np.ndarray, out: np.ndarray, meanwhile: Callable[[]
         meanwhile()
 
 
+def _end_to_end(flat: np.ndarray, rows: int, widths: list[int]) -> list[np.ndarray]:
+    """(rows, width) arrays, one per width, that lie one after the other in ``flat``."""
+    ends = np.cumsum([0, *widths]) * rows
+    return [flat[a:b].reshape(rows, w) for a, b, w in zip(ends, ends[1:], widths)]
+
+
 def _in_turn(jobs: list[Callable[[], Any]]) -> None:
     for job in jobs:
         job()
@@ -139,9 +145,15 @@ class Backprop:
         self.row_offsets = (np.arange(data.n) - np.repeat(starts, chunk_lengths)) * sizes[-1]
         self.label_at = self.row_offsets.copy()
         self.ones = np.ones(max(rows, sizes[-1]), dt)
-        self.acts = [np.empty((rows, s), dt) for s in sizes[1:]]  # layer outputs, computed in place
+        self.rows = rows
+        # The hidden layers' outputs (computed in place) lie end to end, and so do their derivatives:
+        # for a whole chunk one pass computes every hidden layer's derivative.
+        self.hidden_outputs = np.empty(rows * sum(sizes[1:-1]), dt)
+        self.hidden_derivatives = np.empty_like(self.hidden_outputs)
+        self.acts = [*_end_to_end(self.hidden_outputs, rows, sizes[1:-1]), np.empty((rows, sizes[-1]), dt)]
+        self.derivatives = _end_to_end(self.hidden_derivatives, rows, sizes[1:-1])
         self.deltas = [np.empty((rows, s), dt) for s in sizes[1:-1]]  # d loss / d z of hidden layers
-        self.scratch = [np.empty((rows, s), dt) for s in sizes[1:]]
+        self.output_scratch = np.empty((rows, sizes[-1]), dt)
         self.logits = np.empty((rows, sizes[-1]), dt)
         # the gradient of a batch's later chunks, added into the optimizer's
         self.part: ParamViews | None = working.views(np.zeros(working.size, dt)) if summed else None
@@ -323,14 +335,22 @@ class Backprop:
         products and elementwise passes: cut across threads, the hand-overs of the interpreter
         lock cost more than they save."""
         weights = self.chunk.params.weights
-        backward = act.BACKWARD[self.config.activation]
-        rows = slice(0, k)
-        delta = self.acts[-1][rows]
+        derivatives = self._hidden_derivatives(k)
+        delta = self.acts[-1][:k]
         for i in range(len(weights) - 1, 0, -1):
             width = self.widths[i]
-            d_below = self.deltas[i - 1][rows]
+            d_below = self.deltas[i - 1][:k]
             np.matmul(delta[:, :width], weights[i][:, :width].T, out=d_below)  # (rows, in); zero pads
-            delta = backward(self.acts[i - 1][rows], d_below, self.scratch[i - 1][rows])
+            delta = np.multiply(d_below, derivatives[i - 1], out=d_below)
+
+    def _hidden_derivatives(self, k: int) -> list[np.ndarray]:
+        """f'(z) of every hidden layer for the chunk's ``k`` rows, from the layers' outputs: for a
+        whole chunk in one pass over all hidden layers (end to end in memory), else layer by layer."""
+        derivative = act.DERIVATIVE[self.config.activation]
+        if k == self.rows:
+            derivative(self.hidden_outputs, self.hidden_derivatives)
+            return self.derivatives
+        return [derivative(a[:k], d[:k]) for a, d in zip(self.acts, self.derivatives)]
 
     def _weight_gradients(self, target: ParamViews) -> None:
         """Every layer's weight and bias gradient into ``target``, from the deltas. The deeper
@@ -398,6 +418,6 @@ class Backprop:
             # log-loss from the logits: sum softplus(z) - z[label], stable for any |z|
             loss = float(np.logaddexp(0, logits).sum() - np.take(logits.reshape(-1), label_at).sum())
             flat_out[label_at] -= 1  # d loss / d logits = p - onehot
-            tally.errors.append(float(np.abs(out, out=self.scratch[-1][:k]).sum()))
+            tally.errors.append(float(np.abs(out, out=self.output_scratch[:k]).sum()))
             out *= scale
         return loss
