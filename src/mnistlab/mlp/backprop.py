@@ -114,6 +114,35 @@ class Chunk:
         self.data, self.idx, self.n_touch, self.xb, self.params = data, idx, n_touch, xb, params
 
 
+class RowViews:
+    """The layer buffers' views for rows ``lo:hi`` of a chunk, made once per fit: slicing them anew
+    for every chunk costs about as much as a small elementwise pass. Index i is layer i (the first
+    hidden layer is 0); ``delta[i]`` is d loss / d z of layer i (the output's is its ``acts``)."""
+
+    def __init__(self, backprop: Backprop, lo: int, hi: int) -> None:
+        rows, fan_in, widths = slice(lo, hi), backprop.fan_in, backprop.widths
+        self.acts = [a[rows] for a in backprop.acts]
+        # each layer's inputs over the model's units of the layer below (the first layer's: None)
+        self.inputs = [None, *(a[:, :f] for a, f in zip(self.acts, fan_in[1:]))]
+        self.inputs_t = [None, *(a.T for a in self.inputs[1:])]
+        self.delta = [*(d[rows] for d in backprop.deltas), self.acts[-1]]
+        self.delta_units = [d[:, :w] for d, w in zip(self.delta, widths)]  # the model's units only
+        self.derivatives = [d[rows] for d in backprop.derivatives]
+        self.ones = backprop.ones[: hi - lo]
+
+
+class ParamSlices:
+    """The slices of one ParamViews buffer (parameters or a gradient) over the model's units, made
+    once per fit for the reason RowViews gives. Index i is layer i."""
+
+    def __init__(self, views: ParamViews, fan_in: list[int | None], widths: tuple[int, ...]) -> None:
+        self.views = views  # kept alive, so that its id keys no other buffer's slices
+        self.fan_weights = [w[:f] for w, f in zip(views.weights, fan_in)]  # rows of the model's inputs
+        # (out, in) over the model's outputs: the backward product's
+        self.back_weights = [w[:, :u].T for w, u in zip(views.weights, widths)]
+        self.biases = [b[:u] for b, u in zip(views.biases, widths)]
+
+
 class Backprop:
     def __init__(
         self, model: MLP, working: WorkingLayout, data: TrainData, rows: int, summed: bool, starts: np.ndarray
@@ -165,6 +194,8 @@ class Backprop:
         # (where, first row gathered) of the next chunk, gathered ahead by a worker into the input
         # buffer it will use
         self.ahead: tuple[int, int] | None = None
+        self.row_views: dict[tuple[int, int], RowViews] = {}  # per (lo, hi)
+        self.param_slices: dict[int, ParamSlices] = {}  # per id of a ParamViews
         # per (threads, chunk length): where the chunk's rows are cut between the threads (see _cuts)
         self.row_cuts: dict[tuple[int, int], tuple[int, ...]] = {}
 
@@ -311,46 +342,54 @@ class Backprop:
         if n_touch:
             z[:n_touch] += tail_z
 
+    def _views(self, lo: int, hi: int) -> RowViews:
+        views = self.row_views.get((lo, hi))
+        if views is None:
+            views = self.row_views[lo, hi] = RowViews(self, lo, hi)
+        return views
+
+    def _slices(self, params: ParamViews) -> ParamSlices:
+        slices = self.param_slices.get(id(params))
+        if slices is None:
+            slices = self.param_slices[id(params)] = ParamSlices(params, self.fan_in, self.widths)
+        return slices
+
     def _forward_rows(self, lo: int, hi: int) -> None:
         """Rows ``lo:hi`` from the first layer's products through every layer to the logits (in
         ``acts[-1]``)."""
-        weights, biases = self.chunk.params.weights, self.chunk.params.biases
-        last = len(weights) - 1
+        views, params = self._views(lo, hi), self.chunk.params
+        weights, biases = self._slices(params).fan_weights, params.biases
         hidden = act.FORWARD[self.config.activation]
-        fan_in = self.fan_in
-        rows = slice(lo, hi)
-        a = self.acts[0][rows]  # the first layer's products, no bias added yet
-        for i in range(last):
-            z = self.acts[i][rows]
+        last = len(biases) - 1
+        for i, z in enumerate(views.acts):  # the first layer's z: its products, no bias added yet
             if i:
-                np.matmul(a[:, : fan_in[i]], weights[i][: fan_in[i]], out=z)  # (rows, out)
+                np.matmul(views.inputs[i], weights[i], out=z)  # (rows, out)
             z += biases[i]
-            a = hidden(z)
-        out = self.acts[last][rows]
-        np.matmul(a[:, : fan_in[last]], weights[last][: fan_in[last]], out=out)  # (rows, classes) logits
-        out += biases[last]
+            if i < last:
+                hidden(z)
 
     def _hidden_deltas(self, k: int) -> None:
         """Every hidden layer's delta (in ``deltas``), from the output delta in ``acts[-1]``. Small
         products and elementwise passes: cut across threads, the hand-overs of the interpreter
         lock cost more than they save."""
-        weights = self.chunk.params.weights
-        derivatives = self._hidden_derivatives(k)
-        delta = self.acts[-1][:k]
+        views = self._views(0, k)
+        weights = self._slices(self.chunk.params).back_weights
+        derivatives = self._hidden_derivatives(views)
         for i in range(len(weights) - 1, 0, -1):
-            width = self.widths[i]
-            d_below = self.deltas[i - 1][:k]
-            np.matmul(delta[:, :width], weights[i][:, :width].T, out=d_below)  # (rows, in); zero pads
-            delta = np.multiply(d_below, derivatives[i - 1], out=d_below)
+            d_below = views.delta[i - 1]
+            np.matmul(views.delta_units[i], weights[i], out=d_below)  # (rows, in); zero pads
+            np.multiply(d_below, derivatives[i - 1], out=d_below)
 
-    def _hidden_derivatives(self, k: int) -> list[np.ndarray]:
-        """f'(z) of every hidden layer for the chunk's ``k`` rows, from the layers' outputs: for a
-        whole chunk in one pass over all hidden layers (end to end in memory), else layer by layer."""
+    def _hidden_derivatives(self, views: RowViews) -> list[np.ndarray]:
+        """f'(z) of every hidden layer for the chunk's rows, from the layers' outputs: for a whole
+        chunk in one pass over all hidden layers (end to end in memory), else layer by layer."""
         derivative = act.DERIVATIVE[self.config.activation]
-        if k == self.rows:
+        if len(views.ones) == self.rows:
             derivative(self.hidden_outputs, self.hidden_derivatives)
-            return self.derivatives
-        return [derivative(a[:k], d[:k]) for a, d in zip(self.acts, self.derivatives)]
+        else:
+            for a, d in zip(views.acts, views.derivatives):
+                derivative(a, d)
+        return views.derivatives
 
     def _weight_gradients(self, target: ParamViews) -> None:
         """Every layer's weight and bias gradient into ``target``, from the deltas. The deeper
@@ -358,9 +397,10 @@ class Backprop:
         chunk = self.chunk
         k, n_touch = len(chunk.idx), chunk.n_touch
         # the pads' gradient entries are never written and stay zero
-        delta = self.deltas[0][:k]  # (config: at least one hidden layer)
+        views = self._views(0, k)
+        delta = views.delta[0]  # (config: at least one hidden layer)
         # a BLAS product with a ones vector sums the rows faster than np.sum
-        np.matmul(self.ones[:k], delta[:, : self.widths[0]], out=target.biases[0][: self.widths[0]])
+        np.matmul(views.ones, views.delta_units[0], out=self._slices(target).biases[0])
         input_scale = self.working.input_scale
         if input_scale != 1:
             delta *= 1.0 / input_scale**2  # inputs u = s x, weights W / s: gradient (u.T delta) / s**2
@@ -382,13 +422,10 @@ class Backprop:
         split.matmul(chunk.xb.T, delta, target.weights[0], meanwhile, BACKWARD_SHARE)
 
     def _deeper_gradients(self, target: ParamViews) -> None:
-        k = len(self.chunk.idx)
-        last = len(self.widths) - 1
-        for i in range(last, 0, -1):
-            width, fan_in = self.widths[i], self.fan_in[i]
-            delta = self.acts[-1][:k] if i == last else self.deltas[i][:k]
-            np.matmul(self.ones[:k], delta[:, :width], out=target.biases[i][:width])
-            np.matmul(self.acts[i - 1][:k, :fan_in].T, delta, out=target.weights[i][:fan_in])  # (in, out)
+        views, grads = self._views(0, len(self.chunk.idx)), self._slices(target)
+        for i in range(len(self.widths) - 1, 0, -1):
+            np.matmul(views.ones, views.delta_units[i], out=grads.biases[i])
+            np.matmul(views.inputs_t[i], views.delta[i], out=grads.fan_weights[i])  # (in, out)
 
     def _loss_and_output_delta(self, out: np.ndarray, at: int, scale: float) -> float:
         """Turn the logits ``out`` of the chunk at ``at`` into ``scale`` * d loss / d logits in
