@@ -100,4 +100,5 @@ def test_tally_counts_argmax_hits_with_ties_as_argmax_breaks_them():
     tally = backprop.Tally(200, 4, np.float32)
     tally.logits[:] = logits.T
     tally.labels[:] = labels
+    tally.start_epoch()
     assert tally.correct(20, 180) == np.count_nonzero(logits[20:180].argmax(axis=1) == labels[20:180])

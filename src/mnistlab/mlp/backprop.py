@@ -22,6 +22,7 @@ from . import activations as act
 from .layout import ParamViews, TrainData, WorkingLayout
 from .model import MLP
 from .profile import Phases
+from .tally import Tally
 from .threads import RowSplit
 
 # Softmax and cross-entropy are unchanged by a shift per row. One shift for a whole chunk is a
@@ -35,53 +36,6 @@ SHARED_SHIFT_RANGE = 60.0
 # default network on MNIST (docs/performance.md).
 FORWARD_SHARE = 0.4
 BACKWARD_SHARE = 0.35
-
-
-class Tally:
-    """What each chunk's loss step leaves for the epoch's accuracy and mean absolute error, counted
-    once per epoch rather than with a few small NumPy calls per chunk: each image's logits (one row
-    per class, so that the epoch's maxima are a few passes over long rows, where an argmax per
-    chunk loops over rows of a few classes), its true class and, for softmax outputs, its true
-    class's shifted logit and its sum of exps (indexed by position in the epoch's order). Sigmoid
-    outputs keep one summed error per chunk."""
-
-    def __init__(self, n: int, n_out: int, dtype: np.dtype) -> None:
-        self.logits = np.empty((n_out, n), dtype)
-        self.labels = np.empty(n, np.intp)
-        self.label_logit = np.empty(n, dtype)
-        self.exp_sum = np.empty(n, dtype)
-        self.chunks: list[tuple[int, int]] = []  # (start, stop) of each chunk seen this epoch
-        self.errors: list[float] = []  # sigmoid outputs: each chunk's summed |p - onehot|
-
-    def take(self, softmax: bool) -> tuple[int, float]:
-        """The number of correct predictions and the summed |p - onehot| of the chunks seen since
-        the last call, each chunk's error summed as the chunk would have summed it."""
-        stop = self.chunks[-1][1] if self.chunks else 0
-        start = self.chunks[0][0] if self.chunks else 0
-        correct = self.correct(start, stop)
-        errors = self.errors
-        if softmax:
-            # |p - onehot| sums to 2 (1 - p_label) per row, since p sums to 1
-            p_label = np.exp(self.label_logit[start:stop]) / self.exp_sum[start:stop]
-            errors = [2.0 * (b - a - float(p_label[a - start : b - start].sum())) for a, b in self.chunks]
-        abs_err = 0.0  # added in turn, as the chunks were: sum() compensates from Python 3.12 on
-        for err in errors:
-            abs_err += err
-        self.chunks, self.errors = [], []
-        return correct, abs_err
-
-    def correct(self, start: int, stop: int) -> int:
-        """How many images in ``start:stop`` have their true class as the argmax of their logits
-        (the first class of the highest logit, as np.argmax picks it)."""
-        logits = self.logits[:, start:stop]
-        labels = self.labels[start:stop]
-        top = logits.max(axis=0)
-        flat_at = labels * self.logits.shape[1] + np.arange(start, stop)
-        hit = np.take(self.logits, flat_at) == top
-        tied = np.count_nonzero(logits == top, axis=0) > 1
-        unsure = np.flatnonzero(hit & tied)  # another class shares the top logit: argmax decides
-        misses = np.count_nonzero(logits[:, unsure].argmax(axis=0) != labels[unsure]) if len(unsure) else 0
-        return int(np.count_nonzero(hit)) - int(misses)
 
 
 Product = Callable[[np.ndarray, np.ndarray, np.ndarray, "Callable[[], Any] | None"], None]
@@ -203,6 +157,7 @@ class Backprop:
         """Take the labels of the epoch's ``order`` (as arranged, see TrainData.arrange) at once."""
         labels = np.take(data.labels, order, out=self.tally.labels, mode="clip")
         np.add(self.row_offsets, labels, out=self.label_at)
+        self.tally.start_epoch()
         self.ahead = None  # gathered from another order
 
     def run(
@@ -221,10 +176,10 @@ class Backprop:
         """Forward and backward for the images ``idx``, which sit at ``at`` in the epoch's arranged
         order (the ``n_touch`` with ink in the tail columns first; ``start_epoch`` took their
         labels): the gradient times ``scale`` goes into ``grad`` (``first``: the batch's first
-        chunk) or is added to it. Returns the chunk's summed data loss; ``tally`` keeps what the
-        epoch's accuracy and error need. ``following``: the next chunk's place, images (arranged)
-        and tail count, whose rows a worker may gather ahead while this thread computes the loss
-        and the deltas."""
+        chunk) or is added to it. Returns the chunk's check value (see _loss_and_output_delta);
+        ``tally`` keeps its loss and what the epoch's accuracy and error need. ``following``: the
+        next chunk's place, images (arranged) and tail count, whose rows a worker may gather ahead
+        while this thread computes the loss and the deltas."""
         k = len(idx)
         ahead, self.ahead = self.ahead, None
         gathered = ahead[1] if ahead is not None and ahead[0] == at else k  # first row gathered ahead
@@ -429,23 +384,27 @@ class Backprop:
 
     def _loss_and_output_delta(self, out: np.ndarray, at: int, scale: float) -> float:
         """Turn the logits ``out`` of the chunk at ``at`` into ``scale`` * d loss / d logits in
-        place; returns the summed loss and leaves the logits (and what the error needs) in ``tally``."""
+        place, and leave the logits, the chunk's loss (or what it needs) and what the error needs in
+        ``tally``. Returns the chunk's check value: its summed loss where that may be inf or NaN
+        (the trainer stops there), else 0.0."""
         k, n_out = out.shape
         tally = self.tally
-        tally.chunks.append((at, at + k))
         label_at = self.label_at[at : at + k]
         flat_out = out.reshape(-1)
         np.copyto(tally.logits[:, at : at + k], out.T)
         if self.config.output == "softmax":
             top = float(out.max())
-            if top - float(out.min()) <= SHARED_SHIFT_RANGE:
+            shared = top - float(out.min()) <= SHARED_SHIFT_RANGE
+            if shared:
+                # every exp in range, so the loss is finite: the tally computes it after the epoch
                 out -= top
             else:
                 out -= out.max(axis=1, keepdims=True)
-            zy = np.take(flat_out, label_at, out=tally.label_logit[at : at + k])
+                zy = np.take(flat_out, label_at, out=tally.label_logit[at : at + k])
             np.exp(out, out=out)
             total = np.matmul(out, self.ones[:n_out], out=tally.exp_sum[at : at + k])
-            loss = float(np.log(total).sum() - zy.sum())
+            loss = None if shared else float(np.log(total).sum() - zy.sum())
+            tally.add_chunk(at, at + k, loss, top if shared else None)
             out *= (scale / total)[:, None]
             flat_out[label_at] -= scale  # scale * (p - onehot)
         else:
@@ -454,7 +413,8 @@ class Backprop:
             act.sigmoid(out)
             # log-loss from the logits: sum softplus(z) - z[label], stable for any |z|
             loss = float(np.logaddexp(0, logits).sum() - np.take(logits.reshape(-1), label_at).sum())
+            tally.add_chunk(at, at + k, loss)
             flat_out[label_at] -= 1  # d loss / d logits = p - onehot
             tally.errors.append(float(np.abs(out, out=self.output_scratch[:k]).sum()))
             out *= scale
-        return loss
+        return 0.0 if loss is None else loss
