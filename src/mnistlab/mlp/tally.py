@@ -49,29 +49,59 @@ class Tally:
         stop = self.chunks[-1][1] if self.chunks else 0
         start = self.chunks[0][0] if self.chunks else 0
         correct = self.correct(start, stop)
-        losses = self._losses()
+        losses = self._losses(start, stop)
         errors = self.errors
         if softmax:
             # |p - onehot| sums to 2 (1 - p_label) per row, since p sums to 1
             p_label = np.exp(self.label_logit[start:stop]) / self.exp_sum[start:stop]
-            errors = [2.0 * (b - a - float(p_label[a - start : b - start].sum())) for a, b in self.chunks]
+            sums = self._chunk_sums(p_label, start)
+            errors = [2.0 * (b - a - float(p)) for (a, b), p in zip(self.chunks, sums)]
         abs_err = 0.0  # added in turn, as the chunks were: sum() compensates from Python 3.12 on
         for err in errors:
             abs_err += err
         self.chunks, self.losses, self.shifts, self.errors = [], [], [], []
         return correct, abs_err, losses
 
-    def _losses(self) -> list[float]:
+    def _losses(self, start: int, stop: int) -> list[float]:
         """Each chunk's summed loss, the ones left by the loss step computed as it would have: the
         true class's logit shifted, then sum(log(sum of exps)) - sum(shifted logits)."""
-        losses = []
-        for (a, b), loss, shift in zip(self.chunks, self.losses, self.shifts):
-            if loss is None:
-                shifted = np.take(self.logits, self.label_flat[a:b], out=self.label_logit[a:b])
-                shifted -= shift
-                loss = float(np.log(self.exp_sum[a:b]).sum() - shifted.sum())
-            losses.append(loss)
-        return losses
+        left = [shift is not None for shift in self.shifts]
+        if not any(left):
+            return list(self.losses)
+        lengths = [b - a for a, b in self.chunks]
+        shifts = np.array([shift or 0.0 for shift in self.shifts], self.label_logit.dtype)
+        label_logit = self.label_logit[start:stop]
+        # the other chunks' rows, shifted by each row's own maximum, are in label_logit already
+        shifted = np.take(self.logits, self.label_flat[start:stop], out=label_logit if all(left) else None)
+        if len(set(lengths)) == 1:
+            shifted.reshape(-1, lengths[0])[...] -= shifts[:, None]
+        else:
+            shifted -= np.repeat(shifts, lengths)
+        if not all(left):
+            np.copyto(label_logit, shifted, where=np.repeat(left, lengths))
+        log_sums = self._chunk_sums(np.log(self.exp_sum[start:stop]), start)
+        shifted_sums = self._chunk_sums(label_logit, start)
+        return [
+            float(log_sum - shifted_sum) if loss is None else loss
+            for loss, log_sum, shifted_sum in zip(self.losses, log_sums, shifted_sums)
+        ]
+
+    def _chunk_sums(self, values: np.ndarray, start: int) -> list:
+        """values[a - start : b - start].sum() of every chunk (a, b), each summed alone as NumPy
+        sums a row (pairwise), though in a few calls: the chunks of one length as rows of a matrix."""
+        sums = [None] * len(self.chunks)
+        by_length: dict[int, list[int]] = {}
+        for i, (a, b) in enumerate(self.chunks):
+            by_length.setdefault(b - a, []).append(i)
+        for length, chunks in by_length.items():
+            starts = np.array([self.chunks[i][0] - start for i in chunks])
+            if len(chunks) * length == len(values) and starts[-1] == len(values) - length:
+                rows = values.reshape(-1, length)  # every chunk, end to end
+            else:
+                rows = values[starts[:, None] + np.arange(length)]
+            for i, total in zip(chunks, rows.sum(axis=1)):
+                sums[i] = total
+        return sums
 
     def correct(self, start: int, stop: int) -> int:
         """How many images in ``start:stop`` have their true class as the argmax of their logits
