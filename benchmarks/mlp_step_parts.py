@@ -15,7 +15,6 @@ the parameter hashes (the same hash means bit-identical training).
 
 from __future__ import annotations
 
-import argparse
 import collections
 import functools
 import hashlib
@@ -26,7 +25,7 @@ import time
 
 import numpy as np
 import rounds  # benchmarks/ is not a package: run as a script, its folder is on sys.path
-from mlp_interleaved import load_variants
+from mlp_interleaved import load_variants, variant_parser
 
 # (module, class, method) of every piece timed; a piece a variant lacks is left out for it
 PIECES = [
@@ -57,12 +56,7 @@ def wrap(owner: type, method: str, times: list[float], counting: list[bool]) -> 
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("variants", nargs="+", help="NAME=SRC[@THREADS], SRC holding a mnistlab/ package")
-    p.add_argument("--threads", type=int, default=1, help="BLAS threads of the variants that name none")
-    p.add_argument("--rounds", type=int, default=6)
-    p.add_argument("--epochs", type=int, default=3)
-    args = p.parse_args()
+    args = variant_parser(__doc__, rounds=6, epochs=3).parse_args()
     with tempfile.TemporaryDirectory() as root:
         variants, threads = load_variants(args.variants, root, args.threads)
         names = list(variants)
