@@ -32,6 +32,10 @@ from .model import MLP, layer_views
 # Column frequencies are estimated on this many evenly spaced images (counting every image costs
 # more than the estimate needs); each image's reach is then found exactly.
 FREQUENCY_SAMPLE = 4096
+# Columns inked in at least this share of the images are multiplied for every image, in their own
+# order: nearly every image's ink reaches past them anyway, and inputs whose zeros are rare
+# (preprocessed, centred) then take the same products as their raw form.
+ALWAYS_FREQUENCY = 0.5
 # Images per block when copying the columns and finding the reaches, so no whole-split temporary is made.
 SCAN_BLOCK = 8192
 # Working hidden widths are rounded up to a multiple of this (see WorkingLayout): BLAS kernels work
@@ -62,10 +66,11 @@ class TrainData:
     Raw uint8 images stay raw (a quarter of the memory traffic of float32) and are preprocessed
     chunk by chunk with ``Preprocessor.__call__``'s arithmetic (bit-identical to preprocessing
     everything first), except under unit scaling, where they stay raw (``input_scale`` > 1).
-    ``split`` says which columns every image multiplies whatever its ink: "auto" only those whose
-    zero is not a zero input (centred preprocessing), a fraction f also those inked in at least f
-    of the images (1: as "auto"; the smaller, the fewer columns are skipped), None every active one
-    (no staircase; the inactive columns are still skipped).
+    ``split`` says which columns every image multiplies whatever its ink: "auto" those whose zero
+    is not a zero input (centred preprocessing) and those inked in at least ``ALWAYS_FREQUENCY`` of
+    the images, a fraction f those inked in at least f of them (above ``ALWAYS_FREQUENCY``: as
+    "auto"; the smaller, the fewer columns are skipped), None every active one (no staircase; the
+    inactive columns are still skipped).
     """
 
     def __init__(self, model: MLP, inputs: np.ndarray, labels: np.ndarray, split: float | str | None) -> None:
@@ -83,11 +88,8 @@ class TrainData:
         zero_maps_to_zero = zero_input == 0
         active = flat.any(axis=0) | ~zero_maps_to_zero
         freq = (flat[:: max(1, self.n // FREQUENCY_SAMPLE)] != 0).mean(axis=0)
-        always = active & ~zero_maps_to_zero
-        if split is None:
-            always = active
-        elif split != "auto":
-            always |= active & (freq >= float(split))
+        often = ALWAYS_FREQUENCY if split == "auto" else min(float(split or 0), ALWAYS_FREQUENCY)
+        always = active & (~zero_maps_to_zero | (freq >= often) | (split is None))
         stair = np.flatnonzero(active & ~always)
         self.inactive = np.flatnonzero(~active)
         self.n_active = int(np.count_nonzero(active))
