@@ -233,7 +233,8 @@ class Backprop:
         k = len(idx)
         xb = self.inputs[self.flip ^ 1][:k]
         raw = None if self.raw_inputs is None else self.raw_inputs[cut:k]
-        data.gather(idx[cut:k], xb[cut:k], raw)
+        groups = [(a - cut, b - cut, columns) for a, b, columns in steps.forward(steps.plan.worker_group)]
+        data.gather(idx[cut:k], xb[cut:k], raw, groups)
         self.ahead = at
 
     def _first_layer_rows(
@@ -251,7 +252,7 @@ class Backprop:
         xb = chunk.xb
         if not gathered:
             raw = None if self.raw_inputs is None else self.raw_inputs[rows]
-            chunk.data.gather(chunk.idx[rows], xb[rows], raw)
+            chunk.data.gather(chunk.idx[rows], xb[rows], raw, [(a - lo, b - lo, k) for a, b, k in groups])
         if phases is not None:
             phases.lap("gather")
         w, z = chunk.params.weights[0], self.acts[0]

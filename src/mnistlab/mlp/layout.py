@@ -128,12 +128,24 @@ class TrainData:
             else:
                 self.scale = np.ascontiguousarray(scale[cols])
 
-    def gather(self, idx: np.ndarray, out: np.ndarray, raw_buf: np.ndarray | None) -> np.ndarray:
-        """The kept columns of the images ``idx``, preprocessed."""
+    def gather(
+        self, idx: np.ndarray, out: np.ndarray, raw_buf: np.ndarray | None, groups: list[tuple[int, int, int]]
+    ) -> None:
+        """The images ``idx`` into ``out``, preprocessed: of the rows ``a:b`` of each of the
+        ``groups`` (a, b, columns) only the first ``columns``, all the products read of them."""
         if not self.raw:
-            return np.take(self.rows, idx, axis=0, out=out, mode="clip")
+            np.take(self.rows, idx, axis=0, out=out, mode="clip")
+            return
         raw = np.take(self.rows, idx, axis=0, out=raw_buf, mode="clip")
-        return preprocess_into(out, raw, self.mean if self.centered else None, self.scale)
+        mean = self.mean if self.centered else None
+        scale = self.scale
+        for a, b, columns in groups:
+            preprocess_into(
+                out[a:b, :columns],
+                raw[a:b, :columns],
+                None if mean is None else mean[:columns],
+                None if scale is None else scale[:columns],
+            )
 
     def summary(self) -> dict[str, float]:
         """How the columns are laid out (``Trainer.layout``, shown by ``describe_layout``)."""

@@ -49,6 +49,8 @@ THREAD_ROWS = 48
 # rows through the deeper layers (forward) or multiplies the deeper layers' gradients (backward).
 FORWARD_SHARE = 0.45
 BACKWARD_SHARE = 0.35
+# How far from FORWARD_SHARE the thread boundary may lie, to fall where the groups are cut anyway.
+SHARE_SLACK = 0.1
 
 
 def reach_levels(rows: np.ndarray, least: int, width: int) -> np.ndarray:
@@ -94,16 +96,25 @@ def plan(levels: np.ndarray, length: int, width: int, rng: np.random.Generator) 
     # (chunks, rows): a group's K if it starts there
     columns = np.minimum(sample.astype(np.int64) * STEP, width)
     mean_columns = columns.mean(axis=0)
-    # the thread boundary: where the rows' own columns reach the caller's share
-    spent = np.cumsum(mean_columns)
-    blocks = round(int(np.searchsorted(spent, FORWARD_SHARE * spent[-1])) / THREAD_ROWS)
-    lowest, highest = -(-MIN_ROWS // THREAD_ROWS), (length - MIN_ROWS) // THREAD_ROWS
-    cut = min(max(lowest, blocks), highest) * THREAD_ROWS
-    shared = MIN_ROWS <= cut <= length - MIN_ROWS
+    # The thread boundary: a whole number of kernel blocks where the rows' own columns reach about
+    # the caller's share, the one that costs the fewest extra columns (it may fall where the
+    # groups would be cut anyway).
+    share = np.cumsum(mean_columns) / mean_columns.sum()
+    cuts = range(-(-MIN_ROWS // THREAD_ROWS) * THREAD_ROWS, length - MIN_ROWS + 1, THREAD_ROWS)
+    near = [c for c in cuts if abs(share[c - 1] - FORWARD_SHARE) <= SHARE_SLACK]
+    near = near or sorted(cuts, key=lambda c: abs(share[c - 1] - FORWARD_SHARE))[:1]
+    shared = bool(near)
     if shared:
-        bounds = (*_cheapest_groups(mean_columns, 0, cut), *_cheapest_groups(mean_columns, cut, length))
+        options = []
+        for c in near:
+            (cost_mine, mine), (cost_theirs, theirs) = (
+                _cheapest_groups(mean_columns, 0, c),
+                _cheapest_groups(mean_columns, c, length),
+            )
+            options.append((cost_mine + cost_theirs, (*mine, *theirs), c))
+        _, bounds, cut = min(options)
     else:
-        bounds = _cheapest_groups(mean_columns, 0, length)
+        bounds = _cheapest_groups(mean_columns, 0, length)[1]
     bounds = (*bounds, length)
     starts = np.array(bounds[:-1])
     sizes = np.diff(bounds)
@@ -124,8 +135,8 @@ def plan(levels: np.ndarray, length: int, width: int, rng: np.random.Generator) 
     return Plan(bounds, worker_group, column_cut, cost)
 
 
-def _cheapest_groups(mean_columns: np.ndarray, lo: int, hi: int) -> tuple[int, ...]:
-    """The group starts in rows ``lo:hi`` that minimise the expected rows x columns plus
+def _cheapest_groups(mean_columns: np.ndarray, lo: int, hi: int) -> tuple[float, tuple[int, ...]]:
+    """The expected cost and group starts in rows ``lo:hi`` that minimise the expected rows x columns plus
     ``GROUP_OVERHEAD`` per group (rows sorted by descending reach: a group's K is its first row's).
     At most about ``PLAN_POINTS`` candidate starts, so that long chunks plan as fast as short ones."""
     step = max(ROW_STEP, -(-(hi - lo) // PLAN_POINTS // ROW_STEP) * ROW_STEP)
@@ -135,7 +146,7 @@ def _cheapest_groups(mean_columns: np.ndarray, lo: int, hi: int) -> tuple[int, .
         best[a] = min(
             ((b - a) * mean_columns[a] + GROUP_OVERHEAD + best[b][0], (a, *best[b][1])) for b in cand if b > a
         )
-    return best[lo][1]
+    return best[lo]
 
 
 class Steps:
