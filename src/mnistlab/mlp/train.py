@@ -106,7 +106,9 @@ class Trainer:
 
     During a fit the parameters live in the optimizer's working copy (see layout); the model's own
     are brought up to date at the end of every epoch (before callbacks, evaluation and early
-    stopping look at them) and when training stops for any reason.
+    stopping look at them) and when training stops for any reason. ``split``: which input columns
+    every image multiplies whatever its ink ("auto", a fraction, or None for no staircase: see
+    layout.TrainData).
     """
 
     def __init__(
