@@ -1,9 +1,10 @@
 """Mini-batch training of the NumPy MLP: the epoch loop, written for speed.
 
 The rooms it uses: ``layout`` (the input columns' order, the working parameter copy,
-the unit-scaling fold), ``backprop`` (forward and backward over one chunk), ``optimizers`` (the
-update rules), ``penalty`` (L1/L2), ``schedules`` (the learning rate per epoch), ``evaluate`` (the
-per-epoch accuracy) and ``profile`` (``--profile``'s timers). ``reference`` is the same training
+the unit-scaling fold), ``backprop`` (forward and backward over one chunk), ``tally`` (the
+epoch's training loss, accuracy and error, from what each chunk left), ``optimizers`` (the update
+rules), ``penalty`` (L1/L2), ``schedules`` (the learning rate per epoch), ``evaluate`` (the
+per-epoch accuracy of other sets) and ``profile`` (``--profile``'s timers). ``reference`` is the same training
 in textbook NumPy: read it first; tests show the two agree. docs/performance.md says what each
 speed measure buys.
 
