@@ -3,16 +3,21 @@
 ``main(argv) -> int``: 0 on success, 2 on a usage error, 1 on any other error, 130 when interrupted,
 141 (128 + SIGPIPE, as a shell reports a Unix tool that a closed pipe ended) when the reader of the
 output went away (``mnistlab summary RUN | head -1``), quietly. Known errors (MnistlabError) become
-one line on stderr; a traceback is shown only with ``--debug``.
+one line on stderr; a traceback is shown only with ``--debug``. In a rank of a distributed job
+``main`` does not return: the process ends with that status once the command left its process group.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import os
 import select
 import sys
+import traceback
 from collections.abc import Sequence
+from typing import NoReturn
 
 from .. import __version__
 from ..errors import MnistlabError
@@ -74,6 +79,38 @@ CLOSED_OUTPUT = 141
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    left_before = _groups_left()
+    try:
+        code = _main(argv)
+    except BaseException:
+        if _groups_left() == left_before:
+            raise
+        traceback.print_exc()  # --debug: the traceback, then the end of the rank below
+        code = 1
+    if _groups_left() > left_before:
+        _end_rank_process(code)
+    return code
+
+
+def _groups_left() -> int:
+    """Process groups this process has left (0 unless it was a rank of a distributed job)."""
+    distributed = sys.modules.get("mnistlab.cnn.distributed")  # never imports torch itself
+    return distributed.groups_left if distributed is not None else 0
+
+
+def _end_rank_process(code: int) -> NoReturn:
+    """The end of a torchrun worker's process once its command left the process group: everything
+    the command wrote is closed, and the interpreter does not finalize, because gloo's worker
+    threads stay to the end of the process and one that takes the GIL while the interpreter
+    finalizes aborts the process (distributed.groups_left)."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    logging.shutdown()
+    os._exit(code)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         code = _run(argv)
