@@ -535,5 +535,7 @@ def test_the_launcher_names_the_killed_rank_when_a_survivor_ended_first():
         assert root_failure(ChildFailedError("job", {0: ended}))[0] == 0  # a survivor alone is the cause
         failed = failure(1, 1, 101)  # a rank that printed its own error keeps its status
         assert root_failure(ChildFailedError("job", {0: ended, 1: failed}))[1].exitcode == 1
+        stopped = failure(2, -int(signal.SIGTERM), 100)  # the agent stopped it after the kill
+        assert root_failure(ChildFailedError("job", {0: ended, 1: killed, 2: stopped}))[0] == 1
         killed.timestamp = 99  # a kill seen first
         assert root_failure(ChildFailedError("job", {0: killed, 1: ended}))[0] == 0

@@ -86,10 +86,15 @@ def root_failure(exc: Any) -> tuple[int, Any]:
     rank, failure = exc.get_first_failure()
     if not _survivor(failure):
         return rank, failure
-    causes = [(other.timestamp, r, other) for r, other in exc.failures.items() if not _survivor(other)]
+    # SIGTERM last: the agent sends it to the ranks still running once it stops the job
+    causes = [
+        (other.signal_name() == "SIGTERM", other.timestamp, r, other)
+        for r, other in exc.failures.items()
+        if not _survivor(other)
+    ]
     if not causes:
         return rank, failure
-    _, rank, failure = min(causes, key=lambda item: item[:2])
+    *_, rank, failure = min(causes, key=lambda item: item[:3])
     return rank, failure
 
 
