@@ -252,7 +252,7 @@ def test_two_ranks_train_the_weights_of_one_process(tmp_path, real_home):
     bound the weight gap by ~2e-5. A different recipe (batch 32) lands ~1e-2 away: the test can fail.
 
     Rank 0 ends with gloo work in flight (ddp_cli.py): a rank's process still exits with its status
-    rather than aborting when a gloo thread wants the GIL after the command (cli._end_rank_process).
+    rather than aborting when a gloo thread wants the GIL after the command (cli.end_rank_process).
     """
     from mnistlab.data import load_dataset
 

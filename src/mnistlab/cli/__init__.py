@@ -17,7 +17,6 @@ import select
 import sys
 import traceback
 from collections.abc import Sequence
-from typing import NoReturn
 
 from .. import __version__
 from ..errors import MnistlabError
@@ -87,9 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         traceback.print_exc()  # --debug: the traceback, then the end of the rank below
         code = 1
-    if _groups_left() > left_before:
-        _end_rank_process(code)
-    return code
+    return end_rank_process(code, left_before)
 
 
 def _groups_left() -> int:
@@ -98,11 +95,14 @@ def _groups_left() -> int:
     return distributed.groups_left if distributed is not None else 0
 
 
-def _end_rank_process(code: int) -> NoReturn:
-    """The end of a torchrun worker's process once its command left the process group: everything
-    the command wrote is closed, and the interpreter does not finalize, because gloo's worker
-    threads stay to the end of the process and one that takes the GIL while the interpreter
-    finalizes aborts the process (distributed.groups_left)."""
+def end_rank_process(code: int, left_before: int = 0) -> int:
+    """``code``, or, when the process has left a process group since it had left ``left_before``,
+    the end of the process with status ``code`` (a torchrun worker at the end of its command, this
+    CLI's or a benchmark's): what it wrote is flushed and the interpreter does not finalize, because
+    gloo's worker threads stay to the end of the process and one that takes the GIL while the
+    interpreter finalizes aborts the process (distributed.groups_left)."""
+    if _groups_left() <= left_before:
+        return code
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(OSError, ValueError):
             stream.flush()

@@ -142,7 +142,7 @@ def all_arrived() -> None:
 # that still releases a Python object (a comm hook's callback, a tensor of the last collective) once
 # the interpreter finalizes dies taking the GIL, which ends the process in std::terminate (SIGABRT,
 # "terminate called without an active exception"); the CLI therefore ends a rank's process without
-# finalizing (cli.main).
+# finalizing (cli.end_rank_process).
 groups_left = 0
 
 
