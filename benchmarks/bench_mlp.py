@@ -43,15 +43,14 @@ def training_flops(cfg, n_train=60000, n_test=10000, layout=None) -> float:
     input gradients of every layer but the first, and the per-epoch test forward pass.
 
     Without ``layout``, nominal: every product over all inputs. With the trainer's ``layout``, the
-    products mnistlab executes: first-layer products over the core input columns for every image
-    and over the tail columns for the images that touch them (blank columns skipped)."""
+    products mnistlab executes: first-layer products over each image's columns up to its last ink,
+    as the staircase's groups round them (blank columns skipped)."""
     sizes = cfg.sizes
     first = sizes[0] * sizes[1]
     train_first = test_first = first
     if layout:
-        train_first = sizes[1] * (layout["core"] + layout["tail_rows"] * layout["tail"])
-        rest = sizes[0] - layout["core"]
-        test_first = sizes[1] * (layout["core"] + layout.get("test_rest_rows", 1.0) * rest)
+        train_first = sizes[1] * layout["columns_per_image"]
+        test_first = sizes[1] * layout.get("test_columns_per_image", sizes[0])
     deeper = sum(a * b for a, b in zip(sizes[1:-1], sizes[2:]))
     per_epoch = 2 * (n_train * (2 * (train_first + deeper) + deeper) + n_test * (test_first + deeper))
     return cfg.epochs * per_epoch

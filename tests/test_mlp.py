@@ -291,8 +291,8 @@ def test_cli_train_writes_a_run_that_reloads(tiny, tmp_path, capsys):
     text = capsys.readouterr().out
     assert "phase" in text and "backward" in text
     layout = json.loads((out / "run.json").read_text())["input_layout"]
-    assert layout["core"] + layout["tail"] + layout["blank"] == 784
-    assert f"input columns: {layout['core']} for every image" in text
+    assert layout["active"] + layout["blank"] == 784 and 0 < layout["columns_per_image"] <= 784
+    assert f"input columns: {layout['active']} active, {layout['blank']} blank ones skipped" in text
     last = text.strip().splitlines()[-1]
     assert last.startswith("test accuracy ") and str(out) in last
     for name in ("run.json", "weights.npz", "preprocess.npz", "history.json", "history.csv"):

@@ -6,11 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mnistlab.mlp import MLP, MLPConfig, Trainer, backprop, layout
+from mnistlab.mlp import MLP, MLPConfig, Trainer, backprop, layout, staircase
 
 
 def _data(n=300, width=20, classes=4, seed=5):
-    """Dense columns plus rarely nonzero ones, so the tail block engages too."""
+    """Dense columns plus rarely nonzero ones, so the staircase skips columns too."""
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((n, width)).astype(np.float32)
     x[:, :4] *= rng.random((n, 4)) < 0.05
@@ -28,6 +28,9 @@ def _data(n=300, width=20, classes=4, seed=5):
     ],
 )
 def test_padded_hidden_units_stay_zero_and_change_no_bit(activation, hidden, padded, chunk, monkeypatch):
+    # groups of a few rows, columns in steps of 4: the staircase engages on 20 columns
+    monkeypatch.setattr(staircase, "GROUP_OVERHEAD", 0)
+    monkeypatch.setattr(staircase, "STEP", 4)
     x, y = _data(n=1000)
     cfg = MLPConfig(
         input_size=20, hidden=hidden, n_classes=4, epochs=2, batch_size=500, lr=0.2, l1=1e-4, l2=1e-3,
@@ -38,10 +41,10 @@ def test_padded_hidden_units_stay_zero_and_change_no_bit(activation, hidden, pad
     history = trainer.fit(x, y, test=(x[:50], y[:50]))
     working = trainer.fit_state.working
     # sigmoid maps 0 to 1/2: a pad unit would not stay silent, so those layers are not padded
-    assert working.sizes == (20, *padded, 4) and trainer.layout["tail"] > 0
+    assert working.sizes == (20, *padded, 4) and trainer.layout["columns_per_image"] < 20
     params = trainer.fit_state.optimizer.params
     (h1, h2) = hidden
-    assert not params.weights[0][:, h1:].any() and not params.tail[:, h1:].any()
+    assert not params.weights[0][:, h1:].any()
     assert not params.biases[0][h1:].any() and not params.biases[1][h2:].any()
     assert not params.weights[1][h1:].any() and not params.weights[1][:, h2:].any()
     assert not params.weights[2][h2:].any()
@@ -74,21 +77,29 @@ def test_epoch_tally_counts_what_the_batch_saw(output):
     assert row["mean_abs_error"] == pytest.approx(np.abs(proba - onehot).mean(), rel=1e-12)
 
 
-def test_epoch_arrangement_puts_each_chunks_tail_images_first_in_order():
-    """TrainData.arrange, once per epoch, equals partitioning every chunk on its own: the images with
-    ink in the tail columns first, each group in the epoch's order."""
+def test_epoch_arrangement_sorts_each_chunk_by_descending_reach_in_order(monkeypatch):
+    """Staircase.arrange, once per epoch, equals sorting every chunk on its own by descending reach
+    (stably: equals in the epoch's order), and gives each group the columns of its first image's
+    reach, rounded up to a step."""
+    monkeypatch.setattr(staircase, "GROUP_OVERHEAD", 0)
+    monkeypatch.setattr(staircase, "STEP", 4)
     x, y = _data(n=1000)
     model = MLP(MLPConfig(input_size=20, hidden=(6,), n_classes=4))
-    data = layout.TrainData(model, x, y, 0.1, 500)
-    assert data.n_tail and 0 < data.touch_fraction < 1
+    data = layout.TrainData(model, x, y, "auto")
+    assert len(np.unique(data.levels)) > 1
     order = np.random.default_rng(3).permutation(1000)
     starts = np.array([0, 300, 500, 800, 950])  # uneven chunks, as batches of 500 in chunks of 300 give
-    arranged, counts = data.arrange(order, starts, layout.chunk_keys(1000, starts))
-    for lo, hi, count in zip(starts, [*starts[1:], 1000], counts):
+    stairs = staircase.Staircase(data.levels, data.width, starts, 1000)
+    arranged, steps = stairs.arrange(order)
+    for lo, hi, chunk_steps in zip(starts, [*starts[1:], 1000], steps):
         chunk = order[lo:hi]
-        touch = data.touches[chunk]
-        np.testing.assert_array_equal(arranged[lo:hi], np.concatenate([chunk[touch], chunk[~touch]]))
-        assert count == touch.sum()
+        expected = chunk[np.argsort(-data.levels[chunk].astype(int), kind="stable")]
+        np.testing.assert_array_equal(arranged[lo:hi], expected)
+        bounds = chunk_steps.bounds
+        assert bounds[0] == 0 and bounds[-1] == hi - lo and len(bounds) > 2
+        for (a, b, columns) in chunk_steps.forward():
+            reach = data.levels[arranged[lo + a : lo + b]].astype(int) * 4
+            assert columns == min(reach.max(), data.width) and columns == min(reach[0], data.width)
 
 
 def test_tally_counts_argmax_hits_with_ties_as_argmax_breaks_them():

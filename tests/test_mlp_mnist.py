@@ -22,10 +22,11 @@ def test_one_epoch_on_a_few_thousand_mnist_images_is_sane():
 
 
 @pytest.mark.slow
-def test_tail_columns_on_mnist_train_like_dense_products():
-    """On MNIST the trainer moves the rarely inked columns into a tail block (see _TrainData):
-    the same sums in another order, so float64 training matches dense products closely, and the
-    per-epoch test accuracy (computed on the split layout) matches the model's own."""
+def test_staircase_on_mnist_trains_like_dense_products():
+    """On MNIST the first layer multiplies each image's row only up to its last ink (a staircase
+    of groups, see mlp/staircase.py): the same sums in another order, so float64 training matches
+    dense products closely, and the per-epoch test accuracy (computed on the staircase's layout)
+    matches the model's own."""
     import numpy as np
 
     from mnistlab.mlp import Trainer
@@ -41,8 +42,8 @@ def test_tail_columns_on_mnist_train_like_dense_products():
         hist = trainer.fit(x, ds.train_labels, test=(xt, ds.test_labels))
         runs[split] = (model, trainer.layout, hist)
     split_model, layout, hist = runs["auto"]
-    assert layout["tail"] > 100 and 0 < layout["tail_rows"] < 0.5, layout
-    assert layout["core"] + layout["tail"] + layout["blank"] == 784
+    assert layout["groups"] > 2 and layout["columns_per_image"] < 0.75 * layout["active"], layout
+    assert layout["active"] + layout["blank"] == 784 and 0 < layout["always"] < layout["active"] / 2
     np.testing.assert_allclose(split_model.params, runs[None][0].params, rtol=1e-9, atol=1e-11)
     assert hist[-1]["test_accuracy"] == split_model.accuracy(xt, ds.test_labels)
     assert [r["loss"] for r in hist] == pytest.approx([r["loss"] for r in runs[None][2]], rel=1e-10)
@@ -62,6 +63,7 @@ def test_raw_test_images_are_scored_like_the_model():
         model = MLP(cfg, preprocess=pre)
         trainer = Trainer(model)
         hist = trainer.fit(ds.train_images, ds.train_labels, test=(ds.test_images, ds.test_labels))
-        assert 0 < trainer.layout["test_rest_rows"] < 0.5, trainer.layout
+        # standardization: its centred columns are multiplied for every image
+        assert trainer.layout["test_columns_per_image"] < (784 if kind == "standard" else 600), trainer.layout
         assert hist[0]["test_accuracy"] == model.accuracy(pre(ds.test_images), ds.test_labels)
         assert hist[0]["test_accuracy"] > 0.8, kind

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mnistlab.mlp import MLP, MLPConfig, Trainer
+from mnistlab.mlp import MLP, MLPConfig, Trainer, staircase
 from mnistlab.mlp.config import PRESETS
 from mnistlab.mlp.reference import train_reference
 
@@ -15,7 +15,7 @@ def _data(n: int = 120, width: int = 20, classes: int = 4) -> tuple[np.ndarray, 
     rng = np.random.default_rng(7)
     x = rng.normal(0, 1, (n, width))
     x[:, 0] = 0  # blank in every image: skipped
-    x[:, 1:5] *= rng.random((n, 4)) < 0.06  # rarely nonzero: a tail block under split=0.2
+    x[:, 1:5] *= rng.random((n, 4)) < 0.06  # rarely nonzero: the staircase's columns under split=0.2
     y = (x[:, 5:9] + 0.3 * rng.normal(0, 1, (n, 4))).argmax(axis=1) % classes
     return x, y
 
@@ -52,7 +52,10 @@ CASES = {
 
 @pytest.mark.parametrize("case", sorted(CASES))
 @pytest.mark.parametrize("chunk, split", [(500, "auto"), (16, 0.2)])
-def test_fast_trainer_equals_reference(case, chunk, split):
+def test_fast_trainer_equals_reference(case, chunk, split, monkeypatch):
+    # groups of a few rows, columns in steps of 4: the staircase engages on 20 columns
+    monkeypatch.setattr(staircase, "GROUP_OVERHEAD", 0)
+    monkeypatch.setattr(staircase, "STEP", 4)
     x, y = _data()
     cfg = MLPConfig(
         input_size=20,
@@ -68,7 +71,9 @@ def test_fast_trainer_equals_reference(case, chunk, split):
     trainer = Trainer(fast, chunk=chunk, split=split, adapt_threads=False)
     history = trainer.fit(x, y)
     losses = train_reference(slow, x, y)
-    assert trainer.layout["blank"] == 1 and (split != 0.2 or trainer.layout["tail"] == 4), trainer.layout
+    layout = trainer.layout
+    assert layout["blank"] == 1 and layout["always"] == 15, layout  # the dense columns
+    assert layout["groups"] > 1 and layout["columns_per_image"] < 20, layout  # columns skipped
     np.testing.assert_allclose(fast.params, slow.params, rtol=1e-9, atol=1e-12)
     assert [row["loss"] for row in history] == pytest.approx(losses, rel=1e-10)
     assert not np.allclose(slow.params, MLP(cfg).params)  # it trained

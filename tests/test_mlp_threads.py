@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -43,27 +44,16 @@ def split():
         rows.close()
 
 
-@pytest.mark.parametrize("transposed", [False, True])
-def test_row_split_is_bit_identical_to_one_thread(split, transposed):
-    """The first layer's products at batch 500 (forward: inputs @ weights; backward: inputs.T @
-    delta), cut by output rows across two threads, equal the whole product on one thread bit for
-    bit, and the tail's product runs meanwhile."""
-    rng = np.random.default_rng(3)
-    x = rng.integers(0, 256, (500, 483)).astype(np.float32)
-    other = rng.standard_normal((500 if transposed else 483, 70)).astype(np.float32)
-    a = x.T if transposed else x
-    whole = np.matmul(a, other)
-    out = np.full_like(whole, np.nan)
+def test_row_split_runs_jobs_on_its_threads_and_deals_lists_in_order(split):
+    """``spread`` runs the first job in the calling thread and the others on workers; ``deal``
+    hands a list out in order, as evenly as whole items allow."""
+    from mnistlab.mlp.threads import deal
+
     ran = []
-    for _ in range(3):  # the cuts are found on the first call and reused
-        split.matmul(a, other, out, meanwhile=lambda: ran.append(1))
-        np.testing.assert_array_equal(out, whole)
-    (cuts,) = split.cut_at.values()
-    assert len(cuts) == 1 and 96 <= cuts[0] <= a.shape[0] - 96 and len(ran) == 3
-    split.active = False  # one thread: the product whole
-    out.fill(np.nan)
-    split.matmul(a, other, out)
-    np.testing.assert_array_equal(out, whole)
+    split.spread([lambda: ran.append(threading.current_thread().name)] * 2)
+    assert sorted(ran) == sorted([threading.current_thread().name, "mnistlab-rows"])
+    assert deal([1, 2, 3, 4, 5], 2) == [[1, 2], [3, 4, 5]] and deal([1], 3) == [[], [1], []]
+    assert sum(deal(list(range(7)), 3), []) == list(range(7))
 
 
 def _with_avx2_kernels(code: str, timeout: float = 120) -> str:
@@ -76,32 +66,9 @@ def _with_avx2_kernels(code: str, timeout: float = 120) -> str:
     return done.stdout
 
 
-def test_row_split_is_bit_identical_with_avx2_kernels():
-    """The same on OpenBLAS's AVX2 (Haswell) kernels, which AVX2-only CPUs get: their row block is
-    24, and a cut off it changes the last bits (the AVX-512 kernels here would not catch that)."""
-    pytest.importorskip("threadpoolctl")
-    code = (
-        "import numpy as np, threadpoolctl\n"
-        "from mnistlab.mlp.threads import RowSplit\n"
-        "assert threadpoolctl.threadpool_info()[0]['architecture'] == 'Haswell'\n"
-        "threadpoolctl.threadpool_limits(1, user_api='blas')\n"
-        "rng = np.random.default_rng(4)\n"
-        "x = rng.integers(0, 256, (500, 483)).astype(np.float32)\n"
-        "split = RowSplit(2)\n"
-        "for a, b in ((x, rng.standard_normal((483, 70))), (x.T, rng.standard_normal((500, 70)))):\n"
-        "    b = b.astype(np.float32)\n"
-        "    out = split.matmul(a, b, np.empty((a.shape[0], 70), np.float32))\n"
-        "    assert np.array_equal(out, a @ b), 'split differs'\n"
-        "print(*[c for cuts in split.cut_at.values() for c in cuts])\n"
-    )
-    cuts = [int(c) for c in _with_avx2_kernels(code).split()]
-    assert cuts and all(c % 24 == 0 for c in cuts)
-
-
 def test_row_split_checks_every_cut_against_the_avx2_kernels():
-    """``reproduces`` (the check behind every row cut of the training step) tells a cut on the
-    AVX2 kernel's 24-row block from one off it, whose rows round differently; a cut asked for at
-    a share of the rows lands on a block near that share."""
+    """``reproduces`` (the check behind the deeper layers' row cut on two threads) tells a cut on
+    the AVX2 kernel's 24-row block from one off it, whose rows round differently."""
     pytest.importorskip("threadpoolctl")
     code = (
         "import numpy as np, threadpoolctl\n"
@@ -115,19 +82,18 @@ def test_row_split_checks_every_cut_against_the_avx2_kernels():
         "off = split.reproduces(x, w, (0, 100, 500))\n"
         "whole = x @ w\n"
         "cut = np.concatenate([x[:100] @ w, x[100:] @ w])\n"
-        "print(on, off, np.array_equal(cut, whole), *split.cuts(x, w, share=0.4))\n"
+        "print(on, off, np.array_equal(cut, whole))\n"
     )
-    on, off, off_equal, cut = _with_avx2_kernels(code).split()
+    on, off, off_equal = _with_avx2_kernels(code).split()
     assert (on, off, off_equal) == ("True", "False", "False")
-    assert int(cut) % 24 == 0 and abs(int(cut) - 200) <= 24
 
 
 def test_row_split_hands_a_workers_error_to_the_caller(split):
     a = np.ones((400, 30), np.float32)
+    wrong, out = np.empty((400, 6), np.float32), np.empty((400, 5), np.float32)
     with pytest.raises(ValueError):
-        split.matmul(a, np.ones((30, 5), np.float32), np.empty((400, 6), np.float32))
-    out = np.empty((400, 5), np.float32)
-    split.matmul(a, np.ones((30, 5), np.float32), out)  # the worker still serves
+        split.spread([lambda: None, lambda: np.matmul(a, np.ones((30, 5), np.float32), out=wrong)])
+    split.spread([lambda: None, lambda: np.matmul(a, np.ones((30, 5), np.float32), out=out)])  # still serves
     np.testing.assert_array_equal(out, 30)
 
 
@@ -196,7 +162,7 @@ def test_thread_choice_asks_longer_slowdowns_after_false_alarms(split):
 
 def _inked_images(n, seed=0):
     """uint8 images like MNIST's: a blank border, a dense centre and rare ink around it, so the
-    trainer's layout has inactive, core and tail columns."""
+    trainer's layout has inactive columns and a staircase of several groups."""
     rng = np.random.default_rng(seed)
     images = np.zeros((n, 28, 28), np.uint8)
     centre = rng.integers(0, 256, (n, 16, 16)) * (rng.random((n, 16, 16)) < 0.4)
@@ -210,9 +176,9 @@ def _inked_images(n, seed=0):
 
 def test_training_on_two_threads_gives_the_weights_of_one_thread():
     """The same weights and history, bit for bit, on one thread, on the split's two (each thread
-    gathering and multiplying its block of a chunk's rows, the next chunk's gathered ahead, the
-    first layer's gradient cut by rows, the test pass by blocks) and with the timed choice
-    switching between them; the limit is restored after."""
+    gathering and multiplying its groups of a chunk's rows, the next chunk's gathered ahead, the
+    first layer's gradient column blocks divided, the test pass by blocks) and with the timed
+    choice switching between them; the limit is restored after."""
     threadpoolctl = pytest.importorskip("threadpoolctl")
     from mnistlab.data import Preprocessor
 
@@ -233,10 +199,10 @@ def test_training_on_two_threads_gives_the_weights_of_one_thread():
             assert backprop.products is None and backprop.ahead is None  # the epoch's last chunk has no next
         if adapt:
             assert trainer.thread_choice.log and trainer.thread_choice.log[0][1] in (1, 2)
-            assert any(trainer.thread_choice.split.cut_at.values())  # the products were cut
+            assert any(trainer.fit_state.backprop.deeper_cuts.values())  # the threads shared the chunks
         else:
             assert trainer.thread_choice is None
-    assert trainer.layout["tail"] > 0 and trainer.layout["blank"] > 0
+    assert trainer.layout["groups"] > 1 and trainer.layout["blank"] > 0
     np.testing.assert_array_equal(weights[2, False], weights[1, False])
     np.testing.assert_array_equal(weights[2, True], weights[1, False])
     assert histories[2, False] == histories[1, False] == histories[2, True]
@@ -253,16 +219,16 @@ from test_mlp_threads import _inked_images
 from mnistlab.data import Preprocessor
 from mnistlab.mlp import MLP, MLPConfig, Trainer, backprop
 assert threadpoolctl.threadpool_info()[0]['architecture'] == 'Haswell'
-used = {{'blocks': 0, 'ahead': 0}}
-row_blocks, first_layer_rows = backprop.Backprop._row_blocks, backprop.Backprop._first_layer_rows
-def counted_blocks(self, k, n_touch):
-    blocks = row_blocks(self, k, n_touch)
-    used['blocks'] += bool(blocks)
-    return blocks
-def counted_rows(self, lo, hi, product, phases=None, gathered=False):
+used = {{'shared': 0, 'ahead': 0}}
+deeper_cut, first_layer_rows = backprop.Backprop._deeper_cut, backprop.Backprop._first_layer_rows
+def counted_cut(self, k, cut):
+    used['shared'] += 1  # asked only for a chunk the threads share
+    return deeper_cut(self, k, cut)
+def counted_rows(self, groups, lo, hi, phases=None, gathered=False):
     used['ahead'] += gathered
-    return first_layer_rows(self, lo, hi, product, phases, gathered)
-backprop.Backprop._row_blocks, backprop.Backprop._first_layer_rows = counted_blocks, counted_rows
+    return first_layer_rows(self, groups, lo, hi, phases, gathered)
+backprop.Backprop._deeper_cut, backprop.Backprop._first_layer_rows = counted_cut, counted_rows
+kept_deeper_cut = []
 images, labels = _inked_images(2300)
 test = _inked_images(1500, seed=1)
 for batch in (500, 1000):  # one chunk per batch; two chunks, their gradients summed
@@ -274,17 +240,20 @@ for batch in (500, 1000):  # one chunk per batch; two chunks, their gradients su
         history = trainer.fit(images, labels, test=test, threads=threads)
         kept = [(r['test_accuracy'], r['loss'], r['train_accuracy']) for r in history]
         runs.append((trainer.model.params, kept))
+        kept_deeper_cut += trainer.fit_state.backprop.deeper_cuts.values()
     assert np.array_equal(runs[0][0], runs[1][0]), 'weights differ'
     assert runs[0][1] == runs[1][1], 'history differs'
-print(used['blocks'], used['ahead'])
+print(used['shared'], used['ahead'], all(kept_deeper_cut))
 """
 
 
 def test_training_on_two_threads_is_bit_identical_with_avx2_kernels():
     """The whole training step on two threads with OpenBLAS's AVX2 (Haswell) kernels, whose row
     block (24) differs from the AVX-512 kernels': the same weights and history as one thread, with
-    the rows cut between threads and gathered ahead, for one and for two chunks per batch."""
+    the products divided between threads and rows gathered ahead, for one and for two chunks per
+    batch; the thread boundary lies on the kernel's row block, so the deeper layers run cut there."""
     pytest.importorskip("threadpoolctl")
     code = _PIPELINE_RUN.format(tests=os.path.dirname(os.path.abspath(__file__)))
-    blocks, ahead = map(int, _with_avx2_kernels(code, timeout=300).split())
-    assert blocks >= 10 and ahead >= 8  # 10 chunks per epoch cut across threads, most gathered ahead
+    shared, ahead, deeper_cut = _with_avx2_kernels(code, timeout=300).split()
+    # 10 chunks per epoch shared by the threads, most gathered ahead
+    assert int(shared) >= 10 and int(ahead) >= 8 and deeper_cut == "True"

@@ -113,7 +113,7 @@ def test_forward_loss_and_every_gradient_match_autograd(activation, output, reg,
 
 def _sparse_data(n=40, seed=1):
     """Inputs whose last four columns are nonzero in three rows only (MNIST's rarely inked ring),
-    and one blank column: with split above 3/n the trainer takes the rare columns as a tail block."""
+    and one blank column: with split above 3/n the staircase covers the rare columns only."""
     x, y = _data(n=n, seed=seed, blank=(2,))
     x[:, 8:] = 0
     x[[n // 13, n * 5 // 12, n * 3 // 4], 8:] = np.random.default_rng(seed).standard_normal((3, 4))
@@ -121,9 +121,11 @@ def _sparse_data(n=40, seed=1):
 
 
 @pytest.mark.parametrize("activation,output", [("relu", "softmax"), ("tanh", "sigmoid")])
-def test_tail_columns_give_autograd_gradients(activation, output):
-    """The first layer's products split into core columns (all rows) and tail columns (only the
-    rows with ink there) still give exact gradients, also in chunks where no row touches the tail."""
+def test_staircase_gives_autograd_gradients(activation, output, monkeypatch):
+    """The first layer's products as a staircase (groups of rows multiplying the columns up to
+    their last ink) still give exact gradients, also in chunks where no row has ink in the rare
+    columns."""
+    _fine_staircase(monkeypatch)
     model = _model(activation, output, l1=0.01, l2=0.02)
     x, y = _sparse_data()
     ws, bs = _torch_params(model)
@@ -133,7 +135,9 @@ def test_tail_columns_give_autograd_gradients(activation, output):
     for chunk in (1000, 5):  # chunks of 5 rows: most contain none of rows 3, 17, 30
         trainer = Trainer(model, chunk=chunk, split=0.2)
         cost, _, grads = trainer.loss_and_gradients(x, y)
-        assert trainer.layout == {"core": 7, "tail": 4, "tail_rows": 3 / 40, "blank": 1}
+        layout = trainer.layout
+        assert (layout["active"], layout["always"], layout["blank"]) == (11, 7, 1), layout
+        assert layout["columns_per_image"] < 11 <= 12 == trainer.fit_state.data.width
         assert math.isclose(cost, data.item(), rel_tol=1e-10)
         for i, (w, b) in enumerate(zip(ws, bs), start=1):
             np.testing.assert_allclose(
@@ -144,18 +148,28 @@ def test_tail_columns_give_autograd_gradients(activation, output):
             )
 
 
-def test_raw_unit_images_give_autograd_gradients():
+def _fine_staircase(monkeypatch):
+    """Groups of a few rows and columns in steps of 2, so that the staircase engages on a few
+    columns (the defaults are for MNIST's 717)."""
+    from mnistlab.mlp import staircase
+
+    monkeypatch.setattr(staircase, "GROUP_OVERHEAD", 0)
+    monkeypatch.setattr(staircase, "STEP", 2)
+
+
+def test_raw_unit_images_give_autograd_gradients(monkeypatch):
     """Raw uint8 images under unit scaling: the trainer multiplies raw pixel values with first-layer
     weights kept divided by 255 (no division per chunk). Loss, regularization (L1 and L2 on the
     model's weights) and every gradient still equal autograd's on the preprocessed inputs, with
-    blank and tail columns, in one chunk and in several."""
+    blank and rare columns, in one chunk and in several."""
     from mnistlab.data import Preprocessor
 
+    _fine_staircase(monkeypatch)
     rng = np.random.default_rng(5)
     n = 40
     images = np.zeros((n, 28, 28), np.uint8)
     images[:, 6:22, 6:22] = rng.integers(0, 256, (n, 16, 16))  # blank border around the ink
-    images[[3, 17, 30], 2, 4:9] = rng.integers(1, 256, (3, 5))  # rare ink: tail columns
+    images[[3, 17, 30], 2, 4:9] = rng.integers(1, 256, (3, 5))  # rare ink: the staircase's last columns
     y = rng.integers(0, 10, n)
     pre = Preprocessor.fit("unit", images)
     cfg = MLPConfig(hidden=(9, 6), activation="tanh", output="softmax", l1=0.01, l2=0.02, seed=4)
@@ -169,7 +183,7 @@ def test_raw_unit_images_give_autograd_gradients():
     for chunk in (1000, 7):
         trainer = Trainer(model, chunk=chunk, split=0.1)
         cost, reg, grads = trainer.loss_and_gradients(images, y)
-        assert trainer.input_scale == 255 and trainer.layout["tail"] == 5, trainer.layout
+        assert trainer.input_scale == 255 and trainer.layout["always"] == 16 * 16, trainer.layout
         assert math.isclose(cost, data.item(), rel_tol=1e-5)
         assert math.isclose(reg, regc.item(), rel_tol=1e-5)
         for i, (w, b) in enumerate(zip(ws, bs), start=1):
@@ -271,7 +285,8 @@ def test_sgd_steps_match_torch_optim(opts, blank):
 
     trainer = Trainer(model, split=0.3 if blank == "tail" else "auto")
     trainer.fit(x, y)
-    assert trainer.layout["tail"] == (4 if blank == "tail" else 0)
+    # dense columns are multiplied for every image; the rare ones under split 0.3 only where inked
+    assert trainer.layout["always"] == (7 if blank == "tail" else trainer.layout["active"])
     _assert_same_params(model, ws, bs)
 
 
@@ -297,7 +312,8 @@ def test_adam_steps_match_torch_optim(opts, blank):
 
     trainer = Trainer(model, split=0.3 if blank == "tail" else "auto")
     trainer.fit(x, y)
-    assert trainer.layout["tail"] == (4 if blank == "tail" else 0)
+    # dense columns are multiplied for every image; the rare ones under split 0.3 only where inked
+    assert trainer.layout["always"] == (7 if blank == "tail" else trainer.layout["active"])
     _assert_same_params(model, ws, bs)
 
 

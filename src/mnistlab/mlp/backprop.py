@@ -5,9 +5,10 @@ views); biases are added by broadcasting; activations are computed in place and 
 taken from the kept outputs; the gradient with respect to the network's inputs is never computed.
 The caller's factor (the learning rate over the batch size, for SGD) is folded into the output
 delta, so the products deliver the scaled gradient with no extra pass over the parameters.
-With several threads (``products``) the large first-layer products and the gathering are cut by
-rows; the many small NumPy calls stay on the calling thread, where they overlap the workers' long
-products: cut across threads, each would hand the interpreter lock back and forth.
+The first layer multiplies each chunk as a staircase of products (mlp/staircase.py). With several
+threads (``products``) the threads divide that list of products, and each gathers the rows it
+multiplies; the many small NumPy calls stay on the calling thread, where they overlap the workers'
+long products: cut across threads, each would hand the interpreter lock back and forth.
 """
 
 from __future__ import annotations
@@ -22,19 +23,13 @@ from . import activations as act
 from .layout import ParamViews, TrainData, WorkingLayout
 from .model import MLP
 from .profile import Phases
-from .threads import RowSplit
+from .staircase import Steps
+from .threads import RowSplit, deal
 
 # Softmax and cross-entropy are unchanged by a shift per row. One shift for a whole chunk is a
 # scalar subtraction; it is safe while every logit lies within this much of the top one (every
 # exp stays a normal float32), else each row is shifted by its own max.
 SHARED_SHIFT_RANGE = 60.0
-
-# With several threads, the calling thread's share of the rows of the first layer's products: it
-# also gathers and multiplies the tail columns, and meanwhile takes its rows through the deeper
-# layers (forward) or multiplies the deeper layers' gradients (backward). Picked by timing the
-# default network on MNIST (docs/performance.md).
-FORWARD_SHARE = 0.4
-BACKWARD_SHARE = 0.35
 
 
 class Tally:
@@ -84,28 +79,20 @@ class Tally:
         return int(np.count_nonzero(hit)) - int(misses)
 
 
-Product = Callable[[np.ndarray, np.ndarray, np.ndarray, "Callable[[], Any] | None"], None]
-
-
-def _whole(a: np.ndarray, b: np.ndarray, out: np.ndarray, meanwhile: Callable[[], Any] | None) -> None:
-    np.matmul(a, b, out=out)
-    if meanwhile is not None:
-        meanwhile()
-
-
 def _in_turn(jobs: list[Callable[[], Any]]) -> None:
     for job in jobs:
         job()
 
 
 class Chunk:
-    """The chunk a ``Backprop.run`` is working on: its images (tail-touching ones first), their
-    gathered inputs and the parameters they are multiplied with."""
+    """The chunk a ``Backprop.run`` is working on: its images (in descending reach), their
+    first-layer products (``steps``), their gathered inputs and the parameters they are multiplied
+    with."""
 
     def __init__(
-        self, data: TrainData, idx: np.ndarray, n_touch: int, xb: np.ndarray, params: ParamViews
+        self, data: TrainData, idx: np.ndarray, steps: Steps, xb: np.ndarray, params: ParamViews
     ) -> None:
-        self.data, self.idx, self.n_touch, self.xb, self.params = data, idx, n_touch, xb, params
+        self.data, self.idx, self.steps, self.xb, self.params = data, idx, steps, xb, params
 
 
 class Backprop:
@@ -126,12 +113,9 @@ class Backprop:
         self.fan_in = [None, *self.widths[:-1]]
         # Two input buffers, used in turn with several threads: a worker gathers the next chunk
         # into one while the other still holds the inputs of this chunk's weight gradient.
-        self.inputs = [np.empty((rows, data.n_core), dt) for _ in range(2)]
+        self.inputs = [np.empty((rows, data.width), dt) for _ in range(2)]
         self.flip = 0
-        self.raw_inputs = np.empty((rows, data.n_core), np.uint8) if data.raw else None
-        self.tail_inputs = np.empty((rows, data.n_tail), dt)
-        self.raw_tail = np.empty((rows, data.n_tail), np.uint8) if data.raw else None
-        self.tail_z = np.empty((rows, sizes[1]), dt)  # the tail columns' share of the first layer's z
+        self.raw_inputs = np.empty((rows, data.width), np.uint8) if data.raw else None
         self.tally = Tally(data.n, sizes[-1], dt)
         # per position in the epoch's order: where its chunk's output row starts in the flat outputs,
         # then (``start_epoch``) where its true class is
@@ -145,19 +129,19 @@ class Backprop:
         self.logits = np.empty((rows, sizes[-1]), dt)
         # the gradient of a batch's later chunks, added into the optimizer's
         self.part: ParamViews | None = working.views(np.zeros(working.size, dt)) if summed else None
-        # several cores, set by the trainer (None: one thread): each gathers a block of the chunk's
-        # rows and multiplies it by the first layer's weights; the first layer's weight gradient is
-        # cut by its rows (the input columns)
+        # several cores, set by the trainer (None: one thread): the threads divide each chunk's
+        # first-layer products (see staircase) and each gathers the rows it multiplies
         self.products: RowSplit | None = None
         self.chunk: Chunk | None = None
-        # (where, first row gathered) of the next chunk, gathered ahead by a worker into the input
-        # buffer it will use
-        self.ahead: tuple[int, int] | None = None
-        # per (threads, chunk length): where the chunk's rows are cut between the threads (see _cuts)
-        self.row_cuts: dict[tuple[int, int], tuple[int, ...]] = {}
+        # where in the epoch's order the next chunk begins whose worker rows were gathered ahead
+        # into the input buffer it will use
+        self.ahead: int | None = None
+        # per (chunk length, thread boundary): whether the deeper layers' forward products, cut there,
+        # reproduce the whole ones (see RowSplit.reproduces)
+        self.deeper_cuts: dict[tuple[int, int], bool] = {}
 
     def start_epoch(self, data: TrainData, order: np.ndarray) -> None:
-        """Take the labels of the epoch's ``order`` (as arranged, see TrainData.arrange) at once."""
+        """Take the labels of the epoch's ``order`` (as arranged, see Staircase.arrange) at once."""
         labels = np.take(data.labels, order, out=self.tally.labels, mode="clip")
         np.add(self.row_offsets, labels, out=self.label_at)
         self.ahead = None  # gathered from another order
@@ -166,44 +150,45 @@ class Backprop:
         self,
         data: TrainData,
         idx: np.ndarray,
-        n_touch: int,
+        steps: Steps,
         at: int,
         params: ParamViews,
         grad: ParamViews,
         first: bool,
         scale: float,
         phases: Phases,
-        following: tuple[int, np.ndarray, int] | None = None,
+        following: tuple[int, np.ndarray, Steps] | None = None,
     ) -> float:
         """Forward and backward for the images ``idx``, which sit at ``at`` in the epoch's arranged
-        order (the ``n_touch`` with ink in the tail columns first; ``start_epoch`` took their
-        labels): the gradient times ``scale`` goes into ``grad`` (``first``: the batch's first
-        chunk) or is added to it. Returns the chunk's summed data loss; ``tally`` keeps what the
-        epoch's accuracy and error need. ``following``: the next chunk's place, images (arranged)
-        and tail count, whose rows a worker may gather ahead while this thread computes the loss
+        order (in descending reach, multiplied as ``steps``; ``start_epoch`` took their labels):
+        the gradient times ``scale`` goes into ``grad`` (``first``: the batch's first chunk) or is
+        added to it. Returns the chunk's summed data loss; ``tally`` keeps what the epoch's
+        accuracy and error need. ``following``: the next chunk's place, images (arranged) and
+        products, whose worker rows a worker may gather ahead while this thread computes the loss
         and the deltas."""
         k = len(idx)
         ahead, self.ahead = self.ahead, None
-        gathered = ahead[1] if ahead is not None and ahead[0] == at else k  # first row gathered ahead
+        split = self.products if self.products is not None and self.products.active else None
         if self.products is not None:
             self.flip ^= 1
-        self.chunk = Chunk(data, idx, n_touch, self.inputs[self.flip][:k], params)
-        blocks = self._row_blocks(k, n_touch)
-        if blocks:
-            # each thread gathers and multiplies its own rows; the calling thread, which also has the
-            # tail, then takes its rows through the other layers while the workers finish
-            (lo, hi), *others = blocks
-            mine = [partial(self._first_layer_rows, lo, hi, _whole), partial(self._forward_rows, lo, hi)]
+        self.chunk = Chunk(data, idx, steps, self.inputs[self.flip][:k], params)
+        cut = steps.worker_row if split is not None else None
+        if cut is not None:
+            # each thread gathers and multiplies its own groups' rows; the calling thread then takes
+            # its rows through the other layers while the workers finish
+            whole_deeper = not self._deeper_cut(k, cut)
+            mine = [partial(self._first_layer_rows, steps.forward(0, steps.plan.worker_group), 0, cut)]
+            if not whole_deeper:
+                mine.append(partial(self._forward_rows, 0, cut))
             theirs = [
-                partial(self._first_layer_rows, a, b, _whole, gathered=a >= gathered) for a, b in others
+                partial(self._first_layer_rows, groups, groups[0][0], groups[-1][1], gathered=ahead == at)
+                for groups in deal(steps.forward(steps.plan.worker_group), split.parts - 1)
+                if groups
             ]
-            self.products.spread([partial(_in_turn, mine), *theirs])
-            for a, b in others:
-                self._forward_rows(a, b)
+            split.spread([partial(_in_turn, mine), *theirs])
+            self._forward_rows(0 if whole_deeper else cut, k)
         else:
-            # a split whose rows could not be cut for the whole forward pass still cuts this product
-            product = _whole if self.products is None else self.products.matmul
-            self._first_layer_rows(0, k, product, phases)
+            self._first_layer_rows(steps.forward(), 0, k, phases)
             self._forward_rows(0, k)
         phases.lap("forward")
 
@@ -214,8 +199,8 @@ class Backprop:
             phases.lap("loss")
             self._hidden_deltas(k)
 
-        if blocks and following is not None:
-            self.products.spread([deltas, partial(self._gather_ahead, data, *following)])
+        if cut is not None and following is not None:
+            split.spread([deltas, partial(self._gather_ahead, data, *following)])
         else:
             deltas()
         (loss,) = losses
@@ -226,78 +211,53 @@ class Backprop:
         phases.lap("backward")
         return loss
 
-    def _row_blocks(self, k: int, n_touch: int) -> list[tuple[int, int]]:
-        """The blocks of the chunk's rows each thread gathers and multiplies by the first layer's
-        weights (empty: one thread). A row cut changes no sum, but every product cut there must
-        reproduce its whole product (see RowSplit), and the tail's rows must lie in the first block
-        (the calling thread's)."""
-        split = self.products
-        if split is None or not split.active:
-            return []
-        cuts = self._cuts(k)
-        if not cuts or n_touch > cuts[0]:
-            return []
-        bounds = (0, *cuts, k)
-        return list(zip(bounds, bounds[1:]))
-
-    def _cuts(self, k: int) -> tuple[int, ...]:
-        """Where the rows of a chunk of ``k`` images are cut between the split's threads (empty:
-        not cut), found once per chunk length: the buffers and the parameters keep their layout
-        through a fit."""
-        split = self.products
-        key = (split.parts, k)
-        if key not in self.row_cuts:
-            weights = self.chunk.params.weights
-            cuts = split.cuts(self.inputs[0][:k], weights[0], share=FORWARD_SHARE)
-            bounds, fan_in = (0, *cuts, k), self.fan_in
-            # the deeper layers' forward products, run block by block
-            deeper = (
-                split.reproduces(self.acts[i - 1][:k, : fan_in[i]], weights[i][: fan_in[i]], bounds)
+    def _deeper_cut(self, k: int, cut: int) -> bool:
+        """Whether the deeper layers' forward products of a chunk of ``k`` rows may run in the row
+        blocks before and after ``cut`` (found once per layout: a row cut changes no sum, but the
+        BLAS kernel's edge blocks may add in another order)."""
+        key = (k, cut)
+        if key not in self.deeper_cuts:
+            weights, fan_in, bounds = self.chunk.params.weights, self.fan_in, (0, cut, k)
+            self.deeper_cuts[key] = all(
+                self.products.reproduces(self.acts[i - 1][:k, : fan_in[i]], weights[i][: fan_in[i]], bounds)
                 for i in range(1, len(weights))
             )
-            self.row_cuts[key] = cuts if cuts and all(deeper) else ()
-        return self.row_cuts[key]
+        return self.deeper_cuts[key]
 
-    def _gather_ahead(self, data: TrainData, at: int, idx: np.ndarray, n_touch: int) -> None:
-        """Gather the rows of the next chunk (at ``at``, images ``idx`` arranged, ``n_touch`` of them
-        with ink in the tail columns) that the workers will multiply, into the input buffer it will
-        use."""
+    def _gather_ahead(self, data: TrainData, at: int, idx: np.ndarray, steps: Steps) -> None:
+        """Gather the rows of the next chunk (at ``at``, images ``idx`` arranged, multiplied as
+        ``steps``) that the workers will multiply, into the input buffer it will use."""
+        cut = steps.worker_row
+        if cut is None:
+            return
         k = len(idx)
         xb = self.inputs[self.flip ^ 1][:k]
-        cuts = self._cuts(k)  # as _row_blocks will cut it
-        lo = cuts[0] if cuts and n_touch <= cuts[0] else k
-        raw = None if self.raw_inputs is None else self.raw_inputs[lo:k]
-        data.gather(idx[lo:k], xb[lo:k], raw)
-        self.ahead = (at, lo)
+        raw = None if self.raw_inputs is None else self.raw_inputs[cut:k]
+        groups = [(a - cut, b - cut, columns) for a, b, columns in steps.forward(steps.plan.worker_group)]
+        data.gather(idx[cut:k], xb[cut:k], raw, groups)
+        self.ahead = at
 
     def _first_layer_rows(
-        self, lo: int, hi: int, product: Product, phases: Phases | None = None, gathered: bool = False
+        self,
+        groups: list[tuple[int, int, int]],
+        lo: int,
+        hi: int,
+        phases: Phases | None = None,
+        gathered: bool = False,
     ) -> None:
         """Rows ``lo:hi`` of the chunk gathered (unless ``gathered`` ahead) and multiplied by the
-        first layer's weights (the tail columns' share added where ``lo`` is 0: the tail's rows
-        must all lie in the first block)."""
+        first layer's weights, as the ``groups`` (row start, row stop, columns) that cover them."""
         chunk = self.chunk
-        data, idx = chunk.data, chunk.idx
         rows = slice(lo, hi)
-        if gathered:
-            xb = chunk.xb[rows]
-        else:
+        xb = chunk.xb
+        if not gathered:
             raw = None if self.raw_inputs is None else self.raw_inputs[rows]
-            xb = data.gather(idx[rows], chunk.xb[rows], raw)  # (rows, core columns)
-        n_touch = chunk.n_touch if lo == 0 else 0
-        if n_touch:
-            raw_tail = None if self.raw_tail is None else self.raw_tail[:n_touch]
-            # (n_touch, tail columns)
-            xt = data.gather_tail(idx[:n_touch], self.tail_inputs[:n_touch], raw_tail)
+            chunk.data.gather(chunk.idx[rows], xb[rows], raw, [(a - lo, b - lo, k) for a, b, k in groups])
         if phases is not None:
             phases.lap("gather")
-        z = self.acts[0][rows]
-        tail_z = self.tail_z[:n_touch]
-        # the tail's share is multiplied while the other cores finish theirs
-        tail = partial(np.matmul, xt, chunk.params.tail, out=tail_z) if n_touch else None
-        product(xb, chunk.params.weights[0], z, tail)
-        if n_touch:
-            z[:n_touch] += tail_z
+        w, z = chunk.params.weights[0], self.acts[0]
+        for a, b, columns in groups:
+            np.matmul(xb[a:b, :columns], w[:columns], out=z[a:b])
 
     def _forward_rows(self, lo: int, hi: int) -> None:
         """Rows ``lo:hi`` from the first layer's products through every layer to the logits (in
@@ -336,7 +296,7 @@ class Backprop:
         """Every layer's weight and bias gradient into ``target``, from the deltas. The deeper
         layers' are multiplied while the other cores finish their share of the first layer's."""
         chunk = self.chunk
-        k, n_touch = len(chunk.idx), chunk.n_touch
+        k, steps, xb = len(chunk.idx), chunk.steps, chunk.xb
         # the pads' gradient entries are never written and stay zero
         delta = self.deltas[0][:k]  # (config: at least one hidden layer)
         # a BLAS product with a ones vector sums the rows faster than np.sum
@@ -344,22 +304,30 @@ class Backprop:
         input_scale = self.working.input_scale
         if input_scale != 1:
             delta *= 1.0 / input_scale**2  # inputs u = s x, weights W / s: gradient (u.T delta) / s**2
-        if self.working.n_tail and not n_touch:
-            target.tail.fill(0)
+        first = target.weights[0]
+        reached = steps.columns[0]  # the first group's columns are the chunk's widest
+        if reached < self.working.width:
+            first[reached : self.working.width].fill(0)  # no image of the chunk has ink there
 
-        def meanwhile() -> None:
-            if n_touch:
-                np.matmul(self.tail_inputs[:n_touch].T, delta[:n_touch], out=target.tail)
+        def column_blocks(blocks: list[tuple[int, int, int]]) -> None:
+            for lo, hi, rows in blocks:
+                np.matmul(xb[:rows, lo:hi].T, delta[:rows], out=first[lo:hi])
+
+        mine, theirs = steps.gradient()
+        split = self.products
+        if split is None or not split.active or not theirs:
+            # one thread: the deeper layers' gradients first, while their deltas are still in cache
+            # (the first layer's products stream the chunk's inputs through it)
+            self._deeper_gradients(target)
+            column_blocks(mine)
+            column_blocks(theirs)
+            return
+
+        def own() -> None:
+            column_blocks(mine)
             self._deeper_gradients(target)
 
-        split = self.products
-        if split is None or not split.active:
-            # one thread: the deeper layers' gradients first, while their deltas are still in cache
-            # (the first layer's product streams the chunk's inputs through it)
-            meanwhile()
-            np.matmul(chunk.xb.T, delta, out=target.weights[0])
-            return
-        split.matmul(chunk.xb.T, delta, target.weights[0], meanwhile, BACKWARD_SHARE)
+        split.spread([own, *(partial(column_blocks, b) for b in deal(theirs, split.parts - 1) if b)])
 
     def _deeper_gradients(self, target: ParamViews) -> None:
         k = len(self.chunk.idx)

@@ -1,11 +1,12 @@
 """How many threads the MLP's matrix products use.
 
 With more than one, the trainer keeps BLAS on one thread and spreads the work over its own threads
-(``RowSplit``): each gathers and multiplies a block of a chunk's rows, a worker gathers the next
-chunk's rows while the calling thread computes the loss, the first layer's weight gradient is cut
-by its rows and the per-epoch test pass by blocks of images -- the same arithmetic as one thread,
-bit for bit, where OpenBLAS's own threads change the last bits and lose their time in waking and
-synchronizing helpers for products this small (docs/performance.md, "Threads").
+(``RowSplit``): they divide each chunk's list of first-layer products (mlp/staircase.py), each
+gathering the rows it multiplies, a worker gathers the next chunk's rows while the calling thread
+computes the loss, and the per-epoch test pass is divided by blocks of images -- the same products
+as one thread runs in turn, bit for bit, where OpenBLAS's own threads change the last bits and lose
+their time in waking and synchronizing helpers for products this small (docs/performance.md,
+"Threads").
 
 ``"auto"`` (the default) starts from every core this process may run on and lets the trainer
 decide by timing (``ThreadChoice``): a second thread helps on an idle machine, but when other
@@ -23,7 +24,6 @@ import queue
 import statistics
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from functools import partial
 from typing import Any
 
 import numpy as np
@@ -85,28 +85,29 @@ def product_threads(threads: int | str | None) -> Iterator[tuple[int | None, Row
             split.close()
 
 
+def deal(items: list, parts: int) -> list[list]:
+    """``items`` in ``parts`` runs, in order, as even as whole items allow (some may be empty)."""
+    bounds = [round(i * len(items) / parts) for i in range(parts + 1)]
+    return [items[lo:hi] for lo, hi in zip(bounds, bounds[1:])]
+
+
 class RowSplit:
     """The batch loop's work on ``parts`` cores: one part run by the calling thread, the others by
     persistent worker threads, each calling BLAS with one thread (NumPy releases the GIL inside
     matmul and in ufuncs on large arrays).
 
-    Products are cut by the rows of their output (or its columns): no sum is ever split, so each
-    element is computed by the same kernel in the same order as by one thread -- provided every cut
-    lies on the BLAS kernel's block (its edge kernels add in another order). Every cut is therefore
-    checked once per product layout on random data against the whole product; a layout whose cuts
-    do not reproduce it is multiplied whole. Training with the split is thus bit-identical to
-    training on one thread, whichever the thread choice picks. OpenBLAS's own threads are not: they
-    change the result's last bits (docs/performance.md).
+    The threads divide lists of products that one thread would run in turn (same shapes, same
+    buffers), so training is bit-identical to training on one thread, whichever the thread choice
+    picks. Where a product is cut by its rows only because of the threads (the deeper layers'
+    forward products, see Backprop), ``reproduces`` checks once per layout on random data that the
+    cut changes no bit (a cut off the BLAS kernel's row block makes its edge kernels add in another
+    order). OpenBLAS's own threads are not bit-identical: they change the result's last bits
+    (docs/performance.md).
     """
-
-    MIN_ROWS = 96  # rows per part at least: below that a part's product is too small to be worth a thread
-    ROW_STEP = 8  # cuts are tried on multiples of this, nearest the even split first
-    TRIES = 8
 
     def __init__(self, parts: int) -> None:
         self.parts = max(1, parts)
-        self.active = self.parts > 1  # False: every product whole, in the calling thread
-        self.cut_at: dict[tuple, tuple[int, ...]] = {}  # per product layout: the checked cuts (empty: whole)
+        self.active = self.parts > 1  # False: every product in the calling thread
         self.kept: dict[tuple, bool] = {}  # per product layout and cuts: whether cutting reproduces it
         self._done: queue.SimpleQueue = queue.SimpleQueue()
         self._tasks: list[queue.SimpleQueue] = []
@@ -148,42 +149,6 @@ class RowSplit:
         if errors:
             raise errors[0]
 
-    def matmul(
-        self,
-        a: np.ndarray,
-        b: np.ndarray,
-        out: np.ndarray,
-        meanwhile: Callable[[], Any] | None = None,
-        share: float | None = None,
-    ) -> np.ndarray:
-        """``out = a @ b`` for 2-D ``a``; ``meanwhile`` (independent work) runs in the calling thread
-        after its own block (about ``share`` of the rows; None: an equal part), while the workers
-        finish theirs."""
-        cuts = self.cuts(a, b, share=share) if self.active else ()
-        if not cuts:
-            np.matmul(a, b, out=out)
-            if meanwhile is not None:
-                meanwhile()
-            return out
-        bounds = (0, *cuts, a.shape[0])
-
-        def first() -> None:
-            np.matmul(a[: cuts[0]], b, out=out[: cuts[0]])
-            if meanwhile is not None:
-                meanwhile()
-
-        jobs = [partial(np.matmul, a[lo:hi], b, out=out[lo:hi]) for lo, hi in zip(bounds[1:], bounds[2:])]
-        self.spread([first, *jobs])
-        return out
-
-    def cuts(self, a: np.ndarray, b: np.ndarray, share: float | None = None) -> tuple[int, ...]:
-        """Where ``a @ b`` is cut by output rows, the calling thread's block about ``share`` of them
-        (None: an equal part); empty: whole. Found and checked once per layout."""
-        key = (share, a.shape, a.strides, b.shape, b.strides, a.dtype.str)
-        if key not in self.cut_at:
-            self.cut_at[key] = self._find_cuts(a, b, share)
-        return self.cut_at[key]
-
     def reproduces(self, a: np.ndarray, b: np.ndarray, bounds: tuple[int, ...]) -> bool:
         """Whether ``a @ b`` cut into the row blocks ``bounds`` equals the whole product (checked
         once per layout)."""
@@ -193,28 +158,6 @@ class RowSplit:
             a_like, b_like = _random_like(a, rng), _random_like(b, rng)
             self.kept[key] = _cut_reproduces(a_like, b_like, np.matmul(a_like, b_like), bounds)
         return self.kept[key]
-
-    def _find_cuts(self, a: np.ndarray, b: np.ndarray, share: float | None) -> tuple[int, ...]:
-        size = a.shape[0]
-        parts = min(self.parts, size // self.MIN_ROWS)
-        if parts < 2:
-            return ()
-        own = size / parts if share is None else share * size  # the calling thread's rows
-        rng = np.random.default_rng(0)
-        a_like = _random_like(a, rng)
-        b_like = _random_like(b, rng)
-        whole = np.matmul(a_like, b_like)
-        step = self.ROW_STEP
-        nearest = sorted(range(step, size - step + 1, step), key=lambda c: abs(c - own))
-        for first in nearest[: self.TRIES]:
-            # the workers' blocks equal, on the first's alignment
-            width = max(step, round((size - first) / (parts - 1) / step) * step)
-            cuts = tuple(first + width * i for i in range(parts - 1))
-            if cuts[-1] >= size:
-                continue
-            if _cut_reproduces(a_like, b_like, whole, (0, *cuts, size)):
-                return cuts
-        return ()
 
 
 def _cut_reproduces(a: np.ndarray, b: np.ndarray, whole: np.ndarray, bounds: tuple[int, ...]) -> bool:

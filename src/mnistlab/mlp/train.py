@@ -1,6 +1,6 @@
 """Mini-batch training of the NumPy MLP: the epoch loop, written for speed.
 
-The rooms it uses: ``layout`` (which input columns the products skip, the working parameter copy,
+The rooms it uses: ``layout`` (the input columns' order, the working parameter copy,
 the unit-scaling fold), ``backprop`` (forward and backward over one chunk), ``optimizers`` (the
 update rules), ``penalty`` (L1/L2), ``schedules`` (the learning rate per epoch), ``evaluate`` (the
 per-epoch accuracy) and ``profile`` (``--profile``'s timers). ``reference`` is the same training
@@ -25,12 +25,13 @@ from ..errors import ConfigError, TrainingDiverged
 from .backprop import Backprop
 from .evaluate import SplitEval
 from .inputs import EvalSet, check_data
-from .layout import TrainData, WorkingLayout, chunk_keys, describe_layout
+from .layout import TrainData, WorkingLayout, describe_layout
 from .model import MLP
 from .optimizers import Optimizer, make_optimizer
 from .penalty import penalty_loss
 from .profile import PHASES, Phases
 from .schedules import learning_rate
+from .staircase import Staircase, Steps
 from .threads import ThreadChoice, product_threads
 
 __all__ = ["CHUNK", "EVAL_BLOCK", "PHASES", "Trainer", "describe_layout", "learning_rate", "train"]
@@ -56,29 +57,38 @@ class FitState:
         # where each chunk begins in an epoch's order: batches of ``batch``, each cut into chunks
         n, rows = data.n, self.chunk_rows
         self.starts = np.concatenate([np.arange(b, min(b + batch, n), rows) for b in range(0, n, batch)])
-        self.chunk_keys = chunk_keys(data.n, self.starts)
         self.chunk_stop = dict(zip(self.starts.tolist(), [*self.starts[1:].tolist(), n]))
+        self.chunk_index = {start: i for i, start in enumerate(self.starts.tolist())}
+        self.staircase = Staircase(data.levels, data.width, self.starts, n)
         self.backprop = Backprop(
             model, self.working, data, self.chunk_rows, summed=self.chunk_rows < batch, starts=self.starts
         )
         self.scratch = np.empty(self.working.size, model.dtype)
-        self.order = np.arange(data.n)  # the epoch's order, arranged (see TrainData.arrange)
-        self.n_touch: dict[int, int] = {}  # per chunk start: its images with ink in the tail columns
+        self.order = np.arange(data.n)  # the epoch's order, arranged (see Staircase.arrange)
+        self.steps: list[Steps] = []  # per chunk: its first-layer products
 
     def start_epoch(self, order: np.ndarray) -> None:
         """Arrange the epoch's ``order`` chunk by chunk and take its labels."""
-        self.order, counts = self.data.arrange(order, self.starts, self.chunk_keys)
-        self.n_touch = dict(zip(self.starts.tolist(), counts))
+        self.order, self.steps = self.staircase.arrange(order)
         self.backprop.start_epoch(self.data, self.order)
 
     def chunk_pass(self, at: int, stop: int, first: bool, scale: float, phases: Phases) -> float:
         """Forward and backward of the chunk ``at:stop`` of the epoch's order; returns its summed
         data loss. The next chunk's rows may be gathered meanwhile (on two threads)."""
-        opt, order, n_touch = self.optimizer, self.order, self.n_touch
-        following = (stop, order[stop : self.chunk_stop[stop]], n_touch[stop]) if stop < self.data.n else None
+        opt, order, index = self.optimizer, self.order, self.chunk_index[at]
+        following = None
+        if stop < self.data.n:
+            following = (stop, order[stop : self.chunk_stop[stop]], self.steps[index + 1])
+        steps = self.steps[index]
         return self.backprop.run(
-            self.data, order[at:stop], n_touch[at], at, opt.params, opt.grad, first, scale, phases, following
+            self.data, order[at:stop], steps, at, opt.params, opt.grad, first, scale, phases, following
         )
+
+    def layout(self) -> dict[str, float]:
+        """How the first layer's products cover the input columns (``Trainer.layout``)."""
+        summary = self.data.summary()
+        summary["groups"], summary["columns_per_image"] = self.staircase.summary(self.chunk_rows)
+        return summary
 
     def epoch_counts(self) -> tuple[int, float]:
         """Correct predictions and summed |p - onehot| of the chunks passed since the last call."""
@@ -96,7 +106,9 @@ class Trainer:
 
     During a fit the parameters live in the optimizer's working copy (see layout); the model's own
     are brought up to date at the end of every epoch (before callbacks, evaluation and early
-    stopping look at them) and when training stops for any reason.
+    stopping look at them) and when training stops for any reason. ``split``: which input columns
+    every image multiplies whatever its ink ("auto", a fraction, or None for no staircase: see
+    layout.TrainData).
     """
 
     def __init__(
@@ -130,9 +142,9 @@ class Trainer:
 
     def prepare(self, inputs: np.ndarray, labels: np.ndarray, batch: int | None) -> FitState:
         """Lay out the training data and allocate the buffers for batches of ``batch`` (None: all)."""
-        data = TrainData(self.model, inputs, labels, self.split, self.chunk)
-        self.layout = data.summary()
+        data = TrainData(self.model, inputs, labels, self.split)
         self.fit_state = FitState(self.model, data, min(batch or data.n, data.n), self.chunk)
+        self.layout = self.fit_state.layout()
         return self.fit_state
 
     def loss_and_gradients(
@@ -222,13 +234,13 @@ class Trainer:
         self, fit: FitState, evalset: EvalSet | None, layout_key: str | None
     ) -> Callable[[], float] | None:
         """The accuracy on ``evalset`` after an epoch (after the model is written); ``layout_key``:
-        where ``layout`` records the share of its images multiplied over all columns."""
+        where ``layout`` records its mean columns multiplied per image."""
         if evalset is None:
             return None
         split = SplitEval.make(evalset, fit.data, fit.working, EVAL_BLOCK)
         if split is not None:
             if layout_key:
-                self.layout[layout_key] = split.n_inked / len(split.labels)
+                self.layout[layout_key] = sum((b - a) * k for a, b, k in split.blocks) / len(split.labels)
             # on the trainer's threads, as long as the thread choice keeps them
             return lambda: split.accuracy(
                 self.model, fit.working, fit.optimizer.params, fit.backprop.products
@@ -251,7 +263,7 @@ class Trainer:
         batch = min(cfg.batch_size, n)
         rng = np.random.default_rng(cfg.seed)
         history: list[dict[str, Any]] = []
-        test_accuracy = self._evaluator(fit, test_set, "test_rest_rows")
+        test_accuracy = self._evaluator(fit, test_set, "test_columns_per_image")
         val_accuracy = self._evaluator(fit, val_set, None)
         good = opt.params.flat.copy()  # the weights at the start of the epoch, kept for divergence
         best_acc, best_params, waited = -1.0, None, 0
