@@ -221,4 +221,6 @@ def median_of(results: list[dict], key: str) -> float:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from mnistlab.cli import end_rank_process
+
+    raise SystemExit(end_rank_process(main()))  # a rank's process ends without finalizing

@@ -181,4 +181,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from mnistlab.cli import end_rank_process
+
+    raise SystemExit(end_rank_process(main()))  # a rank's process ends without finalizing

@@ -3,15 +3,19 @@
 ``main(argv) -> int``: 0 on success, 2 on a usage error, 1 on any other error, 130 when interrupted,
 141 (128 + SIGPIPE, as a shell reports a Unix tool that a closed pipe ended) when the reader of the
 output went away (``mnistlab summary RUN | head -1``), quietly. Known errors (MnistlabError) become
-one line on stderr; a traceback is shown only with ``--debug``.
+one line on stderr; a traceback is shown only with ``--debug``. In a rank of a distributed job
+``main`` does not return: the process ends with that status once the command left its process group.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import os
 import select
 import sys
+import traceback
 from collections.abc import Sequence
 
 from .. import __version__
@@ -74,6 +78,39 @@ CLOSED_OUTPUT = 141
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    left_before = _groups_left()
+    try:
+        code = _main(argv)
+    except BaseException:
+        if _groups_left() == left_before:
+            raise
+        traceback.print_exc()  # --debug: the traceback, then the end of the rank below
+        code = 1
+    return end_rank_process(code, left_before)
+
+
+def _groups_left() -> int:
+    """Process groups this process has left (0 unless it was a rank of a distributed job)."""
+    distributed = sys.modules.get("mnistlab.cnn.distributed")  # never imports torch itself
+    return distributed.groups_left if distributed is not None else 0
+
+
+def end_rank_process(code: int, left_before: int = 0) -> int:
+    """``code``, or, when the process has left a process group since it had left ``left_before``,
+    the end of the process with status ``code`` (a torchrun worker at the end of its command, this
+    CLI's or a benchmark's): what it wrote is flushed and the interpreter does not finalize, because
+    gloo's worker threads stay to the end of the process and one that takes the GIL while the
+    interpreter finalizes aborts the process (distributed.groups_left)."""
+    if _groups_left() <= left_before:
+        return code
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    logging.shutdown()
+    os._exit(code)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         code = _run(argv)

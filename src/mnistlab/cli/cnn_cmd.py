@@ -191,7 +191,9 @@ def _run_train(args: argparse.Namespace) -> int:
     ranks = distributed.join()
     try:
         with distributed.lost_ranks():
-            return _train(args, is_main=ranks.is_main)
+            code = _train(args, is_main=ranks.is_main)
+            distributed.all_arrived()
+        return code
     finally:
         distributed.leave()
 

@@ -48,6 +48,8 @@ _TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
 # Set by launch.py for its workers: the launcher reports a lost rank in one line, so the
 # survivors leave without repeating it.
 LAUNCHER_REPORTS = "MNISTLAB_LAUNCHER_REPORTS"
+# The exit status of such a survivor: the launcher tells it from a rank that failed on its own.
+LOST_PEER_STATUS = 75
 
 
 @dataclass(frozen=True)
@@ -127,11 +129,30 @@ def _attempt_store(env: dict[str, int]) -> dist.Store:
     return dist.PrefixStore(f"mnistlab/attempt-{attempt}", store)
 
 
+def all_arrived() -> None:
+    """Wait until every rank reaches the end of the command: no rank then leaves (closing its gloo
+    connections or, on rank 0, the rendezvous store when torchrun does not host it) while another
+    still takes part in a collective, and gloo finishes all earlier work before the barrier."""
+    if _ranks.active:
+        dist.barrier()
+
+
+# Process groups this process left. gloo's worker threads outlive destroy_process_group: a group
+# that DDP used stays alive (torch 2.13 never frees its reducer), so they cannot be joined. A worker
+# that still releases a Python object (a comm hook's callback, a tensor of the last collective) once
+# the interpreter finalizes dies taking the GIL, which ends the process in std::terminate (SIGABRT,
+# "terminate called without an active exception"); the CLI therefore ends a rank's process without
+# finalizing (cli.end_rank_process).
+groups_left = 0
+
+
 def leave() -> None:
-    """Leave the process group (the end of a distributed command)."""
-    global _ranks
+    """Leave the process group (the end of a distributed command, after ``all_arrived`` when it
+    succeeded)."""
+    global _ranks, groups_left
     if dist.is_initialized():
         dist.destroy_process_group()
+        groups_left += 1
     _ranks = Ranks()
 
 
@@ -424,7 +445,7 @@ def lost_ranks() -> Iterator[None]:
         if not _ranks.active or not _is_lost_peer(exc):
             raise
         if os.environ.get(LAUNCHER_REPORTS):
-            raise SystemExit(1) from None
+            raise SystemExit(LOST_PEER_STATUS) from None
         raise RunError(
             f"rank {_ranks.rank}: lost contact with another rank (it died, or the network between them "
             "failed); the run keeps its last finished epoch: rerun the same command to resume"

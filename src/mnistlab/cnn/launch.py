@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..errors import ConfigError, RunError
-from .distributed import LAUNCHER_REPORTS
+from .distributed import LAUNCHER_REPORTS, LOST_PEER_STATUS
 
 
 def _entry() -> list[str]:
@@ -62,12 +62,12 @@ def launch(nproc: int, argv: Sequence[str], *, max_restarts: int = 0) -> int:
         raise RunError(f"the job stopped on {exc.sigval.name}") from None
     except ChildFailedError as exc:
         rank, failure = root_failure(exc)
-        if failure.exitcode > 0:
+        if failure.exitcode > 0 and failure.exitcode != LOST_PEER_STATUS:
             return failure.exitcode  # the rank said why itself (a bad option, a Ctrl-C: 130)
         how = (
             f"was killed by {failure.signal_name()}"
             if failure.exitcode < 0
-            else f"exited with status {failure.exitcode}"
+            else "lost contact with the other ranks"
         )
         raise RunError(
             f"rank {rank} {how}; the job stopped (the run keeps its last finished epoch: rerun the same "
@@ -80,17 +80,23 @@ def launch(nproc: int, argv: Sequence[str], *, max_restarts: int = 0) -> int:
 
 def root_failure(exc: Any) -> tuple[int, Any]:
     """The rank whose end stopped the job (``exc``: torchrun's ChildFailedError) and its failure:
-    the first the agent saw, except that a survivor can abort inside gloo (SIGABRT) on losing its
-    peer before the agent sees the peer's death; then the rank killed from outside is the cause."""
+    the first the agent saw, except that survivors end soon after losing a peer (quietly, with
+    LOST_PEER_STATUS, or aborting inside gloo: SIGABRT), often before the agent sees the peer's
+    death: then the rank that ended on its own (killed from outside, or failed) is the cause."""
     rank, failure = exc.get_first_failure()
-    if failure.signal_name() != "SIGABRT":
+    if not _survivor(failure):
         return rank, failure
-    killed = [
-        (other.timestamp, r, other)
+    # SIGTERM last: the agent sends it to the ranks still running once it stops the job
+    causes = [
+        (other.signal_name() == "SIGTERM", other.timestamp, r, other)
         for r, other in exc.failures.items()
-        if other.exitcode < 0 and other.signal_name() != "SIGABRT"
+        if not _survivor(other)
     ]
-    if not killed:
+    if not causes:
         return rank, failure
-    _, rank, failure = min(killed, key=lambda item: item[:2])
+    *_, rank, failure = min(causes, key=lambda item: item[:3])
     return rank, failure
+
+
+def _survivor(failure: Any) -> bool:
+    return failure.exitcode == LOST_PEER_STATUS or failure.signal_name() == "SIGABRT"
