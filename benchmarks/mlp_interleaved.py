@@ -70,12 +70,18 @@ def fit(package, images, epochs: int, preset: str, threads: int) -> tuple[list[f
     return [1000 * c for c in counted(cpu)], [1000 * w for w in counted(wall)], digest
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def variant_parser(description: str, rounds: int, epochs: int) -> argparse.ArgumentParser:
+    """The options of the benchmarks that compare trainer code side by side."""
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("variants", nargs="+", help="NAME=SRC[@THREADS], SRC holding a mnistlab/ package")
     p.add_argument("--threads", type=int, default=1, help="BLAS threads of the variants that name none")
-    p.add_argument("--rounds", type=int, default=10)
-    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--rounds", type=int, default=rounds)
+    p.add_argument("--epochs", type=int, default=epochs)
+    return p
+
+
+def main() -> None:
+    p = variant_parser(__doc__, rounds=10, epochs=5)
     p.add_argument("--preset", default="default")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as root:

@@ -16,6 +16,7 @@ from mnistlab.cli import main
 from mnistlab.data import Dataset
 from mnistlab.errors import ConfigError, DataError, RunError, TrainingDiverged
 from mnistlab.mlp import MLP, MLPConfig, Trainer, learning_rate, preset, train
+from mnistlab.mlp.backprop import SHARED_SHIFT_RANGE
 from mnistlab.models import load_model
 
 
@@ -227,6 +228,24 @@ def test_divergence_raises_and_keeps_last_good_weights():
     with pytest.raises(TrainingDiverged, match="diverged in epoch 1.*lower the learning rate"):
         train(model, x, y)
     np.testing.assert_array_equal(model.params, start)
+
+
+def test_loss_of_chunks_within_and_beyond_the_shared_shift_range():
+    """Chunks whose logits lie within SHARED_SHIFT_RANGE of their top leave their loss to the
+    epoch's tally; wider ones compute it at once. Both sum to the textbook cross-entropy."""
+    x, y = _toy(60)
+    x[:30] *= 0.01  # the first three chunks' hidden units stay near 0, so do their logits
+    cfg = MLPConfig(input_size=12, hidden=(8,), n_classes=4, dtype="float64", seed=3)
+    model = MLP(cfg)
+    w, b = model.weights, model.biases
+    w[-1] *= 40.0  # the other chunks' saturated units times large weights: spreads beyond 60
+    logits = model.logits_from(model.to_input_matrix(x), w, b)
+    spreads = [np.ptp(logits[i : i + 10]) for i in range(0, 60, 10)]
+    assert min(spreads) <= SHARED_SHIFT_RANGE < max(spreads)  # both kinds of chunk
+    top = logits.max(axis=1)
+    expected = np.mean(top + np.log(np.exp(logits - top[:, None]).sum(axis=1)) - logits[np.arange(60), y])
+    loss, _, _ = Trainer(model, chunk=10).loss_and_gradients(x, y)
+    assert loss == pytest.approx(expected, rel=1e-12)
 
 
 # ----- inspection interface -----

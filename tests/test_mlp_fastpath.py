@@ -1,12 +1,12 @@
 """The fast trainer's speed measures change nothing but speed: padded hidden widths (mlp/layout.py)
-and the per-epoch count of accuracy and error (mlp/backprop.py's Tally)."""
+and the per-epoch count of accuracy and error (mlp/tally.py)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from mnistlab.mlp import MLP, MLPConfig, Trainer, backprop, layout, staircase
+from mnistlab.mlp import MLP, MLPConfig, Trainer, layout, staircase, tally
 
 
 def _data(n=300, width=20, classes=4, seed=5):
@@ -108,7 +108,8 @@ def test_tally_counts_argmax_hits_with_ties_as_argmax_breaks_them():
     rng = np.random.default_rng(0)
     logits = rng.integers(0, 3, (200, 4)).astype(np.float32)  # many ties
     labels = rng.integers(0, 4, 200)
-    tally = backprop.Tally(200, 4, np.float32)
-    tally.logits[:] = logits.T
-    tally.labels[:] = labels
-    assert tally.correct(20, 180) == np.count_nonzero(logits[20:180].argmax(axis=1) == labels[20:180])
+    counts = tally.Tally(200, 4, np.float32)
+    counts.logits[:] = logits.T
+    counts.labels[:] = labels
+    counts.start_epoch()
+    assert counts.correct(20, 180) == np.count_nonzero(logits[20:180].argmax(axis=1) == labels[20:180])

@@ -27,31 +27,29 @@ def tanh(z: np.ndarray) -> np.ndarray:
     return np.tanh(z, out=z)
 
 
-def relu_backward(a: np.ndarray, delta: np.ndarray, scratch: np.ndarray) -> np.ndarray:
-    """delta *= relu'(z), from a = relu(z): 1 where a > 0."""
-    np.greater(a, 0, out=scratch)
-    return np.multiply(delta, scratch, out=delta)
+def relu_derivative(a: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """relu'(z) into ``out``, from a = relu(z): 1 where a > 0."""
+    return np.greater(a, 0, out=out)
 
 
-def sigmoid_backward(a: np.ndarray, delta: np.ndarray, scratch: np.ndarray) -> np.ndarray:
-    """delta *= a (1 - a)."""
-    np.subtract(1, a, out=scratch)
-    np.multiply(scratch, a, out=scratch)
-    return np.multiply(delta, scratch, out=delta)
+def sigmoid_derivative(a: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """a (1 - a) into ``out``."""
+    np.subtract(1, a, out=out)
+    return np.multiply(out, a, out=out)
 
 
-def tanh_backward(a: np.ndarray, delta: np.ndarray, scratch: np.ndarray) -> np.ndarray:
-    """delta *= 1 - a**2."""
-    np.multiply(a, a, out=scratch)
-    np.subtract(1, scratch, out=scratch)
-    return np.multiply(delta, scratch, out=delta)
+def tanh_derivative(a: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """1 - a**2 into ``out``. np.square rounds as a * a does, but its loop reads ``a`` once."""
+    np.square(a, out=out)
+    return np.subtract(1, out, out=out)
 
 
 FORWARD: dict[str, Callable[[np.ndarray], np.ndarray]] = {"relu": relu, "sigmoid": sigmoid, "tanh": tanh}
-BACKWARD: dict[str, Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]] = {
-    "relu": relu_backward,
-    "sigmoid": sigmoid_backward,
-    "tanh": tanh_backward,
+# f'(z) from a = f(z), written into the second argument (the same shape as the first)
+DERIVATIVE: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
+    "relu": relu_derivative,
+    "sigmoid": sigmoid_derivative,
+    "tanh": tanh_derivative,
 }
 
 
@@ -65,8 +63,8 @@ def softmax(z: np.ndarray) -> np.ndarray:
 
 def derivative(name: str, a: np.ndarray) -> np.ndarray:
     """f'(z) from a = f(z), as a new array (for analysis code, not the training loop): the training
-    loop's own backward formula applied to a delta of ones, so the two can never disagree."""
-    return BACKWARD[name](a, np.ones_like(a), np.empty_like(a))
+    loop's own formula, so the two can never disagree."""
+    return DERIVATIVE[name](a, np.empty_like(a))
 
 
 OUTPUT_FORWARD: dict[str, Callable[[np.ndarray], np.ndarray]] = {"softmax": softmax, "sigmoid": sigmoid}

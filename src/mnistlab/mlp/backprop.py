@@ -24,6 +24,7 @@ from .layout import ParamViews, TrainData, WorkingLayout
 from .model import MLP
 from .profile import Phases
 from .staircase import Steps
+from .tally import Tally
 from .threads import RowSplit, deal
 
 # Softmax and cross-entropy are unchanged by a shift per row. One shift for a whole chunk is a
@@ -32,51 +33,10 @@ from .threads import RowSplit, deal
 SHARED_SHIFT_RANGE = 60.0
 
 
-class Tally:
-    """What each chunk's loss step leaves for the epoch's accuracy and mean absolute error, counted
-    once per epoch rather than with a few small NumPy calls per chunk: each image's logits (one row
-    per class, so that the epoch's maxima are a few passes over long rows, where an argmax per
-    chunk loops over rows of a few classes), its true class and, for softmax outputs, its true
-    class's shifted logit and its sum of exps (indexed by position in the epoch's order). Sigmoid
-    outputs keep one summed error per chunk."""
-
-    def __init__(self, n: int, n_out: int, dtype: np.dtype) -> None:
-        self.logits = np.empty((n_out, n), dtype)
-        self.labels = np.empty(n, np.intp)
-        self.label_logit = np.empty(n, dtype)
-        self.exp_sum = np.empty(n, dtype)
-        self.chunks: list[tuple[int, int]] = []  # (start, stop) of each chunk seen this epoch
-        self.errors: list[float] = []  # sigmoid outputs: each chunk's summed |p - onehot|
-
-    def take(self, softmax: bool) -> tuple[int, float]:
-        """The number of correct predictions and the summed |p - onehot| of the chunks seen since
-        the last call, each chunk's error summed as the chunk would have summed it."""
-        stop = self.chunks[-1][1] if self.chunks else 0
-        start = self.chunks[0][0] if self.chunks else 0
-        correct = self.correct(start, stop)
-        errors = self.errors
-        if softmax:
-            # |p - onehot| sums to 2 (1 - p_label) per row, since p sums to 1
-            p_label = np.exp(self.label_logit[start:stop]) / self.exp_sum[start:stop]
-            errors = [2.0 * (b - a - float(p_label[a - start : b - start].sum())) for a, b in self.chunks]
-        abs_err = 0.0  # added in turn, as the chunks were: sum() compensates from Python 3.12 on
-        for err in errors:
-            abs_err += err
-        self.chunks, self.errors = [], []
-        return correct, abs_err
-
-    def correct(self, start: int, stop: int) -> int:
-        """How many images in ``start:stop`` have their true class as the argmax of their logits
-        (the first class of the highest logit, as np.argmax picks it)."""
-        logits = self.logits[:, start:stop]
-        labels = self.labels[start:stop]
-        top = logits.max(axis=0)
-        flat_at = labels * self.logits.shape[1] + np.arange(start, stop)
-        hit = np.take(self.logits, flat_at) == top
-        tied = np.count_nonzero(logits == top, axis=0) > 1
-        unsure = np.flatnonzero(hit & tied)  # another class shares the top logit: argmax decides
-        misses = np.count_nonzero(logits[:, unsure].argmax(axis=0) != labels[unsure]) if len(unsure) else 0
-        return int(np.count_nonzero(hit)) - int(misses)
+def _end_to_end(flat: np.ndarray, rows: int, widths: list[int]) -> list[np.ndarray]:
+    """(rows, width) arrays, one per width, that lie one after the other in ``flat``."""
+    ends = np.cumsum([0, *widths]) * rows
+    return [flat[a:b].reshape(rows, w) for a, b, w in zip(ends, ends[1:], widths)]
 
 
 def _in_turn(jobs: list[Callable[[], Any]]) -> None:
@@ -93,6 +53,35 @@ class Chunk:
         self, data: TrainData, idx: np.ndarray, steps: Steps, xb: np.ndarray, params: ParamViews
     ) -> None:
         self.data, self.idx, self.steps, self.xb, self.params = data, idx, steps, xb, params
+
+
+class RowViews:
+    """The layer buffers' views for rows ``lo:hi`` of a chunk, made once per fit: slicing them anew
+    for every chunk costs about as much as a small elementwise pass. Index i is layer i (the first
+    hidden layer is 0); ``delta[i]`` is d loss / d z of layer i (the output's is its ``acts``)."""
+
+    def __init__(self, backprop: Backprop, lo: int, hi: int) -> None:
+        rows, fan_in, widths = slice(lo, hi), backprop.fan_in, backprop.widths
+        self.acts = [a[rows] for a in backprop.acts]
+        # each layer's inputs over the model's units of the layer below (the first layer's: None)
+        self.inputs = [None, *(a[:, :f] for a, f in zip(self.acts, fan_in[1:]))]
+        self.inputs_t = [None, *(a.T for a in self.inputs[1:])]
+        self.delta = [*(d[rows] for d in backprop.deltas), self.acts[-1]]
+        self.delta_units = [d[:, :w] for d, w in zip(self.delta, widths)]  # the model's units only
+        self.derivatives = [d[rows] for d in backprop.derivatives]
+        self.ones = backprop.ones[: hi - lo]
+
+
+class ParamSlices:
+    """The slices of one ParamViews buffer (parameters or a gradient) over the model's units, made
+    once per fit for the reason RowViews gives. Index i is layer i."""
+
+    def __init__(self, views: ParamViews, fan_in: list[int | None], widths: tuple[int, ...]) -> None:
+        self.views = views  # kept alive, so that its id keys no other buffer's slices
+        self.fan_weights = [w[:f] for w, f in zip(views.weights, fan_in)]  # rows of the model's inputs
+        # (out, in) over the model's outputs: the backward product's
+        self.back_weights = [w[:, :u].T for w, u in zip(views.weights, widths)]
+        self.biases = [b[:u] for b, u in zip(views.biases, widths)]
 
 
 class Backprop:
@@ -123,9 +112,15 @@ class Backprop:
         self.row_offsets = (np.arange(data.n) - np.repeat(starts, chunk_lengths)) * sizes[-1]
         self.label_at = self.row_offsets.copy()
         self.ones = np.ones(max(rows, sizes[-1]), dt)
-        self.acts = [np.empty((rows, s), dt) for s in sizes[1:]]  # layer outputs, computed in place
+        self.rows = rows
+        # The hidden layers' outputs (computed in place) lie end to end, and so do their derivatives:
+        # for a whole chunk one pass computes every hidden layer's derivative.
+        self.hidden_outputs = np.empty(rows * sum(sizes[1:-1]), dt)
+        self.hidden_derivatives = np.empty_like(self.hidden_outputs)
+        self.acts = [*_end_to_end(self.hidden_outputs, rows, sizes[1:-1]), np.empty((rows, sizes[-1]), dt)]
+        self.derivatives = _end_to_end(self.hidden_derivatives, rows, sizes[1:-1])
         self.deltas = [np.empty((rows, s), dt) for s in sizes[1:-1]]  # d loss / d z of hidden layers
-        self.scratch = [np.empty((rows, s), dt) for s in sizes[1:]]
+        self.output_scratch = np.empty((rows, sizes[-1]), dt)
         self.logits = np.empty((rows, sizes[-1]), dt)
         # the gradient of a batch's later chunks, added into the optimizer's
         self.part: ParamViews | None = working.views(np.zeros(working.size, dt)) if summed else None
@@ -139,11 +134,14 @@ class Backprop:
         # per (chunk length, thread boundary): whether the deeper layers' forward products, cut there,
         # reproduce the whole ones (see RowSplit.reproduces)
         self.deeper_cuts: dict[tuple[int, int], bool] = {}
+        self.row_views: dict[tuple[int, int], RowViews] = {}  # per (lo, hi)
+        self.param_slices: dict[int, ParamSlices] = {}  # per id of a ParamViews
 
     def start_epoch(self, data: TrainData, order: np.ndarray) -> None:
         """Take the labels of the epoch's ``order`` (as arranged, see Staircase.arrange) at once."""
         labels = np.take(data.labels, order, out=self.tally.labels, mode="clip")
         np.add(self.row_offsets, labels, out=self.label_at)
+        self.tally.start_epoch()
         self.ahead = None  # gathered from another order
 
     def run(
@@ -162,10 +160,10 @@ class Backprop:
         """Forward and backward for the images ``idx``, which sit at ``at`` in the epoch's arranged
         order (in descending reach, multiplied as ``steps``; ``start_epoch`` took their labels):
         the gradient times ``scale`` goes into ``grad`` (``first``: the batch's first chunk) or is
-        added to it. Returns the chunk's summed data loss; ``tally`` keeps what the epoch's
-        accuracy and error need. ``following``: the next chunk's place, images (arranged) and
-        products, whose worker rows a worker may gather ahead while this thread computes the loss
-        and the deltas."""
+        added to it. Returns the chunk's check value (see _loss_and_output_delta); ``tally`` keeps
+        its loss and what the epoch's accuracy and error need. ``following``: the next chunk's
+        place, images (arranged) and products, whose worker rows a worker may gather ahead while
+        this thread computes the loss and the deltas."""
         k = len(idx)
         ahead, self.ahead = self.ahead, None
         split = self.products if self.products is not None and self.products.active else None
@@ -259,38 +257,54 @@ class Backprop:
         for a, b, columns in groups:
             np.matmul(xb[a:b, :columns], w[:columns], out=z[a:b])
 
+    def _views(self, lo: int, hi: int) -> RowViews:
+        views = self.row_views.get((lo, hi))
+        if views is None:
+            views = self.row_views[lo, hi] = RowViews(self, lo, hi)
+        return views
+
+    def _slices(self, params: ParamViews) -> ParamSlices:
+        slices = self.param_slices.get(id(params))
+        if slices is None:
+            slices = self.param_slices[id(params)] = ParamSlices(params, self.fan_in, self.widths)
+        return slices
+
     def _forward_rows(self, lo: int, hi: int) -> None:
         """Rows ``lo:hi`` from the first layer's products through every layer to the logits (in
         ``acts[-1]``)."""
-        weights, biases = self.chunk.params.weights, self.chunk.params.biases
-        last = len(weights) - 1
+        views, params = self._views(lo, hi), self.chunk.params
+        weights, biases = self._slices(params).fan_weights, params.biases
         hidden = act.FORWARD[self.config.activation]
-        fan_in = self.fan_in
-        rows = slice(lo, hi)
-        a = self.acts[0][rows]  # the first layer's products, no bias added yet
-        for i in range(last):
-            z = self.acts[i][rows]
+        last = len(biases) - 1
+        for i, z in enumerate(views.acts):  # the first layer's z: its products, no bias added yet
             if i:
-                np.matmul(a[:, : fan_in[i]], weights[i][: fan_in[i]], out=z)  # (rows, out)
+                np.matmul(views.inputs[i], weights[i], out=z)  # (rows, out)
             z += biases[i]
-            a = hidden(z)
-        out = self.acts[last][rows]
-        np.matmul(a[:, : fan_in[last]], weights[last][: fan_in[last]], out=out)  # (rows, classes) logits
-        out += biases[last]
+            if i < last:
+                hidden(z)
 
     def _hidden_deltas(self, k: int) -> None:
         """Every hidden layer's delta (in ``deltas``), from the output delta in ``acts[-1]``. Small
         products and elementwise passes: cut across threads, the hand-overs of the interpreter
         lock cost more than they save."""
-        weights = self.chunk.params.weights
-        backward = act.BACKWARD[self.config.activation]
-        rows = slice(0, k)
-        delta = self.acts[-1][rows]
+        views = self._views(0, k)
+        weights = self._slices(self.chunk.params).back_weights
+        derivatives = self._hidden_derivatives(views)
         for i in range(len(weights) - 1, 0, -1):
-            width = self.widths[i]
-            d_below = self.deltas[i - 1][rows]
-            np.matmul(delta[:, :width], weights[i][:, :width].T, out=d_below)  # (rows, in); zero pads
-            delta = backward(self.acts[i - 1][rows], d_below, self.scratch[i - 1][rows])
+            d_below = views.delta[i - 1]
+            np.matmul(views.delta_units[i], weights[i], out=d_below)  # (rows, in); zero pads
+            np.multiply(d_below, derivatives[i - 1], out=d_below)
+
+    def _hidden_derivatives(self, views: RowViews) -> list[np.ndarray]:
+        """f'(z) of every hidden layer for the chunk's rows, from the layers' outputs: for a whole
+        chunk in one pass over all hidden layers (end to end in memory), else layer by layer."""
+        derivative = act.DERIVATIVE[self.config.activation]
+        if len(views.ones) == self.rows:
+            derivative(self.hidden_outputs, self.hidden_derivatives)
+        else:
+            for a, d in zip(views.acts, views.derivatives):
+                derivative(a, d)
+        return views.derivatives
 
     def _weight_gradients(self, target: ParamViews) -> None:
         """Every layer's weight and bias gradient into ``target``, from the deltas. The deeper
@@ -298,9 +312,10 @@ class Backprop:
         chunk = self.chunk
         k, steps, xb = len(chunk.idx), chunk.steps, chunk.xb
         # the pads' gradient entries are never written and stay zero
-        delta = self.deltas[0][:k]  # (config: at least one hidden layer)
+        views = self._views(0, k)
+        delta = views.delta[0]  # (config: at least one hidden layer)
         # a BLAS product with a ones vector sums the rows faster than np.sum
-        np.matmul(self.ones[:k], delta[:, : self.widths[0]], out=target.biases[0][: self.widths[0]])
+        np.matmul(views.ones, views.delta_units[0], out=self._slices(target).biases[0])
         input_scale = self.working.input_scale
         if input_scale != 1:
             delta *= 1.0 / input_scale**2  # inputs u = s x, weights W / s: gradient (u.T delta) / s**2
@@ -330,33 +345,34 @@ class Backprop:
         split.spread([own, *(partial(column_blocks, b) for b in deal(theirs, split.parts - 1) if b)])
 
     def _deeper_gradients(self, target: ParamViews) -> None:
-        k = len(self.chunk.idx)
-        last = len(self.widths) - 1
-        for i in range(last, 0, -1):
-            width, fan_in = self.widths[i], self.fan_in[i]
-            delta = self.acts[-1][:k] if i == last else self.deltas[i][:k]
-            np.matmul(self.ones[:k], delta[:, :width], out=target.biases[i][:width])
-            np.matmul(self.acts[i - 1][:k, :fan_in].T, delta, out=target.weights[i][:fan_in])  # (in, out)
+        views, grads = self._views(0, len(self.chunk.idx)), self._slices(target)
+        for i in range(len(self.widths) - 1, 0, -1):
+            np.matmul(views.ones, views.delta_units[i], out=grads.biases[i])
+            np.matmul(views.inputs_t[i], views.delta[i], out=grads.fan_weights[i])  # (in, out)
 
     def _loss_and_output_delta(self, out: np.ndarray, at: int, scale: float) -> float:
         """Turn the logits ``out`` of the chunk at ``at`` into ``scale`` * d loss / d logits in
-        place; returns the summed loss and leaves the logits (and what the error needs) in ``tally``."""
+        place, and leave the logits, the chunk's loss (or what it needs) and what the error needs in
+        ``tally``. Returns the chunk's check value: its summed loss where that may be inf or NaN
+        (the trainer stops there), else 0.0."""
         k, n_out = out.shape
         tally = self.tally
-        tally.chunks.append((at, at + k))
         label_at = self.label_at[at : at + k]
         flat_out = out.reshape(-1)
         np.copyto(tally.logits[:, at : at + k], out.T)
         if self.config.output == "softmax":
             top = float(out.max())
-            if top - float(out.min()) <= SHARED_SHIFT_RANGE:
+            shared = top - float(out.min()) <= SHARED_SHIFT_RANGE
+            if shared:
+                # every exp in range, so the loss is finite: the tally computes it after the epoch
                 out -= top
             else:
                 out -= out.max(axis=1, keepdims=True)
-            zy = np.take(flat_out, label_at, out=tally.label_logit[at : at + k])
+                zy = np.take(flat_out, label_at, out=tally.label_logit[at : at + k])
             np.exp(out, out=out)
             total = np.matmul(out, self.ones[:n_out], out=tally.exp_sum[at : at + k])
-            loss = float(np.log(total).sum() - zy.sum())
+            loss = None if shared else float(np.log(total).sum() - zy.sum())
+            tally.add_chunk(at, at + k, loss, top if shared else None)
             out *= (scale / total)[:, None]
             flat_out[label_at] -= scale  # scale * (p - onehot)
         else:
@@ -365,7 +381,8 @@ class Backprop:
             act.sigmoid(out)
             # log-loss from the logits: sum softplus(z) - z[label], stable for any |z|
             loss = float(np.logaddexp(0, logits).sum() - np.take(logits.reshape(-1), label_at).sum())
+            tally.add_chunk(at, at + k, loss)
             flat_out[label_at] -= 1  # d loss / d logits = p - onehot
-            tally.errors.append(float(np.abs(out, out=self.scratch[-1][:k]).sum()))
+            tally.errors.append(float(np.abs(out, out=self.output_scratch[:k]).sum()))
             out *= scale
-        return loss
+        return 0.0 if loss is None else loss

@@ -1,9 +1,10 @@
 """Mini-batch training of the NumPy MLP: the epoch loop, written for speed.
 
 The rooms it uses: ``layout`` (the input columns' order, the working parameter copy,
-the unit-scaling fold), ``backprop`` (forward and backward over one chunk), ``optimizers`` (the
-update rules), ``penalty`` (L1/L2), ``schedules`` (the learning rate per epoch), ``evaluate`` (the
-per-epoch accuracy) and ``profile`` (``--profile``'s timers). ``reference`` is the same training
+the unit-scaling fold), ``backprop`` (forward and backward over one chunk), ``tally`` (the
+epoch's training loss, accuracy and error, from what each chunk left), ``optimizers`` (the update
+rules), ``penalty`` (L1/L2), ``schedules`` (the learning rate per epoch), ``evaluate`` (the
+per-epoch accuracy of other sets) and ``profile`` (``--profile``'s timers). ``reference`` is the same training
 in textbook NumPy: read it first; tests show the two agree. docs/performance.md says what each
 speed measure buys.
 
@@ -73,8 +74,9 @@ class FitState:
         self.backprop.start_epoch(self.data, self.order)
 
     def chunk_pass(self, at: int, stop: int, first: bool, scale: float, phases: Phases) -> float:
-        """Forward and backward of the chunk ``at:stop`` of the epoch's order; returns its summed
-        data loss. The next chunk's rows may be gathered meanwhile (on two threads)."""
+        """Forward and backward of the chunk ``at:stop`` of the epoch's order; returns its check
+        value (its summed data loss where that may be inf or NaN, else 0.0; ``epoch_counts`` gives
+        every chunk's loss). The next chunk's rows may be gathered meanwhile (on two threads)."""
         opt, order, index = self.optimizer, self.order, self.chunk_index[at]
         following = None
         if stop < self.data.n:
@@ -90,8 +92,9 @@ class FitState:
         summary["groups"], summary["columns_per_image"] = self.staircase.summary(self.chunk_rows)
         return summary
 
-    def epoch_counts(self) -> tuple[int, float]:
-        """Correct predictions and summed |p - onehot| of the chunks passed since the last call."""
+    def epoch_counts(self) -> tuple[int, float, list[float]]:
+        """Correct predictions, summed |p - onehot| and each chunk's summed data loss, of the
+        chunks passed since the last call."""
         return self.backprop.tally.take(self.backprop.config.output == "softmax")
 
     def penalty(self) -> float:
@@ -162,8 +165,9 @@ class Trainer:
         phases = Phases(False)
         fit.start_epoch(np.arange(n))
         for start in range(0, n, fit.chunk_rows):
-            loss += fit.chunk_pass(start, min(start + fit.chunk_rows, n), start == 0, 1.0 / n, phases)
-        fit.epoch_counts()
+            fit.chunk_pass(start, min(start + fit.chunk_rows, n), start == 0, 1.0 / n, phases)
+        for chunk_loss in fit.epoch_counts()[2]:
+            loss += chunk_loss
         penalty = fit.penalty()
         cfg, working, opt = self.config, fit.working, fit.optimizer
         nw = working.n_weights
@@ -281,25 +285,24 @@ class Trainer:
             if chooser is not None:
                 chooser.start_epoch(epoch)
             fit.start_epoch(rng.permutation(n))
-            loss_sum = penalty_sum = 0.0
+            penalty_sum = 0.0
             for start in range(0, n, batch):
                 stop = min(start + batch, n)
                 size = stop - start
-                batch_loss = 0.0
+                check = 0.0  # inf or NaN where the batch's loss is (see chunk_pass)
                 started = time.perf_counter()
                 phases.start()
                 for cs in range(start, stop, fit.chunk_rows):
-                    batch_loss += fit.chunk_pass(
+                    check += fit.chunk_pass(
                         cs, min(cs + fit.chunk_rows, stop), cs == start, grad_scale / size, phases
                     )
-                if not math.isfinite(batch_loss + penalty):
+                if not math.isfinite(check + penalty):
                     np.copyto(opt.params.flat, good)
                     raise TrainingDiverged(
-                        f"training diverged in epoch {epoch + 1} (loss is {batch_loss / size + penalty}); "
+                        f"training diverged in epoch {epoch + 1} (loss is {check / size + penalty}); "
                         "kept the weights from the start of that epoch: lower the learning rate "
                         f"(now {lr:g})"
                     )
-                loss_sum += batch_loss
                 penalty_sum += penalty * size
                 phases.lap("loss")
                 opt.step(lr)
@@ -308,7 +311,8 @@ class Trainer:
                 phases.lap("update")
                 if chooser is not None:
                     chooser.batch_done(time.perf_counter() - started)
-            correct, err_sum = fit.epoch_counts()
+            correct, err_sum, chunk_losses = fit.epoch_counts()
+            loss_sum = _batch_sums(chunk_losses, fit.chunk_rows, batch)
             if not np.isfinite(opt.params.flat).all():
                 np.copyto(opt.params.flat, good)
                 raise TrainingDiverged(
@@ -349,6 +353,18 @@ class Trainer:
         if best_params is not None:
             np.copyto(opt.params.flat, best_params)
         return history
+
+
+def _batch_sums(chunk_losses: list[float], chunk_rows: int, batch: int) -> float:
+    """The epoch's summed loss from its chunks' (``chunk_rows`` each, the last of a batch maybe
+    fewer), added up as the loop always did: the chunks of each batch in turn, then the batches."""
+    total, per_batch = 0.0, -(-batch // chunk_rows)
+    for first in range(0, len(chunk_losses), per_batch):
+        batch_loss = 0.0
+        for loss in chunk_losses[first : first + per_batch]:
+            batch_loss += loss
+        total += batch_loss
+    return total
 
 
 def train(

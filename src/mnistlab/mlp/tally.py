@@ -1,0 +1,116 @@
+"""What the loss step of each chunk leaves for the epoch's numbers, counted once per epoch.
+
+Small NumPy calls cost several times their warm time right after a chunk's large products (which
+fill the caches), so whatever the next step does not need is kept in epoch-long arrays and
+counted after the epoch, where those calls run warm and over long rows.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class Tally:
+    """Per image (indexed by position in the epoch's order): its logits (one row per class, so
+    that the epoch's maxima are a few passes over long rows, where an argmax per chunk loops over
+    rows of a few classes), its true class and, for softmax outputs, its true class's shifted logit
+    and its sum of exps. Per chunk: its summed loss, or the one shift its logits took, when that
+    shift left every logit within range (the loss is then finite, and computed here); sigmoid
+    outputs also keep one summed error per chunk."""
+
+    def __init__(self, n: int, n_out: int, dtype: np.dtype) -> None:
+        self.logits = np.empty((n_out, n), dtype)
+        self.labels = np.empty(n, np.intp)
+        self.label_flat = np.empty(n, np.intp)  # where each true class's logit is in the flat logits
+        self.positions = np.arange(n)
+        self.label_logit = np.empty(n, dtype)
+        self.exp_sum = np.empty(n, dtype)
+        self.chunks: list[tuple[int, int]] = []  # (start, stop) of each chunk seen this epoch
+        self.losses: list[float | None] = []  # each chunk's summed loss (None: not computed yet)
+        self.shifts: list[float | None] = []  # the shift of each chunk whose loss is computed here
+        self.errors: list[float] = []  # sigmoid outputs: each chunk's summed |p - onehot|
+
+    def start_epoch(self) -> None:
+        """Once ``labels`` holds the epoch's true classes."""
+        np.multiply(self.labels, self.logits.shape[1], out=self.label_flat)
+        self.label_flat += self.positions
+
+    def add_chunk(self, start: int, stop: int, loss: float | None, shift: float | None = None) -> None:
+        """A chunk's loss step is done: ``loss`` is its summed loss, or None when its logits (in
+        ``logits``) all took the one ``shift`` and ``exp_sum`` holds its rows' sums of exps."""
+        self.chunks.append((start, stop))
+        self.losses.append(loss)
+        self.shifts.append(shift)
+
+    def take(self, softmax: bool) -> tuple[int, float, list[float]]:
+        """The number of correct predictions, the summed |p - onehot| and each chunk's summed loss,
+        for the chunks seen since the last call; every chunk's numbers summed as the chunk would
+        have summed them."""
+        stop = self.chunks[-1][1] if self.chunks else 0
+        start = self.chunks[0][0] if self.chunks else 0
+        correct = self.correct(start, stop)
+        losses = self._losses(start, stop)
+        errors = self.errors
+        if softmax:
+            # |p - onehot| sums to 2 (1 - p_label) per row, since p sums to 1
+            p_label = np.exp(self.label_logit[start:stop]) / self.exp_sum[start:stop]
+            sums = self._chunk_sums(p_label, start)
+            errors = [2.0 * (b - a - float(p)) for (a, b), p in zip(self.chunks, sums)]
+        abs_err = 0.0  # added in turn, as the chunks were: sum() compensates from Python 3.12 on
+        for err in errors:
+            abs_err += err
+        self.chunks, self.losses, self.shifts, self.errors = [], [], [], []
+        return correct, abs_err, losses
+
+    def _losses(self, start: int, stop: int) -> list[float]:
+        """Each chunk's summed loss, the ones left by the loss step computed as it would have: the
+        true class's logit shifted, then sum(log(sum of exps)) - sum(shifted logits)."""
+        left = [shift is not None for shift in self.shifts]
+        if not any(left):
+            return list(self.losses)
+        lengths = [b - a for a, b in self.chunks]
+        shifts = np.array([shift or 0.0 for shift in self.shifts], self.label_logit.dtype)
+        label_logit = self.label_logit[start:stop]
+        # the other chunks' rows, shifted by each row's own maximum, are in label_logit already
+        shifted = np.take(self.logits, self.label_flat[start:stop], out=label_logit if all(left) else None)
+        if len(set(lengths)) == 1:
+            shifted.reshape(-1, lengths[0])[...] -= shifts[:, None]
+        else:
+            shifted -= np.repeat(shifts, lengths)
+        if not all(left):
+            np.copyto(label_logit, shifted, where=np.repeat(left, lengths))
+        log_sums = self._chunk_sums(np.log(self.exp_sum[start:stop]), start)
+        shifted_sums = self._chunk_sums(label_logit, start)
+        return [
+            float(log_sum - shifted_sum) if loss is None else loss
+            for loss, log_sum, shifted_sum in zip(self.losses, log_sums, shifted_sums)
+        ]
+
+    def _chunk_sums(self, values: np.ndarray, start: int) -> list:
+        """values[a - start : b - start].sum() of every chunk (a, b), each summed alone as NumPy
+        sums a row (pairwise), though in a few calls: the chunks of one length as rows of a matrix."""
+        sums = [None] * len(self.chunks)
+        by_length: dict[int, list[int]] = {}
+        for i, (a, b) in enumerate(self.chunks):
+            by_length.setdefault(b - a, []).append(i)
+        for length, chunks in by_length.items():
+            starts = np.array([self.chunks[i][0] - start for i in chunks])
+            if len(chunks) * length == len(values) and starts[-1] == len(values) - length:
+                rows = values.reshape(-1, length)  # every chunk, end to end
+            else:
+                rows = values[starts[:, None] + np.arange(length)]
+            for i, total in zip(chunks, rows.sum(axis=1)):
+                sums[i] = total
+        return sums
+
+    def correct(self, start: int, stop: int) -> int:
+        """How many images in ``start:stop`` have their true class as the argmax of their logits
+        (the first class of the highest logit, as np.argmax picks it)."""
+        logits = self.logits[:, start:stop]
+        labels = self.labels[start:stop]
+        top = logits.max(axis=0)
+        hit = np.take(self.logits, self.label_flat[start:stop]) == top
+        tied = np.count_nonzero(logits == top, axis=0) > 1
+        unsure = np.flatnonzero(hit & tied)  # another class shares the top logit: argmax decides
+        misses = np.count_nonzero(logits[:, unsure].argmax(axis=0) != labels[unsure]) if len(unsure) else 0
+        return int(np.count_nonzero(hit)) - int(misses)
