@@ -99,7 +99,8 @@ def plan(levels: np.ndarray, length: int, width: int, rng: np.random.Generator) 
     # The thread boundary: a whole number of kernel blocks where the rows' own columns reach about
     # the caller's share, the one that costs the fewest extra columns (it may fall where the
     # groups would be cut anyway).
-    share = np.cumsum(mean_columns) / mean_columns.sum()
+    total = mean_columns.sum()
+    share = np.cumsum(mean_columns) / total if total else np.zeros(length)  # no ink: nothing to share
     cuts = range(-(-MIN_ROWS // THREAD_ROWS) * THREAD_ROWS, length - MIN_ROWS + 1, THREAD_ROWS)
     near = [c for c in cuts if abs(share[c - 1] - FORWARD_SHARE) <= SHARE_SLACK]
     near = near or sorted(cuts, key=lambda c: abs(share[c - 1] - FORWARD_SHARE))[:1]
