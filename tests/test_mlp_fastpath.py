@@ -42,7 +42,9 @@ def _wider_outputs_keep_bits(rows: int, padded: tuple[int, ...], widths: tuple[i
         ("tanh", (70, 30), (72, 32), 500),  # the default widths: BLAS takes other paths for these
     ],
 )
-def test_padded_hidden_units_stay_zero_and_leave_the_sums_alone(activation, hidden, padded, chunk, monkeypatch):
+def test_padded_hidden_units_stay_zero_and_leave_the_sums_alone(
+    activation, hidden, padded, chunk, monkeypatch
+):
     # groups of a few rows, columns in steps of 4: the staircase engages on 20 columns
     monkeypatch.setattr(staircase, "GROUP_OVERHEAD", 0)
     monkeypatch.setattr(staircase, "STEP", 4)
