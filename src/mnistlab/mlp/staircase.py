@@ -204,7 +204,6 @@ class Staircase:
         self.group_at = np.concatenate(
             [start + np.array(p.bounds[:-1]) for start, p in zip(starts.tolist(), self.chunk_plans)]
         )
-        self.chunk_bounds = [p.bounds for p in self.chunk_plans]
         top = int(levels.max(initial=0))
         self.descending = (top - levels).astype(levels.dtype)  # sorts ascending as reach sorts descending
         # per position: the chunk's base key, so that one stable sort orders every chunk at once
@@ -222,9 +221,9 @@ class Staircase:
         levels = np.take(self.levels, np.take(arranged, self.group_at)).astype(np.int64)
         columns = np.minimum(levels * STEP, self.width).tolist()
         steps, at = [], 0
-        for bounds, p in zip(self.chunk_bounds, self.chunk_plans):
-            groups = len(bounds) - 1
-            steps.append(Steps(bounds, columns[at : at + groups], p))
+        for p in self.chunk_plans:
+            groups = len(p.bounds) - 1
+            steps.append(Steps(p.bounds, columns[at : at + groups], p))
             at += groups
         return arranged, steps
 
