@@ -17,8 +17,9 @@ import time
 
 import numpy as np
 
-from mnistlab.data import load_dataset
-from mnistlab.mlp import staircase
+from mnistlab.data import Preprocessor, load_dataset
+from mnistlab.mlp import MLP, preset, staircase
+from mnistlab.mlp.layout import TrainData
 
 CORE = 483  # the core/tail split's core columns on MNIST (split="auto")
 UNITS = 72  # the default network's first layer, padded
@@ -28,18 +29,16 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--chunks", type=int, default=400)
     args = p.parse_args()
-    images = load_dataset("mnist", progress=False).train_images.reshape(60000, -1)
-    inked = images != 0
-    freq = inked[::14].mean(axis=0)
-    active = int(np.count_nonzero(freq))
-    order = np.argsort(-freq, kind="stable")[:active]
-    width = -(-active // staircase.STEP) * staircase.STEP
-    rows = np.zeros((len(images), width), np.uint8)
-    rows[:, :active] = images[:, order]
-    levels = staircase.reach_levels(rows, int(np.count_nonzero(freq >= 0.5)), width)
+    ds = load_dataset("mnist", progress=False)
+    images = ds.train_images.reshape(len(ds.train_images), -1)
+    # the staircase's layout as the trainer makes it: its column order, width and reach levels
+    model = MLP(preset("default"), preprocess=Preprocessor.fit("unit", ds.train_images))
+    data = TrainData(model, ds.train_images, ds.train_labels, "auto")
+    rows, width, levels = data.rows, data.width, data.levels
+    active = data.n_active
     stairs = staircase.Staircase(levels, width, np.array([0]), 500)
 
-    reach = np.where(inked[:, order], np.arange(1, active + 1), 0).max(axis=1)
+    reach = np.where(images[:, data.first_rows[:active]] != 0, np.arange(1, active + 1), 0).max(axis=1)
     touches = reach > CORE
     core = np.ascontiguousarray(rows[:, :CORE])
     tail_rows = np.ascontiguousarray(rows[touches, CORE:active])

@@ -289,17 +289,17 @@ class Backprop:
         lock cost more than they save."""
         views = self._views(0, k)
         weights = self._slices(self.chunk.params).back_weights
-        derivatives = self._hidden_derivatives(views)
+        derivatives = self._hidden_derivatives(views, k)
         for i in range(len(weights) - 1, 0, -1):
             d_below = views.delta[i - 1]
             np.matmul(views.delta_units[i], weights[i], out=d_below)  # (rows, in); zero pads
             np.multiply(d_below, derivatives[i - 1], out=d_below)
 
-    def _hidden_derivatives(self, views: RowViews) -> list[np.ndarray]:
-        """f'(z) of every hidden layer for the chunk's rows, from the layers' outputs: for a whole
-        chunk in one pass over all hidden layers (end to end in memory), else layer by layer."""
+    def _hidden_derivatives(self, views: RowViews, k: int) -> list[np.ndarray]:
+        """f'(z) of every hidden layer for the chunk's ``k`` rows, from the layers' outputs: for a
+        whole chunk in one pass over all hidden layers (end to end in memory), else layer by layer."""
         derivative = act.DERIVATIVE[self.config.activation]
-        if len(views.ones) == self.rows:
+        if k == self.rows:
             derivative(self.hidden_outputs, self.hidden_derivatives)
         else:
             for a, d in zip(views.acts, views.derivatives):

@@ -40,7 +40,7 @@ class SplitEval:
         levels = reach_levels(rows, data.n_always if evalset.raw else 0, n_in)
         order = np.argsort(-levels.astype(np.int32), kind="stable")
         levels = levels[order]
-        blocks = [(a, min(a + block, n), columns_of(int(levels[a]), n_in)) for a in range(0, n, block)]
+        blocks = [(a, min(a + block, n), int(columns_of(levels[a], n_in))) for a in range(0, n, block)]
         if all(columns == n_in for _, _, columns in blocks):
             return None
         split = cls(np.take(rows, order, axis=0), evalset.labels[order], blocks)

@@ -74,8 +74,9 @@ def reach_levels(rows: np.ndarray, least: int, width: int) -> np.ndarray:
     return ((reach + STEP - 1) // STEP).astype(np.uint16)
 
 
-def columns_of(level: int, width: int) -> int:
-    return min(level * STEP, width)
+def columns_of(levels: np.ndarray | int, width: int) -> np.ndarray:
+    """The columns a row (or rows) of these reach levels multiplies: whole steps, at most ``width``."""
+    return np.minimum(np.asarray(levels, np.int64) * STEP, width)
 
 
 @dataclass(frozen=True)
@@ -94,7 +95,7 @@ def plan(levels: np.ndarray, length: int, width: int, rng: np.random.Generator) 
     """The plan for chunks of ``length`` images, fitted on random chunks of ``levels``."""
     sample = np.sort(rng.choice(levels, (PLAN_CHUNKS, length)), axis=1)[:, ::-1]
     # (chunks, rows): a group's K if it starts there
-    columns = np.minimum(sample.astype(np.int64) * STEP, width)
+    columns = columns_of(sample, width)
     mean_columns = columns.mean(axis=0)
     # The thread boundary: a whole number of kernel blocks where the rows' own columns reach about
     # the caller's share, the one that costs the fewest extra columns (it may fall where the
@@ -204,7 +205,6 @@ class Staircase:
         self.group_at = np.concatenate(
             [start + np.array(p.bounds[:-1]) for start, p in zip(starts.tolist(), self.chunk_plans)]
         )
-        self.chunk_bounds = [p.bounds for p in self.chunk_plans]
         top = int(levels.max(initial=0))
         self.descending = (top - levels).astype(levels.dtype)  # sorts ascending as reach sorts descending
         # per position: the chunk's base key, so that one stable sort orders every chunk at once
@@ -219,12 +219,12 @@ class Staircase:
         and every chunk's products."""
         np.add(self.keys, np.take(self.descending, order), out=self.sorted_keys, casting="unsafe")
         arranged = np.take(order, np.argsort(self.sorted_keys, kind="stable"))
-        levels = np.take(self.levels, np.take(arranged, self.group_at)).astype(np.int64)
-        columns = np.minimum(levels * STEP, self.width).tolist()
+        levels = np.take(self.levels, np.take(arranged, self.group_at))
+        columns = columns_of(levels, self.width).tolist()
         steps, at = [], 0
-        for bounds, p in zip(self.chunk_bounds, self.chunk_plans):
-            groups = len(bounds) - 1
-            steps.append(Steps(bounds, columns[at : at + groups], p))
+        for p in self.chunk_plans:
+            groups = len(p.bounds) - 1
+            steps.append(Steps(p.bounds, columns[at : at + groups], p))
             at += groups
         return arranged, steps
 
