@@ -78,30 +78,30 @@ CLOSED_OUTPUT = 141
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    left_before = _groups_left()
+    left_before = _left_group()
     try:
         code = _main(argv)
     except BaseException:
-        if _groups_left() == left_before:
+        if _left_group() == left_before:
             raise
         traceback.print_exc()  # --debug: the traceback, then the end of the rank below
         code = 1
     return end_rank_process(code, left_before)
 
 
-def _groups_left() -> int:
-    """Process groups this process has left (0 unless it was a rank of a distributed job)."""
+def _left_group() -> bool:
+    """Whether this process has left a process group (only a rank of a distributed job has)."""
     distributed = sys.modules.get("mnistlab.cnn.distributed")  # never imports torch itself
-    return distributed.groups_left if distributed is not None else 0
+    return distributed is not None and distributed.left_group
 
 
-def end_rank_process(code: int, left_before: int = 0) -> int:
-    """``code``, or, when the process has left a process group since it had left ``left_before``,
+def end_rank_process(code: int, left_before: bool = False) -> int:
+    """``code``, or, when the process has left a process group (and had not at ``left_before``),
     the end of the process with status ``code`` (a torchrun worker at the end of its command, this
     CLI's or a benchmark's): what it wrote is flushed and the interpreter does not finalize, because
     gloo's worker threads stay to the end of the process and one that takes the GIL while the
-    interpreter finalizes aborts the process (distributed.groups_left)."""
-    if _groups_left() <= left_before:
+    interpreter finalizes aborts the process (distributed.left_group)."""
+    if left_before or not _left_group():
         return code
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(OSError, ValueError):

@@ -137,22 +137,22 @@ def all_arrived() -> None:
         dist.barrier()
 
 
-# Process groups this process left. gloo's worker threads outlive destroy_process_group: a group
-# that DDP used stays alive (torch 2.13 never frees its reducer), so they cannot be joined. A worker
-# that still releases a Python object (a comm hook's callback, a tensor of the last collective) once
-# the interpreter finalizes dies taking the GIL, which ends the process in std::terminate (SIGABRT,
-# "terminate called without an active exception"); the CLI therefore ends a rank's process without
-# finalizing (cli.end_rank_process).
-groups_left = 0
+# Whether this process has left a process group. gloo's worker threads outlive
+# destroy_process_group: a group that DDP used stays alive (torch 2.13 never frees its reducer), so
+# they cannot be joined. A worker that still releases a Python object (a comm hook's callback, a
+# tensor of the last collective) once the interpreter finalizes dies taking the GIL, which ends the
+# process in std::terminate (SIGABRT, "terminate called without an active exception"); the CLI
+# therefore ends a rank's process without finalizing (cli.end_rank_process).
+left_group = False
 
 
 def leave() -> None:
     """Leave the process group (the end of a distributed command, after ``all_arrived`` when it
     succeeded)."""
-    global _ranks, groups_left
+    global _ranks, left_group
     if dist.is_initialized():
         dist.destroy_process_group()
-        groups_left += 1
+        left_group = True
     _ranks = Ranks()
 
 
