@@ -149,8 +149,9 @@ def _measure_cpu(config: TrainConfig, spec: Spec, amp: str | None, default: cpu_
     """What 'auto' leaves open on the CPU, timed on this network (cpu_probe), in two parts.
 
     * The arithmetic (``_arithmetic``): in float32 the layout and Winograd for the 3x3
-      convolutions. Each rounds differently, so it is measured once per machine, network and batch
-      and recorded; a resumed run keeps its own.
+      convolutions, and (also under bf16 autocast) the one-pass first block (pooled_conv). Each
+      rounds differently, so it is measured once per machine, network and batch and recorded; a
+      resumed run keeps its own.
     * Without --threads: the parts of the split batch on all cores against one after another on
       one thread (other processes may hold the cores). The arithmetic is the same either way, so
       this is measured afresh by every run.
@@ -186,13 +187,14 @@ def _measure_cpu(config: TrainConfig, spec: Spec, amp: str | None, default: cpu_
 
 def _arithmetic(config: TrainConfig, spec: Spec, net: Any, dtype: torch.dtype | None,
                 default: cpu_probe.Candidate) -> tuple[tuple[bool, tuple, tuple], list[str]]:
-    """(channels-last?, Winograd blocks, one-pass conv+pool blocks) for float32 on this CPU:
+    """(channels-last?, Winograd blocks, one-pass conv+pool blocks) for this CPU and autocast:
     recorded on this machine, or measured and recorded. Each block's faster algorithm is first
     timed alone in the network; those that paid are then timed together and one by one against
     the plain network (and NCHW)."""
     layouts = [default.channels_last] + ([False] if config.channels_last == "auto" and dtype is None else [])
     plan = net.winograd_plan() if dtype is None and default.channels_last else {}
-    pooled = net.pooled_conv_plan() if dtype is None and default.channels_last else []
+    # the one-pass first block computes in float32 also under bf16 autocast: a candidate there too
+    pooled = net.pooled_conv_plan() if default.channels_last else []
     if len(layouts) == 1 and not plan and not pooled:
         return (default.channels_last, (), ()), []
     key = {"spec": spec.to_string(), "batch": config.batch_size, "parts": default.parts,
