@@ -292,3 +292,36 @@ def test_unread_rows_are_cut_with_the_same_outputs_and_gradients(spec, crops):
     net(x)
     handle.remove()
     assert seen["conv1"].shape[-2:] == net.infos[0].output_shape[1:]  # hooks see whole maps
+
+
+def test_rmsprop_in_one_c_call_matches_the_foreach_update():
+    """The CPU's one-call RMSprop (kernels.c) against torch's foreach operations, on the seed
+    network's channels-last parameters with gradients in both memory orders: the same state bit for
+    bit, parameters to the last bit, over steps whose gradients grow."""
+    from mnistlab.cnn import native
+
+    if native.library() is None:
+        pytest.skip("no C compiler to build the kernel")
+
+    def params():
+        net = build_net("seed", "glorot", seed=0).to(memory_format=torch.channels_last)
+        return list(net.parameters())
+
+    fast, plain, start = params(), params(), params()
+    fast_opt, plain_opt = Optimizer(fast, "rmsprop", 1e-3), Optimizer(plain, "rmsprop", 1e-3)
+    assert fast_opt._native
+    plain_opt._native = False
+    generator = torch.Generator().manual_seed(0)
+    for step in range(8):
+        for a, b in zip(fast, plain):
+            grad = torch.randn(a.shape, generator=generator) * (step + 1)
+            if step % 2 and grad.dim() == 4:
+                grad = grad.contiguous(memory_format=torch.channels_last)
+            a.grad, b.grad = grad.clone(), grad.clone()
+        fast_opt.step()
+        plain_opt.step()
+    for a, b in zip(fast_opt.state["v"], plain_opt.state["v"]):
+        assert torch.equal(a, b)
+    for a, b, before in zip(fast, plain, start):
+        assert not torch.equal(a, before)
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)

@@ -93,6 +93,14 @@ def test_without_a_compiler_the_kernel_levers_are_not_offered(monkeypatch):
         assert not winograd._native(torch.zeros(1, 8, 6, 6), conv, 2, True)
         torch.testing.assert_close(winograd.conv2d(torch.ones(1, 8, 6, 6), conv, 2),
                                    conv(torch.ones(1, 8, 6, 6)), rtol=1e-5, atol=1e-5)  # torch's transforms
+        from mnistlab.cnn import Optimizer
+
+        weight = nn.Parameter(torch.ones(3))
+        weight.grad = torch.ones(3)
+        optimizer = Optimizer([weight], "rmsprop", 0.1)
+        optimizer.step()  # torch's operations instead of the one-call update
+        assert not optimizer._native
+        torch.testing.assert_close(weight.detach(), torch.full((3,), 1 - 0.1 / (0.1 + 1e-7) ** 0.5))
     finally:
         monkeypatch.undo()
         native.library.cache_clear()

@@ -3,7 +3,8 @@
  *   pooled_conv_*: a convolution of a one-channel map, its 2x2 max pooling and a ReLU in one pass
  *                  (mnistlab/cnn/pooled_conv.py);
  *   winograd_*:    the transforms of Winograd F(m x m, 3 x 3) convolutions, one pass each; the
- *                  matrix products between them stay in torch (mnistlab/cnn/winograd.py).
+ *                  matrix products between them stay in torch (mnistlab/cnn/winograd.py);
+ *   rmsprop_step:  the optimizer's update of every tensor in one call (mnistlab/cnn/optim.py).
  * Every sum runs in a fixed order, so results repeat bit for bit.
  *
  * Channels go in blocks of LANES, one vector (GCC/Clang vector extensions: AVX2 registers with
@@ -346,4 +347,24 @@ void winograd_output_backward(const float *grad, const uint8_t *window, const fl
         winograd_output_backward_body(grad, window, at, dproducts, n, o, 3, th, tw, oh, ow, pool);
     else
         winograd_output_backward_body(grad, window, at, dproducts, n, o, m, th, tw, oh, ow, pool);
+}
+
+/* Keras' RMSprop over `count` tensors, each of sizes[k] floats in the same memory order as its
+ * gradient and state: v = rho v + keep g g;  p += step g / sqrt(v + eps)  (keep = 1 - rho and
+ * step = -lr, rounded to float by the caller as torch rounds its scalars), each operation rounded
+ * as torch's mul_, addcmul_, add, sqrt_ and addcdiv_ round theirs (the update may still differ from
+ * theirs in the last bit), in one pass over the memory and one call for all tensors. */
+__attribute__((optimize("fp-contract=off")))
+void rmsprop_step(int64_t count, float *const *params, const float *const *grads, float *const *state,
+                  const int64_t *sizes, float rho, float keep, float eps, float step)
+{
+    for (int64_t k = 0; k < count; k++) {
+        float *restrict p = params[k], *restrict v = state[k];
+        const float *restrict g = grads[k];
+        for (int64_t i = 0; i < sizes[k]; i++) {
+            float vi = __builtin_fmaf(keep * g[i], g[i], v[i] * rho); /* as torch's addcmul rounds */
+            v[i] = vi;
+            p[i] = p[i] + step * g[i] / __builtin_sqrtf(vi + eps);
+        }
+    }
 }

@@ -42,7 +42,7 @@ def library() -> ctypes.CDLL | None:
     if compiler is None or not SOURCE.exists():
         return None
     isa = _FLAGS.get(torch.backends.cpu.get_cpu_capability(), [])
-    flags = ["-O3", "-fPIC", "-shared", "-fno-fast-math", *isa]
+    flags = ["-O3", "-fPIC", "-shared", "-fno-fast-math", "-fno-math-errno", *isa]
     try:
         version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
     except (OSError, subprocess.SubprocessError):
@@ -72,6 +72,9 @@ def library() -> ctypes.CDLL | None:
         kernel = getattr(lib, function)
         kernel.argtypes = [ctypes.c_void_p] * pointers + [ctypes.c_int64] * sizes
         kernel.restype = None
+    # count, then arrays of pointers (params, grads, state) and of sizes, then four float scalars
+    lib.rmsprop_step.argtypes = [ctypes.c_int64] + [ctypes.c_void_p] * 4 + [ctypes.c_float] * 4
+    lib.rmsprop_step.restype = None
     return lib
 
 

@@ -9,6 +9,7 @@ SGD and Adam/AdamW follow torch.optim's update rules (tested against them).
 
 from __future__ import annotations
 
+import ctypes
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
+from . import native
 
 OPTIMIZERS = ("rmsprop", "sgd", "adam", "adamw")
 SCHEDULES = ("constant", "step", "exponential", "cosine", "onecycle", "plateau")
@@ -56,6 +58,10 @@ class Optimizer:
         self.eps = eps if eps is not None else (1e-7 if kind == "rmsprop" else 1e-8)
         self.betas = betas
         device = self.params[0].device
+        # RMSprop without momentum on the CPU runs as one C call where the kernels build (rmsprop_step
+        # in kernels.c): the five passes per tensor below are each a dispatch that costs more than
+        # the arithmetic of these small tensors
+        self._native = kind == "rmsprop" and not self.momentum and all(map(_dense_float32_cpu, self.params))
         self.lr = torch.tensor(float(lr), device=device)  # changed in place by the schedule
         self.t = torch.zeros((), device=device)  # steps taken (Adam's bias correction)
         zeros = lambda: [torch.zeros_like(p, memory_format=torch.preserve_format) for p in self.params]  # noqa: E731
@@ -86,6 +92,8 @@ class Optimizer:
         self.t += 1
         if self.weight_decay and self.kind != "adamw":  # L2: added to the gradient, as torch does
             grads = torch._foreach_add(grads, params, alpha=self.weight_decay)
+        if self._native and self._rmsprop_native(grads):
+            return
         if self.kind == "rmsprop":
             v = self.state["v"]
             torch._foreach_mul_(v, self.rho)
@@ -131,6 +139,28 @@ class Optimizer:
             torch._foreach_mul_(update, lr / bias1)
             torch._foreach_sub_(params, update)
 
+    def _rmsprop_native(self, grads: list[torch.Tensor]) -> bool:
+        """The RMSprop update as one call of the C kernel; False where the kernels cannot be built."""
+        lib = native.library()
+        if lib is None:
+            self._native = False
+            return False
+        # a gradient in another memory order than its parameter (a channels-last conv weight's
+        # gradient may come back in NCHW order) is copied into the parameter's order first
+        grads = [g if g.stride() == p.stride() else torch.empty_like(p).copy_(g)
+                 for p, g in zip(self.params, grads)]
+        count = len(self.params)
+        pointers = ctypes.c_void_p * count
+        lib.rmsprop_step(
+            count,
+            pointers(*[p.data_ptr() for p in self.params]),
+            pointers(*[g.data_ptr() for g in grads]),
+            pointers(*[v.data_ptr() for v in self.state["v"]]),
+            (ctypes.c_int64 * count)(*[p.numel() for p in self.params]),
+            self.rho, 1 - self.rho, self.eps, -float(self.lr),
+        )
+        return True
+
     def state_arrays(self) -> dict[str, np.ndarray]:
         out = {"lr": self.lr.cpu().numpy(), "t": self.t.cpu().numpy()}
         for key, tensors in self.state.items():
@@ -145,6 +175,13 @@ class Optimizer:
         for key, tensors in self.state.items():
             for i, tensor in enumerate(tensors):
                 tensor.copy_(torch.from_numpy(np.array(arrays[f"{key}.{i}"])))
+
+
+def _dense_float32_cpu(tensor: torch.Tensor) -> bool:
+    """A float32 CPU tensor whose elements fill its memory without gaps (plain or channels-last order)."""
+    channels_last = tensor.dim() == 4 and tensor.is_contiguous(memory_format=torch.channels_last)
+    dense = tensor.is_contiguous() or channels_last
+    return tensor.device.type == "cpu" and tensor.dtype == torch.float32 and dense
 
 
 @dataclass
