@@ -207,10 +207,10 @@ def test_split_parts_give_the_same_gradients_on_one_thread_or_several():
     assert all(torch.equal(p, q) for pa, pb in zip(parts_a, parts_b) for p, q in zip(pa, pb))
 
 
-def test_under_bf16_autocast_the_one_pass_first_block_is_timed_and_winograd_is_not(tmp_path, isolated_home):
-    """The one-pass kernel computes in float32 under autocast too, so a bf16 run times it on its
-    network and records the choice; Winograd (float32 transforms around float32 products) is not a
-    bf16 candidate."""
+def test_under_bf16_autocast_the_one_pass_kernels_are_timed_and_winograd_is_not(tmp_path, isolated_home):
+    """The one-pass first block computes in float32 under autocast too, and the one-pass pooling and
+    ReLU takes bf16 maps, so a bf16 run times both on its network and records the choice; Winograd
+    (float32 transforms around float32 products) is not a bf16 candidate."""
     import json
 
     import pytest
@@ -223,8 +223,12 @@ def test_under_bf16_autocast_the_one_pass_first_block_is_timed_and_winograd_is_n
     levers = trainer.levers
     assert levers.amp_dtype == "bfloat16" and not levers.winograd
     assert "conv1 one-pass conv+pool" in levers.measured and "Winograd" not in levers.measured
+    assert "conv2 one-pass pool+ReLU" in levers.measured
     (key, choice), = json.loads((isolated_home / cpu_probe.RECORD).read_text()).items()
-    assert json.loads(key)["autocast"] == "torch.bfloat16"
+    key = json.loads(key)
+    assert key["autocast"] == "torch.bfloat16" and key["pool_relu"] == ["conv1", "conv2"]
     assert choice["pooled_conv"] == levers.pooled_conv and trainer.net.pooled_conv == set(levers.pooled_conv)
+    assert choice["pool_relu"] == levers.pool_relu and trainer.net.pool_relu == set(levers.pool_relu)
+    assert not set(levers.pool_relu) & set(levers.pooled_conv)  # the one-pass first block pools itself
     result = trainer.run()
     assert result.state == "complete" and all(h["loss"] == h["loss"] for h in result.history)

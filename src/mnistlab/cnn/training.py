@@ -140,6 +140,7 @@ class Trainer:
         self.net.to(dev)
         self.net.winograd = dict(self.levers.winograd)
         self.net.pooled_conv = set(self.levers.pooled_conv)
+        self.net.pool_relu = set(self.levers.pool_relu)
         if self.levers.channels_last:
             self.net.to(memory_format=torch.channels_last)
         self._trainable = [p for p in self.net.parameters() if p.requires_grad]
