@@ -98,7 +98,7 @@ def test_without_a_compiler_the_kernel_levers_are_not_offered(monkeypatch):
         weight = nn.Parameter(torch.ones(3))
         weight.grad = torch.ones(3)
         optimizer = Optimizer([weight], "rmsprop", 0.1)
-        optimizer.step()  # torch's operations instead of the one-call update
+        optimizer.step()  # torch's operations instead of the kernels
         assert not optimizer._native
         torch.testing.assert_close(weight.detach(), torch.full((3,), 1 - 0.1 / (0.1 + 1e-7) ** 0.5))
     finally:

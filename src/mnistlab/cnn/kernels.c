@@ -5,7 +5,7 @@
  *   winograd_*:    the transforms of Winograd F(m x m, 3 x 3) convolutions, one pass each; the
  *                  matrix products between them stay in torch (mnistlab/cnn/winograd.py);
  *   pool_relu_bf16_*: a 2x2 max pooling and a ReLU of a bf16 map (mnistlab/cnn/pool_relu.py);
- *   rmsprop_step:  the optimizer's update of every tensor in one call (mnistlab/cnn/optim.py).
+ *   rmsprop_*:     the optimizer's update of every tensor in two calls (mnistlab/cnn/optim.py).
  * Every sum runs in a fixed order, so results repeat bit for bit.
  *
  * Channels go in blocks of LANES, one vector (GCC/Clang vector extensions: AVX2 registers with
@@ -407,21 +407,36 @@ void winograd_output_backward(const float *grad, const uint8_t *window, const fl
 }
 
 /* Keras' RMSprop over `count` tensors, each of sizes[k] floats in the same memory order as its
- * gradient and state: v = rho v + keep g g;  p += step g / sqrt(v + eps)  (keep = 1 - rho and
- * step = -lr, rounded to float by the caller as torch rounds its scalars), each operation rounded
- * as torch's mul_, addcmul_, add, sqrt_ and addcdiv_ round theirs (the update may still differ from
- * theirs in the last bit), in one pass over the memory and one call for all tensors. */
+ * gradient, state and denominator, in two passes around torch's square root (whose vector kernel
+ * rounds some values differently from an exact one: the update keeps torch's bits):
+ *   rmsprop_state:  v = rho v + keep g g;  denom = v + eps
+ *   (torch: denom = sqrt(denom))
+ *   rmsprop_params: p += step g / denom
+ * keep = 1 - rho and step = -lr are rounded to float by the caller as torch rounds its scalars;
+ * every operation rounds as torch's mul_, addcmul_ (a fused multiply-add), add and addcdiv_ do. */
 __attribute__((optimize("fp-contract=off")))
-void rmsprop_step(int64_t count, float *const *params, const float *const *grads, float *const *state,
-                  const int64_t *sizes, float rho, float keep, float eps, float step)
+void rmsprop_state(int64_t count, const float *const *grads, float *const *state, float *const *denom,
+                   const int64_t *sizes, float rho, float keep, float eps)
 {
     for (int64_t k = 0; k < count; k++) {
-        float *restrict p = params[k], *restrict v = state[k];
         const float *restrict g = grads[k];
+        float *restrict v = state[k], *restrict d = denom[k];
         for (int64_t i = 0; i < sizes[k]; i++) {
-            float vi = __builtin_fmaf(keep * g[i], g[i], v[i] * rho); /* as torch's addcmul rounds */
+            const float vi = __builtin_fmaf(keep * g[i], g[i], v[i] * rho);
             v[i] = vi;
-            p[i] = p[i] + step * g[i] / __builtin_sqrtf(vi + eps);
+            d[i] = vi + eps;
         }
+    }
+}
+
+__attribute__((optimize("fp-contract=off")))
+void rmsprop_params(int64_t count, float *const *params, const float *const *grads, const float *const *denom,
+                    const int64_t *sizes, float step)
+{
+    for (int64_t k = 0; k < count; k++) {
+        float *restrict p = params[k];
+        const float *restrict g = grads[k], *restrict d = denom[k];
+        for (int64_t i = 0; i < sizes[k]; i++)
+            p[i] = p[i] + step * g[i] / d[i];
     }
 }

@@ -74,9 +74,10 @@ def library() -> ctypes.CDLL | None:
         kernel = getattr(lib, function)
         kernel.argtypes = [ctypes.c_void_p] * pointers + [ctypes.c_int64] * sizes
         kernel.restype = None
-    # count, then arrays of pointers (params, grads, state) and of sizes, then four float scalars
-    lib.rmsprop_step.argtypes = [ctypes.c_int64] + [ctypes.c_void_p] * 4 + [ctypes.c_float] * 4
-    lib.rmsprop_step.restype = None
+    # count, then arrays of pointers (three) and of sizes, then float scalars
+    lib.rmsprop_state.argtypes = [ctypes.c_int64] + [ctypes.c_void_p] * 4 + [ctypes.c_float] * 3
+    lib.rmsprop_params.argtypes = [ctypes.c_int64] + [ctypes.c_void_p] * 4 + [ctypes.c_float]
+    lib.rmsprop_state.restype = lib.rmsprop_params.restype = None
     return lib
 
 

@@ -58,10 +58,11 @@ class Optimizer:
         self.eps = eps if eps is not None else (1e-7 if kind == "rmsprop" else 1e-8)
         self.betas = betas
         device = self.params[0].device
-        # RMSprop without momentum on the CPU runs as one C call where the kernels build (rmsprop_step
-        # in kernels.c): the five passes per tensor below are each a dispatch that costs more than
-        # the arithmetic of these small tensors
+        # RMSprop without momentum on the CPU runs as C kernels where they build (rmsprop_* in
+        # kernels.c): the five passes per tensor below are each a dispatch that costs more than the
+        # arithmetic of these small tensors
         self._native = kind == "rmsprop" and not self.momentum and all(map(_dense_float32_cpu, self.params))
+        self._denom: list[torch.Tensor] | None = None  # the kernels' sqrt(v + eps), allocated once
         self.lr = torch.tensor(float(lr), device=device)  # changed in place by the schedule
         self.t = torch.zeros((), device=device)  # steps taken (Adam's bias correction)
         zeros = lambda: [torch.zeros_like(p, memory_format=torch.preserve_format) for p in self.params]  # noqa: E731
@@ -140,7 +141,8 @@ class Optimizer:
             torch._foreach_sub_(params, update)
 
     def _rmsprop_native(self, grads: list[torch.Tensor]) -> bool:
-        """The RMSprop update as one call of the C kernel; False where the kernels cannot be built."""
+        """The RMSprop update as two calls of the C kernels around torch's square root (the same
+        bits as the operations below); False where the kernels cannot be built."""
         lib = native.library()
         if lib is None:
             self._native = False
@@ -149,16 +151,17 @@ class Optimizer:
         # gradient may come back in NCHW order) is copied into the parameter's order first
         grads = [g if g.stride() == p.stride() else torch.empty_like(p).copy_(g)
                  for p, g in zip(self.params, grads)]
+        if self._denom is None:
+            self._denom = [torch.empty_like(v) for v in self.state["v"]]
         count = len(self.params)
-        pointers = ctypes.c_void_p * count
-        lib.rmsprop_step(
-            count,
-            pointers(*[p.data_ptr() for p in self.params]),
-            pointers(*[g.data_ptr() for g in grads]),
-            pointers(*[v.data_ptr() for v in self.state["v"]]),
-            (ctypes.c_int64 * count)(*[p.numel() for p in self.params]),
-            self.rho, 1 - self.rho, self.eps, -float(self.lr),
-        )
+        arrays = [(ctypes.c_void_p * count)(*[t.data_ptr() for t in tensors])
+                  for tensors in (self.params, grads, self.state["v"], self._denom)]
+        params, grad_pointers, state, denom = arrays
+        sizes = (ctypes.c_int64 * count)(*[p.numel() for p in self.params])
+        lib.rmsprop_state(count, grad_pointers, state, denom, sizes, self.rho, 1 - self.rho, self.eps)
+        torch._foreach_sqrt_(self._denom)
+        lib.rmsprop_params(count, params, grad_pointers, denom, sizes, -float(self.lr))
+        torch.autograd.graph.increment_version(self.params + self.state["v"])  # changed behind torch's back
         return True
 
     def state_arrays(self) -> dict[str, np.ndarray]:
