@@ -124,6 +124,7 @@ class Backprop:
         self.logits = np.empty((rows, sizes[-1]), dt)
         # the gradient of a batch's later chunks, added into the optimizer's
         self.part: ParamViews | None = working.views(np.zeros(working.size, dt)) if summed else None
+        self.updated = False  # whether the last ``run`` updated the parameters (see run)
         # several cores, set by the trainer (None: one thread): the threads divide each chunk's
         # first-layer products (see staircase) and each gathers the rows it multiplies
         self.products: RowSplit | None = None
@@ -156,6 +157,7 @@ class Backprop:
         scale: float,
         phases: Phases,
         following: tuple[int, np.ndarray, Steps] | None = None,
+        update: Callable[[int, int], None] | None = None,
     ) -> float:
         """Forward and backward for the images ``idx``, which sit at ``at`` in the epoch's arranged
         order (in descending reach, multiplied as ``steps``; ``start_epoch`` took their labels):
@@ -163,8 +165,11 @@ class Backprop:
         added to it. Returns the chunk's check value (see _loss_and_output_delta); ``tally`` keeps
         its loss and what the epoch's accuracy and error need. ``following``: the next chunk's
         place, images (arranged) and products, whose worker rows a worker may gather ahead while
-        this thread computes the loss and the deltas."""
+        this thread computes the loss and the deltas. ``update``: the optimizer's ``range_step``
+        for a batch of this one chunk; where the threads divide the weight gradient, each updates
+        the parameters whose gradient it computed and ``updated`` is set (else the caller steps)."""
         k = len(idx)
+        self.updated = False
         ahead, self.ahead = self.ahead, None
         split = self.products if self.products is not None and self.products.active else None
         if self.products is not None:
@@ -175,11 +180,13 @@ class Backprop:
             # each thread gathers and multiplies its own groups' rows; the calling thread then takes
             # its rows through the other layers while the workers finish
             whole_deeper = not self._deeper_cut(k, cut)
-            mine = [partial(self._first_layer_rows, steps.forward(0, steps.plan.worker_group), 0, cut)]
+            gathered = ahead == at
+            own_groups = steps.forward(0, steps.plan.worker_group)
+            mine = [partial(self._first_layer_rows, own_groups, 0, cut, gathered=gathered)]
             if not whole_deeper:
                 mine.append(partial(self._forward_rows, 0, cut))
             theirs = [
-                partial(self._first_layer_rows, groups, groups[0][0], groups[-1][1], gathered=ahead == at)
+                partial(self._first_layer_rows, groups, groups[0][0], groups[-1][1], gathered=gathered)
                 for groups in deal(steps.forward(steps.plan.worker_group), split.parts - 1)
                 if groups
             ]
@@ -203,7 +210,7 @@ class Backprop:
             deltas()
         (loss,) = losses
         target = grad if first else self.part
-        self._weight_gradients(target)
+        self.updated = self._weight_gradients(target, update if first else None)
         if not first:
             grad.flat += self.part.flat
         phases.lap("backward")
@@ -223,16 +230,13 @@ class Backprop:
         return self.deeper_cuts[key]
 
     def _gather_ahead(self, data: TrainData, at: int, idx: np.ndarray, steps: Steps) -> None:
-        """Gather the rows of the next chunk (at ``at``, images ``idx`` arranged, multiplied as
-        ``steps``) that the workers will multiply, into the input buffer it will use."""
-        cut = steps.worker_row
-        if cut is None:
+        """Gather the next chunk (at ``at``, images ``idx`` arranged, multiplied as ``steps``) into
+        the input buffer it will use, so that its forward pass on every thread is products only."""
+        if steps.worker_row is None:
             return
         k = len(idx)
-        xb = self.inputs[self.flip ^ 1][:k]
-        raw = None if self.raw_inputs is None else self.raw_inputs[cut:k]
-        groups = [(a - cut, b - cut, columns) for a, b, columns in steps.forward(steps.plan.worker_group)]
-        data.gather(idx[cut:k], xb[cut:k], raw, groups)
+        raw = None if self.raw_inputs is None else self.raw_inputs[:k]
+        data.gather(idx, self.inputs[self.flip ^ 1][:k], raw, steps.forward())
         self.ahead = at
 
     def _first_layer_rows(
@@ -306,9 +310,11 @@ class Backprop:
                 derivative(a, d)
         return views.derivatives
 
-    def _weight_gradients(self, target: ParamViews) -> None:
+    def _weight_gradients(self, target: ParamViews, update: Callable[[int, int], None] | None) -> bool:
         """Every layer's weight and bias gradient into ``target``, from the deltas. The deeper
-        layers' are multiplied while the other cores finish their share of the first layer's."""
+        layers' are multiplied while the other cores finish their share of the first layer's.
+        With ``update`` and several threads, each thread then updates the parameters whose
+        gradient it computed (returns True; False: not updated)."""
         chunk = self.chunk
         k, steps, xb = len(chunk.idx), chunk.steps, chunk.xb
         # the pads' gradient entries are never written and stay zero
@@ -336,13 +342,27 @@ class Backprop:
             self._deeper_gradients(target)
             column_blocks(mine)
             column_blocks(theirs)
-            return
+            return False
+
+        # first-layer weight rows lo:hi are the flat parameters lo * units : hi * units
+        units, working = first.shape[1], self.working
+        cut = theirs[0][0]
 
         def own() -> None:
             column_blocks(mine)
             self._deeper_gradients(target)
+            if update is not None:  # every parameter but the rows the workers' blocks cover
+                update(0, cut * units)
+                update(reached * units, working.n_weights)
+                update(working.n_weights, working.size)
 
-        split.spread([own, *(partial(column_blocks, b) for b in deal(theirs, split.parts - 1) if b)])
+        def worker(blocks: list[tuple[int, int, int]]) -> None:
+            column_blocks(blocks)
+            if update is not None:  # a run of whole rows, in column order
+                update(blocks[0][0] * units, blocks[-1][1] * units)
+
+        split.spread([own, *(partial(worker, b) for b in deal(theirs, split.parts - 1) if b)])
+        return update is not None
 
     def _deeper_gradients(self, target: ParamViews) -> None:
         views, grads = self._views(0, len(self.chunk.idx)), self._slices(target)
