@@ -186,12 +186,18 @@ class Backprop:
             if not whole_deeper:
                 mine.append(partial(self._forward_rows, 0, cut))
             theirs = [
-                partial(self._first_layer_rows, groups, groups[0][0], groups[-1][1], gathered=gathered)
+                [partial(self._first_layer_rows, groups, groups[0][0], groups[-1][1], gathered=gathered)]
                 for groups in deal(steps.forward(steps.plan.worker_group), split.parts - 1)
                 if groups
             ]
-            split.spread([partial(_in_turn, mine), *theirs])
-            self._forward_rows(0 if whole_deeper else cut, k)
+            # one worker takes its own rows on through the other layers (long products, few small
+            # calls, while the calling thread multiplies); several: the calling thread does
+            own_deeper = not whole_deeper and len(theirs) == 1
+            if own_deeper:
+                theirs[0].append(partial(self._forward_rows, cut, k))
+            split.spread([partial(_in_turn, mine), *(partial(_in_turn, jobs) for jobs in theirs)])
+            if not own_deeper:
+                self._forward_rows(0 if whole_deeper else cut, k)
         else:
             self._first_layer_rows(steps.forward(), 0, k, phases)
             self._forward_rows(0, k)

@@ -47,7 +47,7 @@ MIN_ROWS = 96
 THREAD_ROWS = 48
 # With several threads, the calling thread's share of the first layer's work: it also takes its
 # rows through the deeper layers (forward) or multiplies the deeper layers' gradients (backward).
-FORWARD_SHARE = 0.45
+FORWARD_SHARE = 0.5
 BACKWARD_SHARE = 0.5
 # How far from FORWARD_SHARE the thread boundary may lie, to fall where the groups are cut anyway.
 SHARE_SLACK = 0.1
