@@ -13,6 +13,7 @@ long products: cut across threads, each would hand the interpreter lock back and
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -42,6 +43,11 @@ def _end_to_end(flat: np.ndarray, rows: int, widths: list[int]) -> list[np.ndarr
 def _in_turn(jobs: list[Callable[[], Any]]) -> None:
     for job in jobs:
         job()
+
+
+def _after(event: threading.Event, job: Callable[[], Any]) -> None:
+    event.wait()
+    job()
 
 
 class Chunk:
@@ -121,6 +127,8 @@ class Backprop:
         self.derivatives = _end_to_end(self.hidden_derivatives, rows, sizes[1:-1])
         self.deltas = [np.empty((rows, s), dt) for s in sizes[1:-1]]  # d loss / d z of hidden layers
         self.output_scratch = np.empty((rows, sizes[-1]), dt)
+        # the second layer's weights (model units out, working units in) divided by the input scale
+        self.scaled_weights = np.empty((self.widths[1], sizes[1]), dt)
         self.logits = np.empty((rows, sizes[-1]), dt)
         # the gradient of a batch's later chunks, added into the optimizer's
         self.part: ParamViews | None = working.views(np.zeros(working.size, dt)) if summed else None
@@ -210,13 +218,31 @@ class Backprop:
             phases.lap("loss")
             self._hidden_deltas(k)
 
+        target = grad if first else self.part
+        own, workers = self._weight_gradients(target, update if first else None, split)
         if cut is not None and following is not None:
-            split.spread([deltas, partial(self._gather_ahead, data, *following)])
+            # one hand-over for both: a worker gathers the next chunk while this thread computes the
+            # deltas, then multiplies its share of the gradient
+            ready = threading.Event()
+
+            def caller() -> None:
+                try:
+                    deltas()
+                finally:  # a worker must not wait for deltas that will not come (spread raises)
+                    ready.set()
+                own()
+
+            after = [partial(_after, ready, job) for job in workers]
+            gather = partial(self._gather_ahead, data, *following)
+            split.spread([caller, partial(_in_turn, [gather, *after[:1]]), *after[1:]])
         else:
             deltas()
+            if workers:
+                split.spread([own, *workers])
+            else:
+                own()
         (loss,) = losses
-        target = grad if first else self.part
-        self.updated = self._weight_gradients(target, update if first else None)
+        self.updated = bool(workers) and update is not None
         if not first:
             grad.flat += self.part.flat
         phases.lap("backward")
@@ -300,9 +326,15 @@ class Backprop:
         views = self._views(0, k)
         weights = self._slices(self.chunk.params).back_weights
         derivatives = self._hidden_derivatives(views, k)
+        input_scale = self.working.input_scale
         for i in range(len(weights) - 1, 0, -1):
             d_below = views.delta[i - 1]
-            np.matmul(views.delta_units[i], weights[i], out=d_below)  # (rows, in); zero pads
+            above = weights[i]
+            if i == 1 and input_scale != 1:
+                # inputs u = s x, weights W / s: the first layer's gradient is (u.T delta) / s**2; the
+                # division goes into a copy of the small weight matrix, not a pass over the delta
+                above = np.multiply(above, 1.0 / input_scale**2, out=self.scaled_weights)
+            np.matmul(views.delta_units[i], above, out=d_below)  # (rows, in); zero pads
             np.multiply(d_below, derivatives[i - 1], out=d_below)
 
     def _hidden_derivatives(self, views: RowViews, k: int) -> list[np.ndarray]:
@@ -316,45 +348,54 @@ class Backprop:
                 derivative(a, d)
         return views.derivatives
 
-    def _weight_gradients(self, target: ParamViews, update: Callable[[int, int], None] | None) -> bool:
-        """Every layer's weight and bias gradient into ``target``, from the deltas. The deeper
-        layers' are multiplied while the other cores finish their share of the first layer's.
-        With ``update`` and several threads, each thread then updates the parameters whose
-        gradient it computed (returns True; False: not updated)."""
-        chunk = self.chunk
+    def _weight_gradients(
+        self, target: ParamViews, update: Callable[[int, int], None] | None, split: RowSplit | None
+    ) -> tuple[Callable[[], None], list[Callable[[], None]]]:
+        """The jobs that put every layer's weight and bias gradient into ``target``, once the deltas
+        are in: the calling thread's, and the workers' (none: one thread, or nothing to share). The
+        calling thread multiplies the deeper layers' while the workers multiply their share of the
+        first layer's. With workers and ``update``, each thread then updates the parameters whose
+        gradient it computed."""
+        chunk, working = self.chunk, self.working
         k, steps, xb = len(chunk.idx), chunk.steps, chunk.xb
         # the pads' gradient entries are never written and stay zero
         views = self._views(0, k)
         delta = views.delta[0]  # (config: at least one hidden layer)
-        # a BLAS product with a ones vector sums the rows faster than np.sum
-        np.matmul(views.ones, views.delta_units[0], out=self._slices(target).biases[0])
-        input_scale = self.working.input_scale
-        if input_scale != 1:
-            delta *= 1.0 / input_scale**2  # inputs u = s x, weights W / s: gradient (u.T delta) / s**2
+        bias = self._slices(target).biases[0]
         first = target.weights[0]
         reached = steps.columns[0]  # the first group's columns are the chunk's widest
-        if reached < self.working.width:
-            first[reached : self.working.width].fill(0)  # no image of the chunk has ink there
+
+        def prepare() -> None:
+            # a BLAS product with a ones vector sums the rows faster than np.sum
+            np.matmul(views.ones, views.delta_units[0], out=bias)
+            if working.input_scale != 1:
+                # the first layer's delta came divided by the square (see _hidden_deltas)
+                np.multiply(bias, working.input_scale**2, out=bias)
+            if reached < working.width:
+                first[reached : working.width].fill(0)  # no image of the chunk has ink there
 
         def column_blocks(blocks: list[tuple[int, int, int]]) -> None:
             for lo, hi, rows in blocks:
                 np.matmul(xb[:rows, lo:hi].T, delta[:rows], out=first[lo:hi])
 
         mine, theirs = steps.gradient()
-        split = self.products
-        if split is None or not split.active or not theirs:
-            # one thread: the deeper layers' gradients first, while their deltas are still in cache
-            # (the first layer's products stream the chunk's inputs through it)
-            self._deeper_gradients(target)
-            column_blocks(mine)
-            column_blocks(theirs)
-            return False
+        if split is None or not theirs:
+
+            def alone() -> None:
+                prepare()
+                # the deeper layers' gradients first, while their deltas are still in cache (the
+                # first layer's products stream the chunk's inputs through it)
+                self._deeper_gradients(target)
+                column_blocks(mine)
+                column_blocks(theirs)
+
+            return alone, []
 
         # first-layer weight rows lo:hi are the flat parameters lo * units : hi * units
-        units, working = first.shape[1], self.working
-        cut = theirs[0][0]
+        units, cut = first.shape[1], theirs[0][0]
 
         def own() -> None:
+            prepare()
             column_blocks(mine)
             self._deeper_gradients(target)
             if update is not None:  # every parameter but the rows the workers' blocks cover
@@ -367,8 +408,7 @@ class Backprop:
             if update is not None:  # a run of whole rows, in column order
                 update(blocks[0][0] * units, blocks[-1][1] * units)
 
-        split.spread([own, *(partial(worker, b) for b in deal(theirs, split.parts - 1) if b)])
-        return update is not None
+        return own, [partial(worker, b) for b in deal(theirs, split.parts - 1) if b]
 
     def _deeper_gradients(self, target: ParamViews) -> None:
         views, grads = self._views(0, len(self.chunk.idx)), self._slices(target)
