@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 import numpy as np
 
@@ -21,10 +22,10 @@ class SplitEval:
     images stay uint8 and are preprocessed block by block into cache-sized buffers. ``make``
     returns None where no block would skip a column (dense inputs).
 
-    The first layer is multiplied block by block; the other layers, the argmax and the count run
+    The first layer is computed block by block; the other layers, the argmax and the count run
     once per *stretch* of ``STRETCH_BLOCKS`` blocks, fewer small NumPy calls. With several threads
-    the workers multiply their blocks' first layer (long calls, free of the interpreter lock) while
-    the calling thread multiplies its own and runs every stretch's small calls."""
+    the workers compute their blocks' first layer (long calls, free of the interpreter lock) while
+    the calling thread computes its own and runs every stretch's small calls."""
 
     # Blocks per stretch: a stretch's first-layer outputs stay in the L2 cache.
     STRETCH_BLOCKS = 4
@@ -86,6 +87,7 @@ class SplitEval:
         ``threads``, the workers multiply a share of the blocks' first layer (each image is
         computed as by one thread)."""
         parts = threads.parts if threads is not None and threads.active else 1
+        hidden = act.FORWARD[model.config.activation]
         if parts == 1:
             return self._correct(model, params, [list(s) for s in self.stretches], []) / len(self.labels)
         while len(self.buffers) < parts:
@@ -108,7 +110,7 @@ class SplitEval:
                 for s, stretch in enumerate(self.stretches):
                     for b in stretch:
                         if owner[b] == w:
-                            self._first_layer(params, b, self.buffers[w])
+                            self._first_layer(params, b, self.buffers[w], hidden)
                     ready[w - 1][s].set()
             finally:  # the caller must not wait for a worker that failed (spread raises its error)
                 for event in ready[w - 1]:
@@ -117,10 +119,14 @@ class SplitEval:
         threads.spread([caller, *(lambda w=w: worker(w) for w in range(1, parts))])
         return correct[0] / len(self.labels)
 
-    def _first_layer(self, params: ParamViews, b: int, buffer: np.ndarray | None) -> None:
+    def _first_layer(self, params: ParamViews, b: int, buffer: np.ndarray | None, hidden: Callable) -> None:
+        """Block ``b``'s first-layer outputs, activation included (long calls, free of the
+        interpreter lock)."""
         start, stop, columns = self.blocks[b]
         x = self.inputs(start, stop, columns, buffer)
-        np.matmul(x, params.weights[0][:columns], out=self.first[start:stop])
+        z = np.matmul(x, params.weights[0][:columns], out=self.first[start:stop])
+        z += params.biases[0]
+        hidden(z)
 
     def _correct(
         self, model: MLP, params: ParamViews, own: list[list[int]], ready: list[list[threading.Event]]
@@ -132,12 +138,11 @@ class SplitEval:
         correct = 0
         for s, stretch in enumerate(self.stretches):
             for b in own[s]:
-                self._first_layer(params, b, self.buffers[0])
+                self._first_layer(params, b, self.buffers[0], hidden)
             for event in ready[s] if ready else ():
                 event.wait()
             start, stop = self.blocks[stretch[0]][0], self.blocks[stretch[-1]][1]
-            z = self.first[start:stop]
-            z += biases[0]
-            logits = model.logits_from(hidden(z), weights, biases, start=1, bufs=[None, *self.outputs])
+            a = self.first[start:stop]
+            logits = model.logits_from(a, weights, biases, start=1, bufs=[None, *self.outputs])
             correct += int(np.count_nonzero(logits.argmax(axis=1) == self.labels[start:stop]))
         return correct
