@@ -6,9 +6,11 @@ taken from the kept outputs; the gradient with respect to the network's inputs i
 The caller's factor (the learning rate over the batch size, for SGD) is folded into the output
 delta, so the products deliver the scaled gradient with no extra pass over the parameters.
 The first layer multiplies each chunk as a staircase of products (mlp/staircase.py). With several
-threads (``products``) the threads divide that list of products, and each gathers the rows it
-multiplies; the many small NumPy calls stay on the calling thread, where they overlap the workers'
-long products: cut across threads, each would hand the interpreter lock back and forth.
+threads (``products``) the threads divide that list of products; a worker gathers the next chunk
+while the calling thread computes the loss and the deltas, and each thread updates the parameters
+whose gradient it computed. The small NumPy calls of the loss and the deltas stay on the calling
+thread, where they overlap a worker's long calls: cut across threads, each would hand the
+interpreter lock back and forth.
 """
 
 from __future__ import annotations
@@ -134,10 +136,10 @@ class Backprop:
         self.part: ParamViews | None = working.views(np.zeros(working.size, dt)) if summed else None
         self.updated = False  # whether the last ``run`` updated the parameters (see run)
         # several cores, set by the trainer (None: one thread): the threads divide each chunk's
-        # first-layer products (see staircase) and each gathers the rows it multiplies
+        # first-layer products (see staircase)
         self.products: RowSplit | None = None
         self.chunk: Chunk | None = None
-        # where in the epoch's order the next chunk begins whose worker rows were gathered ahead
+        # where in the epoch's order the next chunk begins that a worker gathered ahead
         # into the input buffer it will use
         self.ahead: int | None = None
         # per (chunk length, thread boundary): whether the deeper layers' forward products, cut there,
@@ -172,8 +174,8 @@ class Backprop:
         the gradient times ``scale`` goes into ``grad`` (``first``: the batch's first chunk) or is
         added to it. Returns the chunk's check value (see _loss_and_output_delta); ``tally`` keeps
         its loss and what the epoch's accuracy and error need. ``following``: the next chunk's
-        place, images (arranged) and products, whose worker rows a worker may gather ahead while
-        this thread computes the loss and the deltas. ``update``: the optimizer's ``range_step``
+        place, images (arranged) and products, which a worker may gather ahead while this thread
+        computes the loss and the deltas. ``update``: the optimizer's ``range_step``
         for a batch of this one chunk; where the threads divide the weight gradient, each updates
         the parameters whose gradient it computed and ``updated`` is set (else the caller steps)."""
         k = len(idx)
@@ -185,8 +187,8 @@ class Backprop:
         self.chunk = Chunk(data, idx, steps, self.inputs[self.flip][:k], params)
         cut = steps.worker_row if split is not None else None
         if cut is not None:
-            # each thread gathers and multiplies its own groups' rows; the calling thread then takes
-            # its rows through the other layers while the workers finish
+            # each thread multiplies its own groups' rows (gathered ahead, or by itself now) and, where
+            # the deeper layers may be cut there, takes them through the other layers
             whole_deeper = not self._deeper_cut(k, cut)
             gathered = ahead == at
             own_groups = steps.forward(0, steps.plan.worker_group)
