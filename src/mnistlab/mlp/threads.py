@@ -99,9 +99,10 @@ class RowSplit:
 
     The threads divide lists of products that one thread would run in turn (same shapes, same
     buffers), and an update that computes each parameter from its own entries alone (SGD's), so
-    training is bit-identical to training on one thread, whichever the thread choice picks. Where a product is cut by its rows only because of the threads (the deeper layers'
-    forward products, see Backprop), ``reproduces`` checks once per layout on random data that the
-    cut changes no bit (a cut off the BLAS kernel's row block makes its edge kernels add in another
+    training is bit-identical to training on one thread, whichever the thread choice picks. Where
+    a product is cut by its rows only because of the threads (the deeper layers' forward
+    products, see Backprop), ``reproduces`` checks once per layout on random data that the cut
+    changes no bit (a cut off the BLAS kernel's row block makes its edge kernels add in another
     order). OpenBLAS's own threads are not bit-identical: they change the result's last bits
     (docs/performance.md).
     """
