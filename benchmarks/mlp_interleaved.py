@@ -12,9 +12,10 @@ round (rounds.rotated), on the same MNIST arrays, with the benchmark's setup (de
 500, raw images, the per-epoch test pass, one BLAS thread unless told). Fits in one process share its memory
 placement, which on the project's small VMs varies more between processes than the code changes
 being compared.
-Prints per-round medians, then each variant's median CPU ms per epoch (the first epoch, which
-holds the setup, left out), its ratio to the first variant, and its parameter hashes (the same hash
-means bit-identical training).
+Prints per-round medians, then each variant's minimum, 10th percentile and median CPU and wall ms
+per epoch (the first epoch, which holds the setup, left out; on a shared machine the low
+percentiles show the speed of the rounds that had the cores to themselves), the median's ratio to
+the first variant, and its parameter hashes (the same hash means bit-identical training).
 """
 
 from __future__ import annotations
@@ -112,7 +113,8 @@ def main() -> None:
         for what, times, base in (("CPU", per_epoch[name], first[0]), ("wall", wall[name], first[1])):
             ms = sorted(times)
             parts.append(
-                f"{what} per epoch median {statistics.median(ms):.1f} ms (quartiles {ms[len(ms) // 4]:.0f}-"
+                f"{what} per epoch min {ms[0]:.1f}, p10 {ms[len(ms) // 10]:.1f}, "
+                f"median {statistics.median(ms):.1f} ms (quartiles {ms[len(ms) // 4]:.0f}-"
                 f"{ms[3 * len(ms) // 4]:.0f}), {statistics.median(ms) / base:.3f}x {names[0]}"
             )
         print(f"{name} ({threads[name]} thread(s), {len(wall[name])} epochs): {'; '.join(parts)}; "

@@ -117,6 +117,39 @@ def test_worked_example_seed_momentum_and_decay():
     assert model.params[3] == pytest.approx(-0.13)
 
 
+@pytest.mark.parametrize("form", ["standard", "nesterov", "seed"])
+def test_sgd_step_in_parameter_ranges_equals_the_whole_step(form):
+    """SGD's update cut into ranges (what each thread computed the gradient of, see
+    Backprop._weight_gradients) gives the whole step's parameters and velocity bit for bit, in the
+    trainer's own float32 layout; L1 has no range step."""
+    rng = np.random.default_rng(0)
+    opts = {"nesterov": form == "nesterov", "momentum_form": "seed" if form == "seed" else "standard"}
+    cfg = MLPConfig(hidden=(70, 30), l2=1e-4, momentum=0.9, **opts)
+    images, labels = rng.integers(0, 256, (64, 28, 28), dtype=np.uint8), rng.integers(0, 10, 64)
+    fits = [Trainer(MLP(cfg)).prepare(images, labels, 64) for _ in range(2)]
+    state = rng.standard_normal((3, fits[0].working.size)).astype(np.float32)
+    nw, size = fits[0].working.n_weights, fits[0].working.size
+    cuts = [0, 7 * 72, 1000, nw - 300, nw, size]
+    for step in range(3):
+        for fit in fits:
+            opt = fit.optimizer
+            if step == 0:
+                np.copyto(opt.params.flat, state[0])
+                np.copyto(opt.velocity, state[1])
+            np.copyto(opt.grad.flat, state[2] * (step + 1))
+        fits[0].optimizer.step(0.05)
+        update = fits[1].optimizer.range_step(0.05)
+        for lo, hi in sorted(zip(cuts, cuts[1:]), key=lambda r: -r[0]):  # any order
+            if lo < hi:
+                update(lo, hi)
+        fits[1].optimizer.end_range_step()
+        one, other = fits[0].optimizer, fits[1].optimizer
+        np.testing.assert_array_equal(one.params.flat, other.params.flat)
+        np.testing.assert_array_equal(one.velocity, other.velocity)
+    with_l1 = Trainer(MLP(MLPConfig(hidden=(8,), l1=1e-4))).prepare(images, labels, 64)
+    assert with_l1.optimizer.range_step(0.1) is None
+
+
 def test_learning_rate_schedules():
     seed = MLPConfig(lr=1.0, schedule="seed", decay=0.1, momentum=0.0, nesterov=False)
     assert [learning_rate(seed, e) for e in range(3)] == pytest.approx([1.0, 1 / 1.1, 1 / (1.1 * 1.2)])

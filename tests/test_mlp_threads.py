@@ -197,6 +197,7 @@ def test_training_on_two_threads_gives_the_weights_of_one_thread():
         if threads == 2 and not adapt:
             backprop = trainer.fit_state.backprop
             assert backprop.products is None and backprop.ahead is None  # the epoch's last chunk has no next
+            assert backprop.updated  # each thread updated what it computed the gradient of
         if adapt:
             assert trainer.thread_choice.log and trainer.thread_choice.log[0][1] in (1, 2)
             assert any(trainer.fit_state.backprop.deeper_cuts.values())  # the threads shared the chunks

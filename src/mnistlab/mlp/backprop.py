@@ -6,13 +6,16 @@ taken from the kept outputs; the gradient with respect to the network's inputs i
 The caller's factor (the learning rate over the batch size, for SGD) is folded into the output
 delta, so the products deliver the scaled gradient with no extra pass over the parameters.
 The first layer multiplies each chunk as a staircase of products (mlp/staircase.py). With several
-threads (``products``) the threads divide that list of products, and each gathers the rows it
-multiplies; the many small NumPy calls stay on the calling thread, where they overlap the workers'
-long products: cut across threads, each would hand the interpreter lock back and forth.
+threads (``products``) the threads divide that list of products; a worker gathers the next chunk
+while the calling thread computes the loss and the deltas, and each thread updates the parameters
+whose gradient it computed. The small NumPy calls of the loss and the deltas stay on the calling
+thread, where they overlap a worker's long calls: cut across threads, each would hand the
+interpreter lock back and forth.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -42,6 +45,11 @@ def _end_to_end(flat: np.ndarray, rows: int, widths: list[int]) -> list[np.ndarr
 def _in_turn(jobs: list[Callable[[], Any]]) -> None:
     for job in jobs:
         job()
+
+
+def _after(event: threading.Event, job: Callable[[], Any]) -> None:
+    event.wait()
+    job()
 
 
 class Chunk:
@@ -121,14 +129,17 @@ class Backprop:
         self.derivatives = _end_to_end(self.hidden_derivatives, rows, sizes[1:-1])
         self.deltas = [np.empty((rows, s), dt) for s in sizes[1:-1]]  # d loss / d z of hidden layers
         self.output_scratch = np.empty((rows, sizes[-1]), dt)
+        # the second layer's weights (model units out, working units in) divided by the input scale
+        self.scaled_weights = np.empty((self.widths[1], sizes[1]), dt)
         self.logits = np.empty((rows, sizes[-1]), dt)
         # the gradient of a batch's later chunks, added into the optimizer's
         self.part: ParamViews | None = working.views(np.zeros(working.size, dt)) if summed else None
+        self.updated = False  # whether the last ``run`` updated the parameters (see run)
         # several cores, set by the trainer (None: one thread): the threads divide each chunk's
-        # first-layer products (see staircase) and each gathers the rows it multiplies
+        # first-layer products (see staircase)
         self.products: RowSplit | None = None
         self.chunk: Chunk | None = None
-        # where in the epoch's order the next chunk begins whose worker rows were gathered ahead
+        # where in the epoch's order the next chunk begins that a worker gathered ahead
         # into the input buffer it will use
         self.ahead: int | None = None
         # per (chunk length, thread boundary): whether the deeper layers' forward products, cut there,
@@ -156,15 +167,19 @@ class Backprop:
         scale: float,
         phases: Phases,
         following: tuple[int, np.ndarray, Steps] | None = None,
+        update: Callable[[int, int], None] | None = None,
     ) -> float:
         """Forward and backward for the images ``idx``, which sit at ``at`` in the epoch's arranged
         order (in descending reach, multiplied as ``steps``; ``start_epoch`` took their labels):
         the gradient times ``scale`` goes into ``grad`` (``first``: the batch's first chunk) or is
         added to it. Returns the chunk's check value (see _loss_and_output_delta); ``tally`` keeps
         its loss and what the epoch's accuracy and error need. ``following``: the next chunk's
-        place, images (arranged) and products, whose worker rows a worker may gather ahead while
-        this thread computes the loss and the deltas."""
+        place, images (arranged) and products, which a worker may gather ahead while this thread
+        computes the loss and the deltas. ``update``: the optimizer's ``range_step``
+        for a batch of this one chunk; where the threads divide the weight gradient, each updates
+        the parameters whose gradient it computed and ``updated`` is set (else the caller steps)."""
         k = len(idx)
+        self.updated = False
         ahead, self.ahead = self.ahead, None
         split = self.products if self.products is not None and self.products.active else None
         if self.products is not None:
@@ -172,19 +187,27 @@ class Backprop:
         self.chunk = Chunk(data, idx, steps, self.inputs[self.flip][:k], params)
         cut = steps.worker_row if split is not None else None
         if cut is not None:
-            # each thread gathers and multiplies its own groups' rows; the calling thread then takes
-            # its rows through the other layers while the workers finish
+            # each thread multiplies its own groups' rows (gathered ahead, or by itself now) and, where
+            # the deeper layers may be cut there, takes them through the other layers
             whole_deeper = not self._deeper_cut(k, cut)
-            mine = [partial(self._first_layer_rows, steps.forward(0, steps.plan.worker_group), 0, cut)]
+            gathered = ahead == at
+            own_groups = steps.forward(0, steps.plan.worker_group)
+            mine = [partial(self._first_layer_rows, own_groups, 0, cut, gathered=gathered)]
             if not whole_deeper:
                 mine.append(partial(self._forward_rows, 0, cut))
             theirs = [
-                partial(self._first_layer_rows, groups, groups[0][0], groups[-1][1], gathered=ahead == at)
+                [partial(self._first_layer_rows, groups, groups[0][0], groups[-1][1], gathered=gathered)]
                 for groups in deal(steps.forward(steps.plan.worker_group), split.parts - 1)
                 if groups
             ]
-            split.spread([partial(_in_turn, mine), *theirs])
-            self._forward_rows(0 if whole_deeper else cut, k)
+            # one worker takes its own rows on through the other layers (long products, few small
+            # calls, while the calling thread multiplies); several: the calling thread does
+            own_deeper = not whole_deeper and len(theirs) == 1
+            if own_deeper:
+                theirs[0].append(partial(self._forward_rows, cut, k))
+            split.spread([partial(_in_turn, mine), *(partial(_in_turn, jobs) for jobs in theirs)])
+            if not own_deeper:
+                self._forward_rows(0 if whole_deeper else cut, k)
         else:
             self._first_layer_rows(steps.forward(), 0, k, phases)
             self._forward_rows(0, k)
@@ -197,13 +220,31 @@ class Backprop:
             phases.lap("loss")
             self._hidden_deltas(k)
 
+        target = grad if first else self.part
+        own, workers = self._weight_gradients(target, update if first else None, split)
         if cut is not None and following is not None:
-            split.spread([deltas, partial(self._gather_ahead, data, *following)])
+            # one hand-over for both: a worker gathers the next chunk while this thread computes the
+            # deltas, then multiplies its share of the gradient
+            ready = threading.Event()
+
+            def caller() -> None:
+                try:
+                    deltas()
+                finally:  # a worker must not wait for deltas that will not come (spread raises)
+                    ready.set()
+                own()
+
+            after = [partial(_after, ready, job) for job in workers]
+            gather = partial(self._gather_ahead, data, *following)
+            split.spread([caller, partial(_in_turn, [gather, *after[:1]]), *after[1:]])
         else:
             deltas()
+            if workers:
+                split.spread([own, *workers])
+            else:
+                own()
         (loss,) = losses
-        target = grad if first else self.part
-        self._weight_gradients(target)
+        self.updated = bool(workers) and update is not None
         if not first:
             grad.flat += self.part.flat
         phases.lap("backward")
@@ -223,16 +264,13 @@ class Backprop:
         return self.deeper_cuts[key]
 
     def _gather_ahead(self, data: TrainData, at: int, idx: np.ndarray, steps: Steps) -> None:
-        """Gather the rows of the next chunk (at ``at``, images ``idx`` arranged, multiplied as
-        ``steps``) that the workers will multiply, into the input buffer it will use."""
-        cut = steps.worker_row
-        if cut is None:
+        """Gather the next chunk (at ``at``, images ``idx`` arranged, multiplied as ``steps``) into
+        the input buffer it will use, so that its forward pass on every thread is products only."""
+        if steps.worker_row is None:
             return
         k = len(idx)
-        xb = self.inputs[self.flip ^ 1][:k]
-        raw = None if self.raw_inputs is None else self.raw_inputs[cut:k]
-        groups = [(a - cut, b - cut, columns) for a, b, columns in steps.forward(steps.plan.worker_group)]
-        data.gather(idx[cut:k], xb[cut:k], raw, groups)
+        raw = None if self.raw_inputs is None else self.raw_inputs[:k]
+        data.gather(idx, self.inputs[self.flip ^ 1][:k], raw, steps.forward())
         self.ahead = at
 
     def _first_layer_rows(
@@ -290,9 +328,15 @@ class Backprop:
         views = self._views(0, k)
         weights = self._slices(self.chunk.params).back_weights
         derivatives = self._hidden_derivatives(views, k)
+        input_scale = self.working.input_scale
         for i in range(len(weights) - 1, 0, -1):
             d_below = views.delta[i - 1]
-            np.matmul(views.delta_units[i], weights[i], out=d_below)  # (rows, in); zero pads
+            above = weights[i]
+            if i == 1 and input_scale != 1:
+                # inputs u = s x, weights W / s: the first layer's gradient is (u.T delta) / s**2; the
+                # division goes into a copy of the small weight matrix, not a pass over the delta
+                above = np.multiply(above, 1.0 / input_scale**2, out=self.scaled_weights)
+            np.matmul(views.delta_units[i], above, out=d_below)  # (rows, in); zero pads
             np.multiply(d_below, derivatives[i - 1], out=d_below)
 
     def _hidden_derivatives(self, views: RowViews, k: int) -> list[np.ndarray]:
@@ -306,43 +350,67 @@ class Backprop:
                 derivative(a, d)
         return views.derivatives
 
-    def _weight_gradients(self, target: ParamViews) -> None:
-        """Every layer's weight and bias gradient into ``target``, from the deltas. The deeper
-        layers' are multiplied while the other cores finish their share of the first layer's."""
-        chunk = self.chunk
+    def _weight_gradients(
+        self, target: ParamViews, update: Callable[[int, int], None] | None, split: RowSplit | None
+    ) -> tuple[Callable[[], None], list[Callable[[], None]]]:
+        """The jobs that put every layer's weight and bias gradient into ``target``, once the deltas
+        are in: the calling thread's, and the workers' (none: one thread, or nothing to share). The
+        calling thread multiplies the deeper layers' while the workers multiply their share of the
+        first layer's. With workers and ``update``, each thread then updates the parameters whose
+        gradient it computed."""
+        chunk, working = self.chunk, self.working
         k, steps, xb = len(chunk.idx), chunk.steps, chunk.xb
         # the pads' gradient entries are never written and stay zero
         views = self._views(0, k)
         delta = views.delta[0]  # (config: at least one hidden layer)
-        # a BLAS product with a ones vector sums the rows faster than np.sum
-        np.matmul(views.ones, views.delta_units[0], out=self._slices(target).biases[0])
-        input_scale = self.working.input_scale
-        if input_scale != 1:
-            delta *= 1.0 / input_scale**2  # inputs u = s x, weights W / s: gradient (u.T delta) / s**2
+        bias = self._slices(target).biases[0]
         first = target.weights[0]
         reached = steps.columns[0]  # the first group's columns are the chunk's widest
-        if reached < self.working.width:
-            first[reached : self.working.width].fill(0)  # no image of the chunk has ink there
+
+        def prepare() -> None:
+            # a BLAS product with a ones vector sums the rows faster than np.sum
+            np.matmul(views.ones, views.delta_units[0], out=bias)
+            if working.input_scale != 1:
+                # the first layer's delta came divided by the square (see _hidden_deltas)
+                np.multiply(bias, working.input_scale**2, out=bias)
+            if reached < working.width:
+                first[reached : working.width].fill(0)  # no image of the chunk has ink there
 
         def column_blocks(blocks: list[tuple[int, int, int]]) -> None:
             for lo, hi, rows in blocks:
                 np.matmul(xb[:rows, lo:hi].T, delta[:rows], out=first[lo:hi])
 
         mine, theirs = steps.gradient()
-        split = self.products
-        if split is None or not split.active or not theirs:
-            # one thread: the deeper layers' gradients first, while their deltas are still in cache
-            # (the first layer's products stream the chunk's inputs through it)
-            self._deeper_gradients(target)
-            column_blocks(mine)
-            column_blocks(theirs)
-            return
+        if split is None or not theirs:
+
+            def alone() -> None:
+                prepare()
+                # the deeper layers' gradients first, while their deltas are still in cache (the
+                # first layer's products stream the chunk's inputs through it)
+                self._deeper_gradients(target)
+                column_blocks(mine)
+                column_blocks(theirs)
+
+            return alone, []
+
+        # first-layer weight rows lo:hi are the flat parameters lo * units : hi * units
+        units, cut = first.shape[1], theirs[0][0]
 
         def own() -> None:
+            prepare()
             column_blocks(mine)
             self._deeper_gradients(target)
+            if update is not None:  # every parameter but the rows the workers' blocks cover
+                update(0, cut * units)
+                update(reached * units, working.n_weights)
+                update(working.n_weights, working.size)
 
-        split.spread([own, *(partial(column_blocks, b) for b in deal(theirs, split.parts - 1) if b)])
+        def worker(blocks: list[tuple[int, int, int]]) -> None:
+            column_blocks(blocks)
+            if update is not None:  # a run of whole rows, in column order
+                update(blocks[0][0] * units, blocks[-1][1] * units)
+
+        return own, [partial(worker, b) for b in deal(theirs, split.parts - 1) if b]
 
     def _deeper_gradients(self, target: ParamViews) -> None:
         views, grads = self._views(0, len(self.chunk.idx)), self._slices(target)

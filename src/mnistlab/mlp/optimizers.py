@@ -8,6 +8,7 @@ then calls ``step(lr)``. docs/adding-an-optimizer.md walks through adding one.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -40,6 +41,17 @@ class Optimizer:
 
     def step(self, lr: float) -> None:
         raise NotImplementedError
+
+    def range_step(self, lr: float) -> Callable[[int, int], None] | None:
+        """For a rule that updates each parameter from its own entries only: a function that
+        updates the flat parameter range ``lo:hi`` alone, so that the thread which computed a
+        range's gradient updates it while that gradient is still in its cache. A step's ranges
+        cover every parameter once, each within the weights or within the biases, and then
+        ``end_range_step`` is called instead of ``step``. None (the default): ``step`` only."""
+        return None
+
+    def end_range_step(self) -> None:
+        """After the ranges of a ``range_step`` have all been updated."""
 
 
 class SGD(Optimizer):
@@ -101,6 +113,21 @@ class SGD(Optimizer):
         if self.config.l1:
             # no product writes the blank rows: the next gradient must find zeros there
             self.grad.flat[self.working.blank] = 0
+        self.end_range_step()
+
+    def range_step(self, lr: float) -> Callable[[int, int], None] | None:
+        if self.config.l1:  # its gradient term and the blank rows' reset go over every weight
+            return None
+        weights, biases = self.update_matrices(lr)
+        src, dst, nw = self.stacks[self.current], self.stacks[1 - self.current], self.working.n_weights
+
+        def update(lo: int, hi: int) -> None:
+            # each entry's update is the same sum of three products however the columns are cut
+            np.matmul(weights if hi <= nw else biases, src[:, lo:hi], out=dst[:2, lo:hi])
+
+        return update
+
+    def end_range_step(self) -> None:
         self.current = 1 - self.current
         self.params, self.velocity, self.grad = self.slots[self.current]
 

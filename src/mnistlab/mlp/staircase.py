@@ -45,10 +45,11 @@ MIN_ROWS = 96
 # (16) and AVX2 (24) float32 kernels, so that the deeper layers' products, which the two threads
 # cut there (see Backprop), keep their bits.
 THREAD_ROWS = 48
-# With several threads, the calling thread's share of the first layer's work: it also takes its
-# rows through the deeper layers (forward) or multiplies the deeper layers' gradients (backward).
-FORWARD_SHARE = 0.45
-BACKWARD_SHARE = 0.35
+# With several threads, the calling thread's share of the first layer's work. Forward, each thread
+# then takes its rows through the deeper layers; backward, the calling thread also multiplies the
+# deeper layers' gradients and a worker updates more of the first layer's rows.
+FORWARD_SHARE = 0.5
+BACKWARD_SHARE = 0.5
 # How far from FORWARD_SHARE the thread boundary may lie, to fall where the groups are cut anyway.
 SHARE_SLACK = 0.1
 

@@ -1,9 +1,10 @@
 """How many threads the MLP's matrix products use.
 
 With more than one, the trainer keeps BLAS on one thread and spreads the work over its own threads
-(``RowSplit``): they divide each chunk's list of first-layer products (mlp/staircase.py), each
-gathering the rows it multiplies, a worker gathers the next chunk's rows while the calling thread
-computes the loss, and the per-epoch test pass is divided by blocks of images -- the same products
+(``RowSplit``): they divide each chunk's list of first-layer products (mlp/staircase.py), a worker
+gathers the next chunk while the calling thread computes the loss, each thread updates the
+parameters whose gradient it computed, and the per-epoch test pass is divided by blocks of
+images -- the same products
 as one thread runs in turn, bit for bit, where OpenBLAS's own threads change the last bits and lose
 their time in waking and synchronizing helpers for products this small (docs/performance.md,
 "Threads").
@@ -97,10 +98,11 @@ class RowSplit:
     matmul and in ufuncs on large arrays).
 
     The threads divide lists of products that one thread would run in turn (same shapes, same
-    buffers), so training is bit-identical to training on one thread, whichever the thread choice
-    picks. Where a product is cut by its rows only because of the threads (the deeper layers'
-    forward products, see Backprop), ``reproduces`` checks once per layout on random data that the
-    cut changes no bit (a cut off the BLAS kernel's row block makes its edge kernels add in another
+    buffers), and an update that computes each parameter from its own entries alone (SGD's), so
+    training is bit-identical to training on one thread, whichever the thread choice picks. Where
+    a product is cut by its rows only because of the threads (the deeper layers' forward
+    products, see Backprop), ``reproduces`` checks once per layout on random data that the cut
+    changes no bit (a cut off the BLAS kernel's row block makes its edge kernels add in another
     order). OpenBLAS's own threads are not bit-identical: they change the result's last bits
     (docs/performance.md).
     """

@@ -73,17 +73,27 @@ class FitState:
         self.order, self.steps = self.staircase.arrange(order)
         self.backprop.start_epoch(self.data, self.order)
 
-    def chunk_pass(self, at: int, stop: int, first: bool, scale: float, phases: Phases) -> float:
+    def chunk_pass(
+        self,
+        at: int,
+        stop: int,
+        first: bool,
+        scale: float,
+        phases: Phases,
+        update: Callable[[int, int], None] | None = None,
+    ) -> float:
         """Forward and backward of the chunk ``at:stop`` of the epoch's order; returns its check
         value (its summed data loss where that may be inf or NaN, else 0.0; ``epoch_counts`` gives
-        every chunk's loss). The next chunk's rows may be gathered meanwhile (on two threads)."""
+        every chunk's loss). The next chunk's rows may be gathered meanwhile (on two threads).
+        ``update``: the optimizer's ``range_step``, for a batch of one chunk (see Backprop.run)."""
         opt, order, index = self.optimizer, self.order, self.chunk_index[at]
         following = None
         if stop < self.data.n:
             following = (stop, order[stop : self.chunk_stop[stop]], self.steps[index + 1])
         steps = self.steps[index]
+        idx = order[at:stop]
         return self.backprop.run(
-            self.data, order[at:stop], steps, at, opt.params, opt.grad, first, scale, phases, following
+            self.data, idx, steps, at, opt.params, opt.grad, first, scale, phases, following, update
         )
 
     def layout(self) -> dict[str, float]:
@@ -273,6 +283,7 @@ class Trainer:
         best_acc, best_params, waited = -1.0, None, 0
         n_out = self.model.config.n_classes
         regularized = bool(cfg.l1 or cfg.l2)
+        ranges = fit.backprop.products is not None
         # the penalty of the weights the next batch uses, computed right after the step that made
         # them, while they are still in cache
         penalty = fit.penalty() if regularized else 0.0
@@ -292,9 +303,11 @@ class Trainer:
                 check = 0.0  # inf or NaN where the batch's loss is (see chunk_pass)
                 started = time.perf_counter()
                 phases.start()
+                # a batch of one chunk on several threads: each updates what it computed the gradient of
+                update = opt.range_step(lr) if ranges and size <= fit.chunk_rows else None
                 for cs in range(start, stop, fit.chunk_rows):
                     check += fit.chunk_pass(
-                        cs, min(cs + fit.chunk_rows, stop), cs == start, grad_scale / size, phases
+                        cs, min(cs + fit.chunk_rows, stop), cs == start, grad_scale / size, phases, update
                     )
                 if not math.isfinite(check + penalty):
                     np.copyto(opt.params.flat, good)
@@ -305,7 +318,10 @@ class Trainer:
                     )
                 penalty_sum += penalty * size
                 phases.lap("loss")
-                opt.step(lr)
+                if fit.backprop.updated:
+                    opt.end_range_step()
+                else:
+                    opt.step(lr)
                 if regularized:
                     penalty = fit.penalty()
                 phases.lap("update")
