@@ -9,6 +9,8 @@ all threads) and its ratio to the plain network (oneDNN's convolutions, every po
     .venv-bench/bin/python benchmarks/bench_cnn_levers.py --cpu-class avx2 --threads 2  # the batch split
     .venv-bench/bin/python benchmarks/bench_cnn_levers.py --amp bf16 --threads 2  # bf16 autocast (AMX)
 
+The float32 variants run the RMSprop kernels and the channels-last Flatten throughout, except the
+one named after them, which is the last lever set with torch's foreach update and nn.Flatten.
 With ``--cpu-class avx2`` the worker process is held to AVX2 (cpu_class.py). ``--amp bf16`` times
 the bf16 variants instead (a CPU with native bf16): each adds one lever to the one before, from
 the step as it ran before them (torch's foreach RMSprop, nn.Flatten, torch's first block and pooling).
@@ -38,6 +40,8 @@ VARIANTS = {
     "+ conv3 Winograd": (True, {"conv3": 3}, {"conv1"}),
     "+ conv2 Winograd (all)": (True, {"conv2": 2, "conv3": 3}, {"conv1"}),
 }
+# float32: all of the above with torch's foreach RMSprop and nn.Flatten (the step before the kernels)
+BEFORE_KERNELS = "all, foreach RMSprop + nn.Flatten"
 # bf16 autocast: name -> (RMSprop kernels, channels-last Flatten, one-pass conv1 block, one-pass pool+ReLU)
 BF16_VARIANTS = {
     "plain": (False, False, set(), set()),
@@ -64,10 +68,11 @@ def worker(args) -> dict:
                                 threads=args.threads)
         trainer = Trainer(config, data, os.path.join(tmp, "run"), progress=False)
     order = torch.randperm(trainer.n_train, generator=torch.Generator().manual_seed(0))
-    variants = dict(BF16_VARIANTS if args.amp == "bf16" else VARIANTS)
+    last = "+ conv2 Winograd (all)"
+    variants = dict(BF16_VARIANTS) if args.amp == "bf16" else {**VARIANTS, BEFORE_KERNELS: VARIANTS[last]}
     split = trainer.split
     if split is not None:
-        variants[WHOLE] = variants[list(variants)[-1]]
+        variants[WHOLE] = variants[list(BF16_VARIANTS if args.amp == "bf16" else VARIANTS)[-1]]
     times: dict[str, list[float]] = {name: [] for name in variants}
     walls: dict[str, list[float]] = {name: [] for name in variants}
     with process_settings(trainer.levers):
@@ -83,6 +88,8 @@ def worker(args) -> dict:
                 else:
                     cut, fast, one_pass = variants[name]
                     net.crop, net.winograd, net.pooled_conv = cut, dict(fast), set(one_pass)
+                    trainer.optimizer._native = name != BEFORE_KERNELS
+                    net.flatten.flatten = nn.Flatten() if name == BEFORE_KERNELS else Flatten()
                 trainer.split = None if name == WHOLE else split
                 torch.set_num_threads(args.threads if name == WHOLE else trainer.levers.step_threads)
                 for step in range(args.steps):
