@@ -95,7 +95,7 @@ def _config(**how):
 
     # the layout and Winograd are left to the probe (nothing pinned); RMSprop, whose update
     # magnifies rounding differences in near-zero gradients into whole steps
-    return resolve_config(spec=SPEC, epochs=2, batch_size=32, amp="off", threads=1, seed=2, **how)
+    return resolve_config(spec=SPEC, epochs=2, batch_size=32, threads=1, seed=2, **{"amp": "off", **how})
 
 
 def _weights(run):
@@ -205,3 +205,30 @@ def test_split_parts_give_the_same_gradients_on_one_thread_or_several():
     for a, b in zip(grads_a, grads_b):
         assert torch.equal(a, b)
     assert all(torch.equal(p, q) for pa, pb in zip(parts_a, parts_b) for p, q in zip(pa, pb))
+
+
+def test_under_bf16_autocast_the_one_pass_kernels_are_timed_and_winograd_is_not(tmp_path, isolated_home):
+    """The one-pass first block computes in float32 under autocast too, and the one-pass pooling and
+    ReLU takes bf16 maps, so a bf16 run times both on its network and records the choice; Winograd
+    (float32 transforms around float32 products) is not a bf16 candidate."""
+    import json
+
+    import pytest
+
+    from mnistlab.cnn import Trainer, native
+
+    if native.library() is None:
+        pytest.skip("no C compiler to build the kernel")
+    trainer = Trainer(_config(amp="on"), _dataset(), tmp_path / "run", progress=False)
+    levers = trainer.levers
+    assert levers.amp_dtype == "bfloat16" and not levers.winograd
+    assert "conv1 one-pass conv+pool" in levers.measured and "Winograd" not in levers.measured
+    assert "conv2 one-pass pool+ReLU" in levers.measured
+    (key, choice), = json.loads((isolated_home / cpu_probe.RECORD).read_text()).items()
+    key = json.loads(key)
+    assert key["autocast"] == "torch.bfloat16" and key["pool_relu"] == ["conv1", "conv2"]
+    assert choice["pooled_conv"] == levers.pooled_conv and trainer.net.pooled_conv == set(levers.pooled_conv)
+    assert choice["pool_relu"] == levers.pool_relu and trainer.net.pool_relu == set(levers.pool_relu)
+    assert not set(levers.pool_relu) & set(levers.pooled_conv)  # the one-pass first block pools itself
+    result = trainer.run()
+    assert result.state == "complete" and all(h["loss"] == h["loss"] for h in result.history)

@@ -292,3 +292,64 @@ def test_unread_rows_are_cut_with_the_same_outputs_and_gradients(spec, crops):
     net(x)
     handle.remove()
     assert seen["conv1"].shape[-2:] == net.infos[0].output_shape[1:]  # hooks see whole maps
+
+
+def test_rmsprop_in_c_kernels_equals_the_foreach_update_bit_for_bit():
+    """The CPU's RMSprop kernels (kernels.c, around torch's square root) against torch's foreach
+    operations, on the seed network's channels-last parameters with gradients in both memory
+    orders: the same state and parameters bit for bit, over steps whose gradients grow."""
+    from mnistlab.cnn import native
+
+    if native.library() is None:
+        pytest.skip("no C compiler to build the kernel")
+
+    def params():
+        net = build_net("seed", "glorot", seed=0).to(memory_format=torch.channels_last)
+        return list(net.parameters())
+
+    fast, plain, start = params(), params(), params()
+    fast_opt, plain_opt = Optimizer(fast, "rmsprop", 1e-3), Optimizer(plain, "rmsprop", 1e-3)
+    assert fast_opt._native
+    plain_opt._native = False
+    generator = torch.Generator().manual_seed(0)
+    for step in range(8):
+        for a, b in zip(fast, plain):
+            grad = torch.randn(a.shape, generator=generator) * (step + 1)
+            if step % 2 and grad.dim() == 4:
+                grad = grad.contiguous(memory_format=torch.channels_last)
+            a.grad, b.grad = grad.clone(), grad.clone()
+        fast_opt.step()
+        plain_opt.step()
+    for a, b in zip(fast_opt.state["v"], plain_opt.state["v"]):
+        assert torch.equal(a, b)
+    for a, b, before in zip(fast, plain, start):
+        assert not torch.equal(a, before) and torch.equal(a, b)
+
+
+def test_flatten_hands_a_channels_last_gradient_back_in_its_own_order():
+    """The flat values are nn.Flatten's (NCHW order); the gradient goes back channels-last, so the
+    ReLU and convolution before it see one memory order; the network's gradients are unchanged."""
+    import torch.nn.functional as F
+    from torch import nn
+
+    from mnistlab.cnn.flatten import Flatten
+    from mnistlab.cnn.model import channels_last_strides
+
+    maps = torch.randn(4, 8, 3, 3).contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    flat = Flatten()(maps)
+    assert torch.equal(flat, nn.Flatten()(maps))
+    numbered = torch.arange(flat.numel(), dtype=torch.float32)
+    (grad,) = torch.autograd.grad(flat, [maps], numbered.view(flat.shape))
+    assert grad.is_contiguous(memory_format=torch.channels_last) and not grad.is_contiguous()
+    assert torch.equal(grad, numbered.view(maps.shape))
+    net = build_net("seed", "glorot", seed=0).to(memory_format=torch.channels_last)
+    x, y = channels_last_strides(torch.rand(6, 1, 28, 28)), torch.arange(6)
+    results = []
+    for module in (Flatten(), nn.Flatten()):
+        net.flatten.flatten = module
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = net(x)
+        results.append(torch.autograd.grad(F.cross_entropy(logits.float(), y), list(net.parameters())))
+    assert all(torch.equal(a, b) for a, b in zip(*results))
+    with torch.no_grad():  # no gradient wanted: nn.Flatten's own forward
+        assert torch.equal(Flatten()(maps), flat)

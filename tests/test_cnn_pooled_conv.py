@@ -93,6 +93,41 @@ def test_without_a_compiler_the_kernel_levers_are_not_offered(monkeypatch):
         assert not winograd._native(torch.zeros(1, 8, 6, 6), conv, 2, True)
         torch.testing.assert_close(winograd.conv2d(torch.ones(1, 8, 6, 6), conv, 2),
                                    conv(torch.ones(1, 8, 6, 6)), rtol=1e-5, atol=1e-5)  # torch's transforms
+        from mnistlab.cnn import Optimizer
+
+        weight = nn.Parameter(torch.ones(3))
+        weight.grad = torch.ones(3)
+        optimizer = Optimizer([weight], "rmsprop", 0.1)
+        optimizer.step()  # torch's operations instead of the kernels
+        assert not optimizer._native
+        torch.testing.assert_close(weight.detach(), torch.full((3,), 1 - 0.1 / (0.1 + 1e-7) ** 0.5))
     finally:
         monkeypatch.undo()
         native.library.cache_clear()
+
+
+def test_under_bf16_autocast_the_block_still_computes_in_float32():
+    """Autocast leaves the kernel alone: the first block's output is float32 and the same bit for
+    bit as without autocast; the network after it runs in bf16, and the whole network's logits and
+    gradients stay within bf16 rounding of the float32 network's (relative to their norm)."""
+    net = build_net("seed", "glorot", seed=0).to(memory_format=torch.channels_last)
+    net.pooled_conv = {"conv1"}
+    x = channels_last_strides(torch.rand(6, 1, 28, 28))
+    y = torch.arange(6)
+    with torch.no_grad():
+        plain = net(x, until="pool1")
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            mixed = net(x, until="pool1")
+    assert mixed.dtype == torch.float32 and torch.equal(mixed, plain)
+    results = []
+    for autocast in (False, True):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            logits = net(x)
+        assert logits.dtype == (torch.bfloat16 if autocast else torch.float32)
+        loss = F.cross_entropy(logits.float(), y)
+        results.append((logits.float(), torch.autograd.grad(loss, list(net.parameters()))))
+    (want, want_grads), (got, got_grads) = results
+    torch.testing.assert_close(got, want, rtol=0.05, atol=0.05 * float(want.abs().max()))
+    for g, w in zip(got_grads, want_grads):  # each gradient as a whole: bf16 rounds single entries
+        assert g.dtype == torch.float32
+        assert float((g - w).norm() / w.norm()) < 0.25  # bf16 autocast's own rounding, with room

@@ -65,6 +65,7 @@ class Candidate:
     # there are threads enough, else one after another on one thread (the same arithmetic)
     winograd: tuple[tuple[str, int], ...] = ()  # blocks run as Winograd F(m x m, 3 x 3): (name, m)
     pooled: tuple[str, ...] = ()  # blocks run as one pooled_conv kernel
+    pool_relu: tuple[str, ...] = ()  # blocks whose pooling and ReLU run as one pool_relu kernel (bf16)
 
     @property
     def concurrent(self) -> bool:
@@ -79,6 +80,7 @@ class Candidate:
             how = f"{self.threads} thread(s)"
         fast = "".join(f", {name} Winograd F({m}x{m},3x3)" for name, m in self.winograd)
         fast += "".join(f", {name} one-pass conv+pool" for name in self.pooled)
+        fast += "".join(f", {name} one-pass pool+ReLU" for name in self.pool_relu)
         return f"{layout}{fast}, {how}"
 
 
@@ -146,6 +148,7 @@ def probe(
                 clone = nets[cand.channels_last]
                 clone.winograd = dict(cand.winograd)
                 clone.pooled_conv = set(cand.pooled)
+                clone.pool_relu = set(cand.pool_relu)
                 for _ in range(steps):
                     t0 = clock()
                     _pass(clone, xs, y, cand.parts, autocast, pool if cand.concurrent else None)

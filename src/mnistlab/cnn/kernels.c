@@ -3,7 +3,9 @@
  *   pooled_conv_*: a convolution of a one-channel map, its 2x2 max pooling and a ReLU in one pass
  *                  (mnistlab/cnn/pooled_conv.py);
  *   winograd_*:    the transforms of Winograd F(m x m, 3 x 3) convolutions, one pass each; the
- *                  matrix products between them stay in torch (mnistlab/cnn/winograd.py).
+ *                  matrix products between them stay in torch (mnistlab/cnn/winograd.py);
+ *   pool_relu_bf16_*: a 2x2 max pooling and a ReLU of a bf16 map (mnistlab/cnn/pool_relu.py);
+ *   rmsprop_*:     the optimizer's update of every tensor in two calls (mnistlab/cnn/optim.py).
  * Every sum runs in a fixed order, so results repeat bit for bit.
  *
  * Channels go in blocks of LANES, one vector (GCC/Clang vector extensions: AVX2 registers with
@@ -43,6 +45,62 @@ static inline vi load_window(const uint8_t *p)
     for (int l = 0; l < LANES; l++)
         won[l] = p[l];
     return won;
+}
+
+/* bf16 values are the upper halves of floats: widened exactly, and narrowed exactly when they came
+ * from bf16 (the lower halves are zero). */
+typedef uint16_t vh __attribute__((vector_size(2 * LANES)));
+static inline vf widen(const uint16_t *p) { vh v; memcpy(&v, p, sizeof v); return (vf)(__builtin_convertvector(v, vi) << 16); }
+static inline void narrow(uint16_t *p, vf v) { vh h = __builtin_convertvector((vi)v >> 16, vh); memcpy(p, &h, sizeof h); }
+
+/* relu(max_pool2d(x, 2)) of a channels-last bf16 map x (n, h, w, c), stride 2, floor: out and window
+ * (n, ph, pw, c) as in the kernels below; no value is rounded, so it equals torch's pooling and ReLU. */
+void pool_relu_bf16_forward(const uint16_t *x, uint16_t *out, uint8_t *window,
+                            int64_t n, int64_t h, int64_t w, int64_t c, int64_t ph, int64_t pw)
+{
+    const vf zero = {0};
+    for (int64_t img = 0; img < n; img++)
+        for (int64_t py = 0; py < ph; py++)
+            for (int64_t px = 0; px < pw; px++)
+                for (int64_t c0 = 0; c0 < c; c0 += LANES) {
+                    const uint16_t *corner = x + ((img * h + 2 * py) * w + 2 * px) * c + c0;
+                    const vf v[4] = {widen(corner), widen(corner + c), widen(corner + w * c), widen(corner + w * c + c)};
+                    vi won;
+                    const vf best = window_max(v, &won);
+                    const int64_t at = ((img * ph + py) * pw + px) * c + c0;
+                    narrow(out + at, choose(best < zero, zero, best));
+                    store_window(window + at, won);
+                }
+}
+
+/* The gradient of x (every element written: the winner of each window gets the output's gradient
+ * where the output is positive, everything else zero). */
+void pool_relu_bf16_backward(const uint16_t *grad, const uint16_t *out, const uint8_t *window, uint16_t *grad_x,
+                             int64_t n, int64_t h, int64_t w, int64_t c, int64_t ph, int64_t pw)
+{
+    const vf zero = {0};
+    for (int64_t img = 0; img < n; img++) { /* the last row and column where the floor drops them */
+        uint16_t *image = grad_x + img * h * w * c;
+        if (h > 2 * ph)
+            memset(image + 2 * ph * w * c, 0, (size_t)((h - 2 * ph) * w * c) * sizeof *image);
+        if (w > 2 * pw)
+            for (int64_t y = 0; y < 2 * ph; y++)
+                memset(image + (y * w + 2 * pw) * c, 0, (size_t)((w - 2 * pw) * c) * sizeof *image);
+    }
+    for (int64_t img = 0; img < n; img++)
+        for (int64_t py = 0; py < ph; py++)
+            for (int64_t px = 0; px < pw; px++)
+                for (int64_t c0 = 0; c0 < c; c0 += LANES) {
+                    const int64_t at = ((img * ph + py) * pw + px) * c + c0;
+                    /* as torch's ReLU backward: blocked where the output is <= 0 (NaN passes) */
+                    const vf passed = choose(widen(out + at) <= zero, zero, widen(grad + at));
+                    const vi won = load_window(window + at);
+                    uint16_t *corner = grad_x + ((img * h + 2 * py) * w + 2 * px) * c + c0;
+                    narrow(corner, choose(won == 0, passed, zero));
+                    narrow(corner + c, choose(won == 1, passed, zero));
+                    narrow(corner + w * c, choose(won == 2, passed, zero));
+                    narrow(corner + w * c + c, choose(won == 3, passed, zero));
+                }
 }
 
 /* A convolution of a one-channel map (valid, stride 1, k x k taps), its 2x2 max pooling (stride 2,
@@ -346,4 +404,39 @@ void winograd_output_backward(const float *grad, const uint8_t *window, const fl
         winograd_output_backward_body(grad, window, at, dproducts, n, o, 3, th, tw, oh, ow, pool);
     else
         winograd_output_backward_body(grad, window, at, dproducts, n, o, m, th, tw, oh, ow, pool);
+}
+
+/* Keras' RMSprop over `count` tensors, each of sizes[k] floats in the same memory order as its
+ * gradient, state and denominator, in two passes around torch's square root (whose vector kernel
+ * rounds some values differently from an exact one: the update keeps torch's bits):
+ *   rmsprop_state:  v = rho v + keep g g;  denom = v + eps
+ *   (torch: denom = sqrt(denom))
+ *   rmsprop_params: p += step g / denom
+ * keep = 1 - rho and step = -lr are rounded to float by the caller as torch rounds its scalars;
+ * every operation rounds as torch's mul_, addcmul_ (a fused multiply-add), add and addcdiv_ do. */
+__attribute__((optimize("fp-contract=off")))
+void rmsprop_state(int64_t count, const float *const *grads, float *const *state, float *const *denom,
+                   const int64_t *sizes, float rho, float keep, float eps)
+{
+    for (int64_t k = 0; k < count; k++) {
+        const float *restrict g = grads[k];
+        float *restrict v = state[k], *restrict d = denom[k];
+        for (int64_t i = 0; i < sizes[k]; i++) {
+            const float vi = __builtin_fmaf(keep * g[i], g[i], v[i] * rho);
+            v[i] = vi;
+            d[i] = vi + eps;
+        }
+    }
+}
+
+__attribute__((optimize("fp-contract=off")))
+void rmsprop_params(int64_t count, float *const *params, const float *const *grads, const float *const *denom,
+                    const int64_t *sizes, float step)
+{
+    for (int64_t k = 0; k < count; k++) {
+        float *restrict p = params[k];
+        const float *restrict g = grads[k], *restrict d = denom[k];
+        for (int64_t i = 0; i < sizes[k]; i++)
+            p[i] = p[i] + step * g[i] / d[i];
+    }
 }

@@ -378,9 +378,9 @@ class Flatten(LayerKind):
         return (shape[0] * shape[1] * shape[2],), 0
 
     def build(self, info):
-        from torch import nn
+        from .flatten import Flatten
 
-        return _block(flatten=nn.Flatten())
+        return _block(flatten=Flatten())
 
 
 def _flat_input(shape: tuple[int, ...], where: str) -> int:

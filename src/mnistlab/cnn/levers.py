@@ -82,6 +82,7 @@ class Levers:
     world_size: int = 1  # processes training together (torchrun, DDP; cnn/distributed.py)
     winograd: dict[str, int] = field(default_factory=dict)  # CPU: blocks run as Winograd F(m x m, 3 x 3)
     pooled_conv: list[str] = field(default_factory=list)  # CPU: blocks run as one pooled_conv kernel
+    pool_relu: list[str] = field(default_factory=list)  # CPU, bf16: blocks pooled and rectified by pool_relu
 
     @property
     def step_threads(self) -> int:
@@ -121,20 +122,18 @@ def choose_levers(config: TrainConfig, device: torch.device, spec: Spec,
     if kind == "cpu" and threads > 1 and not config.compile and split_batch:
         if all(layer.kind.batch_split_exact for layer in spec.layers):
             parallel = max(1, min(threads, config.batch_size // 16))  # parts under 16 images run slowly
-    measured, fast, one_pass = "", {}, []
+    measured, fast, one_pass, pool_relu = "", {}, [], []
     if recorded is not None and (recorded.get("device"), recorded.get("amp_dtype")) != (kind, amp):
         recorded = None  # recorded elsewhere (another device, or another arithmetic)
     if kind == "cpu" and not config.compile:
         default = cpu_probe.Candidate(channels_last, threads, parallel)
         setup = _measure_cpu(config, spec, amp, default, recorded)
-        channels_last, threads, parallel, fast, measured = (
-            setup.chosen.channels_last, setup.chosen.threads, setup.chosen.parts, dict(setup.chosen.winograd),
-            setup.note,
-        )
-        one_pass = list(setup.chosen.pooled)
+        chosen, measured = setup.chosen, setup.note
+        channels_last, threads, parallel = chosen.channels_last, chosen.threads, chosen.parts
+        fast, one_pass, pool_relu = dict(chosen.winograd), list(chosen.pooled), list(chosen.pool_relu)
     return Levers(
         kind, amp, channels_last, bool(config.compile), graphs, threads, kind == "cpu" and _glibc(), parallel,
-        measured, winograd=fast, pooled_conv=one_pass,
+        measured, winograd=fast, pooled_conv=one_pass, pool_relu=pool_relu,
     )
 
 
@@ -149,8 +148,9 @@ def _measure_cpu(config: TrainConfig, spec: Spec, amp: str | None, default: cpu_
     """What 'auto' leaves open on the CPU, timed on this network (cpu_probe), in two parts.
 
     * The arithmetic (``_arithmetic``): in float32 the layout and Winograd for the 3x3
-      convolutions. Each rounds differently, so it is measured once per machine, network and batch
-      and recorded; a resumed run keeps its own.
+      convolutions, and (also under bf16 autocast) the one-pass first block (pooled_conv); under
+      bf16 autocast the one-pass pooling and ReLU (pool_relu, exact). Each rounds differently, so
+      it is measured once per machine, network and batch and recorded; a resumed run keeps its own.
     * Without --threads: the parts of the split batch on all cores against one after another on
       one thread (other processes may hold the cores). The arithmetic is the same either way, so
       this is measured afresh by every run.
@@ -170,14 +170,15 @@ def _measure_cpu(config: TrainConfig, spec: Spec, amp: str | None, default: cpu_
         parts = int(recorded.get("data_parallel", parts))
         fast = tuple(sorted((str(k), int(v)) for k, v in recorded.get("winograd", {}).items()))
         one_pass = tuple(sorted(str(name) for name in recorded.get("pooled_conv", [])))
-        choice = (bool(recorded["channels_last"]), fast, one_pass)
+        relu_pools = tuple(sorted(str(name) for name in recorded.get("pool_relu", [])))
+        choice = (bool(recorded["channels_last"]), fast, one_pass, relu_pools)
         notes = ["arithmetic as recorded by the run"]
     else:
         choice, notes = _arithmetic(config, spec, net, dtype, replace(default, parts=parts))
-    chosen = cpu_probe.Candidate(choice[0], default.threads, parts, choice[1], choice[2])
+    chosen = cpu_probe.Candidate(choice[0], default.threads, parts, *choice[1:])
     if split_timed:
         # one thread keeps the partition (serial parts) so that the arithmetic does not change
-        alone = cpu_probe.Candidate(choice[0], 1, parts, choice[1], choice[2])
+        alone = cpu_probe.Candidate(choice[0], 1, parts, *choice[1:])
         result = cpu_probe.probe(net, spec.input_shape, config.batch_size, [chosen, alone], autocast=dtype)
         chosen = result.chosen
         notes.append(result.describe())
@@ -185,31 +186,39 @@ def _measure_cpu(config: TrainConfig, spec: Spec, amp: str | None, default: cpu_
 
 
 def _arithmetic(config: TrainConfig, spec: Spec, net: Any, dtype: torch.dtype | None,
-                default: cpu_probe.Candidate) -> tuple[tuple[bool, tuple, tuple], list[str]]:
-    """(channels-last?, Winograd blocks, one-pass conv+pool blocks) for float32 on this CPU:
+                default: cpu_probe.Candidate) -> tuple[tuple[bool, tuple, tuple, tuple], list[str]]:
+    """(channels-last?, Winograd blocks, one-pass conv+pool blocks, one-pass pool+ReLU blocks) for
+    this CPU and autocast:
     recorded on this machine, or measured and recorded. Each block's faster algorithm is first
     timed alone in the network; those that paid are then timed together and one by one against
     the plain network (and NCHW)."""
     layouts = [default.channels_last] + ([False] if config.channels_last == "auto" and dtype is None else [])
     plan = net.winograd_plan() if dtype is None and default.channels_last else {}
-    pooled = net.pooled_conv_plan() if dtype is None and default.channels_last else []
-    if len(layouts) == 1 and not plan and not pooled:
-        return (default.channels_last, (), ()), []
+    # the one-pass first block computes in float32 also under bf16 autocast: a candidate there too
+    pooled = net.pooled_conv_plan() if default.channels_last else []
+    relu_pools = net.pool_relu_plan() if dtype == torch.bfloat16 and default.channels_last else []
+    if len(layouts) == 1 and not plan and not pooled and not relu_pools:
+        return (default.channels_last, (), (), ()), []
     key = {"spec": spec.to_string(), "batch": config.batch_size, "parts": default.parts,
            "autocast": str(dtype), "layouts": layouts, "winograd": sorted(plan.items())}
     if pooled:
         key["pooled_conv"] = pooled
-    if plan or pooled:  # a choice measured with other kernels (or none) is measured again
+    if relu_pools:
+        key["pool_relu"] = relu_pools
+    if plan or pooled or relu_pools:  # a choice measured with other kernels (or none) is measured again
         key["kernels"] = native.built()
-    stored = _stored_choice(cpu_probe.recorded_choice(key), layouts, plan, pooled)
+    stored = _stored_choice(cpu_probe.recorded_choice(key), layouts, plan, pooled, relu_pools)
     if stored is not None:
         where = f"arithmetic as recorded on this machine ({cpu_probe.record_path()})"
         return stored[0], [f"{where}: {stored[1]}"]
 
     def candidate(channels_last: bool, chosen: tuple = ()) -> cpu_probe.Candidate:
+        one_pass = {item[1] for item in chosen if item[0] == "pooled"}  # its pooling included
         return replace(default, channels_last=channels_last,
                        winograd=tuple(sorted(item[1:] for item in chosen if item[0] == "winograd")),
-                       pooled=tuple(sorted(item[1] for item in chosen if item[0] == "pooled")))
+                       pooled=tuple(sorted(one_pass)),
+                       pool_relu=tuple(sorted(item[1] for item in chosen
+                                              if item[0] == "pool_relu" and item[1] not in one_pass)))
 
     def timed(candidates: list[cpu_probe.Candidate]) -> cpu_probe.ProbeResult:
         # the same threads throughout: what differs is the work, so CPU time compares them
@@ -218,7 +227,7 @@ def _arithmetic(config: TrainConfig, spec: Spec, net: Any, dtype: torch.dtype | 
 
     notes = []
     every = [("winograd", name, m) for name, m in sorted(plan.items())]
-    every += [("pooled", name) for name in pooled]
+    every += [("pooled", name) for name in pooled] + [("pool_relu", name) for name in relu_pools]
     fast = every
     if len(every) > 1:
         alone = timed([candidate(True)] + [candidate(True, (item,)) for item in every])
@@ -235,27 +244,30 @@ def _arithmetic(config: TrainConfig, spec: Spec, net: Any, dtype: torch.dtype | 
         options.append(candidate(False))
     result = timed(list(dict.fromkeys(options)))
     chosen = result.chosen
-    choice = (chosen.channels_last, chosen.winograd, chosen.pooled)
+    choice = (chosen.channels_last, chosen.winograd, chosen.pooled, chosen.pool_relu)
     notes.append(result.describe())
     cpu_probe.record_choice(key, {"channels_last": choice[0], "winograd": [list(p) for p in choice[1]],
-                                  "pooled_conv": list(choice[2]), "measured": "; ".join(notes)})
+                                  "pooled_conv": list(choice[2]), "pool_relu": list(choice[3]),
+                                  "measured": "; ".join(notes)})
     return choice, notes
 
 
 def _stored_choice(stored: dict | None, layouts: list[bool], plan: dict[str, int],
-                   pooled: list[str]) -> tuple | None:
+                   pooled: list[str], relu_pools: list[str]) -> tuple | None:
     """A recorded choice that is still one of this run's options, as ((layout, Winograd, one-pass
-    blocks), note)."""
+    conv+pool blocks, one-pass pool+ReLU blocks), note)."""
     pairs = stored.get("winograd") if stored is not None else None
     if stored is None or stored.get("channels_last") not in layouts or not isinstance(pairs, list):
         return None
     if not all(isinstance(p, list) and len(p) == 2 and plan.get(p[0]) == p[1] for p in pairs):
         return None
-    names = stored.get("pooled_conv", [])
+    names, relu_names = stored.get("pooled_conv", []), stored.get("pool_relu", [])
     if not isinstance(names, list) or not set(names) <= set(pooled):
         return None
+    if not isinstance(relu_names, list) or not set(relu_names) <= set(relu_pools):
+        return None
     fast = tuple((str(name), int(m)) for name, m in pairs)
-    choice = (bool(stored["channels_last"]), fast, tuple(str(name) for name in names))
+    choice = (bool(stored["channels_last"]), fast, tuple(map(str, names)), tuple(map(str, relu_names)))
     return choice, stored.get("measured", "")
 
 

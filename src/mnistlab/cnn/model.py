@@ -14,7 +14,7 @@ from torch import nn
 from ..data.preprocess import Preprocessor
 from ..errors import ConfigError, RunError
 from ..model_api import InspectableModel
-from . import native, pooled_conv, winograd
+from . import native, pool_relu, pooled_conv, winograd
 from .activations import ACTIVATIONS
 from .spec import LayerInfo, Spec, infer_shapes, parse_spec, summary_table
 
@@ -88,6 +88,9 @@ class Net(nn.Module):
         # blocks whose conv, pooling and ReLU run as one C kernel (pooled_conv: a CPU lever, timed
         # by cpu_probe like Winograd)
         self.pooled_conv: set[str] = set()
+        # blocks whose following max pooling and ReLU run as one C kernel on a bf16 map (pool_relu:
+        # exact, timed by cpu_probe under bf16 autocast)
+        self.pool_relu: set[str] = set()
 
     def _crops(self, blocks: dict[str, nn.Sequential]) -> dict[str, tuple[int, int]]:
         """Where a floor-mode pooling or a valid convolution leaves the bottom rows or right
@@ -134,6 +137,12 @@ class Net(nn.Module):
                 and pooled_conv.eligible(before[0], pooling[0], act)]
         return plan if plan and native.library() is not None else []
 
+    def pool_relu_plan(self) -> list[str]:
+        """The blocks whose following pooling and ReLU pool_relu can run (a 2x2 max pooling alone
+        in its block, a ReLU), where the kernel can be built on this machine."""
+        return [name for name, (_, pooling, act) in self._fused.items()
+                if len(pooling) == 1 and pool_relu.eligible(pooling[0], act)]
+
     def forward(self, x: torch.Tensor, until: str | None = None) -> torch.Tensor:
         """Logits; with ``until``, the output of that block, and no block after it runs."""
         if x.dim() == 3:
@@ -164,9 +173,12 @@ class Net(nn.Module):
                             x = module(x)
                     if following in crops:
                         x = _crop(x, *crops[following])
-                    for module in pooling:
-                        x = module(x)
-                    x = act(x)
+                    if name in self.pool_relu and pool_relu.usable(x):
+                        x = pool_relu.pool_relu(x)
+                    else:
+                        for module in pooling:
+                            x = module(x)
+                        x = act(x)
                 skip = following
                 if following == until:
                     return x

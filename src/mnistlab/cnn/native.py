@@ -1,7 +1,8 @@
 """Small C kernels of the CNN's CPU levers (``kernels.c`` next to this file: the one-pass first
-block of pooled_conv.py, the Winograd transforms of winograd.py), compiled on first use with the
-system's C compiler (``$CC``, else ``cc``) for the vector ISA torch itself runs at
-(``ATEN_CPU_CAPABILITY`` holds it), and cached under ``$MNISTLAB_HOME/kernels``.
+block of pooled_conv.py, the bf16 pooling and ReLU of pool_relu.py, the Winograd transforms of
+winograd.py, the RMSprop update of optim.py), compiled on first use with the system's C compiler
+(``$CC``, else ``cc``) for the vector ISA torch itself runs at (``ATEN_CPU_CAPABILITY`` holds it),
+and cached under ``$MNISTLAB_HOME/kernels``.
 
 Where they pay is measured (cpu_probe), never assumed; without a compiler ``library`` returns None
 and the levers that need a kernel are simply not offered. Kernels run on one thread, in a fixed
@@ -31,6 +32,7 @@ _DECLARED = {  # function: (data pointers, int64 sizes)
     "pooled_conv_forward": (5, 7), "pooled_conv_backward": (6, 7),
     "winograd_input": (3, 7), "winograd_input_backward": (3, 7),
     "winograd_output": (5, 8), "winograd_output_backward": (4, 8),
+    "pool_relu_bf16_forward": (3, 6), "pool_relu_bf16_backward": (4, 6),
 }
 
 
@@ -42,7 +44,7 @@ def library() -> ctypes.CDLL | None:
     if compiler is None or not SOURCE.exists():
         return None
     isa = _FLAGS.get(torch.backends.cpu.get_cpu_capability(), [])
-    flags = ["-O3", "-fPIC", "-shared", "-fno-fast-math", *isa]
+    flags = ["-O3", "-fPIC", "-shared", "-fno-fast-math", "-fno-math-errno", *isa]
     try:
         version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
     except (OSError, subprocess.SubprocessError):
@@ -72,6 +74,10 @@ def library() -> ctypes.CDLL | None:
         kernel = getattr(lib, function)
         kernel.argtypes = [ctypes.c_void_p] * pointers + [ctypes.c_int64] * sizes
         kernel.restype = None
+    # count, then arrays of pointers (three) and of sizes, then float scalars
+    lib.rmsprop_state.argtypes = [ctypes.c_int64] + [ctypes.c_void_p] * 4 + [ctypes.c_float] * 3
+    lib.rmsprop_params.argtypes = [ctypes.c_int64] + [ctypes.c_void_p] * 4 + [ctypes.c_float]
+    lib.rmsprop_state.restype = lib.rmsprop_params.restype = None
     return lib
 
 

@@ -9,6 +9,7 @@ SGD and Adam/AdamW follow torch.optim's update rules (tested against them).
 
 from __future__ import annotations
 
+import ctypes
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
+from . import native
 
 OPTIMIZERS = ("rmsprop", "sgd", "adam", "adamw")
 SCHEDULES = ("constant", "step", "exponential", "cosine", "onecycle", "plateau")
@@ -56,6 +58,11 @@ class Optimizer:
         self.eps = eps if eps is not None else (1e-7 if kind == "rmsprop" else 1e-8)
         self.betas = betas
         device = self.params[0].device
+        # RMSprop without momentum on the CPU runs as C kernels where they build (rmsprop_* in
+        # kernels.c): the five passes per tensor below are each a dispatch that costs more than the
+        # arithmetic of these small tensors
+        self._native = kind == "rmsprop" and not self.momentum and all(map(_dense_float32_cpu, self.params))
+        self._denom: list[torch.Tensor] | None = None  # the kernels' sqrt(v + eps), allocated once
         self.lr = torch.tensor(float(lr), device=device)  # changed in place by the schedule
         self.t = torch.zeros((), device=device)  # steps taken (Adam's bias correction)
         zeros = lambda: [torch.zeros_like(p, memory_format=torch.preserve_format) for p in self.params]  # noqa: E731
@@ -86,6 +93,8 @@ class Optimizer:
         self.t += 1
         if self.weight_decay and self.kind != "adamw":  # L2: added to the gradient, as torch does
             grads = torch._foreach_add(grads, params, alpha=self.weight_decay)
+        if self._native and self._rmsprop_native(grads):
+            return
         if self.kind == "rmsprop":
             v = self.state["v"]
             torch._foreach_mul_(v, self.rho)
@@ -131,6 +140,30 @@ class Optimizer:
             torch._foreach_mul_(update, lr / bias1)
             torch._foreach_sub_(params, update)
 
+    def _rmsprop_native(self, grads: list[torch.Tensor]) -> bool:
+        """The RMSprop update as two calls of the C kernels around torch's square root (the same
+        bits as the operations below); False where the kernels cannot be built."""
+        lib = native.library()
+        if lib is None:
+            self._native = False
+            return False
+        # a gradient in another memory order than its parameter (a channels-last conv weight's
+        # gradient may come back in NCHW order) is copied into the parameter's order first
+        grads = [g if g.stride() == p.stride() else torch.empty_like(p).copy_(g)
+                 for p, g in zip(self.params, grads)]
+        if self._denom is None:
+            self._denom = [torch.empty_like(v) for v in self.state["v"]]
+        count = len(self.params)
+        arrays = [(ctypes.c_void_p * count)(*[t.data_ptr() for t in tensors])
+                  for tensors in (self.params, grads, self.state["v"], self._denom)]
+        params, grad_pointers, state, denom = arrays
+        sizes = (ctypes.c_int64 * count)(*[p.numel() for p in self.params])
+        lib.rmsprop_state(count, grad_pointers, state, denom, sizes, self.rho, 1 - self.rho, self.eps)
+        torch._foreach_sqrt_(self._denom)
+        lib.rmsprop_params(count, params, grad_pointers, denom, sizes, -float(self.lr))
+        torch.autograd.graph.increment_version(self.params + self.state["v"])  # changed behind torch's back
+        return True
+
     def state_arrays(self) -> dict[str, np.ndarray]:
         out = {"lr": self.lr.cpu().numpy(), "t": self.t.cpu().numpy()}
         for key, tensors in self.state.items():
@@ -145,6 +178,13 @@ class Optimizer:
         for key, tensors in self.state.items():
             for i, tensor in enumerate(tensors):
                 tensor.copy_(torch.from_numpy(np.array(arrays[f"{key}.{i}"])))
+
+
+def _dense_float32_cpu(tensor: torch.Tensor) -> bool:
+    """A float32 CPU tensor whose elements fill its memory without gaps (plain or channels-last order)."""
+    channels_last = tensor.dim() == 4 and tensor.is_contiguous(memory_format=torch.channels_last)
+    dense = tensor.is_contiguous() or channels_last
+    return tensor.device.type == "cpu" and tensor.dtype == torch.float32 and dense
 
 
 @dataclass

@@ -10,7 +10,9 @@ the pooled output and which position won, and forms the weight gradient from the
 
 Compiled on first use (native.py); like Winograd, it is a candidate that ``cpu_probe`` times on
 the run's network and that ``Net.pooled_conv`` switches on. The input gets no gradient (the
-image's), so blocks whose input needs one run as written.
+image's), so blocks whose input needs one run as written. Under bf16 autocast the block still runs
+in float32 (the kernel's only arithmetic) and autocast casts its small pooled output for the next
+convolution: oneDNN's bf16 first block moves as many bytes per image as its float32 one.
 """
 
 from __future__ import annotations
@@ -81,7 +83,6 @@ def eligible(conv: nn.Module, pooling: nn.Module, act: nn.Module) -> bool:
 
 
 def usable(x: torch.Tensor) -> bool:
-    """Inputs the kernel takes at run time: float32 on the CPU, no gradient wanted for them,
-    outside autocast."""
-    return (x.device.type == "cpu" and x.dtype == torch.float32 and not x.requires_grad
-            and not torch.is_autocast_enabled("cpu"))
+    """Inputs the kernel takes at run time: float32 on the CPU, no gradient wanted for them (with
+    or without autocast: the kernel computes in float32 either way)."""
+    return x.device.type == "cpu" and x.dtype == torch.float32 and not x.requires_grad

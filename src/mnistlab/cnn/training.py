@@ -140,6 +140,7 @@ class Trainer:
         self.net.to(dev)
         self.net.winograd = dict(self.levers.winograd)
         self.net.pooled_conv = set(self.levers.pooled_conv)
+        self.net.pool_relu = set(self.levers.pool_relu)
         if self.levers.channels_last:
             self.net.to(memory_format=torch.channels_last)
         self._trainable = [p for p in self.net.parameters() if p.requires_grad]
@@ -188,7 +189,8 @@ class Trainer:
         return channels_last_strides(x) if self.levers.channels_last else x
 
     def _batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        raw = self.x_train[idx]  # (B, 28, 28) uint8
+        # index_select: the same rows as x_train[idx], without advanced indexing's general machinery
+        raw = self.x_train.index_select(0, idx)  # (B, 28, 28) uint8
         shift = self.config.augment
         if shift:
             # Random translations: pad with background, then gather a shifted 28x28 window per image.
@@ -199,7 +201,7 @@ class Trainer:
             rows = dy + torch.arange(h, device=raw.device).view(1, h, 1)
             cols = dx + torch.arange(w, device=raw.device).view(1, 1, w)
             raw = padded[torch.arange(b, device=raw.device).view(b, 1, 1), rows, cols]
-        return self._prep(raw), self.y_train[idx]
+        return self._prep(raw), self.y_train.index_select(0, idx)
 
     def _loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if self.spec.output_activation == "sigmoid":
