@@ -64,17 +64,18 @@ def fewest_reached(inked: np.ndarray) -> np.ndarray:
     Ordering by frequency alone counts the images a later place has already settled."""
     back = np.ascontiguousarray(inked[:, ::-1])  # argmin's first minimum: the least preferred
     by_column = np.ascontiguousarray(back.T)
-    counts = back.sum(axis=0, dtype=np.int64)
+    as_bytes = back.view(np.uint8)
+    counts = np.add.reduce(as_bytes, axis=0, dtype=np.int64)
     unsettled = np.ones(len(back), bool)
     placed = np.iinfo(np.int64).max
     picks = np.empty(back.shape[1], np.int64)
     for place in range(back.shape[1] - 1, -1, -1):
-        column = int(np.argmin(counts))
+        column = int(counts.argmin())
         picks[place] = column
-        settled = unsettled & by_column[column]
-        if settled.any():
-            counts -= back[settled].sum(axis=0, dtype=np.int64)
-            unsettled &= ~settled
+        settled = np.flatnonzero(unsettled & by_column[column])
+        if len(settled):
+            counts -= np.add.reduce(as_bytes[settled], axis=0, dtype=np.int64)
+            unsettled[settled] = False
         counts[column] = placed
     return back.shape[1] - 1 - picks
 
