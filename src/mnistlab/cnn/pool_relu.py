@@ -54,7 +54,9 @@ def eligible(pooling: nn.Module, act: nn.Module) -> bool:
 
 
 def usable(x: torch.Tensor) -> bool:
-    """Inputs the kernel takes: a bf16 CPU map in channels-last memory, channels in blocks of LANES."""
+    """Inputs the kernel takes: a bf16 CPU map in channels-last memory, channels in blocks of LANES,
+    where the kernel builds (a run resumed on a machine without a compiler keeps its recorded levers
+    and runs torch's pooling and ReLU, the same values)."""
     return (x.device.type == "cpu" and x.dtype == torch.bfloat16 and x.dim() == 4
             and x.shape[1] % native.LANES == 0 and x.is_contiguous(memory_format=torch.channels_last)
-            and x.shape[2] >= 2 and x.shape[3] >= 2)
+            and x.shape[2] >= 2 and x.shape[3] >= 2 and native.library() is not None)
