@@ -1,5 +1,6 @@
 """The one-pass bf16 max pooling and ReLU (mnistlab.cnn.pool_relu: a C kernel) against torch's own
-max_pool2d and relu: the same values and gradients bit for bit, ties and NaN included."""
+max_pool2d and relu: the same values and gradients bit for bit, ties, signed zeros and NaN
+included (a NaN's payload aside)."""
 
 import pytest
 

@@ -7,7 +7,8 @@ the winners, the ReLU reads and writes the map again, and the backward zero-fill
 gradient, masks the pooled gradient and scatters it by the indices. The kernel keeps one byte per
 output for which of the four positions won and writes each input gradient once. No value is
 rounded (a bf16 maximum is one of its inputs), so the results equal torch's bit for bit, ties and
-NaN included: an exact replacement, which cpu_probe times like the other kernels.
+NaN included (a NaN output keeps its input's payload, where torch writes its own NaN): an exact
+replacement, which cpu_probe times like the other kernels.
 """
 
 from __future__ import annotations
