@@ -134,7 +134,7 @@ def test_under_bf16_autocast_the_block_still_computes_in_float32():
             logits = net(x)
         assert logits.dtype == (torch.bfloat16 if autocast else torch.float32)
         loss = F.cross_entropy(logits.float(), y)
-        results.append((logits.float(), torch.autograd.grad(loss, list(net.parameters()))))
+        results.append((logits.detach().float(), torch.autograd.grad(loss, list(net.parameters()))))
     (want, want_grads), (got, got_grads) = results
     torch.testing.assert_close(got, want, rtol=0.05, atol=0.05 * float(want.abs().max()))
     for g, w in zip(got_grads, want_grads):  # each gradient as a whole: bf16 rounds single entries
