@@ -450,7 +450,8 @@ def test_ctrl_c_saves_rerun_resumes_a_killed_rank_stops_the_job_and_one_process_
     os.kill(pid, signal.SIGKILL)
     killed = time.monotonic()
     out, err = job.communicate(timeout=120)
-    assert time.monotonic() - killed < 20  # generous: the machine is shared; it takes ~3 s alone
+    # seconds, not the process group's 30-minute timeout a hang would wait for (loaded cores slow it)
+    assert time.monotonic() - killed < 60
     assert job.returncode == 1
     assert "continuing it" in err  # the rerun picked the interrupted run up
     assert err.strip().splitlines()[-1] == (

@@ -1,5 +1,6 @@
 """The one-pass bf16 max pooling and ReLU (mnistlab.cnn.pool_relu: a C kernel) against torch's own
-max_pool2d and relu: the same values and gradients bit for bit, ties and NaN included."""
+max_pool2d and relu: the same values and gradients bit for bit, ties, signed zeros and NaN
+included (a NaN's payload aside)."""
 
 import pytest
 
@@ -31,16 +32,21 @@ def test_kernel_equals_torch_bit_for_bit(shape):
     x = torch.randn(shape).to(torch.bfloat16)
     x[0, :, :2, :2] = 0.5  # a window of four equal values: the first one wins
     x[0, 0, 2:4, 2:4] = -1.0  # all negative: the ReLU blocks the gradient
+    x[0, -1, :2, :2] = torch.tensor([[-0.0, -1.0], [0.0, -2.0]])  # the signed zeros keep their bits
     if shape[2] > 4:
         x[-1, -1, 4, 5] = float("nan")  # NaN wins its window and passes its gradient
+        x[-1, -1, 5, 4] = x[-1, 0, 4, 4] = float("nan")  # two NaN in a window: the last wins, as in torch
+        x[-1, 0, 5, 5] = 1e4
     x = x.contiguous(memory_format=torch.channels_last)
     assert pool_relu.usable(x)
     (want, want_grad), (got, got_grad) = _both(x)
     assert got.shape == want.shape and got.dtype == torch.bfloat16
     assert got.is_contiguous(memory_format=torch.channels_last)
     assert torch.equal(got.isnan(), want.isnan())
-    assert torch.equal(got.nan_to_num(), want.nan_to_num())
-    assert torch.equal(got_grad, want_grad) and got_grad.is_contiguous(memory_format=torch.channels_last)
+    bits = lambda t: t.contiguous().view(torch.int16)  # noqa: E731  (torch.equal takes -0.0 for 0.0)
+    assert torch.equal(bits(got.nan_to_num()), bits(want.nan_to_num()))  # a NaN's payload may differ
+    assert torch.equal(bits(got_grad), bits(want_grad))
+    assert got_grad.is_contiguous(memory_format=torch.channels_last)
     if shape[2] % 2:  # the row the floor drops gets no gradient
         assert not got_grad[:, :, -1].any()
 

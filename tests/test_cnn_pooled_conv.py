@@ -88,7 +88,16 @@ def test_without_a_compiler_the_kernel_levers_are_not_offered(monkeypatch):
     native.library.cache_clear()
     try:
         assert native.library() is None and native.built() == ""
-        assert build_net("seed").pooled_conv_plan() == []
+        assert build_net("seed").pooled_conv_plan() == [] and build_net("seed").pool_relu_plan() == []
+        # a resumed run keeps its recorded levers: without the kernels its blocks run as written
+        net = build_net("seed", "glorot", seed=0).to(memory_format=torch.channels_last)
+        x = channels_last_strides(torch.rand(4, 1, 28, 28))
+        for autocast in (False, True):
+            with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                net.pooled_conv, net.pool_relu = set(), set()
+                plain = net(x)
+                net.pooled_conv, net.pool_relu = {"conv1"}, {"conv1", "conv2"}
+                assert torch.equal(net(x), plain)
         conv = nn.Conv2d(8, 8, 3)
         assert not winograd._native(torch.zeros(1, 8, 6, 6), conv, 2, True)
         torch.testing.assert_close(winograd.conv2d(torch.ones(1, 8, 6, 6), conv, 2),
@@ -125,7 +134,7 @@ def test_under_bf16_autocast_the_block_still_computes_in_float32():
             logits = net(x)
         assert logits.dtype == (torch.bfloat16 if autocast else torch.float32)
         loss = F.cross_entropy(logits.float(), y)
-        results.append((logits.float(), torch.autograd.grad(loss, list(net.parameters()))))
+        results.append((logits.detach().float(), torch.autograd.grad(loss, list(net.parameters()))))
     (want, want_grads), (got, got_grads) = results
     torch.testing.assert_close(got, want, rtol=0.05, atol=0.05 * float(want.abs().max()))
     for g, w in zip(got_grads, want_grads):  # each gradient as a whole: bf16 rounds single entries

@@ -7,7 +7,8 @@ the winners, the ReLU reads and writes the map again, and the backward zero-fill
 gradient, masks the pooled gradient and scatters it by the indices. The kernel keeps one byte per
 output for which of the four positions won and writes each input gradient once. No value is
 rounded (a bf16 maximum is one of its inputs), so the results equal torch's bit for bit, ties and
-NaN included: an exact replacement, which cpu_probe times like the other kernels.
+NaN included (a NaN output keeps its input's payload, where torch writes its own NaN): an exact
+replacement, which cpu_probe times like the other kernels.
 """
 
 from __future__ import annotations
@@ -54,7 +55,9 @@ def eligible(pooling: nn.Module, act: nn.Module) -> bool:
 
 
 def usable(x: torch.Tensor) -> bool:
-    """Inputs the kernel takes: a bf16 CPU map in channels-last memory, channels in blocks of LANES."""
+    """Inputs the kernel takes: a bf16 CPU map in channels-last memory, channels in blocks of LANES,
+    where the kernel builds (a run resumed on a machine without a compiler keeps its recorded levers
+    and runs torch's pooling and ReLU, the same values)."""
     return (x.device.type == "cpu" and x.dtype == torch.bfloat16 and x.dim() == 4
             and x.shape[1] % native.LANES == 0 and x.is_contiguous(memory_format=torch.channels_last)
-            and x.shape[2] >= 2 and x.shape[3] >= 2)
+            and x.shape[2] >= 2 and x.shape[3] >= 2 and native.library() is not None)

@@ -84,5 +84,7 @@ def eligible(conv: nn.Module, pooling: nn.Module, act: nn.Module) -> bool:
 
 def usable(x: torch.Tensor) -> bool:
     """Inputs the kernel takes at run time: float32 on the CPU, no gradient wanted for them (with
-    or without autocast: the kernel computes in float32 either way)."""
-    return x.device.type == "cpu" and x.dtype == torch.float32 and not x.requires_grad
+    or without autocast: the kernel computes in float32 either way), where the kernel builds (a run
+    resumed on a machine without a compiler keeps its recorded levers and runs as written)."""
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and not x.requires_grad
+            and native.library() is not None)
