@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mnistlab.mlp import staircase
+from mnistlab.mlp import layout, staircase
 
 
 def _rows(n, width, rng, reach=None):
@@ -109,3 +109,48 @@ def test_plan_puts_the_thread_boundary_on_a_group_boundary_of_whole_kernel_block
     assert cut % staircase.THREAD_ROWS == 0 and staircase.MIN_ROWS <= cut <= 500 - staircase.MIN_ROWS
     assert list(p.bounds) == sorted(set(p.bounds)) and p.bounds[0] == 0 and p.bounds[-1] == 500
     assert 0 < p.column_cut < 700
+
+
+def _reaches(inked, order):
+    """Each image's reach (one more than its last inked position) with the columns in ``order``."""
+    placed = inked[:, order]
+    return np.where(placed.any(axis=1), placed.shape[1] - placed[:, ::-1].argmax(axis=1), 0)
+
+
+def _fewest_reached_by_recounting(inked):
+    """The backward elimination written plainly: every place recounts the unsettled images."""
+    unsettled, free, back = np.ones(len(inked), bool), list(range(inked.shape[1])), []
+    while free:
+        counts = [int((inked[:, c] & unsettled).sum()) for c in free]
+        # among equal counts the column preferred last (the highest index) takes the later place
+        column = max((c for c, count in zip(free, counts) if count == min(counts)))
+        back.append(column)
+        free.remove(column)
+        unsettled &= ~inked[:, column]
+    return np.array(back[::-1])
+
+
+def test_fewest_reached_matches_the_plain_backward_elimination():
+    rng = np.random.default_rng(5)
+    for n, cols, density in [(40, 9, 0.2), (300, 30, 0.05), (200, 25, 0.3), (5, 12, 0.1)]:
+        inked = rng.random((n, cols)) < density * rng.random(cols)  # columns inked unequally often
+        order = layout.fewest_reached(inked)
+        assert sorted(order) == list(range(cols))
+        np.testing.assert_array_equal(order, _fewest_reached_by_recounting(inked))
+
+
+def test_fewest_reached_beats_ordering_by_frequency():
+    """Column 2 is inked more often than column 1, but three of its five images are also inked in
+    column 3, which takes the last place either way: of the columns left, column 2 then has fewer
+    unsettled images than column 1 and takes the later place, where frequency puts column 1."""
+    inked = np.zeros((19, 4), bool)
+    inked[0:3, 2] = inked[0:3, 3] = True  # columns 2 and 3
+    inked[3:5, 2] = True
+    inked[5:9, 1] = True
+    inked[9:19, 0] = True
+    by_frequency = np.argsort(-inked.sum(axis=0), kind="stable")
+    np.testing.assert_array_equal(by_frequency, [0, 2, 1, 3])
+    order = layout.fewest_reached(inked)
+    np.testing.assert_array_equal(order, [0, 1, 2, 3])
+    assert _reaches(inked, by_frequency).sum() == 3 * 4 + 2 * 2 + 4 * 3 + 10 * 1
+    assert _reaches(inked, order).sum() == 3 * 4 + 2 * 3 + 4 * 2 + 10 * 1

@@ -4,10 +4,10 @@ Three ideas live here (docs/performance.md, "MLP internals", says what each one 
 
 * The column order (``TrainData``). Input columns that are zero in every training image (MNIST's
   blank border) are *inactive*: they add exact zeros to every product and their weights get no
-  data gradient, so the products skip them. The others are ordered by how often they are inked,
-  most often first, so that every image's ink ends early in its row for most images: the
-  first layer multiplies each image's row only up to its last ink (``staircase``). The sums are the
-  same; only their order (hence float rounding) differs.
+  data gradient, so the products skip them. The others are ordered so that every image's ink
+  ends early in its row for most images (``fewest_reached``; roughly by how often they are inked,
+  most often first): the first layer multiplies each image's row only up to its last ink
+  (``staircase``). The sums are the same; only their order (hence float rounding) differs.
 * The working layout (``WorkingLayout``). During a fit the parameters live in a copy whose
   first-layer rows are in that column order (inactive ones last), so every product reads a
   leading block of them, and whose hidden layers are padded to widths BLAS multiplies faster,
@@ -57,9 +57,32 @@ def preprocess_into(
     return out
 
 
+def fewest_reached(inked: np.ndarray) -> np.ndarray:
+    """An order of the columns of ``inked`` (images x columns, bool; earlier columns preferred
+    earlier among equals) that keeps the images' reaches short: built from the back, each place
+    gets the column inked in the fewest images whose reach is not yet settled, and settles them.
+    Ordering by frequency alone counts the images a later place has already settled."""
+    back = np.ascontiguousarray(inked[:, ::-1])  # argmin's first minimum: the least preferred
+    by_column = np.ascontiguousarray(back.T)
+    as_bytes = back.view(np.uint8)
+    counts = np.add.reduce(as_bytes, axis=0, dtype=np.int64)
+    unsettled = np.ones(len(back), bool)
+    placed = np.iinfo(np.int64).max
+    picks = np.empty(back.shape[1], np.int64)
+    for place in range(back.shape[1] - 1, -1, -1):
+        column = int(counts.argmin())
+        picks[place] = column
+        settled = np.flatnonzero(unsettled & by_column[column])
+        if len(settled):
+            counts -= np.add.reduce(as_bytes[settled], axis=0, dtype=np.int64)
+            unsettled[settled] = False
+        counts[column] = placed
+    return back.shape[1] - 1 - picks
+
+
 class TrainData:
     """The training split as the batch loop reads it: each image's inputs in the working column
-    order (``first_rows``: always-multiplied columns, the others by how often they are inked,
+    order (``first_rows``: always-multiplied columns, the others in ``fewest_reached``'s order,
     then the inactive ones), its first ``width`` columns kept, how far its ink reaches
     (``levels``, see staircase) and the labels.
 
@@ -87,7 +110,8 @@ class TrainData:
         # a raw zero that preprocessing turns into a nonzero input is not a zero input
         zero_maps_to_zero = zero_input == 0
         active = flat.any(axis=0) | ~zero_maps_to_zero
-        freq = (flat[:: max(1, self.n // FREQUENCY_SAMPLE)] != 0).mean(axis=0)
+        sample = flat[:: max(1, self.n // FREQUENCY_SAMPLE)] != 0
+        freq = sample.mean(axis=0)
         often = ALWAYS_FREQUENCY if split == "auto" else min(float(split or 0), ALWAYS_FREQUENCY)
         always = active & (~zero_maps_to_zero | (freq >= often) | (split is None))
         stair = np.flatnonzero(active & ~always)
@@ -95,8 +119,9 @@ class TrainData:
         self.n_active = int(np.count_nonzero(active))
         self.n_always = int(np.count_nonzero(always))
         # the working layout's first-layer rows; a stable sort keeps equally inked columns in place
+        by_frequency = stair[np.argsort(-freq[stair], kind="stable")]
         self.first_rows = np.concatenate(
-            [np.flatnonzero(always), stair[np.argsort(-freq[stair], kind="stable")], self.inactive]
+            [np.flatnonzero(always), by_frequency[fewest_reached(sample[:, by_frequency])], self.inactive]
         )
         # the columns the products may read: the active ones, rounded up to whole column steps with
         # inactive ones (zero in every image)

@@ -1,8 +1,8 @@
 """The first layer's staircase: each image's row multiplies only the input columns up to its last ink.
 
-The active input columns are ordered by how often they are inked, most often first (``layout``). An
-image's *reach* k is one more than the position of its last inked column in that order: its
-inputs beyond k are zeros, which add nothing to any sum. Within a chunk the images are put in
+The active input columns are ordered so that the images' ink ends early, roughly most often inked
+first (``layout``). An image's *reach* k is one more than the position of its last inked column in
+that order: its inputs beyond k are zeros, which add nothing to any sum. Within a chunk the images are put in
 descending reach (one stable sort per epoch, ``Staircase.arrange``) and cut into groups of rows;
 group g multiplies only the first K_g columns, K_g its first row's reach rounded up to ``STEP``:
 
