@@ -33,6 +33,12 @@ TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
 BN_SPEC = "conv:8:3,bn,pool:2,conv:16:3,pool:2,flatten,dense:32,output:10"
 # Small enough that a job's epochs take a second or two, long enough to be stopped mid-epoch
 SMALL_SPEC = "conv:16:3,pool:2,conv:32:3,pool:2,flatten,dense:32,output:10"
+# DDP wrappers made in this process, kept until it exits. torch 2.13 frees a DDP's gloo group by
+# joining its threads while holding the GIL, and one of them may still be releasing a Python object
+# of the last step (the comm hook's callback): a hang, seen once in CI's pytest worker. Rank
+# processes avoid it by ending with os._exit (cli.end_rank_process); a test process cannot, so it
+# frees them only at exit, when those threads have long been idle.
+KEPT_UNTIL_EXIT: list = []
 
 
 def synthetic_arrays(n_train, n_test=200):
@@ -165,6 +171,7 @@ def test_ddp_gets_the_buffer_sync_flag_under_the_name_the_installed_torch_knows(
     try:
         ranks = Ranks(backend="gloo")
         wrapped = distributed.data_parallel(torch.nn.Linear(3, 2), torch.device("cpu"), ranks)
+        KEPT_UNTIL_EXIT.append(wrapped)
         assert isinstance(wrapped, torch.nn.parallel.DistributedDataParallel)
 
         class OldDistributedDataParallel(torch.nn.Module):
@@ -216,6 +223,7 @@ def test_step_agreement_averages_gradients_and_carries_stop_and_nan_flags(tmp_pa
         stop, loss_sum = StopRequest(deferred=True), torch.zeros(())
         ddp = torch.nn.parallel.DistributedDataParallel(net)
         agreement = distributed.StepAgreement(ddp, stop, loss_sum)
+        KEPT_UNTIL_EXIT.append((ddp, agreement))
         for pending, loss in ((False, 1.0), (True, float("nan"))):
             net.zero_grad()
             stop.pending = pending
