@@ -89,7 +89,7 @@ class SplitEval:
         parts = threads.parts if threads is not None and threads.active else 1
         hidden = act.FORWARD[model.config.activation]
         if parts == 1:
-            return self._correct(model, params, [list(s) for s in self.stretches], []) / len(self.labels)
+            return self._correct(model, params, hidden, self.stretches, []) / len(self.labels)
         while len(self.buffers) < parts:
             self.buffers.append(None if self.buffers[0] is None else np.empty_like(self.buffers[0]))
         # the caller's blocks spread evenly; the others dealt round the workers
@@ -103,7 +103,8 @@ class SplitEval:
 
         def caller() -> None:
             own = [[b for b in s if owner[b] == 0] for s in self.stretches]
-            correct[0] = self._correct(model, params, own, [[e[s] for e in ready] for s in range(len(own))])
+            waits = [[e[s] for e in ready] for s in range(len(own))]
+            correct[0] = self._correct(model, params, hidden, own, waits)
 
         def worker(w: int) -> None:
             try:
@@ -129,12 +130,16 @@ class SplitEval:
         hidden(z)
 
     def _correct(
-        self, model: MLP, params: ParamViews, own: list[list[int]], ready: list[list[threading.Event]]
+        self,
+        model: MLP,
+        params: ParamViews,
+        hidden: Callable,
+        own: list[list[int]],
+        ready: list[list[threading.Event]],
     ) -> int:
         """The correct predictions of every stretch, multiplying the blocks ``own[s]`` of stretch s
         and waiting for ``ready[s]`` (the other threads' blocks of it)."""
         weights, biases = params.weights, params.biases
-        hidden = act.FORWARD[model.config.activation]
         correct = 0
         for s, stretch in enumerate(self.stretches):
             for b in own[s]:

@@ -106,10 +106,9 @@ class SGD(Optimizer):
         nw = self.working.n_weights
         if self.config.l1:
             add_l1_gradient(self.config, self.working, self.params.flat, self.grad.flat, lr, self.scratch)
-        weights, biases = self.update_matrices(lr)
-        src, dst = self.stacks[self.current], self.stacks[1 - self.current]
-        np.matmul(weights, src[:, :nw], out=dst[:2, :nw])
-        np.matmul(biases, src[:, nw:], out=dst[:2, nw:])
+        update = self._range_update(lr)
+        update(0, nw)
+        update(nw, self.size)
         if self.config.l1:
             # no product writes the blank rows: the next gradient must find zeros there
             self.grad.flat[self.working.blank] = 0
@@ -118,6 +117,10 @@ class SGD(Optimizer):
     def range_step(self, lr: float) -> Callable[[int, int], None] | None:
         if self.config.l1:  # its gradient term and the blank rows' reset go over every weight
             return None
+        return self._range_update(lr)
+
+    def _range_update(self, lr: float) -> Callable[[int, int], None]:
+        """The step of the flat parameter range ``lo:hi`` (within the weights or the biases)."""
         weights, biases = self.update_matrices(lr)
         src, dst, nw = self.stacks[self.current], self.stacks[1 - self.current], self.working.n_weights
 
