@@ -62,17 +62,18 @@ def worker(args) -> dict:
     from mnistlab.data import load_dataset
 
     torch.set_num_threads(args.threads)
+    bf16 = args.amp == "bf16"
     data = load_dataset("mnist").subset(64 * args.steps, 100)
     with tempfile.TemporaryDirectory() as tmp:
-        config = resolve_config("seed", epochs=1, seed=0, amp="on" if args.amp == "bf16" else "off",
+        config = resolve_config("seed", epochs=1, seed=0, amp="on" if bf16 else "off",
                                 threads=args.threads)
         trainer = Trainer(config, data, os.path.join(tmp, "run"), progress=False)
     order = torch.randperm(trainer.n_train, generator=torch.Generator().manual_seed(0))
-    last = "+ conv2 Winograd (all)"
-    variants = dict(BF16_VARIANTS) if args.amp == "bf16" else {**VARIANTS, BEFORE_KERNELS: VARIANTS[last]}
+    last = list(BF16_VARIANTS if bf16 else VARIANTS)[-1]  # every lever on
+    variants = dict(BF16_VARIANTS) if bf16 else {**VARIANTS, BEFORE_KERNELS: VARIANTS[last]}
     split = trainer.split
     if split is not None:
-        variants[WHOLE] = variants[list(BF16_VARIANTS if args.amp == "bf16" else VARIANTS)[-1]]
+        variants[WHOLE] = variants[last]
     times: dict[str, list[float]] = {name: [] for name in variants}
     walls: dict[str, list[float]] = {name: [] for name in variants}
     with process_settings(trainer.levers):
@@ -80,7 +81,7 @@ def worker(args) -> dict:
         for round_ in range(args.rounds + 1):  # the first round warms every variant up, untimed
             for name in rounds.rotated(list(variants), round_):
                 net = trainer.net
-                if args.amp == "bf16":
+                if bf16:
                     kernels, flatten, one_pass, relu_pools = variants[name]
                     trainer.optimizer._native = kernels
                     net.flatten.flatten = Flatten() if flatten else nn.Flatten()
