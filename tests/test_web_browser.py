@@ -170,6 +170,33 @@ def test_draw_a_digit_and_see_every_layer(server, browser, tmp_path):
     page.close()
 
 
+def test_a_slow_first_test_image_does_not_wipe_a_drawing_begun_meanwhile(server, browser):
+    # The first test image is asked for as the run loads; a user may start drawing before it arrives.
+    page = browser.new_page(viewport={"width": 1360, "height": 1000})
+    held = []
+    page.route("**/api/test-image*", lambda route: held.append(route))
+    page.goto(server + "/?run=tiny")
+    page.wait_for_selector("#layer-conv1")
+    for _ in range(200):  # the run's first test image is on its way, and held
+        if held:
+            break
+        page.wait_for_timeout(50)
+    assert len(held) == 1
+    _draw(page, [(70, 60), (210, 60), (180, 120), (150, 180), (125, 240)])
+    page.wait_for_function("document.getElementById('source').textContent.includes('your drawing')")
+    with page.expect_response("**/api/test-image*"):
+        held[0].continue_()
+    page.wait_for_timeout(300)
+    assert "your drawing" in page.inner_text("#source")
+    inked = page.eval_on_selector(  # the pad's strokes are black on transparent: count opaque pixels
+        "#pad",
+        "c => c.getContext('2d').getImageData(0, 0, c.width, c.height).data"
+        ".filter((v, i) => i % 4 === 3 && v).length",
+    )
+    assert inked > 0
+    page.close()
+
+
 def test_an_error_from_the_server_is_shown_not_thrown(server, browser):
     page = browser.new_page()
     page.goto(server + "/?run=tiny")

@@ -13,6 +13,11 @@ let strokes = [];
 let current = null;
 const LINE = 20; // px on the 280 px pad: ~2 px after scaling the digit into 20x20, like MNIST's strokes
 
+// Only the answer to the user's latest input (a test image asked for, or a stroke begun) may touch the
+// page: a slow earlier answer (the first image shown while a run loads) must not overwrite or wipe what
+// the user asked for or drew since, or hide its error.
+let latestInput = 0;
+
 function padPoint(ev) {
   const r = pad.getBoundingClientRect();
   return [(ev.clientX - r.left) * (pad.width / r.width), (ev.clientY - r.top) * (pad.height / r.height)];
@@ -39,6 +44,7 @@ pad.addEventListener("pointerdown", (ev) => {
   pad.setPointerCapture(ev.pointerId);
   current = [padPoint(ev)];
   strokes.push(current);
+  latestInput++;  // a test image still on its way must not wipe this drawing
   state.source = { type: "drawing" };
   redrawPad();
   requestUpdate();
@@ -80,7 +86,7 @@ async function flush() {
   if (inflight || !dirty || !state.run) return;
   dirty = false;
   inflight = true;
-  const testRequestBefore = testImageRequest;
+  const inputBefore = latestInput;
   try {
     const { data } = padCtx.getImageData(0, 0, pad.width, pad.height);
     const ink = new Uint8Array(pad.width * pad.height);
@@ -91,7 +97,7 @@ async function flush() {
     const res = await api(`/api/predict?${runQuery()}`, {
       method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
     });
-    if (testImageRequest !== testRequestBefore) return;  // a test image was asked for since: it wins
+    if (latestInput !== inputBefore) return;  // a test image or a new stroke was asked for since: it wins
     state.source = { type: "drawing" };
     showError(null);
     showPrediction(res);
@@ -106,16 +112,12 @@ async function flush() {
 
 // ---------- test images ----------
 
-// Only the latest test-image request may touch the page: a slow earlier answer (the first image
-// shown while a run loads) must not overwrite what the user asked for since, or hide its error.
-let testImageRequest = 0;
-
 async function showTestImage(index) {
   index = Math.max(0, Math.floor(Number(index) || 0));
-  const request = ++testImageRequest;
+  const request = ++latestInput;
   try {
     const res = await api(`/api/test-image?${runQuery({ index, ...attributionParams() })}`);
-    if (request !== testImageRequest) return;
+    if (request !== latestInput) return;
     state.source = { type: "test", index };
     $("test-index").value = index;
     strokes = [];
@@ -126,7 +128,7 @@ async function showTestImage(index) {
     const ok = res.label === res.predicted;
     $("source").innerHTML = `test image #${index} · label <b>${esc(names[res.label])}</b> ` +
       (ok ? `<span style="color:var(--good)">✓</span>` : `<span style="color:var(--bad)">✗</span>`);
-  } catch (err) { if (request === testImageRequest) showError(err.message); }
+  } catch (err) { if (request === latestInput) showError(err.message); }
 }
 
 $("btn-load").addEventListener("click", () => showTestImage($("test-index").value));
