@@ -278,8 +278,9 @@ def test_two_ranks_train_the_weights_of_one_process(tmp_path, real_home):
     layout = {"channels_last": "off"}
     recipe = ["--spec", "seed", "--epochs", "1", "--batch-size", "64", "--amp", "off", "--threads", "1",
               "--channels-last", "off"]
-    # a free master port, not torchrun's fixed default: another job on the machine may hold that one
-    torchrun = [*TORCHRUN, "--nproc-per-node", "2", "--master-port", str(free_port())]
+    # standalone: the rendezvous binds a port the OS picks (torchrun's fixed default may be held by
+    # another job, and a port found free beforehand may be taken before torchrun binds it)
+    torchrun = [*TORCHRUN, "--standalone", "--nproc-per-node", "2"]
     job = subprocess.run(
         [*torchrun, CLI, "train", "cnn", *recipe, "--out", str(tmp_path / "two"), "--no-progress"],
         env={**environment(data), "MNISTLAB_TEST_WORK_IN_FLIGHT": "1"},
