@@ -62,7 +62,10 @@ class Optimizer:
         # kernels.c): the five passes per tensor below are each a dispatch that costs more than the
         # arithmetic of these small tensors
         self._native = kind == "rmsprop" and not self.momentum and all(map(_dense_float32_cpu, self.params))
-        self._denom: list[torch.Tensor] | None = None  # the kernels' sqrt(v + eps), allocated once
+        self._denom: list[torch.Tensor] = []  # the kernels' sqrt(v + eps), allocated once
+        # pointers to the buffers this optimizer owns (its state only ever changes in place) and the
+        # sizes, built once; the parameters' and gradients' are taken every step
+        self._owned: tuple[ctypes.Array, ctypes.Array, ctypes.Array] | None = None
         self.lr = torch.tensor(float(lr), device=device)  # changed in place by the schedule
         self.t = torch.zeros((), device=device)  # steps taken (Adam's bias correction)
         zeros = lambda: [torch.zeros_like(p, memory_format=torch.preserve_format) for p in self.params]  # noqa: E731
@@ -151,13 +154,13 @@ class Optimizer:
         # gradient may come back in NCHW order) is copied into the parameter's order first
         grads = [g if g.stride() == p.stride() else torch.empty_like(p).copy_(g)
                  for p, g in zip(self.params, grads)]
-        if self._denom is None:
-            self._denom = [torch.empty_like(v) for v in self.state["v"]]
         count = len(self.params)
-        arrays = [(ctypes.c_void_p * count)(*[t.data_ptr() for t in tensors])
-                  for tensors in (self.params, grads, self.state["v"], self._denom)]
-        params, grad_pointers, state, denom = arrays
-        sizes = (ctypes.c_int64 * count)(*[p.numel() for p in self.params])
+        if self._owned is None:
+            self._denom = [torch.empty_like(v) for v in self.state["v"]]
+            sizes = (ctypes.c_int64 * count)(*[p.numel() for p in self.params])
+            self._owned = (_pointers(self.state["v"]), _pointers(self._denom), sizes)
+        state, denom, sizes = self._owned
+        params, grad_pointers = _pointers(self.params), _pointers(grads)
         lib.rmsprop_state(count, grad_pointers, state, denom, sizes, self.rho, 1 - self.rho, self.eps)
         torch._foreach_sqrt_(self._denom)
         lib.rmsprop_params(count, params, grad_pointers, denom, sizes, -float(self.lr))
@@ -178,6 +181,11 @@ class Optimizer:
         for key, tensors in self.state.items():
             for i, tensor in enumerate(tensors):
                 tensor.copy_(torch.from_numpy(np.array(arrays[f"{key}.{i}"])))
+
+
+def _pointers(tensors: list[torch.Tensor]) -> ctypes.Array:
+    """The tensors' data pointers as a C array (a kernel's ``float *const *``)."""
+    return (ctypes.c_void_p * len(tensors))(*[t.data_ptr() for t in tensors])
 
 
 def _dense_float32_cpu(tensor: torch.Tensor) -> bool:
