@@ -140,3 +140,28 @@ def test_under_bf16_autocast_the_block_still_computes_in_float32():
     for g, w in zip(got_grads, want_grads):  # each gradient as a whole: bf16 rounds single entries
         assert g.dtype == torch.float32
         assert float((g - w).norm() / w.norm()) < 0.25  # bf16 autocast's own rounding, with room
+
+
+def test_a_pooling_with_dropout_attached_is_not_taken_over_by_a_kernel():
+    """A kernel that pools (the one-pass first block, Winograd's pooled tiles, pool_relu) would skip
+    a dropout attached to the pooling: no plan offers such a block, and levers recorded for it (a
+    resumed run) leave it running as written, dropout included (the same draws: the same output)."""
+    from mnistlab.cnn import pool_relu
+
+    net = build_net("conv:8:3,pool:2,dropout:0.5,conv:8:3,pool:2,dropout:0.5,flatten,output:10",
+                    "glorot", seed=0).to(memory_format=torch.channels_last)
+    assert net.pooled_conv_plan() == [] and net.pool_relu_plan() == []
+    assert pool_relu.eligible(net.pool1.pool, net.conv1.act)  # the pooling itself would do
+    net.train()
+    x = channels_last_strides(torch.rand(4, 1, 28, 28))
+    for autocast, levers in ((False, {"pooled_conv": {"conv1"}, "winograd": {"conv2": 2}}),
+                             (True, {"pooled_conv": {"conv1"}, "pool_relu": {"conv1", "conv2"}})):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            net.pooled_conv, net.winograd, net.pool_relu = set(), {}, set()
+            torch.manual_seed(0)
+            plain = net(x)
+            for name, value in levers.items():
+                setattr(net, name, value)
+            torch.manual_seed(0)
+            # Winograd's own rounding aside (float32): a skipped dropout moves logits by tenths
+            torch.testing.assert_close(net(x), plain, rtol=1e-4, atol=1e-4)

@@ -78,6 +78,10 @@ class Net(nn.Module):
                    list(blocks[following]._modules.values()), blocks[name].act)
             for name, following in self.pool_first.items()
         }
+        # the fused pairs whose following block is the max pooling alone (no dropout attached to
+        # it): only their pooling may a kernel take over (pooled_conv, Winograd's pooled tiles,
+        # pool_relu), which would skip whatever else that block runs
+        self._pooling_alone = {name for name, (_, pooling, _) in self._fused.items() if len(pooling) == 1}
         self.fuse_pooling = True
         # block -> (rows, cols) of its input that the logits depend on; the rest is cut off first
         self.crops = self._crops(blocks)
@@ -124,8 +128,7 @@ class Net(nn.Module):
             block = self._modules.get(info.name)
             if block is None or list(block._modules) != ["conv", "act"] or not winograd.eligible(block.conv):
                 continue
-            following = self.pool_first.get(info.name)
-            pooled = following is not None and winograd.poolable(self._fused[info.name][1][0])
+            pooled = info.name in self._pooling_alone and winograd.poolable(self._fused[info.name][1][0])
             plan[info.name] = winograd.tile_for(*info.output_shape[1:], pooled)
         return plan
 
@@ -133,15 +136,16 @@ class Net(nn.Module):
         """The blocks pooled_conv can run (a one-channel conv, its ReLU and the max pooling run
         before it), where the kernel can be built on this machine."""
         plan = [name for name, (before, pooling, act) in self._fused.items()
-                if list(self._modules[name]._modules) == ["conv", "act"]
+                if name in self._pooling_alone and list(self._modules[name]._modules) == ["conv", "act"]
                 and pooled_conv.eligible(before[0], pooling[0], act)]
         return plan if plan and native.library() is not None else []
 
     def pool_relu_plan(self) -> list[str]:
         """The blocks whose following pooling and ReLU pool_relu can run (a 2x2 max pooling alone
         in its block, a ReLU), where the kernel can be built on this machine."""
-        return [name for name, (_, pooling, act) in self._fused.items()
-                if len(pooling) == 1 and pool_relu.eligible(pooling[0], act)]
+        plan = [name for name, (_, pooling, act) in self._fused.items()
+                if name in self._pooling_alone and pool_relu.eligible(pooling[0], act)]
+        return plan if plan and native.library() is not None else []
 
     def forward(self, x: torch.Tensor, until: str | None = None) -> torch.Tensor:
         """Logits; with ``until``, the output of that block, and no block after it runs."""
@@ -161,9 +165,10 @@ class Net(nn.Module):
             # hooks (inspection) must see each block's own output, so hooked blocks run as written
             if following is not None and not (block._forward_hooks or modules[following]._forward_hooks):
                 before, pooling, act = self._fused[name]
-                if name in self.pooled_conv and pooled_conv.usable(x):
+                alone = name in self._pooling_alone  # asked here too: a resumed run keeps its levers
+                if alone and name in self.pooled_conv and pooled_conv.usable(x):
                     x = pooled_conv.conv_pool_relu(x, before[0])
-                elif tile == 2 and winograd.poolable(pooling[0]):
+                elif alone and tile == 2 and winograd.poolable(pooling[0]):
                     x = act(winograd.conv2d(x, before[0], tile, pool=True))
                 else:
                     if tile:
@@ -173,7 +178,7 @@ class Net(nn.Module):
                             x = module(x)
                     if following in crops:
                         x = _crop(x, *crops[following])
-                    if name in self.pool_relu and pool_relu.usable(x):
+                    if alone and name in self.pool_relu and pool_relu.usable(x):
                         x = pool_relu.pool_relu(x)
                     else:
                         for module in pooling:
