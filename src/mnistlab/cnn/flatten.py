@@ -31,9 +31,9 @@ class Flatten(nn.Flatten):
     needs a gradient, the gradient comes back channels-last."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # a trace (ONNX export) records no gradient: asked first, it never reads shapes as values
-        if torch.jit.is_tracing() or not (x.requires_grad and torch.is_grad_enabled()):
-            return super().forward(x)
-        channels_last = (x.dim() == 4 and x.shape[1] > 1 and not x.is_contiguous()
-                         and x.is_contiguous(memory_format=torch.channels_last))
-        return _Flatten.apply(x) if channels_last else super().forward(x)
+        # a trace (ONNX export) records no gradient; channels-last and not contiguous also means
+        # four dimensions and more than one channel, with no shape read (a trace would warn)
+        needs_grad = x.requires_grad and torch.is_grad_enabled() and not torch.jit.is_tracing()
+        if needs_grad and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+            return _Flatten.apply(x)
+        return super().forward(x)
