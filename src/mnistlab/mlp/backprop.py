@@ -221,7 +221,7 @@ class Backprop:
             self._hidden_deltas(k)
 
         target = grad if first else self.part
-        own, workers = self._weight_gradients(target, update if first else None, split)
+        own, workers = self._weight_gradients(target, update, split)
         if cut is not None and following is not None:
             # one hand-over for both: a worker gathers the next chunk while this thread computes the
             # deltas, then multiplies its share of the gradient
