@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import io
 import json
+import queue
+import re
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.parse
 import urllib.request
@@ -189,39 +192,50 @@ def test_bad_tensorboard_path_fails_before_training(tmp_path, capsys):
         assert not out.exists()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _served_port(server: subprocess.Popen, deadline: float) -> tuple[int | None, str]:
+    """The port TensorBoard says it serves on (started with --port 0: the OS picks a free one, so no
+    other process can take it first), and what it printed; None if it ended or said nothing in time."""
+    lines: queue.SimpleQueue = queue.SimpleQueue()
+
+    def read() -> None:
+        for line in server.stderr:
+            lines.put(line)
+        lines.put(None)  # it ended
+
+    threading.Thread(target=read, daemon=True).start()
+    printed = ""
+    while time.monotonic() < deadline:
+        try:
+            line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
+        except queue.Empty:
+            break
+        if line is None:
+            break
+        printed += line
+        served = re.search(r" at http://[^/]+:(\d+)/", line)
+        if served:
+            return int(served.group(1)), printed
+    return None, printed
 
 
 @pytest.mark.slow
 def test_tensorboard_server_serves_the_scalars(mlp_logs):
     out, tb = mlp_logs
     history = read_history(out)
-    query = urllib.parse.urlencode({"run": "mlp", "tag": "history/loss"})
-
-    def start() -> tuple[subprocess.Popen, int, str]:
-        port = _free_port()
-        server = subprocess.Popen(
-            [sys.executable, "-m", "mnistlab", "tensorboard", str(tb), "--port", str(port)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        return server, port, f"http://127.0.0.1:{port}/data/plugin/scalars/scalars?{query}"
-
-    server, port, url = start()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mnistlab", "tensorboard", str(tb), "--port", "0"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
-        deadline, rows, starts, ended = time.monotonic() + 90, None, 1, ""
-        while time.monotonic() < deadline:
-            if server.poll() is not None:
-                ended = server.stderr.read().decode()
-                # another process (a parallel test worker) may take the free port before TensorBoard binds it
-                if starts < 3 and "could not bind" in ended:
-                    server, port, url = start()
-                    starts += 1
-                    continue
-                break
+        deadline = time.monotonic() + 90
+        port, printed = _served_port(server, deadline)
+        assert port is not None, printed[-2000:]
+        query = urllib.parse.urlencode({"run": "mlp", "tag": "history/loss"})
+        url = f"http://127.0.0.1:{port}/data/plugin/scalars/scalars?{query}"
+        rows = None
+        while time.monotonic() < deadline and server.poll() is None:
             try:
                 with urllib.request.urlopen(url, timeout=5) as answer:
                     rows = json.loads(answer.read())
@@ -230,7 +244,7 @@ def test_tensorboard_server_serves_the_scalars(mlp_logs):
             except OSError:
                 pass
             time.sleep(0.5)
-        assert server.poll() is None, ended[-2000:]
+        assert server.poll() is None, printed[-2000:]
         assert rows, "no scalars served within 90 s"
         assert [r[1] for r in rows] == [row["epoch"] for row in history]
         np.testing.assert_allclose([r[2] for r in rows], [row["loss"] for row in history], rtol=1e-6)

@@ -86,12 +86,13 @@ def browser():
 
 
 def _canvas_ink(page, selector: str) -> int:
-    """How many pixels of a canvas differ from its first pixel (0 means nothing was painted)."""
+    """How many pixels of a canvas differ from its first pixel, colour or opacity (0 means nothing was
+    painted)."""
     return page.eval_on_selector(
         selector,
         """c => { const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data; let n = 0;
                   for (let i = 0; i < d.length; i += 4)
-                    if (d[i] !== d[0] || d[i+1] !== d[1] || d[i+2] !== d[2]) n++;
+                    if (d[i] !== d[0] || d[i+1] !== d[1] || d[i+2] !== d[2] || d[i+3] !== d[3]) n++;
                   return n; }""",
     )
 
@@ -188,12 +189,7 @@ def test_a_slow_first_test_image_does_not_wipe_a_drawing_begun_meanwhile(server,
         held[0].continue_()
     page.wait_for_timeout(300)
     assert "your drawing" in page.inner_text("#source")
-    inked = page.eval_on_selector(  # the pad's strokes are black on transparent: count opaque pixels
-        "#pad",
-        "c => c.getContext('2d').getImageData(0, 0, c.width, c.height).data"
-        ".filter((v, i) => i % 4 === 3 && v).length",
-    )
-    assert inked > 0
+    assert _canvas_ink(page, "#pad") > 0
     page.close()
 
 
