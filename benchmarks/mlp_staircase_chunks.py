@@ -73,9 +73,7 @@ def main() -> None:
         arranged, (steps,) = stairs.arrange(idx)
         t0 = time.perf_counter()
         groups = steps.forward()
-        np.take(rows, arranged, axis=0, out=raw, mode="clip")
-        for a, b, columns in groups:
-            np.copyto(x[a:b, :columns], raw[a:b, :columns])
+        data.gather(arranged, x, raw, groups)
         t1 = time.perf_counter()
         for a, b, columns in groups:
             np.matmul(x[a:b, :columns], weights[:columns], out=z[a:b])

@@ -213,36 +213,28 @@ class Backprop:
             self._forward_rows(0, k)
         phases.lap("forward")
 
+        own, workers = self._weight_gradients(grad if first else self.part, update, split)
+        # one hand-over for both: a worker gathers the next chunk while this thread computes the
+        # deltas, then the workers multiply their share of the gradient
+        ready = threading.Event()
+        jobs = [partial(_after, ready, job) for job in workers]
+        if cut is not None and following is not None:
+            jobs[:1] = [partial(_in_turn, [partial(self._gather_ahead, data, *following), *jobs[:1]])]
         losses = []
 
-        def deltas() -> None:
-            losses.append(self._loss_and_output_delta(self.acts[-1][:k], at, scale))
-            phases.lap("loss")
-            self._hidden_deltas(k)
+        def caller() -> None:
+            try:
+                losses.append(self._loss_and_output_delta(self.acts[-1][:k], at, scale))
+                phases.lap("loss")
+                self._hidden_deltas(k)
+            finally:  # a worker must not wait for deltas that will not come (spread raises)
+                ready.set()
+            own()
 
-        target = grad if first else self.part
-        own, workers = self._weight_gradients(target, update if first else None, split)
-        if cut is not None and following is not None:
-            # one hand-over for both: a worker gathers the next chunk while this thread computes the
-            # deltas, then multiplies its share of the gradient
-            ready = threading.Event()
-
-            def caller() -> None:
-                try:
-                    deltas()
-                finally:  # a worker must not wait for deltas that will not come (spread raises)
-                    ready.set()
-                own()
-
-            after = [partial(_after, ready, job) for job in workers]
-            gather = partial(self._gather_ahead, data, *following)
-            split.spread([caller, partial(_in_turn, [gather, *after[:1]]), *after[1:]])
+        if jobs:
+            split.spread([caller, *jobs])
         else:
-            deltas()
-            if workers:
-                split.spread([own, *workers])
-            else:
-                own()
+            caller()
         (loss,) = losses
         self.updated = bool(workers) and update is not None
         if not first:

@@ -80,9 +80,7 @@ class SplitEval:
         scale = None if self.scale is None else self.scale[:width]
         return preprocess_into(buffer[: stop - start, :width], rows, mean, scale)
 
-    def accuracy(
-        self, model: MLP, working: WorkingLayout, params: ParamViews, threads: RowSplit | None = None
-    ) -> float:
+    def accuracy(self, model: MLP, params: ParamViews, threads: RowSplit | None = None) -> float:
         """Accuracy (argmax of the logits) under the working parameters ``params``; with
         ``threads``, the workers multiply a share of the blocks' first layer (each image is
         computed as by one thread)."""

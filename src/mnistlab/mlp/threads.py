@@ -4,10 +4,9 @@ With more than one, the trainer keeps BLAS on one thread and spreads the work ov
 (``RowSplit``): they divide each chunk's list of first-layer products (mlp/staircase.py), a worker
 gathers the next chunk while the calling thread computes the loss, each thread updates the
 parameters whose gradient it computed, and the per-epoch test pass is divided by blocks of
-images -- the same products
-as one thread runs in turn, bit for bit, where OpenBLAS's own threads change the last bits and lose
-their time in waking and synchronizing helpers for products this small (docs/performance.md,
-"Threads").
+images -- the same products as one thread runs in turn, bit for bit, where OpenBLAS's own threads
+change the last bits and lose their time in waking and synchronizing helpers for products this
+small (docs/performance.md, "Threads").
 
 ``"auto"`` (the default) starts from every core this process may run on and lets the trainer
 decide by timing (``ThreadChoice``): a second thread helps on an idle machine, but when other

@@ -256,9 +256,7 @@ class Trainer:
             if layout_key:
                 self.layout[layout_key] = sum((b - a) * k for a, b, k in split.blocks) / len(split.labels)
             # on the trainer's threads, as long as the thread choice keeps them
-            return lambda: split.accuracy(
-                self.model, fit.working, fit.optimizer.params, fit.backprop.products
-            )
+            return lambda: split.accuracy(self.model, fit.optimizer.params, fit.backprop.products)
         if evalset.raw:
             evalset.inputs, evalset.raw = evalset.preprocessed(self.model), False  # for model.accuracy
         return lambda: self.model.accuracy(evalset.inputs, evalset.labels)
