@@ -185,7 +185,21 @@ class Backprop:
         if self.products is not None:
             self.flip ^= 1
         self.chunk = Chunk(data, idx, steps, self.inputs[self.flip][:k], params)
-        cut = steps.worker_row if split is not None else None
+        if split is None:
+            # one thread: the same calls in turn, without the hand-over's event, jobs and closures
+            views = self._views(0, k)
+            self._first_layer_rows(steps.forward(), 0, k, phases)
+            self._forward_rows(0, k)
+            phases.lap("forward")
+            loss = self._loss_and_output_delta(views.acts[-1], at, scale)
+            phases.lap("loss")
+            self._hidden_deltas(k)
+            self._gradients_alone(grad if first else self.part, *steps.gradient())
+            if not first:
+                grad.flat += self.part.flat
+            phases.lap("backward")
+            return loss
+        cut = steps.worker_row
         if cut is not None:
             # each thread multiplies its own groups' rows (gathered ahead, or by itself now) and, where
             # the deeper layers may be cut there, takes them through the other layers
@@ -350,47 +364,17 @@ class Backprop:
         calling thread multiplies the deeper layers' while the workers multiply their share of the
         first layer's. With workers and ``update``, each thread then updates the parameters whose
         gradient it computed."""
-        chunk, working = self.chunk, self.working
-        k, steps, xb = len(chunk.idx), chunk.steps, chunk.xb
-        # the pads' gradient entries are never written and stay zero
-        views = self._views(0, k)
-        delta = views.delta[0]  # (config: at least one hidden layer)
-        bias = self._slices(target).biases[0]
-        first = target.weights[0]
-        reached = steps.columns[0]  # the first group's columns are the chunk's widest
-
-        def prepare() -> None:
-            # a BLAS product with a ones vector sums the rows faster than np.sum
-            np.matmul(views.ones, views.delta_units[0], out=bias)
-            if working.input_scale != 1:
-                # the first layer's delta came divided by the square (see _hidden_deltas)
-                np.multiply(bias, working.input_scale**2, out=bias)
-            if reached < working.width:
-                first[reached : working.width].fill(0)  # no image of the chunk has ink there
-
-        def column_blocks(blocks: list[tuple[int, int, int]]) -> None:
-            for lo, hi, rows in blocks:
-                np.matmul(xb[:rows, lo:hi].T, delta[:rows], out=first[lo:hi])
-
+        working, steps = self.working, self.chunk.steps
         mine, theirs = steps.gradient()
         if split is None or not theirs:
-
-            def alone() -> None:
-                prepare()
-                # the deeper layers' gradients first, while their deltas are still in cache (the
-                # first layer's products stream the chunk's inputs through it)
-                self._deeper_gradients(target)
-                column_blocks(mine)
-                column_blocks(theirs)
-
-            return alone, []
+            return partial(self._gradients_alone, target, mine, theirs), []
 
         # first-layer weight rows lo:hi are the flat parameters lo * units : hi * units
-        units, cut = first.shape[1], theirs[0][0]
+        units, cut, reached = target.weights[0].shape[1], theirs[0][0], steps.columns[0]
 
         def own() -> None:
-            prepare()
-            column_blocks(mine)
+            self._first_layer_bias(target)
+            self._column_blocks(target, mine)
             self._deeper_gradients(target)
             if update is not None:  # every parameter but the rows the workers' blocks cover
                 update(0, cut * units)
@@ -398,11 +382,42 @@ class Backprop:
                 update(working.n_weights, working.size)
 
         def worker(blocks: list[tuple[int, int, int]]) -> None:
-            column_blocks(blocks)
+            self._column_blocks(target, blocks)
             if update is not None:  # a run of whole rows, in column order
                 update(blocks[0][0] * units, blocks[-1][1] * units)
 
         return own, [partial(worker, b) for b in deal(theirs, split.parts - 1) if b]
+
+    def _gradients_alone(
+        self, target: ParamViews, mine: list[tuple[int, int, int]], theirs: list[tuple[int, int, int]]
+    ) -> None:
+        """Every gradient on one thread: the deeper layers' first, while their deltas are still in
+        cache (the first layer's products stream the chunk's inputs through it)."""
+        self._first_layer_bias(target)
+        self._deeper_gradients(target)
+        self._column_blocks(target, mine)
+        self._column_blocks(target, theirs)
+
+    def _first_layer_bias(self, target: ParamViews) -> None:
+        """The first layer's bias gradient, and zeros in the weight rows of columns no image of the
+        chunk reaches (the pads' gradient entries are never written and stay zero)."""
+        working, views = self.working, self._views(0, len(self.chunk.idx))
+        bias = self._slices(target).biases[0]
+        # a BLAS product with a ones vector sums the rows faster than np.sum
+        np.matmul(views.ones, views.delta_units[0], out=bias)
+        if working.input_scale != 1:
+            # the first layer's delta came divided by the square (see _hidden_deltas)
+            np.multiply(bias, working.input_scale**2, out=bias)
+        reached = self.chunk.steps.columns[0]  # the first group's columns are the chunk's widest
+        if reached < working.width:
+            target.weights[0][reached : working.width].fill(0)
+
+    def _column_blocks(self, target: ParamViews, blocks: list[tuple[int, int, int]]) -> None:
+        """The first layer's weight gradient in the column ``blocks`` (first column, end column, rows)."""
+        xb, first = self.chunk.xb, target.weights[0]
+        delta = self._views(0, len(self.chunk.idx)).delta[0]  # (config: at least one hidden layer)
+        for lo, hi, rows in blocks:
+            np.matmul(xb[:rows, lo:hi].T, delta[:rows], out=first[lo:hi])
 
     def _deeper_gradients(self, target: ParamViews) -> None:
         views, grads = self._views(0, len(self.chunk.idx)), self._slices(target)
