@@ -55,12 +55,20 @@ def _after(event: threading.Event, job: Callable[[], Any]) -> None:
 class Chunk:
     """The chunk a ``Backprop.run`` is working on: its images (in descending reach), their
     first-layer products (``steps``), their gathered inputs and the parameters they are multiplied
-    with."""
+    with; the buffers' views of its rows and the parameters' slices, looked up once per chunk."""
 
     def __init__(
-        self, data: TrainData, idx: np.ndarray, steps: Steps, xb: np.ndarray, params: ParamViews
+        self,
+        data: TrainData,
+        idx: np.ndarray,
+        steps: Steps,
+        xb: np.ndarray,
+        params: ParamViews,
+        views: RowViews,
+        slices: ParamSlices,
     ) -> None:
         self.data, self.idx, self.steps, self.xb, self.params = data, idx, steps, xb, params
+        self.views, self.slices = views, slices
 
 
 class RowViews:
@@ -75,9 +83,13 @@ class RowViews:
         self.inputs = [None, *(a[:, :f] for a, f in zip(self.acts, fan_in[1:]))]
         self.inputs_t = [None, *(a.T for a in self.inputs[1:])]
         self.delta = [*(d[rows] for d in backprop.deltas), self.acts[-1]]
+        self.flat_output = self.acts[-1].reshape(-1)
         self.delta_units = [d[:, :w] for d, w in zip(self.delta, widths)]  # the model's units only
         self.derivatives = [d[rows] for d in backprop.derivatives]
         self.ones = backprop.ones[: hi - lo]
+        # each output row's factor, as a column that multiplies the rows and as the vector it holds
+        self.row_factor = backprop.row_factor[rows]
+        self.row_factors = self.row_factor[:, 0]
 
 
 class ParamSlices:
@@ -120,6 +132,8 @@ class Backprop:
         self.row_offsets = (np.arange(data.n) - np.repeat(starts, chunk_lengths)) * sizes[-1]
         self.label_at = self.row_offsets.copy()
         self.ones = np.ones(max(rows, sizes[-1]), dt)
+        self.class_ones = self.ones[: sizes[-1]]  # sums each output row
+        self.row_factor = np.empty((rows, 1), dt)
         self.rows = rows
         # The hidden layers' outputs (computed in place) lie end to end, and so do their derivatives:
         # for a whole chunk one pass computes every hidden layer's derivative.
@@ -184,14 +198,14 @@ class Backprop:
         split = self.products if self.products is not None and self.products.active else None
         if self.products is not None:
             self.flip ^= 1
-        self.chunk = Chunk(data, idx, steps, self.inputs[self.flip][:k], params)
+        xb = self.inputs[self.flip][:k]
+        self.chunk = Chunk(data, idx, steps, xb, params, self._views(0, k), self._slices(params))
         if split is None:
             # one thread: the same calls in turn, without the hand-over's event, jobs and closures
-            views = self._views(0, k)
             self._first_layer_rows(steps.forward(), 0, k, phases)
             self._forward_rows(0, k)
             phases.lap("forward")
-            loss = self._loss_and_output_delta(views.acts[-1], at, scale)
+            loss = self._loss_and_output_delta(at, scale)
             phases.lap("loss")
             self._hidden_deltas(k)
             self._gradients_alone(grad if first else self.part, *steps.gradient())
@@ -238,7 +252,7 @@ class Backprop:
 
         def caller() -> None:
             try:
-                losses.append(self._loss_and_output_delta(self.acts[-1][:k], at, scale))
+                losses.append(self._loss_and_output_delta(at, scale))
                 phases.lap("loss")
                 self._hidden_deltas(k)
             finally:  # a worker must not wait for deltas that will not come (spread raises)
@@ -316,8 +330,9 @@ class Backprop:
     def _forward_rows(self, lo: int, hi: int) -> None:
         """Rows ``lo:hi`` from the first layer's products through every layer to the logits (in
         ``acts[-1]``)."""
-        views, params = self._views(lo, hi), self.chunk.params
-        weights, biases = self._slices(params).fan_weights, params.biases
+        chunk = self.chunk
+        views = chunk.views if hi - lo == len(chunk.idx) else self._views(lo, hi)
+        weights, biases = chunk.slices.fan_weights, chunk.params.biases
         hidden = act.FORWARD[self.config.activation]
         last = len(biases) - 1
         for i, z in enumerate(views.acts):  # the first layer's z: its products, no bias added yet
@@ -331,8 +346,7 @@ class Backprop:
         """Every hidden layer's delta (in ``deltas``), from the output delta in ``acts[-1]``. Small
         products and elementwise passes: cut across threads, the hand-overs of the interpreter
         lock cost more than they save."""
-        views = self._views(0, k)
-        weights = self._slices(self.chunk.params).back_weights
+        views, weights = self.chunk.views, self.chunk.slices.back_weights
         derivatives = self._hidden_derivatives(views, k)
         input_scale = self.working.input_scale
         for i in range(len(weights) - 1, 0, -1):
@@ -401,7 +415,7 @@ class Backprop:
     def _first_layer_bias(self, target: ParamViews) -> None:
         """The first layer's bias gradient, and zeros in the weight rows of columns no image of the
         chunk reaches (the pads' gradient entries are never written and stay zero)."""
-        working, views = self.working, self._views(0, len(self.chunk.idx))
+        working, views = self.working, self.chunk.views
         bias = self._slices(target).biases[0]
         # a BLAS product with a ones vector sums the rows faster than np.sum
         np.matmul(views.ones, views.delta_units[0], out=bias)
@@ -415,29 +429,32 @@ class Backprop:
     def _column_blocks(self, target: ParamViews, blocks: list[tuple[int, int, int]]) -> None:
         """The first layer's weight gradient in the column ``blocks`` (first column, end column, rows)."""
         xb, first = self.chunk.xb, target.weights[0]
-        delta = self._views(0, len(self.chunk.idx)).delta[0]  # (config: at least one hidden layer)
+        delta = self.chunk.views.delta[0]  # (config: at least one hidden layer)
         for lo, hi, rows in blocks:
             np.matmul(xb[:rows, lo:hi].T, delta[:rows], out=first[lo:hi])
 
     def _deeper_gradients(self, target: ParamViews) -> None:
-        views, grads = self._views(0, len(self.chunk.idx)), self._slices(target)
+        views, grads = self.chunk.views, self._slices(target)
         for i in range(len(self.widths) - 1, 0, -1):
             np.matmul(views.ones, views.delta_units[i], out=grads.biases[i])
             np.matmul(views.inputs_t[i], views.delta[i], out=grads.fan_weights[i])  # (in, out)
 
-    def _loss_and_output_delta(self, out: np.ndarray, at: int, scale: float) -> float:
-        """Turn the logits ``out`` of the chunk at ``at`` into ``scale`` * d loss / d logits in
+    def _loss_and_output_delta(self, at: int, scale: float) -> float:
+        """Turn the logits (``acts[-1]``) of the chunk at ``at`` into ``scale`` * d loss / d logits in
         place, and leave the logits, the chunk's loss (or what it needs) and what the error needs in
         ``tally``. Returns the chunk's check value: its summed loss where that may be inf or NaN
         (the trainer stops there), else 0.0."""
-        k, n_out = out.shape
+        views = self.chunk.views
+        out = views.acts[-1]
+        k = len(out)
         tally = self.tally
         label_at = self.label_at[at : at + k]
-        flat_out = out.reshape(-1)
+        flat_out = views.flat_output
         np.copyto(tally.logits[:, at : at + k], out.T)
         if self.config.output == "softmax":
-            top = float(out.max())
-            shared = top - float(out.min()) <= SHARED_SHIFT_RANGE
+            # the ufuncs' reductions called straight: ndarray.max goes through a Python wrapper
+            top = float(np.maximum.reduce(flat_out))
+            shared = top - float(np.minimum.reduce(flat_out)) <= SHARED_SHIFT_RANGE
             if shared:
                 # every exp in range, so the loss is finite: the tally computes it after the epoch
                 out -= top
@@ -445,10 +462,11 @@ class Backprop:
                 out -= out.max(axis=1, keepdims=True)
                 zy = np.take(flat_out, label_at, out=tally.label_logit[at : at + k])
             np.exp(out, out=out)
-            total = np.matmul(out, self.ones[:n_out], out=tally.exp_sum[at : at + k])
+            total = np.matmul(out, self.class_ones, out=tally.exp_sum[at : at + k])
             loss = None if shared else float(np.log(total).sum() - zy.sum())
             tally.add_chunk(at, at + k, loss, top if shared else None)
-            out *= (scale / total)[:, None]
+            np.divide(scale, total, out=views.row_factors)
+            out *= views.row_factor
             flat_out[label_at] -= scale  # scale * (p - onehot)
         else:
             logits = self.logits[:k]

@@ -88,7 +88,7 @@ class FitState:
         ``update``: the optimizer's ``range_step``, for a batch of one chunk (see Backprop.run)."""
         opt, order, index = self.optimizer, self.order, self.chunk_index[at]
         following = None
-        if stop < self.data.n:
+        if stop < self.data.n and self.backprop.products is not None:  # gathered ahead by a worker
             following = (stop, order[stop : self.chunk_stop[stop]], self.steps[index + 1])
         steps = self.steps[index]
         idx = order[at:stop]
