@@ -134,3 +134,21 @@ def test_tally_counts_argmax_hits_with_ties_as_argmax_breaks_them():
     counts.labels[:] = labels
     counts.start_epoch()
     assert counts.correct(20, 180) == np.count_nonzero(logits[20:180].argmax(axis=1) == labels[20:180])
+
+
+def test_correct_count_from_column_maxima_matches_argmax_with_ties_and_nans():
+    """The column-maxima count (training's tally and the per-epoch test pass) agrees with np.argmax
+    when tops are tied and when a column holds NaN (argmax picks the first NaN)."""
+    rng = np.random.default_rng(1)
+    for case in range(60):
+        n, classes = int(rng.integers(1, 200)), int(rng.integers(1, 11))
+        if case % 3 == 0:
+            logits = rng.integers(0, 3, (n, classes)).astype(np.float32)  # many ties
+        else:
+            logits = rng.standard_normal((n, classes)).astype(np.float32)
+        if case % 4 == 0:
+            logits[rng.integers(0, n, 3), rng.integers(0, classes, 3)] = np.nan
+        labels = rng.integers(0, classes, n)
+        by_class = np.ascontiguousarray(logits.T)
+        counted = tally.count_correct(by_class, labels, by_class[labels, np.arange(n)])
+        assert counted == np.count_nonzero(logits.argmax(axis=1) == labels)

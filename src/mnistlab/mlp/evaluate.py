@@ -12,6 +12,7 @@ from .inputs import EvalSet
 from .layout import ParamViews, TrainData, WorkingLayout, preprocess_into
 from .model import MLP
 from .staircase import columns_of, reach_levels
+from .tally import count_correct
 from .threads import RowSplit
 
 
@@ -22,8 +23,9 @@ class SplitEval:
     images stay uint8 and are preprocessed block by block into cache-sized buffers. ``make``
     returns None where no block would skip a column (dense inputs).
 
-    The first layer is computed block by block; the other layers, the argmax and the count run
-    once per *stretch* of ``STRETCH_BLOCKS`` blocks, fewer small NumPy calls. With several threads
+    The first layer is computed block by block; the other layers run once per *stretch* of
+    ``STRETCH_BLOCKS`` blocks, fewer small NumPy calls, whose logits are kept as (classes, images)
+    and counted once per pass (see tally.count_correct). With several threads
     the workers compute their blocks' first layer (long calls, free of the interpreter lock) while
     the calling thread computes its own and runs every stretch's small calls."""
 
@@ -42,6 +44,8 @@ class SplitEval:
         self.buffers: list[np.ndarray | None] = []  # raw rows: a block's float inputs, per thread
         self.first: np.ndarray | None = None  # every image's first-layer products (images, units)
         self.outputs: list[np.ndarray] = []  # per deeper layer, a stretch's outputs
+        self.logits: np.ndarray | None = None  # every image's logits, one row per class
+        self.label_flat = labels * len(labels) + np.arange(len(labels))  # true classes' flat logits
 
     @classmethod
     def make(cls, evalset: EvalSet, data: TrainData, working: WorkingLayout, block: int) -> SplitEval | None:
@@ -69,6 +73,7 @@ class SplitEval:
         split.first = np.empty((n, working.shapes[0][1]), model.dtype)
         stretch = block * cls.STRETCH_BLOCKS
         split.outputs = [np.empty((stretch, n_out), model.dtype) for _, n_out in working.shapes[1:]]
+        split.logits = np.empty((working.shapes[-1][1], n), model.dtype)
         return split
 
     def inputs(self, start: int, stop: int, width: int, buffer: np.ndarray | None) -> np.ndarray:
@@ -87,7 +92,8 @@ class SplitEval:
         parts = threads.parts if threads is not None and threads.active else 1
         hidden = act.FORWARD[model.config.activation]
         if parts == 1:
-            return self._correct(model, params, hidden, self.stretches, []) / len(self.labels)
+            self._logits(model, params, hidden, self.stretches, [])
+            return self._correct() / len(self.labels)
         while len(self.buffers) < parts:
             self.buffers.append(None if self.buffers[0] is None else np.empty_like(self.buffers[0]))
         # the caller's blocks spread evenly; the others dealt round the workers
@@ -97,12 +103,11 @@ class SplitEval:
         owner.update({b: 1 + j % (parts - 1) for j, b in enumerate(others)})
         # ready[w][s]: worker w has multiplied its blocks of stretch s
         ready = [[threading.Event() for _ in self.stretches] for _ in range(parts - 1)]
-        correct = [0]
 
         def caller() -> None:
             own = [[b for b in s if owner[b] == 0] for s in self.stretches]
             waits = [[e[s] for e in ready] for s in range(len(own))]
-            correct[0] = self._correct(model, params, hidden, own, waits)
+            self._logits(model, params, hidden, own, waits)
 
         def worker(w: int) -> None:
             try:
@@ -116,7 +121,7 @@ class SplitEval:
                     event.set()
 
         threads.spread([caller, *(lambda w=w: worker(w) for w in range(1, parts))])
-        return correct[0] / len(self.labels)
+        return self._correct() / len(self.labels)
 
     def _first_layer(self, params: ParamViews, b: int, buffer: np.ndarray | None, hidden: Callable) -> None:
         """Block ``b``'s first-layer outputs, activation included (long calls, free of the
@@ -127,18 +132,17 @@ class SplitEval:
         z += params.biases[0]
         hidden(z)
 
-    def _correct(
+    def _logits(
         self,
         model: MLP,
         params: ParamViews,
         hidden: Callable,
         own: list[list[int]],
         ready: list[list[threading.Event]],
-    ) -> int:
-        """The correct predictions of every stretch, multiplying the blocks ``own[s]`` of stretch s
-        and waiting for ``ready[s]`` (the other threads' blocks of it)."""
+    ) -> None:
+        """Every stretch's logits into ``logits``, multiplying the blocks ``own[s]`` of stretch s and
+        waiting for ``ready[s]`` (the other threads' blocks of it)."""
         weights, biases = params.weights, params.biases
-        correct = 0
         for s, stretch in enumerate(self.stretches):
             for b in own[s]:
                 self._first_layer(params, b, self.buffers[0], hidden)
@@ -147,5 +151,8 @@ class SplitEval:
             start, stop = self.blocks[stretch[0]][0], self.blocks[stretch[-1]][1]
             a = self.first[start:stop]
             logits = model.logits_from(a, weights, biases, start=1, bufs=[None, *self.outputs])
-            correct += int(np.count_nonzero(logits.argmax(axis=1) == self.labels[start:stop]))
-        return correct
+            np.copyto(self.logits[:, start:stop], logits.T)
+
+    def _correct(self) -> int:
+        """The correct predictions among the logits of the last pass."""
+        return count_correct(self.logits, self.labels, np.take(self.logits, self.label_flat))

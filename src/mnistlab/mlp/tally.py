@@ -104,13 +104,21 @@ class Tally:
         return sums
 
     def correct(self, start: int, stop: int) -> int:
-        """How many images in ``start:stop`` have their true class as the argmax of their logits
-        (the first class of the highest logit, as np.argmax picks it)."""
-        logits = self.logits[:, start:stop]
-        labels = self.labels[start:stop]
-        top = logits.max(axis=0)
-        hit = np.take(self.logits, self.label_flat[start:stop]) == top
-        tied = np.count_nonzero(logits == top, axis=0) > 1
-        unsure = np.flatnonzero(hit & tied)  # another class shares the top logit: argmax decides
-        misses = np.count_nonzero(logits[:, unsure].argmax(axis=0) != labels[unsure]) if len(unsure) else 0
-        return int(np.count_nonzero(hit)) - int(misses)
+        """How many images in ``start:stop`` have their true class as the argmax of their logits."""
+        label_logits = np.take(self.logits, self.label_flat[start:stop])
+        return count_correct(self.logits[:, start:stop], self.labels[start:stop], label_logits)
+
+
+def count_correct(logits: np.ndarray, labels: np.ndarray, label_logits: np.ndarray) -> int:
+    """How many columns of ``logits`` (classes, images) have their true class ``labels`` as the
+    argmax (the first class of the highest logit, as np.argmax picks it); ``label_logits``: each
+    column's logit of its true class. A few passes over long rows, where an argmax loops over
+    columns of a few classes; np.argmax decides only the columns with no single top logit."""
+    top = np.maximum.reduce(logits, axis=0)
+    hits = int(np.count_nonzero(label_logits == top))
+    # every column has exactly one logit at its top (none where the top is NaN): a hit is the argmax
+    if np.count_nonzero(logits == top) == len(top) and not np.isnan(top).any():
+        return hits
+    unsure = np.flatnonzero(np.count_nonzero(logits == top, axis=0) != 1)  # tied tops, or NaN
+    hits -= int(np.count_nonzero(label_logits[unsure] == top[unsure]))
+    return hits + int(np.count_nonzero(logits[:, unsure].argmax(axis=0) == labels[unsure]))
