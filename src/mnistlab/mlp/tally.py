@@ -25,6 +25,7 @@ class Tally:
         self.positions = np.arange(n)
         self.label_logit = np.empty(n, dtype)
         self.exp_sum = np.empty(n, dtype)
+        self.scratch = np.empty(n, dtype)  # the epoch's counting, without fresh arrays
         self.chunks: list[tuple[int, int]] = []  # (start, stop) of each chunk seen this epoch
         self.losses: list[float | None] = []  # each chunk's summed loss (None: not computed yet)
         self.shifts: list[float | None] = []  # the shift of each chunk whose loss is computed here
@@ -48,13 +49,17 @@ class Tally:
         have summed them."""
         stop = self.chunks[-1][1] if self.chunks else 0
         start = self.chunks[0][0] if self.chunks else 0
-        correct = self.correct(start, stop)
-        losses = self._losses(start, stop)
+        scratch = self.scratch[: stop - start]
+        label_logits = np.take(self.logits, self.label_flat[start:stop], out=scratch)
+        correct = count_correct(self.logits[:, start:stop], self.labels[start:stop], label_logits)
+        by_length = self._by_length()
+        losses = self._losses(start, stop, label_logits, by_length)
         errors = self.errors
         if softmax:
             # |p - onehot| sums to 2 (1 - p_label) per row, since p sums to 1
-            p_label = np.exp(self.label_logit[start:stop]) / self.exp_sum[start:stop]
-            sums = self._chunk_sums(p_label, start)
+            p_label = np.exp(self.label_logit[start:stop], out=scratch)
+            np.divide(p_label, self.exp_sum[start:stop], out=p_label)
+            sums = self._chunk_sums(p_label, start, by_length)
             errors = [2.0 * (b - a - float(p)) for (a, b), p in zip(self.chunks, sums)]
         abs_err = 0.0  # added in turn, as the chunks were: sum() compensates from Python 3.12 on
         for err in errors:
@@ -62,9 +67,12 @@ class Tally:
         self.chunks, self.losses, self.shifts, self.errors = [], [], [], []
         return correct, abs_err, losses
 
-    def _losses(self, start: int, stop: int) -> list[float]:
+    def _losses(
+        self, start: int, stop: int, label_logits: np.ndarray, by_length: dict[int, list[int]]
+    ) -> list[float]:
         """Each chunk's summed loss, the ones left by the loss step computed as it would have: the
-        true class's logit shifted, then sum(log(sum of exps)) - sum(shifted logits)."""
+        true class's logit (``label_logits``, which this overwrites) shifted, then
+        sum(log(sum of exps)) - sum(shifted logits)."""
         left = [shift is not None for shift in self.shifts]
         if not any(left):
             return list(self.losses)
@@ -72,27 +80,33 @@ class Tally:
         shifts = np.array([shift or 0.0 for shift in self.shifts], self.label_logit.dtype)
         label_logit = self.label_logit[start:stop]
         # the other chunks' rows, shifted by each row's own maximum, are in label_logit already
-        shifted = np.take(self.logits, self.label_flat[start:stop], out=label_logit if all(left) else None)
+        shifted = label_logit if all(left) else label_logits
         if len(set(lengths)) == 1:
-            shifted.reshape(-1, lengths[0])[...] -= shifts[:, None]
+            rows = (-1, lengths[0])
+            np.subtract(label_logits.reshape(rows), shifts[:, None], out=shifted.reshape(rows))
         else:
-            shifted -= np.repeat(shifts, lengths)
+            np.subtract(label_logits, np.repeat(shifts, lengths), out=shifted)
         if not all(left):
             np.copyto(label_logit, shifted, where=np.repeat(left, lengths))
-        log_sums = self._chunk_sums(np.log(self.exp_sum[start:stop]), start)
-        shifted_sums = self._chunk_sums(label_logit, start)
+        log_sums = self._chunk_sums(np.log(self.exp_sum[start:stop], out=label_logits), start, by_length)
+        shifted_sums = self._chunk_sums(label_logit, start, by_length)
         return [
             float(log_sum - shifted_sum) if loss is None else loss
             for loss, log_sum, shifted_sum in zip(self.losses, log_sums, shifted_sums)
         ]
 
-    def _chunk_sums(self, values: np.ndarray, start: int) -> list:
-        """values[a - start : b - start].sum() of every chunk (a, b), each summed alone as NumPy
-        sums a row (pairwise), though in a few calls: the chunks of one length as rows of a matrix."""
-        sums = [None] * len(self.chunks)
+    def _by_length(self) -> dict[int, list[int]]:
+        """The chunks seen (their indices), by length."""
         by_length: dict[int, list[int]] = {}
         for i, (a, b) in enumerate(self.chunks):
             by_length.setdefault(b - a, []).append(i)
+        return by_length
+
+    def _chunk_sums(self, values: np.ndarray, start: int, by_length: dict[int, list[int]]) -> list:
+        """values[a - start : b - start].sum() of every chunk (a, b), each summed alone as NumPy
+        sums a row (pairwise), though in a few calls: the chunks of one length (``by_length``) as
+        rows of a matrix."""
+        sums = [None] * len(self.chunks)
         for length, chunks in by_length.items():
             starts = np.array([self.chunks[i][0] - start for i in chunks])
             if len(chunks) * length == len(values) and starts[-1] == len(values) - length:
