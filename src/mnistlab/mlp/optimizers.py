@@ -71,6 +71,12 @@ class SGD(Optimizer):
         self.slots = [(working.views(p), v, working.views(g)) for p, v, g in self.stacks]
         self.current = 0
         self.params, self.velocity, self.grad = self.slots[0]
+        # per current stack: its weights' and biases' columns, and the other stack's rows they update
+        nw = working.n_weights
+        self.halves = [
+            (src[:, :nw], src[:, nw:], dst[:2, :nw], dst[:2, nw:])
+            for src, dst in ((self.stacks[0], self.stacks[1]), (self.stacks[1], self.stacks[0]))
+        ]
         self.last_lr: float | None = None  # the rate the velocity is scaled by
         self.matrices: tuple[float, np.ndarray, np.ndarray] | None = None  # (lr, weights', biases')
 
@@ -103,12 +109,12 @@ class SGD(Optimizer):
         return self.matrices[1], self.matrices[2]
 
     def step(self, lr: float) -> None:
-        nw = self.working.n_weights
         if self.config.l1:
             add_l1_gradient(self.config, self.working, self.params.flat, self.grad.flat, lr, self.scratch)
-        update = self._range_update(lr)
-        update(0, nw)
-        update(nw, self.size)
+        weights, biases = self.update_matrices(lr)
+        src_weights, src_biases, dst_weights, dst_biases = self.halves[self.current]
+        np.matmul(weights, src_weights, out=dst_weights)  # as _range_update's, over whole halves
+        np.matmul(biases, src_biases, out=dst_biases)
         if self.config.l1:
             # no product writes the blank rows: the next gradient must find zeros there
             self.grad.flat[self.working.blank] = 0
