@@ -2,6 +2,7 @@
 
     PYTHONPATH=src python benchmarks/mlp_limits.py fixed-cost    # per-batch cost a tiny net still pays
     PYTHONPATH=src python benchmarks/mlp_limits.py sparse        # a sparse first layer in C against BLAS
+    PYTHONPATH=src python benchmarks/mlp_limits.py layouts       # the first layer's products, other layouts
 
 ``fixed-cost`` trains the default network and a tiny one (hidden (8, 8), images inked in 16 columns
 only, so that every product and elementwise pass is almost free) in turn, in one process, and prints
@@ -12,6 +13,9 @@ tiny one still takes is the trainer's fixed cost per batch (interpreter, NumPy c
 by rows of W1, with four accumulators held in registers per image and W1's rows in blocks that stay
 in the L1 cache, and times it on chunks of 500 real MNIST images against the dense BLAS products the
 trainer runs (an upper bound on their speed: one product over the staircase's mean columns, warm).
+
+``layouts`` times the first layer's forward and gradient products (500 x 453 x 72) with their
+operands stored the trainer's way and transposed.
 """
 
 from __future__ import annotations
@@ -104,7 +108,7 @@ def _mnist():
     return ds.train_images, ds.train_labels.astype(np.int64), ds.test_images, ds.test_labels.astype(np.int64)
 
 
-def fixed_cost(rounds: int, held: str) -> None:
+def fixed_cost(rounds: int) -> None:
     import mnistlab.mlp as mlp
     from mnistlab.data import Preprocessor
 
@@ -131,7 +135,6 @@ def fixed_cost(rounds: int, held: str) -> None:
             mlp.Trainer(model, adapt_threads=False).fit(train, y, test=(test, yt), threads=1, callback=lap)
             best[name] = min(best[name], *laps[1:])
     batches = len(x) // 500
-    print(f"{cpu_class.header(held)}; one thread")
     for name, seconds in best.items():
         print(f"{name:8s} {1e6 * seconds / batches:6.0f} us per batch (best epoch, test pass included)")
     print(f"fixed share of a default batch: {best['tiny'] / best['default']:.0%}")
@@ -190,7 +193,7 @@ def sparse(rounds: int, chunks: int, held: str) -> None:
     dense = x[ids].astype(np.float32) @ w
     error = np.abs(z - dense).max() / np.abs(dense).max()
     print(f"check: the sparse forward's largest difference from BLAS (relative): {error:.1e}")
-    print(f"{cpu_class.header(held)}; one thread; C kernel built with {isa}")
+    print(f"C kernel built with {isa}")
     print(f"inked pixels per image {ptr[-1] / len(x):.0f}, active columns {ncols}")
     w72, d72, z72, g72 = w[:, :UNITS], delta[:, :UNITS], z[:, :UNITS], g[:mean_columns, :UNITS]
     print(f"forward  per chunk of 500: sparse C {timed(c_kernel(lib.forward, w, z)):.0f} us, "
@@ -199,9 +202,38 @@ def sparse(rounds: int, chunks: int, held: str) -> None:
           f"dense BLAS {timed(lambda c: np.matmul(xb.T, d72, out=g72)):.0f} us")
 
 
+def layouts(rounds: int) -> None:
+    rng = np.random.default_rng(0)
+    rows, columns = 500, 453
+    x = rng.random((rows, columns), dtype=np.float32)
+    w = rng.random((columns, UNITS), dtype=np.float32)
+    d = rng.random((rows, UNITS), dtype=np.float32)
+    x_t, w_t = np.ascontiguousarray(x.T), np.ascontiguousarray(w.T)
+    z, z_t = np.empty((rows, UNITS), np.float32), np.empty((UNITS, rows), np.float32)
+    g, g_t = np.empty((columns, UNITS), np.float32), np.empty((UNITS, columns), np.float32)
+    products = {
+        "forward  X @ W (the trainer's)": lambda: np.matmul(x, w, out=z),
+        "forward  X @ W_T.T (W stored transposed)": lambda: np.matmul(x, w_t.T, out=z),
+        "forward  W.T @ X_T (units x images)": lambda: np.matmul(w.T, x_t, out=z_t),
+        "gradient X.T @ D (the trainer's)": lambda: np.matmul(x.T, d, out=g),
+        "gradient D.T @ X (units x columns)": lambda: np.matmul(d.T, x, out=g_t),
+        "gradient X_T @ D": lambda: np.matmul(x_t, d, out=g),
+    }
+    best = dict.fromkeys(products, float("inf"))
+    for _ in range(rounds):
+        for name, product in products.items():
+            product()
+            t0 = time.perf_counter()
+            for _ in range(200):
+                product()
+            best[name] = min(best[name], (time.perf_counter() - t0) / 200)
+    for name, seconds in best.items():
+        print(f"{name:40s} {1e6 * seconds:6.0f} us")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("what", choices=("fixed-cost", "sparse"))
+    p.add_argument("what", choices=("fixed-cost", "sparse", "layouts"))
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--chunks", type=int, default=120)
     p.add_argument("--cpu-class", choices=cpu_class.CLASSES, default="native")
@@ -211,10 +243,13 @@ def main() -> None:
     if os.environ.get("MNISTLAB_LIMITS_CHILD") != "1":  # NumPy reads these only when it loads
         env["MNISTLAB_LIMITS_CHILD"] = "1"
         raise SystemExit(subprocess.run([sys.executable, *sys.argv], env=env).returncode)
+    print(f"{cpu_class.header(args.cpu_class)}; one thread")
     if args.what == "fixed-cost":
-        fixed_cost(args.rounds, args.cpu_class)
-    else:
+        fixed_cost(args.rounds)
+    elif args.what == "sparse":
         sparse(args.rounds, args.chunks, args.cpu_class)
+    else:
+        layouts(args.rounds)
 
 
 if __name__ == "__main__":
