@@ -71,6 +71,18 @@ def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
     return path
 
 
+def positive_count(text: str) -> int:
+    """argparse type of options that count things (--n, --top, --cols, ...): a whole number >= 1, so
+    that 0 or -1 is refused by name rather than sliced into an empty or shortened result."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number; give 1 or more") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is too small; give 1 or more")
+    return value
+
+
 def parse_indices(values: list[str] | None) -> list[int]:
     """--index 3 --index 5,7 --index 10-12 -> [3, 5, 7, 10, 11, 12]."""
     return parse_number_list(values or [])

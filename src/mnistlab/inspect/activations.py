@@ -56,6 +56,8 @@ def select_images(
     images, labels = dataset.split(split)
     if indices is not None and label is not None:
         raise ConfigError("choose images either by index or by label, not both")
+    if n is not None and n < 1:
+        raise ConfigError(f"n={n} chooses no images; give n >= 1 (or None for all of them)")
     if indices is not None:
         idx = np.asarray(list(indices), dtype=np.int64)
         bad = idx[(idx < 0) | (idx >= len(images))]
