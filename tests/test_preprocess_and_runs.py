@@ -159,6 +159,7 @@ def test_crash_while_writing_leaves_no_run(tmp_path, monkeypatch):
 
 def test_incomplete_and_incompatible_runs(tmp_path):
     (tmp_path / "half").mkdir()
+    (tmp_path / "half" / "weights.npz").write_bytes(b"")
     with pytest.raises(RunError, match="incomplete run"):
         runs.read_run(tmp_path / "half")
     path = _write(tmp_path)
@@ -169,6 +170,27 @@ def test_incomplete_and_incompatible_runs(tmp_path):
         runs.read_run(path)
     with pytest.raises(RunError, match="no such run directory"):
         runs.read_run(tmp_path / "nope")
+
+
+def test_paths_that_are_not_runs_say_what_to_pass(tmp_path, capsys):
+    """The parent runs/ folder, a file of a run and an unrelated folder were all once called an
+    interrupted run ("train it again")."""
+    from mnistlab.cli import main
+
+    for name in ("b", "a", "c", "d"):
+        _write(tmp_path, name)
+    listed = ", ".join(str(tmp_path / name) for name in "abc")
+    with pytest.raises(RunError) as err:
+        runs.read_run(tmp_path)
+    assert str(err.value) == f"{tmp_path}: a folder of runs, not a run; pass one of them: {listed} and 1 more"
+    with pytest.raises(RunError, match="weights.npz: a file, not a run directory; pass the directory"):
+        runs.read_run(tmp_path / "a" / "weights.npz")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(RunError, match="empty: not a run directory \\(no run.json\\); pass a directory"):
+        runs.read_run(tmp_path / "empty")
+    assert main(["layers", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"mnistlab: error: {tmp_path}: a folder of runs") and err.count("\n") == 1
 
 
 def test_weights_with_pickled_objects_are_refused(tmp_path):

@@ -277,14 +277,12 @@ def read_manifest(run_dir: Path) -> dict[str, Any]:
     run_dir = Path(run_dir)
     recover(run_dir)
     if not run_dir.is_dir():
-        raise RunError(f"{run_dir}: no such run directory; pass a directory written by `mnistlab train`")
+        raise RunError(_not_a_run(run_dir))
     path = run_dir / MANIFEST
     try:
         manifest = json.loads(path.read_text())
     except FileNotFoundError:
-        raise RunError(
-            f"{run_dir}: incomplete run (no {MANIFEST}); it was interrupted, train it again"
-        ) from None
+        raise RunError(_not_a_run(run_dir)) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise RunError(f"{path}: corrupt manifest ({exc}); train the run again") from None
     except OSError as exc:
@@ -300,6 +298,24 @@ def read_manifest(run_dir: Path) -> dict[str, Any]:
             f"{RUN_FORMAT}); retrain it with this version"
         )
     return manifest
+
+
+def _not_a_run(run_dir: Path) -> str:
+    """Why ``run_dir`` (no directory, or one without a manifest) is not a run, and what to pass instead."""
+    if run_dir.is_file():
+        return (
+            f"{run_dir}: a file, not a run directory; pass the directory that `mnistlab train` or "
+            "`mnistlab import` wrote"
+        )
+    if not run_dir.is_dir():
+        return f"{run_dir}: no such run directory; pass a directory written by `mnistlab train`"
+    if any((run_dir / name).exists() for name in (WEIGHTS, PREPROCESS, HISTORY_JSON)):
+        return f"{run_dir}: incomplete run (no {MANIFEST}); it was interrupted, train it again"
+    inside = sorted(str(sub) for sub in run_dir.iterdir() if (sub / MANIFEST).is_file())
+    if inside:  # a folder of runs, such as runs/ itself
+        shown = ", ".join(inside[:3]) + (f" and {len(inside) - 3} more" if len(inside) > 3 else "")
+        return f"{run_dir}: a folder of runs, not a run; pass one of them: {shown}"
+    return f"{run_dir}: not a run directory (no {MANIFEST}); pass a directory written by `mnistlab train`"
 
 
 def read_history(run_dir: Path) -> list[dict[str, Any]]:
