@@ -54,6 +54,23 @@ def test_bad_preprocessing_name_and_shape():
         Preprocessor.fit("unit", np.zeros((2, 28, 28)))(np.zeros((1, 20, 20)))
 
 
+def test_flattened_rows_are_told_to_reshape_not_resize():
+    """(N, 784) rows, as scikit-learn's fetch_openml gives MNIST, once got "resize them first"."""
+    from mnistlab.mlp import MLP, MLPConfig
+
+    images = np.random.default_rng(0).integers(0, 256, (3, 28, 28), dtype=np.uint8)
+    model = MLP(MLPConfig(hidden=(5,)), preprocess=Preprocessor.fit("unit", images))
+    for call in (model.predict_proba, model.activations):
+        with pytest.raises(ConfigError) as err:
+            call(images.reshape(3, 784))
+        assert str(err.value) == (
+            "images have shape (3, 784): rows of 784 pixels; the model takes (N, 28, 28) images, "
+            "so pass images.reshape(-1, 28, 28)"
+        )
+    np.testing.assert_array_equal(model.predict_proba(images.reshape(3, 784).reshape(-1, 28, 28)),
+                                  model.predict_proba(images))
+
+
 def test_validation_split_last_and_seeded():
     train, val = validation_split(100, 10)
     assert list(val) == list(range(90, 100)) and len(train) == 90
