@@ -207,6 +207,20 @@ def test_cli_train_summary_and_errors(tmp_path, fake_mnist, capsys):
     assert main(["summary"]) == 1
     assert main(["summary", str(tmp_path / "nope")]) == 1
     assert main(["train", "cnn", "--reset", "--no-progress"]) == 1
+    capsys.readouterr()
+    # --reset without --out once replaced the trained run in place, unasked
+    trained = (out / "weights.npz").read_bytes()
+    reset = ["train", "cnn", "--resume", str(out), "--reset", "--optimizer", "sgd", "--no-progress"]
+    assert main(reset) == 1
+    err = capsys.readouterr().err
+    assert err == (f"mnistlab: error: {out}: --reset in place would replace its 2 epochs of training; branch "
+                   "with --out DIR, or add --overwrite to restart it in place\n")
+    assert (out / "weights.npz").read_bytes() == trained
+    assert main([*reset, "--out", str(tmp_path / "branch")]) == 0
+    assert (out / "weights.npz").read_bytes() == trained
+    assert main([*reset, "--overwrite"]) == 0
+    assert read_manifest(out)["config"]["optimizer"] == "sgd"
+    assert (out / "weights.npz").read_bytes() != trained
     with pytest.raises(RunError):
         resume(tmp_path / "nope", fake_mnist)
 
