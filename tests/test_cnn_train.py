@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import threading
 
@@ -183,7 +184,7 @@ def test_cli_train_summary_and_errors(tmp_path, fake_mnist, capsys):
         "--no-progress",
     ]
     assert main(argv) == 0
-    assert "test accuracy" in capsys.readouterr().out
+    assert " after 1 epoch (" in capsys.readouterr().out
     assert main(["summary", str(out)]) == 0
     text = capsys.readouterr().out
     assert "conv1" in text and "Total params" in text
@@ -197,6 +198,9 @@ def test_cli_train_summary_and_errors(tmp_path, fake_mnist, capsys):
     assert "different spec" in capsys.readouterr().err
     assert main(["train", "cnn", "--resume", str(out), "--epochs", "2", "--no-progress"]) == 0
     assert json.loads((out / "run.json").read_text())["epochs_done"] == 2
+    # the training seconds of a resumed run include the earlier command's, so they are named as such
+    assert re.search(r" after 2 epochs \([\d.]+ s training over the whole run, [\d.]+ s for this command\)",
+                     capsys.readouterr().out)
     assert main(["train", "cnn", "--spec", "conv:8:3,flatten", "--out", str(tmp_path / "x")]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "the last layer must be output" in err

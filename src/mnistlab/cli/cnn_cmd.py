@@ -303,10 +303,15 @@ def _train(args: argparse.Namespace, *, is_main: bool) -> int:
         return 130
     if not is_main:
         return 0
-    last = result.history[-1]
+    last, epochs = result.history[-1], len(result.history)
+    training = sum(h["train_seconds"] for h in result.history)
+    # a resumed run's history holds the training of earlier commands too: say so, or it can exceed the total
+    times = (
+        f"{training:.1f} s training, {seconds:.1f} s total" if resume_run is None
+        else f"{training:.1f} s training over the whole run, {seconds:.1f} s for this command"
+    )
     print(
-        f"test accuracy {100 * last['test_accuracy']:.2f}% after {len(result.history)} epochs "
-        f"({sum(h['train_seconds'] for h in result.history):.1f} s training, {seconds:.1f} s total); run "
-        f"saved in {result.run_dir}"
+        f"test accuracy {100 * last['test_accuracy']:.2f}% after {epochs} epoch{'s' * (epochs != 1)} "
+        f"({times}); run saved in {result.run_dir}"
     )
     return 0
