@@ -123,6 +123,16 @@ def test_reset_restarts_from_the_saved_initial_weights(tmp_path):
                                   initial["dense1.linear.weight"])
 
 
+def test_train_takes_a_dataset_name(tmp_path, synthetic_dataset, monkeypatch):
+    """train("mnist", ...) once failed with AttributeError: 'str' object has no attribute 'train_images'."""
+    directory, arrays = synthetic_dataset
+    monkeypatch.setenv("MNISTLAB_DATA_DIR", str(directory))
+    result = train("mnist", out=tmp_path / "named", progress=False, **{**FAST, "epochs": 1, "augment": 0})
+    record = read_manifest(tmp_path / "named")
+    assert result.state == "complete" and record["dataset"] == "mnist"
+    assert len(result.history) == 1 and result.history[0]["test_accuracy"] is not None
+
+
 def test_nan_loss_stops_and_keeps_the_last_good_epoch(tmp_path):
     ds = synthetic()
     with pytest.raises(TrainingDiverged, match="keeps the weights after epoch 1"):
