@@ -7,6 +7,7 @@ the paths it wrote on stderr. The analysis lives in mnistlab.inspect; this is on
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -323,7 +324,7 @@ def cmd_confusions(args: argparse.Namespace) -> int:
     from ..viz.gallery import plot_confusion_gallery
 
     model, dataset = _load(args)
-    conf = confusions(model, dataset, args.split)
+    conf = confusions(model, dataset, args.split, progress=sys.stderr.isatty())
     names = list(dataset.class_names)
     print(f"{args.split} accuracy {conf.accuracy:.4f}")
     print(confusion_text(conf.matrix, names))
