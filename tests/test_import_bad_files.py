@@ -71,6 +71,20 @@ def test_an_unsupported_layer_is_named_with_class_name_and_position(capsys, tmp_
     _fails(capsys, tmp_path, "keras", path, "LSTM 'conv2d_1' (layer 3)", "not supported")
 
 
+def test_a_real_recurrent_layer_is_named_not_taken_for_a_nested_model(capsys, tmp_path):
+    # Keras 3 keeps an LSTM's weights under layers/lstm/cell/vars, a group below the layer's own
+    _fails(capsys, tmp_path, "keras", FIXTURES / "lstm_layer.keras", "LSTM 'lstm' (layer 1)", "not supported")
+
+
+def test_a_model_inside_the_model_is_named(capsys, tmp_path):
+    def nest(layers):
+        layers[-1].update(class_name="Sequential")
+
+    path = tmp_path / "nested.keras"
+    _rezip(path, _edited_config(nest))
+    _fails(capsys, tmp_path, "keras", path, "Sequential 'dense_1' (layer 8)", "a model inside the model")
+
+
 def test_custom_layer_class_is_named(capsys, tmp_path):
     def custom(layers):
         layers[-1].update(class_name="MyDense", registered_name="Custom>MyDense", module=None)
