@@ -200,3 +200,36 @@ def test_a_failed_import_keeps_the_run_that_was_there(capsys, tmp_path):
     )
     assert sorted(p.name for p in out.iterdir()) == before
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]
+
+
+def test_a_file_of_another_format_names_the_command_that_reads_it(capsys, tmp_path):
+    keras_file, h5_file = FIXTURES / "dense_mlp.keras", FIXTURES / "seed_tf_keras.h5"
+    _fails(capsys, tmp_path, "onnx", keras_file, "a Keras .keras file", "mnistlab import keras")
+    _fails(capsys, tmp_path, "onnx", h5_file, "HDF5", "mnistlab import keras")
+    run = tmp_path / "mlp-run"
+    assert main(["import", "keras", str(keras_file), "--out", str(run)]) == 0
+    onnx_file = tmp_path / "mlp.onnx"
+    assert main(["export", str(run), "--format", "onnx", "--out", str(onnx_file)]) == 0
+    capsys.readouterr()
+    _fails(capsys, tmp_path, "keras", onnx_file, "an ONNX model", "mnistlab import onnx")
+
+
+def test_pytorch_checkpoints_and_pickles_point_to_onnx_and_from_torch(capsys, tmp_path):
+    torch = pytest.importorskip("torch")
+    checkpoint, legacy = tmp_path / "model.pt", tmp_path / "legacy.pth"
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10))
+    torch.save(net.state_dict(), checkpoint)
+    torch.save(net.state_dict(), legacy, _use_new_zipfile_serialization=False)
+    for fmt in ("keras", "onnx"):
+        for path in (checkpoint, legacy):
+            _fails(capsys, tmp_path, fmt, path, "never unpickles", "torch.onnx.export", "from_torch")
+
+
+def test_a_tensorflow_savedmodel_says_how_to_convert_it(capsys, tmp_path):
+    # the layout TensorFlow's model.save("dir") / model.export("dir") writes (contents irrelevant)
+    saved = tmp_path / "my_model"
+    (saved / "variables").mkdir(parents=True)
+    (saved / "saved_model.pb").write_bytes(b"\x08\x01\x12\x00")
+    for fmt in ("keras", "onnx"):
+        for path in (saved, saved / "saved_model.pb"):
+            _fails(capsys, tmp_path, fmt, path, "TensorFlow SavedModel", "tf2onnx", "model.save(")

@@ -81,7 +81,7 @@ def import_model(
         raise ConfigError(f"unknown dataset {dataset!r}; choose one of: {', '.join(sorted(DATASETS))}")
     out = Path(out)
     if out.exists() and not overwrite:
-        raise RunError(f"{out}: already exists; choose another --out or delete it first")
+        raise RunError(f"{out}: already exists; choose another --out or add --overwrite")
     path = Path(path)
     chain = read_model_file(fmt, path)
     scale, offset, ops = fold_rescale(chain)

@@ -25,12 +25,15 @@ import numpy as np
 from ..errors import ModelFileError
 from .chain import ACTIVATIONS, Chain, Op, tuple2
 from .safe_files import (
+    HDF5_MAGIC,
     MAX_CONFIG_BYTES,
+    ZIP_MAGIC,
     h5_array,
     h5_names,
     open_h5,
     read_file_bytes,
     read_zip_members,
+    refuse_other_format,
 )
 
 SUPPORTED_LAYERS = (
@@ -63,13 +66,14 @@ def read_keras(path: str | Path) -> Chain:
     """A Keras model file (.keras or .h5, recognized by content) as a Chain."""
     path = Path(path)
     data = read_file_bytes(path)
-    if data[:4] == b"PK\x03\x04":
+    refuse_other_format(path, data, "keras")
+    if data[:4] == ZIP_MAGIC:
         members = read_zip_members(path, data, ("config.json", "model.weights.h5"))
         config = _parse_json(path, members["config.json"], "config.json")
         with open_h5(path, members["model.weights.h5"]) as h5:
             weights, nested = _keras3_weights(path, h5)
             return _to_chain(path, config, weights, "keras (.keras)", nested)
-    if data[:8] == b"\x89HDF\r\n\x1a\n":
+    if data[:8] == HDF5_MAGIC:
         with open_h5(path, data) as h5:
             raw = h5.attrs.get("model_config")
             if raw is None:
