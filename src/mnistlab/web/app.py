@@ -17,7 +17,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from .. import __version__
@@ -26,6 +26,7 @@ from ..errors import ConfigError, MnistlabError
 from ..model_api import InspectableModel
 from ..models import load_model
 from .analysis import analysis_router
+from .api_docs import api_reference_html
 from .body_limit import MAX_BODY, BodyLimit
 from .common import ModelThread
 from .evaluation import evaluation_router
@@ -68,7 +69,7 @@ def create_app(
     app = FastAPI(
         title="mnistlab",
         version=__version__,
-        docs_url="/api/docs",
+        docs_url=None,  # Swagger UI comes from a CDN; /api/docs below is rendered here
         redoc_url=None,
         openapi_url="/api/openapi.json",
         lifespan=lifespan,
@@ -80,6 +81,10 @@ def create_app(
     @app.get("/", include_in_schema=False)
     def index() -> FileResponse:
         return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+
+    @app.get("/api/docs", include_in_schema=False)
+    def api_docs() -> HTMLResponse:
+        return HTMLResponse(api_reference_html(app.openapi()))
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.include_router(sweep_router(store.runs_dir, sweep_storage))
