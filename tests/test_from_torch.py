@@ -120,6 +120,8 @@ def test_bad_modules_and_names_are_one_clear_error():
         mnistlab.from_torch(lambda x: x)
     with pytest.raises(ConfigError, match="neither"):
         mnistlab.from_torch(nn.Linear(10, 10))
+    with pytest.raises(ConfigError, match="gives 5 outputs per image; .* 10 classes"):
+        mnistlab.from_torch(nn.Sequential(nn.Flatten(), nn.Linear(784, 5)))
     with pytest.raises(ConfigError, match="no submodule 'conv9'; its layers: 0, 1"):
         mnistlab.from_torch(small_cnn(), layers=["conv9"])
     with pytest.raises(ConfigError, match="'standard'"):
