@@ -460,3 +460,14 @@ def test_api_docs_page_lists_every_endpoint_without_fetching_anything(client):
             assert f"{method.upper()} {path}</h2>" in page
     assert "<code>?steps=</code>" in page and "integer 1..500" in page  # GET /api/oip's query
     assert "<code>drawing</code>" in page and "an exact 28x28 image" in page  # POST /api/predict's body
+
+
+def test_unknown_endpoints_and_methods_answer_in_the_api_error_shape(client):
+    missing = client.get("/api/predictions?run=tiny")
+    assert missing.status_code == 404
+    assert missing.json() == {"error": "nothing at GET /api/predictions; the API is listed at /api/docs"}
+    wrong_method = client.get("/api/predict?run=tiny")
+    assert wrong_method.status_code == 405
+    assert wrong_method.json() == {
+        "error": "GET is not allowed on /api/predict (allowed: POST); see /api/docs"
+    }

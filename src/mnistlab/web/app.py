@@ -19,6 +19,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
 from ..data import Dataset
@@ -122,6 +123,21 @@ def _install_error_handlers(app: FastAPI) -> None:
         # ConfigError here is always about the request's content (shape, range, layer name).
         status = 400 if isinstance(exc, ConfigError) else 409
         return JSONResponse({"error": str(exc)}, status_code=status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # routing's own answers (no such path, wrong method) in the same shape as every other error
+        where = f"{request.method} {request.url.path}"
+        if exc.status_code == 404:
+            message = f"nothing at {where}; the API is listed at /api/docs"
+        elif exc.status_code == 405:
+            allowed = {k.lower(): v for k, v in (exc.headers or {}).items()}.get("allow", "")
+            message = (
+                f"{request.method} is not allowed on {request.url.path} (allowed: {allowed}); see /api/docs"
+            )
+        else:
+            message = str(exc.detail)
+        return JSONResponse({"error": message}, status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
