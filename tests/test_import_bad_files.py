@@ -202,6 +202,23 @@ def test_a_failed_import_keeps_the_run_that_was_there(capsys, tmp_path):
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]
 
 
+def test_overwrite_of_something_that_is_no_run_keeps_it(capsys, tmp_path):
+    model = FIXTURES / "dense_mlp.keras"
+    kept = tmp_path / "runs"
+    (kept / "older-run").mkdir(parents=True)
+    (kept / "older-run" / "run.json").write_text("{}")
+    copy = tmp_path / "model.keras"
+    copy.write_bytes(model.read_bytes())
+    for out in (kept, copy):  # `--out runs` for `--out runs/x`; the model file named as --out
+        assert main(["import", "keras", str(copy), "--out", str(out), "--overwrite"]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("mnistlab: error: ") and err.count("\n") == 1, err
+        assert "is not a run (no run.json); --overwrite replaces only runs" in err
+    assert (kept / "older-run" / "run.json").read_text() == "{}"
+    assert copy.read_bytes() == model.read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.keras", "runs"]
+
+
 def test_a_file_of_another_format_names_the_command_that_reads_it(capsys, tmp_path):
     keras_file, h5_file = FIXTURES / "dense_mlp.keras", FIXTURES / "seed_tf_keras.h5"
     _fails(capsys, tmp_path, "onnx", keras_file, "a Keras .keras file", "mnistlab import keras")
