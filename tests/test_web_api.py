@@ -460,6 +460,7 @@ def test_api_docs_page_lists_every_endpoint_without_fetching_anything(client):
             assert f"{method.upper()} {path}</h2>" in page
     assert "<code>?steps=</code>" in page and "integer 1..500" in page  # GET /api/oip's query
     assert "<code>drawing</code>" in page and "an exact 28x28 image" in page  # POST /api/predict's body
+    assert "<code>pixels</code> as rows of numbers" in page  # docstrings' ``literals``
 
 
 def test_unknown_endpoints_and_methods_answer_in_the_api_error_shape(client):
