@@ -135,6 +135,26 @@ def test_existing_run_is_not_overwritten_unless_asked(tmp_path):
     _write(tmp_path, overwrite=True)
 
 
+def test_overwrite_replaces_runs_and_empty_directories_only(tmp_path):
+    # --overwrite with a mistyped --out (runs, ., the model file itself) must not delete anything
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "notes.txt").write_text("keep me")
+    with pytest.raises(RunError, match="is not a run .no run.json.; --overwrite replaces only runs"):
+        _write(tmp_path, overwrite=True)
+    assert (run / "notes.txt").read_text() == "keep me"
+    (run / "notes.txt").unlink()
+    run.rmdir()
+    run.write_text("a file")
+    with pytest.raises(RunError, match="is not a run"):
+        _write(tmp_path, overwrite=True)
+    assert (run).read_text() == "a file"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # nothing moved aside and left over
+    run.unlink()
+    run.mkdir()  # an empty directory holds nothing to lose
+    assert runs.read_run(_write(tmp_path, overwrite=True)).kind == "mlp"
+
+
 def test_rewriting_a_run_links_unchanged_extra_files(tmp_path):
     """Earlier epoch checkpoints are not rewritten each epoch: files named in ``carry`` are
     hard-linked into the new directory, the others are written, and the contents are right."""

@@ -168,6 +168,7 @@ def write_run(
     recover(run_dir)
     if run_dir.exists() and not overwrite:
         raise RunError(f"{run_dir}: already exists; choose another --out or delete it first")
+    check_replaceable(run_dir)
     parent = run_dir.parent
     with guard(run_dir, "the run", lambda: kept_after_failure(run_dir, manifest), "another --out"):
         tmp = temp_dir(parent, f".{run_dir.name}.partial-{os.getpid()}-")
@@ -185,6 +186,20 @@ def write_run(
             shutil.rmtree(tmp, ignore_errors=True)
             raise
     return run_dir
+
+
+def check_replaceable(run_dir: Path) -> None:
+    """RunError unless ``run_dir`` is absent, a run or an empty directory: what writing a run may
+    move aside and delete (a mistyped --out with --overwrite must not take anything else)."""
+    run_dir = Path(run_dir)
+    if not run_dir.exists() or (run_dir.is_dir() and (run_dir / MANIFEST).is_file()):
+        return
+    if run_dir.is_dir() and not any(run_dir.iterdir()):
+        return
+    raise RunError(
+        f"{run_dir}: is not a run (no {MANIFEST}); --overwrite replaces only runs, so choose another "
+        "--out or move it away first"
+    )
 
 
 def _swap_into_place(tmp: Path, run_dir: Path) -> None:
