@@ -143,6 +143,14 @@ def build_keras3(keras, rng):
         name="lambda",
     )
     out["lambda_layer"] = (lam, None, ["lambda_layer.keras"])
+
+    # A recurrent layer keeps its weights in a nested group (layers/lstm/cell/vars): the importer
+    # must still name it as an unsupported layer class, not as a model inside the model.
+    lstm = keras.Sequential(
+        [keras.Input((28, 28)), layers.LSTM(4, name="lstm"), layers.Dense(10, activation="softmax")],
+        name="lstm",
+    )
+    out["lstm_layer"] = (lstm, None, ["lstm_layer.keras"])
     return out
 
 

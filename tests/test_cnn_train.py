@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import threading
 
@@ -122,6 +123,16 @@ def test_reset_restarts_from_the_saved_initial_weights(tmp_path):
                                   initial["dense1.linear.weight"])
 
 
+def test_train_takes_a_dataset_name(tmp_path, synthetic_dataset, monkeypatch):
+    """train("mnist", ...) once failed with AttributeError: 'str' object has no attribute 'train_images'."""
+    directory, arrays = synthetic_dataset
+    monkeypatch.setenv("MNISTLAB_DATA_DIR", str(directory))
+    result = train("mnist", out=tmp_path / "named", progress=False, **{**FAST, "epochs": 1, "augment": 0})
+    record = read_manifest(tmp_path / "named")
+    assert result.state == "complete" and record["dataset"] == "mnist"
+    assert len(result.history) == 1 and result.history[0]["test_accuracy"] is not None
+
+
 def test_nan_loss_stops_and_keeps_the_last_good_epoch(tmp_path):
     ds = synthetic()
     with pytest.raises(TrainingDiverged, match="keeps the weights after epoch 1"):
@@ -183,7 +194,7 @@ def test_cli_train_summary_and_errors(tmp_path, fake_mnist, capsys):
         "--no-progress",
     ]
     assert main(argv) == 0
-    assert "test accuracy" in capsys.readouterr().out
+    assert " after 1 epoch (" in capsys.readouterr().out
     assert main(["summary", str(out)]) == 0
     text = capsys.readouterr().out
     assert "conv1" in text and "Total params" in text
@@ -197,6 +208,9 @@ def test_cli_train_summary_and_errors(tmp_path, fake_mnist, capsys):
     assert "different spec" in capsys.readouterr().err
     assert main(["train", "cnn", "--resume", str(out), "--epochs", "2", "--no-progress"]) == 0
     assert json.loads((out / "run.json").read_text())["epochs_done"] == 2
+    # the training seconds of a resumed run include the earlier command's, so they are named as such
+    assert re.search(r" after 2 epochs \([\d.]+ s training over the whole run, [\d.]+ s for this command\)",
+                     capsys.readouterr().out)
     assert main(["train", "cnn", "--spec", "conv:8:3,flatten", "--out", str(tmp_path / "x")]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "the last layer must be output" in err
@@ -207,6 +221,20 @@ def test_cli_train_summary_and_errors(tmp_path, fake_mnist, capsys):
     assert main(["summary"]) == 1
     assert main(["summary", str(tmp_path / "nope")]) == 1
     assert main(["train", "cnn", "--reset", "--no-progress"]) == 1
+    capsys.readouterr()
+    # --reset without --out once replaced the trained run in place, unasked
+    trained = (out / "weights.npz").read_bytes()
+    reset = ["train", "cnn", "--resume", str(out), "--reset", "--optimizer", "sgd", "--no-progress"]
+    assert main(reset) == 1
+    err = capsys.readouterr().err
+    assert err == (f"mnistlab: error: {out}: --reset in place would replace its 2 epochs of training; branch "
+                   "with --out DIR, or add --overwrite to restart it in place\n")
+    assert (out / "weights.npz").read_bytes() == trained
+    assert main([*reset, "--out", str(tmp_path / "branch")]) == 0
+    assert (out / "weights.npz").read_bytes() == trained
+    assert main([*reset, "--overwrite"]) == 0
+    assert read_manifest(out)["config"]["optimizer"] == "sgd"
+    assert (out / "weights.npz").read_bytes() != trained
     with pytest.raises(RunError):
         resume(tmp_path / "nope", fake_mnist)
 

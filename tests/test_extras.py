@@ -42,7 +42,7 @@ def _distribution(requirement: str) -> str:
 
 
 # imported directly, installed as a dependency of that distribution
-BROUGHT_BY = {"pydantic": "fastapi", "google": "onnx", "sqlalchemy": "optuna"}
+BROUGHT_BY = {"pydantic": "fastapi", "starlette": "fastapi", "google": "onnx", "sqlalchemy": "optuna"}
 
 
 def _third_party_imports() -> dict[str, set[str]]:

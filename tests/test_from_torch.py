@@ -101,18 +101,16 @@ def test_every_analysis_runs_on_a_wrapped_module(tmp_path):
     assert compare_classes(model, ds, 1, 7, n=3).layers
     assert find_ambiguous(model, ds, (1, 7)) is not None
     assert optimize_inputs(model, "3", units=[0, 1, 2], steps=3).images.shape[0] == 3
-    html = build_report(
+    html = build_report(  # no manifest or history: a wrapped module has neither
         model,
         ds,
-        {"kind": "torch"},
-        [],
         pair=(1, 7),
         n_compare=2,
         n_ambiguous=2,
         oip_steps=3,
         oip_max_units=4,
     )
-    assert "No training history" in html
+    assert "No training history" in html and "mnistlab report: torch on" in html
 
 
 def test_bad_modules_and_names_are_one_clear_error():
@@ -120,6 +118,8 @@ def test_bad_modules_and_names_are_one_clear_error():
         mnistlab.from_torch(lambda x: x)
     with pytest.raises(ConfigError, match="neither"):
         mnistlab.from_torch(nn.Linear(10, 10))
+    with pytest.raises(ConfigError, match="gives 5 outputs per image; .* 10 classes"):
+        mnistlab.from_torch(nn.Sequential(nn.Flatten(), nn.Linear(784, 5)))
     with pytest.raises(ConfigError, match="no submodule 'conv9'; its layers: 0, 1"):
         mnistlab.from_torch(small_cnn(), layers=["conv9"])
     with pytest.raises(ConfigError, match="'standard'"):

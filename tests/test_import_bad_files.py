@@ -71,6 +71,20 @@ def test_an_unsupported_layer_is_named_with_class_name_and_position(capsys, tmp_
     _fails(capsys, tmp_path, "keras", path, "LSTM 'conv2d_1' (layer 3)", "not supported")
 
 
+def test_a_real_recurrent_layer_is_named_not_taken_for_a_nested_model(capsys, tmp_path):
+    # Keras 3 keeps an LSTM's weights under layers/lstm/cell/vars, a group below the layer's own
+    _fails(capsys, tmp_path, "keras", FIXTURES / "lstm_layer.keras", "LSTM 'lstm' (layer 1)", "not supported")
+
+
+def test_a_model_inside_the_model_is_named(capsys, tmp_path):
+    def nest(layers):
+        layers[-1].update(class_name="Sequential")
+
+    path = tmp_path / "nested.keras"
+    _rezip(path, _edited_config(nest))
+    _fails(capsys, tmp_path, "keras", path, "Sequential 'dense_1' (layer 8)", "a model inside the model")
+
+
 def test_custom_layer_class_is_named(capsys, tmp_path):
     def custom(layers):
         layers[-1].update(class_name="MyDense", registered_name="Custom>MyDense", module=None)
@@ -186,3 +200,53 @@ def test_a_failed_import_keeps_the_run_that_was_there(capsys, tmp_path):
     )
     assert sorted(p.name for p in out.iterdir()) == before
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]
+
+
+def test_overwrite_of_something_that_is_no_run_keeps_it(capsys, tmp_path):
+    model = FIXTURES / "dense_mlp.keras"
+    kept = tmp_path / "runs"
+    (kept / "older-run").mkdir(parents=True)
+    (kept / "older-run" / "run.json").write_text("{}")
+    copy = tmp_path / "model.keras"
+    copy.write_bytes(model.read_bytes())
+    for out in (kept, copy):  # `--out runs` for `--out runs/x`; the model file named as --out
+        assert main(["import", "keras", str(copy), "--out", str(out), "--overwrite"]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("mnistlab: error: ") and err.count("\n") == 1, err
+        assert "is not a run (no run.json); --overwrite replaces only runs" in err
+    assert (kept / "older-run" / "run.json").read_text() == "{}"
+    assert copy.read_bytes() == model.read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.keras", "runs"]
+
+
+def test_a_file_of_another_format_names_the_command_that_reads_it(capsys, tmp_path):
+    keras_file, h5_file = FIXTURES / "dense_mlp.keras", FIXTURES / "seed_tf_keras.h5"
+    _fails(capsys, tmp_path, "onnx", keras_file, "a Keras .keras file", "mnistlab import keras")
+    _fails(capsys, tmp_path, "onnx", h5_file, "HDF5", "mnistlab import keras")
+    run = tmp_path / "mlp-run"
+    assert main(["import", "keras", str(keras_file), "--out", str(run)]) == 0
+    onnx_file = tmp_path / "mlp.onnx"
+    assert main(["export", str(run), "--format", "onnx", "--out", str(onnx_file)]) == 0
+    capsys.readouterr()
+    _fails(capsys, tmp_path, "keras", onnx_file, "an ONNX model", "mnistlab import onnx")
+
+
+def test_pytorch_checkpoints_and_pickles_point_to_onnx_and_from_torch(capsys, tmp_path):
+    torch = pytest.importorskip("torch")
+    checkpoint, legacy = tmp_path / "model.pt", tmp_path / "legacy.pth"
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10))
+    torch.save(net.state_dict(), checkpoint)
+    torch.save(net.state_dict(), legacy, _use_new_zipfile_serialization=False)
+    for fmt in ("keras", "onnx"):
+        for path in (checkpoint, legacy):
+            _fails(capsys, tmp_path, fmt, path, "never unpickles", "torch.onnx.export", "from_torch")
+
+
+def test_a_tensorflow_savedmodel_says_how_to_convert_it(capsys, tmp_path):
+    # the layout TensorFlow's model.save("dir") / model.export("dir") writes (contents irrelevant)
+    saved = tmp_path / "my_model"
+    (saved / "variables").mkdir(parents=True)
+    (saved / "saved_model.pb").write_bytes(b"\x08\x01\x12\x00")
+    for fmt in ("keras", "onnx"):
+        for path in (saved, saved / "saved_model.pb"):
+            _fails(capsys, tmp_path, fmt, path, "TensorFlow SavedModel", "tf2onnx", "model.save(")

@@ -101,7 +101,7 @@ def test_cli_import_writes_a_run_every_command_opens(tmp_path, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split()[0] == "conv1" and lines[0].endswith("conv2d (Conv2D)")
     assert main(["import", "keras", str(FIXTURES / "seed.keras"), "--out", str(out)]) == 1
-    assert "already exists" in capsys.readouterr().err
+    assert "already exists; choose another --out or add --overwrite" in capsys.readouterr().err
     assert main(["import", "keras", str(FIXTURES / "seed.keras"), "--out", str(out), "--overwrite"]) == 0
     assert read_manifest(out)["imported"]["file"] == "seed.keras"
 

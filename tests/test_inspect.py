@@ -127,6 +127,12 @@ def test_select_images_by_index_and_label(ds):
         select_images(ds, "test", indices=[10_000])
     with pytest.raises(ConfigError, match="label 12"):
         select_images(ds, "test", label=12)
+    # n=0 once read as "no test image has label 4", and a negative n sliced off the last images
+    for n in (0, -1):
+        with pytest.raises(ConfigError, match=f"n={n} chooses no images; give n >= 1"):
+            select_images(ds, "test", label=4, n=n)
+        with pytest.raises(ConfigError, match=f"n={n} chooses no images"):
+            select_images(ds, "test", n=n)
 
 
 def test_layer_helpers(net, mlp):

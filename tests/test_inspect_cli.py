@@ -109,3 +109,51 @@ def test_ambiguous_confusions_oip(run, capsys):
 
     # `report` runs end to end in test_inspect_engines.py; here only its error path.
     assert main(["report", str(run_dir / "missing")]) == 1
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["confusions", "RUN", "--top", "-1"],
+        ["confusions", "RUN", "--per-pair", "0"],
+        ["show-activations", "RUN", "--label", "4", "--n", "0"],
+        ["compare", "RUN", "--a", "4", "--b", "9", "--top", "0"],
+        ["ambiguous", "RUN", "--n", "-2"],
+        ["oip", "RUN", "--cols", "0"],
+        ["data", "show", "--first", "-1", "--out", "OUT"],
+        ["data", "show", "--index", "3", "--cols", "x", "--out", "OUT"],
+    ],
+)
+def test_counts_below_one_are_refused_by_name(argv, tmp_path, capsys):
+    # --top -1 once listed every confused pair but the last, and --first -1 wrote an empty figure
+    out = tmp_path / "digits.png"
+    argv = [str(out) if a == "OUT" else str(tmp_path / "no-run") if a == "RUN" else a for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    option = next(a for a in argv if a in ("--top", "--per-pair", "--n", "--cols", "--first"))
+    assert f"argument {option}:" in err and ("give 1 or more" in err) and err.count("\n") == 1
+    assert not out.exists()
+
+
+def test_evaluate_and_confusions_show_a_bar_on_a_terminal(tmp_path, monkeypatch, capsys):
+    """Both once ran the model over the split in silence (about 50 s for a CNN's training split)."""
+    import sys
+
+    model, dataset = planted_mlp(), planted_dataset(30)
+    assert len(dataset.test_images) > 256  # more than one batch of compute_activations
+    run_dir = write_run(
+        tmp_path / "run", make_manifest("mlp", {"epochs": 1}, dataset="mnist"), {"w": np.zeros(1)},
+        model.preprocess.to_arrays(), [],
+    )
+    monkeypatch.setattr(mnistlab.models, "load_model", lambda path: model)
+    monkeypatch.setattr(mnistlab.data, "load_dataset", lambda name, **kw: dataset)
+    from mnistlab.inspect import confusions as confusions_of
+
+    confusions_of(model, dataset)
+    assert capsys.readouterr().err == ""  # no bar unless asked: the CLI asks on a terminal only
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    confusions = ["confusions", str(run_dir), "--top", "1", "--per-pair", "1"]
+    for command in (["evaluate", str(run_dir)], confusions):
+        assert main(command) == 0
+        bar = f"activations:   0%|          | 0/{len(dataset.test_images)} [00:00<?, ?image/s]"
+        assert bar in capsys.readouterr().err, command

@@ -359,6 +359,24 @@ def test_cli_train_writes_a_run_that_reloads(tiny, tmp_path, capsys):
     assert acc > 0.8
 
 
+def test_cli_last_line_names_the_epoch_early_stopping_kept(tiny, tmp_path, capsys):
+    """It once said "after 7 epochs" alone, while the run held the weights of an earlier epoch."""
+    out = tmp_path / "run"
+    assert main(["train", "mlp", "--epochs", "30", "--batch-size", "50", "--layers", "20", "--val", "100",
+                 "--patience", "2", "--out", str(out), "--no-progress"]) == 0
+    metrics = json.loads((out / "run.json").read_text())["metrics"]
+    best, epochs = metrics["best_epoch"], metrics["epochs_trained"]
+    assert metrics["stopped_early"] and best == epochs - 2
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert f"after {epochs} epochs (" in last
+    assert f"s, stopped early; weights of epoch {best}, the best validation accuracy); run saved in {out}" \
+        in last
+    assert main(["train", "mlp", "--epochs", "1", "--batch-size", "50", "--layers", "20", "--out",
+                 str(tmp_path / "one"), "--no-progress"]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert " after 1 epoch (" in last and "weights of epoch" not in last
+
+
 def test_cli_preset_seed_and_overrides(tiny, tmp_path):
     from mnistlab.cli import build_parser
     from mnistlab.cli.mlp_cmd import config_from_args

@@ -54,6 +54,23 @@ def test_bad_preprocessing_name_and_shape():
         Preprocessor.fit("unit", np.zeros((2, 28, 28)))(np.zeros((1, 20, 20)))
 
 
+def test_flattened_rows_are_told_to_reshape_not_resize():
+    """(N, 784) rows, as scikit-learn's fetch_openml gives MNIST, once got "resize them first"."""
+    from mnistlab.mlp import MLP, MLPConfig
+
+    images = np.random.default_rng(0).integers(0, 256, (3, 28, 28), dtype=np.uint8)
+    model = MLP(MLPConfig(hidden=(5,)), preprocess=Preprocessor.fit("unit", images))
+    for call in (model.predict_proba, model.activations):
+        with pytest.raises(ConfigError) as err:
+            call(images.reshape(3, 784))
+        assert str(err.value) == (
+            "images have shape (3, 784): rows of 784 pixels; the model takes (N, 28, 28) images, "
+            "so pass images.reshape(-1, 28, 28)"
+        )
+    np.testing.assert_array_equal(model.predict_proba(images.reshape(3, 784).reshape(-1, 28, 28)),
+                                  model.predict_proba(images))
+
+
 def test_validation_split_last_and_seeded():
     train, val = validation_split(100, 10)
     assert list(val) == list(range(90, 100)) and len(train) == 90
@@ -118,6 +135,26 @@ def test_existing_run_is_not_overwritten_unless_asked(tmp_path):
     _write(tmp_path, overwrite=True)
 
 
+def test_overwrite_replaces_runs_and_empty_directories_only(tmp_path):
+    # --overwrite with a mistyped --out (runs, ., the model file itself) must not delete anything
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "notes.txt").write_text("keep me")
+    with pytest.raises(RunError, match="is not a run .no run.json.; --overwrite replaces only runs"):
+        _write(tmp_path, overwrite=True)
+    assert (run / "notes.txt").read_text() == "keep me"
+    (run / "notes.txt").unlink()
+    run.rmdir()
+    run.write_text("a file")
+    with pytest.raises(RunError, match="is not a run"):
+        _write(tmp_path, overwrite=True)
+    assert (run).read_text() == "a file"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # nothing moved aside and left over
+    run.unlink()
+    run.mkdir()  # an empty directory holds nothing to lose
+    assert runs.read_run(_write(tmp_path, overwrite=True)).kind == "mlp"
+
+
 def test_rewriting_a_run_links_unchanged_extra_files(tmp_path):
     """Earlier epoch checkpoints are not rewritten each epoch: files named in ``carry`` are
     hard-linked into the new directory, the others are written, and the contents are right."""
@@ -159,6 +196,7 @@ def test_crash_while_writing_leaves_no_run(tmp_path, monkeypatch):
 
 def test_incomplete_and_incompatible_runs(tmp_path):
     (tmp_path / "half").mkdir()
+    (tmp_path / "half" / "weights.npz").write_bytes(b"")
     with pytest.raises(RunError, match="incomplete run"):
         runs.read_run(tmp_path / "half")
     path = _write(tmp_path)
@@ -169,6 +207,27 @@ def test_incomplete_and_incompatible_runs(tmp_path):
         runs.read_run(path)
     with pytest.raises(RunError, match="no such run directory"):
         runs.read_run(tmp_path / "nope")
+
+
+def test_paths_that_are_not_runs_say_what_to_pass(tmp_path, capsys):
+    """The parent runs/ folder, a file of a run and an unrelated folder were all once called an
+    interrupted run ("train it again")."""
+    from mnistlab.cli import main
+
+    for name in ("b", "a", "c", "d"):
+        _write(tmp_path, name)
+    listed = ", ".join(str(tmp_path / name) for name in "abc")
+    with pytest.raises(RunError) as err:
+        runs.read_run(tmp_path)
+    assert str(err.value) == f"{tmp_path}: a folder of runs, not a run; pass one of them: {listed} and 1 more"
+    with pytest.raises(RunError, match="weights.npz: a file, not a run directory; pass the directory"):
+        runs.read_run(tmp_path / "a" / "weights.npz")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(RunError, match="empty: not a run directory \\(no run.json\\); pass a directory"):
+        runs.read_run(tmp_path / "empty")
+    assert main(["layers", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"mnistlab: error: {tmp_path}: a folder of runs") and err.count("\n") == 1
 
 
 def test_weights_with_pickled_objects_are_refused(tmp_path):

@@ -169,3 +169,12 @@ def test_show_prints_the_table_best_first_and_the_best_test_accuracy_once(tmp_pa
     assert loads == ["mnist"]
     assert main(["sweep", "show", "nope"]) == 1
     assert "no study named 'nope' in this storage; studies there: s" in capsys.readouterr().err
+
+
+def test_show_without_any_sweep_says_so_and_creates_nothing(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    assert main(["sweep", "show", "s1", "--runs", str(runs)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("mnistlab: error: ") and err.count("\n") == 1, err
+    assert f"no sweeps in {runs} ({runs}/sweeps.db does not exist)" in err and "mnistlab sweep mlp" in err
+    assert not runs.exists()  # a look is not a write: no empty database left behind

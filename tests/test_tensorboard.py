@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import queue
 import re
 import socket
@@ -216,6 +217,23 @@ def _served_port(server: subprocess.Popen, deadline: float) -> tuple[int | None,
         if served:
             return int(served.group(1)), printed
     return None, printed
+
+
+def test_tensorboard_on_a_port_in_use_is_one_line_and_exit_1(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("tensorboard")
+
+    def exec_tensorboard(*args):  # were the check missing, pytest itself would become TensorBoard
+        raise AssertionError(f"TensorBoard started on a port in use: {args}")
+
+    monkeypatch.setattr(os, "execv", exec_tensorboard)
+    with socket.socket() as busy:  # an earlier TensorBoard still running, say
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert main(["tensorboard", str(tmp_path), "--port", str(port)]) == 1  # returns: nothing exec'd
+    err = capsys.readouterr().err
+    assert err.startswith("mnistlab: error: ") and err.count("\n") == 1, err
+    assert f"127.0.0.1:{port} is in use" in err and "another --port" in err
 
 
 @pytest.mark.slow

@@ -446,3 +446,29 @@ def test_compare_and_oip_say_when_the_inspect_library_is_missing(client, monkeyp
     monkeypatch.delattr(inspect_lib, "compare_classes", raising=False)
     r = client.get("/api/compare", params={"run": "tiny", "a": 1, "b": 2})
     assert r.status_code == 501 and "inspect" in r.json()["error"]
+
+
+def test_api_docs_page_lists_every_endpoint_without_fetching_anything(client):
+    answer = client.get("/api/docs")
+    assert answer.status_code == 200 and answer.headers["content-type"].startswith("text/html")
+    page = answer.text
+    # the page promises to work offline: no script, style or icon from a CDN
+    assert "http://" not in page and "https://" not in page and "<script" not in page
+    schema = client.get("/api/openapi.json").json()
+    for path, methods in schema["paths"].items():
+        for method in methods:
+            assert f"{method.upper()} {path}</h2>" in page
+    assert "<code>?steps=</code>" in page and "integer 1..500" in page  # GET /api/oip's query
+    assert "<code>drawing</code>" in page and "an exact 28x28 image" in page  # POST /api/predict's body
+    assert "<code>pixels</code> as rows of numbers" in page  # docstrings' ``literals``
+
+
+def test_unknown_endpoints_and_methods_answer_in_the_api_error_shape(client):
+    missing = client.get("/api/predictions?run=tiny")
+    assert missing.status_code == 404
+    assert missing.json() == {"error": "nothing at GET /api/predictions; the API is listed at /api/docs"}
+    wrong_method = client.get("/api/predict?run=tiny")
+    assert wrong_method.status_code == 405
+    assert wrong_method.json() == {
+        "error": "GET is not allowed on /api/predict (allowed: POST); see /api/docs"
+    }

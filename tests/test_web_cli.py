@@ -6,6 +6,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import urllib.request
@@ -30,6 +31,17 @@ def test_bad_port_is_one_line_and_exit_1(capsys):
     assert main(["serve", "--port", "70000"]) == 1
     err = capsys.readouterr().err.strip()
     assert "--port 70000" in err and "\n" not in err
+
+
+def test_a_port_in_use_is_one_line_and_exit_1(tmp_path, capsys):
+    with socket.socket() as busy:  # another server already listening there
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert main(["serve", "--runs", str(tmp_path), "--port", str(port)]) == 1
+    out, err = capsys.readouterr()
+    assert err.startswith("mnistlab: error: ") and err.count("\n") == 1, err
+    assert f"127.0.0.1:{port} is in use" in err and "another --port" in err and not out
 
 
 def test_non_numeric_port_is_a_usage_error(capsys):

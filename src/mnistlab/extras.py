@@ -22,6 +22,7 @@ EXTRAS: dict[str, str] = {
     "fastapi": "web",
     "uvicorn": "web",
     "pydantic": "web",  # comes with fastapi
+    "starlette": "web",  # fastapi's base; its HTTPException is what routing raises
     "h5py": "import",
     "onnx": "import",
     "google": "import",  # protobuf, which comes with onnx

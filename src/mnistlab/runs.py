@@ -168,6 +168,7 @@ def write_run(
     recover(run_dir)
     if run_dir.exists() and not overwrite:
         raise RunError(f"{run_dir}: already exists; choose another --out or delete it first")
+    check_replaceable(run_dir)
     parent = run_dir.parent
     with guard(run_dir, "the run", lambda: kept_after_failure(run_dir, manifest), "another --out"):
         tmp = temp_dir(parent, f".{run_dir.name}.partial-{os.getpid()}-")
@@ -185,6 +186,20 @@ def write_run(
             shutil.rmtree(tmp, ignore_errors=True)
             raise
     return run_dir
+
+
+def check_replaceable(run_dir: Path) -> None:
+    """RunError unless ``run_dir`` is absent, a run or an empty directory: what writing a run may
+    move aside and delete (a mistyped --out with --overwrite must not take anything else)."""
+    run_dir = Path(run_dir)
+    if not run_dir.exists() or (run_dir.is_dir() and (run_dir / MANIFEST).is_file()):
+        return
+    if run_dir.is_dir() and not any(run_dir.iterdir()):
+        return
+    raise RunError(
+        f"{run_dir}: is not a run (no {MANIFEST}); --overwrite replaces only runs, so choose another "
+        "--out or move it away first"
+    )
 
 
 def _swap_into_place(tmp: Path, run_dir: Path) -> None:
@@ -277,14 +292,12 @@ def read_manifest(run_dir: Path) -> dict[str, Any]:
     run_dir = Path(run_dir)
     recover(run_dir)
     if not run_dir.is_dir():
-        raise RunError(f"{run_dir}: no such run directory; pass a directory written by `mnistlab train`")
+        raise RunError(_not_a_run(run_dir))
     path = run_dir / MANIFEST
     try:
         manifest = json.loads(path.read_text())
     except FileNotFoundError:
-        raise RunError(
-            f"{run_dir}: incomplete run (no {MANIFEST}); it was interrupted, train it again"
-        ) from None
+        raise RunError(_not_a_run(run_dir)) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise RunError(f"{path}: corrupt manifest ({exc}); train the run again") from None
     except OSError as exc:
@@ -300,6 +313,24 @@ def read_manifest(run_dir: Path) -> dict[str, Any]:
             f"{RUN_FORMAT}); retrain it with this version"
         )
     return manifest
+
+
+def _not_a_run(run_dir: Path) -> str:
+    """Why ``run_dir`` (no directory, or one without a manifest) is not a run, and what to pass instead."""
+    if run_dir.is_file():
+        return (
+            f"{run_dir}: a file, not a run directory; pass the directory that `mnistlab train` or "
+            "`mnistlab import` wrote"
+        )
+    if not run_dir.is_dir():
+        return f"{run_dir}: no such run directory; pass a directory written by `mnistlab train`"
+    if any((run_dir / name).exists() for name in (WEIGHTS, PREPROCESS, HISTORY_JSON)):
+        return f"{run_dir}: incomplete run (no {MANIFEST}); it was interrupted, train it again"
+    inside = sorted(str(sub) for sub in run_dir.iterdir() if (sub / MANIFEST).is_file())
+    if inside:  # a folder of runs, such as runs/ itself
+        shown = ", ".join(inside[:3]) + (f" and {len(inside) - 3} more" if len(inside) > 3 else "")
+        return f"{run_dir}: a folder of runs, not a run; pass one of them: {shown}"
+    return f"{run_dir}: not a run directory (no {MANIFEST}); pass a directory written by `mnistlab train`"
 
 
 def read_history(run_dir: Path) -> list[dict[str, Any]]:

@@ -50,6 +50,7 @@ class TorchModel(InspectableModel):
             self.device = torch.device("cpu")
         self.input_layout = self._find_layout(input_layout)
         probe = self._probe()
+        self._check_classes(probe["__output__"])
         self.output = output if output != "auto" else self._guess_output(probe["__output__"])
         if layers is None:
             layers = [name for name, _ in probe["__order__"]]
@@ -86,6 +87,18 @@ class TorchModel(InspectableModel):
             "the module takes neither (N, 1, 28, 28) nor (N, 784) inputs to (N, classes) outputs; "
             "wrap it so that it does"
         )
+
+    @staticmethod
+    def _check_classes(out: torch.Tensor) -> None:
+        # caught here: the analyses index outputs by the dataset's class and would fail far from the cause
+        from .data import DATASETS
+
+        classes = sorted({len(d.class_names) for d in DATASETS.values()})
+        if out.shape[1] not in classes:
+            raise ConfigError(
+                f"the module gives {out.shape[1]} outputs per image; mnistlab's datasets have "
+                f"{' or '.join(map(str, classes))} classes, so its last layer must give one per class"
+            )
 
     def _probe(self) -> dict:
         """Run two blank images once: which leaf modules run, in which order, with which output shape."""

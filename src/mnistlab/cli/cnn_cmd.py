@@ -52,7 +52,7 @@ def register_train(train_sub: argparse._SubParsersAction) -> None:
         "--reset",
         action="store_true",
         help="with --resume RUN: restart RUN from its saved initial weights "
-        "(new settings allowed; --out DIR to branch)",
+        "(new settings allowed; --out DIR to branch, --overwrite to restart RUN in place)",
     )
     add_tensorboard_option(p)
     add_recipe_options(p)
@@ -212,6 +212,13 @@ def _unfinished_run(out: Path) -> bool:
     return distributed.from_main(state) in ("partial", "interrupted")
 
 
+def _progress(manifest: dict[str, Any]) -> str:
+    """'3 epochs', '1 epoch and 40 steps': how far a stored CNN run has trained."""
+    epochs, steps = manifest.get("epochs_done", 0), manifest.get("step_in_epoch", 0)
+    done = f"{epochs} epoch{'s' * (epochs != 1)}"
+    return done + (f" and {steps} steps" if steps else "")
+
+
 def _train(args: argparse.Namespace, *, is_main: bool) -> int:
     from ..data import load_dataset
 
@@ -235,6 +242,12 @@ def _train(args: argparse.Namespace, *, is_main: bool) -> int:
         from ..runs import read_manifest
 
         stored = distributed.from_main(read_manifest, resume_run)
+        trained = stored.get("epochs_done", 0) or stored.get("step_in_epoch", 0)
+        if args.reset and args.out is None and trained and not args.overwrite:
+            raise ConfigError(
+                f"{resume_run}: --reset in place would replace its {_progress(stored)} of training; "
+                "branch with --out DIR, or add --overwrite to restart it in place"
+            )
         dataset_name = args.dataset or stored.get("dataset", "mnist")
         dataset = distributed.local_main_first(
             lambda: load_dataset(dataset_name, data_dir=args.data_dir, on_source=note))
@@ -290,10 +303,15 @@ def _train(args: argparse.Namespace, *, is_main: bool) -> int:
         return 130
     if not is_main:
         return 0
-    last = result.history[-1]
+    last, epochs = result.history[-1], len(result.history)
+    training = sum(h["train_seconds"] for h in result.history)
+    # a resumed run's history holds the training of earlier commands too: say so, or it can exceed the total
+    times = (
+        f"{training:.1f} s training, {seconds:.1f} s total" if resume_run is None
+        else f"{training:.1f} s training over the whole run, {seconds:.1f} s for this command"
+    )
     print(
-        f"test accuracy {100 * last['test_accuracy']:.2f}% after {len(result.history)} epochs "
-        f"({sum(h['train_seconds'] for h in result.history):.1f} s training, {seconds:.1f} s total); run "
-        f"saved in {result.run_dir}"
+        f"test accuracy {100 * last['test_accuracy']:.2f}% after {epochs} epoch{'s' * (epochs != 1)} "
+        f"({times}); run saved in {result.run_dir}"
     )
     return 0

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import io
+import socket
 import sys
 from pathlib import Path
 
@@ -51,6 +53,32 @@ def load_dataset_from_args(args: argparse.Namespace, *, force: bool = False):
     return load_dataset(args.dataset, data_dir=args.data_dir, force=force, on_source=lambda line: info(line))
 
 
+def bound_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to host:port for a server to listen on, or one ConfigError saying why
+    not; without it uvicorn and TensorBoard answer a busy port with their own log lines."""
+    try:
+        family, _, _, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except socket.gaierror as exc:
+        raise ConfigError(f"--host {host}: not an address of this machine ({exc.strerror})") from None
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise ConfigError(
+                f"{host}:{port} is in use (another server listens there); stop it or choose another "
+                "--port (0 picks a free one)"
+            ) from None
+        raise ConfigError(
+            f"cannot listen on {host}:{port} ({exc.strerror}); check --host and --port"
+        ) from None
+    return sock
+
+
 def info(line: str) -> None:
     """Status lines go to stderr so stdout stays clean for results."""
     print(line, file=sys.stderr)
@@ -69,6 +97,18 @@ def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
     with guard(path, "the figure", "the run and the figures already written are unchanged", "another --out"):
         atomic_write_bytes(path, buf.getvalue())
     return path
+
+
+def positive_count(text: str) -> int:
+    """argparse type of options that count things (--n, --top, --cols, ...): a whole number >= 1, so
+    that 0 or -1 is refused by name rather than sliced into an empty or shortened result."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number; give 1 or more") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is too small; give 1 or more")
+    return value
 
 
 def parse_indices(values: list[str] | None) -> list[int]:

@@ -14,6 +14,7 @@ from .common import (
     info,
     load_dataset_from_args,
     parse_indices,
+    positive_count,
     save_figure,
 )
 
@@ -38,8 +39,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_dataset_options(show)
     add_split_option(show)
     show.add_argument("--index", action="append", metavar="I", help="image index; repeat, or 1,2,3 or 10-20")
-    show.add_argument("--first", type=int, metavar="N", help="the first N images of the split")
-    show.add_argument("--cols", type=int, default=8, help="images per row (default 8)")
+    show.add_argument("--first", type=positive_count, metavar="N", help="the first N images of the split")
+    show.add_argument("--cols", type=positive_count, default=8, help="images per row (default 8)")
     show.add_argument("--out", required=True, help="PNG file to write")
     show.set_defaults(func=cmd_show)
 

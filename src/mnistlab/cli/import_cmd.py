@@ -15,8 +15,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "import",
         help="open a Keras (.keras/.h5) or ONNX model as a run directory",
         description="Read a Keras (.keras, .h5; no TensorFlow needed) or ONNX model and write it as a run "
-        "that every command, the report and the web page open. See docs/model-import.md for what is "
-        "supported.",
+        "that every command, the report and the web page open. A PyTorch module: export it with "
+        "torch.onnx.export and import the .onnx file (or wrap it with mnistlab.from_torch in Python). "
+        "See docs/model-import.md for what is supported.",
     )
     p.add_argument("format", choices=list(READERS), help="the file's format")
     p.add_argument("file", type=Path, help="the model file")

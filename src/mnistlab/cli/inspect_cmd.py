@@ -7,12 +7,13 @@ the paths it wrote on stderr. The analysis lives in mnistlab.inspect; this is on
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import ConfigError
-from .common import add_run_options, info, parse_indices, save_figure
+from .common import add_run_options, info, parse_indices, positive_count, save_figure
 
 
 def _pair(text: str) -> tuple[int, int]:
@@ -34,8 +35,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--index", action="append", metavar="I", help="image index (repeatable; 1,2 or 3-5)")
     p.add_argument("--label", type=int, help="instead of --index: the first --n images of this class")
-    p.add_argument("--n", type=int, default=3, help="with --label: how many images (default 3)")
-    p.add_argument("--cols", type=int, help="maps per row (default 8; dense layers 10 nodes per row)")
+    p.add_argument("--n", type=positive_count, default=3, help="with --label: how many images (default 3)")
+    p.add_argument(
+        "--cols", type=positive_count, help="maps per row (default 8; dense layers 10 nodes per row)"
+    )
     p.add_argument(
         "--standardize", action="store_true",
         help="standardize each map per image (the seed's scale_img_vals)",
@@ -59,7 +62,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_run_options(p)
     p.add_argument("--a", required=True, metavar="SPEC", help="set A: label=4 (or index=1,2,3)")
     p.add_argument("--b", required=True, metavar="SPEC", help="set B: label=9 (or index=...)")
-    p.add_argument("--n", type=int, default=3, help="images per set when chosen by label (default 3)")
+    p.add_argument(
+        "--n", type=positive_count, default=3, help="images per set when chosen by label (default 3)"
+    )
     p.add_argument(
         "--a-indices", action="append", metavar="I", help="set A's images by index (overrides --n)"
     )
@@ -69,7 +74,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--rel", type=float, default=0.5,
         help="strongly active = at least this share of the map's peak (default 0.5)",
     )
-    p.add_argument("--top", type=int, default=15, help="rows of the ranking table (default 15)")
+    p.add_argument("--top", type=positive_count, default=15, help="rows of the ranking table (default 15)")
     p.add_argument("--standardize", action="store_true", help="standardize each map per image in the figures")
     p.add_argument("--out", metavar="DIR", help="where to write the PNGs (default RUN/figures)")
     p.set_defaults(func=cmd_compare)
@@ -79,7 +84,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--pair", type=_pair, default=(4, 9), metavar="A,B", help="true class A, rival class B (default 4,9)"
     )
-    p.add_argument("--n", type=int, default=6, help="how many images (default 6)")
+    p.add_argument("--n", type=positive_count, default=6, help="how many images (default 6)")
     p.add_argument("--layer", help="dense layer to explain (default: the last hidden dense layer)")
     p.add_argument("--correct-only", action="store_true", help="only images still classified as A")
     p.add_argument("--out", metavar="PNG", help="output file (default RUN/figures/ambiguous-A-B.png)")
@@ -87,8 +92,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("confusions", help="confusion matrix, most confused pairs, misclassified galleries")
     add_run_options(p)
-    p.add_argument("--top", type=int, default=5, help="how many confused pairs (default 5)")
-    p.add_argument("--per-pair", type=int, default=8, help="images per pair in the gallery (default 8)")
+    p.add_argument("--top", type=positive_count, default=5, help="how many confused pairs (default 5)")
+    p.add_argument(
+        "--per-pair", type=positive_count, default=8, help="images per pair in the gallery (default 8)"
+    )
     p.add_argument("--out", metavar="DIR", help="where to write the PNGs (default RUN/figures)")
     p.set_defaults(func=cmd_confusions)
 
@@ -113,7 +120,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--blur", type=float, default=0.5, help="Gaussian smoothing of each gradient, in pixels (default 0.5)"
     )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--cols", type=int, default=16, help="images per gallery row (default 16)")
+    p.add_argument("--cols", type=positive_count, default=16, help="images per gallery row (default 16)")
     p.add_argument(
         "--out", metavar="PNG",
         help="gallery file (default RUN/figures/oip-LAYER.png); the patterns go beside it as .npz",
@@ -317,7 +324,7 @@ def cmd_confusions(args: argparse.Namespace) -> int:
     from ..viz.gallery import plot_confusion_gallery
 
     model, dataset = _load(args)
-    conf = confusions(model, dataset, args.split)
+    conf = confusions(model, dataset, args.split, progress=sys.stderr.isatty())
     names = list(dataset.class_names)
     print(f"{args.split} accuracy {conf.accuracy:.4f}")
     print(confusion_text(conf.matrix, names))

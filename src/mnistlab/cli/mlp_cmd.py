@@ -176,10 +176,22 @@ def run_train(args: argparse.Namespace) -> int:
             )
     epochs = len(result.history)
     print(
-        f"test accuracy {100 * result.test_accuracy:.2f}% after {epochs} epochs ({seconds:.1f} s); run "
-        f"saved in {result.run_dir}"
+        f"test accuracy {100 * result.test_accuracy:.2f}% after {epochs} epoch{'s' * (epochs != 1)} "
+        f"({seconds:.1f} s{_kept_epoch(result.run_dir, epochs)}); run saved in {result.run_dir}"
     )
     return 0
+
+
+def _kept_epoch(run_dir: Path, epochs: int) -> str:
+    """', ...' naming the epoch whose weights early stopping kept, when that is not the last one."""
+    from ..runs import read_manifest
+
+    metrics = read_manifest(run_dir)["metrics"]
+    best = metrics.get("best_epoch")
+    if best is None or best == epochs:
+        return ""
+    stopped = "stopped early; " if metrics.get("stopped_early") else ""
+    return f", {stopped}weights of epoch {best}, the best validation accuracy"
 
 
 def profile_table(history: list[dict[str, Any]]) -> str:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +41,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from ..viz.curves import plot_history
 
     model, dataset, manifest = load_run(args.run)
-    result = confusions(model, dataset, args.split)
+    result = confusions(model, dataset, args.split, progress=sys.stderr.isatty())
     names = list(dataset.class_names)
     print(f"{args.split} accuracy: {result.accuracy:.4f} ({int(result.matrix.trace())}/{len(result.labels)}) "
           f"[{manifest['kind']} run {args.run}]")

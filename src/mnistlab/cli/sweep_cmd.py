@@ -222,9 +222,18 @@ def _base_config(args: argparse.Namespace) -> tuple[Any, set[str]]:
 
 def run_show(args: argparse.Namespace) -> int:
     from ..data import load_dataset
+    from ..extras import require
     from ..sweep.report import best_test_accuracy, load_study, table_text, trial_rows, write_figures
     from ..sweep.study import open_storage, recipe_of
 
+    for module in ("optuna", "sqlalchemy"):  # what opening a storage needs: a missing extra comes first
+        require(module, "mnistlab sweep show")
+    if args.storage is None and not (Path(args.runs) / "sweeps.db").is_file():
+        # opening the default storage would create an empty database as a side effect of a look
+        raise ConfigError(
+            f"no sweeps in {args.runs} ({Path(args.runs) / 'sweeps.db'} does not exist); start one with "
+            "`mnistlab sweep mlp --study NAME --trials N`, or give the --runs or --storage it used"
+        )
     storage = open_storage(args.storage or default_storage(args.runs), heartbeat=None)
     study = load_study(args.study, storage)
     rows = trial_rows(study)

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from ..errors import MnistlabError
+from .common import bound_socket
 
 
 def add_tensorboard_option(
@@ -48,6 +49,7 @@ def run_tensorboard(args: argparse.Namespace) -> int:
         raise MnistlabError(f"{args.logdir}: no such directory; pass the DIR given to --tensorboard")
     if not 0 <= args.port <= 65535:
         raise MnistlabError(f"--port {args.port} must be between 0 and 65535")
+    bound_socket(args.host, args.port).close()  # a busy port: one line here, not TensorBoard's log
     command = [sys.executable, "-m", "tensorboard.main", "--logdir", str(args.logdir),
                "--host", args.host, "--port", str(args.port)]  # fmt: skip
     # Replace this process rather than start a child: a SIGTERM to `mnistlab tensorboard` then stops

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from ..extras import needs_extras
+from .common import bound_socket
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -55,11 +56,13 @@ def serve(args: argparse.Namespace) -> int:
             f"mnistlab: note: {runs} does not exist yet; runs trained into it will appear on the page",
             file=sys.stderr,
         )
+    sock = bound_socket(args.host, args.port)
     app = create_app(runs, torch_threads=args.threads, sweep_storage=args.storage)
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning")
     server = uvicorn.Server(config)
     _announce_url(server, args.host)
-    server.run()
+    with sock:
+        server.run(sockets=[sock])
     return 0
 
 

@@ -448,7 +448,7 @@ class Trainer:
 
 
 def train(
-    dataset: Dataset,
+    dataset: Dataset | str,
     config: TrainConfig | None = None,
     out: Path | str = "runs/cnn",
     *,
@@ -457,7 +457,12 @@ def train(
     step_callback: Callable[[Trainer, int], None] | None = None,
     **overrides: Any,
 ) -> TrainResult:
-    """Train a CNN on ``dataset`` and write the run to ``out``; ``overrides`` go into the config."""
+    """Train a CNN on ``dataset`` (a Dataset or a name such as "mnist") and write the run to ``out``;
+    ``overrides`` go into the config."""
+    if isinstance(dataset, str):  # as mnistlab.mlp.train_on_dataset takes it
+        from ..data import load_dataset
+
+        dataset = load_dataset(dataset)
     if config is None:
         config = resolve_config(**overrides)
     elif overrides:

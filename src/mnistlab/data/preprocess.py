@@ -45,6 +45,12 @@ class Preprocessor:
     def __call__(self, images: np.ndarray) -> np.ndarray:
         images = np.asarray(images)
         if images.shape[-2:] != self.mean.shape:
+            shape = ", ".join(map(str, self.mean.shape))
+            if images.shape[-1:] == (self.mean.size,):  # rows of flattened pixels, as from fetch_openml
+                raise ConfigError(
+                    f"images have shape {images.shape[-2:]}: rows of {self.mean.size} pixels; the model "
+                    f"takes (N, {shape}) images, so pass images.reshape(-1, {shape})"
+                )
             raise ConfigError(
                 f"images have shape {images.shape[-2:]} but the model was trained on {self.mean.shape}; "
                 "resize them first"

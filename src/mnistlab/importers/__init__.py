@@ -71,7 +71,7 @@ def import_model(
     ``auto`` picks ``none`` when the model starts with its own rescaling, else ``unit``.
     """
     from ..data import DATASETS
-    from ..runs import RunError, make_manifest, write_run
+    from ..runs import RunError, check_replaceable, make_manifest, write_run
 
     if preprocess not in PREPROCESS_CHOICES:
         raise ConfigError(
@@ -81,7 +81,8 @@ def import_model(
         raise ConfigError(f"unknown dataset {dataset!r}; choose one of: {', '.join(sorted(DATASETS))}")
     out = Path(out)
     if out.exists() and not overwrite:
-        raise RunError(f"{out}: already exists; choose another --out or delete it first")
+        raise RunError(f"{out}: already exists; choose another --out or add --overwrite")
+    check_replaceable(out)  # before reading the model: --overwrite of something that is no run
     path = Path(path)
     chain = read_model_file(fmt, path)
     scale, offset, ops = fold_rescale(chain)

@@ -16,6 +16,7 @@ Weights are matched to layers by the layer's own name and the file's order, neve
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +25,15 @@ import numpy as np
 from ..errors import ModelFileError
 from .chain import ACTIVATIONS, Chain, Op, tuple2
 from .safe_files import (
+    HDF5_MAGIC,
     MAX_CONFIG_BYTES,
+    ZIP_MAGIC,
     h5_array,
     h5_names,
     open_h5,
     read_file_bytes,
     read_zip_members,
+    refuse_other_format,
 )
 
 SUPPORTED_LAYERS = (
@@ -62,13 +66,14 @@ def read_keras(path: str | Path) -> Chain:
     """A Keras model file (.keras or .h5, recognized by content) as a Chain."""
     path = Path(path)
     data = read_file_bytes(path)
-    if data[:4] == b"PK\x03\x04":
+    refuse_other_format(path, data, "keras")
+    if data[:4] == ZIP_MAGIC:
         members = read_zip_members(path, data, ("config.json", "model.weights.h5"))
         config = _parse_json(path, members["config.json"], "config.json")
         with open_h5(path, members["model.weights.h5"]) as h5:
-            weights = _keras3_weights(path, h5)
-            return _to_chain(path, config, weights, "keras (.keras)")
-    if data[:8] == b"\x89HDF\r\n\x1a\n":
+            weights, nested = _keras3_weights(path, h5)
+            return _to_chain(path, config, weights, "keras (.keras)", nested)
+    if data[:8] == HDF5_MAGIC:
         with open_h5(path, data) as h5:
             raw = h5.attrs.get("model_config")
             if raw is None:
@@ -100,14 +105,16 @@ def _parse_json(path: Path, raw: bytes, what: str) -> Any:
         raise ModelFileError(f"{path}: {what} is not valid JSON ({exc}); the file is damaged") from None
 
 
-def _keras3_weights(path: Path, h5: Any) -> dict[str, list[np.ndarray]]:
-    """layer name -> its arrays, in the layer's order (vars/0, vars/1, ... compared as numbers)."""
+def _keras3_weights(path: Path, h5: Any) -> tuple[dict[str, list[np.ndarray]], set[str]]:
+    """layer name -> its arrays, in the layer's order (vars/0, vars/1, ... compared as numbers);
+    and the names of layers whose groups hold more groups (sub-layers: an LSTM's cell, a model)."""
     import h5py
 
     out: dict[str, list[np.ndarray]] = {}
+    nested: set[str] = set()
     layers = h5.get("layers")
     if layers is None:
-        return out
+        return out, nested
     for key in layers:
         group = layers.get(key)
         vars_group = group.get("vars") if isinstance(group, h5py.Group) else None
@@ -118,11 +125,8 @@ def _keras3_weights(path: Path, h5: Any) -> dict[str, list[np.ndarray]]:
         indices = sorted(int(k) for k in vars_group if k.isdigit())
         out[name] = [h5_array(path, vars_group, str(i)) for i in indices]
         if any(k for k in group if k != "vars"):
-            raise ModelFileError(
-                f"{path}: layer {name!r} holds nested layers (a model inside the model); "
-                "mnistlab imports flat chains of layers"
-            )
-    return out
+            nested.add(name)
+    return out, nested
 
 
 def _legacy_h5_weights(path: Path, h5: Any) -> dict[str, list[np.ndarray]]:
@@ -198,7 +202,9 @@ def _check_single_chain(path: Path, body: dict[str, Any], layers: list[dict[str,
         )
 
 
-def _to_chain(path: Path, config: Any, weights: dict[str, list[np.ndarray]], fmt: str) -> Chain:
+def _to_chain(
+    path: Path, config: Any, weights: dict[str, list[np.ndarray]], fmt: str, nested: Collection[str] = ()
+) -> Chain:
     layers, model_class = _layer_list(path, config)
     ops: list[Op] = []
     state = _State(path)
@@ -225,8 +231,12 @@ def _to_chain(path: Path, config: Any, weights: dict[str, list[np.ndarray]], fmt
                     f"{path}: the model has no input shape; build it with an Input((28, 28, 1)) first"
                 )
             state.set_input(shape, name)
-        arrays = weights.get(name, [])
-        ops += _layer_ops(state, cls, name, position, cfg, arrays)
+        if name in nested and cls in SUPPORTED_LAYERS:  # an unsupported class is named as such below
+            raise ModelFileError(
+                f"{cls} {name!r} (layer {position}): its weights hold nested layers; "
+                "mnistlab imports flat chains of built-in layers"
+            )
+        ops += _layer_ops(state, cls, name, position, cfg, weights.get(name, []))
     if not ops:
         raise ModelFileError(f"{path}: the model has no layers")
     return Chain(
@@ -298,6 +308,11 @@ def _layer_ops(
         raise ModelFileError(
             f"{where}: a Lambda layer carries Python code, which mnistlab never runs; "
             "rebuild the model with built-in layers"
+        )
+    if cls in _MODEL_CLASSES:
+        raise ModelFileError(
+            f"{where}: a model inside the model; mnistlab imports flat chains of layers, so rebuild "
+            "it as one Sequential"
         )
     if cls not in SUPPORTED_LAYERS:
         raise ModelFileError(

@@ -21,7 +21,7 @@ import numpy as np
 
 from ..errors import ModelFileError
 from .chain import Chain, Op
-from .safe_files import MAX_FILE_BYTES, read_file_bytes, unsafe_member_name
+from .safe_files import MAX_FILE_BYTES, read_file_bytes, refuse_other_format, unsafe_member_name
 
 SUPPORTED_OPS = (
     "Conv",
@@ -72,11 +72,13 @@ def read_onnx(path: str | Path) -> Chain:
     try:
         model = onnx.load_model_from_string(data)
     except (DecodeError, ValueError, RuntimeError) as exc:  # the file is not a whole ONNX model
+        refuse_other_format(path, data, "onnx")
         raise ModelFileError(
             f"{path}: not a readable ONNX model ({type(exc).__name__}); the file is truncated or not .onnx"
         ) from None
     graph = model.graph
     if not graph.node:
+        refuse_other_format(path, data, "onnx")
         raise ModelFileError(
             f"{path}: the ONNX graph has no nodes; the file is truncated or not an ONNX model"
         )

@@ -33,9 +33,55 @@ def read_file_bytes(path: Path) -> bytes:
     except FileNotFoundError:
         raise ModelFileError(f"{path}: no such file; check the path") from None
     except IsADirectoryError:
+        if (path / "saved_model.pb").is_file():
+            raise ModelFileError(f"{path}: {SAVED_MODEL}") from None
         raise ModelFileError(f"{path}: is a directory; give the model file") from None
     except OSError as exc:
         raise ModelFileError(f"{path}: cannot read it ({exc.strerror})") from None
+
+
+HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+ZIP_MAGIC = b"PK\x03\x04"
+SAVED_MODEL = (
+    "a TensorFlow SavedModel, which mnistlab cannot read without TensorFlow; in TensorFlow save the "
+    "Keras model with model.save('m.keras'), or convert it with `python -m tf2onnx.convert "
+    "--saved-model DIR --output m.onnx`, and import that file"
+)
+_PYTORCH = (
+    "which mnistlab never unpickles (loading it could run code); export the module with "
+    "torch.onnx.export and `mnistlab import onnx` the file, or wrap it with mnistlab.from_torch in Python"
+)
+
+
+def refuse_other_format(path: Path, data: bytes, asked: str) -> None:
+    """Raise ModelFileError naming what the file is instead and the fix, when it is recognizably
+    something other than an ``asked`` ("keras" or "onnx") model file; else return."""
+    other = _other_format(path, data, asked)
+    if other:
+        raise ModelFileError(f"{path}: {other}")
+
+
+def _other_format(path: Path, data: bytes, asked: str) -> str | None:
+    # told apart by content (and a SavedModel's or ONNX file's name), never by unpickling anything
+    if path.name == "saved_model.pb":
+        return SAVED_MODEL
+    if data[:4] == ZIP_MAGIC:
+        try:
+            names = zipfile.ZipFile(io.BytesIO(data)).namelist()
+        except (zipfile.BadZipFile, EOFError, ValueError):
+            return None
+        if any(PurePosixPath(name).name == "data.pkl" for name in names):  # torch.save's zip layout
+            return f"a PyTorch checkpoint (torch.save), {_PYTORCH}"
+        if "config.json" in names and asked != "keras":
+            return "a Keras .keras file; import it with `mnistlab import keras`"
+        return None
+    if data[:1] == b"\x80" and data[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return f"a Python pickle (an older torch.save), {_PYTORCH}"
+    if data[:8] == HDF5_MAGIC and asked != "keras":
+        return "an HDF5 file (Keras .h5); import it with `mnistlab import keras`"
+    if path.suffix.lower() == ".onnx" and asked != "onnx":
+        return "an ONNX model; import it with `mnistlab import onnx`"
+    return None
 
 
 def unsafe_member_name(name: str) -> bool:

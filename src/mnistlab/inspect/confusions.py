@@ -40,11 +40,13 @@ class Confusions:
 
 
 def confusions(
-    model: InspectableModel, dataset: Dataset, split: str = "test", *, proba: np.ndarray | None = None
+    model: InspectableModel, dataset: Dataset, split: str = "test", *, proba: np.ndarray | None = None,
+    progress: bool = False,
 ) -> Confusions:
+    """The split's predictions against its labels; ``progress`` shows a bar while the model runs."""
     images, labels = dataset.split(split)
     if proba is None:
-        proba = compute_activations(model, images, ["output"])["output"]
+        proba = compute_activations(model, images, ["output"], progress=progress)["output"]
     n = len(dataset.class_names)
     return Confusions(
         confusion_matrix(labels, proba.argmax(axis=1), n), np.asarray(labels), proba,

@@ -69,7 +69,7 @@ def _table(rows: Sequence[dict], columns: Sequence[str] | None = None) -> str:
 def build_report(
     model: InspectableModel,
     dataset: Dataset,
-    manifest: dict,
+    manifest: dict | None = None,
     history: Sequence[dict] = (),
     *,
     title: str | None = None,
@@ -83,7 +83,9 @@ def build_report(
     split: str = "test",
     on_section: Callable[[str], None] | None = None,
 ) -> str:
-    """The report as an HTML string (see the module doc for the sections)."""
+    """The report as an HTML string (see the module doc for the sections). ``manifest`` and
+    ``history`` are a run's (``load_run``, ``read_history``); a model without a run (``from_torch``)
+    leaves them out."""
     from ..viz.ambiguous import plot_ambiguous
     from ..viz.compare import plot_contrast, plot_ranking
     from ..viz.confusion import plot_confusion
@@ -95,6 +97,7 @@ def build_report(
     from .oip import optimize_inputs
 
     note = on_section or (lambda name: None)
+    manifest = manifest or {}
     names = [str(c) for c in dataset.class_names]
     images, labels = dataset.split(split)
     shapes = layer_shapes(model)

@@ -17,8 +17,9 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
 from ..data import Dataset
@@ -26,6 +27,7 @@ from ..errors import ConfigError, MnistlabError
 from ..model_api import InspectableModel
 from ..models import load_model
 from .analysis import analysis_router
+from .api_docs import api_reference_html
 from .body_limit import MAX_BODY, BodyLimit
 from .common import ModelThread
 from .evaluation import evaluation_router
@@ -68,7 +70,7 @@ def create_app(
     app = FastAPI(
         title="mnistlab",
         version=__version__,
-        docs_url="/api/docs",
+        docs_url=None,  # Swagger UI comes from a CDN; /api/docs below is rendered here
         redoc_url=None,
         openapi_url="/api/openapi.json",
         lifespan=lifespan,
@@ -80,6 +82,10 @@ def create_app(
     @app.get("/", include_in_schema=False)
     def index() -> FileResponse:
         return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+
+    @app.get("/api/docs", include_in_schema=False)
+    def api_docs() -> HTMLResponse:
+        return HTMLResponse(api_reference_html(app.openapi()))
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.include_router(sweep_router(store.runs_dir, sweep_storage))
@@ -117,6 +123,21 @@ def _install_error_handlers(app: FastAPI) -> None:
         # ConfigError here is always about the request's content (shape, range, layer name).
         status = 400 if isinstance(exc, ConfigError) else 409
         return JSONResponse({"error": str(exc)}, status_code=status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # routing's own answers (no such path, wrong method) in the same shape as every other error
+        where = f"{request.method} {request.url.path}"
+        if exc.status_code == 404:
+            message = f"nothing at {where}; the API is listed at /api/docs"
+        elif exc.status_code == 405:
+            allowed = {k.lower(): v for k, v in (exc.headers or {}).items()}.get("allow", "")
+            message = (
+                f"{request.method} is not allowed on {request.url.path} (allowed: {allowed}); see /api/docs"
+            )
+        else:
+            message = str(exc.detail)
+        return JSONResponse({"error": message}, status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
