@@ -513,3 +513,17 @@ def test_mlp_package_never_imports_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_cli_says_when_a_training_ended_at_chance(tiny, tmp_path, capsys):
+    """A finite loss at chance accuracy once ended with the usual success line and nothing else."""
+    assert main(["train", "mlp", "--epochs", "3", "--batch-size", "50", "--layers", "20", "--lr", "1000",
+                 "--out", str(tmp_path / "wild"), "--no-progress"]) == 0
+    captured = capsys.readouterr()
+    accuracy = json.loads((tmp_path / "wild" / "run.json").read_text())["metrics"]["test_accuracy"]
+    assert accuracy < 0.2
+    assert f"test accuracy {100 * accuracy:.2f}% is about chance for 10 classes" in captured.err
+    assert "a lower --lr" in captured.err
+    assert main(["train", "mlp", "--epochs", "3", "--batch-size", "50", "--layers", "20",
+                 "--out", str(tmp_path / "calm"), "--no-progress"]) == 0
+    assert "about chance" not in capsys.readouterr().err

@@ -14,7 +14,7 @@ from typing import Any
 
 from ..errors import ConfigError, RunError
 from ..extras import needs_extras
-from .common import add_dataset_options, add_new_run_options, info
+from .common import add_dataset_options, add_new_run_options, chance_note, info
 from .tensorboard_cmd import add_tensorboard_option, log_dir
 
 # CLI option -> TrainConfig field (None values mean "not given": the preset or stored run decides).
@@ -314,4 +314,6 @@ def _train(args: argparse.Namespace, *, is_main: bool) -> int:
         f"test accuracy {100 * last['test_accuracy']:.2f}% after {epochs} epoch{'s' * (epochs != 1)} "
         f"({times}); run saved in {result.run_dir}"
     )
+    if chance := chance_note(last["test_accuracy"], len(dataset.class_names)):
+        note(chance)
     return 0

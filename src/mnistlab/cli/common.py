@@ -99,6 +99,17 @@ def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
     return path
 
 
+def chance_note(accuracy: float, classes: int) -> str | None:
+    """A note for a training that ended no better than guessing (a finite loss hides this: nothing
+    diverged, the network just never learned), with what usually fixes it; None otherwise."""
+    if accuracy >= 2 / classes:
+        return None
+    return (
+        f"mnistlab: note: test accuracy {100 * accuracy:.2f}% is about chance for {classes} classes: the "
+        "network did not learn; a lower --lr (or a different --init) usually helps"
+    )
+
+
 def positive_count(text: str) -> int:
     """argparse type of options that count things (--n, --top, --cols, ...): a whole number >= 1, so
     that 0 or -1 is refused by name rather than sliced into an empty or shortened result."""

@@ -61,7 +61,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     manifest = read_manifest(run)
     from ..importers import original_names
 
-    info(f"imported {args.file} as a {manifest['kind']} run: {run}")
+    info(f"imported {args.file} as {'an MLP' if manifest['kind'] == 'mlp' else 'a CNN'} run: {run}")
     for name, sources in original_names(manifest).items():
         info(f"  {name:<10} <- {sources}")
     for note in manifest["imported"].get("notes", []):
