@@ -527,3 +527,32 @@ def test_cli_says_when_a_training_ended_at_chance(tiny, tmp_path, capsys):
     assert main(["train", "mlp", "--epochs", "3", "--batch-size", "50", "--layers", "20",
                  "--out", str(tmp_path / "calm"), "--no-progress"]) == 0
     assert "about chance" not in capsys.readouterr().err
+
+
+def test_cli_interrupt_says_nothing_was_saved_and_keeps_the_earlier_run(tiny, tmp_path, capsys, monkeypatch):
+    import mnistlab.mlp.run as mlp_run
+
+    out = tmp_path / "run"
+    assert main(["train", "mlp", "--epochs", "1", "--batch-size", "50", "--layers", "20", "--out", str(out),
+                 "--no-progress"]) == 0
+    before = (out / "weights.npz").read_bytes()
+    real = mlp_run.train_on_dataset
+
+    def interrupted_after_one_epoch(*args, callback, **kw):
+        def stop(row):
+            callback(row)
+            raise KeyboardInterrupt
+
+        return real(*args, callback=stop, **kw)
+
+    monkeypatch.setattr(mlp_run, "train_on_dataset", interrupted_after_one_epoch)
+    capsys.readouterr()
+    assert main(["train", "mlp", "--epochs", "5", "--batch-size", "50", "--layers", "20", "--out", str(out),
+                 "--overwrite", "--no-progress"]) == 130
+    said = capsys.readouterr().err
+    assert f"interrupted; this training was not saved; {out} still holds its earlier run" in said
+    assert (out / "weights.npz").read_bytes() == before
+    assert main(["train", "mlp", "--epochs", "5", "--batch-size", "50", "--layers", "20",
+                 "--out", str(tmp_path / "new"), "--no-progress"]) == 130
+    assert capsys.readouterr().err.strip().endswith("interrupted; this training was not saved")
+    assert not (tmp_path / "new").exists()
