@@ -51,7 +51,7 @@ class Tally:
         start = self.chunks[0][0] if self.chunks else 0
         scratch = self.scratch[: stop - start]
         label_logits = np.take(self.logits, self.label_flat[start:stop], out=scratch)
-        correct = count_correct(self.logits[:, start:stop], self.labels[start:stop], label_logits)
+        correct = self.correct(start, stop, label_logits)
         by_length = self._by_length()
         losses = self._losses(start, stop, label_logits, by_length)
         errors = self.errors
@@ -117,9 +117,11 @@ class Tally:
                 sums[i] = total
         return sums
 
-    def correct(self, start: int, stop: int) -> int:
-        """How many images in ``start:stop`` have their true class as the argmax of their logits."""
-        label_logits = np.take(self.logits, self.label_flat[start:stop])
+    def correct(self, start: int, stop: int, label_logits: np.ndarray | None = None) -> int:
+        """How many images in ``start:stop`` have their true class as the argmax of their logits;
+        ``label_logits``: their true classes' logits, where the caller has taken them already."""
+        if label_logits is None:
+            label_logits = np.take(self.logits, self.label_flat[start:stop])
         return count_correct(self.logits[:, start:stop], self.labels[start:stop], label_logits)
 
 
