@@ -113,7 +113,7 @@ class SGD(Optimizer):
             add_l1_gradient(self.config, self.working, self.params.flat, self.grad.flat, lr, self.scratch)
         weights, biases = self.update_matrices(lr)
         src_weights, src_biases, dst_weights, dst_biases = self.halves[self.current]
-        np.matmul(weights, src_weights, out=dst_weights)  # as _range_update's, over whole halves
+        np.matmul(weights, src_weights, out=dst_weights)  # as range_step's, over whole halves
         np.matmul(biases, src_biases, out=dst_biases)
         if self.config.l1:
             # no product writes the blank rows: the next gradient must find zeros there
@@ -123,10 +123,6 @@ class SGD(Optimizer):
     def range_step(self, lr: float) -> Callable[[int, int], None] | None:
         if self.config.l1:  # its gradient term and the blank rows' reset go over every weight
             return None
-        return self._range_update(lr)
-
-    def _range_update(self, lr: float) -> Callable[[int, int], None]:
-        """The step of the flat parameter range ``lo:hi`` (within the weights or the biases)."""
         weights, biases = self.update_matrices(lr)
         src, dst, nw = self.stacks[self.current], self.stacks[1 - self.current], self.working.n_weights
 
