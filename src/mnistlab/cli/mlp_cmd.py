@@ -160,18 +160,18 @@ def run_train(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     earlier = out.exists()
     try:
-        result = train(
-            config, dataset, out=out, overwrite=args.overwrite, callback=on_epoch,
-            profile=args.profile, preset=args.preset, threads=args.threads,
-        )
+        try:
+            result = train(
+                config, dataset, out=out, overwrite=args.overwrite, callback=on_epoch,
+                profile=args.profile, preset=args.preset, threads=args.threads,
+            )
+        finally:
+            bar.close()
     except KeyboardInterrupt:
         # the run is written whole at the end (runs.write_run), so an interruption saves nothing
-        bar.close()
         kept = f"; {out} still holds its earlier run" if earlier else ""
         info(f"mnistlab: interrupted; this training was not saved{kept}")
         return 130
-    finally:
-        bar.close()
     seconds = time.perf_counter() - t0
     if args.profile:
         print(profile_table(result.history))
