@@ -108,7 +108,9 @@ def _add_worker_options(p: argparse.ArgumentParser) -> None:
 
 
 def default_storage(runs: Path) -> str:
-    return f"sqlite:///{runs}/sweeps.db"
+    from ..sweep.study import default_database
+
+    return f"sqlite:///{default_database(runs)}"
 
 
 def run_sweep(args: argparse.Namespace) -> int:
@@ -224,14 +226,14 @@ def run_show(args: argparse.Namespace) -> int:
     from ..data import load_dataset
     from ..extras import require
     from ..sweep.report import best_test_accuracy, load_study, table_text, trial_rows, write_figures
-    from ..sweep.study import open_storage, recipe_of
+    from ..sweep.study import default_database, open_storage, recipe_of
 
     for module in ("optuna", "sqlalchemy"):  # what opening a storage needs: a missing extra comes first
         require(module, "mnistlab sweep show")
-    if args.storage is None and not (Path(args.runs) / "sweeps.db").is_file():
+    if args.storage is None and not default_database(args.runs).is_file():
         # opening the default storage would create an empty database as a side effect of a look
         raise ConfigError(
-            f"no sweeps in {args.runs} ({Path(args.runs) / 'sweeps.db'} does not exist); start one with "
+            f"no sweeps in {args.runs} ({default_database(args.runs)} does not exist); start one with "
             "`mnistlab sweep mlp --study NAME --trials N`, or give the --runs or --storage it used"
         )
     storage = open_storage(args.storage or default_storage(args.runs), heartbeat=None)

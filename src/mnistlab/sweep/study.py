@@ -28,6 +28,11 @@ PRUNERS = ("median", "hyperband")
 HEARTBEAT_S = 10  # Optuna's heartbeat interval; a silent trial is failed after twice this
 MAX_RETRY = 3
 RECIPE = "recipe"  # the study attribute holding recipe_of(study)
+
+
+def default_database(runs_dir: Path | str) -> Path:
+    """The SQLite file of the sweeps run into ``runs_dir`` without a storage URL (RUNS/sweeps.db)."""
+    return Path(runs_dir) / "sweeps.db"
 SWEEP_FILE = "sweep.json"  # in each trial's run directory: which study and trial it belongs to
 
 

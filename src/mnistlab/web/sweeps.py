@@ -26,7 +26,9 @@ def sweep_router(runs_dir: Path, storage_url: str | None = None) -> APIRouter:
     def storage() -> tuple[str, Any] | None:
         url = storage_url
         if url is None:
-            db = Path(runs_dir) / "sweeps.db"
+            from ..sweep.study import default_database
+
+            db = default_database(runs_dir)
             if not db.is_file():
                 return None  # no sweep yet; opening would create an empty database
             url = f"sqlite:///{db.resolve()}"
