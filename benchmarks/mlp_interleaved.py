@@ -52,9 +52,12 @@ def load_variants(specs: list[str], root: str, threads: int) -> tuple[dict, dict
     return variants, thread_counts
 
 
-def fit(package, images, epochs: int, preset: str, threads: int) -> tuple[list[float], list[float], str]:
+def fit(
+    package, images, epochs: int, preset: str, threads: int, **overrides
+) -> tuple[list[float], list[float], str]:
+    """CPU and wall ms of each counted epoch and the parameters' hash; ``overrides`` go to the preset."""
     train_x, train_y, test_x, test_y = images
-    cfg = package.mlp.preset(preset, batch_size=500, epochs=epochs)
+    cfg = package.mlp.preset(preset, batch_size=500, epochs=epochs, **overrides)
     model = package.mlp.MLP(cfg, preprocess=package.data.Preprocessor.fit(cfg.preprocess, train_x))
     cpu, wall, last = [], [], [time.process_time(), time.perf_counter()]
 

@@ -33,6 +33,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import cpu_class  # benchmarks/ is not a package
+import mlp_interleaved
 
 UNITS = 72  # the default net's first hidden layer in the working layout (70 padded to 8)
 KERNEL = r"""
@@ -110,8 +111,8 @@ def _mnist():
 
 
 def fixed_cost(rounds: int) -> None:
-    import mnistlab.mlp as mlp
-    from mnistlab.data import Preprocessor
+    import mnistlab.data
+    import mnistlab.mlp
 
     x, y, xt, yt = _mnist()
 
@@ -120,25 +121,28 @@ def fixed_cost(rounds: int) -> None:
         out.reshape(len(images), -1)[:, :16] = images.reshape(len(images), -1)[:, 300:316]
         return out
 
-    nets = {"default": ((70, 30), x, xt), "tiny": ((8, 8), narrow(x), narrow(xt))}
-    best = {name: float("inf") for name in nets}
+    nets = {"default": ((70, 30), (x, y, xt, yt)), "tiny": ((8, 8), (narrow(x), y, narrow(xt), yt))}
+    best = dict.fromkeys(nets, float("inf"))  # ms per epoch
     for _ in range(rounds):
-        for name, (hidden, train, test) in nets.items():
-            cfg = mlp.preset("default", batch_size=500, epochs=4, hidden=hidden)
-            model = mlp.MLP(cfg, preprocess=Preprocessor.fit(cfg.preprocess, train))
-            laps, last = [], [time.perf_counter()]
-
-            def lap(_row, laps=laps, last=last) -> None:
-                now = time.perf_counter()
-                laps.append(now - last[0])
-                last[0] = now
-
-            mlp.Trainer(model, adapt_threads=False).fit(train, y, test=(test, yt), threads=1, callback=lap)
-            best[name] = min(best[name], *laps[1:])
+        for name, (hidden, images) in nets.items():
+            _, wall, _ = mlp_interleaved.fit(mnistlab, images, 4, "default", 1, hidden=hidden)
+            best[name] = min(best[name], *wall)
     batches = len(x) // 500
-    for name, seconds in best.items():
-        print(f"{name:8s} {1e6 * seconds / batches:6.0f} us per batch (best epoch, test pass included)")
+    for name, ms in best.items():
+        print(f"{name:8s} {1e3 * ms / batches:6.0f} us per batch (best epoch, test pass included)")
     print(f"fixed share of a default batch: {best['tiny'] / best['default']:.0%}")
+
+
+def best_us(job, rounds: int, calls: int) -> float:
+    """Microseconds per call of ``job(i)``, i = 0 .. calls - 1, in the fastest of ``rounds``."""
+    job(0)  # warm
+    best = float("inf")
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        for i in range(calls):
+            job(i)
+        best = min(best, (time.perf_counter() - t0) / calls)
+    return 1e6 * best
 
 
 def sparse(rounds: int, chunks: int, held: str) -> None:
@@ -174,13 +178,7 @@ def sparse(rounds: int, chunks: int, held: str) -> None:
     xb = x[perm[:500], :mean_columns].astype(np.float32)
 
     def timed(job) -> float:
-        best = float("inf")
-        for _ in range(rounds):
-            t0 = time.perf_counter()
-            for c in range(chunks):
-                job(c)
-            best = min(best, (time.perf_counter() - t0) / chunks)
-        return 1e6 * best
+        return best_us(job, rounds, chunks)
 
     def c_kernel(fn, src_arr, out):
         def job(c: int) -> None:
@@ -233,16 +231,8 @@ def layouts(rounds: int) -> None:
     products["gather   float32 rows taken"] = lambda: np.take(
         floats, next(chunk_ids), axis=0, out=float_chunk, mode="clip"
     )
-    best = dict.fromkeys(products, float("inf"))
-    for _ in range(rounds):
-        for name, product in products.items():
-            product()
-            t0 = time.perf_counter()
-            for _ in range(200):
-                product()
-            best[name] = min(best[name], (time.perf_counter() - t0) / 200)
-    for name, seconds in best.items():
-        print(f"{name:52s} {1e6 * seconds:6.0f} us")
+    for name, product in products.items():
+        print(f"{name:52s} {best_us(lambda _, product=product: product(), rounds, 200):6.0f} us")
 
 
 def main() -> None:
