@@ -14,7 +14,7 @@ from typing import Any
 
 from ..errors import ConfigError, RunError
 from ..extras import needs_extras
-from .common import add_dataset_options, add_new_run_options, chance_note, info
+from .common import add_dataset_options, add_new_run_options, chance_note, counted, info
 from .tensorboard_cmd import add_tensorboard_option, log_dir
 
 # CLI option -> TrainConfig field (None values mean "not given": the preset or stored run decides).
@@ -215,7 +215,7 @@ def _unfinished_run(out: Path) -> bool:
 def _progress(manifest: dict[str, Any]) -> str:
     """'3 epochs', '1 epoch and 40 steps': how far a stored CNN run has trained."""
     epochs, steps = manifest.get("epochs_done", 0), manifest.get("step_in_epoch", 0)
-    done = f"{epochs} epoch{'s' * (epochs != 1)}"
+    done = counted(epochs, "epoch")
     return done + (f" and {steps} steps" if steps else "")
 
 
@@ -311,7 +311,7 @@ def _train(args: argparse.Namespace, *, is_main: bool) -> int:
         else f"{training:.1f} s training over the whole run, {seconds:.1f} s for this command"
     )
     print(
-        f"test accuracy {100 * last['test_accuracy']:.2f}% after {epochs} epoch{'s' * (epochs != 1)} "
+        f"test accuracy {100 * last['test_accuracy']:.2f}% after {counted(epochs, 'epoch')} "
         f"({times}); run saved in {result.run_dir}"
     )
     if chance := chance_note(last["test_accuracy"], len(dataset.class_names)):

@@ -99,6 +99,11 @@ def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
     return path
 
 
+def counted(n: int, noun: str) -> str:
+    """'1 epoch', '3 epochs'."""
+    return f"{n} {noun}{'s' * (n != 1)}"
+
+
 def chance_note(accuracy: float, classes: int) -> str | None:
     """A note for a training that ended no better than guessing (a finite loss hides this: nothing
     diverged, the network just never learned), with what usually fixes it; None otherwise."""

@@ -11,7 +11,14 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from .common import add_dataset_options, add_new_run_options, chance_note, info, load_dataset_from_args
+from .common import (
+    add_dataset_options,
+    add_new_run_options,
+    chance_note,
+    counted,
+    info,
+    load_dataset_from_args,
+)
 from .tensorboard_cmd import add_tensorboard_option, log_dir
 
 
@@ -183,7 +190,7 @@ def run_train(args: argparse.Namespace) -> int:
             )
     epochs = len(result.history)
     print(
-        f"test accuracy {100 * result.test_accuracy:.2f}% after {epochs} epoch{'s' * (epochs != 1)} "
+        f"test accuracy {100 * result.test_accuracy:.2f}% after {counted(epochs, 'epoch')} "
         f"({seconds:.1f} s{_kept_epoch(result.run_dir, epochs)}); run saved in {result.run_dir}"
     )
     if note := chance_note(result.test_accuracy, len(dataset.class_names)):
